@@ -1,0 +1,66 @@
+"""Backward warping by a dense optical flow.
+
+``warped(p) = image(p + flow(p))`` sampled bilinearly, with flow in pixels (channel 0 = x, channel 1 = y) on
+the target grid. Border padding replicates edge pixels for samples that leave the image, and
+``align_corners=True`` maps the normalised coordinates -1 and +1 to the centres of the outermost pixels,
+which is what makes "one pixel of flow" equal ``2 / (W - 1)`` in normalised units (RIFE / VFIMamba convention).
+
+The grid arithmetic always runs in float32: at 4K width one pixel is ``2/3839 ~ 5e-4`` in normalised units,
+comparable to the spacing of float16 near +-1, so a half-precision grid would round flows to whole pixels.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def base_grid(height: int, width: int, device: torch.device) -> torch.Tensor:
+    """Identity sampling grid, (1, H, W, 2) float32 in normalised [-1, 1] coordinates (x first)."""
+    ys = torch.linspace(-1.0, 1.0, height, device=device, dtype=torch.float32)
+    xs = torch.linspace(-1.0, 1.0, width, device=device, dtype=torch.float32)
+    grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
+    return torch.stack((grid_x, grid_y), dim=-1).unsqueeze(0)
+
+
+def backward_warp(image: torch.Tensor, flow: torch.Tensor, grid: torch.Tensor | None = None) -> torch.Tensor:
+    """Warp ``image`` towards the target grid with a backward flow.
+
+    Args:
+        image: (B, C, H, W) any float dtype.
+        flow: (B, 2, H, W) displacement in pixels from the target pixel to its source in ``image``.
+        grid: optional cached :func:`base_grid` for (H, W) on the same device.
+    Returns:
+        (B, C, H, W) in ``image``'s dtype.
+    """
+    if image.dim() != 4 or flow.dim() != 4 or flow.shape[1] != 2:
+        raise ValueError(f"backward_warp expects image (B,C,H,W) and flow (B,2,H,W), got "
+                         f"{tuple(image.shape)} and {tuple(flow.shape)}")
+    if image.shape[0] != flow.shape[0] or image.shape[-2:] != flow.shape[-2:]:
+        raise ValueError(f"backward_warp: image {tuple(image.shape)} and flow {tuple(flow.shape)} "
+                         "must share batch and spatial size")
+    height, width = image.shape[-2:]
+    if grid is None:
+        grid = base_grid(height, width, image.device)
+    with torch.autocast(device_type=image.device.type, enabled=False):
+        flow32 = flow.float()
+        # Normalise pixels to [-1, 1] units; a 1-pixel axis has no extent, so any flow along it is moot.
+        scale = flow32.new_tensor([2.0 / max(width - 1, 1), 2.0 / max(height - 1, 1)]).view(1, 2, 1, 1)
+        sample_at = grid + (flow32 * scale).permute(0, 2, 3, 1)
+        warped = F.grid_sample(image.float(), sample_at, mode="bilinear", padding_mode="border",
+                               align_corners=True)
+    return warped.to(image.dtype)
+
+
+def resize_flow(flow: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Resize a pixel flow (B, 2k, h, w) to (B, 2k, *size) and rescale its values to the new pixel units.
+
+    x components (even channels) are multiplied by ``new_w / w`` and y components (odd channels) by ``new_h / h``,
+    which is exact for ``align_corners=False`` bilinear resizing.
+    """
+    old_h, old_w = flow.shape[-2:]
+    new_h, new_w = size
+    if (old_h, old_w) == (new_h, new_w):
+        return flow
+    per_channel = flow.new_tensor([new_w / old_w, new_h / old_h]).repeat(flow.shape[1] // 2).view(1, -1, 1, 1)
+    return F.interpolate(flow, size=(new_h, new_w), mode="bilinear", align_corners=False) * per_channel

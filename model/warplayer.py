@@ -1,0 +1,34 @@
+"""Backward-warp module that owns its base-grid cache (no module-level global, unlike RIFE's ``backwarp_tenGrid``)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .ops.warp import backward_warp, base_grid
+
+
+class BackwardWarp(nn.Module):
+    """Callable ``warp(image, flow)``; caches the identity grid per (H, W, device) inside the instance.
+
+    image (B, C, H, W), flow (B, 2, H, W) in pixels -> (B, C, H, W). See :func:`model.ops.warp.backward_warp`.
+    """
+
+    def __init__(self, max_cached: int = 8):
+        super().__init__()
+        self._grids: dict[tuple[int, int, torch.device], torch.Tensor] = {}
+        self._max_cached = max_cached
+
+    def grid_for(self, height: int, width: int, device: torch.device) -> torch.Tensor:
+        key = (height, width, device)
+        grid = self._grids.get(key)
+        if grid is None:
+            if len(self._grids) >= self._max_cached:   # bounded: evaluation walks many frame sizes
+                self._grids.pop(next(iter(self._grids)))
+            grid = base_grid(height, width, device)
+            self._grids[key] = grid
+        return grid
+
+    def forward(self, image: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+        height, width = image.shape[-2:]
+        return backward_warp(image, flow, self.grid_for(height, width, image.device))

@@ -1,0 +1,258 @@
+"""Op layer: SSD scan vs its naive twin, interleaved scan order and inverse, warping, windows."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from model.ops import ssd as ssd_module
+from model.ops.scan import interleave_scan, merge_scan
+from model.ops.ssd import resolve_backend, ssd_scan, ssd_scan_reference
+from model.ops.warp import backward_warp, resize_flow
+from model.ops.window import (cross_frame_window_partition, cross_frame_window_reverse, window_partition,
+                              window_reverse)
+from model.warplayer import BackwardWarp
+
+
+# ---------------------------------------------------------------------------------------------- SSD
+def random_ssd_inputs(batch, length, heads, head_dim, groups, state, *, d_shape="h", seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=dtype)  # noqa: E731
+    inputs = dict(x=r(batch, length, heads, head_dim), dt=r(batch, length, heads) * 0.5,
+                  A=-torch.rand(heads, generator=g, dtype=dtype) * 3 - 0.1,
+                  B=r(batch, length, groups, state), C=r(batch, length, groups, state))
+    extras = dict(D=r(heads) if d_shape == "h" else r(heads, head_dim), z=r(batch, length, heads, head_dim),
+                  dt_bias=r(heads) * 0.5)
+    return inputs, extras
+
+
+@pytest.mark.parametrize("length,chunk", [(1, 4), (7, 4), (37, 8), (64, 16), (50, 64)])
+@pytest.mark.parametrize("groups", [1, 2])
+@pytest.mark.parametrize("with_extras", [False, True])
+def test_ssd_torch_matches_naive_recurrence(length, chunk, groups, with_extras):
+    inputs, extras = random_ssd_inputs(2, length, 4, 3, groups, 5, seed=length * 10 + groups)
+    kwargs = dict(extras, dt_softplus=True) if with_extras else {}
+    if not with_extras:
+        inputs["dt"] = inputs["dt"].abs()            # raw dt must be positive without softplus
+    expected = ssd_scan_reference(**inputs, **kwargs)
+    got = ssd_scan(**inputs, chunk_size=chunk, backend="torch", **kwargs)
+    assert got.dtype == torch.float64 and got.shape == inputs["x"].shape
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-10)
+
+
+def test_ssd_torch_per_channel_D_and_no_softplus_with_bias():
+    inputs, extras = random_ssd_inputs(1, 23, 2, 4, 1, 3, d_shape="hp", seed=3)
+    inputs["dt"] = inputs["dt"].abs() + 0.05
+    extras["dt_bias"] = extras["dt_bias"].abs()
+    expected = ssd_scan_reference(**inputs, D=extras["D"], dt_bias=extras["dt_bias"])
+    got = ssd_scan(**inputs, D=extras["D"], dt_bias=extras["dt_bias"], chunk_size=8, backend="torch")
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-10)
+
+
+def test_ssd_torch_gradients_match_naive_autograd():
+    inputs, extras = random_ssd_inputs(2, 19, 4, 3, 2, 5, seed=11)
+    leaves = {k: v.clone().requires_grad_() for k, v in {**inputs, **extras}.items()}
+    out_ref = ssd_scan_reference(**leaves, dt_softplus=True)
+    weights = torch.randn_like(out_ref)
+    grads_ref = torch.autograd.grad((out_ref * weights).sum(), list(leaves.values()))
+    out = ssd_scan(**leaves, dt_softplus=True, chunk_size=8, backend="torch")
+    grads = torch.autograd.grad((out * weights).sum(), list(leaves.values()))
+    for name, g, g_ref in zip(leaves, grads, grads_ref):
+        torch.testing.assert_close(g, g_ref, rtol=0, atol=1e-9, msg=f"gradient of {name}")
+
+
+def test_ssd_float32_and_bfloat16_inputs_keep_dtype_and_accuracy():
+    inputs, extras = random_ssd_inputs(1, 40, 2, 4, 1, 8, seed=5)
+    expected = ssd_scan_reference(**inputs, **extras, dt_softplus=True)
+    for dtype, tol in ((torch.float32, 1e-4), (torch.bfloat16, 3e-2)):
+        cast = {k: v.to(dtype) for k, v in inputs.items()}
+        got = ssd_scan(**cast, **{k: v.float() for k, v in extras.items()}, dt_softplus=True, chunk_size=16,
+                       backend="torch")
+        assert got.dtype == dtype
+        rel = (got.double() - expected).norm() / expected.norm()
+        assert rel < tol, (dtype, rel.item())
+
+
+def test_ssd_rejects_bad_layouts_and_backends():
+    inputs, _ = random_ssd_inputs(1, 8, 4, 2, 3, 2)          # 3 groups do not divide 4 heads
+    with pytest.raises(ValueError, match="g \\| h"):
+        ssd_scan(**inputs, backend="torch")
+    inputs, _ = random_ssd_inputs(1, 8, 4, 2, 2, 2)
+    with pytest.raises(ValueError, match="unknown SSD backend"):
+        ssd_scan(**inputs, backend="cuda-magic")
+    with pytest.raises(RuntimeError, match="needs CUDA"):
+        ssd_scan(**inputs, backend="triton")
+    assert resolve_backend("auto", torch.device("cpu")) == "torch"
+
+
+def test_triton_loader_bypasses_a_broken_mamba_ssm_init(tmp_path, monkeypatch):
+    """mamba-ssm without its CUDA extension fails in __init__; the loader must still reach the Triton module."""
+    pytest.importorskip("triton")
+    package = tmp_path / "mamba_ssm"
+    (package / "ops" / "triton").mkdir(parents=True)
+    (package / "__init__.py").write_text("import selective_scan_cuda  # the compiled extension is missing\n")
+    (package / "ops" / "__init__.py").write_text("")
+    (package / "ops" / "triton" / "__init__.py").write_text("")
+    (package / "ops" / "triton" / "ssd_bmm.py").write_text("SCALE = 2.0\n")
+    (package / "ops" / "triton" / "ssd_combined.py").write_text(textwrap.dedent("""
+        from mamba_ssm.ops.triton.ssd_bmm import SCALE   # absolute import, as in the real package
+        def mamba_chunk_scan_combined(x, *args, **kwargs):
+            return x * SCALE
+    """))
+    saved = {k: v for k, v in sys.modules.items() if k == "mamba_ssm" or k.startswith("mamba_ssm.")}
+    for k in saved:
+        del sys.modules[k]
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.invalidate_caches()
+    ssd_module.load_triton_ssd.cache_clear()
+    try:
+        kernel, note = ssd_module.load_triton_ssd()
+        assert kernel is not None, note
+        assert "bypassing" in note and "selective_scan_cuda" in note
+        assert torch.equal(kernel(torch.ones(2)), torch.full((2,), 2.0))
+    finally:
+        for k in [k for k in sys.modules if k == "mamba_ssm" or k.startswith("mamba_ssm.")]:
+            del sys.modules[k]
+        sys.modules.update(saved)
+        ssd_module.load_triton_ssd.cache_clear()
+
+
+def test_model_package_imports_without_mamba_ssm():
+    kernel, note = ssd_module.load_triton_ssd()
+    assert kernel is None or callable(kernel)
+    assert isinstance(note, str) and note
+    importlib.import_module("model")
+
+
+# ---------------------------------------------------------------------------------------------- scan order
+def labelled_frames(batch: int, height: int, width: int):
+    """Maps whose single channel is 100*f + 10*h + w (the worked example of DESIGN.md 1.3)."""
+    h = torch.arange(height).view(1, height, 1, 1)
+    w = torch.arange(width).view(1, 1, width, 1)
+    base = (10 * h + w).expand(batch, height, width, 1).double()
+    return base, base + 100
+
+
+def test_interleave_scan_worked_example():
+    x0, x1 = labelled_frames(1, 2, 3)
+    seqs = interleave_scan(x0, x1)[0, :, :, 0].long().tolist()
+    assert seqs[0] == [0, 100, 1, 101, 2, 102, 10, 110, 11, 111, 12, 112]
+    assert seqs[1] == [0, 100, 10, 110, 1, 101, 11, 111, 2, 102, 12, 112]
+    assert seqs[2] == seqs[0][::-1] and seqs[3] == seqs[1][::-1]
+
+
+@pytest.mark.parametrize("height,width", [(3, 5), (4, 2), (1, 7)])
+def test_interleave_scan_index_formulas(height, width):
+    x0, x1 = labelled_frames(2, height, width)
+    seqs = interleave_scan(x0, x1)[..., 0]
+    length = 2 * height * width
+    frames = (x0, x1)
+    for f in range(2):
+        for h in range(height):
+            for w in range(width):
+                value = frames[f][0, h, w, 0]
+                assert seqs[0, 0, 2 * (h * width + w) + f] == value
+                assert seqs[0, 1, 2 * (w * height + h) + f] == value
+                assert seqs[0, 2, length - 1 - 2 * (h * width + w) - f] == value
+                assert seqs[0, 3, length - 1 - 2 * (w * height + h) - f] == value
+
+
+@pytest.mark.parametrize("height,width", [(3, 5), (6, 4), (2, 2)])
+def test_merge_scan_is_exact_inverse(height, width):
+    x0, x1 = torch.randn(2, height, width, 3), torch.randn(2, height, width, 3)
+    y0, y1 = merge_scan(interleave_scan(x0, x1), height, width)
+    torch.testing.assert_close(y0, 4 * x0)
+    torch.testing.assert_close(y1, 4 * x1)
+    # Each direction alone must land on its own tokens too (a transposed inverse would pass a symmetric sum).
+    seqs = interleave_scan(x0, x1)
+    for direction in range(4):
+        only = torch.zeros_like(seqs)
+        only[:, direction] = seqs[:, direction]
+        y0, y1 = merge_scan(only, height, width)
+        torch.testing.assert_close(y0, x0)
+        torch.testing.assert_close(y1, x1)
+
+
+def test_vfimamba_style_inverse_would_fail_this_check():
+    """The reshape-as-(2E, W, H) inverse of VFIMamba puts column-major tokens on the wrong pixels when H != W."""
+    height, width = 2, 3
+    x0, x1 = labelled_frames(1, height, width)
+    col_major = interleave_scan(x0, x1)[:, 1]                               # (1, L, 1)
+    wrong = col_major.permute(0, 2, 1).reshape(1, 2, width, height).transpose(2, 3).reshape(1, 1, -1)
+    right = torch.stack((x0, x1), dim=3).reshape(1, -1)
+    assert not torch.equal(wrong.flatten(), right.flatten())
+
+
+# ---------------------------------------------------------------------------------------------- warping
+def test_zero_flow_warp_is_identity_and_integer_flow_shifts():
+    image = torch.rand(2, 3, 9, 13)
+    torch.testing.assert_close(backward_warp(image, torch.zeros(2, 2, 9, 13)), image, rtol=0, atol=1e-6)
+    flow = torch.zeros(2, 2, 9, 13)
+    flow[:, 0] = 2.0           # sample two pixels to the right
+    flow[:, 1] = -1.0          # and one pixel up
+    warped = backward_warp(image, flow)
+    torch.testing.assert_close(warped[:, :, 1:, :-2], image[:, :, :-1, 2:], rtol=0, atol=1e-5)
+    # Border padding replicates the last column for samples beyond the right edge.
+    torch.testing.assert_close(warped[:, :, 1:, -1], image[:, :, :-1, -1], rtol=0, atol=1e-5)
+
+
+def test_warp_grid_is_float32_under_autocast():
+    image = torch.rand(1, 3, 8, 3840 // 64)
+    flow = torch.full((1, 2, 8, 60), 0.25)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        warped = backward_warp(image.bfloat16(), flow.bfloat16())
+    assert warped.dtype == torch.bfloat16
+    reference = backward_warp(image, flow)
+    assert (warped.float() - reference).abs().max() < 1e-2
+
+
+def test_backward_warp_module_caches_per_size_and_device():
+    warp = BackwardWarp()
+    image = torch.rand(1, 3, 5, 7)
+    warp(image, torch.zeros(1, 2, 5, 7))
+    warp(torch.rand(1, 3, 6, 4), torch.zeros(1, 2, 6, 4))
+    assert set(warp._grids) == {(5, 7, image.device), (6, 4, image.device)}
+    assert BackwardWarp()._grids == {}   # no state shared between instances
+
+
+def test_resize_flow_rescales_values():
+    flow = torch.ones(1, 4, 8, 10)
+    resized = resize_flow(flow, (4, 20))
+    torch.testing.assert_close(resized[:, 0::2], torch.full((1, 2, 4, 20), 2.0))
+    torch.testing.assert_close(resized[:, 1::2], torch.full((1, 2, 4, 20), 0.5))
+
+
+# ---------------------------------------------------------------------------------------------- windows
+@pytest.mark.parametrize("height,width", [(16, 16), (13, 21), (3, 5)])
+@pytest.mark.parametrize("shift", [False, True])
+def test_window_partition_round_trips_with_padding(height, width, shift):
+    x = torch.randn(3, height, width, 4)
+    windows, layout = window_partition(x, 8, shift)
+    assert windows.shape[1:] == (64, 4)
+    assert windows.shape[0] == 3 * layout.windows_per_map
+    torch.testing.assert_close(window_reverse(windows, layout), x, rtol=0, atol=0)
+
+
+def test_shifted_windows_straddle_unshifted_window_borders():
+    x = torch.arange(16.0).view(1, 1, 16, 1).expand(1, 16, 16, 1)     # value = column index
+    windows, layout = window_partition(x, 8, shift=True)
+    assert layout.pad_left == 4
+    first_real = windows[layout.padded_width // 8 + 1, :, 0].view(8, 8)  # second window row, second column
+    assert first_real[0].tolist() == [4, 5, 6, 7, 8, 9, 10, 11]
+
+
+def test_cross_frame_windows_pair_the_same_tile_of_both_frames():
+    pairs, height, width = 2, 8, 16
+    frame0 = torch.randn(pairs, height, width, 3)
+    frame1 = torch.randn(pairs, height, width, 3)
+    windows, layout = cross_frame_window_partition(torch.cat((frame0, frame1)), 8)
+    assert windows.shape == (pairs * 2, 128, 3)
+    own0, _ = window_partition(frame0, 8)
+    own1, _ = window_partition(frame1, 8)
+    torch.testing.assert_close(windows[:, :64], own0)
+    torch.testing.assert_close(windows[:, 64:], own1)
+    torch.testing.assert_close(cross_frame_window_reverse(windows, layout), torch.cat((frame0, frame1)))
