@@ -1,0 +1,179 @@
+"""HybridBackbone: per-frame CNN stages at 1, 1/2, 1/4, then LGS stages at 1/8 and 1/16 (DESIGN.md 1.1, 4.4, 10).
+
+The two frames travel as one batch ``(2B, C, H, W)`` with frame 0 in the first half. CNN stages treat the
+rows independently (no cross-frame mixing there); the LGS blocks mix the frames through the interleaved scan
+(Branch A) and cross-frame windows (Branch B) but still return one feature map per frame. Features leave the
+backbone per frame at every scale; they are never summed or averaged across frames (the defect that sank an
+earlier public attempt, DESIGN.md 9).
+
+LGS block (channels-last, (2B, H, W, C))::
+
+    U  = LN1(X)
+    F  = Linear_{2C->C}(ECA_{2C}([BranchA(U) ; BranchB(U)]))     (hybrid; F = A or F = B in the ablations)
+    X1 = s1 * X + DropPath(F)
+    X2 = s2 * X1 + DropPath(ECAB(LN2(X1)))                        (CAB with use_ecab=False)
+
+With ``use_mhc`` both residual updates become :class:`model.mhc.ManifoldHyperConnection` updates on n streams
+that persist across the blocks of a stage.
+"""
+
+from __future__ import annotations
+
+import torch
+from timm.layers import DropPath
+from torch import nn
+
+from .attention import GatedWindowAttention
+from .channel_attention import ECA, ChannelAttentionBlock
+from .mamba_branch import InterleavedMamba2
+from .mhc import ManifoldHyperConnection
+
+
+def conv_prelu(in_channels: int, out_channels: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 3, stride, 1), nn.PReLU(out_channels))
+
+
+class ConvStage(nn.Sequential):
+    """(N, C_in, H, W) -> (N, C_out, H/stride, W/stride): one (strided) conv + PReLU, then depth-1 more."""
+
+    def __init__(self, in_channels: int, out_channels: int, depth: int, stride: int):
+        layers = [conv_prelu(in_channels, out_channels, stride)]
+        layers += [conv_prelu(out_channels, out_channels) for _ in range(depth - 1)]
+        super().__init__(*layers)
+
+
+class PatchEmbed(nn.Module):
+    """LayerNorm over input channels, then a 3x3 stride-2 conv: (N, C_in, H, W) -> (N, H/2, W/2, C) channels-last."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(in_channels)
+        self.proj = nn.Conv2d(in_channels, out_channels, 3, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return self.proj(x).permute(0, 2, 3, 1)
+
+
+class LGSBlock(nn.Module):
+    """Local-Global Synergistic block. forward: (2B, H, W, C), or (2B, H, W, n, C) streams with mHC -> same shape."""
+
+    def __init__(self, dim: int, num_heads: int, mode: str = "hybrid", window: int = 8, shift: bool = False,
+                 use_ecab: bool = True, use_mhc: bool = False, mhc_streams: int = 4, mhc_sinkhorn_iters: int = 20,
+                 drop_path: float = 0.0, attn_gate: str = "headwise", attn_cross_frame: bool = True,
+                 ssm_expand: int = 2, ssm_headdim: int = 32, ssm_state: int = 64, ssm_groups: int = 1,
+                 ssm_chunk_size: int = 256, ssm_per_direction: bool = False, ssm_backend: str = "auto"):
+        super().__init__()
+        self.mode = mode
+        self.norm1 = nn.LayerNorm(dim)
+        self.mamba = InterleavedMamba2(dim, ssm_expand, ssm_headdim, ssm_state, ssm_groups, ssm_chunk_size,
+                                       ssm_per_direction, backend=ssm_backend) if mode in ("hybrid", "mamba2_only") else None
+        self.attn = GatedWindowAttention(dim, num_heads, window, attn_gate, attn_cross_frame,
+                                         shift) if mode in ("hybrid", "gated_attn_only") else None
+        if self.mamba is None and self.attn is None:
+            raise ValueError(f"unknown backbone mode {mode!r}")
+        if mode == "hybrid":
+            # ECA over the 2C concatenation acts as a per-channel selector between the two branches.
+            self.fuse_eca = ECA(2 * dim)
+            self.fuse_proj = nn.Linear(2 * dim, dim)
+        self.skip1 = nn.Parameter(torch.ones(dim))
+        self.skip2 = nn.Parameter(torch.ones(dim))
+        self.norm2 = nn.LayerNorm(dim)
+        self.ffn = ChannelAttentionBlock(dim, use_eca=use_ecab)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.hc_mixer = ManifoldHyperConnection(dim, mhc_streams, mhc_sinkhorn_iters) if use_mhc else None
+        self.hc_ffn = ManifoldHyperConnection(dim, mhc_streams, mhc_sinkhorn_iters) if use_mhc else None
+
+    def token_mixer(self, u: torch.Tensor) -> torch.Tensor:
+        """(2B, H, W, C) normalised tokens -> (2B, H, W, C) mixed across space and frames."""
+        if self.mode == "mamba2_only":
+            return self.mamba(u)
+        if self.mode == "gated_attn_only":
+            return self.attn(u)
+        both = torch.cat((self.mamba(u), self.attn(u)), dim=-1)
+        both = self.fuse_eca(both.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        return self.fuse_proj(both)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.hc_mixer is None:
+            x = self.skip1 * x + self.drop_path(self.token_mixer(self.norm1(x)))
+            return self.skip2 * x + self.drop_path(self.ffn(self.norm2(x)))
+        x = self.hc_mixer(x, lambda u: self.drop_path(self.token_mixer(self.norm1(u))), self.skip1)
+        return self.hc_ffn(x, lambda u: self.drop_path(self.ffn(self.norm2(u))), self.skip2)
+
+
+class LGSStage(nn.Module):
+    """PatchEmbed (stride 2) then LGS blocks: (2B, C_in, H, W) -> (2B, C, H/2, W/2).
+
+    With mHC the n streams are made by tiling at stage entry, carried through every block, and averaged at exit.
+    """
+
+    def __init__(self, in_channels: int, dim: int, depth: int, num_heads: int, drop_paths: list[float],
+                 use_mhc: bool, mhc_streams: int, attn_shift: bool, **block_kwargs):
+        super().__init__()
+        self.embed = PatchEmbed(in_channels, dim)
+        self.mhc_streams = mhc_streams if use_mhc else 0
+        self.blocks = nn.ModuleList(
+            LGSBlock(dim, num_heads, shift=attn_shift and i % 2 == 1, use_mhc=use_mhc, mhc_streams=mhc_streams,
+                     drop_path=drop_paths[i], **block_kwargs)
+            for i in range(depth))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.embed(x)                                                   # (2B, h, w, C)
+        if self.mhc_streams:
+            x = x.unsqueeze(-2).expand(*x.shape[:-1], self.mhc_streams, x.shape[-1])
+        for block in self.blocks:
+            x = block(x)
+        if self.mhc_streams:
+            x = x.mean(dim=-2)
+        return x.permute(0, 3, 1, 2).contiguous()
+
+
+class HybridBackbone(nn.Module):
+    """forward(img0, img1) with (B, 3, H, W) images in [0, 1], H and W multiples of 16 ->
+    list of five per-frame maps (2B, C_k, H/2^k, W/2^k), k = 0..4, frame 0 in the first B rows.
+    """
+
+    def __init__(self, cfg):
+        super().__init__()
+        convs, depths = cfg.conv_channels, cfg.conv_depths
+        self.conv_stages = nn.ModuleList([
+            ConvStage(3, convs[0], depths[0], stride=1),
+            ConvStage(convs[0], convs[1], depths[1], stride=2),
+            ConvStage(convs[1], convs[2], depths[2], stride=2)])
+        total_blocks = sum(cfg.lgs_depths)
+        rates = torch.linspace(0, cfg.drop_path, total_blocks).tolist() if total_blocks else []
+        block_kwargs = dict(mode=cfg.backbone_mode, window=cfg.window_size, use_ecab=cfg.use_ecab,
+                            mhc_sinkhorn_iters=cfg.mhc_sinkhorn_iters, attn_gate=cfg.attn_gate,
+                            attn_cross_frame=cfg.attn_cross_frame, ssm_expand=cfg.ssm_expand,
+                            ssm_headdim=cfg.ssm_headdim, ssm_state=cfg.ssm_state, ssm_groups=cfg.ssm_groups,
+                            ssm_chunk_size=cfg.ssm_chunk_size, ssm_per_direction=cfg.ssm_per_direction,
+                            ssm_backend=cfg.ssm_backend)
+        self.lgs_stages = nn.ModuleList()
+        in_channels, start = convs[-1], 0
+        for dim, depth, heads in zip(cfg.lgs_channels, cfg.lgs_depths, cfg.attn_heads):
+            self.lgs_stages.append(LGSStage(in_channels, dim, depth, heads, rates[start:start + depth],
+                                            cfg.use_mhc, cfg.mhc_streams, cfg.attn_shift, **block_kwargs))
+            in_channels, start = dim, start + depth
+        self.channels = list(convs) + list(cfg.lgs_channels)
+
+    @property
+    def size_multiple(self) -> int:
+        return 2 ** (len(self.channels) - 1)
+
+    def forward(self, img0: torch.Tensor, img1: torch.Tensor) -> list[torch.Tensor]:
+        x = torch.cat((img0, img1), dim=0) - 0.5                            # (2B, 3, H, W), centred
+        features = []
+        for stage in self.conv_stages:
+            x = stage(x)
+            features.append(x)
+        for stage in self.lgs_stages:
+            x = stage(x)
+            features.append(x)
+        return features
+
+
+def split_frames(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(2B, ...) stacked pair -> (frame-0 rows, frame-1 rows)."""
+    half = features.shape[0] // 2
+    return features[:half], features[half:]

@@ -1,0 +1,89 @@
+"""RefineNet: a U-Net decoder over the per-frame backbone pyramid that predicts a blend-mask logit and a residual.
+
+Coarse to fine: the 1/16 level of both frames is fused, then at 1/8, 1/4, 1/2 and 1 the running decoder state
+is upsampled and concatenated with that level's per-frame features (frame 0 and frame 1 side by side, never
+summed), the timestep map, and (``use_context=True``, Phases 2/3) the two flow-warped ContextNet features at
+1/2, 1/4 and 1/8. The full-resolution level also sees the image inputs (Phase 1: I0, I1; Phases 2/3: I0, I1, the
+two warped frames, the mask logit and the flow). The head outputs 4 channels: a mask logit (Phase 1) or mask
+logit correction (Phases 2/3), and a residual ``2 sigmoid(.) - 1`` in [-1, 1] (RIFE's convention).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .backbone import conv_prelu
+
+
+class DecoderLevel(nn.Module):
+    """Upsample the running state to this level's size, concatenate the skips, two conv3x3 + PReLU."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.body = nn.Sequential(conv_prelu(in_channels, out_channels), conv_prelu(out_channels, out_channels))
+
+    def forward(self, state: torch.Tensor, skips: list[torch.Tensor]) -> torch.Tensor:
+        size = skips[0].shape[-2:]
+        state = F.interpolate(state, size=size, mode="bilinear", align_corners=False)
+        return self.body(torch.cat([state, *skips], dim=1))
+
+
+class RefineNet(nn.Module):
+    """U-Net decoder.
+
+    Args:
+        feature_channels: per-frame backbone channels at scales 1, 1/2, 1/4, 1/8, 1/16 (five entries).
+        decoder_channels: decoder widths at scales 1, 1/2, 1/4, 1/8 (four entries).
+        image_channels: channels of the full-resolution image inputs (6 in Phase 1, 17 with flow).
+        use_context: also take two warped ContextNet pyramids at 1/2, 1/4, 1/8.
+        context_channels: ContextNet widths (c, 2c, 4c) at 1/2, 1/4, 1/8, per frame.
+    forward(features, image_inputs, timestep, context=None) -> (mask_logit (B,1,H,W), residual (B,3,H,W)).
+    """
+
+    def __init__(self, feature_channels: list[int], decoder_channels: tuple[int, ...], image_channels: int = 6,
+                 use_context: bool = False, context_channels: tuple[int, ...] = (16, 32, 64)):
+        super().__init__()
+        if len(feature_channels) != 5 or len(decoder_channels) != 4:
+            raise ValueError("RefineNet needs five feature levels (1 .. 1/16) and four decoder widths (1 .. 1/8)")
+        self.use_context = use_context
+        context_extra = [0] + [2 * c for c in context_channels] if use_context else [0, 0, 0, 0]
+        bottom = decoder_channels[3]
+        self.bottom = nn.Sequential(nn.Conv2d(2 * feature_channels[4], bottom, 1), nn.PReLU(bottom),
+                                    conv_prelu(bottom, bottom))
+        self.levels = nn.ModuleList()
+        state = bottom
+        for level in (3, 2, 1, 0):   # 1/8, 1/4, 1/2, 1
+            skip = 2 * feature_channels[level] + context_extra[level] + 1 + (image_channels if level == 0 else 0)
+            self.levels.append(DecoderLevel(state + skip, decoder_channels[level]))
+            state = decoder_channels[level]
+        self.head = nn.Conv2d(state, 4, 3, padding=1)
+
+    def forward(self, features: list[torch.Tensor], image_inputs: torch.Tensor, timestep: torch.Tensor,
+                context: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """
+        Args:
+            features: five stacked-pair maps (2B, C_k, H/2^k, W/2^k) (warped per frame in Phases 2/3).
+            image_inputs: (B, image_channels, H, W).
+            timestep: (B, 1, 1, 1).
+            context: with use_context, three maps (B, 2 * c_k, H/2^(k+1), W/2^(k+1)) (both frames concatenated).
+        """
+        if self.use_context != (context is not None):
+            raise ValueError("RefineNet(use_context=True) needs context features, and only then")
+        pairs = image_inputs.shape[0]
+
+        def both_frames(level: int) -> torch.Tensor:   # (2B, C, h, w) -> (B, 2C, h, w): frames side by side
+            return torch.cat((features[level][:pairs], features[level][pairs:]), dim=1)
+
+        state = self.bottom(both_frames(4))
+        for decoder, level in zip(self.levels, (3, 2, 1, 0)):
+            skip = both_frames(level)
+            skips = [skip, timestep.expand(pairs, 1, *skip.shape[-2:]).to(skip.dtype)]
+            if context is not None and level > 0:
+                skips.append(context[level - 1])
+            if level == 0:
+                skips.append(image_inputs.to(skip.dtype))
+            state = decoder(state, skips)
+        out = self.head(state)
+        return out[:, :1], 2.0 * torch.sigmoid(out[:, 1:4]) - 1.0
