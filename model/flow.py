@@ -1,0 +1,327 @@
+"""IFNet-style, timestep-aware optical flow estimator (Phase 2 flow pipeline, DESIGN.md §7.1).
+
+Three :class:`FlowBlock` s run coarse to fine (working scales 4, 2, 1). Each block sees both frames, a constant
+timestep map and, from the second block on, the frames warped by the current flow, the current blend-mask logit
+and the current flow itself (the 7 / 18-channel layout of RIFE's arbitrary-timestep ``IFNet_m``). Every block
+predicts a residual update of the bidirectional flow and of the mask logit.
+
+Conventions used throughout:
+
+* ``flow`` is (B, 4, H, W) in pixels of the grid it lives on; channels [0:2] = F_{t->0} (x, y) and
+  [2:4] = F_{t->1}, both defined on the *target* (intermediate) frame grid, so
+  ``warped0 = warp(img0, flow[:, 0:2])`` and ``warped1 = warp(img1, flow[:, 2:4])``.
+* ``mask_logit`` is (B, 1, H, W); the blend is ``sigmoid(mask_logit) * warped0 + (1 - sigmoid) * warped1``.
+* Flow and mask are accumulated in float32 whatever the compute dtype (under bf16 autocast a bf16 sum would round
+  a 100-pixel flow to half-pixel steps); the convolutions follow autocast / the parameters' dtype.
+* Resizing is bilinear with ``align_corners=False``, so resizing by a factor ``r`` scales pixel displacements by
+  exactly ``r``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .ops.warp import resize_flow
+from .warplayer import BackwardWarp
+
+FeaturePair = tuple[torch.Tensor, torch.Tensor]
+
+
+def conv3x3_prelu(in_channels: int, out_channels: int, stride: int = 1) -> nn.Sequential:
+    """3x3 convolution (padding 1, with bias) followed by a per-channel PReLU, as in RIFE's ``conv``."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=stride, padding=1, bias=True),
+        nn.PReLU(out_channels),
+    )
+
+
+def resize_bilinear(tensor: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize of (B, C, h, w) to (B, C, *size); a no-op when the size already matches."""
+    if tuple(tensor.shape[-2:]) == tuple(size):
+        return tensor
+    return F.interpolate(tensor, size=size, mode="bilinear", align_corners=False)
+
+
+class FlowBlock(nn.Module):
+    """One IFNet block: predicts a residual flow and mask-logit update at a given working scale.
+
+    Layout (RIFE ``IFBlock``): downscale the inputs by ``1/scale`` -> stride-2 conv3x3+PReLU (``width // 2``) ->
+    stride-2 conv3x3+PReLU (``width``) -> ``num_res_layers`` conv3x3+PReLU with one residual connection around the
+    stack -> ``ConvTranspose2d(width, 5, 4, 2, 1)`` (at 1/(2*scale)) -> bilinear upsampling back to full size.
+
+    Optional backbone features (``feature_channels > 0``): the two frames' features, already resized by the caller
+    to the first stage's output grid, are projected by a 1x1 conv + PReLU to ``width // 2`` channels and
+    concatenated to the output of the first stride-2 stage, so the second stage sees ``2 * (width // 2)``
+    channels. They enter there because that grid (1/(2*scale)) is the finest one inside the block that is still
+    cheap, and because the image-space input layout (7 / 18 channels) stays unchanged.
+
+    Args:
+        in_channels: channels of the concatenated block input *including* the 4 flow channels when a flow is passed
+            (7 for the first block, 18 for the others). Exposed as ``self.in_channels``.
+        width: channels of the block's main trunk.
+        feature_channels: channels per frame of the optional backbone features (0 = no feature input).
+        num_res_layers: conv3x3+PReLU layers inside the residual stack (8 in RIFE; 0 disables the stack).
+    """
+
+    def __init__(self, in_channels: int, width: int, feature_channels: int = 0, num_res_layers: int = 8):
+        super().__init__()
+        if width < 2:
+            raise ValueError(f"FlowBlock width must be >= 2, got {width}")
+        self.in_channels = in_channels
+        self.width = width
+        self.feature_channels = feature_channels
+        half_width = width // 2
+
+        self.stage1 = conv3x3_prelu(in_channels, half_width, stride=2)
+        if feature_channels > 0:
+            self.feature_projection = nn.Sequential(
+                nn.Conv2d(2 * feature_channels, half_width, kernel_size=1, bias=True),
+                nn.PReLU(half_width),
+            )
+            stage2_in = 2 * half_width
+        else:
+            self.feature_projection = None
+            stage2_in = half_width
+        self.stage2 = conv3x3_prelu(stage2_in, width, stride=2)
+        self.residual_stack = nn.Sequential(*[conv3x3_prelu(width, width) for _ in range(num_res_layers)])
+        # 4 flow channels + 1 mask logit, at twice the resolution of the trunk.
+        self.head = nn.ConvTranspose2d(width, 5, kernel_size=4, stride=2, padding=1)
+
+    def forward(self, inputs: torch.Tensor, flow: torch.Tensor | None, scale: int,
+                features: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Predict residual updates.
+
+        Args:
+            inputs: (B, C, H, W) image-space inputs at full (padded) resolution; ``C = in_channels - 4`` when
+                ``flow`` is given, else ``in_channels``. H and W must be multiples of ``4 * scale``.
+            flow: (B, 4, H, W) current flow in full-resolution pixels, or None for the first block.
+            scale: integer working scale; the block runs at (H / scale, W / scale).
+            features: (B, 2 * feature_channels, H / (2 * scale), W / (2 * scale)) aligned backbone features;
+                required iff ``feature_channels > 0``.
+        Returns:
+            delta_flow (B, 4, H, W) float32 in full-resolution pixels and delta_mask_logit (B, 1, H, W) float32.
+        """
+        height, width = inputs.shape[-2:]
+        if height % (4 * scale) or width % (4 * scale):
+            raise ValueError(f"FlowBlock at scale {scale} needs H, W divisible by {4 * scale}, got {height}x{width}")
+        low_size = (height // scale, width // scale)
+
+        x = resize_bilinear(inputs, low_size)
+        if flow is not None:
+            # Flow is appended last (RIFE order) and expressed in the working grid's pixels.
+            x = torch.cat([x, resize_flow(flow.float(), low_size)], dim=1)
+        if x.shape[1] != self.in_channels:
+            raise ValueError(f"FlowBlock expects {self.in_channels} input channels, got {x.shape[1]}")
+        # Mixed inputs (e.g. fp32 flow with half images) promote in torch.cat; match the weights so that a
+        # .half()/.bfloat16() module also works without autocast (under autocast the convs recast anyway).
+        compute_dtype = self.stage1[0].weight.dtype
+        x = self.stage1(x.to(compute_dtype))
+
+        if self.feature_projection is not None:
+            if features is None:
+                raise ValueError("FlowBlock was built with feature_channels > 0 but received no features")
+            if features.shape[1] != 2 * self.feature_channels or features.shape[-2:] != x.shape[-2:]:
+                raise ValueError(f"FlowBlock features must be (B, {2 * self.feature_channels}, "
+                                 f"{x.shape[-2]}, {x.shape[-1]}), got {tuple(features.shape)}")
+            x = torch.cat([x, self.feature_projection(features.to(compute_dtype))], dim=1)
+
+        x = self.stage2(x)
+        if len(self.residual_stack) > 0:
+            x = self.residual_stack(x) + x
+        out = self.head(x).float()                       # (B, 5, H / (2s), W / (2s))
+        out = resize_bilinear(out, (height, width))
+        delta_flow = out[:, :4] * (2 * scale)            # head pixels are 2s full-resolution pixels
+        delta_mask_logit = out[:, 4:5]
+        return delta_flow, delta_mask_logit
+
+
+class FlowOutput(NamedTuple):
+    """Result of :class:`OpticalFlowEstimator` (a NamedTuple, so DDP / tuple-unpacking see plain tensors).
+
+    Attributes:
+        flow: (B, 4, H, W) float32, input-resolution pixels; [0:2] = F_{t->0}, [2:4] = F_{t->1}.
+        mask_logit: (B, 1, H, W) float32 blend logit (weight of ``warped0`` is its sigmoid).
+        warped0: (B, 3, H, W) ``img0`` warped by ``flow[:, 0:2]`` (input dtype).
+        warped1: (B, 3, H, W) ``img1`` warped by ``flow[:, 2:4]`` (input dtype).
+        intermediate: one ``(warped0, warped1, mask_logit)`` per block, after that block's update, for an
+            auxiliary per-block blend loss. They live at the *working* resolution (the input size when
+            ``scale_factor == 1``, i.e. in training; the downscaled size otherwise). The last entry equals the
+            final outputs when ``scale_factor == 1``.
+    """
+
+    flow: torch.Tensor
+    mask_logit: torch.Tensor
+    warped0: torch.Tensor
+    warped1: torch.Tensor
+    intermediate: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+
+
+class OpticalFlowEstimator(nn.Module):
+    """Timestep-aware, coarse-to-fine IFNet flow estimator (RIFE ``IFNet_m`` student blocks, DESIGN.md §7.1).
+
+    Block 0 input: ``cat(img0, img1, t_map)`` = 7 channels.
+    Block k>0 input: ``cat(img0, img1, t_map, warped0, warped1, mask_logit)`` = 14 channels, plus the current flow
+    (4) = 18 channels. Updates accumulate: ``flow += delta_flow``, ``mask_logit += delta_mask_logit``.
+
+    High-resolution mode (``scale_factor < 1``): the frames are first resized to ``round(H * scale_factor)`` x
+    ``round(W * scale_factor)`` and the whole estimator (unchanged block scales) runs there; the flow is then
+    upsampled to the input size with its values multiplied by the size ratio (= 1 / scale_factor) and the mask
+    logit is upsampled bilinearly (VFIMamba's ``hr_inference`` rather than RIFE's scale-list division, because the
+    padding multiple and the feature alignment then stay the same as in training).
+
+    Any H, W: the (working-size) frames are replicate-padded on the bottom/right to a multiple of
+    ``pad_multiple = lcm(4 * s for s in scales)`` (16 for scales 4, 2, 1: each block divides by ``s`` and then by
+    4 in its two stride-2 convs), and every output is cropped back. Replicate padding makes the cropped warps
+    identical to warping the unpadded frames with the border-padded warp.
+
+    Args:
+        widths: trunk width per block (RIFE: 240, 150, 90).
+        scales: integer working scale per block, coarse to fine (RIFE: 4, 2, 1).
+        num_res_layers: conv layers in each block's residual stack (RIFE: 8).
+        feature_channels: per-frame channels of the optional backbone feature maps fed to each block (0 = none).
+    """
+
+    image_channels = 3
+
+    def __init__(self, widths: Sequence[int] = (240, 150, 90), scales: Sequence[int] = (4, 2, 1),
+                 num_res_layers: int = 8, feature_channels: Sequence[int] = (0, 0, 0)):
+        super().__init__()
+        if not (len(widths) == len(scales) == len(feature_channels)) or len(widths) == 0:
+            raise ValueError("widths, scales and feature_channels need one (equal, non-zero) entry per block, got "
+                             f"{len(widths)}, {len(scales)}, {len(feature_channels)}")
+        if any(int(s) != s or s < 1 for s in scales):
+            raise ValueError(f"scales must be positive integers, got {tuple(scales)}")
+        self.scales = tuple(int(s) for s in scales)
+        self.feature_channels = tuple(int(c) for c in feature_channels)
+        self.pad_multiple = math.lcm(*(4 * s for s in self.scales))
+
+        first_in = 2 * self.image_channels + 1                        # img0, img1, t          = 7
+        later_in = 4 * self.image_channels + 2 + 4                    # + warp0, warp1, mask, flow = 18
+        self.blocks = nn.ModuleList([
+            FlowBlock(first_in if index == 0 else later_in, width, channels, num_res_layers)
+            for index, (width, channels) in enumerate(zip(widths, self.feature_channels))
+        ])
+        self.warp = BackwardWarp()
+
+    @property
+    def in_channels(self) -> tuple[int, ...]:
+        """Input channels of each block (7, 18, 18 for three blocks)."""
+        return tuple(block.in_channels for block in self.blocks)
+
+    @staticmethod
+    def timestep_map(t: float | torch.Tensor, batch: int, height: int, width: int,
+                     dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """Broadcast ``t`` to a constant (B, 1, H, W) map.
+
+        ``t`` may be a Python number, a tensor with one element (0-d, (1,), ...) or a per-sample tensor with ``B``
+        elements ((B,), (B, 1), (B, 1, 1, 1), ...).
+        """
+        if not torch.is_tensor(t):
+            return torch.full((batch, 1, height, width), float(t), dtype=dtype, device=device)
+        t = t.to(device=device, dtype=dtype)
+        if t.numel() == 1:
+            per_sample = t.reshape(1, 1, 1, 1)
+        elif t.numel() == batch:
+            per_sample = t.reshape(batch, 1, 1, 1)
+        else:
+            raise ValueError(f"timestep must be a scalar or have one value per sample (B={batch}), "
+                             f"got shape {tuple(t.shape)}")
+        # expand() alone would give a stride-0 view; torch.cat copies it, so no materialisation is needed here.
+        return per_sample.expand(batch, 1, height, width)
+
+    def _aligned_features(self, features: Sequence[FeaturePair | None] | None, content_size: tuple[int, int],
+                          padded_size: tuple[int, int]) -> list[torch.Tensor | None]:
+        """Resize each block's ``cat(f0, f1)`` to that block's first-stage grid (padded working size / (2s)).
+
+        The feature maps cover the unpadded frame, so they are resized to the part of the grid the real content
+        occupies (rounded) and replicate-padded like the frames; misalignment is at most half a grid pixel.
+        """
+        aligned: list[torch.Tensor | None] = []
+        for index, (scale, channels) in enumerate(zip(self.scales, self.feature_channels)):
+            if channels == 0:
+                aligned.append(None)      # features for this block, if any, are ignored by design
+                continue
+            if features is None or len(features) != len(self.blocks) or features[index] is None:
+                raise ValueError(f"block {index} has feature_channels={channels}: pass `features` as a list with "
+                                 f"one (f0, f1) pair per block ({len(self.blocks)} entries)")
+            f0, f1 = features[index]
+            if f0.shape != f1.shape or f0.shape[1] != channels:
+                raise ValueError(f"block {index} features must be two (B, {channels}, h, w) maps, got "
+                                 f"{tuple(f0.shape)} and {tuple(f1.shape)}")
+            grid_h, grid_w = padded_size[0] // (2 * scale), padded_size[1] // (2 * scale)
+            content_h = min(grid_h, max(1, round(content_size[0] / (2 * scale))))
+            content_w = min(grid_w, max(1, round(content_size[1] / (2 * scale))))
+            pair = resize_bilinear(torch.cat([f0, f1], dim=1), (content_h, content_w))
+            if (content_h, content_w) != (grid_h, grid_w):
+                pair = F.pad(pair, (0, grid_w - content_w, 0, grid_h - content_h), mode="replicate")
+            aligned.append(pair)
+        return aligned
+
+    def forward(self, img0: torch.Tensor, img1: torch.Tensor, t: float | torch.Tensor,
+                scale_factor: float = 1.0, features: Sequence[FeaturePair | None] | None = None) -> FlowOutput:
+        """Estimate the flows from the frame at time ``t`` to both inputs.
+
+        Args:
+            img0, img1: (B, 3, H, W) frames at t=0 and t=1 (any H, W).
+            t: target time in [0, 1]: float, one-element tensor, or per-sample tensor (B,) / (B, 1, 1, 1).
+            scale_factor: run the estimator on frames resized by this factor (e.g. 0.5 for 2K, 0.25 for 4K) and
+                upsample the flow / mask to (H, W).
+            features: optional list with one ``(f0, f1)`` pair of per-frame maps (B, C_k, h_k, w_k) per block, at
+                any resolution covering the whole frame; used only by blocks with ``feature_channels[k] > 0``.
+        Returns:
+            :class:`FlowOutput` (flow and mask at (H, W) in float32; warps in the input dtype).
+        """
+        if img0.shape != img1.shape or img0.dim() != 4 or img0.shape[1] != self.image_channels:
+            raise ValueError(f"img0/img1 must both be (B, 3, H, W), got {tuple(img0.shape)} and {tuple(img1.shape)}")
+        if not scale_factor > 0:
+            raise ValueError(f"scale_factor must be positive, got {scale_factor}")
+        batch, _, height, width = img0.shape
+
+        work_size = (max(1, round(height * scale_factor)), max(1, round(width * scale_factor)))
+        work0, work1 = resize_bilinear(img0, work_size), resize_bilinear(img1, work_size)
+        pad_h = -work_size[0] % self.pad_multiple
+        pad_w = -work_size[1] % self.pad_multiple
+        if pad_h or pad_w:
+            work0 = F.pad(work0, (0, pad_w, 0, pad_h), mode="replicate")
+            work1 = F.pad(work1, (0, pad_w, 0, pad_h), mode="replicate")
+        padded_size = tuple(work0.shape[-2:])
+
+        def crop(tensor: torch.Tensor) -> torch.Tensor:
+            return tensor[..., :work_size[0], :work_size[1]]
+
+        t_map = self.timestep_map(t, batch, *padded_size, dtype=img0.dtype, device=img0.device)
+        block_features = self._aligned_features(features, work_size, padded_size)
+
+        flow: torch.Tensor | None = None
+        mask_logit: torch.Tensor | None = None
+        warped0 = warped1 = None
+        intermediate: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        for index, (block, scale) in enumerate(zip(self.blocks, self.scales)):
+            if index == 0:
+                block_input = torch.cat([work0, work1, t_map], dim=1)
+            else:
+                block_input = torch.cat([work0, work1, t_map, warped0, warped1,
+                                         mask_logit.to(work0.dtype)], dim=1)
+            delta_flow, delta_mask_logit = block(block_input, flow, scale, block_features[index])
+            flow = delta_flow if flow is None else flow + delta_flow
+            mask_logit = delta_mask_logit if mask_logit is None else mask_logit + delta_mask_logit
+            warped0 = self.warp(work0, flow[:, 0:2])
+            warped1 = self.warp(work1, flow[:, 2:4])
+            intermediate.append((crop(warped0), crop(warped1), crop(mask_logit)))
+
+        flow, mask_logit = crop(flow), crop(mask_logit)
+        if work_size == (height, width):
+            # Cropping a warp of the replicate-padded frame equals warping the unpadded frame (border padding).
+            final_warped0, final_warped1 = intermediate[-1][0], intermediate[-1][1]
+        else:
+            flow = resize_flow(flow, (height, width))
+            mask_logit = resize_bilinear(mask_logit, (height, width))
+            final_warped0 = self.warp(img0, flow[:, 0:2])
+            final_warped1 = self.warp(img1, flow[:, 2:4])
+        return FlowOutput(flow=flow, mask_logit=mask_logit, warped0=final_warped0, warped1=final_warped1,
+                          intermediate=intermediate)
