@@ -1,0 +1,610 @@
+"""Training losses for Thesis-VFI (SPEC "Loss Function Design", DESIGN section 8.2-8.6).
+
+Conventions shared by every loss here:
+
+* Images are (B, 3, H, W) RGB in [0, 1]; any H, W the individual loss can support (odd sizes included).
+* Every loss computes in float32 with autocast switched off inside, whatever the caller's precision: the
+  Laplacian bands and census differences are small numbers whose means bfloat16 (8 mantissa bits) would
+  round away, and VGG features feed an L1 whose scale must not depend on the mixed-precision setting.
+* Every loss returns a 0-dim float32 tensor.
+
+Components:
+
+* :class:`LaplacianLoss` -- L1 between Laplacian pyramids (RIFE / EMA-VFI / VFIMamba).
+* :class:`TernaryLoss` -- census-transform distance on luma (RIFE / IFRNet).
+* :class:`VGGPerceptualLoss` -- RIFE's VGG19 perceptual loss; weights only from local files, never downloaded.
+* :class:`FlowSmoothnessLoss` -- edge-aware flow smoothness (ARFlow form), gated by the edges of I_t.
+* :class:`CompositeLoss` -- the phase-aware weighted sum, with :class:`LossWeights` from the SPEC table.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "LOSS_LOG_KEYS",
+    "VGG_WEIGHTS_ENV_VAR",
+    "VGG19_HUB_FILENAME",
+    "CompositeLoss",
+    "FlowSmoothnessLoss",
+    "LaplacianLoss",
+    "LossWeights",
+    "TernaryLoss",
+    "VGGPerceptualLoss",
+    "VGGWeightsUnavailable",
+    "find_vgg19_weights",
+]
+
+
+def _autocast_off(tensor: torch.Tensor) -> torch.autocast:
+    """Context that disables autocast for ``tensor``'s device type, so the loss runs in true float32."""
+    return torch.autocast(device_type=tensor.device.type, enabled=False)
+
+
+def _check_image_pair(pred: torch.Tensor, gt: torch.Tensor, loss_name: str) -> None:
+    if pred.dim() != 4 or pred.shape != gt.shape:
+        raise ValueError(f"{loss_name} expects pred and gt of the same shape (B, C, H, W), got "
+                         f"{tuple(pred.shape)} and {tuple(gt.shape)}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Laplacian pyramid L1 (DESIGN 8.2)
+# ----------------------------------------------------------------------------------------------------------------
+
+_BINOMIAL_TAPS = (1.0, 4.0, 6.0, 4.0, 1.0)
+_BINOMIAL_SIZE = len(_BINOMIAL_TAPS)
+_BINOMIAL_PAD = _BINOMIAL_SIZE // 2
+
+
+class LaplacianLoss(nn.Module):
+    """L1 distance between the Laplacian pyramids of ``pred`` and ``gt``.
+
+    With the 5x5 binomial kernel ``K = (1,4,6,4,1)^T (1,4,6,4,1) / 256`` applied depthwise with reflect padding 2,
+    level ``k`` of an image ``I_0`` is::
+
+        g   = K * I_k
+        d   = g[::2, ::2]                        # I_{k+1}, size ceil(h/2) x ceil(w/2)
+        u   = (4K * zero_insert(d))[:h, :w]      # zero_insert -> 2*ceil(h/2) x 2*ceil(w/2), crop to I_k's size
+        L_k = I_k - u
+
+    and the loss is ``sum_k mean|L_k(pred) - L_k(gt)|`` over ``levels`` levels; the final low-pass residual is not
+    included.  For H, W divisible by 2**levels this is RIFE's ``LapLoss``; the crop makes odd sizes work.
+
+    A level needs at least 5 px on each side (the kernel size; this also keeps reflect padding legal).  When a
+    deeper level would be smaller, the pyramid stops early and the loss sums the levels computed so far (e.g. a
+    64x64 input uses 4 levels: 64, 32, 16, 8).
+
+    Implementation note: every step above is linear, so ``L_k(pred) - L_k(gt) = L_k(pred - gt)``; one pyramid of
+    the difference is built instead of two (half the work, and no cancellation between two large pyramids).
+    """
+
+    def __init__(self, levels: int = 5):
+        super().__init__()
+        if levels < 1:
+            raise ValueError(f"LaplacianLoss needs levels >= 1, got {levels}")
+        self.levels = levels
+        taps = torch.tensor(_BINOMIAL_TAPS, dtype=torch.float32)
+        kernel = torch.outer(taps, taps) / 256.0
+        # Non-persistent: a constant, so it follows .to(device) but never enters a checkpoint.
+        self.register_buffer("kernel", kernel.view(1, 1, _BINOMIAL_SIZE, _BINOMIAL_SIZE), persistent=False)
+
+    def extra_repr(self) -> str:
+        return f"levels={self.levels}"
+
+    @staticmethod
+    def _blur(image: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+        """Depthwise 5x5 convolution with reflect padding: (N, C, h, w) -> (N, C, h, w)."""
+        channels = image.shape[1]
+        padded = F.pad(image, (_BINOMIAL_PAD,) * 4, mode="reflect")
+        return F.conv2d(padded, kernel.to(image.dtype).expand(channels, 1, -1, -1), groups=channels)
+
+    def pyramid(self, image: torch.Tensor) -> list[torch.Tensor]:
+        """Laplacian bands of ``image`` (N, C, H, W): list of (N, C, H_k, W_k), finest first, without the residual.
+
+        Runs in the dtype of ``image``; :meth:`forward` calls it in float32.
+        """
+        height, width = image.shape[-2:]
+        if min(height, width) < _BINOMIAL_SIZE:
+            raise ValueError(f"LaplacianLoss needs images of at least {_BINOMIAL_SIZE}x{_BINOMIAL_SIZE}, "
+                             f"got {height}x{width}")
+        bands: list[torch.Tensor] = []
+        current = image
+        for _ in range(self.levels):
+            height, width = current.shape[-2:]
+            if min(height, width) < _BINOMIAL_SIZE:
+                break
+            downsampled = self._blur(current, self.kernel)[..., ::2, ::2]
+            down_h, down_w = downsampled.shape[-2:]
+            zero_inserted = downsampled.new_zeros(*downsampled.shape[:2], 2 * down_h, 2 * down_w)
+            zero_inserted[..., ::2, ::2] = downsampled
+            # 4K restores the mean brightness lost to the three zeros inserted per sample.
+            upsampled = self._blur(zero_inserted, 4.0 * self.kernel)[..., :height, :width]
+            bands.append(current - upsampled)
+            current = downsampled
+        return bands
+
+    def forward(self, pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+        """pred, gt: (B, C, H, W), H, W >= 5 -> 0-dim float32 loss."""
+        _check_image_pair(pred, gt, "LaplacianLoss")
+        with _autocast_off(pred):
+            bands = self.pyramid(pred.float() - gt.float())
+            return torch.stack([band.abs().mean() for band in bands]).sum()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Census / ternary loss (DESIGN 8.3)
+# ----------------------------------------------------------------------------------------------------------------
+
+_LUMA_WEIGHTS = (0.2989, 0.587, 0.114)   # RIFE's (ITU-R BT.601) grey conversion
+
+
+class TernaryLoss(nn.Module):
+    """Soft census-transform (ternary) distance between ``pred`` and ``gt``, computed on luma.
+
+    For every pixel ``p`` and every offset ``o`` of a ``patch_size`` x ``patch_size`` window (the centre included,
+    as in RIFE's 49 one-hot filters)::
+
+        t_o(p) = Y(p + o) - Y(p)                   # Y = 0.2989 R + 0.587 G + 0.114 B, in [0, 1]
+        c_o(p) = t_o / sqrt(0.81 + t_o^2)          # soft sign
+        dist(p) = mean_o  d^2 / (0.1 + d^2),   d = c_o(p; pred) - c_o(p; gt)
+
+    and the loss is the mean of ``dist`` over valid pixels.
+
+    Border: pixels closer than ``margin = patch_size // 2`` (3 px for 7x7, IFRNet's choice; RIFE masks only 1 px)
+    to the image edge are excluded, because their windows would reach into padding and compare real pixels with
+    invented ones.  Implemented by extracting windows with ``F.unfold`` without padding, which visits exactly the
+    valid pixels, so "mask then mean over valid pixels" needs no explicit mask.
+
+    Adding a constant to both images leaves the loss unchanged (only differences of luma enter).
+    """
+
+    def __init__(self, patch_size: int = 7):
+        super().__init__()
+        if patch_size < 3 or patch_size % 2 == 0:
+            raise ValueError(f"TernaryLoss needs an odd patch_size >= 3, got {patch_size}")
+        self.patch_size = patch_size
+        self.margin = patch_size // 2
+
+    def extra_repr(self) -> str:
+        return f"patch_size={self.patch_size}, margin={self.margin}"
+
+    @staticmethod
+    def luma(image: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) RGB -> (B, 1, H, W) luma."""
+        red, green, blue = image.unbind(dim=1)
+        return (_LUMA_WEIGHTS[0] * red + _LUMA_WEIGHTS[1] * green + _LUMA_WEIGHTS[2] * blue).unsqueeze(1)
+
+    def census(self, grey: torch.Tensor) -> torch.Tensor:
+        """(B, 1, H, W) -> soft census codes (B, patch_size**2, (H - 2m) * (W - 2m)) at the valid pixels."""
+        height, width = grey.shape[-2:]
+        m = self.margin
+        neighbours = F.unfold(grey, kernel_size=self.patch_size)             # (B, P*P, L), windows fully inside
+        centres = grey[..., m:height - m, m:width - m].flatten(start_dim=2)  # (B, 1, L), same pixel order
+        differences = neighbours - centres
+        return differences / torch.sqrt(0.81 + differences * differences)
+
+    def forward(self, pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+        """pred, gt: (B, 3, H, W) with H, W > 2 * margin -> 0-dim float32 loss."""
+        _check_image_pair(pred, gt, "TernaryLoss")
+        if pred.shape[1] != 3:
+            raise ValueError(f"TernaryLoss expects RGB images (B, 3, H, W), got {tuple(pred.shape)}")
+        height, width = pred.shape[-2:]
+        if min(height, width) <= 2 * self.margin:
+            raise ValueError(f"TernaryLoss(patch_size={self.patch_size}) needs images larger than "
+                             f"{2 * self.margin}x{2 * self.margin}, got {height}x{width}")
+        with _autocast_off(pred):
+            code_difference = self.census(self.luma(pred.float())) - self.census(self.luma(gt.float()))
+            squared = code_difference * code_difference
+            # Every valid pixel has the same number of offsets, so one mean = mean over offsets, then pixels.
+            return (squared / (0.1 + squared)).mean()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# VGG19 perceptual loss (DESIGN 8.4)
+# ----------------------------------------------------------------------------------------------------------------
+
+VGG_WEIGHTS_ENV_VAR = "THESIS_VGG_WEIGHTS"
+VGG19_HUB_FILENAME = "vgg19-dcbb9e9d.pth"   # torchvision's IMAGENET1K_V1 file name in the hub cache
+
+# torchvision ``vgg19().features`` indices of relu1_1, relu2_1, relu3_1, relu4_1, relu5_1 and RIFE's weights.
+_VGG19_TAP_INDICES = (1, 6, 11, 20, 29)
+_VGG19_TAP_WEIGHTS = (1.0 / 2.6, 1.0 / 4.8, 1.0 / 3.7, 1.0 / 5.6, 10.0 / 1.5)
+_VGG19_TRUNK_LENGTH = _VGG19_TAP_INDICES[-1] + 1
+_VGG19_TOTAL_SCALE = 0.1                      # RIFE's final x0.1; CompositeLoss's weight multiplies on top
+_VGG19_MIN_SIZE = 16                          # four 2x max-pools before relu5_1
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class VGGWeightsUnavailable(RuntimeError):
+    """No VGG19 weights file was found and random weights were not allowed."""
+
+
+def _vgg19_hub_cache_path() -> str:
+    # Looked up at call time (not imported by name) so TORCH_HOME / torch.hub.set_dir changes are honoured.
+    return os.path.join(torch.hub.get_dir(), "checkpoints", VGG19_HUB_FILENAME)
+
+
+def find_vgg19_weights(weights_path: str | os.PathLike | None = None) -> str:
+    """Locate a VGG19 weights file; returns its path.
+
+    Order: ``weights_path``; else the environment variable ``THESIS_VGG_WEIGHTS``; else torchvision's file in
+    the torch hub cache (``<torch.hub.get_dir()>/checkpoints/vgg19-dcbb9e9d.pth``).
+
+    Raises:
+        FileNotFoundError: ``weights_path`` or ``THESIS_VGG_WEIGHTS`` names a file that does not exist (the user
+            asked for that file explicitly, so silently training without the perceptual term would be wrong).
+        VGGWeightsUnavailable: nothing was given and the hub cache has no file.
+    """
+    if weights_path is not None:
+        path = os.fspath(weights_path)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"VGG19 weights file given explicitly does not exist: {path}")
+        return path
+    env_path = os.environ.get(VGG_WEIGHTS_ENV_VAR, "")
+    if env_path:
+        if not os.path.isfile(env_path):
+            raise FileNotFoundError(f"{VGG_WEIGHTS_ENV_VAR}={env_path} does not name an existing file")
+        return env_path
+    hub_path = _vgg19_hub_cache_path()
+    if os.path.isfile(hub_path):
+        return hub_path
+    raise VGGWeightsUnavailable(
+        f"no VGG19 weights found (no weights path given, {VGG_WEIGHTS_ENV_VAR} unset, {hub_path} missing); "
+        f"provide them with --vgg_weights PATH or {VGG_WEIGHTS_ENV_VAR}=PATH, or copy torchvision's "
+        f"{VGG19_HUB_FILENAME} to {hub_path}")
+
+
+def _build_vgg19_trunk() -> nn.Sequential:
+    """torchvision VGG19 ``features[:30]`` (conv1_1 ... relu5_1) with uninitialised float32 CPU weights.
+
+    Built on the meta device so the 120M-parameter classifier (discarded anyway) is never allocated or initialised;
+    ``weights=None`` guarantees torchvision never tries to download anything.
+    """
+    import torchvision  # imported here: only the perceptual term needs it, and it adds seconds to import time
+
+    with torch.device("meta"):
+        full_network = torchvision.models.vgg19(weights=None)
+    trunk = full_network.features[:_VGG19_TRUNK_LENGTH]   # slicing keeps the original keys "0" ... "29"
+    return trunk.to_empty(device="cpu")
+
+
+def _one_line(text: str, limit: int = 160) -> str:
+    first_line = text.strip().splitlines()[0] if text.strip() else ""
+    return first_line if len(first_line) <= limit else first_line[:limit] + "..."
+
+
+def _load_vgg19_trunk_weights(trunk: nn.Sequential, path: str) -> None:
+    """Copy a VGG19 state dict from ``path`` into ``trunk`` (as built by :func:`_build_vgg19_trunk`).
+
+    Accepts torchvision's full VGG19 state dict (``features.N.*`` plus ``classifier.*``) or a features-only one
+    (``N.*``); layers after relu5_1 and the classifier are ignored.  Any other content -> one-line ValueError.
+    """
+    def reject(reason: str) -> ValueError:
+        return ValueError(f"{path}: not a torchvision VGG19 weights file ({reason})")
+
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch.load raises many types (pickle, zip, weights_only guard); all mean "bad file"
+        raise reject(f"cannot be loaded: {type(error).__name__}: {_one_line(str(error))}") from None
+    if not isinstance(raw, Mapping) or not all(isinstance(value, torch.Tensor) for value in raw.values()):
+        raise reject("expected a dict of tensors")
+
+    if any(key.startswith("features.") for key in raw):
+        raw = {key[len("features."):]: value for key, value in raw.items() if key.startswith("features.")}
+
+    def layer_index(key: str) -> int | None:
+        head = key.split(".", 1)[0]
+        return int(head) if head.isdigit() else None
+
+    selected = {key: value for key, value in raw.items()
+                if layer_index(key) is None or layer_index(key) < _VGG19_TRUNK_LENGTH}
+    expected = trunk.state_dict()
+    missing = sorted(set(expected) - set(selected))
+    unexpected = sorted(set(selected) - set(expected))
+    if missing or unexpected:
+        detail = []
+        if missing:
+            detail.append(f"{len(missing)} missing keys, e.g. {missing[0]!r}")
+        if unexpected:
+            detail.append(f"{len(unexpected)} unexpected keys, e.g. {unexpected[0]!r}")
+        raise reject("; ".join(detail))
+    for key, reference in expected.items():
+        if selected[key].shape != reference.shape:
+            raise reject(f"{key} has shape {tuple(selected[key].shape)}, expected {tuple(reference.shape)}")
+    trunk.load_state_dict({key: value.float() for key, value in selected.items()}, strict=True)
+
+
+def _freeze_as_constants(trunk: nn.Sequential) -> None:
+    """Turn every parameter of ``trunk`` into a non-persistent buffer of the same name.
+
+    The VGG weights are constants that come from a file, not state of the run, so:
+    they never enter any ``state_dict`` (20M floats do not belong in VFI checkpoints, and loading a checkpoint
+    must not need them), they are not ``parameters()`` (no optimiser or grad-clipping can touch them), they
+    cannot require grad, and as buffers they still follow ``.to(device)`` / ``.cuda()``.  ``nn.Conv2d.forward``
+    reads ``self.weight`` / ``self.bias`` by attribute, which finds buffers just as well as parameters.
+    """
+    for layer in trunk:
+        for name, parameter in list(layer.named_parameters(recurse=False)):
+            delattr(layer, name)
+            layer.register_buffer(name, parameter.detach(), persistent=False)
+
+
+class VGGPerceptualLoss(nn.Module):
+    """RIFE's VGG19 perceptual loss: ``0.1 * sum_i w_i * mean|phi_i(pred) - phi_i(gt)|``.
+
+    ``phi_i`` are the torchvision VGG19 activations at relu1_1, relu2_1, relu3_1, relu4_1, relu5_1 of the
+    ImageNet-normalised RGB input, ``w = (1/2.6, 1/4.8, 1/3.7, 1/5.6, 10/1.5)``; target features run under
+    ``no_grad``.  The network is truncated after relu5_1, always in eval mode, with frozen weights stored as
+    non-persistent buffers (see :func:`_freeze_as_constants`): ``state_dict()`` is empty and ``parameters()``
+    yields nothing, yet ``.to(device)`` moves the network.
+
+    Args:
+        weights_path: VGG19 weights file; if None, see :func:`find_vgg19_weights` for the search order.
+        allow_random: when no file is found, use randomly initialised weights instead of raising (tests only:
+            a random VGG makes the perceptual term meaningless).
+
+    Raises:
+        VGGWeightsUnavailable: no file found and ``allow_random`` is False.
+        FileNotFoundError: an explicitly named file (argument or env var) does not exist.
+        ValueError: the file is not a VGG19 state dict (one line, naming the file).
+
+    Attribute ``weights_source`` holds the file path used, or ``"random"``.
+    """
+
+    def __init__(self, weights_path: str | os.PathLike | None = None, allow_random: bool = False):
+        super().__init__()
+        try:
+            resolved_path: str | None = find_vgg19_weights(weights_path)
+        except VGGWeightsUnavailable:
+            if not allow_random:
+                raise
+            resolved_path = None
+
+        trunk = _build_vgg19_trunk()
+        if resolved_path is None:
+            for layer in trunk:
+                if isinstance(layer, nn.Conv2d):
+                    layer.reset_parameters()
+            self.weights_source = "random"
+        else:
+            _load_vgg19_trunk_weights(trunk, resolved_path)
+            self.weights_source = resolved_path
+        _freeze_as_constants(trunk)
+        self.features = trunk
+
+        self.register_buffer("mean", torch.tensor(_IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(_IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        super().train(False)
+
+    def train(self, mode: bool = True) -> VGGPerceptualLoss:
+        """Always stays in eval mode: the perceptual network is a fixed measuring instrument."""
+        return super().train(False)
+
+    def extra_repr(self) -> str:
+        return f"weights_source={self.weights_source!r}"
+
+    def _tapped_features(self, image: torch.Tensor) -> list[torch.Tensor]:
+        """(B, 3, H, W) float32 in [0, 1] -> the five relu activations, coarsening from (B, 64, H, W)."""
+        activation = (image - self.mean) / self.std
+        tapped = []
+        for index, layer in enumerate(self.features):
+            activation = layer(activation)
+            if index in _VGG19_TAP_INDICES:
+                # Safe to keep although ReLUs are in-place: every tap is followed by a conv (or is the last layer),
+                # which writes a new tensor, so no later layer overwrites a kept activation.
+                tapped.append(activation)
+        return tapped
+
+    def forward(self, pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+        """pred, gt: (B, 3, H, W) RGB in [0, 1], H, W >= 16 -> 0-dim float32 loss (already x0.1)."""
+        _check_image_pair(pred, gt, "VGGPerceptualLoss")
+        if pred.shape[1] != 3:
+            raise ValueError(f"VGGPerceptualLoss expects RGB images (B, 3, H, W), got {tuple(pred.shape)}")
+        if min(pred.shape[-2:]) < _VGG19_MIN_SIZE:
+            raise ValueError(f"VGGPerceptualLoss needs images of at least {_VGG19_MIN_SIZE}x{_VGG19_MIN_SIZE}, "
+                             f"got {pred.shape[-2]}x{pred.shape[-1]}")
+        with _autocast_off(pred):
+            pred_features = self._tapped_features(pred.float())
+            with torch.no_grad():
+                gt_features = self._tapped_features(gt.float())
+            total = sum(weight * (pred_feature - gt_feature).abs().mean()
+                        for weight, pred_feature, gt_feature
+                        in zip(_VGG19_TAP_WEIGHTS, pred_features, gt_features))
+            return _VGG19_TOTAL_SCALE * total
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Edge-aware flow smoothness (DESIGN 8.5)
+# ----------------------------------------------------------------------------------------------------------------
+
+def _forward_differences(tensor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, C, H, W) -> (d/dx: (B, C, H, W-1), d/dy: (B, C, H-1, W)), forward differences."""
+    return tensor[..., :, 1:] - tensor[..., :, :-1], tensor[..., 1:, :] - tensor[..., :-1, :]
+
+
+class FlowSmoothnessLoss(nn.Module):
+    """Edge-aware smoothness of the intermediate flows (ARFlow / UnFlow form).
+
+    Edge weights come from the image that lives on the flow's grid.  For VFI the flows ``F_{t->0}, F_{t->1}``
+    are defined on the target grid, so the image MUST be the target frame I_t (the ground truth in training),
+    not I_0::
+
+        w_x = exp(-alpha * mean_c |dx I|),   w_y likewise
+        order 1:  0.5 * [ mean(w_x * |dx F| / 2) + mean(w_y * |dy F| / 2) ]
+        order 2:  0.5 * [ mean(w_x' * |dxx F|)   + mean(w_y' * |dyy F|)   ]   (w' cropped to the 2nd-diff size)
+
+    Means run over batch, all flow channels and positions.  Units: flow in pixels *of the flow's own grid*;
+    the loss then is in those pixels (per pixel for order 1).  If the model hands in a low-resolution flow
+    expressed in full-resolution pixels, the loss scales up by the resolution factor: the weight absorbs it,
+    but keep the convention fixed across runs.  If the flow's size differs from the image's, the image is
+    resized to the flow's size (area averaging when shrinking, bilinear otherwise) before taking edges.
+
+    Args:
+        edge_constant: alpha; with images in [0, 1], alpha = 10 gives w ~ exp(-10 * step), i.e. a 0.1 intensity
+            edge already halves the penalty (alpha = 1 would leave w ~ 1 everywhere: no edge awareness).
+        order: 1 (penalise flow gradients) or 2 (penalise flow curvature; affine flows are free).
+    """
+
+    def __init__(self, edge_constant: float = 10.0, order: int = 1):
+        super().__init__()
+        if order not in (1, 2):
+            raise ValueError(f"FlowSmoothnessLoss order must be 1 or 2, got {order}")
+        if not edge_constant >= 0.0:
+            raise ValueError(f"FlowSmoothnessLoss edge_constant must be >= 0, got {edge_constant}")
+        self.edge_constant = float(edge_constant)
+        self.order = order
+
+    def extra_repr(self) -> str:
+        return f"edge_constant={self.edge_constant}, order={self.order}"
+
+    @staticmethod
+    def _image_on_flow_grid(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        if tuple(image.shape[-2:]) == size:
+            return image
+        if image.shape[-2] >= size[0] and image.shape[-1] >= size[1]:
+            return F.interpolate(image, size=size, mode="area")
+        return F.interpolate(image, size=size, mode="bilinear", align_corners=False)
+
+    def forward(self, flow: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        """flow: (B, 4, h, w) pixels, [F_t->0, F_t->1] (any channel count works); image: (B, 3, H, W) I_t.
+
+        Returns a 0-dim float32 loss.  Needs h, w >= order + 1.
+        """
+        if flow.dim() != 4 or image.dim() != 4 or flow.shape[0] != image.shape[0]:
+            raise ValueError(f"FlowSmoothnessLoss expects flow (B, 4, h, w) and image (B, 3, H, W) with the same B, "
+                             f"got {tuple(flow.shape)} and {tuple(image.shape)}")
+        height, width = flow.shape[-2:]
+        if min(height, width) < self.order + 1:
+            raise ValueError(f"FlowSmoothnessLoss(order={self.order}) needs a flow of at least "
+                             f"{self.order + 1}x{self.order + 1}, got {height}x{width}")
+        with _autocast_off(flow):
+            flow = flow.float()
+            image = self._image_on_flow_grid(image.float(), (height, width))
+            image_dx, image_dy = _forward_differences(image)
+            weight_x = torch.exp(-self.edge_constant * image_dx.abs().mean(dim=1, keepdim=True))
+            weight_y = torch.exp(-self.edge_constant * image_dy.abs().mean(dim=1, keepdim=True))
+            flow_dx, flow_dy = _forward_differences(flow)
+            if self.order == 1:
+                return 0.5 * ((weight_x * flow_dx.abs() / 2).mean() + (weight_y * flow_dy.abs() / 2).mean())
+            flow_dxx = flow_dx[..., :, 1:] - flow_dx[..., :, :-1]
+            flow_dyy = flow_dy[..., 1:, :] - flow_dy[..., :-1, :]
+            return 0.5 * ((weight_x[..., :, 1:] * flow_dxx.abs()).mean()
+                          + (weight_y[..., 1:, :] * flow_dyy.abs()).mean())
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Composite (DESIGN 8.6, SPEC "Loss Function Design")
+# ----------------------------------------------------------------------------------------------------------------
+
+LOSS_LOG_KEYS = ("loss_lap", "loss_ter", "loss_vgg", "loss_flow_smooth", "loss_total")
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    """Weights of the composite loss (SPEC table).  A weight of 0 switches the term off."""
+
+    lap: float = 1.0
+    ter: float = 1.0
+    vgg: float = 0.005
+    flow_smooth: float = 0.1
+
+    def __post_init__(self) -> None:
+        for field in fields(self):
+            value = getattr(self, field.name)
+            if not (math.isfinite(value) and value >= 0.0):
+                raise ValueError(f"LossWeights.{field.name} must be finite and >= 0, got {value}")
+
+
+class CompositeLoss(nn.Module):
+    """Phase-aware training loss ``lap*Lap + ter*Census + vgg*VGG + flow_smooth*Smooth(F, I_t)``.
+
+    Active terms:
+
+    * Laplacian, census: whenever their weight is > 0 (all phases).
+    * VGG perceptual: weight > 0 and weights found.  If no VGG19 file is found (and random weights are not
+      allowed), construction emits ONE warning and the term stays off; ``vgg_enabled`` tells which.  A file that
+      is named but missing (FileNotFoundError) or malformed (ValueError) is an error, not a warning.
+    * Flow smoothness: phases 2 and 3 with weight > 0; then ``forward`` requires ``flow``.  Phase 1 ignores it.
+
+    ``forward`` returns ``(total, logs)``:
+
+    * ``total``: 0-dim float32 weighted sum of the active terms, differentiable.
+    * ``logs``: exactly :data:`LOSS_LOG_KEYS` (the SPEC's TensorBoard tags without "loss/"), detached 0-dim
+      float32.  ``loss_lap``, ``loss_ter``, ``loss_vgg``, ``loss_flow_smooth`` are the UNWEIGHTED term values
+      (so runs with different weights stay comparable); inactive terms are 0.  ``loss_total`` is the WEIGHTED
+      sum, equal to ``total``.
+
+    Checkpointing: nothing here is trainable and ``state_dict()`` is empty (the VGG weights are non-persistent
+    buffers, see :class:`VGGPerceptualLoss`), so the module never needs saving; ``.to(device)`` moves everything.
+    The Trainer may reuse ``self.laplacian`` for extra terms such as DESIGN 8.6's ``0.5 * sum_i Lap(I_hat_i)``.
+    """
+
+    def __init__(self, phase: int, weights: LossWeights = LossWeights(),
+                 vgg_weights_path: str | os.PathLike | None = None, vgg_allow_random: bool = False):
+        super().__init__()
+        if phase not in (1, 2, 3):
+            raise ValueError(f"CompositeLoss phase must be 1, 2 or 3, got {phase!r}")
+        self.phase = phase
+        self.weights = weights
+        self.laplacian = LaplacianLoss()
+        self.ternary = TernaryLoss()
+        self.smoothness = FlowSmoothnessLoss()
+
+        perceptual: VGGPerceptualLoss | None = None
+        if weights.vgg > 0:
+            try:
+                perceptual = VGGPerceptualLoss(vgg_weights_path, allow_random=vgg_allow_random)
+            except VGGWeightsUnavailable as error:
+                warnings.warn(f"VGG perceptual loss term DISABLED (loss_vgg will be logged as 0): {error}",
+                              RuntimeWarning, stacklevel=2)
+        self.perceptual = perceptual
+        self.vgg_enabled: bool = perceptual is not None
+        self.flow_smoothness_enabled: bool = phase >= 2 and weights.flow_smooth > 0
+
+    def extra_repr(self) -> str:
+        return (f"phase={self.phase}, weights={self.weights}, vgg_enabled={self.vgg_enabled}, "
+                f"flow_smoothness_enabled={self.flow_smoothness_enabled}")
+
+    def forward(self, pred: torch.Tensor, gt: torch.Tensor,
+                flow: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """pred, gt: (B, 3, H, W) RGB in [0, 1]; flow: (B, 4, h, w) pixels [F_t->0, F_t->1] (phases 2, 3).
+
+        Returns (weighted total, logs); see the class docstring.
+        """
+        _check_image_pair(pred, gt, "CompositeLoss")
+        if self.flow_smoothness_enabled and flow is None:
+            raise ValueError(f"CompositeLoss(phase={self.phase}) needs the model's flow (B, 4, h, w) for the "
+                             f"flow-smoothness term: call forward(pred, gt, flow=flow)")
+
+        active: list[tuple[str, float, torch.Tensor]] = []
+        if self.weights.lap > 0:
+            active.append(("loss_lap", self.weights.lap, self.laplacian(pred, gt)))
+        if self.weights.ter > 0:
+            active.append(("loss_ter", self.weights.ter, self.ternary(pred, gt)))
+        if self.perceptual is not None:
+            active.append(("loss_vgg", self.weights.vgg, self.perceptual(pred, gt)))
+        if self.flow_smoothness_enabled:
+            # Edges from the ground-truth middle frame: the flows live on the target grid (DESIGN 8.5).
+            active.append(("loss_flow_smooth", self.weights.flow_smooth, self.smoothness(flow, gt)))
+
+        def zero() -> torch.Tensor:
+            return torch.zeros((), device=pred.device, dtype=torch.float32)
+
+        total = zero()
+        for _, weight, value in active:
+            total = total + weight * value
+
+        logs = {key: zero() for key in LOSS_LOG_KEYS}
+        for key, _, value in active:
+            logs[key] = value.detach()
+        logs["loss_total"] = total.detach()
+        return total, logs
