@@ -1,0 +1,623 @@
+"""Tests for dataset.py and tools/video_to_vimeo.py (CPU, tiny fixtures written to tmp_path)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections import Counter
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO_ROOT not in sys.path:  # plain `pytest` puts tests/ on the path, not the repository root
+    sys.path.insert(0, REPO_ROOT)
+
+import dataset  # noqa: E402
+from dataset import (  # noqa: E402
+    AugmentationParams,
+    DatasetError,
+    MixedDataset,
+    VimeoDataset,
+    X4KDataset,
+    apply_augmentation,
+    draw_augmentation,
+    sample_indices,
+)
+from config import parse_mixed_ratio  # noqa: E402  (one implementation, shared with the CLI)
+from tools.make_sample_data import is_complete  # noqa: E402
+from tools.video_to_vimeo import ConversionError, video_to_vimeo  # noqa: E402
+from tools.video_to_vimeo import main as video_to_vimeo_main  # noqa: E402
+
+VIMEO_W, VIMEO_H = 64, 48
+X4K_SIZE = 32
+CROP = 16
+
+
+# ------------------------------------------------------------------------------------------------
+# Fixture builders
+# ------------------------------------------------------------------------------------------------
+def _noise(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    return rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)
+
+
+def write_vimeo(root, train=("00001/0001", "00001/0002", "00002/0001", "00002/0002"),
+                test=("00003/0001", "00003/0002"), seed=0):
+    """Write a tiny Vimeo90K tree; returns {name: [im1, im2, im3] as BGR arrays}."""
+    rng = np.random.default_rng(seed)
+    frames = {}
+    for name in (*train, *test):
+        folder = os.path.join(root, "sequences", *name.split("/"))
+        os.makedirs(folder)
+        frames[name] = [_noise(rng, VIMEO_H, VIMEO_W) for _ in range(3)]
+        for index, image in enumerate(frames[name], start=1):
+            assert cv2.imwrite(os.path.join(folder, f"im{index}.png"), image)
+    with open(os.path.join(root, "tri_trainlist.txt"), "w") as handle:
+        handle.write("\n".join(train) + "\n\n")  # trailing blank line, as in the real list
+    with open(os.path.join(root, "tri_testlist.txt"), "w") as handle:
+        handle.write("\n".join(f"  {n}  " for n in test) + "\n")  # stray whitespace is tolerated
+    return frames
+
+
+X4K_LAYOUT = {"TypeA": {"clip_a0": 9, "clip_a1": 12}, "TypeB": {"clip_b0": 5}}
+
+
+def write_x4k(root, layout=X4K_LAYOUT, seed=1):
+    """Write train/<type>/<clip>/NNNN.png; returns {clip folder: [frame 0, frame 1, ...] BGR}."""
+    rng = np.random.default_rng(seed)
+    clips = {}
+    for type_name, type_clips in layout.items():
+        for clip_name, num_frames in type_clips.items():
+            folder = os.path.join(root, "train", type_name, clip_name)
+            os.makedirs(folder)
+            clips[folder] = [_noise(rng, X4K_SIZE, X4K_SIZE) for _ in range(num_frames)]
+            for number, image in enumerate(clips[folder]):
+                assert cv2.imwrite(os.path.join(folder, f"{number:04d}.png"), image)
+            with open(os.path.join(folder, "notes.txt"), "w") as handle:  # ignored: not a frame
+                handle.write("x")
+    return clips
+
+
+def chw_rgb(bgr: np.ndarray) -> torch.Tensor:
+    """Reference conversion of a BGR (H, W, 3) array into the datasets' RGB (3, H, W) tensor."""
+    return torch.from_numpy(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB).transpose(2, 0, 1).copy())
+
+
+def fixed_augmentation(**choices):
+    """A draw_augmentation replacement returning fixed choices (full crop unless given)."""
+
+    def draw(height, width, crop_size, generator=None):
+        base = dict(top=0, left=0, crop_height=crop_size or height, crop_width=crop_size or width)
+        base.update(choices)
+        return AugmentationParams(**base)
+
+    return draw
+
+
+@pytest.fixture
+def vimeo_root(tmp_path):
+    root = tmp_path / "vimeo_triplet"
+    frames = write_vimeo(str(root))
+    return str(root), frames
+
+
+@pytest.fixture
+def x4k_root(tmp_path):
+    root = tmp_path / "X4K1000FPS"
+    clips = write_x4k(str(root))
+    return str(root), clips
+
+
+def assert_one_line_error(error_info, *fragments):
+    message = str(error_info.value)
+    assert "\n" not in message and "\r" not in message, message
+    for fragment in fragments:
+        assert str(fragment) in message, f"{fragment!r} not in {message!r}"
+
+
+# ------------------------------------------------------------------------------------------------
+# Vimeo90K
+# ------------------------------------------------------------------------------------------------
+def test_vimeo_train_items_have_expected_shapes_and_types(vimeo_root):
+    root, _ = vimeo_root
+    data = VimeoDataset(root, split="train", crop_size=CROP, augment=True)
+    assert len(data) == 4
+    torch.manual_seed(0)
+    for index in range(len(data)):
+        item = data[index]
+        assert set(item) == {"img0", "gt", "img1", "t"}
+        for key in ("img0", "gt", "img1"):
+            assert item[key].dtype == torch.uint8
+            assert item[key].shape == (3, CROP, CROP)
+            assert item[key].is_contiguous()
+        assert item["t"].dtype == torch.float32 and item["t"].shape == ()
+        assert item["t"].item() == 0.5
+
+
+def test_vimeo_test_split_is_full_frame_rgb_and_deterministic(vimeo_root):
+    root, frames = vimeo_root
+    data = VimeoDataset(root, split="test")  # default crop/augment must be ignored for test
+    assert len(data) == 2
+    for index, name in enumerate(["00003/0001", "00003/0002"]):
+        first, second = data[index], data[index]
+        assert first["name"] == name
+        assert torch.equal(first["img0"], chw_rgb(frames[name][0]))
+        assert torch.equal(first["gt"], chw_rgb(frames[name][1]))
+        assert torch.equal(first["img1"], chw_rgb(frames[name][2]))
+        assert first["img0"].shape == (3, VIMEO_H, VIMEO_W)
+        for key in ("img0", "gt", "img1", "t"):
+            assert torch.equal(first[key], second[key])
+
+
+def test_vimeo_default_collate_batches(vimeo_root):
+    root, _ = vimeo_root
+    loader = DataLoader(VimeoDataset(root, crop_size=CROP), batch_size=4, num_workers=0)
+    batch = next(iter(loader))
+    assert batch["img0"].shape == (4, 3, CROP, CROP) and batch["img0"].dtype == torch.uint8
+    assert batch["t"].shape == (4,) and batch["t"].dtype == torch.float32
+    test_batch = next(iter(DataLoader(VimeoDataset(root, split="test"), batch_size=2)))
+    assert test_batch["name"] == ["00003/0001", "00003/0002"]
+
+
+def test_vimeo_full_frames_without_crop_keep_their_shape(vimeo_root):
+    root, _ = vimeo_root
+    data = VimeoDataset(root, crop_size=None, augment=True)
+    torch.manual_seed(3)
+    shapes = {tuple(data[i % len(data)]["gt"].shape) for i in range(40)}
+    assert shapes == {(3, VIMEO_H, VIMEO_W)}  # no 90/270 rotation of a non-square frame
+
+
+@pytest.mark.parametrize(
+    "choices,cv2_flip_code,cv2_rotation",
+    [
+        (dict(top=5, left=7, flip_horizontal=True, flip_vertical=False, rot90=1, swap_time=True,
+              channel_order=(2, 0, 1)), 1, cv2.ROTATE_90_COUNTERCLOCKWISE),
+        (dict(top=32, left=48, flip_horizontal=False, flip_vertical=True, rot90=3, swap_time=False,
+              channel_order=(1, 2, 0)), 0, cv2.ROTATE_90_CLOCKWISE),
+        (dict(top=0, left=1, flip_horizontal=True, flip_vertical=True, rot90=2, swap_time=False,
+              channel_order=(0, 1, 2)), -1, cv2.ROTATE_180),
+    ],
+)
+def test_vimeo_forced_choices_match_independent_reference(
+    vimeo_root, monkeypatch, choices, cv2_flip_code, cv2_rotation
+):
+    root, frames = vimeo_root
+    monkeypatch.setattr(dataset, "draw_augmentation", fixed_augmentation(**choices))
+    item = VimeoDataset(root, crop_size=CROP)[0]
+    top, left = choices["top"], choices["left"]
+
+    def reference(bgr):
+        rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)[top : top + CROP, left : left + CROP]
+        rgb = cv2.rotate(cv2.flip(rgb, cv2_flip_code), cv2_rotation)
+        return torch.from_numpy(rgb[..., list(choices["channel_order"])].transpose(2, 0, 1).copy())
+
+    im1, im2, im3 = frames["00001/0001"]
+    first, last = (im3, im1) if choices["swap_time"] else (im1, im3)
+    assert torch.equal(item["img0"], reference(first))
+    assert torch.equal(item["gt"], reference(im2))
+    assert torch.equal(item["img1"], reference(last))
+    assert item["t"].item() == 0.5
+
+
+def test_apply_augmentation_temporal_swap_maps_t_to_one_minus_t():
+    rng = np.random.default_rng(5)
+    frames = [_noise(rng, 8, 8) for _ in range(3)]
+    base = AugmentationParams(top=0, left=0, crop_height=8, crop_width=8)
+    same, t_same = apply_augmentation(frames, 0.25, base)
+    swapped, t_swapped = apply_augmentation(frames, 0.25, AugmentationParams(0, 0, 8, 8, swap_time=True))
+    assert t_same == 0.25 and t_swapped == 0.75
+    for original, kept in zip(frames, same, strict=True):
+        assert np.array_equal(original, kept)
+    for original, reversed_frame in zip(frames[::-1], swapped, strict=True):
+        assert np.array_equal(original, reversed_frame)
+
+
+def test_draw_augmentation_is_reproducible_and_covers_all_choices():
+    torch.manual_seed(123)
+    first = [draw_augmentation(VIMEO_H, VIMEO_W, CROP) for _ in range(300)]
+    torch.manual_seed(123)
+    second = [draw_augmentation(VIMEO_H, VIMEO_W, CROP) for _ in range(300)]
+    assert first == second
+    assert all(0 <= p.top <= VIMEO_H - CROP and 0 <= p.left <= VIMEO_W - CROP for p in first)
+    assert {p.rot90 for p in first} == {0, 1, 2, 3}
+    assert {p.swap_time for p in first} == {False, True}
+    assert {p.flip_horizontal for p in first} == {False, True}
+    assert {p.flip_vertical for p in first} == {False, True}
+    assert len({p.channel_order for p in first}) == 6
+    assert all(sorted(p.channel_order) == [0, 1, 2] for p in first)
+    assert {p.top for p in first} == set(range(VIMEO_H - CROP + 1))
+    full_frame = [draw_augmentation(VIMEO_H, VIMEO_W, None) for _ in range(100)]
+    assert {p.rot90 for p in full_frame} == {0, 2}
+
+
+# ------------------------------------------------------------------------------------------------
+# X4K1000FPS
+# ------------------------------------------------------------------------------------------------
+def test_x4k_walks_two_levels_and_finds_every_clip(x4k_root):
+    root, clips = x4k_root
+    data = X4KDataset(root, crop_size=CROP)
+    assert len(data) == 3
+    assert sorted(c.folder for c in data.clips) == sorted(clips)
+    assert [len(c.frame_names) for c in data.clips] == [9, 12, 5]
+    torch.manual_seed(0)
+    item = data[1]
+    assert item["gt"].shape == (3, CROP, CROP) and item["gt"].dtype == torch.uint8
+    assert 0.0 < item["t"].item() < 1.0
+
+
+def test_x4k_frames_sort_numerically(tmp_path):
+    folder = tmp_path / "x4k" / "train" / "TypeA" / "clip"
+    folder.mkdir(parents=True)
+    for number in (10, 9, 8, 11):  # unpadded names: lexical order would put 10 and 11 first
+        cv2.imwrite(str(folder / f"{number}.png"), np.full((X4K_SIZE, X4K_SIZE, 3), number, np.uint8))
+    data = X4KDataset(str(tmp_path / "x4k"), crop_size=CROP)
+    assert data.clips[0].frame_names == ("8.png", "9.png", "10.png", "11.png")
+
+
+def test_x4k_loads_the_sampled_frames_with_matching_t(x4k_root, monkeypatch):
+    root, clips = x4k_root
+    data = X4KDataset(root, crop_size=None, augment=False, max_gap=8)
+    drawn = []
+
+    def recording_sample_indices(num_frames, min_gap, max_gap, generator=None):
+        indices = sample_indices(num_frames, min_gap, max_gap, generator)
+        drawn.append(indices)
+        return indices
+
+    monkeypatch.setattr(dataset, "sample_indices", recording_sample_indices)
+    torch.manual_seed(7)
+    for step in range(60):
+        index = step % len(data)
+        item = data[index]
+        i0, it, i1 = drawn[-1]
+        frames = clips[data.clips[index].folder]
+        assert torch.equal(item["img0"], chw_rgb(frames[i0]))
+        assert torch.equal(item["gt"], chw_rgb(frames[it]))
+        assert torch.equal(item["img1"], chw_rgb(frames[i1]))
+        assert item["t"].item() == pytest.approx((it - i0) / (i1 - i0))
+
+
+def test_x4k_temporal_swap_reverses_frames_and_t(x4k_root, monkeypatch):
+    root, clips = x4k_root
+    monkeypatch.setattr(dataset, "sample_indices", lambda n, lo, hi, generator=None: (0, 1, 4))
+    monkeypatch.setattr(dataset, "draw_augmentation", fixed_augmentation(swap_time=True))
+    data = X4KDataset(root, crop_size=None)
+    item = data[0]
+    frames = clips[data.clips[0].folder]
+    assert item["t"].item() == pytest.approx(0.75)  # 1 - 1/4
+    assert torch.equal(item["img0"], chw_rgb(frames[4]))
+    assert torch.equal(item["gt"], chw_rgb(frames[1]))
+    assert torch.equal(item["img1"], chw_rgb(frames[0]))
+
+
+@pytest.mark.parametrize("num_frames,min_gap,max_gap", [(3, 2, 32), (5, 2, 3), (65, 2, 32), (65, 4, 8), (9, 2, 100)])
+def test_sample_indices_stay_inside_the_clip(num_frames, min_gap, max_gap):
+    generator = torch.Generator().manual_seed(num_frames * 1000 + max_gap)
+    largest = min(max_gap, num_frames - 1)
+    gaps = Counter()
+    for _ in range(2000):
+        i0, it, i1 = sample_indices(num_frames, min_gap, max_gap, generator)
+        assert 0 <= i0 < it < i1 <= num_frames - 1
+        assert min_gap <= i1 - i0 <= largest
+        t = (it - i0) / (i1 - i0)
+        assert 0.0 < t < 1.0
+        gaps[i1 - i0] += 1
+    assert set(gaps) == set(range(min_gap, largest + 1))  # every allowed gap occurs
+
+
+def test_sample_indices_rejects_impossible_requests():
+    with pytest.raises(ValueError):
+        sample_indices(2, 2, 4, None)
+    with pytest.raises(ValueError):
+        sample_indices(10, 1, 4, None)
+    with pytest.raises(ValueError):
+        sample_indices(3, 3, 8, None)
+
+
+def test_x4k_max_gap_is_respected_and_settable(x4k_root):
+    root, _ = x4k_root
+    data = X4KDataset(root, crop_size=CROP, augment=False, max_gap=2)
+    torch.manual_seed(11)
+    assert {data[i % 3]["t"].item() for i in range(30)} == {0.5}  # gap 2 leaves one target: t = 1/2
+    data.set_max_gap(8)
+    assert data.max_gap == 8
+    assert len({data[i % 3]["t"].item() for i in range(60)}) > 3
+    data.max_gap = 4
+    assert data.max_gap == 4
+    with pytest.raises(ValueError):
+        data.set_max_gap(1)
+    with pytest.raises(ValueError):
+        data.max_gap = 1
+    with pytest.raises(ValueError):
+        X4KDataset(root, max_gap=1)
+    assert data.max_gap == 4
+
+
+def test_x4k_dataloader_workers_see_new_max_gap_and_are_reproducible(x4k_root):
+    root, _ = x4k_root
+    data = X4KDataset(root, crop_size=CROP, augment=False, max_gap=2)
+
+    def epoch_ts(seed):
+        torch.manual_seed(seed)
+        loader = DataLoader(data, batch_size=3, num_workers=2, shuffle=False)
+        return torch.cat([batch["t"] for _ in range(4) for batch in loader]).tolist()
+
+    assert set(epoch_ts(0)) == {0.5}
+    data.set_max_gap(11)  # the trainer does this between epochs, in the main process
+    first, second = epoch_ts(1), epoch_ts(1)
+    assert first == second
+    assert len(set(first)) > 1
+
+
+def test_x4k_flat_layout_is_rejected(tmp_path):
+    train = tmp_path / "x4k" / "train"
+    train.mkdir(parents=True)
+    for number in range(5):
+        cv2.imwrite(str(train / f"{number:04d}.png"), np.zeros((8, 8, 3), np.uint8))
+    with pytest.raises(DatasetError) as error:
+        X4KDataset(str(tmp_path / "x4k"))
+    assert_one_line_error(error, str(train), "train/<type>/<clip>/0000.png")
+
+
+def test_x4k_one_level_layout_is_rejected(tmp_path):
+    clip = tmp_path / "x4k" / "train" / "clip0"
+    clip.mkdir(parents=True)
+    for number in range(5):
+        cv2.imwrite(str(clip / f"{number:04d}.png"), np.zeros((8, 8, 3), np.uint8))
+    with pytest.raises(DatasetError) as error:
+        X4KDataset(str(tmp_path / "x4k"))
+    assert_one_line_error(error, str(clip))
+
+
+def test_x4k_bad_inputs_name_the_path(tmp_path):
+    missing = tmp_path / "nowhere"
+    with pytest.raises(DatasetError) as error:
+        X4KDataset(str(missing))
+    assert_one_line_error(error, str(missing))
+
+    no_train = tmp_path / "no_train"
+    no_train.mkdir()
+    with pytest.raises(DatasetError) as error:
+        X4KDataset(str(no_train))
+    assert_one_line_error(error, str(no_train / "train"))
+
+    short_root = tmp_path / "short"
+    write_x4k(str(short_root), layout={"TypeA": {"ok": 5, "too_short": 2}})
+    with pytest.raises(DatasetError) as error:
+        X4KDataset(str(short_root))
+    assert_one_line_error(error, os.path.join(str(short_root), "train", "TypeA", "too_short"))
+
+    gap_root = tmp_path / "gap"
+    clips = write_x4k(str(gap_root), layout={"TypeA": {"holey": 6}})
+    holey = next(iter(clips))
+    os.remove(os.path.join(holey, "0003.png"))
+    with pytest.raises(DatasetError) as error:
+        X4KDataset(str(gap_root))
+    assert_one_line_error(error, holey, "3")
+
+
+# ------------------------------------------------------------------------------------------------
+# Mixing
+# ------------------------------------------------------------------------------------------------
+def test_mixed_dataset_interleaves_exactly_two_to_one(tmp_path):
+    names = tuple(f"00001/{i:04d}" for i in range(1, 7))
+    write_vimeo(str(tmp_path / "vimeo"), train=names, test=("00002/0001",))
+    write_x4k(str(tmp_path / "x4k"))
+    vimeo = VimeoDataset(str(tmp_path / "vimeo"), crop_size=CROP)
+    x4k = X4KDataset(str(tmp_path / "x4k"), crop_size=CROP)
+    mixed = MixedDataset(vimeo, x4k, ratio=(2, 1))
+    assert len(mixed) == 9  # ceil(6 * 3 / 2)
+    sources = [mixed.locate(i) for i in range(len(mixed))]
+    assert Counter(source for source, _ in sources) == {"vimeo": 6, "x4k": 3}
+    assert [source for source, _ in sources[:3]] == ["vimeo", "vimeo", "x4k"]
+    assert sorted(i for s, i in sources if s == "vimeo") == list(range(6))  # each Vimeo item once
+    assert sorted(i for s, i in sources if s == "x4k") == [0, 1, 2]
+    with pytest.raises(IndexError):
+        mixed.locate(len(mixed))
+
+    torch.manual_seed(0)
+    batch = next(iter(DataLoader(mixed, batch_size=9, shuffle=True)))
+    assert batch["img0"].shape == (9, 3, CROP, CROP)
+    assert (batch["t"] == 0.5).sum() >= 6  # all Vimeo items (and X4K items that drew t = 1/2)
+
+    assert len(MixedDataset(vimeo, x4k, ratio=(3, 2))) == 10  # ceil(6 * 5 / 3)
+    mixed.set_max_gap(3)
+    assert x4k.max_gap == 3
+
+
+def test_mixed_dataset_requires_one_crop_size(vimeo_root, x4k_root):
+    vimeo = VimeoDataset(vimeo_root[0], crop_size=CROP)
+    x4k = X4KDataset(x4k_root[0], crop_size=CROP * 2)
+    with pytest.raises(DatasetError) as error:
+        MixedDataset(vimeo, x4k)
+    assert_one_line_error(error, vimeo_root[0], x4k_root[0])
+    with pytest.raises(DatasetError):
+        MixedDataset(VimeoDataset(vimeo_root[0], split="test"), X4KDataset(x4k_root[0], crop_size=None))
+
+
+@pytest.mark.parametrize("text,expected", [("2:1", (2, 1)), (" 3 : 2 ", (3, 2)), ("1:1", (1, 1))])
+def test_parse_mixed_ratio_accepts_valid_ratios(text, expected):
+    assert parse_mixed_ratio(text) == expected
+
+
+@pytest.mark.parametrize("text", ["2-1", "0:1", "1:0", "a:b", "2:1:1", "", "2", "-1:2", "1.5:1"])
+def test_parse_mixed_ratio_rejects_malformed_text(text):
+    with pytest.raises(ValueError) as error:
+        parse_mixed_ratio(text)
+    assert_one_line_error(error, repr(text), "A:B")
+
+
+# ------------------------------------------------------------------------------------------------
+# Bad Vimeo inputs: DatasetError with a one-line message naming the path
+# ------------------------------------------------------------------------------------------------
+def test_vimeo_missing_root(tmp_path):
+    missing = tmp_path / "vimeo_triplet"
+    with pytest.raises(DatasetError) as error:
+        VimeoDataset(str(missing))
+    assert_one_line_error(error, str(missing), "--data_path")
+
+
+def test_vimeo_missing_list_file(vimeo_root):
+    root, _ = vimeo_root
+    list_path = os.path.join(root, "tri_trainlist.txt")
+    os.remove(list_path)
+    with pytest.raises(DatasetError) as error:
+        VimeoDataset(root)
+    assert_one_line_error(error, list_path)
+
+
+def test_vimeo_empty_list_file(vimeo_root):
+    root, _ = vimeo_root
+    list_path = os.path.join(root, "tri_testlist.txt")
+    with open(list_path, "w") as handle:
+        handle.write("\n   \n")
+    with pytest.raises(DatasetError) as error:
+        VimeoDataset(root, split="test")
+    assert_one_line_error(error, list_path, "empty")
+
+
+def test_vimeo_malformed_line(vimeo_root):
+    root, _ = vimeo_root
+    list_path = os.path.join(root, "tri_trainlist.txt")
+    with open(list_path, "w") as handle:
+        handle.write("00001/0001\n\nabc\n")
+    with pytest.raises(DatasetError) as error:
+        VimeoDataset(root)
+    assert_one_line_error(error, list_path, "line 3", "'abc'")
+
+
+def test_vimeo_missing_sequence_folder(vimeo_root):
+    root, _ = vimeo_root
+    with open(os.path.join(root, "tri_trainlist.txt"), "a") as handle:
+        handle.write("00009/0009\n")
+    with pytest.raises(DatasetError) as error:
+        VimeoDataset(root)
+    assert_one_line_error(error, os.path.join(root, "sequences", "00009", "0009"), "tri_trainlist.txt")
+
+
+def test_vimeo_unreadable_image(vimeo_root):
+    root, _ = vimeo_root
+    bad = os.path.join(root, "sequences", "00001", "0002", "im2.png")
+    with open(bad, "wb") as handle:
+        handle.write(b"this is not a png" * 10)
+    data = VimeoDataset(root, crop_size=CROP)
+    data[0]  # other items still load
+    with pytest.raises(DatasetError) as error:
+        data[1]
+    assert_one_line_error(error, bad)
+
+
+def test_vimeo_missing_image_file(vimeo_root):
+    root, _ = vimeo_root
+    gone = os.path.join(root, "sequences", "00001", "0001", "im3.png")
+    os.remove(gone)
+    with pytest.raises(DatasetError) as error:
+        VimeoDataset(root, crop_size=CROP)[0]
+    assert_one_line_error(error, gone)
+
+
+def test_vimeo_crop_larger_than_image(vimeo_root):
+    root, _ = vimeo_root
+    with pytest.raises(DatasetError) as error:
+        VimeoDataset(root, crop_size=VIMEO_H + 1)[0]
+    assert_one_line_error(error, os.path.join(root, "sequences", "00001", "0001", "im1.png"), "crop")
+
+
+def test_vimeo_mismatched_frame_sizes(vimeo_root):
+    root, _ = vimeo_root
+    folder = os.path.join(root, "sequences", "00001", "0001")
+    cv2.imwrite(os.path.join(folder, "im3.png"), np.zeros((VIMEO_H, VIMEO_W - 2, 3), np.uint8))
+    with pytest.raises(DatasetError) as error:
+        VimeoDataset(root, crop_size=CROP)[0]
+    assert_one_line_error(error, folder, "im3.png")
+
+
+# ------------------------------------------------------------------------------------------------
+# tools/video_to_vimeo.py
+# ------------------------------------------------------------------------------------------------
+def write_synthetic_video(path, num_frames=40, cut_at=20, frozen_from=16, size=(64, 48)):
+    """Moving square; frames frozen_from..cut_at-1 repeat a frame; a cut to a bright scene at cut_at.
+
+    Returns the per-frame scene label (0 dark, 1 bright) so tests can check that no triplet mixes
+    scenes.
+    """
+    width, height = size
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 25, (width, height))
+    assert writer.isOpened()
+    scenes = []
+    for index in range(num_frames):
+        bright = index >= cut_at
+        position = min(index, frozen_from - 1) if not bright else index - cut_at
+        frame = np.full((height, width, 3), 200 if bright else 30, np.uint8)
+        frame[:, :, 1] = np.linspace(0, 60, width, dtype=np.uint8)[None]  # some texture
+        x = 2 + 2 * position
+        frame[16:28, x : x + 10] = (0, 0, 255) if bright else (255, 255, 255)
+        writer.write(frame)
+        scenes.append(int(bright))
+    writer.release()
+    return scenes
+
+
+def test_video_to_vimeo_builds_a_loadable_set_and_skips_cuts(tmp_path):
+    video = tmp_path / "clip.avi"
+    write_synthetic_video(video)
+    out = tmp_path / "converted"
+    counts = video_to_vimeo(video, out, size=(64, 48), stride=1, test_fraction=0.25)
+    # 40 frames -> 38 candidate starts. Cut between frames 19|20: starts 18, 19. Frozen frames
+    # 15..19 (diffs 15..18 are zero): starts 14..17 (start 18 is counted as a cut). Test block is
+    # frames 30..39, so starts 28, 29 straddle the boundary.
+    assert counts["frames_read"] == 40
+    assert counts["candidates"] == 38
+    assert counts["scene_cuts"] == 1
+    assert counts["skipped_scene_cut"] == 2
+    assert counts["skipped_static"] == 4
+    assert counts["skipped_split_boundary"] == 2
+    assert (counts["train"], counts["test"]) == (22, 8)
+
+    train = VimeoDataset(str(out), split="train", crop_size=CROP)
+    test = VimeoDataset(str(out), split="test")
+    assert (len(train), len(test)) == (22, 8)
+    assert test[0]["gt"].shape == (3, 48, 64)
+    assert len(os.listdir(out / "sequences" / "00001")) == 30  # straddling triplets were deleted
+    for data in (train, test):
+        for index in range(len(data)):
+            folder = data.sequence_folder(index)
+            brightness = [cv2.imread(os.path.join(folder, f"im{k}.png")).mean() for k in (1, 2, 3)]
+            assert max(brightness) - min(brightness) < 40, f"{folder} spans the scene cut"
+    assert is_complete(str(out))
+    os.remove(os.path.join(test.sequence_folder(0), "im2.png"))
+    assert not is_complete(str(out))
+
+
+def test_video_to_vimeo_refuses_existing_output_and_overwrites_on_request(tmp_path):
+    video = tmp_path / "clip.avi"
+    write_synthetic_video(video)
+    out = tmp_path / "converted"
+    video_to_vimeo(video, out, size=(32, 24), test_fraction=0.25)
+    with pytest.raises(ConversionError) as error:
+        video_to_vimeo(video, out, size=(32, 24), test_fraction=0.25)
+    assert_one_line_error(error, str(out))
+    counts = video_to_vimeo(video, out, size=(32, 24), stride=2, test_fraction=0.25, overwrite=True)
+    assert counts["train"] == len(VimeoDataset(str(out), crop_size=None))
+
+
+def test_video_to_vimeo_errors_are_one_line_and_name_the_video(tmp_path, capsys):
+    garbage = tmp_path / "garbage.mp4"
+    garbage.write_bytes(b"\x00not a video" * 100)
+    with pytest.raises(ConversionError) as error:
+        video_to_vimeo(garbage, tmp_path / "out1")
+    assert_one_line_error(error, str(garbage))
+    assert not (tmp_path / "out1").exists()
+
+    missing = tmp_path / "missing.avi"
+    assert video_to_vimeo_main([str(missing), str(tmp_path / "out2")]) == 2
+    assert str(missing) in capsys.readouterr().err
+
+    frozen = tmp_path / "frozen.avi"
+    write_synthetic_video(frozen, num_frames=12, cut_at=99, frozen_from=1)
+    with pytest.raises(ConversionError) as error:
+        video_to_vimeo(frozen, tmp_path / "out3")
+    assert_one_line_error(error, str(frozen), "static")

@@ -1,0 +1,316 @@
+"""Turn any video OpenCV can read into a Vimeo90K-style triplet data set.
+
+Usage::
+
+    python tools/video_to_vimeo.py VIDEO OUT_DIR [--size 448x256] [--stride 1] [--test_fraction 0.1]
+        [--max_triplets N] [--scene_cut_threshold 30] [--static_threshold 0.2] [--step 1] [--overwrite]
+
+Output (the layout ``dataset.VimeoDataset`` reads)::
+
+    OUT_DIR/sequences/<5-digit group>/<4-digit index>/im1.png im2.png im3.png
+    OUT_DIR/tri_trainlist.txt, OUT_DIR/tri_testlist.txt     lines like "00001/0001"
+    OUT_DIR/video_to_vimeo.json                              parameters and counts (written last)
+
+A triplet is source frames (k, k + stride, k + 2 * stride), each resized with cv2.INTER_AREA; im2 is
+the true middle frame (t = 0.5). Start frames k advance by ``step`` (default 1: every frame starts a
+triplet).
+
+Filtering rules, all measured on the resized frames as the mean absolute difference (MAD, 0..255
+scale, averaged over pixels and colour channels) between consecutive *source* frames j and j + 1:
+
+* scene cut: MAD > scene_cut_threshold (default 30; ordinary motion at 448x256 stays well below
+  10, a cut between two different shots is typically several tens). A triplet whose span
+  k .. k + 2 * stride contains a cut is skipped, because its middle frame cannot be interpolated.
+* static / duplicated frame: MAD < static_threshold (default 0.2; codec noise alone is above that,
+  a repeated frame is below). A triplet whose span contains such a pair is skipped: a frozen shot
+  teaches nothing, and a frame repeated by frame-rate conversion moves the real time of im2 away
+  from 0.5.
+
+Train/test split by contiguous blocks, never by random triplets (neighbouring triplets are near
+duplicates): with N frames processed, frames [0, B) form the training block and [B, N) the test
+block, B = N - round(N * test_fraction). Triplets with frames on both sides of B are dropped, so no
+source frame appears in both splits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import shutil
+import sys
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+__all__ = ["ConversionError", "video_to_vimeo", "parse_size", "main"]
+
+TRAIN_LIST = "tri_trainlist.txt"
+TEST_LIST = "tri_testlist.txt"
+FRAME_NAMES = ("im1.png", "im2.png", "im3.png")
+INFO_FILE = "video_to_vimeo.json"
+SEQUENCES_PER_GROUP = 1000  # Vimeo90K groups hold up to 1000 sequences (0001 .. 1000)
+
+
+class ConversionError(RuntimeError):
+    """The video cannot be converted; the message is one line and names the path at fault."""
+
+    def __init__(self, message: str):
+        super().__init__(str(message).replace("\r", " ").replace("\n", " "))
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """"448x256" -> (448, 256) as (width, height)."""
+    parts = text.lower().split("x")
+    if len(parts) == 2 and all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        return int(parts[0]), int(parts[1])
+    raise ValueError(f"invalid size {text!r}: expected WIDTHxHEIGHT, e.g. 448x256")
+
+
+def _mean_abs_diff(frame_a: np.ndarray, frame_b: np.ndarray) -> float:
+    """Mean absolute difference of two uint8 (H, W, 3) frames, 0..255 scale."""
+    return float(cv2.absdiff(frame_a, frame_b).mean())
+
+
+def _sequence_name(number: int) -> str:
+    """0 -> "00001/0001", 999 -> "00001/1000", 1000 -> "00002/0001"."""
+    group, index = divmod(number, SEQUENCES_PER_GROUP)
+    return f"{group + 1:05d}/{index + 1:04d}"
+
+
+def _write_lines_atomically(path: str, lines: Sequence[str]) -> None:
+    temporary = path + ".tmp"
+    with open(temporary, "w", encoding="utf-8") as handle:
+        handle.write("".join(line + "\n" for line in lines))
+    os.replace(temporary, path)
+
+
+def _prepare_output(out_dir: str, overwrite: bool) -> str:
+    """Create out_dir; refuse (or with overwrite, remove) a data set already built there."""
+    sequences_dir = os.path.join(out_dir, "sequences")
+    ours = [os.path.join(out_dir, name) for name in (TRAIN_LIST, TEST_LIST, INFO_FILE)]
+    existing = [p for p in [sequences_dir, *ours] if os.path.exists(p)]
+    if existing and not overwrite:
+        raise ConversionError(
+            f"output already holds a data set: {existing[0]} (choose another OUT_DIR or pass --overwrite)"
+        )
+    for path in existing:  # only what this tool creates, never anything else in out_dir
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        else:
+            os.remove(path)
+    os.makedirs(sequences_dir, exist_ok=True)
+    return sequences_dir
+
+
+def video_to_vimeo(
+    video_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    size: tuple[int, int] = (448, 256),
+    stride: int = 1,
+    test_fraction: float = 0.1,
+    max_triplets: int | None = None,
+    scene_cut_threshold: float = 30.0,
+    static_threshold: float = 0.2,
+    step: int = 1,
+    overwrite: bool = False,
+) -> dict:
+    """Convert a video into the Vimeo90K triplet layout (see the module docstring for the rules).
+
+    Args:
+        video_path: any file cv2.VideoCapture can decode.
+        out_dir: output folder (created); must not already hold a data set unless overwrite.
+        size: output (width, height) of every frame.
+        stride: source-frame distance between im1, im2 and im3 (larger = more motion).
+        test_fraction: share of the video (its last frames) used for the test split, 0 < f < 1.
+        max_triplets: stop reading once this many triplets passed the filters (None: whole video);
+            the split then applies to the frames read so far.
+        scene_cut_threshold: consecutive-frame MAD above which a scene cut is assumed.
+        static_threshold: consecutive-frame MAD below which frames count as frozen/duplicated.
+        step: distance between the start frames of consecutive candidate triplets.
+        overwrite: replace a data set previously written to out_dir.
+
+    Returns:
+        dict of counts: frames_read, scene_cuts, candidates, skipped_scene_cut, skipped_static,
+        skipped_split_boundary, train, test, boundary_frame.
+
+    Raises:
+        ConversionError: unreadable video, video too short, or an empty train or test split.
+        ValueError: invalid arguments.
+    """
+    video_path = os.path.abspath(os.fspath(video_path))
+    out_dir = os.path.abspath(os.fspath(out_dir))
+    width, height = (int(v) for v in size)
+    if width < 1 or height < 1:
+        raise ValueError(f"size must be positive, got {size!r}")
+    if stride < 1 or step < 1:
+        raise ValueError(f"stride and step must be >= 1, got stride={stride}, step={step}")
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    if max_triplets is not None and max_triplets < 2:
+        raise ValueError(f"max_triplets must be >= 2 (one train and one test triplet), got {max_triplets}")
+    if not os.path.isfile(video_path):
+        raise ConversionError(f"video file not found: {video_path}")
+
+    capture = cv2.VideoCapture(video_path)
+    if not capture.isOpened():
+        raise ConversionError(f"cannot open video (unsupported or corrupt): {video_path}")
+
+    span = 2 * stride  # number of consecutive-frame differences inside one triplet
+    window: collections.deque[np.ndarray] = collections.deque(maxlen=span + 1)
+    span_diffs: collections.deque[float] = collections.deque(maxlen=span)
+    counts = dict.fromkeys(
+        ["frames_read", "scene_cuts", "candidates", "skipped_scene_cut", "skipped_static"], 0
+    )
+    written: list[tuple[str, int]] = []  # (sequence name, start frame)
+    sequences_dir = None
+    try:
+        frame_index = -1
+        while True:
+            ok, frame = capture.read()
+            if not ok or frame is None:
+                break
+            frame_index += 1
+            resized = cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA)
+            if window:
+                difference = _mean_abs_diff(window[-1], resized)
+                span_diffs.append(difference)
+                counts["scene_cuts"] += difference > scene_cut_threshold
+            window.append(resized)
+            if len(window) < span + 1:
+                continue
+            start = frame_index - span
+            if start % step:
+                continue
+            counts["candidates"] += 1
+            if max(span_diffs) > scene_cut_threshold:
+                counts["skipped_scene_cut"] += 1
+                continue
+            if min(span_diffs) < static_threshold:
+                counts["skipped_static"] += 1
+                continue
+            if sequences_dir is None:  # only touch out_dir once the video proved readable
+                sequences_dir = _prepare_output(out_dir, overwrite)
+            name = _sequence_name(len(written))
+            folder = os.path.join(sequences_dir, *name.split("/"))
+            os.makedirs(folder, exist_ok=True)
+            for file_name, image in zip(FRAME_NAMES, (window[0], window[stride], window[span]), strict=True):
+                path = os.path.join(folder, file_name)
+                if not cv2.imwrite(path, image):
+                    raise ConversionError(f"cannot write image: {path}")
+            written.append((name, start))
+            if max_triplets is not None and len(written) >= max_triplets:
+                break
+        counts["frames_read"] = frame_index + 1
+    finally:
+        capture.release()
+
+    frames_read = counts["frames_read"]
+    if frames_read == 0:
+        raise ConversionError(f"cannot decode any frame from video: {video_path}")
+    if frames_read < span + 1:
+        raise ConversionError(
+            f"video too short for stride {stride}: {frames_read} frames in {video_path}"
+        )
+    if not written:
+        raise ConversionError(
+            f"no usable triplets in {video_path}: {counts['skipped_scene_cut']} span scene cuts, "
+            f"{counts['skipped_static']} are static (check --scene_cut_threshold/--static_threshold)"
+        )
+
+    boundary = frames_read - int(round(frames_read * test_fraction))
+    train_names, test_names, dropped = [], [], []
+    for name, start in written:
+        if start + span < boundary:
+            train_names.append(name)
+        elif start >= boundary:
+            test_names.append(name)
+        else:
+            dropped.append(name)
+    counts.update(
+        skipped_split_boundary=len(dropped),
+        train=len(train_names),
+        test=len(test_names),
+        boundary_frame=boundary,
+    )
+    assert sequences_dir is not None
+    if not train_names or not test_names:
+        shutil.rmtree(sequences_dir)  # leave no half-built data set behind
+        empty = "train" if not train_names else "test"
+        raise ConversionError(
+            f"empty {empty} split for {video_path}: {len(train_names)} train / {len(test_names)} test "
+            f"triplets from {frames_read} frames (adjust --test_fraction, --stride or the thresholds)"
+        )
+    for name in dropped:
+        shutil.rmtree(os.path.join(sequences_dir, *name.split("/")))
+
+    _write_lines_atomically(os.path.join(out_dir, TRAIN_LIST), train_names)
+    _write_lines_atomically(os.path.join(out_dir, TEST_LIST), test_names)
+    info = {
+        "source_video": os.path.basename(video_path),
+        "size": [width, height],
+        "stride": stride,
+        "step": step,
+        "test_fraction": test_fraction,
+        "max_triplets": max_triplets,
+        "scene_cut_threshold": scene_cut_threshold,
+        "static_threshold": static_threshold,
+        "counts": counts,
+    }
+    temporary = os.path.join(out_dir, INFO_FILE + ".tmp")
+    with open(temporary, "w", encoding="utf-8") as handle:
+        json.dump(info, handle, indent=2)
+    os.replace(temporary, os.path.join(out_dir, INFO_FILE))  # marks the data set as complete
+    return counts
+
+
+def build_arg_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Convert a video into the Vimeo90K triplet layout (sequences/, tri_*list.txt)."
+    )
+    parser.add_argument("video", help="input video file (anything cv2.VideoCapture reads)")
+    parser.add_argument("out_dir", help="output folder")
+    parser.add_argument("--size", type=parse_size, default=(448, 256), help="WIDTHxHEIGHT (448x256)")
+    parser.add_argument("--stride", type=int, default=1, help="frames between im1, im2, im3 (1)")
+    parser.add_argument("--test_fraction", type=float, default=0.1, help="last share of the video used as test (0.1)")
+    parser.add_argument("--max_triplets", type=int, default=None, help="stop after N kept triplets")
+    parser.add_argument("--scene_cut_threshold", type=float, default=30.0,
+                        help="consecutive-frame mean abs difference (0..255) above which a cut is assumed (30)")
+    parser.add_argument("--static_threshold", type=float, default=0.2,
+                        help="consecutive-frame mean abs difference below which frames count as frozen (0.2)")
+    parser.add_argument("--step", type=int, default=1, help="start-frame distance between candidate triplets (1)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a data set already in OUT_DIR")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_arg_parser().parse_args(argv)
+    try:
+        counts = video_to_vimeo(
+            args.video,
+            args.out_dir,
+            size=args.size,
+            stride=args.stride,
+            test_fraction=args.test_fraction,
+            max_triplets=args.max_triplets,
+            scene_cut_threshold=args.scene_cut_threshold,
+            static_threshold=args.static_threshold,
+            step=args.step,
+            overwrite=args.overwrite,
+        )
+    except (ConversionError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(
+        f"{args.out_dir}: {counts['train']} train / {counts['test']} test triplets from "
+        f"{counts['frames_read']} frames (skipped: {counts['skipped_scene_cut']} scene cut, "
+        f"{counts['skipped_static']} static, {counts['skipped_split_boundary']} on the split boundary; "
+        f"{counts['scene_cuts']} cuts detected)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
