@@ -138,6 +138,7 @@ class TrainConfig:
     exp_name: str | None = None
     dry_run: bool = False
     dry_run_steps: int = 4
+    stop_after_epoch: int | None = None  # stop after this many epochs as if interrupted (tests, preemptible jobs)
     steps_per_epoch: int | None = None  # cap an epoch (demos, smoke tests); None = the whole dataset
     max_nonfinite_steps: int = 5
     seed: int = 0
@@ -184,6 +185,8 @@ class ExperimentConfig:
     def validate(self) -> None:
         self.model.validate()
         t, d = self.train, self.data
+        if not d.data_path:
+            raise ConfigError("--data_path is required: the Vimeo90K triplet folder (tri_trainlist.txt, sequences/)")
         if t.phase not in PHASES:
             raise ConfigError(f"--phase must be 1, 2 or 3, got {t.phase}")
         for flag, value in (("--epochs", t.epochs), ("--batch_size", d.batch_size), ("--grad_accum", t.grad_accum),
@@ -207,7 +210,7 @@ class ExperimentConfig:
                               "never train")
         if t.curriculum and t.phase != 3:
             raise ConfigError("--curriculum is the Phase-3 X4K motion curriculum: use it with --phase 3")
-        if t.phase == 3 and not d.x4k_path and not t.dry_run:
+        if t.phase == 3 and not d.x4k_path:
             raise ConfigError("--phase 3 trains on Vimeo90K + X4K1000FPS: give --x4k_path")
         if d.x4k_path and t.phase != 3:
             raise ConfigError(f"--x4k_path is only used in phase 3 (got --phase {t.phase})")
@@ -226,6 +229,11 @@ class ExperimentConfig:
 # Presets
 # --------------------------------------------------------------------------------------------------------
 MODEL_SIZES: dict[str, ModelConfig] = {
+    # Every component at toy width: CPU tests, CI smoke runs and the CPU demo.
+    "tiny": ModelConfig(conv_channels=(8, 8, 16), conv_depths=(1, 1, 1), lgs_channels=(32, 32), lgs_depths=(1, 1),
+                        attn_heads=(2, 2), window_size=4, ssm_headdim=16, ssm_state=8, ssm_chunk_size=64,
+                        refine_channels=(8, 8, 16, 16), drop_path=0.0, flow_widths=(24, 16, 12), flow_res_layers=2,
+                        context_channels=4),
     # ~1.3M parameters in Phase 1, the size the spec reports for its Phase-1 model.
     "small": ModelConfig(),
     # A VFIMamba-S-like width profile (DESIGN.md 10 scaled to F=16) for when capacity matters more than speed.
@@ -344,6 +352,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
     extra.add_argument("--ema_decay", type=float, default=None, help="EMA of weights, 0 = off (default 0)")
     extra.add_argument("--warmup_steps", type=int, default=None, help="linear warm-up steps (default 2000)")
     extra.add_argument("--steps_per_epoch", type=int, default=None, help="cap the steps of an epoch (demos)")
+    extra.add_argument("--stop_after_epoch", type=int, default=None,
+                       help="stop after this epoch as if interrupted; the LR schedule still spans --epochs")
     extra.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
     extra.add_argument("--ssd_backend", type=str, default=None, help="auto / torch / triton (default auto)")
     extra.add_argument("--vgg_weights", type=str, default=None,

@@ -124,9 +124,10 @@ def _ssd_chunked(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus) -> torc
 
         # 1) within each chunk: masked "attention" (C B^T o decay) applied to the inputs.
         scores = torch.einsum("bclgn,bcsgn->bgcls", C_c, B_c).unsqueeze(2)     # (b, g, 1, c, Q, Q)
-        intra = torch.exp(cum[..., :, None] - cum[..., None, :])
+        # Mask with -inf *before* exp: the upper triangle holds large positive differences whose exp overflows,
+        # and masking afterwards would still send 0 * inf = NaN back through exp in the backward pass.
         causal = torch.tril(torch.ones(chunk, chunk, dtype=torch.bool, device=x.device))
-        intra = intra.masked_fill(~causal, 0.0)
+        intra = torch.exp((cum[..., :, None] - cum[..., None, :]).masked_fill(~causal, float("-inf")))
         y = torch.matmul(scores * intra, x_c)                                  # (b, g, r, c, Q, p)
 
         # 2) state each chunk leaves behind, from its own tokens only.

@@ -1,0 +1,368 @@
+"""Trainer: owns the model, loss, optimizer, AMP, EMA and every piece of training state.
+
+Reading path (STYLE.md): ``dataset.py`` -> :meth:`Trainer.train_step` -> ``ThesisModel.forward`` ->
+``CompositeLoss``. The learning rate is a pure function of the optimizer step (:func:`lr_at_step`), so resuming
+has no scheduler to restore. :meth:`Trainer.state_payload` holds everything needed to continue bit for bit:
+model, optimizer, GradScaler, EMA, step, epoch, best metric, config and the RNG states of every rank.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from contextlib import contextmanager, nullcontext
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from checkpoint import CHECKPOINT_FORMAT, CheckpointError, checkpoint_config, config_differences, load_matching_weights
+from config import ExperimentConfig
+from distributed import DistributedContext
+from model import build_model
+from model.loss import CompositeLoss, LossWeights
+
+
+class TrainingDiverged(RuntimeError):
+    """Too many non-finite losses or gradients in a row."""
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Pure schedule functions
+# ----------------------------------------------------------------------------------------------------------
+def lr_at_step(step: int, base_lr: float, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> float:
+    """Linear warm-up to ``base_lr`` over ``warmup_steps``, then cosine decay to ``base_lr * min_lr_ratio`` at
+    ``total_steps`` (EMA-VFI's recipe: 2e-4 -> 2e-5). Constant at the floor beyond ``total_steps``."""
+    if step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    decay_steps = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / decay_steps)
+    floor = base_lr * min_lr_ratio
+    return floor + (base_lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+CURRICULUM_GAPS = (2, 4, 8, 16, 32)
+
+
+def curriculum_max_gap(epoch: int, transition_epoch: int, enabled: bool, gaps: tuple[int, ...] = CURRICULUM_GAPS) -> int:
+    """Largest X4K frame gap allowed at ``epoch`` (0-based).
+
+    VFIMamba's curriculum (DESIGN.md 1.6): keep Vimeo90K throughout and add X-TRAIN with growing motion. The
+    exact published schedule is unverified; ours raises the cap through ``gaps`` in equal steps of
+    ``transition_epoch / (len(gaps) - 1)`` epochs, so the full range is reached at ``transition_epoch``
+    (``--curriculum_T``). Without the curriculum: the full range from the start.
+    """
+    if not enabled:
+        return gaps[-1]
+    stage = min(len(gaps) - 1, (epoch * (len(gaps) - 1)) // max(1, transition_epoch))
+    return gaps[stage]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Optimizer, AMP, EMA
+# ----------------------------------------------------------------------------------------------------------
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: no weight decay on biases, norms, PReLU slopes and the SSM's A_log, D, dt_bias (flagged
+    ``_no_weight_decay`` by the modules, as Mamba does), nor on mHC biases/gains."""
+    decay, no_decay = [], []
+    for _, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        (no_decay if param.ndim < 2 or getattr(param, "_no_weight_decay", False) else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def resolve_amp(amp: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
+    """(autocast dtype or None, use GradScaler). auto: bf16 on CUDA where supported, else fp16; fp32 on CPU."""
+    if device.type != "cuda" or amp == "fp32":
+        return None, False          # CPU autocast is slower than fp32 here and gains nothing
+    if amp == "auto":
+        amp = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return (torch.bfloat16, False) if amp == "bf16" else (torch.float16, True)
+
+
+class ExponentialMovingAverage:
+    """Float32 shadow copy of the model's parameters and buffers, ``shadow = lerp(shadow, current, 1 - decay)``."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.shadow = {k: v.detach().float().clone() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        for key, value in model.state_dict().items():
+            if value.is_floating_point():
+                self.shadow[key].lerp_(value.float(), 1.0 - self.decay)
+            else:
+                self.shadow[key].copy_(value)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.shadow
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        for key, value in state.items():
+            self.shadow[key].copy_(value)
+
+    @contextmanager
+    def applied(self, model: nn.Module) -> Iterator[None]:
+        """Temporarily load the EMA weights into ``model`` (for evaluation), restoring the live weights after."""
+        live = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        model.load_state_dict({k: v.to(live[k].dtype) for k, v in self.shadow.items()})
+        try:
+            yield
+        finally:
+            model.load_state_dict(live)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# RNG state (all generators a training step touches), in weights_only-loadable form
+# ----------------------------------------------------------------------------------------------------------
+def capture_rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    py_version, py_state, py_gauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "python": {"version": py_version, "state": torch.tensor(py_state, dtype=torch.int64), "gauss": py_gauss},
+    }
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(int(x) for x in p["state"].tolist()), p["gauss"]))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def to_float_images(batch: dict[str, torch.Tensor], device: torch.device) -> tuple[torch.Tensor, ...]:
+    """uint8 (B, 3, H, W) frames -> float [0, 1] on ``device``; t -> (B,) float32."""
+    def convert(x: torch.Tensor) -> torch.Tensor:
+        return x.to(device, non_blocking=True).float().div_(255.0)
+    return convert(batch["img0"]), convert(batch["gt"]), convert(batch["img1"]), \
+        batch["t"].to(device, non_blocking=True).float().reshape(-1)
+
+
+def batch_psnr(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+    """Per-sample PSNR (B,) of [0, 1] images, in float32 over all pixels and channels."""
+    mse = (pred.float() - gt.float()).pow(2).flatten(1).mean(1)
+    return -10.0 * torch.log10(mse.clamp_min(1e-10))
+
+
+class Trainer:
+    """Owns the training state. ``steps_per_epoch`` counts optimizer steps (micro-batches / grad_accum)."""
+
+    def __init__(self, cfg: ExperimentConfig, ctx: DistributedContext, steps_per_epoch: int,
+                 total_epochs: int | None = None, log=print):
+        self.cfg, self.ctx, self.log = cfg, ctx, log
+        self.device = ctx.device
+        self.model = build_model(cfg.model).to(self.device)
+        self.loss_fn = CompositeLoss(cfg.train.phase, LossWeights(cfg.loss.lap, cfg.loss.ter, cfg.loss.vgg, cfg.loss.flow_smooth),
+                                     vgg_weights_path=cfg.loss.vgg_weights).to(self.device)
+        self.amp_dtype, use_scaler = resolve_amp(cfg.train.amp, self.device)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+        self.ema = ExponentialMovingAverage(self.model, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
+        self.steps_per_epoch = steps_per_epoch
+        self.total_steps = max(1, (total_epochs or cfg.train.epochs) * steps_per_epoch)
+        # A warm-up longer than a short run (demo, dry run) would never reach the base learning rate.
+        self.warmup_steps = min(cfg.train.warmup_steps, max(1, self.total_steps // 10))
+        self.step = 0                      # optimizer steps taken
+        self.epoch = 0                     # epochs completed
+        self.best_metric = float("-inf")   # best validation PSNR
+        self.nonfinite_streak = 0
+        self.backbone_frozen = False
+        self._micro_step = 0
+        self._window_poisoned = False
+        self.optimizer = self._build_optimizer()
+        self.wrapped = self._wrap()
+
+    # ---------------------------------------------------------------------------------------- setup
+    def _build_optimizer(self) -> torch.optim.Optimizer:
+        # All parameters go in (frozen ones simply get no gradient and are skipped by AdamW), so freezing and
+        # unfreezing never changes the optimizer's parameter list and its state stays loadable.
+        groups = parameter_groups(self.model, self.cfg.train.weight_decay)
+        return torch.optim.AdamW(groups, lr=self.cfg.train.lr, betas=(0.9, 0.999), fused=self.device.type == "cuda")
+
+    def _wrap(self) -> nn.Module:
+        if not self.ctx.enabled:
+            return self.model
+        device_ids = [self.ctx.local_rank] if self.device.type == "cuda" else None
+        return DistributedDataParallel(self.model, device_ids=device_ids, broadcast_buffers=False)
+
+    def set_backbone_frozen(self, frozen: bool) -> None:
+        """Freeze (or release) the backbone. DDP registers gradient hooks for the parameters that require grad
+        when it is built, so the wrapper is rebuilt whenever the set changes (at most twice per run)."""
+        if frozen == self.backbone_frozen:
+            return
+        for param in self.model.backbone.parameters():
+            param.requires_grad_(not frozen)
+        self.backbone_frozen = frozen
+        self.wrapped = self._wrap()
+        self.log(f"backbone {'frozen' if frozen else 'released'} at epoch {self.epoch}")
+
+    def train_mode(self) -> None:
+        self.wrapped.train()
+        if self.backbone_frozen:
+            self.model.backbone.eval()      # no DropPath noise in a frozen feature extractor
+
+    def current_lr(self) -> float:
+        t = self.cfg.train
+        return lr_at_step(self.step, t.lr, self.warmup_steps, self.total_steps, t.min_lr_ratio)
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    # ---------------------------------------------------------------------------------------- training
+    def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """One micro-batch: forward, loss, backward; every ``grad_accum`` micro-batches an optimizer step.
+
+        Returns ``{"logs": {term: float tensor}, "stepped": bool, "skipped": bool, "output": InterpolationOutput,
+        "inputs": (img0, gt, img1, t)}``. A non-finite loss on any rank skips the backward on every rank (so DDP
+        stays in step) and poisons the accumulation window; ``max_nonfinite_steps`` such steps in a row raise
+        :class:`TrainingDiverged`.
+        """
+        accum = self.cfg.train.grad_accum
+        img0, gt, img1, t = to_float_images(batch, self.device)
+        last_micro = (self._micro_step + 1) % accum == 0
+        sync = nullcontext() if last_micro or not self.ctx.enabled else self.wrapped.no_sync()
+        with sync:
+            with self.autocast():
+                output = self.wrapped(img0, img1, t)
+                total, logs = self.loss_fn(output.pred, gt, flow=output.flow)
+            finite = self.ctx.all_reduce_min(torch.isfinite(total.detach()).float().reshape(1)).item() > 0
+            if finite:
+                self.scaler.scale(total / accum).backward()
+            else:
+                self._window_poisoned = True
+                self.log(f"warning: non-finite loss at step {self.step} (terms: "
+                         f"{ {k: float(v) for k, v in logs.items()} }); skipping this step")
+        self._micro_step += 1
+        stepped = skipped = False
+        if last_micro:
+            stepped, skipped = self._optimizer_step()
+        return {"logs": logs, "stepped": stepped, "skipped": skipped, "output": output, "inputs": (img0, gt, img1, t)}
+
+    def _optimizer_step(self) -> tuple[bool, bool]:
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.current_lr()
+        skip = self._window_poisoned
+        if not skip:
+            self.scaler.unscale_(self.optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(
+                [p for p in self.model.parameters() if p.grad is not None], self.cfg.train.grad_clip)
+            self.last_grad_norm = float(grad_norm)
+            if not math.isfinite(self.last_grad_norm) and not self.scaler.is_enabled():
+                self.log(f"warning: non-finite gradient norm at step {self.step}; skipping this step")
+                skip = True
+        if skip:
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.scaler.is_enabled():
+                self.scaler.update()
+            self.nonfinite_streak += 1
+            self._window_poisoned = False
+            if self.nonfinite_streak >= self.cfg.train.max_nonfinite_steps:
+                raise TrainingDiverged(f"{self.nonfinite_streak} non-finite steps in a row at step {self.step}: "
+                                       "training diverged (lower --lr, or use --amp bf16/fp32)")
+            return False, True
+        self.scaler.step(self.optimizer)      # with fp16 the scaler itself skips steps whose gradients overflowed
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update(self.model)
+        self.step += 1
+        self.nonfinite_streak = 0
+        return True, False
+
+    # ---------------------------------------------------------------------------------------- evaluation
+    @torch.no_grad()
+    def evaluate(self, loader, ssim_fn=None) -> dict[str, Any]:
+        """PSNR (and SSIM when ``ssim_fn`` is given) over this rank's shard, all-reduced over ranks.
+
+        Also the frame-average baseline ``(I0 + I1) / 2``, the reference a VFI model has to beat. Uses the EMA
+        weights when EMA is on. Returns means plus one sample batch for the image grid (rank-local).
+        """
+        was_training = self.model.training
+        self.model.eval()
+        sums = torch.zeros(4, dtype=torch.float64, device=self.device)    # psnr, ssim, baseline psnr, count
+        sample = None
+        with (self.ema.applied(self.model) if self.ema is not None else nullcontext()):
+            for batch in loader:
+                img0, gt, img1, t = to_float_images(batch, self.device)
+                with self.autocast():
+                    output = self.model(img0, img1, t)
+                pred = output.pred.float()
+                sums[0] += batch_psnr(pred, gt).sum().double()
+                if ssim_fn is not None:
+                    sums[1] += sum(float(ssim_fn(p, g)) for p, g in zip(pred, gt))
+                sums[2] += batch_psnr((img0 + img1) / 2, gt).sum().double()
+                sums[3] += pred.shape[0]
+                if sample is None:
+                    sample = (img0[:2], gt[:2], img1[:2], output)
+        sums = self.ctx.all_reduce_sum(sums)
+        self.model.train(was_training)
+        count = max(1.0, sums[3].item())
+        return {"psnr": sums[0].item() / count, "ssim": sums[1].item() / count if ssim_fn else float("nan"),
+                "psnr_frame_average": sums[2].item() / count, "count": int(sums[3].item()), "sample": sample}
+
+    # ---------------------------------------------------------------------------------------- checkpoints
+    def state_payload(self, rng_states: list[dict[str, Any]], metrics: dict[str, float] | None = None) -> dict[str, Any]:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "config": self.cfg.to_dict(),
+            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "ema": {k: v.cpu() for k, v in self.ema.state_dict().items()} if self.ema is not None else None,
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "step": self.step,
+            "epoch": self.epoch,
+            "best_metric": self.best_metric,
+            "backbone_frozen": self.backbone_frozen,
+            "rng": rng_states,
+            "metrics": metrics or {},
+        }
+
+    def is_same_run(self, payload: dict[str, Any]) -> bool:
+        """A checkpoint continues this run when it belongs to the same experiment name and phase."""
+        saved = checkpoint_config(payload)
+        return saved.experiment_name == self.cfg.experiment_name and saved.train.phase == self.cfg.train.phase
+
+    def resume(self, payload: dict[str, Any], path: str) -> None:
+        """Continue exactly: weights, optimizer, scaler, EMA, counters. RNG is restored by the caller per rank."""
+        saved = checkpoint_config(payload, path)
+        differences = config_differences(saved.model, self.cfg.model)
+        if differences:
+            raise CheckpointError(f"{path} was trained with another model config (differs in: "
+                                  f"{', '.join(differences)}); resume it with the same flags, or start a new "
+                                  "--exp_name to warm-start from it")
+        self.model.load_state_dict(payload["model"])
+        if self.ema is not None and payload.get("ema"):
+            self.ema.load_state_dict(payload["ema"])
+        elif self.ema is not None:
+            self.ema = ExponentialMovingAverage(self.model, self.cfg.train.ema_decay)
+        self.optimizer.load_state_dict(payload["optimizer"])
+        if payload.get("scaler"):
+            self.scaler.load_state_dict(payload["scaler"])
+        self.step, self.epoch = int(payload["step"]), int(payload["epoch"])
+        self.best_metric = float(payload["best_metric"])
+
+    def warm_start(self, payload: dict[str, Any]) -> dict[str, list[str]]:
+        """Load the weights that fit (another phase or experiment): name and shape must match; report the rest."""
+        state = payload.get("ema") or payload["model"]
+        report = load_matching_weights(self.model, state)
+        if self.ema is not None:
+            self.ema = ExponentialMovingAverage(self.model, self.cfg.train.ema_decay)
+        return report

@@ -1,0 +1,147 @@
+"""Checkpoints: one format for training state, warm starts and evaluation.
+
+A checkpoint is a dict saved with ``torch.save`` and loaded with ``torch.load(weights_only=True)``::
+
+    {"format": 1, "config": ExperimentConfig.to_dict(), "model": state_dict, "ema": state_dict | None,
+     "optimizer": ..., "scaler": ..., "step": int, "epoch": int (epochs completed), "best_metric": float,
+     "rng": {...}, "metrics": {...}}
+
+Only plain containers, numbers, strings and tensors go in, so ``weights_only=True`` can load it (no pickled code).
+Files are written to a temporary name in the same folder, synced, then renamed over the target, so a crash
+never leaves a truncated checkpoint behind. ``ckpt/<exp_name>_last.pt`` and ``_best.pt`` are the names the
+trainer writes; ``--resume`` and ``--model`` accept either such a name or a path.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from config import ExperimentConfig
+
+CHECKPOINT_FORMAT = 1
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be found, read, or used as asked; one line naming the file."""
+
+
+def resolve_checkpoint(name_or_path: str, ckpt_dir: str | os.PathLike = "ckpt") -> Path:
+    """``phase1_hybrid_best`` -> ckpt/phase1_hybrid_best.pt; an existing path is returned as is."""
+    direct = Path(name_or_path)
+    if direct.is_file():
+        return direct
+    for candidate in (Path(ckpt_dir) / name_or_path, Path(ckpt_dir) / f"{name_or_path}.pt"):
+        if candidate.is_file():
+            return candidate
+    available = sorted(p.stem for p in Path(ckpt_dir).glob("*.pt")) if Path(ckpt_dir).is_dir() else []
+    hint = f"; available in {ckpt_dir}/: {', '.join(available)}" if available else f"; {ckpt_dir}/ has no checkpoints"
+    raise CheckpointError(f"checkpoint not found: {name_or_path!r} (neither a file nor {ckpt_dir}/{name_or_path}.pt){hint}")
+
+
+def atomic_save(payload: dict[str, Any], path: str | os.PathLike) -> None:
+    """torch.save to a temporary file in the target folder, fsync, then os.replace onto ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            torch.save(payload, stream)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temp_name, path)
+    except BaseException:
+        if os.path.exists(temp_name):
+            os.unlink(temp_name)
+        raise
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Load a checkpoint safely (``weights_only=True``) onto the CPU; a clear error for anything else."""
+    path = Path(path)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise CheckpointError(f"cannot read checkpoint {path}: {type(error).__name__}: "
+                              f"{str(error).splitlines()[0] if str(error) else ''}") from None
+    if not isinstance(payload, dict) or "model" not in payload or "config" not in payload:
+        raise CheckpointError(f"{path} is not a Thesis-VFI checkpoint (no 'model'/'config' entries)")
+    if payload.get("format", 0) > CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} was written by a newer Thesis-VFI (format {payload['format']})")
+    return payload
+
+
+def checkpoint_config(payload: dict[str, Any], path: str | os.PathLike = "checkpoint") -> ExperimentConfig:
+    try:
+        return ExperimentConfig.from_dict(payload["config"])
+    except Exception as error:
+        raise CheckpointError(f"{path}: saved config does not fit this version: {error}") from None
+
+
+def config_differences(a: Any, b: Any) -> list[str]:
+    """Field names (section.field) whose values differ between two dataclass configs of the same type."""
+    da, db = (x.to_dict() if hasattr(x, "to_dict") else x.__dict__ for x in (a, b))
+    out = []
+    for key in sorted(set(da) | set(db)):
+        va, vb = da.get(key), db.get(key)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += [f"{key}.{k}" for k in sorted(set(va) | set(vb)) if va.get(k) != vb.get(k)]
+        elif va != vb:
+            out.append(key)
+    return out
+
+
+def load_matching_weights(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, list[str]]:
+    """Copy every tensor whose name and shape match; report the rest instead of failing.
+
+    Returns {"loaded": [...], "skipped": [...] (name present, shape differs), "new": [...] (only in the model),
+    "unused": [...] (only in the checkpoint)}.
+    """
+    own = model.state_dict()
+    loaded, skipped = [], []
+    for key, value in state.items():
+        if key in own:
+            if own[key].shape == value.shape:
+                own[key].copy_(value)
+                loaded.append(key)
+            else:
+                skipped.append(f"{key} {tuple(value.shape)} -> {tuple(own[key].shape)}")
+    return {"loaded": loaded, "skipped": skipped, "new": [k for k in own if k not in state],
+            "unused": [k for k in state if k not in own]}
+
+
+def summarize_weight_report(report: dict[str, list[str]]) -> str:
+    """One paragraph: counts, then the top-level modules of what was new or skipped."""
+    def modules(names: list[str]) -> str:
+        tops = sorted({n.split(".")[0] + ("." + n.split(".")[1] if n.count(".") > 1 else "") for n in names})
+        return ", ".join(tops[:12]) + (" ..." if len(tops) > 12 else "")
+    parts = [f"loaded {len(report['loaded'])} tensors"]
+    if report["new"]:
+        parts.append(f"new (initialised fresh) {len(report['new'])}: {modules(report['new'])}")
+    if report["skipped"]:
+        parts.append(f"skipped (shape differs) {len(report['skipped'])}: {'; '.join(report['skipped'][:5])}")
+    if report["unused"]:
+        parts.append(f"unused from checkpoint {len(report['unused'])}: {modules(report['unused'])}")
+    return "; ".join(parts)
+
+
+def model_from_checkpoint(name_or_path: str, device: str | torch.device = "cpu", prefer_ema: bool = True,
+                          ckpt_dir: str | os.PathLike = "ckpt") -> tuple[nn.Module, ExperimentConfig]:
+    """Build the model a checkpoint was trained with and load its (EMA, when present) weights, in eval mode."""
+    from model import build_model
+
+    path = resolve_checkpoint(name_or_path, ckpt_dir)
+    payload = load_checkpoint(path)
+    cfg = checkpoint_config(payload, path)
+    model = build_model(cfg.model)
+    state = payload["ema"] if prefer_ema and payload.get("ema") else payload["model"]
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"{path}: weights do not match the saved config (missing {missing[:3]}, "
+                              f"unexpected {unexpected[:3]})")
+    return model.to(device).eval(), cfg

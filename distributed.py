@@ -1,0 +1,86 @@
+"""One launch path for one or many devices.
+
+``torchrun`` sets RANK, LOCAL_RANK and WORLD_SIZE (and the rendezvous address); plain ``python train.py`` sets
+none of them and runs as a world of one. There is no ``--local_rank`` flag. Rank 0 alone logs and saves;
+every metric is all-reduced before it is logged.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistributedContext:
+    rank: int
+    local_rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    def all_reduce_sum(self, values: torch.Tensor) -> torch.Tensor:
+        """Sum a tensor over ranks (returns it unchanged on one rank)."""
+        if self.enabled:
+            values = values.to(self.device)
+            dist.all_reduce(values, op=dist.ReduceOp.SUM)
+        return values
+
+    def all_reduce_min(self, values: torch.Tensor) -> torch.Tensor:
+        if self.enabled:
+            values = values.to(self.device)
+            dist.all_reduce(values, op=dist.ReduceOp.MIN)
+        return values
+
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        if not self.enabled:
+            return [obj]
+        gathered: list[Any] = [None] * self.world_size
+        dist.all_gather_object(gathered, obj)
+        return gathered
+
+    def broadcast_object(self, obj: Any) -> Any:
+        if not self.enabled:
+            return obj
+        holder = [obj]
+        dist.broadcast_object_list(holder, src=0)
+        return holder[0]
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier(device_ids=[self.local_rank]) if self.device.type == "cuda" else dist.barrier()
+
+
+def init_distributed(prefer_cuda: bool = True) -> DistributedContext:
+    """Read the torchrun environment (or its absence) and set up the process group and device."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = prefer_cuda and torch.cuda.is_available()
+    if use_cuda:
+        if local_rank >= torch.cuda.device_count():
+            raise RuntimeError(f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} CUDA devices are visible")
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device("cpu")
+    if world_size > 1 and not dist.is_initialized():
+        backend = "nccl" if use_cuda else "gloo"
+        dist.init_process_group(backend=backend, device_id=device if use_cuda else None)
+    return DistributedContext(rank, local_rank, world_size, device)
+
+
+def shutdown_distributed() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,211 @@
+"""Training system: checkpoints and TensorBoard tags, exact resume, DDP on CPU, warm start, freezing, bad input."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import train
+from checkpoint import load_checkpoint
+from config import config_from_argv
+from model.loss import CompositeLoss
+from Trainer import CURRICULUM_GAPS, curriculum_max_gap, lr_at_step, parameter_groups
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def base_args(vimeo_root, tmp_path, name, *extra):
+    return ["--data_path", str(vimeo_root), "--model_size", "tiny", "--batch_size", "2", "--crop_size", "32",
+            "--num_workers", "0", "--ckpt_dir", str(tmp_path / "ckpt"), "--log_dir", str(tmp_path / "log"),
+            "--exp_name", name, "--eval_interval", "1", "--log_every", "1", *extra]
+
+
+def model_state(path):
+    return load_checkpoint(path)["model"]
+
+
+def test_two_step_run_writes_checkpoints_and_tensorboard_tags(vimeo_root, tmp_path, capsys):
+    assert train.main(base_args(vimeo_root, tmp_path, "smoke", "--epochs", "1", "--steps_per_epoch", "2")) == 0
+    for suffix in ("last", "best"):
+        payload = load_checkpoint(tmp_path / "ckpt" / f"smoke_{suffix}.pt")
+        assert payload["step"] == 2 and payload["epoch"] == 1
+        assert payload["config"]["train"]["exp_name"] == "smoke"
+    assert (tmp_path / "log" / "smoke" / "config.json").exists()
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(tmp_path / "log" / "smoke"))
+    events.Reload()
+    scalars = set(events.Tags()["scalars"])
+    for tag in ("loss/loss_lap", "loss/loss_ter", "loss/loss_vgg", "loss/loss_flow_smooth", "loss/loss_total",
+                "train/lr", "val/psnr", "val/ssim", "val/psnr_frame_average"):
+        assert tag in scalars, tag
+    assert "train/I0_pred_gt_I1" in events.Tags()["images"]
+    assert "val PSNR" in capsys.readouterr().out
+
+
+def test_resume_last_is_bit_identical_to_an_uninterrupted_run(vimeo_root, tmp_path):
+    common = ("--epochs", "3", "--steps_per_epoch", "2", "--ema_decay", "0.9")
+    assert train.main(base_args(vimeo_root, tmp_path, "straight", *common)) == 0
+    assert train.main(base_args(vimeo_root, tmp_path, "broken", *common, "--stop_after_epoch", "1")) == 0
+    assert load_checkpoint(tmp_path / "ckpt" / "broken_last.pt")["epoch"] == 1
+    assert train.main(base_args(vimeo_root, tmp_path, "broken", *common, "--resume", "broken_last")) == 0
+    straight = load_checkpoint(tmp_path / "ckpt" / "straight_last.pt")
+    resumed = load_checkpoint(tmp_path / "ckpt" / "broken_last.pt")
+    assert straight["step"] == resumed["step"] == 6
+    for key, value in straight["model"].items():
+        assert torch.equal(value, resumed["model"][key]), key
+    for key, value in straight["ema"].items():
+        assert torch.equal(value, resumed["ema"][key]), key
+    assert straight["best_metric"] == resumed["best_metric"]
+
+
+def test_refuses_to_overwrite_an_existing_run(vimeo_root, tmp_path, capsys):
+    args = base_args(vimeo_root, tmp_path, "once", "--epochs", "1", "--steps_per_epoch", "1")
+    assert train.main(args) == 0
+    capsys.readouterr()
+    assert train.main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "once_last.pt exists" in err[0] and "--resume once_last" in err[0]
+
+
+def test_checkpoint_from_another_config_gives_one_line_error(vimeo_root, tmp_path, capsys):
+    assert train.main(base_args(vimeo_root, tmp_path, "cfg", "--epochs", "2", "--steps_per_epoch", "1",
+                                "--stop_after_epoch", "1")) == 0
+    capsys.readouterr()
+    rc = train.main(base_args(vimeo_root, tmp_path, "cfg", "--epochs", "2", "--steps_per_epoch", "1", "--use_mhc",
+                              "--resume", "cfg_last"))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "another model config" in err[0] and "use_mhc" in err[0]
+
+
+def test_missing_checkpoint_and_dataset_give_one_line_errors(vimeo_root, tmp_path, capsys):
+    capsys.readouterr()
+    assert train.main(base_args(vimeo_root, tmp_path, "x", "--resume", "nope_best")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "nope_best" in err[0]
+    missing = tmp_path / "no_such_vimeo"
+    assert train.main(base_args(missing, tmp_path, "x")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(missing) in err[0]
+
+
+@pytest.mark.parametrize("flags,fragment", [
+    (["--phase", "4"], "--phase"),
+    (["--backbone_mode", "transformer"], "--backbone_mode"),
+    (["--epochs", "-3"], "--epochs"),
+    (["--mixed_ratio", "2-1", "--phase", "3", "--x4k_path", "x"], "--mixed_ratio"),
+    (["--curriculum"], "--curriculum"),
+    (["--phase", "3"], "--x4k_path"),
+    (["--freeze_backbone", "5"], "--freeze_backbone"),
+    (["--crop_size", "100"], "--crop_size"),
+])
+def test_nonsense_flags_exit_with_one_line(vimeo_root, tmp_path, capsys, flags, fragment):
+    with pytest.raises(SystemExit) as stop:
+        config_from_argv(["--data_path", str(vimeo_root), *flags])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and fragment in err[0]
+
+
+def test_help_lists_every_spec_flag(capsys):
+    with pytest.raises(SystemExit):
+        config_from_argv(["--help"])
+    text = capsys.readouterr().out
+    for flag in ("--phase", "--batch_size", "--lr", "--epochs", "--data_path", "--x4k_path", "--mixed_ratio",
+                 "--crop_size", "--resume", "--freeze_backbone", "--exp_name", "--backbone_mode", "--use_mhc",
+                 "--no-use_ecab", "--curriculum", "--curriculum_T", "--dry_run", "--num_workers", "--grad_accum",
+                 "--eval_interval"):
+        assert flag in text, flag
+
+
+def test_flags_override_the_phase_preset(vimeo_root):
+    cfg = config_from_argv(["--data_path", str(vimeo_root), "--phase", "2"])
+    assert cfg.train.lr == 1e-4 and cfg.train.epochs == 200 and cfg.model.use_flow
+    cfg = config_from_argv(["--data_path", str(vimeo_root), "--phase", "2", "--lr", "3e-4", "--no-use_ecab",
+                            "--mixed_ratio", "3:1"])
+    assert cfg.train.lr == 3e-4 and not cfg.model.use_ecab and cfg.data.mixed_ratio == (3, 1)
+    cfg = config_from_argv(["--data_path", str(vimeo_root)])
+    assert (cfg.train.lr, cfg.train.epochs, cfg.data.batch_size, cfg.data.crop_size) == (2e-4, 300, 8, 256)
+    assert cfg.loss.flow_smooth == 0.0          # phase 1 has no flow
+
+
+def test_nonfinite_loss_is_skipped_loudly_then_stops(vimeo_root, tmp_path, capsys, monkeypatch):
+    original = CompositeLoss.forward
+
+    def poisoned(self, pred, gt, flow=None):
+        total, logs = original(self, pred, gt, flow)
+        return total * float("nan"), logs
+    monkeypatch.setattr(CompositeLoss, "forward", poisoned)
+    rc = train.main(base_args(vimeo_root, tmp_path, "nan", "--epochs", "1", "--batch_size", "1"))   # 8 steps
+    out, err = capsys.readouterr()
+    assert rc == 2
+    assert out.count("non-finite loss") == 5
+    assert "diverged" in err and len(err.strip().splitlines()) == 1
+
+
+def test_phase2_warm_start_from_phase1_and_backbone_freezing(vimeo_root, tmp_path, capsys):
+    assert train.main(base_args(vimeo_root, tmp_path, "p1", "--epochs", "1", "--steps_per_epoch", "2")) == 0
+    phase1 = model_state(tmp_path / "ckpt" / "p1_best.pt")
+    capsys.readouterr()
+    common = ("--phase", "2", "--epochs", "2", "--steps_per_epoch", "2", "--freeze_backbone", "1")
+    assert train.main(base_args(vimeo_root, tmp_path, "p2", *common, "--resume", "p1_best",
+                                "--stop_after_epoch", "1")) == 0
+    out = capsys.readouterr().out
+    assert "warm start from" in out and "flow_estimator" in out and "context" in out
+    frozen = model_state(tmp_path / "ckpt" / "p2_last.pt")
+    backbone_keys = [k for k in phase1 if k.startswith("backbone.")]
+    assert backbone_keys and all(torch.equal(frozen[k], phase1[k]) for k in backbone_keys)     # loaded and frozen
+    assert not torch.equal(frozen["refine.head.weight"], phase1["refine.head.weight"])        # the rest trains
+    assert train.main(base_args(vimeo_root, tmp_path, "p2", *common, "--resume", "p2_last")) == 0
+    released = model_state(tmp_path / "ckpt" / "p2_last.pt")
+    assert any(not torch.equal(released[k], phase1[k]) for k in backbone_keys)              # trains after release
+
+
+def test_ddp_two_processes_on_cpu(vimeo_root, tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(REPO / "train.py"),
+               *base_args(vimeo_root, tmp_path, "ddp", "--epochs", "1", "--steps_per_epoch", "2")]
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "2 x cpu" in result.stdout
+    assert result.stdout.count("epoch 1: val PSNR") == 1            # rank 0 alone prints
+    assert "on 4 samples" in result.stdout                         # every test sample once across both ranks
+    assert load_checkpoint(tmp_path / "ckpt" / "ddp_last.pt")["step"] == 2
+
+
+# ---------------------------------------------------------------------------------------------- pure pieces
+def test_learning_rate_schedule():
+    lr = [lr_at_step(s, 2e-4, 10, 110, 0.1) for s in range(120)]
+    assert lr[0] == pytest.approx(2e-5) and lr[9] == pytest.approx(2e-4)
+    assert all(a <= b for a, b in zip(lr[:10], lr[1:10]))
+    assert all(a >= b for a, b in zip(lr[10:110], lr[11:110]))
+    assert lr[110] == pytest.approx(2e-5) and lr[119] == pytest.approx(2e-5)
+    assert lr[60] == pytest.approx(2e-5 + (2e-4 - 2e-5) * 0.5 * (1 + math.cos(math.pi * 0.5)))
+
+
+def test_curriculum_gap_grows_to_the_full_range_at_T():
+    gaps = [curriculum_max_gap(epoch, 50, True) for epoch in range(80)]
+    assert gaps[0] == CURRICULUM_GAPS[0]
+    assert all(a <= b for a, b in zip(gaps, gaps[1:]))
+    assert gaps[49] < CURRICULUM_GAPS[-1] <= gaps[50]
+    assert sorted(set(gaps)) == list(CURRICULUM_GAPS)
+    assert curriculum_max_gap(0, 50, False) == CURRICULUM_GAPS[-1]
+
+
+def test_no_weight_decay_on_ssm_parameters_norms_and_biases():
+    from config import preset
+    from model import build_model
+    model = build_model(preset(1, "tiny", "hybrid_mhc"))
+    decay, no_decay = parameter_groups(model, 1e-4)
+    names = {id(p): n for n, p in model.named_parameters()}
+    no_decay_names = {names[id(p)] for p in no_decay["params"]}
+    decay_names = {names[id(p)] for p in decay["params"]}
+    assert any(n.endswith("A_log") for n in no_decay_names) and any(n.endswith("dt_bias") for n in no_decay_names)
+    assert any(n.endswith("bias_res") for n in no_decay_names)
+    assert not any(n.endswith(("A_log", ".D", "dt_bias", ".bias")) for n in decay_names)
+    assert any(n.endswith("qkv.weight") for n in decay_names)
