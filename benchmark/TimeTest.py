@@ -1,0 +1,135 @@
+"""Speed and memory of one 2x interpolation on random frames, from a checkpoint or from random weights.
+
+    python benchmark/TimeTest.py --model phase1_hybrid_v2_best --resolution 4k
+    python benchmark/TimeTest.py --phase 2 --resolution 2k --amp bf16          # random weights: no training needed
+    python benchmark/TimeTest.py --phase 1 --model_size tiny --resolution 64x64 --device cpu
+
+Resolutions are HEIGHTxWIDTH: 256 = 256x256, 720p = 720x1280, 1080p = 1080x1920, 2k = 1080x2048,
+4k = 2160x3840, or any "HxW" such as 64x96. Flow (Phase 2/3) is estimated at the protocols' downscale:
+1 up to 720p, 0.5 at 1080p and 2K, 0.25 at 4K, 1 for a custom size (override with --flow_scale).
+Timing: --warmup untimed calls, then --reps timed ones; the median ms per interpolation is reported, measured
+with CUDA events on a GPU (perf_counter on a CPU), with peak allocated memory on CUDA. The frames are already
+on the device and no padding or metric is timed: this is the model alone. One summary line; --out writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file: make the repository importable
+
+import torch  # noqa: E402
+
+from benchmark.eval_core import (  # noqa: E402
+    AMP_DTYPES, add_runtime_arguments, describe_run, exit_on_user_error, positive_int, resolve_device, write_report,
+)
+from checkpoint import model_from_checkpoint  # noqa: E402
+from config import MODEL_SIZES, PHASES, preset  # noqa: E402
+from model import build_model, count_parameters  # noqa: E402
+
+RESOLUTIONS = {"256": (256, 256), "720p": (720, 1280), "1080p": (1080, 1920), "2k": (1080, 2048), "4k": (2160, 3840)}
+FLOW_SCALES = {"256": 1.0, "720p": 1.0, "1080p": 0.5, "2k": 0.5, "4k": 0.25}
+
+
+def parse_resolution(text: str) -> tuple[int, int]:
+    """A named resolution or "HEIGHTxWIDTH" -> (height, width)."""
+    if text in RESOLUTIONS:
+        return RESOLUTIONS[text]
+    match = re.fullmatch(r"(\d+)x(\d+)", text)
+    if not match or min(int(match[1]), int(match[2])) < 1:
+        raise argparse.ArgumentTypeError(f"expected one of {', '.join(RESOLUTIONS)} or HEIGHTxWIDTH, got {text!r}")
+    return int(match[1]), int(match[2])
+
+
+def time_calls(call: Callable[[], object], device: torch.device, warmup: int, reps: int) -> list[float]:
+    """Milliseconds of each of ``reps`` calls after ``warmup`` untimed ones (CUDA events on a GPU)."""
+    for _ in range(warmup):
+        call()
+    times = []
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        for _ in range(reps):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            call()
+            end.record()
+            torch.cuda.synchronize(device)   # elapsed_time needs both events completed
+            times.append(start.elapsed_time(end))
+    else:
+        for _ in range(reps):
+            start_s = time.perf_counter()
+            call()
+            times.append((time.perf_counter() - start_s) * 1000)
+    return times
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--model", default=None, help="checkpoint name in --ckpt_dir or a path to a .pt file")
+    source.add_argument("--phase", type=int, choices=PHASES, default=None,
+                        help="time a randomly initialised model of this phase instead (default 1 without --model)")
+    parser.add_argument("--model_size", choices=list(MODEL_SIZES), default="small",
+                        help="preset size for --phase (default small)")
+    parser.add_argument("--resolution", default="256", help="256, 720p, 1080p, 2k, 4k or HEIGHTxWIDTH (default 256)")
+    parser.add_argument("--warmup", type=positive_int, default=5, help="untimed calls first (default 5)")
+    parser.add_argument("--reps", type=positive_int, default=20, help="timed calls (default 20)")
+    add_runtime_arguments(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        height, width = parse_resolution(args.resolution)
+    except argparse.ArgumentTypeError as error:
+        parser.error(f"--resolution: {error}")
+    flow_scale = args.flow_scale if args.flow_scale is not None else FLOW_SCALES.get(args.resolution, 1.0)
+
+    with exit_on_user_error("TimeTest"):
+        device = resolve_device(args.device)
+        if args.model is not None:
+            model, cfg = model_from_checkpoint(args.model, device=device, ckpt_dir=args.ckpt_dir)
+            label = args.model
+        else:
+            cfg = preset(args.phase or 1, args.model_size)
+            model = build_model(cfg.model).to(device).eval()
+            label = f"random phase-{cfg.train.phase} {args.model_size}"
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True   # one fixed input size: let cuDNN pick its fastest kernels
+        torch.cuda.reset_peak_memory_stats(device)
+
+    generator = torch.Generator(device=device).manual_seed(0)
+    img0, img1 = (torch.rand(1, 3, height, width, device=device, generator=generator) for _ in range(2))
+    amp_dtype = AMP_DTYPES[args.amp]
+
+    def interpolate() -> torch.Tensor:
+        with torch.inference_mode(), torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            return model.inference(img0, img1, t=0.5, flow_scale=flow_scale, tta=args.tta)
+
+    times = time_calls(interpolate, device, args.warmup, args.reps)
+    peak_gib = torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else None
+    params = count_parameters(model)
+    report = {"model": label, "phase": cfg.train.phase, "params": params, "height": height, "width": width,
+              "flow_scale": flow_scale, "device": str(device), "amp": args.amp, "tta": args.tta,
+              "warmup": args.warmup, "reps": args.reps, "median_ms": statistics.median(times),
+              "min_ms": min(times), "max_ms": max(times), "times_ms": times, "peak_gib": peak_gib}
+    memory = f" | peak {peak_gib:.2f} GiB" if peak_gib is not None else ""
+    print(f"TimeTest {height}x{width} | {params / 1e6:.2f}M params | "
+          + describe_run(label, cfg.model.use_flow, device, args.amp, args.tta, flow_scale)
+          + f" | median {report['median_ms']:.1f} ms (min {report['min_ms']:.1f}, max {report['max_ms']:.1f}, "
+          f"{args.reps} reps){memory}")
+    if args.out:
+        write_report(report, args.out)
+    return report
+
+
+if __name__ == "__main__":
+    main()

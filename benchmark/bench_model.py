@@ -1,0 +1,159 @@
+"""Training-step and inference benchmark of ThesisModel on one CUDA device (timings are never asserted in tests).
+
+Training step = forward, CompositeLoss (VGG with random weights so its cost is counted), backward, AdamW step,
+under bf16 autocast by default; reported as median ms per step, samples/s and peak GiB. Inference = the
+prediction only, at named resolutions, with flow estimated at the protocol's downscale (Phases 2/3).
+Before timing, one training step runs with SDPA restricted to FlashAttention, which raises if any attention call
+in the model is not flash-eligible.
+
+Examples:
+    python benchmark/bench_model.py --phase 1 --modes hybrid mamba2_only gated_attn_only --batch 4 --size 256
+    python benchmark/bench_model.py --phase 2 --batch 4 --size 256 --infer 1080p 2k 4k
+"""
+
+from __future__ import annotations
+
+import argparse
+import faulthandler
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from config import preset  # noqa: E402
+from model import build_model, count_parameters  # noqa: E402
+from model.loss import CompositeLoss  # noqa: E402
+
+RESOLUTIONS = {"256": (256, 256), "720p": (720, 1280), "1080p": (1080, 1920), "2k": (1080, 2048), "4k": (2160, 3840)}
+FLOW_SCALE = {"256": 1.0, "720p": 1.0, "1080p": 0.5, "2k": 0.5, "4k": 0.25}
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
+
+
+def timed(fn, warmup: int, reps: int, device: str) -> tuple[float, float]:
+    """(median ms, peak GiB) of ``fn`` after warm-up: CUDA events on GPU, perf_counter on CPU (peak 0 there)."""
+    for _ in range(warmup):
+        fn()
+    cuda = device == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(reps):
+        if cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            begin = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - begin) * 1000)
+    peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else 0.0
+    return sorted(times)[len(times) // 2], peak
+
+
+def stamp(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def train_step_fn(model, loss_fn, optimizer, batch, size, amp, phase, device):
+    g = torch.Generator(device=device).manual_seed(0)
+    img0, gt, img1 = (torch.rand(batch, 3, size, size, device=device, generator=g) for _ in range(3))
+    t = torch.full((batch,), 0.5, device=device)
+
+    def step():
+        with torch.autocast(device, dtype=AMP_DTYPES[amp], enabled=AMP_DTYPES[amp] is not None):
+            out = model(img0, img1, t)
+            total, _ = loss_fn(out.pred, gt, flow=out.flow if phase > 1 else None)
+        total.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return step
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--phase", type=int, default=1)
+    parser.add_argument("--model_size", default="small")
+    parser.add_argument("--modes", nargs="+", default=["hybrid"])
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--amp", choices=list(AMP_DTYPES), default="bf16")
+    parser.add_argument("--ssd_backends", nargs="+", default=["auto"], help="e.g. triton torch")
+    parser.add_argument("--infer", nargs="*", default=[], help=f"inference resolutions: {', '.join(RESOLUTIONS)}")
+    parser.add_argument("--reps", type=int, default=20)
+    parser.add_argument("--json", type=str, default=None)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="cpu runs are smoke tests of this script, not measurements")
+    parser.add_argument("--watchdog", type=float, default=0, help="dump all stacks every N s (debug hangs)")
+    args = parser.parse_args()
+    if args.watchdog:
+        faulthandler.dump_traceback_later(args.watchdog, repeat=True)
+    device = args.device
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    torch.backends.cudnn.benchmark = True
+    device_name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
+    flash = SDPBackend.FLASH_ATTENTION if device == "cuda" else SDPBackend.MATH
+    rows = []
+    for mode in args.modes:
+        for backend in args.ssd_backends:
+            if mode == "gated_attn_only" and backend != args.ssd_backends[0]:
+                continue   # no SSM in this mode
+            cfg = replace(preset(args.phase, args.model_size).model, backbone_mode=mode, ssm_backend=backend)
+            torch.manual_seed(0)
+            stamp(f"building phase {args.phase} {mode} (ssd {backend})")
+            model = build_model(cfg).to(device).train()
+            loss_fn = CompositeLoss(args.phase, vgg_allow_random=True).to(device)
+            optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device == "cuda")
+            step = train_step_fn(model, loss_fn, optimizer, args.batch, args.size, args.amp, args.phase, device)
+            with sdpa_kernel(flash):
+                step()                                   # raises if any attention call is not flash-eligible
+            stamp("first step done (kernel compilation and autotuning included)")
+            if device == "cuda":
+                torch.cuda.empty_cache()
+            ms, gib = timed(step, warmup=3, reps=args.reps, device=device)
+            row = {"kind": "train", "phase": args.phase, "mode": mode, "ssd": backend if mode != "gated_attn_only" else "-",
+                   "params_M": round(count_parameters(model) / 1e6, 3), "batch": args.batch, "size": args.size,
+                   "amp": args.amp, "step_ms": round(ms, 2), "samples_per_s": round(args.batch * 1000 / ms, 1),
+                   "peak_gib": round(gib, 3), "flash_eligible": device == "cuda"}
+            rows.append(row)
+            print(row, flush=True)
+            for name in args.infer:
+                model.eval()
+                height, width = RESOLUTIONS[name]
+                img0 = torch.rand(1, 3, height, width, device=device)
+                img1 = torch.rand(1, 3, height, width, device=device)
+
+                def infer():
+                    with torch.autocast(device, dtype=AMP_DTYPES[args.amp], enabled=AMP_DTYPES[args.amp] is not None):
+                        model.inference(img0, img1, 0.5, flow_scale=FLOW_SCALE[name] if args.phase > 1 else 1.0)
+                del optimizer
+                if device == "cuda":
+                    torch.cuda.empty_cache()
+                stamp(f"inference {name}")
+                ms, gib = timed(infer, warmup=2, reps=max(3, args.reps // 4), device=device)
+                row = {"kind": "infer", "phase": args.phase, "mode": mode, "ssd": backend, "resolution": name,
+                       "flow_scale": FLOW_SCALE[name] if args.phase > 1 else 1.0, "amp": args.amp,
+                       "ms": round(ms, 1), "peak_gib": round(gib, 3)}
+                rows.append(row)
+                print(row, flush=True)
+                optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+            del model, optimizer
+            if device == "cuda":
+                torch.cuda.empty_cache()
+    print(f"\ndevice: {device_name}, torch {torch.__version__}")
+    for row in rows:
+        print(" | ".join(f"{k}={v}" for k, v in row.items()))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"device": device_name, "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,462 @@
+"""The one evaluation core: reading, protocol geometry, padding, inference, metrics, averaging and reporting.
+
+Every benchmark script only says *which* frames form a sample and *which* protocol applies (DESIGN.md 12);
+everything else lives here, once::
+
+    path -> read (cv2, BGR -> RGB) -> FrameGeometry (2K resize / 4K crop) -> [0, 1] tensor (1, 3, H, W)
+         -> centred replicate padding to the protocol's multiple -> model.inference(img0, img1, t, flow_scale, tta)
+         -> crop back, clamp to [0, 1] -> metrics (quantized or not; ssim_matlab or skimage-style uint8)
+         -> per-sample records -> mean (or mean per group, then over groups) -> printed summary + JSON report
+
+A script builds its parser with :func:`benchmark_parser`, then calls :func:`run_benchmark` with a function
+that turns the dataset root into a list of :class:`Subset` (name, protocol, samples). User errors (missing
+folder, list file, frame or checkpoint) end the program with one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from benchmark.metrics import psnr, psnr_uint8, quantize, ssim_matlab, ssim_skimage_uint8, to_uint8
+from checkpoint import CheckpointError, model_from_checkpoint, resolve_checkpoint
+from config import ConfigError
+
+AMP_DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+METRICS = ("matlab", "skimage_uint8")
+
+
+class BenchmarkError(RuntimeError):
+    """Something the user can fix (a missing folder, list file or frame, a bad option); one line naming it."""
+
+
+# --------------------------------------------------------------------------------------------------------
+# Reading frames and protocol geometry
+# --------------------------------------------------------------------------------------------------------
+def read_rgb_uint8(path: str | Path) -> np.ndarray:
+    """(H, W, 3) uint8 RGB. cv2 reads BGR; the model was trained on RGB, so the channels are reversed here."""
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        reason = "file not found" if not Path(path).is_file() else "not a readable image"
+        raise BenchmarkError(f"cannot read image {path} ({reason})")
+    return np.ascontiguousarray(image[..., ::-1])
+
+
+def frame_to_tensor(frame: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
+    """(H, W, 3) uint8, or float32 already in [0, 1] -> (1, 3, H, W) float32 in [0, 1] on ``device``."""
+    tensor = torch.from_numpy(np.ascontiguousarray(frame)).to(device).permute(2, 0, 1)[None]
+    return tensor.float() / 255 if frame.dtype == np.uint8 else tensor.float()
+
+
+def read_image(path: str | Path) -> torch.Tensor:
+    """(3, H, W) float32 RGB in [0, 1]; :class:`BenchmarkError` naming the file when it cannot be read."""
+    return frame_to_tensor(read_rgb_uint8(path))[0]
+
+
+def resize_area(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """cv2.INTER_AREA resize of an (H, W, C) array to ``size`` = (width, height), keeping its dtype."""
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+
+
+def centre_crop(image: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    """Remove ``rows`` from the top and bottom and ``cols`` from each side: Xiph 4K is [540:-540, 1024:-1024]."""
+    height, width = image.shape[:2]
+    if 2 * rows >= height or 2 * cols >= width:
+        raise BenchmarkError(f"cannot crop {rows} rows and {cols} columns from each side of a {width}x{height} "
+                             f"frame (the 4K protocol expects 4096x2160)")
+    return image[rows:height - rows, cols:width - cols]
+
+
+@dataclass(frozen=True)
+class FrameGeometry:
+    """How a protocol reshapes every frame (inputs and ground truth alike) before inference.
+
+    resize_to: (width, height) for a cv2.INTER_AREA resize (the "2K" protocols: 2048x1080), or None.
+    resize_float: resize the float32 [0, 1] image rather than the uint8 one. X-TEST does (its reference reads,
+        divides by 255, then resizes, so its 2K ground truth is not 8-bit); Xiph resizes the uint8 frame.
+    crop_margins: (rows, cols) removed from each side (Xiph "4K": (540, 1024) of 4096x2160), or None.
+    """
+
+    resize_to: tuple[int, int] | None = None
+    resize_float: bool = False
+    crop_margins: tuple[int, int] | None = None
+
+    def apply(self, image: np.ndarray) -> np.ndarray:
+        """(H, W, 3) uint8 -> (h, w, 3): uint8, or float32 in [0, 1] when resized in float."""
+        if self.crop_margins is not None:
+            image = centre_crop(image, *self.crop_margins)
+        if self.resize_to is not None:
+            source = image.astype(np.float32) / 255 if self.resize_float else image
+            image = resize_area(source, self.resize_to)
+        return image
+
+    def describe(self) -> str:
+        parts = []
+        if self.crop_margins is not None:
+            parts.append(f"centre crop {self.crop_margins[0]} rows / {self.crop_margins[1]} cols per side")
+        if self.resize_to is not None:
+            parts.append(f"INTER_AREA resize to {self.resize_to[0]}x{self.resize_to[1]} "
+                         f"({'float32' if self.resize_float else 'uint8'})")
+        return ", ".join(parts) or "native"
+
+
+# --------------------------------------------------------------------------------------------------------
+# Centred padding
+# --------------------------------------------------------------------------------------------------------
+def centred_padding(height: int, width: int, multiple: int) -> tuple[int, int, int, int]:
+    """(left, right, top, bottom) replicate padding that makes H and W multiples of ``multiple``.
+
+    The odd pixel goes right/bottom (the field's InputPadder); where the padding sits changes the prediction
+    near the borders, so matching it matters for matching published numbers.
+    """
+    pad_h, pad_w = (-height) % multiple, (-width) % multiple
+    return pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2
+
+
+def pad_centred(image: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
+    """(B, C, H, W) -> (padded (B, C, H', W'), padding) with H', W' multiples of ``multiple``."""
+    padding = centred_padding(image.shape[-2], image.shape[-1], multiple)
+    return (F.pad(image, padding, mode="replicate") if any(padding) else image), padding
+
+
+def crop_padding(image: torch.Tensor, padding: tuple[int, int, int, int]) -> torch.Tensor:
+    """Inverse of :func:`pad_centred`: (B, C, H', W') -> (B, C, H, W)."""
+    left, right, top, bottom = padding
+    return image[..., top:image.shape[-2] - bottom, left:image.shape[-1] - right]
+
+
+# --------------------------------------------------------------------------------------------------------
+# Protocols and samples
+# --------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Protocol:
+    """What DESIGN.md 12 fixes for one published table.
+
+    pad_multiple: centred replicate padding before inference (32; the Xiph scripts use 16).
+    flow_scale: downscale for flow estimation (Phase 2/3 models; Phase-1 models have no flow and ignore it).
+    quantize: round the prediction to 8 bit before PSNR/SSIM (UCF101, X-TEST); Vimeo90K and SNU-FILM do not.
+    metric: "matlab" = psnr + ssim_matlab on [0, 1]; "skimage_uint8" = scikit-image PSNR/SSIM on uint8 (Xiph).
+    geometry: 2K resize / 4K crop applied to every frame.
+    average_per_group: mean per group (X-TEST scene), then over groups, instead of one mean over samples.
+    """
+
+    name: str
+    pad_multiple: int = 32
+    flow_scale: float = 1.0
+    quantize: bool = False
+    metric: str = "matlab"
+    geometry: FrameGeometry = field(default_factory=FrameGeometry)
+    average_per_group: bool = False
+
+    def __post_init__(self) -> None:
+        if self.metric not in METRICS:
+            raise ValueError(f"metric must be one of {METRICS}, got {self.metric!r}")
+        if self.metric == "skimage_uint8" and self.geometry.resize_float:
+            raise ValueError("the uint8 metric needs 8-bit ground truth; do not resize in float")
+
+    def settings(self) -> dict:
+        return {"protocol": self.name, "pad_multiple": self.pad_multiple, "quantize": self.quantize,
+                "metric": self.metric, "geometry": self.geometry.describe(),
+                "average_per_group": self.average_per_group}
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One target frame: predict ``gt`` at time ``t`` from ``img0`` (t = 0) and ``img1`` (t = 1).
+
+    group: the averaging unit of protocols that average per scene (X-TEST); empty otherwise.
+    """
+
+    name: str
+    img0: Path
+    gt: Path
+    img1: Path
+    t: float = 0.5
+    group: str = ""
+
+
+@dataclass(frozen=True)
+class Subset:
+    """Samples scored together under one protocol (a SNU-FILM split, Xiph-2K vs Xiph-4K, ...)."""
+
+    name: str
+    protocol: Protocol
+    samples: tuple[Sample, ...]
+
+
+def require_dir(path: str | Path, what: str = "dataset folder") -> Path:
+    path = Path(path)
+    if not path.is_dir():
+        raise BenchmarkError(f"{what} not found: {path}")
+    return path
+
+
+def read_list_file(path: Path, fields: int = 1) -> list[list[str]]:
+    """Whitespace-separated rows of a list file (blank lines skipped); each must have ``fields`` entries."""
+    if not path.is_file():
+        raise BenchmarkError(f"list file not found: {path}")
+    rows = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        entries = line.split()
+        if not entries:
+            continue
+        if len(entries) != fields:
+            raise BenchmarkError(f"{path}:{number}: expected {fields} path(s) per line, got {len(entries)}")
+        rows.append(entries)
+    if not rows:
+        raise BenchmarkError(f"list file is empty: {path}")
+    return rows
+
+
+def check_frames_exist(samples: Sequence[Sample]) -> None:
+    """Fail before loading the model (and before an hour of evaluation) when any frame file is missing."""
+    missing = list(dict.fromkeys(p for s in samples for p in (s.img0, s.gt, s.img1) if not p.is_file()))
+    if missing:
+        raise BenchmarkError(f"{len(missing)} frame file(s) missing, first: {missing[0]}")
+
+
+# --------------------------------------------------------------------------------------------------------
+# Evaluation
+# --------------------------------------------------------------------------------------------------------
+def mean_metrics(records: Sequence[dict], average_per_group: bool = False) -> dict:
+    """{"psnr", "ssim", "count"} over per-sample records {"psnr", "ssim", "group", ...}.
+
+    With ``average_per_group`` the means are taken per group first, then over groups (equal weight per scene),
+    and "groups" holds each group's own means.
+    """
+    if not records:
+        return {"psnr": math.nan, "ssim": math.nan, "count": 0}
+    if not average_per_group:
+        return {"psnr": float(np.mean([r["psnr"] for r in records])),
+                "ssim": float(np.mean([r["ssim"] for r in records])), "count": len(records)}
+    by_group: dict[str, list[dict]] = {}
+    for record in records:
+        by_group.setdefault(record["group"], []).append(record)
+    groups = {name: mean_metrics(members) for name, members in by_group.items()}
+    return {"psnr": float(np.mean([g["psnr"] for g in groups.values()])),
+            "ssim": float(np.mean([g["ssim"] for g in groups.values()])), "count": len(records), "groups": groups}
+
+
+class Evaluator:
+    """Runs a model over samples under one protocol.
+
+    model: anything with ``inference(img0, img1, t, flow_scale, tta) -> (B, 3, H, W)`` in [0, 1] (ThesisModel).
+    amp: "fp32" (default: the published numbers are fp32), "bf16" or "fp16" autocast for the model only;
+        the metrics always run in float64.
+    flow_scale: None keeps the protocol's.
+    """
+
+    def __init__(self, model: nn.Module, protocol: Protocol, device: torch.device | str = "cpu", amp: str = "fp32",
+                 tta: bool = False, flow_scale: float | None = None, progress: bool = True):
+        if amp not in AMP_DTYPES:
+            raise BenchmarkError(f"--amp must be one of {', '.join(AMP_DTYPES)}, got {amp!r}")
+        self.model = model
+        self.protocol = protocol
+        self.device = torch.device(device)
+        self.amp_dtype = AMP_DTYPES[amp]
+        self.tta = tta
+        self.flow_scale = protocol.flow_scale if flow_scale is None else flow_scale
+        self.progress = progress
+
+    def load_frame(self, path: Path) -> np.ndarray:
+        """(H, W, 3) RGB after the protocol's geometry: uint8, or float32 in [0, 1] (X-TEST 2K)."""
+        return self.protocol.geometry.apply(read_rgb_uint8(path))
+
+    def predict(self, img0: torch.Tensor, img1: torch.Tensor, t: float) -> torch.Tensor:
+        """(1, 3, H, W) inputs in [0, 1] -> (1, 3, H, W) float32 prediction, clamped to [0, 1]."""
+        padded0, padding = pad_centred(img0, self.protocol.pad_multiple)
+        padded1, _ = pad_centred(img1, self.protocol.pad_multiple)
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.amp_dtype,
+                                                    enabled=self.amp_dtype is not None):
+            pred = self.model.inference(padded0, padded1, t=t, flow_scale=self.flow_scale, tta=self.tta)
+        return crop_padding(pred.float(), padding).clamp(0, 1)
+
+    def score(self, pred: torch.Tensor, gt_frame: np.ndarray) -> tuple[float, float]:
+        """(PSNR, SSIM) of a (1, 3, H, W) prediction against the (H, W, 3) ground-truth frame."""
+        if pred.shape[-2:] != gt_frame.shape[:2]:
+            raise BenchmarkError(f"prediction is {tuple(pred.shape[-2:])} but ground truth is "
+                                 f"{gt_frame.shape[:2]}: inputs and ground truth differ in size")
+        if self.protocol.metric == "skimage_uint8":
+            pred_u8 = to_uint8(pred[0]).permute(1, 2, 0)
+            gt_u8 = torch.from_numpy(np.ascontiguousarray(gt_frame)).to(pred.device)
+            return psnr_uint8(pred_u8, gt_u8), ssim_skimage_uint8(pred_u8, gt_u8)
+        gt = frame_to_tensor(gt_frame, pred.device)
+        if self.protocol.quantize:
+            pred = quantize(pred)
+        return psnr(pred, gt), ssim_matlab(pred, gt)
+
+    def evaluate(self, samples: Sequence[Sample], description: str = "") -> dict:
+        """Per-sample records and their means: {"psnr", "ssim", "count", ["groups"], "seconds", "samples"}."""
+        records = []
+        start = time.perf_counter()
+        cached_paths, cached_inputs = None, None
+        psnr_total = 0.0
+        bar = tqdm(samples, desc=description or self.protocol.name, disable=not self.progress, dynamic_ncols=True)
+        for sample in bar:
+            # X-TEST predicts seven targets from one input pair: read (and resize) that pair once.
+            if cached_paths != (sample.img0, sample.img1):
+                cached_paths = (sample.img0, sample.img1)
+                cached_inputs = tuple(frame_to_tensor(self.load_frame(p), self.device) for p in cached_paths)
+            pred = self.predict(*cached_inputs, sample.t)
+            value_psnr, value_ssim = self.score(pred, self.load_frame(sample.gt))
+            records.append({"name": sample.name, "t": sample.t, "group": sample.group,
+                            "psnr": value_psnr, "ssim": value_ssim})
+            psnr_total += value_psnr
+            bar.set_postfix(psnr=f"{psnr_total / len(records):.3f}")
+        summary = mean_metrics(records, self.protocol.average_per_group)
+        return {**summary, "seconds": time.perf_counter() - start, "samples": records}
+
+
+# --------------------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------------------
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options every entry point shares, benchmarks and TimeTest alike."""
+    parser.add_argument("--ckpt_dir", default="ckpt", help="folder searched for --model names (default ckpt)")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    parser.add_argument("--amp", choices=list(AMP_DTYPES), default="fp32",
+                        help="autocast dtype for the model (default fp32, as the published numbers)")
+    parser.add_argument("--tta", action="store_true",
+                        help="average with the prediction on H+W-flipped inputs (VFIMamba's TTA)")
+    parser.add_argument("--flow_scale", type=positive_float, default=None,
+                        help="override the protocol's flow downscale (Phase-1 models have no flow and ignore it)")
+    parser.add_argument("--out", default=None, help="write a JSON report to this file")
+
+
+def benchmark_parser(description: str) -> argparse.ArgumentParser:
+    """The shared command line of the dataset benchmarks; scripts add their own --split/--resolution."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True,
+                        help="checkpoint name in --ckpt_dir (e.g. phase1_hybrid_v2_best) or a path to a .pt file")
+    parser.add_argument("--path", required=True, help="dataset root (layout in the description above)")
+    add_runtime_arguments(parser)
+    parser.add_argument("--limit", type=positive_int, default=None,
+                        help="evaluate only the first N samples of each subset (smoke tests)")
+    parser.add_argument("--no_progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def resolve_device(text: str | None) -> torch.device:
+    if text is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise BenchmarkError(f"--device {text!r} is not a torch device") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise BenchmarkError(f"--device {text}: CUDA is not available on this machine")
+    return device
+
+
+@contextlib.contextmanager
+def exit_on_user_error(program: str) -> Iterator[None]:
+    """Turn the errors a user can fix into one line on stderr and exit status 2 (no stack trace)."""
+    try:
+        yield
+    except (BenchmarkError, CheckpointError, ConfigError) as error:
+        message = " ".join(str(error).split())
+        print(f"{program}: error: {message}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def write_report(report: dict, path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
+
+
+def describe_run(model_name: str, uses_flow: bool, device: torch.device, amp: str, tta: bool,
+                 flow_scale: float) -> str:
+    """One line of what ran: model, device, precision, TTA, and whether flow_scale had any effect."""
+    flow = f"flow_scale {flow_scale:g}" if uses_flow else "flow_scale n/a (no flow estimator)"
+    return f"model {model_name} | {device} {amp} | TTA {'on' if tta else 'off'} | {flow}"
+
+
+def run_benchmark(args: argparse.Namespace, benchmark: str, make_subsets: Callable[[Path], list[Subset]]) -> dict:
+    """Enumerate, check, load the model, evaluate every subset, print a summary, write ``--out``.
+
+    Cheap checks come first (dataset folder, checkpoint name, list files, frame files), so a typo fails in a
+    second rather than after the model is loaded. Returns the report (also what ``--out`` receives).
+    """
+    with exit_on_user_error(benchmark):
+        root = require_dir(args.path)
+        checkpoint_path = resolve_checkpoint(args.model, args.ckpt_dir)
+        device = resolve_device(args.device)
+        subsets = make_subsets(root)
+        if args.limit is not None:
+            subsets = [Subset(s.name, s.protocol, s.samples[:args.limit]) for s in subsets]
+        for subset in subsets:
+            check_frames_exist(subset.samples)
+        model, cfg = model_from_checkpoint(str(checkpoint_path), device=device, ckpt_dir=args.ckpt_dir)
+
+        report = {"benchmark": benchmark, "dataset": str(root), "model": args.model,
+                  "checkpoint": str(checkpoint_path), "phase": cfg.train.phase, "uses_flow": cfg.model.use_flow,
+                  "device": str(device), "amp": args.amp, "tta": args.tta, "limit": args.limit, "results": {}}
+        for subset in subsets:
+            evaluator = Evaluator(model, subset.protocol, device, args.amp, args.tta, args.flow_scale,
+                                  progress=not args.no_progress)
+            print(f"{subset.protocol.name}: {len(subset.samples)} samples | "
+                  + describe_run(args.model, cfg.model.use_flow, device, args.amp, args.tta, evaluator.flow_scale))
+            result = evaluator.evaluate(subset.samples, subset.name)
+            report["results"][subset.name] = {**subset.protocol.settings(), "flow_scale": evaluator.flow_scale,
+                                              **result}
+            print(f"{subset.protocol.name}  PSNR {result['psnr']:.4f} dB  SSIM {result['ssim']:.5f}  "
+                  f"({result['count']} samples, {result['seconds']:.1f} s)")
+        if args.out:
+            write_report(report, args.out)
+            print(f"report written to {args.out}")
+    return report
+
+
+def benchmark_main(argv: Sequence[str] | None, description: str, benchmark: str,
+                   make_subset: Callable[[Path, str], Subset], choice_flag: str | None = None,
+                   choices: Sequence[str] = ("test",)) -> dict:
+    """A benchmark script's whole ``main``: shared CLI, optional ``choice_flag`` (--split, --resolution), run.
+
+    make_subset(root, choice) enumerates one subset. With ``choice_flag`` the user picks one of ``choices`` or
+    "all" (the default, as the reference scripts report every level / resolution).
+    """
+    parser = benchmark_parser(description)
+    if choice_flag is not None:
+        parser.add_argument(choice_flag, choices=[*choices, "all"], default="all",
+                            help=f"{', '.join(choices)} or all (default all)")
+    args = parser.parse_args(argv)
+    choice = getattr(args, choice_flag.lstrip("-")) if choice_flag is not None else "all"
+    chosen = list(choices) if choice == "all" else [choice]
+    return run_benchmark(args, benchmark, lambda root: [make_subset(root, name) for name in chosen])
+
+
+def resolution_main(argv: Sequence[str] | None, description: str, benchmark: str, protocols: dict[str, Protocol],
+                    enumerate_samples: Callable[[Path], list[Sample]]) -> dict:
+    """``main`` of a benchmark that scores the same samples under several protocols (--resolution 2k|4k|all)."""
+    return benchmark_main(argv, description, benchmark,
+                          lambda root, name: Subset(name, protocols[name], tuple(enumerate_samples(root))),
+                          choice_flag="--resolution", choices=list(protocols))

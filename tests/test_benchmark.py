@@ -1,0 +1,573 @@
+"""Tests for benchmark/: metrics against independent computations, the evaluation core, every script's sample
+enumeration on a fixture in its layout, end-to-end runs with a tiny checkpoint, and the one-line user errors.
+
+CPU only; every dataset is a handful of small PNGs written to tmp_path.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO_ROOT not in sys.path:  # plain `pytest` puts tests/ on the path, not the repository root
+    sys.path.insert(0, REPO_ROOT)
+
+from benchmark import SNU_FILM, UCF101, TimeTest, Vimeo90K, Xiph, XTest  # noqa: E402
+from benchmark.eval_core import (  # noqa: E402
+    BenchmarkError, Evaluator, FrameGeometry, Protocol, centred_padding, crop_padding, mean_metrics, pad_centred,
+    read_image,
+)
+from benchmark.metrics import (  # noqa: E402
+    psnr, psnr_uint8, quantize, ssim_matlab, ssim_skimage_uint8,
+)
+from checkpoint import atomic_save  # noqa: E402
+from config import preset  # noqa: E402
+from model import build_model  # noqa: E402
+
+FRAME_H, FRAME_W = 24, 40   # not multiples of 16 or 32, so padding and cropping are exercised
+
+
+# --------------------------------------------------------------------------------------------------------
+# Helpers and fixtures
+# --------------------------------------------------------------------------------------------------------
+def write_rgb(path: Path, image: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert cv2.imwrite(str(path), np.ascontiguousarray(image[..., ::-1]))
+
+
+def pattern(offset: int = 0, seed: int | None = None) -> np.ndarray:
+    """(FRAME_H, FRAME_W, 3) uint8: a fixed gradient with values in [0, 55] (+ offset), or noise with a seed."""
+    if seed is not None:
+        return np.random.default_rng(seed).integers(0, 256, (FRAME_H, FRAME_W, 3), dtype=np.uint8)
+    y, x, c = np.meshgrid(np.arange(FRAME_H), np.arange(FRAME_W), np.arange(3), indexing="ij")
+    return ((x * 3 + y * 5 + c * 11) % 56 + offset).astype(np.uint8)
+
+
+def save_checkpoint(path: Path, phase: int) -> Path:
+    cfg = preset(phase, "tiny")
+    atomic_save({"format": 1, "config": cfg.to_dict(), "model": build_model(cfg.model).state_dict(), "ema": None},
+                path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("ckpt")
+    save_checkpoint(folder / "tiny_phase1.pt", 1)
+    save_checkpoint(folder / "tiny_phase2.pt", 2)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def vimeo_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("vimeo")
+    names = ["00001/0001", "00001/0002", "00002/0001"]
+    (root / "tri_testlist.txt").write_text("\n".join(names) + "\n\n")   # a trailing blank line, as in the real list
+    for i, name in enumerate(names):
+        for j in (1, 2, 3):
+            write_rgb(root / "sequences" / name / f"im{j}.png", pattern(seed=10 * i + j))
+    return root
+
+
+@pytest.fixture(scope="module")
+def ucf_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("ucf")
+    for i, folder in enumerate(["1", "10", "2"]):
+        for j, name in enumerate(UCF101.FRAME_NAMES):
+            write_rgb(root / folder / name, pattern(seed=10 * i + j))
+    write_rgb(root / "incomplete" / "frame_00.png", pattern(seed=99))   # no ground truth: not a sample
+    (root / "readme.txt").write_text("not a folder")
+    return root
+
+
+@pytest.fixture(scope="module")
+def snu_root(tmp_path_factory) -> Path:
+    """Frames under <root>/test/...; lists use the published data/SNU-FILM/test/... prefix, one line without."""
+    root = tmp_path_factory.mktemp("snu")
+    for split in SNU_FILM.SPLITS:
+        lines = []
+        for i in range(3):
+            frames = [f"test/{split}_clip/{i}_{j}.png" for j in range(3)]
+            for j, frame in enumerate(frames):
+                write_rgb(root / frame, pattern(seed=100 * SNU_FILM.SPLITS.index(split) + 10 * i + j))
+            prefix = "" if i == 2 else "data/SNU-FILM/"
+            lines.append(" ".join(prefix + f for f in frames))
+        (root / f"test-{split}.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def xiph_root(tmp_path_factory) -> Path:
+    """Flat reference layout <clip>-NNN.png, frames 001..099; frame n = gradient + 2n (a blend of n +- 1 is n)."""
+    root = tmp_path_factory.mktemp("xiph")
+    for clip in Xiph.CLIPS:
+        for n in range(1, 100):
+            write_rgb(root / f"{clip}-{n:03d}.png", pattern(offset=2 * n))
+    return root
+
+
+@pytest.fixture(scope="module")
+def xtest_root(tmp_path_factory) -> Path:
+    """<root>/test/<Type>/<scene>/0000..0032.png with frame i = gradient + 4i (t = k/8 blend of 0, 32 is 4k)."""
+    root = tmp_path_factory.mktemp("x4k")
+    for scene in ("Type1/TEST01_a", "Type2/TEST02_b"):
+        for i in range(33):
+            write_rgb(root / "test" / scene / f"{i:04d}.png", pattern(offset=4 * i))
+    return root
+
+
+class BlendModel:
+    """Stand-in model: the linear blend (1 - t) img0 + t img1; records what it was called with."""
+
+    def __init__(self):
+        self.calls = []
+
+    def inference(self, img0, img1, t=0.5, flow_scale=1.0, tta=False):
+        self.calls.append({"shape": tuple(img0.shape), "t": t, "flow_scale": flow_scale, "tta": tta})
+        return (1 - t) * img0 + t * img1
+
+
+def small_geometry_protocols(protocols: dict[str, Protocol]) -> dict[str, Protocol]:
+    """The 2K resize and 4K crop of a script, scaled down to fixture frames (a 2048x1080 CPU run is too slow)."""
+    small = {}
+    for name, protocol in protocols.items():
+        geometry = protocol.geometry
+        geometry = replace(geometry, resize_to=(32, 16) if geometry.resize_to else None,
+                           crop_margins=(2, 4) if geometry.crop_margins else None)
+        small[name] = replace(protocol, geometry=geometry)
+    return small
+
+
+def run_failing(main, argv, capsys) -> str:
+    """Run a script's main expecting a user error: exit status 2 and exactly one line on stderr."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+# --------------------------------------------------------------------------------------------------------
+# Metrics
+# --------------------------------------------------------------------------------------------------------
+def test_psnr_by_hand():
+    gt = torch.zeros(3, 4, 4, dtype=torch.float64)
+    pred = gt.clone()
+    pred[0, :2] = 0.2                                     # 8 of 48 values off by 0.2: mse = 8 * 0.04 / 48
+    assert psnr(pred, gt) == pytest.approx(-10 * math.log10(8 * 0.04 / 48), abs=1e-9)
+    assert psnr(torch.full((3, 2, 2), 0.1, dtype=torch.float64), torch.zeros(3, 2, 2)) == pytest.approx(20.0, abs=1e-9)
+    assert psnr(gt, gt) == math.inf
+
+
+def gaussian_reference(size: int = 11, sigma: float = 1.5) -> np.ndarray:
+    weights = np.array([math.exp(-((i - size // 2) ** 2) / (2 * sigma ** 2)) for i in range(size)])
+    return weights / weights.sum()
+
+
+def ssim_matlab_triple_loop(a: np.ndarray, b: np.ndarray) -> float:
+    """Independent ssim_matlab: pad the (C, H, W) volumes by 5 (edge), then one full 11x11x11 window per voxel."""
+    g = gaussian_reference()
+    window = g[:, None, None] * g[None, :, None] * g[None, None, :]
+    pa, pb = np.pad(a, 5, mode="edge"), np.pad(b, 5, mode="edge")
+    values = []
+    for c in range(a.shape[0]):
+        for i in range(a.shape[1]):
+            for j in range(a.shape[2]):
+                wa, wb = pa[c:c + 11, i:i + 11, j:j + 11], pb[c:c + 11, i:i + 11, j:j + 11]
+                mu_a, mu_b = (window * wa).sum(), (window * wb).sum()
+                var_a = (window * wa * wa).sum() - mu_a ** 2
+                var_b = (window * wb * wb).sum() - mu_b ** 2
+                cov = (window * wa * wb).sum() - mu_a * mu_b
+                c1, c2 = 0.01 ** 2, 0.03 ** 2
+                values.append((2 * mu_a * mu_b + c1) * (2 * cov + c2)
+                              / ((mu_a ** 2 + mu_b ** 2 + c1) * (var_a + var_b + c2)))
+    return float(np.mean(values))
+
+
+@pytest.mark.parametrize("shape", [(3, 12, 12), (3, 13, 17)])
+def test_ssim_matlab_matches_triple_loop(shape):
+    rng = np.random.default_rng(1)
+    a = rng.random(shape)
+    b = np.clip(a + rng.normal(0, 0.1, shape), 0, 1)
+    expected = ssim_matlab_triple_loop(a, b)
+    assert ssim_matlab(torch.from_numpy(a), torch.from_numpy(b)) == pytest.approx(expected, abs=1e-10)
+    # Batched float32 input, as the evaluator passes it, gives the same number to float32 precision.
+    assert ssim_matlab(torch.from_numpy(a).float()[None], torch.from_numpy(b).float()[None]) == pytest.approx(
+        expected, abs=1e-6)
+
+
+def test_ssim_matlab_matches_one_full_3d_convolution():
+    """The separable filter equals the reference's single 11x11x11 conv3d on a larger image."""
+    generator = torch.Generator().manual_seed(0)
+    a = torch.rand(3, 40, 56, generator=generator, dtype=torch.float64)
+    b = (a + 0.05 * torch.randn(3, 40, 56, generator=generator, dtype=torch.float64)).clamp(0, 1)
+    g = torch.from_numpy(gaussian_reference())
+    window = (g[:, None, None] * g[None, :, None] * g[None, None, :])[None, None]
+
+    def blur(v):
+        return F.conv3d(F.pad(v[None, None], (5,) * 6, mode="replicate"), window)
+
+    mu_a, mu_b = blur(a), blur(b)
+    var_a, var_b, cov = blur(a * a) - mu_a ** 2, blur(b * b) - mu_b ** 2, blur(a * b) - mu_a * mu_b
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    ssim_map = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (var_a + var_b + c2))
+    expected = ssim_map.mean()
+    assert ssim_matlab(a, b) == pytest.approx(expected.item(), abs=1e-12)
+
+
+def test_ssim_matlab_identity_symmetry_and_channel_order():
+    generator = torch.Generator().manual_seed(2)
+    a = torch.rand(3, 16, 20, generator=generator)
+    b = (a + 0.1 * torch.randn(3, 16, 20, generator=generator)).clamp(0, 1)
+    assert ssim_matlab(a, a) == pytest.approx(1.0, abs=1e-12)
+    assert ssim_matlab(a, b) == pytest.approx(ssim_matlab(b, a), abs=1e-12)
+    assert ssim_matlab(a.flip(0), b.flip(0)) == pytest.approx(ssim_matlab(a, b), abs=1e-12)   # BGR vs RGB
+    assert ssim_matlab(a, b) < 0.99
+
+
+def ssim_skimage_by_loops(a: np.ndarray, b: np.ndarray) -> float:
+    """Independent skimage-default SSIM: per channel, every full 7x7 window, sample (co)variances, mean."""
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    per_channel = []
+    for c in range(a.shape[2]):
+        values = []
+        for i in range(a.shape[0] - 6):
+            for j in range(a.shape[1] - 6):
+                wa, wb = a[i:i + 7, j:j + 7, c].ravel(), b[i:i + 7, j:j + 7, c].ravel()
+                cov = np.cov(wa, wb)          # ddof = 1: skimage's use_sample_covariance=True
+                values.append((2 * wa.mean() * wb.mean() + c1) * (2 * cov[0, 1] + c2)
+                              / ((wa.mean() ** 2 + wb.mean() ** 2 + c1) * (cov[0, 0] + cov[1, 1] + c2)))
+        per_channel.append(np.mean(values))
+    return float(np.mean(per_channel))
+
+
+def noisy_uint8_pair(shape, seed):
+    rng = np.random.default_rng(seed)
+    gt = rng.integers(0, 256, shape, dtype=np.uint8)
+    pred = np.clip(gt.astype(int) + rng.integers(-40, 41, shape), 0, 255).astype(np.uint8)
+    return pred, gt
+
+
+def test_skimage_style_metrics_match_direct_computation():
+    pred, gt = noisy_uint8_pair((12, 15, 3), 3)
+    assert ssim_skimage_uint8(pred, gt) == pytest.approx(ssim_skimage_by_loops(pred, gt), abs=1e-10)
+    mse = np.mean((pred.astype(np.float64) - gt) ** 2)
+    assert psnr_uint8(pred, gt) == pytest.approx(10 * math.log10(255 ** 2 / mse), abs=1e-10)
+    assert ssim_skimage_uint8(gt, gt) == pytest.approx(1.0, abs=1e-12)
+    assert ssim_skimage_uint8(torch.from_numpy(pred), torch.from_numpy(gt)) == pytest.approx(
+        ssim_skimage_uint8(pred, gt), abs=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(7, 9, 3), (37, 53, 3), (64, 48, 3)])
+def test_skimage_style_metrics_match_scikit_image(shape):
+    metrics = pytest.importorskip("skimage.metrics")
+    pred, gt = noisy_uint8_pair(shape, shape[0])
+    assert ssim_skimage_uint8(pred, gt) == pytest.approx(
+        metrics.structural_similarity(gt, pred, data_range=255, channel_axis=-1), abs=1e-6)
+    assert psnr_uint8(pred, gt) == pytest.approx(
+        metrics.peak_signal_noise_ratio(gt, pred, data_range=255), abs=1e-6)
+
+
+def test_quantize_rounds_to_8_bit_levels():
+    x = torch.rand(1000, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    q = quantize(x)
+    levels = q * 255
+    assert torch.allclose(levels, levels.round(), atol=1e-9)          # on the 8-bit grid
+    assert (q - x).abs().max() <= 0.5 / 255 + 1e-12                   # the nearest level
+    assert torch.equal(quantize(q), q)                                 # idempotent
+    assert quantize(torch.tensor([0.2 / 255, 0.7 / 255, 254.6 / 255], dtype=torch.float64)).mul(255).tolist() == \
+        pytest.approx([0.0, 1.0, 255.0])
+
+
+# --------------------------------------------------------------------------------------------------------
+# Evaluation core
+# --------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("height,width,multiple", [(24, 40, 32), (33, 17, 32), (64, 64, 32), (50, 70, 16)])
+def test_centred_padding_round_trip(height, width, multiple):
+    image = torch.rand(1, 3, height, width)
+    padded, padding = pad_centred(image, multiple)
+    assert padded.shape[-2] % multiple == 0 and padded.shape[-1] % multiple == 0
+    left, right, top, bottom = padding
+    assert (left, top) == ((padded.shape[-1] - width) // 2, (padded.shape[-2] - height) // 2)   # odd pixel right/bottom
+    assert 0 <= right - left <= 1 and 0 <= bottom - top <= 1
+    assert torch.equal(crop_padding(padded, padding), image)
+    if top:   # replicate: the rows above the image repeat its first row
+        assert torch.equal(padded[..., 0, left:left + width], image[..., 0, :])
+
+
+def test_centred_padding_values():
+    assert centred_padding(256, 448, 32) == (0, 0, 0, 0)
+    assert centred_padding(720, 1280, 32) == (0, 0, 8, 8)
+    assert centred_padding(1080, 2048, 16) == (0, 0, 4, 4)
+    assert centred_padding(33, 17, 32) == (7, 8, 15, 16)
+
+
+def test_xiph_geometries_on_full_size_frames():
+    frame = np.random.default_rng(5).integers(0, 256, (2160, 4096, 3), dtype=np.uint8)
+    cropped = Xiph.PROTOCOLS["4k"].geometry.apply(frame)
+    assert cropped.shape == (1080, 2048, 3) and np.array_equal(cropped, frame[540:-540, 1024:-1024])
+    resized = Xiph.PROTOCOLS["2k"].geometry.apply(frame)
+    assert resized.shape == (1080, 2048, 3) and resized.dtype == np.uint8
+    # An exact 2x INTER_AREA is the mean of each 2x2 block (uint8 rounding: within one level).
+    block_mean = frame.reshape(1080, 2, 2048, 2, 3).astype(np.float64).mean(axis=(1, 3))
+    assert np.abs(resized - block_mean).max() <= 1.0
+
+
+def test_xtest_2k_geometry_resizes_in_float():
+    frame = np.random.default_rng(6).integers(0, 256, (2160, 4096, 3), dtype=np.uint8)
+    resized = XTest.PROTOCOLS["2k"].geometry.apply(frame)
+    assert resized.shape == (1080, 2048, 3) and resized.dtype == np.float32
+    block_mean = frame.reshape(1080, 2, 2048, 2, 3).astype(np.float64).mean(axis=(1, 3)) / 255
+    assert np.abs(resized - block_mean).max() < 1e-6
+    assert XTest.PROTOCOLS["4k"].geometry.apply(frame) is frame
+
+
+def test_small_geometry_stand_ins_and_bad_crop():
+    frame = np.arange(10 * 12 * 3, dtype=np.uint8).reshape(10, 12, 3)
+    assert np.array_equal(FrameGeometry(crop_margins=(2, 3)).apply(frame), frame[2:8, 3:9])
+    assert FrameGeometry(resize_to=(6, 5)).apply(frame).shape == (5, 6, 3)
+    with pytest.raises(BenchmarkError, match="4096x2160"):
+        FrameGeometry(crop_margins=(540, 1024)).apply(frame)
+
+
+def test_mean_metrics_per_group_then_over_groups():
+    records = [{"psnr": 30.0, "ssim": 0.9, "group": "a"},
+               {"psnr": 20.0, "ssim": 0.5, "group": "b"}, {"psnr": 22.0, "ssim": 0.6, "group": "b"},
+               {"psnr": 24.0, "ssim": 0.7, "group": "b"}]
+    flat = mean_metrics(records)
+    assert flat["psnr"] == pytest.approx(24.0) and flat["count"] == 4
+    grouped = mean_metrics(records, average_per_group=True)
+    assert grouped["psnr"] == pytest.approx((30 + 22) / 2) and grouped["ssim"] == pytest.approx((0.9 + 0.6) / 2)
+    assert grouped["groups"]["b"]["count"] == 3
+
+
+def test_read_image_is_rgb_and_names_bad_files(tmp_path):
+    image = pattern(seed=7)
+    write_rgb(tmp_path / "frame.png", image)
+    tensor = read_image(tmp_path / "frame.png")
+    assert tensor.shape == (3, FRAME_H, FRAME_W) and tensor.dtype == torch.float32
+    assert torch.allclose(tensor, torch.from_numpy(image).permute(2, 0, 1).float() / 255)
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(BenchmarkError, match="broken.png"):
+        read_image(tmp_path / "broken.png")
+    with pytest.raises(BenchmarkError, match="missing.png"):
+        read_image(tmp_path / "missing.png")
+
+
+def test_evaluator_pads_centred_and_passes_protocol_options(vimeo_root):
+    model = BlendModel()
+    protocol = Protocol("SNU-like", pad_multiple=32, flow_scale=0.5)
+    samples = Vimeo90K.enumerate_samples(vimeo_root)[:1]
+    Evaluator(model, protocol, progress=False).evaluate(samples)
+    Evaluator(model, protocol, flow_scale=0.25, tta=True, progress=False).evaluate(samples)
+    assert [c["shape"] for c in model.calls] == [(1, 3, 32, 64)] * 2
+    assert [(c["flow_scale"], c["tta"]) for c in model.calls] == [(0.5, False), (0.25, True)]
+
+
+# --------------------------------------------------------------------------------------------------------
+# Sample enumeration per layout
+# --------------------------------------------------------------------------------------------------------
+def test_vimeo_enumeration(vimeo_root):
+    samples = Vimeo90K.enumerate_samples(vimeo_root)
+    assert [s.name for s in samples] == ["00001/0001", "00001/0002", "00002/0001"]
+    first = samples[0]
+    folder = vimeo_root / "sequences" / "00001" / "0001"
+    assert (first.img0, first.gt, first.img1, first.t) == (folder / "im1.png", folder / "im2.png",
+                                                           folder / "im3.png", 0.5)
+
+
+def test_ucf101_enumeration(ucf_root):
+    samples = UCF101.enumerate_samples(ucf_root)
+    assert [s.name for s in samples] == ["1", "10", "2"]   # complete folders only, sorted
+    assert (samples[0].img0.name, samples[0].gt.name, samples[0].img1.name) == (
+        "frame_00.png", "frame_01_gt.png", "frame_02.png")
+
+
+def test_snu_film_enumeration_resolves_list_prefix(snu_root, tmp_path):
+    samples = SNU_FILM.enumerate_split(snu_root, "hard")
+    assert len(samples) == 3
+    assert samples[0].img0 == snu_root / "test" / "hard_clip" / "0_0.png"      # prefix dropped: exists that way
+    assert samples[0].gt == snu_root / "test" / "hard_clip" / "0_1.png"
+    assert samples[2].img1 == snu_root / "test" / "hard_clip" / "2_2.png"      # written without the prefix
+    assert all(p.is_file() for s in samples for p in (s.img0, s.gt, s.img1))
+    (tmp_path / "test-easy.txt").write_text("a.png b.png\n")
+    with pytest.raises(BenchmarkError, match=r"test-easy.txt:1: expected 3"):
+        SNU_FILM.enumerate_split(tmp_path, "easy")
+
+
+def test_xiph_enumeration_pairs_neighbours(xiph_root, tmp_path):
+    samples = Xiph.enumerate_samples(xiph_root)
+    assert len(samples) == 8 * 49 == 392
+    assert [p.name for p in (samples[0].img0, samples[0].gt, samples[0].img1)] == [
+        "BoxingPractice-001.png", "BoxingPractice-002.png", "BoxingPractice-003.png"]
+    assert [p.name for p in (samples[-1].img0, samples[-1].gt, samples[-1].img1)] == [
+        "Tango-097.png", "Tango-098.png", "Tango-099.png"]
+    assert all(s.t == 0.5 for s in samples)
+    write_rgb(tmp_path / "Tango" / "001.png", pattern())                       # one folder per clip
+    assert Xiph.frame_path(tmp_path, "Tango", 1) == tmp_path / "Tango" / "001.png"
+
+
+def test_xtest_enumeration_targets_and_timesteps(xtest_root):
+    samples = XTest.enumerate_samples(xtest_root)
+    assert len(samples) == 2 * 7
+    first_scene = samples[:7]
+    assert [s.t for s in first_scene] == [k / 8 for k in range(1, 8)]
+    assert [s.gt.name for s in first_scene] == [f"{4 * k:04d}.png" for k in range(1, 8)]
+    assert {(s.img0.name, s.img1.name) for s in samples} == {("0000.png", "0032.png")}
+    assert [s.group for s in samples] == ["Type1/TEST01_a"] * 7 + ["Type2/TEST02_b"] * 7
+    assert XTest.enumerate_samples(xtest_root / "test") == samples             # --path may be test/ itself
+
+
+def test_xtest_short_scene_is_an_error(tmp_path):
+    for i in range(20):
+        write_rgb(tmp_path / "test" / "Type1" / "short" / f"{i:04d}.png", pattern())
+    with pytest.raises(BenchmarkError, match="short has 20 frames"):
+        XTest.enumerate_samples(tmp_path)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Exactness with a stand-in model: right triplets and right t give a perfect score
+# --------------------------------------------------------------------------------------------------------
+def test_xtest_pairing_and_timesteps_are_exact(xtest_root):
+    model = BlendModel()
+    result = Evaluator(model, XTest.PROTOCOLS["4k"], progress=False).evaluate(XTest.enumerate_samples(xtest_root))
+    assert all(r["psnr"] == math.inf for r in result["samples"])             # blend of 0 and 32 at k/8 == 4k
+    assert result["ssim"] == pytest.approx(1.0) and set(result["groups"]) == {"Type1/TEST01_a", "Type2/TEST02_b"}
+    assert [c["flow_scale"] for c in model.calls] == [0.25] * 14
+
+
+def test_xiph_pairing_is_exact(xiph_root):
+    protocol = small_geometry_protocols(Xiph.PROTOCOLS)["4k"]
+    samples = Xiph.enumerate_samples(xiph_root)[::20]
+    result = Evaluator(BlendModel(), protocol, progress=False).evaluate(samples)
+    assert all(r["psnr"] == math.inf and r["ssim"] == pytest.approx(1.0) for r in result["samples"])
+
+
+# --------------------------------------------------------------------------------------------------------
+# End to end with a tiny checkpoint
+# --------------------------------------------------------------------------------------------------------
+def read_report(path: Path) -> dict:
+    report = json.loads(path.read_text())
+    for result in report["results"].values():
+        assert math.isfinite(result["psnr"]) and 0 < result["psnr"] < 100
+        assert -1 <= result["ssim"] <= 1
+        assert len(result["samples"]) == result["count"]
+    return report
+
+
+def common_args(root: Path, checkpoints: Path, out: Path, model: str = "tiny_phase1") -> list[str]:
+    return ["--model", model, "--ckpt_dir", str(checkpoints), "--path", str(root), "--device", "cpu",
+            "--out", str(out), "--no_progress"]
+
+
+def test_vimeo_end_to_end(vimeo_root, checkpoints, tmp_path):
+    Vimeo90K.main(common_args(vimeo_root, checkpoints, tmp_path / "r.json") + ["--limit", "2"])
+    report = read_report(tmp_path / "r.json")
+    result = report["results"]["test"]
+    assert result["count"] == 2 and result["quantize"] is False and result["metric"] == "matlab"
+    assert report["phase"] == 1 and report["uses_flow"] is False
+
+
+def test_ucf101_end_to_end_quantizes(ucf_root, checkpoints, tmp_path):
+    UCF101.main(common_args(ucf_root, checkpoints, tmp_path / "r.json"))
+    result = read_report(tmp_path / "r.json")["results"]["test"]
+    assert result["count"] == 3 and result["quantize"] is True
+
+
+def test_snu_film_end_to_end_with_flow_model(snu_root, checkpoints, tmp_path):
+    SNU_FILM.main(common_args(snu_root, checkpoints, tmp_path / "r.json", "tiny_phase2") + ["--split", "hard"])
+    report = read_report(tmp_path / "r.json")
+    assert list(report["results"]) == ["hard"] and report["uses_flow"] is True
+    assert report["results"]["hard"]["flow_scale"] == 0.5
+
+
+def test_snu_film_all_splits(snu_root, checkpoints, tmp_path):
+    report = SNU_FILM.main(common_args(snu_root, checkpoints, tmp_path / "r.json") + ["--limit", "1"])
+    assert list(report["results"]) == list(SNU_FILM.SPLITS)
+
+
+def test_xiph_end_to_end(xiph_root, checkpoints, tmp_path, monkeypatch):
+    monkeypatch.setattr(Xiph, "PROTOCOLS", small_geometry_protocols(Xiph.PROTOCOLS))
+    Xiph.main(common_args(xiph_root, checkpoints, tmp_path / "r.json", "tiny_phase2") + ["--limit", "2"])
+    report = read_report(tmp_path / "r.json")
+    assert list(report["results"]) == ["2k", "4k"]
+    assert report["results"]["2k"]["metric"] == "skimage_uint8" and report["results"]["4k"]["pad_multiple"] == 16
+
+
+def test_xtest_end_to_end(xtest_root, checkpoints, tmp_path, monkeypatch):
+    monkeypatch.setattr(XTest, "PROTOCOLS", small_geometry_protocols(XTest.PROTOCOLS))
+    XTest.main(common_args(xtest_root, checkpoints, tmp_path / "r.json", "tiny_phase2") + ["--flow_scale", "0.5"])
+    report = read_report(tmp_path / "r.json")
+    for name in ("2k", "4k"):
+        result = report["results"][name]
+        assert result["count"] == 14 and len(result["groups"]) == 2 and result["flow_scale"] == 0.5
+        group_means = [g["psnr"] for g in result["groups"].values()]
+        assert result["psnr"] == pytest.approx(np.mean(group_means))
+
+
+def test_timetest_random_weights_and_checkpoint(checkpoints, tmp_path):
+    report = TimeTest.main(["--phase", "2", "--model_size", "tiny", "--resolution", "32x48", "--warmup", "1",
+                            "--reps", "2", "--device", "cpu", "--out", str(tmp_path / "t.json")])
+    saved = json.loads((tmp_path / "t.json").read_text())
+    assert saved["median_ms"] > 0 and (saved["height"], saved["width"]) == (32, 48) and saved["phase"] == 2
+    assert report["flow_scale"] == 1.0 and len(saved["times_ms"]) == 2
+    report = TimeTest.main(["--model", "tiny_phase1", "--ckpt_dir", str(checkpoints), "--resolution", "16x16",
+                            "--warmup", "1", "--reps", "1", "--device", "cpu"])
+    assert report["phase"] == 1 and report["peak_gib"] is None
+
+
+def test_timetest_named_resolutions():
+    assert TimeTest.parse_resolution("4k") == (2160, 3840)
+    assert TimeTest.parse_resolution("2k") == (1080, 2048)
+    assert TimeTest.parse_resolution("64x96") == (64, 96)
+    assert TimeTest.FLOW_SCALES["4k"] == 0.25
+
+
+# --------------------------------------------------------------------------------------------------------
+# User errors: one line, the path named, exit status 2
+# --------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("script", [Vimeo90K, UCF101, SNU_FILM, Xiph, XTest])
+def test_missing_dataset_folder(script, checkpoints, tmp_path, capsys):
+    missing = tmp_path / "no_such_dataset"
+    line = run_failing(script.main, common_args(missing, checkpoints, tmp_path / "r.json"), capsys)
+    assert str(missing) in line and "not found" in line
+
+
+@pytest.mark.parametrize("script,list_name", [(Vimeo90K, "tri_testlist.txt"), (SNU_FILM, "test-easy.txt")])
+def test_missing_list_file(script, list_name, checkpoints, tmp_path, capsys):
+    line = run_failing(script.main, common_args(tmp_path, checkpoints, tmp_path / "r.json"), capsys)
+    assert str(tmp_path / list_name) in line
+
+
+def test_missing_checkpoint(vimeo_root, checkpoints, tmp_path, capsys):
+    line = run_failing(Vimeo90K.main, common_args(vimeo_root, checkpoints, tmp_path / "r.json", "no_such_run"),
+                       capsys)
+    assert "no_such_run" in line and "tiny_phase1" in line       # lists what is available
+    line = run_failing(TimeTest.main, ["--model", "no_such_run", "--ckpt_dir", str(checkpoints), "--device", "cpu"],
+                       capsys)
+    assert "no_such_run" in line
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_missing_frame_is_named_before_loading(tmp_path, checkpoints, capsys):
+    (tmp_path / "tri_testlist.txt").write_text("00001/0001\n")
+    line = run_failing(Vimeo90K.main, common_args(tmp_path, checkpoints, tmp_path / "r.json"), capsys)
+    assert str(tmp_path / "sequences" / "00001" / "0001" / "im1.png") in line
+
+
+def test_no_ucf101_triplets(tmp_path, checkpoints, capsys):
+    line = run_failing(UCF101.main, common_args(tmp_path, checkpoints, tmp_path / "r.json"), capsys)
+    assert "no UCF101 triplets" in line and str(tmp_path) in line
