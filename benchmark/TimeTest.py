@@ -18,9 +18,7 @@ import argparse
 import re
 import statistics
 import sys
-import time
 from pathlib import Path
-from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file: make the repository importable
 
@@ -29,6 +27,7 @@ import torch  # noqa: E402
 from benchmark.eval_core import (  # noqa: E402
     AMP_DTYPES, add_runtime_arguments, describe_run, exit_on_user_error, positive_int, resolve_device, write_report,
 )
+from benchmark.timing import measure  # noqa: E402
 from checkpoint import model_from_checkpoint  # noqa: E402
 from config import MODEL_SIZES, PHASES, preset  # noqa: E402
 from model import build_model, count_parameters  # noqa: E402
@@ -45,28 +44,6 @@ def parse_resolution(text: str) -> tuple[int, int]:
     if not match or min(int(match[1]), int(match[2])) < 1:
         raise argparse.ArgumentTypeError(f"expected one of {', '.join(RESOLUTIONS)} or HEIGHTxWIDTH, got {text!r}")
     return int(match[1]), int(match[2])
-
-
-def time_calls(call: Callable[[], object], device: torch.device, warmup: int, reps: int) -> list[float]:
-    """Milliseconds of each of ``reps`` calls after ``warmup`` untimed ones (CUDA events on a GPU)."""
-    for _ in range(warmup):
-        call()
-    times = []
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        for _ in range(reps):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            call()
-            end.record()
-            torch.cuda.synchronize(device)   # elapsed_time needs both events completed
-            times.append(start.elapsed_time(end))
-    else:
-        for _ in range(reps):
-            start_s = time.perf_counter()
-            call()
-            times.append((time.perf_counter() - start_s) * 1000)
-    return times
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -104,7 +81,6 @@ def main(argv: list[str] | None = None) -> dict:
             label = f"random phase-{cfg.train.phase} {args.model_size}"
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True   # one fixed input size: let cuDNN pick its fastest kernels
-        torch.cuda.reset_peak_memory_stats(device)
 
     generator = torch.Generator(device=device).manual_seed(0)
     img0, img1 = (torch.rand(1, 3, height, width, device=device, generator=generator) for _ in range(2))
@@ -114,8 +90,8 @@ def main(argv: list[str] | None = None) -> dict:
         with torch.inference_mode(), torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             return model.inference(img0, img1, t=0.5, flow_scale=flow_scale, tta=args.tta)
 
-    times = time_calls(interpolate, device, args.warmup, args.reps)
-    peak_gib = torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else None
+    timing = measure(interpolate, device, args.warmup, args.reps)
+    times, peak_gib = timing.times_ms, timing.peak_gib
     params = count_parameters(model)
     report = {"model": label, "phase": cfg.train.phase, "params": params, "height": height, "width": width,
               "flow_scale": flow_scale, "device": str(device), "amp": args.amp, "tta": args.tta,

@@ -25,6 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmark.timing import measure  # noqa: E402
 from config import preset  # noqa: E402
 from model import build_model, count_parameters  # noqa: E402
 from model.loss import CompositeLoss  # noqa: E402
@@ -32,31 +33,6 @@ from model.loss import CompositeLoss  # noqa: E402
 RESOLUTIONS = {"256": (256, 256), "720p": (720, 1280), "1080p": (1080, 1920), "2k": (1080, 2048), "4k": (2160, 3840)}
 FLOW_SCALE = {"256": 1.0, "720p": 1.0, "1080p": 0.5, "2k": 0.5, "4k": 0.25}
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
-
-
-def timed(fn, warmup: int, reps: int, device: str) -> tuple[float, float]:
-    """(median ms, peak GiB) of ``fn`` after warm-up: CUDA events on GPU, perf_counter on CPU (peak 0 there)."""
-    for _ in range(warmup):
-        fn()
-    cuda = device == "cuda"
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(reps):
-        if cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            begin = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - begin) * 1000)
-    peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else 0.0
-    return sorted(times)[len(times) // 2], peak
 
 
 def stamp(message: str) -> None:
@@ -76,6 +52,26 @@ def train_step_fn(model, loss_fn, optimizer, batch, size, amp, phase, device):
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     return step
+
+
+def measure_inference(model, name: str, args, device: str) -> dict:
+    """Median ms and peak GiB of one 2x interpolation at a named resolution (flow at the protocol's downscale)."""
+    height, width = RESOLUTIONS[name]
+    img0 = torch.rand(1, 3, height, width, device=device)
+    img1 = torch.rand(1, 3, height, width, device=device)
+    flow_scale = FLOW_SCALE[name] if args.phase > 1 else 1.0
+    dtype = AMP_DTYPES[args.amp]
+
+    def infer():
+        with torch.autocast(device, dtype=dtype, enabled=dtype is not None):
+            model.inference(img0, img1, 0.5, flow_scale=flow_scale)
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    stamp(f"inference {name}")
+    timing = measure(infer, device, warmup=2, reps=max(3, args.reps // 4))
+    return {"kind": "infer", "phase": args.phase, "mode": model.config.backbone_mode, "resolution": name,
+            "flow_scale": flow_scale, "amp": args.amp, "ms": round(timing.median_ms, 1),
+            "peak_gib": round(timing.peak_gib or 0.0, 3)}
 
 
 def main() -> None:
@@ -118,34 +114,20 @@ def main() -> None:
             stamp("first step done (kernel compilation and autotuning included)")
             if device == "cuda":
                 torch.cuda.empty_cache()
-            ms, gib = timed(step, warmup=3, reps=args.reps, device=device)
+            timing = measure(step, device, warmup=3, reps=args.reps)
+            ms, gib = timing.median_ms, timing.peak_gib or 0.0
             row = {"kind": "train", "phase": args.phase, "mode": mode, "ssd": backend if mode != "gated_attn_only" else "-",
                    "params_M": round(count_parameters(model) / 1e6, 3), "batch": args.batch, "size": args.size,
                    "amp": args.amp, "step_ms": round(ms, 2), "samples_per_s": round(args.batch * 1000 / ms, 1),
                    "peak_gib": round(gib, 3), "flash_eligible": device == "cuda"}
             rows.append(row)
             print(row, flush=True)
+            del optimizer, step                          # free the training state before measuring inference
+            model.eval()
             for name in args.infer:
-                model.eval()
-                height, width = RESOLUTIONS[name]
-                img0 = torch.rand(1, 3, height, width, device=device)
-                img1 = torch.rand(1, 3, height, width, device=device)
-
-                def infer():
-                    with torch.autocast(device, dtype=AMP_DTYPES[args.amp], enabled=AMP_DTYPES[args.amp] is not None):
-                        model.inference(img0, img1, 0.5, flow_scale=FLOW_SCALE[name] if args.phase > 1 else 1.0)
-                del optimizer
-                if device == "cuda":
-                    torch.cuda.empty_cache()
-                stamp(f"inference {name}")
-                ms, gib = timed(infer, warmup=2, reps=max(3, args.reps // 4), device=device)
-                row = {"kind": "infer", "phase": args.phase, "mode": mode, "ssd": backend, "resolution": name,
-                       "flow_scale": FLOW_SCALE[name] if args.phase > 1 else 1.0, "amp": args.amp,
-                       "ms": round(ms, 1), "peak_gib": round(gib, 3)}
-                rows.append(row)
-                print(row, flush=True)
-                optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-            del model, optimizer
+                rows.append(measure_inference(model, name, args, device))
+                print(rows[-1], flush=True)
+            del model
             if device == "cuda":
                 torch.cuda.empty_cache()
     print(f"\ndevice: {device_name}, torch {torch.__version__}")

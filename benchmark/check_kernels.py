@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmark.timing import measure  # noqa: E402
 from model.attention import GatedWindowAttention  # noqa: E402
 from model.ops.ssd import load_triton_ssd, ssd_scan, ssd_scan_reference  # noqa: E402
 
@@ -31,23 +31,10 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 
-def bench(fn, warmup: int = 3, reps: int = 20) -> tuple[float, float]:
-    """Median milliseconds (CUDA events) and peak GiB allocated above the starting point."""
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.memory_allocated()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    peak = (torch.cuda.max_memory_allocated() - base) / 2**30
-    return sorted(times)[len(times) // 2], peak
+def bench(fn, reps: int = 20) -> tuple[float, float]:
+    """Median ms and peak GiB of ``fn`` (see benchmark.timing.measure)."""
+    timing = measure(fn, "cuda", warmup=3, reps=reps)
+    return timing.median_ms, timing.peak_gib
 
 
 def ssd_inputs(batch, length, heads, head_dim, groups, state, dtype, seed, device="cuda"):

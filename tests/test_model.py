@@ -8,7 +8,6 @@ from dataclasses import replace
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from config import ConfigError, ModelConfig, matvlm_compatible, preset
 from model import build_model, count_parameters

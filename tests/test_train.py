@@ -209,3 +209,12 @@ def test_no_weight_decay_on_ssm_parameters_norms_and_biases():
     assert any(n.endswith("bias_res") for n in no_decay_names)
     assert not any(n.endswith(("A_log", ".D", "dt_bias", ".bias")) for n in decay_names)
     assert any(n.endswith("qkv.weight") for n in decay_names)
+
+
+def test_loss_config_defaults_match_the_loss_module():
+    """config.LossConfig (what the CLI and checkpoints carry) and model.loss.LossWeights share the SPEC table."""
+    import dataclasses
+    from config import LossConfig
+    from model.loss import LossWeights
+    weights = dataclasses.asdict(LossWeights())
+    assert {k: getattr(LossConfig(), k) for k in weights} == weights
