@@ -138,6 +138,8 @@ def run(cfg: ExperimentConfig, ctx: DistributedContext) -> None:
     log = print if ctx.is_main else (lambda *a, **k: None)
     train = cfg.train
     seed_everything(train.seed + ctx.rank)
+    if ctx.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True    # fixed crop size: let cuDNN pick its fastest convolutions
     train_set, val_set, x4k = build_datasets(cfg)
     train_loader, sampler, val_loader = make_loaders(cfg, ctx, train_set, val_set)
     micro_per_epoch = len(train_loader)
@@ -238,6 +240,8 @@ def run(cfg: ExperimentConfig, ctx: DistributedContext) -> None:
                 atomic_save(payload, Path(train.ckpt_dir) / f"{cfg.experiment_name}_best.pt")
         ctx.barrier()
     writer.close() if hasattr(writer, "close") else None
+    if ctx.enabled:   # every rank must have taken the same optimizer steps (DDP keeps them in lock-step)
+        log(f"optimizer steps per rank: {ctx.all_gather_object(trainer.step)}")
     log(f"done: {trainer.step} steps, best val PSNR {trainer.best_metric:.3f} dB; checkpoints in {train.ckpt_dir}/"
         f"{cfg.experiment_name}_{{last,best}}.pt, TensorBoard in {train.log_dir}/{cfg.experiment_name}")
 

@@ -29,6 +29,7 @@ from benchmark.timing import measure  # noqa: E402
 from config import preset  # noqa: E402
 from model import build_model, count_parameters  # noqa: E402
 from model.loss import CompositeLoss  # noqa: E402
+from model.warplayer import BackwardWarp  # noqa: E402
 
 RESOLUTIONS = {"256": (256, 256), "720p": (720, 1280), "1080p": (1080, 1920), "2k": (1080, 2048), "4k": (2160, 3840)}
 FLOW_SCALE = {"256": 1.0, "720p": 1.0, "1080p": 0.5, "2k": 0.5, "4k": 0.25}
@@ -85,6 +86,10 @@ def main() -> None:
     parser.add_argument("--ssd_backends", nargs="+", default=["auto"], help="e.g. triton torch")
     parser.add_argument("--infer", nargs="*", default=[], help=f"inference resolutions: {', '.join(RESOLUTIONS)}")
     parser.add_argument("--reps", type=int, default=20)
+    parser.add_argument("--compile", action="store_true",
+                        help="also time the training step with torch.compile on the model and the loss")
+    parser.add_argument("--compare_unchunked_warp", action="store_true",
+                        help="also measure inference with feature warps done in one float32 pass (the old way)")
     parser.add_argument("--json", type=str, default=None)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="cpu runs are smoke tests of this script, not measurements")
@@ -112,21 +117,38 @@ def main() -> None:
             with sdpa_kernel(flash):
                 step()                                   # raises if any attention call is not flash-eligible
             stamp("first step done (kernel compilation and autotuning included)")
-            if device == "cuda":
-                torch.cuda.empty_cache()
-            timing = measure(step, device, warmup=3, reps=args.reps)
-            ms, gib = timing.median_ms, timing.peak_gib or 0.0
-            row = {"kind": "train", "phase": args.phase, "mode": mode, "ssd": backend if mode != "gated_attn_only" else "-",
-                   "params_M": round(count_parameters(model) / 1e6, 3), "batch": args.batch, "size": args.size,
-                   "amp": args.amp, "step_ms": round(ms, 2), "samples_per_s": round(args.batch * 1000 / ms, 1),
-                   "peak_gib": round(gib, 3), "flash_eligible": device == "cuda"}
-            rows.append(row)
-            print(row, flush=True)
-            del optimizer, step                          # free the training state before measuring inference
+            variants = [("eager", step)]
+            if args.compile:
+                compiled_step = train_step_fn(torch.compile(model), torch.compile(loss_fn), optimizer, args.batch,
+                                              args.size, args.amp, args.phase, device)
+                compiled_step()
+                stamp("torch.compile warm-up done")
+                variants.append(("compiled", compiled_step))
+            for label, fn in variants:
+                if device == "cuda":
+                    torch.cuda.empty_cache()
+                timing = measure(fn, device, warmup=5, reps=args.reps)
+                ms, gib = timing.median_ms, timing.peak_gib or 0.0
+                row = {"kind": "train", "phase": args.phase, "mode": mode,
+                       "ssd": backend if mode != "gated_attn_only" else "-", "exec": label,
+                       "params_M": round(count_parameters(model) / 1e6, 3), "batch": args.batch, "size": args.size,
+                       "amp": args.amp, "step_ms": round(ms, 2), "samples_per_s": round(args.batch * 1000 / ms, 1),
+                       "peak_gib": round(gib, 3), "flash_eligible": device == "cuda"}
+                rows.append(row)
+                print(row, flush=True)
+            del optimizer, step, variants                # free the training state before measuring inference
             model.eval()
             for name in args.infer:
                 rows.append(measure_inference(model, name, args, device))
                 print(rows[-1], flush=True)
+                if args.compare_unchunked_warp:
+                    warps = [m for m in model.modules() if isinstance(m, BackwardWarp)]
+                    for warp in warps:
+                        warp.max_chunk_elements = 1 << 62
+                    rows.append(dict(measure_inference(model, name, args, device), warp="unchunked"))
+                    print(rows[-1], flush=True)
+                    for warp in warps:
+                        warp.max_chunk_elements = 1 << 26
             del model
             if device == "cuda":
                 torch.cuda.empty_cache()

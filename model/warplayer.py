@@ -14,10 +14,11 @@ class BackwardWarp(nn.Module):
     image (B, C, H, W), flow (B, 2, H, W) in pixels -> (B, C, H, W). See :func:`model.ops.warp.backward_warp`.
     """
 
-    def __init__(self, max_cached: int = 8):
+    def __init__(self, max_cached: int = 8, max_chunk_elements: int = 1 << 26):
         super().__init__()
         self._grids: dict[tuple[int, int, torch.device], torch.Tensor] = {}
         self._max_cached = max_cached
+        self.max_chunk_elements = max_chunk_elements   # see backward_warp: bounds the float32 copy of a feature map
 
     def grid_for(self, height: int, width: int, device: torch.device) -> torch.Tensor:
         key = (height, width, device)
@@ -31,4 +32,4 @@ class BackwardWarp(nn.Module):
 
     def forward(self, image: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
         height, width = image.shape[-2:]
-        return backward_warp(image, flow, self.grid_for(height, width, image.device))
+        return backward_warp(image, flow, self.grid_for(height, width, image.device), self.max_chunk_elements)

@@ -221,6 +221,15 @@ def test_warp_grid_is_float32_under_autocast():
     assert (warped.float() - reference).abs().max() < 1e-2
 
 
+def test_chunked_half_precision_warp_matches_one_pass():
+    image = torch.rand(2, 7, 9, 11).bfloat16()
+    flow = torch.randn(2, 2, 9, 11) * 3
+    whole = backward_warp(image, flow)
+    chunked = backward_warp(image, flow, max_chunk_elements=2 * 9 * 11 * 3)     # chunks of 3, 3, 1 channels
+    assert chunked.dtype == torch.bfloat16
+    torch.testing.assert_close(chunked, whole, rtol=0, atol=0)
+
+
 def test_backward_warp_module_caches_per_size_and_device():
     warp = BackwardWarp()
     image = torch.rand(1, 3, 5, 7)

@@ -23,13 +23,17 @@ def base_grid(height: int, width: int, device: torch.device) -> torch.Tensor:
     return torch.stack((grid_x, grid_y), dim=-1).unsqueeze(0)
 
 
-def backward_warp(image: torch.Tensor, flow: torch.Tensor, grid: torch.Tensor | None = None) -> torch.Tensor:
+def backward_warp(image: torch.Tensor, flow: torch.Tensor, grid: torch.Tensor | None = None,
+                  max_chunk_elements: int = 1 << 26) -> torch.Tensor:
     """Warp ``image`` towards the target grid with a backward flow.
 
     Args:
         image: (B, C, H, W) any float dtype.
         flow: (B, 2, H, W) displacement in pixels from the target pixel to its source in ``image``.
         grid: optional cached :func:`base_grid` for (H, W) on the same device.
+        max_chunk_elements: grid_sample needs the image in the grid's float32; a half-precision feature map is
+            converted and sampled a few channels at a time so that each float32 copy stays under this many
+            elements (at 4K, converting 2 x 16 channels at once would cost 2 GB of transient memory).
     Returns:
         (B, C, H, W) in ``image``'s dtype.
     """
@@ -39,7 +43,7 @@ def backward_warp(image: torch.Tensor, flow: torch.Tensor, grid: torch.Tensor | 
     if image.shape[0] != flow.shape[0] or image.shape[-2:] != flow.shape[-2:]:
         raise ValueError(f"backward_warp: image {tuple(image.shape)} and flow {tuple(flow.shape)} "
                          "must share batch and spatial size")
-    height, width = image.shape[-2:]
+    batch, channels, height, width = image.shape
     if grid is None:
         grid = base_grid(height, width, image.device)
     with torch.autocast(device_type=image.device.type, enabled=False):
@@ -47,9 +51,12 @@ def backward_warp(image: torch.Tensor, flow: torch.Tensor, grid: torch.Tensor | 
         # Normalise pixels to [-1, 1] units; a 1-pixel axis has no extent, so any flow along it is moot.
         scale = flow32.new_tensor([2.0 / max(width - 1, 1), 2.0 / max(height - 1, 1)]).view(1, 2, 1, 1)
         sample_at = grid + (flow32 * scale).permute(0, 2, 3, 1)
-        warped = F.grid_sample(image.float(), sample_at, mode="bilinear", padding_mode="border",
-                               align_corners=True)
-    return warped.to(image.dtype)
+        if image.dtype == torch.float32:
+            return F.grid_sample(image, sample_at, mode="bilinear", padding_mode="border", align_corners=True)
+        step = max(1, min(channels, max_chunk_elements // max(1, batch * height * width)))
+        chunks = [F.grid_sample(image[:, c:c + step].float(), sample_at, mode="bilinear", padding_mode="border",
+                                align_corners=True).to(image.dtype) for c in range(0, channels, step)]
+    return chunks[0] if len(chunks) == 1 else torch.cat(chunks, dim=1)
 
 
 def resize_flow(flow: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
