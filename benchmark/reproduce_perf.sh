@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Reproduces the GPU numbers of docs/PERF.md on a CUDA machine (one or two GPUs), from the repository root:
 #   bash benchmark/reproduce_perf.sh OUT_DIR [STAGE ...]        (no stage names: all stages)
-# Stages: kernels data train_p1 ddp train_p2 bench_p1 bench_p1_b16 bench_p2 compile
+# Stages (run in this order): kernels data train_p1 ddp train_p2 bench_p2 compile bench_p1 bench_p1_b16
 # Needs: torch, triton, timm, einops, opencv, tensorboard; the mamba-ssm wheel (bash ../shared/gpu/build-wheels.sh)
 # installed or in .whl/; data/cache/bigbuckbunny.mp4 (python tools/make_sample_data.py fetches it).
 # Every stage has a time limit so that one slow stage cannot eat a whole GPU session.
 set -uo pipefail
 out=${1:-perf_out}; shift || true
-stages=${*:-kernels data train_p1 ddp train_p2 bench_p1 bench_p1_b16 bench_p2 compile}
+stages=${*:-kernels data train_p1 ddp train_p2 bench_p2 compile bench_p1 bench_p1_b16}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 TRITON_CACHE_AUTOTUNING=1 OMP_NUM_THREADS=4
 if ls .whl/*.whl >/dev/null 2>&1; then
@@ -32,12 +32,12 @@ fi
 want train_p2 && rm -rf ckpt/gpu_p2_* log/gpu_p2 && \
   stage 100 python3 train.py --phase 2 $common --epochs 10 --eval_interval 2 --warmup_steps 20 --exp_name gpu_p2 \
     --resume gpu_p1_best
-want bench_p1 && stage 80 python3 benchmark/bench_model.py --phase 1 --modes hybrid mamba2_only gated_attn_only \
-  --ssd_backends triton torch --batch 4 --size 256 --reps 20 --json "$out/bench_p1.json"
-want bench_p1_b16 && stage 60 python3 benchmark/bench_model.py --phase 1 --modes hybrid --ssd_backends torch triton \
-  --batch 16 --size 256 --reps 10 --json "$out/bench_p1_b16.json"
 want bench_p2 && stage 90 python3 benchmark/bench_model.py --phase 2 --modes hybrid --ssd_backends triton --batch 4 \
   --size 256 --reps 10 --infer 1080p 2k 4k --compare_unchunked_warp --json "$out/bench_p2.json"
 want compile && stage 150 python3 benchmark/bench_model.py --phase 1 --modes hybrid --ssd_backends triton \
   --batch 4 --size 256 --reps 20 --compile --json "$out/bench_p1_compile.json"
+want bench_p1 && stage 80 python3 benchmark/bench_model.py --phase 1 --modes hybrid mamba2_only gated_attn_only \
+  --ssd_backends triton torch --batch 4 --size 256 --reps 20 --json "$out/bench_p1.json"
+want bench_p1_b16 && stage 60 python3 benchmark/bench_model.py --phase 1 --modes hybrid --ssd_backends torch triton \
+  --batch 16 --size 256 --reps 10 --json "$out/bench_p1_b16.json"
 exit 0
