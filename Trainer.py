@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import random
+import warnings
 from contextlib import contextmanager, nullcontext
 from typing import Any, Iterator
 
@@ -169,8 +170,13 @@ class Trainer:
         self.cfg, self.ctx, self.log = cfg, ctx, log
         self.device = ctx.device
         self.model = build_model(cfg.model).to(self.device)
-        self.loss_fn = CompositeLoss(cfg.train.phase, LossWeights(cfg.loss.lap, cfg.loss.ter, cfg.loss.vgg, cfg.loss.flow_smooth),
-                                     vgg_weights_path=cfg.loss.vgg_weights).to(self.device)
+        with warnings.catch_warnings(record=True) as caught:   # say it once, through rank 0's log
+            warnings.simplefilter("always")
+            self.loss_fn = CompositeLoss(cfg.train.phase,
+                                         LossWeights(cfg.loss.lap, cfg.loss.ter, cfg.loss.vgg, cfg.loss.flow_smooth),
+                                         vgg_weights_path=cfg.loss.vgg_weights).to(self.device)
+        for warning in caught:
+            log(f"warning: {warning.message}")
         self.amp_dtype, use_scaler = resolve_amp(cfg.train.amp, self.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
         self.ema = ExponentialMovingAverage(self.model, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None

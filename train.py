@@ -11,6 +11,7 @@ and saves ``ckpt/<exp_name>_last.pt`` / ``_best.pt``; validation PSNR is all-red
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from pathlib import Path
@@ -136,6 +137,8 @@ def start_state(cfg: ExperimentConfig, trainer: Trainer, ctx: DistributedContext
 
 def run(cfg: ExperimentConfig, ctx: DistributedContext) -> None:
     log = print if ctx.is_main else (lambda *a, **k: None)
+    # Library notes (e.g. which SSD backend runs) from rank 0 only.
+    logging.basicConfig(level=logging.INFO if ctx.is_main else logging.WARNING, format="%(message)s", stream=sys.stdout)
     train = cfg.train
     seed_everything(train.seed + ctx.rank)
     # cudnn.benchmark stays off: on an H200 its per-shape autotuning added about a minute to the first epoch of
