@@ -218,3 +218,17 @@ def test_loss_config_defaults_match_the_loss_module():
     from model.loss import LossWeights
     weights = dataclasses.asdict(LossWeights())
     assert {k: getattr(LossConfig(), k) for k in weights} == weights
+
+
+def test_matvlm_init_from_an_attention_only_run(vimeo_root, tmp_path, capsys):
+    """Train gated_attn_only with MaTVLM-compatible widths, then start a hybrid run from it (--init_from_attn)."""
+    shapes = ("--ablation", "hybrid_matvlm", "--epochs", "1", "--steps_per_epoch", "1")
+    assert train.main(base_args(vimeo_root, tmp_path, "attn", *shapes, "--backbone_mode", "gated_attn_only")) == 0
+    capsys.readouterr()
+    assert train.main(base_args(vimeo_root, tmp_path, "hybrid", *shapes, "--init_from_attn", "attn_last")) == 0
+    out = capsys.readouterr().out
+    assert "MaTVLM init from" in out and "mapped 2 attention->Mamba2 branches" in out   # exactness: test_model.py
+    # Without the MaTVLM shapes (expand 2, one group) the copy has no meaning and is refused in one line.
+    rc = train.main(base_args(vimeo_root, tmp_path, "refused", "--epochs", "1", "--init_from_attn", "attn_last"))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "refused" in err[0]
