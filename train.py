@@ -243,8 +243,11 @@ def run(cfg: ExperimentConfig, ctx: DistributedContext) -> None:
                 atomic_save(payload, Path(train.ckpt_dir) / f"{cfg.experiment_name}_best.pt")
         ctx.barrier()
     writer.close() if hasattr(writer, "close") else None
-    if ctx.enabled:   # every rank must have taken the same optimizer steps (DDP keeps them in lock-step)
-        log(f"optimizer steps per rank: {ctx.all_gather_object(trainer.step)}")
+    if ctx.enabled:   # DDP keeps ranks in lock-step: same optimizer steps and identical weights on every rank
+        checksum = float(sum(p.detach().double().sum() for p in trainer.model.parameters()))
+        checksums = ctx.all_gather_object(checksum)
+        log(f"optimizer steps per rank: {ctx.all_gather_object(trainer.step)}; weights identical on all ranks: "
+            f"{'yes' if len(set(checksums)) == 1 else 'NO ' + str(checksums)}")
     log(f"done: {trainer.step} steps, best val PSNR {trainer.best_metric:.3f} dB; checkpoints in {train.ckpt_dir}/"
         f"{cfg.experiment_name}_{{last,best}}.pt, TensorBoard in {train.log_dir}/{cfg.experiment_name}")
 
