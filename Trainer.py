@@ -188,7 +188,8 @@ class Trainer:
         self.epoch = 0                     # epochs completed
         self.best_metric = float("-inf")   # best validation PSNR
         self.nonfinite_streak = 0
-        self.backbone_frozen = False
+        self.last_grad_norm = 0.0
+        self.backbone_frozen = False       # derived from the epoch and --freeze_backbone, so not checkpointed
         self._micro_step = 0
         self._window_poisoned = False
         self.optimizer = self._build_optimizer()
@@ -336,7 +337,6 @@ class Trainer:
             "step": self.step,
             "epoch": self.epoch,
             "best_metric": self.best_metric,
-            "backbone_frozen": self.backbone_frozen,
             "rng": rng_states,
             "metrics": metrics or {},
         }

@@ -50,13 +50,6 @@ class DistributedContext:
         dist.all_gather_object(gathered, obj)
         return gathered
 
-    def broadcast_object(self, obj: Any) -> Any:
-        if not self.enabled:
-            return obj
-        holder = [obj]
-        dist.broadcast_object_list(holder, src=0)
-        return holder[0]
-
     def barrier(self) -> None:
         if self.enabled:
             dist.barrier(device_ids=[self.local_rank]) if self.device.type == "cuda" else dist.barrier()

@@ -204,7 +204,7 @@ def run(cfg: ExperimentConfig, ctx: DistributedContext) -> None:
                     writer.add_scalar(f"loss/{tag}", value / count, step)
                 elapsed = time.perf_counter() - started
                 writer.add_scalar("train/lr", trainer.current_lr(), step)
-                writer.add_scalar("train/grad_norm", getattr(trainer, "last_grad_norm", 0.0), step)
+                writer.add_scalar("train/grad_norm", trainer.last_grad_norm, step)
                 writer.add_scalar("train/samples_per_sec", samples * ctx.world_size / max(elapsed, 1e-9), step)
                 bar.set_postfix(loss=f"{reduced[-2].item() / count:.4f}", lr=f"{trainer.current_lr():.2e}")
                 sums.zero_()

@@ -172,8 +172,3 @@ class HybridBackbone(nn.Module):
             features.append(x)
         return features
 
-
-def split_frames(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(2B, ...) stacked pair -> (frame-0 rows, frame-1 rows)."""
-    half = features.shape[0] // 2
-    return features[:half], features[half:]

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .ops.pairs import split_frames
 from .ops.scan import NUM_DIRECTIONS, interleave_scan, merge_scan
 from .ops.ssd import ssd_scan
 
@@ -93,7 +94,7 @@ class InterleavedMamba2(nn.Module):
         z, xbc, dt = torch.split(self.in_proj(u), [self.inner, self.conv.in_channels, self.directions * self.num_heads], -1)
         xbc = F.silu(self.conv(xbc.permute(0, 3, 1, 2))).permute(0, 2, 3, 1)      # per frame: frames are batch rows
         tokens = torch.cat((xbc, dt), dim=-1)                                      # (2B, H, W, Ctot)
-        seqs = interleave_scan(tokens[:pairs], tokens[pairs:])                     # (B, 4, L, Ctot)
+        seqs = interleave_scan(*split_frames(tokens))                              # (B, 4, L, Ctot)
         length = seqs.shape[2]
         bc = self.directions * self.groups * self.state_size
         A = -torch.exp(self.A_log.float())                                         # (K, n_h)

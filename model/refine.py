@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .backbone import conv_prelu
+from .ops.pairs import split_frames
 
 
 class DecoderLevel(nn.Module):
@@ -74,7 +75,7 @@ class RefineNet(nn.Module):
         pairs = image_inputs.shape[0]
 
         def both_frames(level: int) -> torch.Tensor:   # (2B, C, h, w) -> (B, 2C, h, w): frames side by side
-            return torch.cat((features[level][:pairs], features[level][pairs:]), dim=1)
+            return torch.cat(split_frames(features[level]), dim=1)
 
         state = self.bottom(both_frames(4))
         for decoder, level in zip(self.levels, (3, 2, 1, 0)):

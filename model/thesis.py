@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .backbone import HybridBackbone
+from .ops.pairs import split_frames
 from .ops.warp import resize_flow
 from .refine import RefineNet
 from .warplayer import BackwardWarp
@@ -118,8 +119,7 @@ class ThesisModel(nn.Module):
             pred = (mask * img0 + (1 - mask) * img1 + residual).clamp(0, 1)
             return InterpolationOutput(pred, mask, residual)
 
-        pairs = img0.shape[0]
-        flow_features = [(features[k][:pairs], features[k][pairs:]) for k in (4, 3, 2)]
+        flow_features = [split_frames(features[k]) for k in (4, 3, 2)]
         estimate = self.flow_estimator(img0, img1, timestep, scale_factor=flow_scale,
                                        features=flow_features if self.config.flow_use_features else None)
         flow, warped0, warped1 = estimate.flow, estimate.warped0, estimate.warped1
