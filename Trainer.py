@@ -50,7 +50,7 @@ CURRICULUM_GAPS = (2, 4, 8, 16, 32)
 def curriculum_max_gap(epoch: int, transition_epoch: int, enabled: bool, gaps: tuple[int, ...] = CURRICULUM_GAPS) -> int:
     """Largest X4K frame gap allowed at ``epoch`` (0-based).
 
-    VFIMamba's curriculum (DESIGN.md 1.6): keep Vimeo90K throughout and add X-TRAIN with growing motion. The
+    VFIMamba's curriculum (docs/DESIGN.md 1.6): keep Vimeo90K throughout and add X-TRAIN with growing motion. The
     exact published schedule is unverified; ours raises the cap through ``gaps`` in equal steps of
     ``transition_epoch / (len(gaps) - 1)`` epochs, so the full range is reached at ``transition_epoch``
     (``--curriculum_T``). Without the curriculum: the full range from the start.

@@ -35,7 +35,7 @@ class ConfigError(ValueError):
 class ModelConfig:
     """Architecture. Every field that changes a parameter shape lives here."""
 
-    # Per-frame CNN stages at 1, 1/2, 1/4 and LGS stages at 1/8, 1/16 (DESIGN.md 10).
+    # Per-frame CNN stages at 1, 1/2, 1/4 and LGS stages at 1/8, 1/16 (docs/DESIGN.md 10).
     conv_channels: tuple[int, ...] = (16, 32, 64)
     conv_depths: tuple[int, ...] = (2, 2, 2)
     lgs_channels: tuple[int, ...] = (64, 128)
@@ -236,7 +236,7 @@ MODEL_SIZES: dict[str, ModelConfig] = {
                         context_channels=4),
     # ~1.3M parameters in Phase 1, the size the spec reports for its Phase-1 model.
     "small": ModelConfig(),
-    # A VFIMamba-S-like width profile (DESIGN.md 10 scaled to F=16) for when capacity matters more than speed.
+    # A VFIMamba-S-like width profile (docs/DESIGN.md 10 scaled to F=16) for when capacity matters more than speed.
     "base": ModelConfig(conv_channels=(16, 32, 64), lgs_channels=(128, 256), lgs_depths=(2, 3), attn_heads=(4, 8),
                         ssm_state=64, refine_channels=(24, 32, 48, 96), drop_path=0.1),
 }
@@ -254,7 +254,7 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "gated_attn_only": {"backbone_mode": "gated_attn_only"},
     "hybrid_mhc": {"backbone_mode": "hybrid", "use_mhc": True},
     "hybrid_cab": {"backbone_mode": "hybrid", "use_ecab": False},
-    # Branch A shaped so an attention-only checkpoint maps onto it exactly (MaTVLM, DESIGN.md 6).
+    # Branch A shaped so an attention-only checkpoint maps onto it exactly (MaTVLM, docs/DESIGN.md 6).
     "hybrid_matvlm": {},  # built by matvlm_compatible(): the shapes depend on the attention head dim
 }
 

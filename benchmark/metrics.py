@@ -1,4 +1,4 @@
-"""Image-quality metrics exactly as the published VFI tables compute them (DESIGN.md 12).
+"""Image-quality metrics exactly as the published VFI tables compute them (docs/DESIGN.md 12).
 
 Two families, because the field uses two:
 

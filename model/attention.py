@@ -1,4 +1,4 @@
-"""Branch B of the LGS block: gated window attention (Qwen-style output gate, DESIGN.md 3).
+"""Branch B of the LGS block: gated window attention (Qwen-style output gate, docs/DESIGN.md 3).
 
 Per window: ``O = SDPA(q, k, v)``, then ``O * sigmoid(x W_g + b_g)`` per head (head-wise gate) or per channel
 (element-wise gate), then the output projection. The gate reads the same normalised tokens that produce

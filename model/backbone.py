@@ -1,10 +1,10 @@
-"""HybridBackbone: per-frame CNN stages at 1, 1/2, 1/4, then LGS stages at 1/8 and 1/16 (DESIGN.md 1.1, 4.4, 10).
+"""HybridBackbone: per-frame CNN stages at 1, 1/2, 1/4, then LGS stages at 1/8 and 1/16 (docs/DESIGN.md 1.1, 4.4, 10).
 
 The two frames travel as one batch ``(2B, C, H, W)`` with frame 0 in the first half. CNN stages treat the
 rows independently (no cross-frame mixing there); the LGS blocks mix the frames through the interleaved scan
 (Branch A) and cross-frame windows (Branch B) but still return one feature map per frame. Features leave the
 backbone per frame at every scale; they are never summed or averaged across frames (the defect that sank an
-earlier public attempt, DESIGN.md 9).
+earlier public attempt, docs/DESIGN.md 9).
 
 LGS block (channels-last, (2B, H, W, C))::
 

@@ -1,4 +1,4 @@
-"""Channel attention: ECA, squeeze-excitation, and the conv blocks that use them (ECAB / CAB, DESIGN.md 4).
+"""Channel attention: ECA, squeeze-excitation, and the conv blocks that use them (ECAB / CAB, docs/DESIGN.md 4).
 
 ``ECAB`` and ``CAB`` share one conv body (conv3x3 C->C/3, GELU, conv3x3 C/3->C) and differ only in the
 attention that rescales its output: ECA (a 1-D conv across channels, no reduction) or HAT's squeeze-excitation

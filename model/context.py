@@ -1,4 +1,4 @@
-"""Per-frame multi-scale context features, backward-warped to the target frame (RIFE ContextNet, DESIGN.md §7.2).
+"""Per-frame multi-scale context features, backward-warped to the target frame (RIFE ContextNet, docs/DESIGN.md §7.2).
 
 One ContextNet is applied to each input frame with the *same* weights: ``context(img0, flow[:, 0:2])`` and
 ``context(img1, flow[:, 2:4])``. Level k (0-based) is a stride-2 conv3x3+PReLU followed by a conv3x3+PReLU with

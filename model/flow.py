@@ -1,4 +1,4 @@
-"""IFNet-style, timestep-aware optical flow estimator (Phase 2 flow pipeline, DESIGN.md §7.1).
+"""IFNet-style, timestep-aware optical flow estimator (Phase 2 flow pipeline, docs/DESIGN.md §7.1).
 
 Three :class:`FlowBlock` s run coarse to fine (working scales 4, 2, 1). Each block sees both frames, a constant
 timestep map and, from the second block on, the frames warped by the current flow, the current blend-mask logit
@@ -162,7 +162,7 @@ class FlowOutput(NamedTuple):
 
 
 class OpticalFlowEstimator(nn.Module):
-    """Timestep-aware, coarse-to-fine IFNet flow estimator (RIFE ``IFNet_m`` student blocks, DESIGN.md §7.1).
+    """Timestep-aware, coarse-to-fine IFNet flow estimator (RIFE ``IFNet_m`` student blocks, docs/DESIGN.md §7.1).
 
     Block 0 input: ``cat(img0, img1, t_map)`` = 7 channels.
     Block k>0 input: ``cat(img0, img1, t_map, warped0, warped1, mask_logit)`` = 14 channels, plus the current flow

@@ -1,4 +1,4 @@
-"""Training losses for Thesis-VFI (SPEC "Loss Function Design", DESIGN section 8.2-8.6).
+"""Training losses for Thesis-VFI (SPEC "Loss Function Design", docs/DESIGN.md 8.2-8.6).
 
 Conventions shared by every loss here:
 
@@ -56,7 +56,7 @@ def _check_image_pair(pred: torch.Tensor, gt: torch.Tensor, loss_name: str) -> N
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Laplacian pyramid L1 (DESIGN 8.2)
+# Laplacian pyramid L1 (docs/DESIGN.md 8.2)
 # ----------------------------------------------------------------------------------------------------------------
 
 _BINOMIAL_TAPS = (1.0, 4.0, 6.0, 4.0, 1.0)
@@ -140,7 +140,7 @@ class LaplacianLoss(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Census / ternary loss (DESIGN 8.3)
+# Census / ternary loss (docs/DESIGN.md 8.3)
 # ----------------------------------------------------------------------------------------------------------------
 
 _LUMA_WEIGHTS = (0.2989, 0.587, 0.114)   # RIFE's (ITU-R BT.601) grey conversion
@@ -208,7 +208,7 @@ class TernaryLoss(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# VGG19 perceptual loss (DESIGN 8.4)
+# VGG19 perceptual loss (docs/DESIGN.md 8.4)
 # ----------------------------------------------------------------------------------------------------------------
 
 VGG_WEIGHTS_ENV_VAR = "THESIS_VGG_WEIGHTS"
@@ -423,7 +423,7 @@ class VGGPerceptualLoss(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Edge-aware flow smoothness (DESIGN 8.5)
+# Edge-aware flow smoothness (docs/DESIGN.md 8.5)
 # ----------------------------------------------------------------------------------------------------------------
 
 def _forward_differences(tensor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -502,7 +502,7 @@ class FlowSmoothnessLoss(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Composite (DESIGN 8.6, SPEC "Loss Function Design")
+# Composite (docs/DESIGN.md 8.6, SPEC "Loss Function Design")
 # ----------------------------------------------------------------------------------------------------------------
 
 LOSS_LOG_KEYS = ("loss_lap", "loss_ter", "loss_vgg", "loss_flow_smooth", "loss_total")
@@ -545,7 +545,7 @@ class CompositeLoss(nn.Module):
 
     Checkpointing: nothing here is trainable and ``state_dict()`` is empty (the VGG weights are non-persistent
     buffers, see :class:`VGGPerceptualLoss`), so the module never needs saving; ``.to(device)`` moves everything.
-    The Trainer may reuse ``self.laplacian`` for extra terms such as DESIGN 8.6's ``0.5 * sum_i Lap(I_hat_i)``.
+    The Trainer may reuse ``self.laplacian`` for extra terms such as docs/DESIGN.md 8.6's ``0.5 * sum_i Lap(I_hat_i)``.
     """
 
     def __init__(self, phase: int, weights: LossWeights = LossWeights(),
@@ -593,7 +593,7 @@ class CompositeLoss(nn.Module):
         if self.perceptual is not None:
             active.append(("loss_vgg", self.weights.vgg, self.perceptual(pred, gt)))
         if self.flow_smoothness_enabled:
-            # Edges from the ground-truth middle frame: the flows live on the target grid (DESIGN 8.5).
+            # Edges from the ground-truth middle frame: the flows live on the target grid (docs/DESIGN.md 8.5).
             active.append(("loss_flow_smooth", self.weights.flow_smooth, self.smoothness(flow, gt)))
 
         def zero() -> torch.Tensor:

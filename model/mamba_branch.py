@@ -1,4 +1,4 @@
-"""Branch A of the LGS block: Mamba2 (SSD) over VFIMamba's interleaved four-direction scan (DESIGN.md 2.5).
+"""Branch A of the LGS block: Mamba2 (SSD) over VFIMamba's interleaved four-direction scan (docs/DESIGN.md 2.5).
 
 For a stacked frame pair ``u`` (2B, H, W, C) (frame 0 in the first half of the batch):
 

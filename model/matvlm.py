@@ -1,4 +1,4 @@
-"""MaTVLM-style initialisation of Branch A (Mamba2) from a trained attention branch (arXiv 2503.13440, DESIGN.md 6).
+"""MaTVLM-style initialisation of Branch A (Mamba2) from a trained attention branch (arXiv 2503.13440, docs/DESIGN.md 6).
 
 Softmax-free attention ``y_t = sum_s (q_t . k_s) v_s`` is an SSD scan with ``C <-> q``, ``B <-> k``, ``x <-> v``
 and no decay, so a trained attention layer gives Branch A a meaningful start: ``x <- W_v``, ``B <- W_k``,

@@ -7,8 +7,8 @@ The residual stream is widened to ``n`` streams ``X`` (..., n, C) that persist a
     X' = H_res (skip * X) + H_post^T F(u)      H_post = 2 sigmoid(.)         (n,)
                                                H_res  = SinkhornKnopp(.)     (n, n), rows and columns sum to 1
 
-with per-pixel ("dynamic") coefficients ``alpha * (RMSNorm(vec X) phi) + bias`` (DESIGN.md 5.2). Sinkhorn runs
-in float32. Initialisation (DESIGN.md 5.3): ``phi = 0`` so only the biases act; ``H_pre = 1/n`` each (the
+with per-pixel ("dynamic") coefficients ``alpha * (RMSNorm(vec X) phi) + bias`` (docs/DESIGN.md 5.2). Sinkhorn runs
+in float32. Initialisation (docs/DESIGN.md 5.3): ``phi = 0`` so only the biases act; ``H_pre = 1/n`` each (the
 average of the streams), ``H_post = 1`` (every stream receives the full update) and a diagonal-dominant, hence
 doubly stochastic, ``H_res``. Because all streams start equal, the stage then computes exactly what the plain
 residual stage computes; training moves the streams apart and the mixing starts to matter. (An earlier

@@ -6,7 +6,7 @@ Phase 1::
     m, res       = RefineNet(features, [I0, I1], t)
     pred         = clamp(sigmoid(m) * I0 + (1 - sigmoid(m)) * I1 + res, 0, 1)
 
-Phases 2/3 (SPEC "Phase 2 Flow Pipeline", DESIGN.md 1.4, 7)::
+Phases 2/3 (SPEC "Phase 2 Flow Pipeline", docs/DESIGN.md 1.4, 7)::
 
     features     = HybridBackbone(I0, I1)                       on the original, unwarped frames
     F, m0        = OpticalFlowEstimator(I0, I1, t, backbone features)      F = [F_t->0, F_t->1] in pixels

@@ -71,7 +71,7 @@ def _assert_zero_positive_and_differentiable(loss_fn, shape, seed=0):
 
 
 def _reference_laplacian_loss(pred: torch.Tensor, gt: torch.Tensor, levels: int = 5) -> float:
-    """Straightforward float64 NumPy version of DESIGN 8.2: two pyramids, tap-by-tap 5x5 sums, reflect padding."""
+    """Straightforward float64 NumPy version of docs/DESIGN.md 8.2: two pyramids, tap-by-tap 5x5 sums, reflect padding."""
     taps = np.array([1.0, 4.0, 6.0, 4.0, 1.0])
     kernel = np.outer(taps, taps) / 256.0
 
@@ -129,7 +129,7 @@ def test_laplacian_levels_and_bands():
 
 
 def _reference_ternary_loss(pred: torch.Tensor, gt: torch.Tensor, patch_size: int = 7) -> float:
-    """Offset-by-offset float64 version of DESIGN 8.3 with a margin of patch_size // 2 and mean over valid pixels."""
+    """Offset-by-offset float64 version of docs/DESIGN.md 8.3 with a margin of patch_size // 2 and mean over valid pixels."""
     def luma(image):
         image = image.double().numpy()
         return 0.2989 * image[:, 0] + 0.587 * image[:, 1] + 0.114 * image[:, 2]

@@ -141,7 +141,7 @@ def test_model_package_imports_without_mamba_ssm():
 
 # ---------------------------------------------------------------------------------------------- scan order
 def labelled_frames(batch: int, height: int, width: int):
-    """Maps whose single channel is 100*f + 10*h + w (the worked example of DESIGN.md 1.3)."""
+    """Maps whose single channel is 100*f + 10*h + w (the worked example of docs/DESIGN.md 1.3)."""
     h = torch.arange(height).view(1, height, 1, 1)
     w = torch.arange(width).view(1, 1, width, 1)
     base = (10 * h + w).expand(batch, height, width, 1).double()

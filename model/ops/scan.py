@@ -12,7 +12,7 @@ Index maps for frame ``f`` in {0, 1} at pixel ``(h, w)`` of an ``H x W`` map, se
 
 VFIMamba's own inverse of directions 1 and 3 reshapes the sequence as a ``(2E, W, H)`` map, which splits it
 into two contiguous halves instead of undoing ``2 (w H + h) + f``; that adds the column-major outputs to the
-wrong pixels and frames (DESIGN.md 1.3). :func:`merge_scan` is the true inverse and is tested with H != W.
+wrong pixels and frames (docs/DESIGN.md 1.3). :func:`merge_scan` is the true inverse and is tested with H != W.
 """
 
 from __future__ import annotations

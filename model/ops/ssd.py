@@ -11,12 +11,12 @@ x (b, l, h, p), dt (b, l, h), A (h,), B and C (b, l, g, n), D (h,) or (h, p), z 
 output (b, l, h, p) in x's dtype.
 
 Backends:
-* ``"torch"``: the chunked SSD algorithm (DESIGN.md 2.2) in plain PyTorch; any length (the tail is padded
+* ``"torch"``: the chunked SSD algorithm (docs/DESIGN.md 2.2) in plain PyTorch; any length (the tail is padded
   to a whole chunk and dropped, which causality makes exact), float32 arithmetic (float64 if given
   float64), differentiable by autograd, memory O(l * chunk_size) per head.
 * ``"triton"``: mamba-ssm's fused kernels (CUDA only). mamba-ssm installed without its compiled extension
   cannot ``import mamba_ssm`` (its ``__init__`` imports ``selective_scan_cuda``), so the Triton module is
-  loaded with the package ``__init__`` bypassed (DESIGN.md 2.6). A missing or broken mamba-ssm never breaks
+  loaded with the package ``__init__`` bypassed (docs/DESIGN.md 2.6). A missing or broken mamba-ssm never breaks
   ``import model``.
 * ``"auto"``: Triton for CUDA tensors when it loads, else torch. The choice is logged once per reason.
 

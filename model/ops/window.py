@@ -3,7 +3,7 @@
 Windows are ``M x M`` tiles of an ``(N, H, W, C)`` map. The map is zero-padded to a multiple of ``M`` first.
 The *shifted* layout (Swin's alternate blocks) is made by padding ``M // 2`` rows and columns in front of the
 map instead of rolling it: windows then straddle the unshifted windows' borders without wrap-around, so no
-attention mask is needed and SDPA may still use FlashAttention (DESIGN.md 3.4, option b).
+attention mask is needed and SDPA may still use FlashAttention (docs/DESIGN.md 3.4, option b).
 
 Cross-frame windows put the same window of both frames into one sequence of ``2 * M * M`` tokens
 (frame-0 tokens first), so attention mixes the frames locally as the interleaved scan does globally.
