@@ -1,4 +1,4 @@
-"""SNU-FILM: 1,240 triplets of about 1280x720 in four motion levels (DESIGN.md 12).
+"""SNU-FILM: 1,240 triplets of about 1280x720 in four motion levels (docs/DESIGN.md 12).
 
 Layout under --path: test-easy.txt, test-medium.txt, test-hard.txt, test-extreme.txt, each line "img0 gt img1".
 The published lists write paths as data/SNU-FILM/test/<clip>/<frame>.png, joined to --path as written; when that
@@ -20,7 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file: m
 
 from benchmark.eval_core import Protocol, Sample, Subset, benchmark_main, read_list_file  # noqa: E402
 
-PROTOCOL = Protocol("SNU-FILM", pad_multiple=32, flow_scale=0.5, quantize=False)
+PROTOCOL = Protocol("SNU-FILM", pad_multiple=32, flow_scale=0.5, quantize=False,
+                    official_samples=310)   # per split: 4 x 310 = 1,240
 SPLITS = ("easy", "medium", "hard", "extreme")
 LIST_PREFIX = Path("data/SNU-FILM")
 

@@ -1,4 +1,4 @@
-"""UCF101 interpolation test set (ucf101_interp_ours): 379 triplets at 256x256 (DESIGN.md 12).
+"""UCF101 interpolation test set (ucf101_interp_ours): 379 triplets at 256x256 (docs/DESIGN.md 12).
 
 Layout under --path: one folder per triplet, <id>/frame_00.png, frame_01_gt.png, frame_02.png; every sub-folder
 holding all three files is a sample (in sorted order, so --limit is reproducible).
@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file: m
 
 from benchmark.eval_core import BenchmarkError, Protocol, Sample, Subset, benchmark_main  # noqa: E402
 
-PROTOCOL = Protocol("UCF101", pad_multiple=32, flow_scale=1.0, quantize=True)
+PROTOCOL = Protocol("UCF101", pad_multiple=32, flow_scale=1.0, quantize=True, official_samples=379)
 FRAME_NAMES = ("frame_00.png", "frame_01_gt.png", "frame_02.png")   # img0, ground truth, img1
 
 

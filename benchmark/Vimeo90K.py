@@ -1,4 +1,4 @@
-"""Vimeo90K triplet test set: 3,782 triplets at 448x256 (DESIGN.md 12).
+"""Vimeo90K triplet test set: 3,782 triplets at 448x256 (docs/DESIGN.md 12).
 
 Layout under --path (the vimeo_triplet folder):
     tri_testlist.txt                      one "00001/0001" per line
@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file: m
 
 from benchmark.eval_core import Protocol, Sample, Subset, benchmark_main, read_list_file  # noqa: E402
 
-PROTOCOL = Protocol("Vimeo90K", pad_multiple=32, flow_scale=1.0, quantize=False)
+PROTOCOL = Protocol("Vimeo90K", pad_multiple=32, flow_scale=1.0, quantize=False, official_samples=3782)
 
 
 def enumerate_samples(root: Path) -> list[Sample]:

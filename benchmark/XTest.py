@@ -1,4 +1,4 @@
-"""X-TEST (X4K1000FPS test split): 15 scenes at 4096x2160, 8x interpolation, 105 targets (DESIGN.md 12).
+"""X-TEST (X4K1000FPS test split): 15 scenes at 4096x2160, 8x interpolation, 105 targets (docs/DESIGN.md 12).
 
 Layout: <path>/test/<Type>/<scene>/0000.png .. 0032.png (--path may also be the test folder itself). Frames are
 taken in sorted order; each window of 33 frames gives inputs 0 and 32 and targets 4, 8, ..., 28 at t = k / 8.
@@ -25,8 +25,9 @@ WINDOW = 32          # frames between the two inputs
 TARGETS = 8          # 8x interpolation: targets at t = 1/8 .. 7/8
 PROTOCOLS = {
     "2k": Protocol("X-TEST-2K", pad_multiple=32, flow_scale=0.5, quantize=True, average_per_group=True,
-                   geometry=FrameGeometry(resize_to=(2048, 1080), resize_float=True)),
-    "4k": Protocol("X-TEST-4K", pad_multiple=32, flow_scale=0.25, quantize=True, average_per_group=True),
+                   official_samples=105, geometry=FrameGeometry(resize_to=(2048, 1080), resize_float=True)),
+    "4k": Protocol("X-TEST-4K", pad_multiple=32, flow_scale=0.25, quantize=True, average_per_group=True,
+                   official_samples=105),
 }
 
 

@@ -1,4 +1,4 @@
-"""Xiph (Netflix 4K clips): 8 clips x 49 triplets, scored at "2K" and "4K" (DESIGN.md 12).
+"""Xiph (Netflix 4K clips): 8 clips x 49 triplets, scored at "2K" and "4K" (docs/DESIGN.md 12).
 
 Layout under --path: the first 100 frames of each clip, numbered from 001, either flat as the reference
 download writes them (ffmpeg ... netflix/<clip>-%03d.png), i.e. <path>/<clip>-001.png, or one folder per clip,
@@ -26,9 +26,9 @@ CLIPS = ("BoxingPractice", "Crosswalk", "DrivingPOV", "FoodMarket", "FoodMarket2
          "SquareAndTimelapse", "Tango")
 GROUND_TRUTH_FRAMES = range(2, 99, 2)   # frame numbers start at 001 (ffmpeg's %03d)
 PROTOCOLS = {
-    "2k": Protocol("Xiph-2K", pad_multiple=16, flow_scale=0.5, metric="skimage_uint8",
+    "2k": Protocol("Xiph-2K", pad_multiple=16, flow_scale=0.5, metric="skimage_uint8", official_samples=392,
                    geometry=FrameGeometry(resize_to=(2048, 1080))),
-    "4k": Protocol("Xiph-4K", pad_multiple=16, flow_scale=0.5, metric="skimage_uint8",
+    "4k": Protocol("Xiph-4K", pad_multiple=16, flow_scale=0.5, metric="skimage_uint8", official_samples=392,
                    geometry=FrameGeometry(crop_margins=(540, 1024))),
 }
 

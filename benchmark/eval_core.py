@@ -1,12 +1,17 @@
 """The one evaluation core: reading, protocol geometry, padding, inference, metrics, averaging and reporting.
 
-Every benchmark script only says *which* frames form a sample and *which* protocol applies (DESIGN.md 12);
+Every benchmark script only says *which* frames form a sample and *which* protocol applies (docs/DESIGN.md 12);
 everything else lives here, once::
 
     path -> read (cv2, BGR -> RGB) -> FrameGeometry (2K resize / 4K crop) -> [0, 1] tensor (1, 3, H, W)
          -> centred replicate padding to the protocol's multiple -> model.inference(img0, img1, t, flow_scale, tta)
          -> crop back, clamp to [0, 1] -> metrics (quantized or not; ssim_matlab or skimage-style uint8)
          -> per-sample records -> mean (or mean per group, then over groups) -> printed summary + JSON report
+
+Beside the model, every sample is also scored for the frame-average baseline ``(1 - t) I0 + t I1`` (the plain
+``(I0 + I1) / 2`` at t = 0.5) through the same geometry, quantization, metric and averaging, so a report always
+says whether the model beat it. A run on anything but the official test set says so, and ``--save_images DIR``
+writes a labelled I0 | prediction | ground truth | I1 [| flow | mask] image per sample (docs/DESIGN.md 12).
 
 A script builds its parser with :func:`benchmark_parser`, then calls :func:`run_benchmark` with a function
 that turns the dataset root into a list of :class:`Subset` (name, protocol, samples). User errors (missing
@@ -19,7 +24,10 @@ import argparse
 import contextlib
 import json
 import math
+import os
+import re
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +43,7 @@ from tqdm import tqdm
 from benchmark.metrics import psnr, psnr_uint8, quantize, ssim_matlab, ssim_skimage_uint8, to_uint8
 from checkpoint import CheckpointError, model_from_checkpoint, resolve_checkpoint
 from config import ConfigError
+from visualize import sample_grid
 
 AMP_DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 METRICS = ("matlab", "skimage_uint8")
@@ -144,7 +153,7 @@ def crop_padding(image: torch.Tensor, padding: tuple[int, int, int, int]) -> tor
 # --------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Protocol:
-    """What DESIGN.md 12 fixes for one published table.
+    """What docs/DESIGN.md 12 fixes for one published table.
 
     pad_multiple: centred replicate padding before inference (32; the Xiph scripts use 16).
     flow_scale: downscale for flow estimation (Phase 2/3 models; Phase-1 models have no flow and ignore it).
@@ -152,6 +161,8 @@ class Protocol:
     metric: "matlab" = psnr + ssim_matlab on [0, 1]; "skimage_uint8" = scikit-image PSNR/SSIM on uint8 (Xiph).
     geometry: 2K resize / 4K crop applied to every frame.
     average_per_group: mean per group (X-TEST scene), then over groups, instead of one mean over samples.
+    official_samples: how many samples the published test set has (per subset); a run over another count is
+        reported as "not the official test set". None: unknown, nothing is claimed either way.
     """
 
     name: str
@@ -161,6 +172,7 @@ class Protocol:
     metric: str = "matlab"
     geometry: FrameGeometry = field(default_factory=FrameGeometry)
     average_per_group: bool = False
+    official_samples: int | None = None
 
     def __post_init__(self) -> None:
         if self.metric not in METRICS:
@@ -233,22 +245,46 @@ def check_frames_exist(samples: Sequence[Sample]) -> None:
 # Evaluation
 # --------------------------------------------------------------------------------------------------------
 def mean_metrics(records: Sequence[dict], average_per_group: bool = False) -> dict:
-    """{"psnr", "ssim", "count"} over per-sample records {"psnr", "ssim", "group", ...}.
+    """{"psnr", "ssim", "count"[, "psnr_frame_average"]} over per-sample records {"psnr", "ssim", "group", ...}.
 
-    With ``average_per_group`` the means are taken per group first, then over groups (equal weight per scene),
-    and "groups" holds each group's own means.
+    "psnr_frame_average" is averaged the same way when every record has it. With ``average_per_group`` the means
+    are taken per group first, then over groups (equal weight per scene), and "groups" holds each group's means.
     """
     if not records:
         return {"psnr": math.nan, "ssim": math.nan, "count": 0}
+    keys = ["psnr", "ssim"] + (["psnr_frame_average"] if all("psnr_frame_average" in r for r in records) else [])
     if not average_per_group:
-        return {"psnr": float(np.mean([r["psnr"] for r in records])),
-                "ssim": float(np.mean([r["ssim"] for r in records])), "count": len(records)}
+        return {**{key: float(np.mean([r[key] for r in records])) for key in keys}, "count": len(records)}
     by_group: dict[str, list[dict]] = {}
     for record in records:
         by_group.setdefault(record["group"], []).append(record)
     groups = {name: mean_metrics(members) for name, members in by_group.items()}
-    return {"psnr": float(np.mean([g["psnr"] for g in groups.values()])),
-            "ssim": float(np.mean([g["ssim"] for g in groups.values()])), "count": len(records), "groups": groups}
+    return {**{key: float(np.mean([g[key] for g in groups.values()])) for key in keys}, "count": len(records),
+            "groups": groups}
+
+
+def safe_file_stem(text: str) -> str:
+    """A sample name as one file-name component: "00001/0001" -> "00001_0001" (no folders, no odd characters)."""
+    stem = re.sub(r"\.(png|jpg|jpeg)$", "", text, flags=re.IGNORECASE)
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("._") or "sample"
+
+
+def write_png_atomically(image: torch.Tensor, path: Path) -> None:
+    """(3, H, W) float RGB in [0, 1] -> an 8-bit PNG at ``path``, written to a temporary file and renamed into place."""
+    rgb = (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    ok, encoded = cv2.imencode(".png", np.ascontiguousarray(rgb[..., ::-1]))
+    if not ok:
+        raise BenchmarkError(f"could not encode image {path}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(encoded.tobytes())
+        os.replace(temp_name, path)
+    except BaseException:
+        if os.path.exists(temp_name):
+            os.unlink(temp_name)
+        raise
 
 
 class Evaluator:
@@ -258,10 +294,12 @@ class Evaluator:
     amp: "fp32" (default: the published numbers are fp32), "bf16" or "fp16" autocast for the model only;
         the metrics always run in float64.
     flow_scale: None keeps the protocol's.
+    save_images: a folder; one labelled image per sample is written there (see :meth:`save_sample_image`).
     """
 
     def __init__(self, model: nn.Module, protocol: Protocol, device: torch.device | str = "cpu", amp: str = "fp32",
-                 tta: bool = False, flow_scale: float | None = None, progress: bool = True):
+                 tta: bool = False, flow_scale: float | None = None, progress: bool = True,
+                 save_images: str | Path | None = None):
         if amp not in AMP_DTYPES:
             raise BenchmarkError(f"--amp must be one of {', '.join(AMP_DTYPES)}, got {amp!r}")
         self.model = model
@@ -271,50 +309,106 @@ class Evaluator:
         self.tta = tta
         self.flow_scale = protocol.flow_scale if flow_scale is None else flow_scale
         self.progress = progress
+        self.save_images = Path(save_images) if save_images is not None else None
 
     def load_frame(self, path: Path) -> np.ndarray:
         """(H, W, 3) RGB after the protocol's geometry: uint8, or float32 in [0, 1] (X-TEST 2K)."""
         return self.protocol.geometry.apply(read_rgb_uint8(path))
 
-    def predict(self, img0: torch.Tensor, img1: torch.Tensor, t: float) -> torch.Tensor:
-        """(1, 3, H, W) inputs in [0, 1] -> (1, 3, H, W) float32 prediction, clamped to [0, 1]."""
+    def _shows_flow(self) -> bool:
+        """Whether the model can hand out its flow and mask (a ThesisModel with a flow estimator)."""
+        return bool(getattr(self.model, "use_flow", False)) and callable(self.model)
+
+    def predict_with_panels(self, img0: torch.Tensor, img1: torch.Tensor, t: float, panels: bool = False
+                            ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """(prediction, flow or None, mask or None) for (1, 3, H, W) inputs in [0, 1].
+
+        The prediction is (1, 3, H, W) float32 clamped to [0, 1]. With ``panels`` and a flow model, one forward pass
+        also yields the flow (1, 4, H, W) and blend mask (1, 1, H, W) for :meth:`save_sample_image`; the prediction
+        is then computed from the same calls ``model.inference`` makes (forward, plus the flipped pass with TTA),
+        so saving images never changes a score.
+        """
         padded0, padding = pad_centred(img0, self.protocol.pad_multiple)
         padded1, _ = pad_centred(img1, self.protocol.pad_multiple)
+        flow = mask = None
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.amp_dtype,
                                                     enabled=self.amp_dtype is not None):
-            pred = self.model.inference(padded0, padded1, t=t, flow_scale=self.flow_scale, tta=self.tta)
-        return crop_padding(pred.float(), padding).clamp(0, 1)
+            if panels and self._shows_flow():
+                output = self.model(padded0, padded1, t, self.flow_scale)
+                pred = output.pred
+                if self.tta:
+                    flipped = self.model.inference(padded0.flip(2, 3), padded1.flip(2, 3), t=t,
+                                                   flow_scale=self.flow_scale, tta=False)
+                    pred = (pred + flipped.flip(2, 3)) / 2
+                flow = crop_padding(output.flow.float(), padding)
+                mask = crop_padding(output.mask.float(), padding)
+            else:
+                pred = self.model.inference(padded0, padded1, t=t, flow_scale=self.flow_scale, tta=self.tta)
+        return crop_padding(pred.float(), padding).clamp(0, 1), flow, mask
 
-    def score(self, pred: torch.Tensor, gt_frame: np.ndarray) -> tuple[float, float]:
-        """(PSNR, SSIM) of a (1, 3, H, W) prediction against the (H, W, 3) ground-truth frame."""
+    def predict(self, img0: torch.Tensor, img1: torch.Tensor, t: float) -> torch.Tensor:
+        """(1, 3, H, W) inputs in [0, 1] -> (1, 3, H, W) float32 prediction, clamped to [0, 1]."""
+        return self.predict_with_panels(img0, img1, t)[0]
+
+    def score(self, pred: torch.Tensor, gt_frame: np.ndarray, with_ssim: bool = True) -> tuple[float, float]:
+        """(PSNR, SSIM) of a (1, 3, H, W) prediction against the (H, W, 3) ground-truth frame (SSIM nan if skipped)."""
         if pred.shape[-2:] != gt_frame.shape[:2]:
             raise BenchmarkError(f"prediction is {tuple(pred.shape[-2:])} but ground truth is "
                                  f"{gt_frame.shape[:2]}: inputs and ground truth differ in size")
         if self.protocol.metric == "skimage_uint8":
             pred_u8 = to_uint8(pred[0]).permute(1, 2, 0)
             gt_u8 = torch.from_numpy(np.ascontiguousarray(gt_frame)).to(pred.device)
-            return psnr_uint8(pred_u8, gt_u8), ssim_skimage_uint8(pred_u8, gt_u8)
+            return psnr_uint8(pred_u8, gt_u8), ssim_skimage_uint8(pred_u8, gt_u8) if with_ssim else math.nan
         gt = frame_to_tensor(gt_frame, pred.device)
         if self.protocol.quantize:
             pred = quantize(pred)
-        return psnr(pred, gt), ssim_matlab(pred, gt)
+        return psnr(pred, gt), ssim_matlab(pred, gt) if with_ssim else math.nan
+
+    def save_sample_image(self, index: int, sample: Sample, inputs: tuple[torch.Tensor, torch.Tensor],
+                          pred: torch.Tensor, gt_frame: np.ndarray, flow: torch.Tensor | None,
+                          mask: torch.Tensor | None, value_psnr: float, baseline_psnr: float) -> Path:
+        """Write ``<save_images>/<index>_<sample name>.png``: I0 | prediction | ground truth | I1 [| flows | mask].
+
+        The panels are the frames as scored (after the protocol's geometry); the prediction's label carries its
+        PSNR and the frame average's. Returns the path written.
+        """
+        gt = frame_to_tensor(gt_frame, pred.device)
+        names = ["I0", f"prediction {value_psnr:.2f} dB (frame avg {baseline_psnr:.2f})", "ground truth", "I1"]
+        if flow is not None:
+            names += ["flow t->0", "flow t->1", "mask"]
+        grid = sample_grid(inputs[0], pred, gt, inputs[1], flow, mask, max_samples=1, labels=names)
+        path = self.save_images / f"{index:04d}_{safe_file_stem(sample.name)}.png"
+        write_png_atomically(grid, path)
+        return path
 
     def evaluate(self, samples: Sequence[Sample], description: str = "") -> dict:
-        """Per-sample records and their means: {"psnr", "ssim", "count", ["groups"], "seconds", "samples"}."""
+        """Per-sample records and their means.
+
+        Returns {"psnr", "ssim", "psnr_frame_average", "count", ["groups"], "seconds", "samples"}; each record holds
+        the sample's "psnr", "ssim" and "psnr_frame_average" (the PSNR of ``(1 - t) I0 + t I1`` under the same
+        protocol).
+        """
         records = []
         start = time.perf_counter()
         cached_paths, cached_inputs = None, None
         psnr_total = 0.0
         bar = tqdm(samples, desc=description or self.protocol.name, disable=not self.progress, dynamic_ncols=True)
-        for sample in bar:
+        for index, sample in enumerate(bar):
             # X-TEST predicts seven targets from one input pair: read (and resize) that pair once.
             if cached_paths != (sample.img0, sample.img1):
                 cached_paths = (sample.img0, sample.img1)
                 cached_inputs = tuple(frame_to_tensor(self.load_frame(p), self.device) for p in cached_paths)
-            pred = self.predict(*cached_inputs, sample.t)
-            value_psnr, value_ssim = self.score(pred, self.load_frame(sample.gt))
+            pred, flow, mask = self.predict_with_panels(*cached_inputs, sample.t,
+                                                        panels=self.save_images is not None)
+            gt_frame = self.load_frame(sample.gt)
+            value_psnr, value_ssim = self.score(pred, gt_frame)
+            blend = ((1 - sample.t) * cached_inputs[0] + sample.t * cached_inputs[1]).clamp(0, 1)
+            baseline_psnr, _ = self.score(blend, gt_frame, with_ssim=False)
             records.append({"name": sample.name, "t": sample.t, "group": sample.group,
-                            "psnr": value_psnr, "ssim": value_ssim})
+                            "psnr": value_psnr, "ssim": value_ssim, "psnr_frame_average": baseline_psnr})
+            if self.save_images is not None:
+                self.save_sample_image(index, sample, cached_inputs, pred, gt_frame, flow, mask, value_psnr,
+                                       baseline_psnr)
             psnr_total += value_psnr
             bar.set_postfix(psnr=f"{psnr_total / len(records):.3f}")
         summary = mean_metrics(records, self.protocol.average_per_group)
@@ -360,6 +454,10 @@ def benchmark_parser(description: str) -> argparse.ArgumentParser:
     add_runtime_arguments(parser)
     parser.add_argument("--limit", type=positive_int, default=None,
                         help="evaluate only the first N samples of each subset (smoke tests)")
+    parser.add_argument("--save_images", default=None, metavar="DIR",
+                        help="write one labelled image per sample to DIR: I0 | prediction | ground truth | I1, "
+                             "plus flow t->0 | flow t->1 | mask for models with flow (a sub-folder per subset "
+                             "when there are several)")
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
     return parser
 
@@ -388,9 +486,51 @@ def exit_on_user_error(program: str) -> Iterator[None]:
 
 
 def write_report(report: dict, path: str | Path) -> None:
+    """The JSON report, written to a temporary file in the target folder and renamed into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2) + "\n")
+    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w") as stream:
+            stream.write(json.dumps(report, indent=2) + "\n")
+        os.replace(temp_name, path)
+    except BaseException:
+        if os.path.exists(temp_name):
+            os.unlink(temp_name)
+        raise
+
+
+def subset_label(subset: Subset) -> str:
+    """"Vimeo90K", "SNU-FILM hard", "Xiph-2K": the protocol's name, plus the subset's where it adds something."""
+    name = subset.protocol.name
+    return name if subset.name == "test" or subset.name.lower() in name.lower() else f"{name} {subset.name}"
+
+
+def describe_dataset(label: str, path_text: str, found: int, official_samples: int | None,
+                     limit: int | None) -> tuple[bool | None, str]:
+    """(official?, one line naming what was scored). "Official" means the published test set's sample count.
+
+    found: samples the folder holds for this subset (before --limit); limit: --limit or None.
+    """
+    scored = found if limit is None else min(limit, found)
+    partial = f"; the first {scored:,} scored" if scored < found else ""
+    if official_samples is None:
+        return None, f"{label} protocol on {path_text} ({found:,} samples{partial})"
+    if found == official_samples:
+        if scored < found:
+            return True, (f"{label} protocol on the first {scored:,} of the {found:,} official test samples "
+                          f"in {path_text}")
+        return True, f"{label} official test set ({found:,} samples) in {path_text}"
+    return False, (f"{label} protocol on {path_text} (not the official test set: {found:,} samples; "
+                   f"the official set has {official_samples:,}{partial})")
+
+
+def compare_to_baseline(model_psnr: float, baseline_psnr: float) -> str:
+    """"0.31 dB above" / "0.01 dB below" / "equal to": how the model's PSNR relates to the frame average's."""
+    difference = model_psnr - baseline_psnr
+    if not math.isfinite(difference) or abs(difference) < 5e-5:
+        return "equal to"
+    return f"{abs(difference):.4f} dB {'above' if difference > 0 else 'below'}"
 
 
 def describe_run(model_name: str, uses_flow: bool, device: torch.device, amp: str, tta: bool,
@@ -411,6 +551,7 @@ def run_benchmark(args: argparse.Namespace, benchmark: str, make_subsets: Callab
         checkpoint_path = resolve_checkpoint(args.model, args.ckpt_dir)
         device = resolve_device(args.device)
         subsets = make_subsets(root)
+        found = {s.name: len(s.samples) for s in subsets}          # before --limit: is this the official set?
         if args.limit is not None:
             subsets = [Subset(s.name, s.protocol, s.samples[:args.limit]) for s in subsets]
         for subset in subsets:
@@ -420,16 +561,30 @@ def run_benchmark(args: argparse.Namespace, benchmark: str, make_subsets: Callab
         report = {"benchmark": benchmark, "dataset": str(root), "model": args.model,
                   "checkpoint": str(checkpoint_path), "phase": cfg.train.phase, "uses_flow": cfg.model.use_flow,
                   "device": str(device), "amp": args.amp, "tta": args.tta, "limit": args.limit, "results": {}}
+        save_root = getattr(args, "save_images", None)
         for subset in subsets:
+            label = subset_label(subset)
+            official, note = describe_dataset(label, str(args.path), found[subset.name],
+                                              subset.protocol.official_samples, args.limit)
+            image_dir = None
+            if save_root is not None:
+                image_dir = Path(save_root) if len(subsets) == 1 else Path(save_root) / safe_file_stem(subset.name)
             evaluator = Evaluator(model, subset.protocol, device, args.amp, args.tta, args.flow_scale,
-                                  progress=not args.no_progress)
-            print(f"{subset.protocol.name}: {len(subset.samples)} samples | "
+                                  progress=not args.no_progress, save_images=image_dir)
+            print(note)
+            print(f"{label}: {len(subset.samples)} samples | "
                   + describe_run(args.model, cfg.model.use_flow, device, args.amp, args.tta, evaluator.flow_scale))
             result = evaluator.evaluate(subset.samples, subset.name)
             report["results"][subset.name] = {**subset.protocol.settings(), "flow_scale": evaluator.flow_scale,
-                                              **result}
-            print(f"{subset.protocol.name}  PSNR {result['psnr']:.4f} dB  SSIM {result['ssim']:.5f}  "
+                                              "official": official, "dataset_note": note,
+                                              "samples_found": found[subset.name], **result}
+            print(f"{label}  PSNR {result['psnr']:.4f} dB  SSIM {result['ssim']:.5f}  "
                   f"({result['count']} samples, {result['seconds']:.1f} s)")
+            baseline = "(1-t) I0 + t I1" if any(s.t != 0.5 for s in subset.samples) else "(I0+I1)/2"
+            print(f"{label}  frame average {baseline}: PSNR {result['psnr_frame_average']:.4f} dB; the model is "
+                  f"{compare_to_baseline(result['psnr'], result['psnr_frame_average'])} it")
+            if image_dir is not None:
+                print(f"{len(subset.samples)} images written to {image_dir}/")
         if args.out:
             write_report(report, args.out)
             print(f"report written to {args.out}")

@@ -25,8 +25,8 @@ if REPO_ROOT not in sys.path:  # plain `pytest` puts tests/ on the path, not the
 
 from benchmark import SNU_FILM, UCF101, TimeTest, Vimeo90K, Xiph, XTest  # noqa: E402
 from benchmark.eval_core import (  # noqa: E402
-    BenchmarkError, Evaluator, FrameGeometry, Protocol, centred_padding, crop_padding, mean_metrics, pad_centred,
-    read_image,
+    BenchmarkError, Evaluator, FrameGeometry, Protocol, centred_padding, crop_padding, describe_dataset, mean_metrics,
+    pad_centred, read_image,
 )
 from benchmark.metrics import (  # noqa: E402
     psnr, psnr_uint8, quantize, ssim_matlab, ssim_skimage_uint8,
@@ -34,6 +34,7 @@ from benchmark.metrics import (  # noqa: E402
 from checkpoint import atomic_save  # noqa: E402
 from config import preset  # noqa: E402
 from model import build_model  # noqa: E402
+from visualize import GRID_PADDING  # noqa: E402
 
 FRAME_H, FRAME_W = 24, 40   # not multiples of 16 or 32, so padding and cropping are exercised
 
@@ -571,3 +572,96 @@ def test_missing_frame_is_named_before_loading(tmp_path, checkpoints, capsys):
 def test_no_ucf101_triplets(tmp_path, checkpoints, capsys):
     line = run_failing(UCF101.main, common_args(tmp_path, checkpoints, tmp_path / "r.json"), capsys)
     assert "no UCF101 triplets" in line and str(tmp_path) in line
+
+
+# --------------------------------------------------------------------------------------------------------
+# Results that explain themselves: frame-average baseline, which folder ran, images of every sample
+# --------------------------------------------------------------------------------------------------------
+def frame_average_psnr_by_hand(folder: Path) -> float:
+    """PSNR of (im1 + im3) / 2 against im2, straight from the PNGs in float64."""
+    i0, gt, i1 = (cv2.imread(str(folder / f"im{k}.png")).astype(np.float64) / 255 for k in (1, 2, 3))
+    return -10 * math.log10(np.mean(((i0 + i1) / 2 - gt) ** 2))
+
+
+def test_report_holds_the_frame_average_psnr(vimeo_root, checkpoints, tmp_path, capsys):
+    Vimeo90K.main(common_args(vimeo_root, checkpoints, tmp_path / "r.json"))
+    result = read_report(tmp_path / "r.json")["results"]["test"]
+    expected = [frame_average_psnr_by_hand(vimeo_root / "sequences" / r["name"]) for r in result["samples"]]
+    assert [r["psnr_frame_average"] for r in result["samples"]] == pytest.approx(expected, abs=1e-5)   # float32 blend
+    assert result["psnr_frame_average"] == pytest.approx(np.mean(expected), abs=1e-5)
+    assert result["psnr_frame_average"] != pytest.approx(result["psnr"], abs=1e-3)   # the model's own score
+    printed = capsys.readouterr().out
+    assert f"PSNR {result['psnr_frame_average']:.4f} dB" in printed and "frame average (I0+I1)/2" in printed
+
+
+def test_frame_average_goes_through_the_protocol(ucf_root, xtest_root):
+    """The baseline is scored like the model: a model that *is* the blend scores exactly the baseline."""
+    ucf = Evaluator(BlendModel(), UCF101.PROTOCOL, progress=False).evaluate(UCF101.enumerate_samples(ucf_root))
+    assert all(r["psnr"] == r["psnr_frame_average"] for r in ucf["samples"])
+    assert ucf["psnr_frame_average"] == ucf["psnr"]
+    # X-TEST asks for t = k/8: the baseline is (1 - t) I0 + t I1, exact for frames that brighten linearly.
+    xtest = Evaluator(BlendModel(), XTest.PROTOCOLS["4k"], progress=False).evaluate(XTest.enumerate_samples(xtest_root))
+    assert all(r["psnr_frame_average"] == math.inf for r in xtest["samples"])
+    assert set(xtest["groups"]["Type1/TEST01_a"]) >= {"psnr", "ssim", "psnr_frame_average"}
+
+
+def test_run_on_another_folder_says_it_is_not_the_official_test_set(vimeo_root, checkpoints, tmp_path, capsys):
+    Vimeo90K.main(common_args(vimeo_root, checkpoints, tmp_path / "r.json") + ["--limit", "2"])
+    result = read_report(tmp_path / "r.json")["results"]["test"]
+    assert result["official"] is False and result["samples_found"] == 3 and result["count"] == 2
+    assert str(vimeo_root) in result["dataset_note"] and "not the official test set" in result["dataset_note"]
+    assert "3,782" in result["dataset_note"]
+    assert result["dataset_note"] in capsys.readouterr().out
+
+
+def test_official_test_set_is_recognised_by_its_sample_count():
+    official, note = describe_dataset("Vimeo90K", "/data/vimeo_triplet", 3782, 3782, None)
+    assert official is True and "official test set (3,782 samples)" in note
+    official, note = describe_dataset("Vimeo90K", "/data/vimeo_triplet", 3782, 3782, 10)
+    assert official is True and "first 10 of the 3,782 official" in note
+    official, note = describe_dataset("SNU-FILM hard", "/data/snu", 12, 310, None)
+    assert official is False and note.startswith("SNU-FILM hard protocol on /data/snu (not the official test set")
+    assert SNU_FILM.PROTOCOL.official_samples == 310 and UCF101.PROTOCOL.official_samples == 379
+    assert {p.official_samples for p in Xiph.PROTOCOLS.values()} == {392}
+    assert {p.official_samples for p in XTest.PROTOCOLS.values()} == {105}
+
+
+def saved_images(folder: Path) -> list[np.ndarray]:
+    return [cv2.imread(str(p)) for p in sorted(folder.glob("*.png"))]
+
+
+def test_save_images_writes_one_labelled_image_per_sample(vimeo_root, checkpoints, tmp_path):
+    Vimeo90K.main(common_args(vimeo_root, checkpoints, tmp_path / "r.json") + ["--save_images", str(tmp_path / "img")])
+    images = saved_images(tmp_path / "img")
+    assert sorted(p.name for p in (tmp_path / "img").iterdir()) == \
+        ["0000_00001_0001.png", "0001_00001_0002.png", "0002_00002_0001.png"]       # one per sample, no temp files
+    panel = FRAME_W + GRID_PADDING
+    for image in images:
+        assert image.shape[1] == 4 * panel + GRID_PADDING                      # I0 | prediction | ground truth | I1
+        assert image.shape[0] > FRAME_H + 2 * GRID_PADDING                       # plus the label band
+    # Below the band, the last panel is I1 itself (BGR as cv2 reads it back).
+    first_i1 = cv2.imread(str(vimeo_root / "sequences" / "00001" / "0001" / "im3.png"))
+    top = images[0].shape[0] - FRAME_H - GRID_PADDING
+    left = 3 * panel + GRID_PADDING
+    assert np.array_equal(images[0][top:top + FRAME_H, left:left + FRAME_W], first_i1)
+
+
+def test_save_images_adds_flow_and_mask_panels_and_changes_no_score(snu_root, checkpoints, tmp_path):
+    options = ["--split", "easy", "--limit", "2", "--tta"]
+    SNU_FILM.main(common_args(snu_root, checkpoints, tmp_path / "plain.json", "tiny_phase2") + options)
+    SNU_FILM.main(common_args(snu_root, checkpoints, tmp_path / "saved.json", "tiny_phase2") + options
+                  + ["--save_images", str(tmp_path / "img")])
+    plain = read_report(tmp_path / "plain.json")["results"]["easy"]
+    saved = read_report(tmp_path / "saved.json")["results"]["easy"]
+    assert [r["psnr"] for r in saved["samples"]] == [r["psnr"] for r in plain["samples"]]
+    assert [r["ssim"] for r in saved["samples"]] == [r["ssim"] for r in plain["samples"]]
+    images = saved_images(tmp_path / "img")
+    assert len(images) == 2
+    assert all(image.shape[1] == 7 * (FRAME_W + GRID_PADDING) + GRID_PADDING for image in images)  # + flows, mask
+
+
+def test_save_images_uses_one_folder_per_subset(snu_root, checkpoints, tmp_path):
+    SNU_FILM.main(common_args(snu_root, checkpoints, tmp_path / "r.json") + ["--limit", "1",
+                                                                           "--save_images", str(tmp_path / "img")])
+    assert sorted(p.name for p in (tmp_path / "img").iterdir()) == sorted(SNU_FILM.SPLITS)
+    assert all(len(list((tmp_path / "img" / split).glob("*.png"))) == 1 for split in SNU_FILM.SPLITS)
