@@ -665,3 +665,37 @@ def test_save_images_uses_one_folder_per_subset(snu_root, checkpoints, tmp_path)
                                                                            "--save_images", str(tmp_path / "img")])
     assert sorted(p.name for p in (tmp_path / "img").iterdir()) == sorted(SNU_FILM.SPLITS)
     assert all(len(list((tmp_path / "img" / split).glob("*.png"))) == 1 for split in SNU_FILM.SPLITS)
+
+
+def test_demo_summary_line_reports_untrained_trained_and_frame_average(tmp_path, capsys):
+    """The demo's closing line: data set and size, untrained -> trained PSNR, frame average."""
+    from conftest import write_vimeo
+    from tools import demo_summary
+    from Trainer import seed_everything
+
+    root = write_vimeo(tmp_path / "set", train=3, test=2, height=32, width=64)
+    cfg = preset(1, "tiny")
+    seed_everything(cfg.train.seed)                      # the weights a run with this config starts from
+    atomic_save({"format": 1, "config": cfg.to_dict(), "model": build_model(cfg.model).state_dict(), "ema": None},
+                tmp_path / "ckpt" / "start.pt")
+    Vimeo90K.main(common_args(root, tmp_path / "ckpt", tmp_path / "r.json", "start"))
+    result = read_report(tmp_path / "r.json")["results"]["test"]
+    capsys.readouterr()
+    line = demo_summary.main(["--report", str(tmp_path / "r.json"), "--name", "toy set"])
+    assert capsys.readouterr().out.strip() == line
+    # Checkpoint = initial weights, so "untrained" must reproduce the report's own PSNR.
+    assert f"{result['psnr']:.2f}" != f"{result['psnr_frame_average']:.2f}"   # else the line uses three decimals
+    assert line.startswith(f"demo: toy set (3 train / 2 test triplets, 64x32): PSNR untrained {result['psnr']:.2f} dB "
+                           f"-> trained {result['psnr']:.2f} dB; frame average {result['psnr_frame_average']:.2f} dB")
+    assert demo_summary.summary_line("x", 1, 1, "8x8", 25.06, 25.61, 25.44).endswith("(trained: 0.17 dB above it)")
+    assert demo_summary.summary_line("x", 1, 1, "8x8", 25.06, 25.41, 25.44).endswith("(trained: 0.03 dB below it)")
+    # Two decimals would print 25.44 for both: three are used then.
+    assert demo_summary.summary_line("x", 1, 1, "8x8", 25.064, 25.4426, 25.4362).endswith(
+        "untrained 25.064 dB -> trained 25.443 dB; frame average 25.436 dB (trained: 0.006 dB above it)")
+
+
+def test_demo_summary_names_a_missing_report(tmp_path, capsys):
+    from tools import demo_summary
+
+    line = run_failing(demo_summary.main, ["--report", str(tmp_path / "none.json")], capsys)
+    assert str(tmp_path / "none.json") in line
