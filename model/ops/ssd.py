@@ -196,22 +196,41 @@ def _log_backend_once(backend: str, reason: str) -> None:
     logger.info("SSD scan backend: %s (%s)", backend, reason)
 
 
+@torch.compiler.assume_constant_result
+def _triton_kernel_loads() -> bool:
+    """Whether mamba-ssm's Triton SSD loads; torch.compile bakes the answer in instead of tracing the import."""
+    return load_triton_ssd()[0] is not None
+
+
 def resolve_backend(backend: str, device: torch.device) -> str:
-    """Map "auto" to the backend that will run on ``device``; validate explicit names."""
+    """Map "auto" to the backend that will run on ``device``; validate explicit names.
+
+    Safe under ``torch.compile``: the availability check is a traced constant and the log line is skipped while
+    compiling (a logger call would break the graph), so the dispatch costs no graph break.
+    """
     if backend not in BACKENDS:
         raise ValueError(f"unknown SSD backend {backend!r}; choose one of {BACKENDS}")
     if backend == "torch":
         return "torch"
-    kernel, note = load_triton_ssd() if device.type == "cuda" else (None, "tensors are not on CUDA")
+    available = device.type == "cuda" and _triton_kernel_loads()
     if backend == "triton":
         if device.type != "cuda":
             raise RuntimeError("SSD backend 'triton' needs CUDA tensors")
-        if kernel is None:
-            raise RuntimeError(f"SSD backend 'triton' unavailable: {note}")
+        if not available:
+            raise RuntimeError(f"SSD backend 'triton' unavailable: {load_triton_ssd()[1]}")
         return "triton"
-    chosen = "triton" if kernel is not None else "torch"
-    _log_backend_once(chosen, note)
+    chosen = "triton" if available else "torch"
+    if not torch.compiler.is_compiling():
+        _log_backend_once(chosen, load_triton_ssd()[1] if device.type == "cuda" else "tensors are not on CUDA")
     return chosen
+
+
+@torch.compiler.disable
+def _triton_ssd(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus) -> torch.Tensor:
+    """mamba-ssm's fused kernel, kept out of torch.compile graphs (Dynamo cannot trace its Triton launches and
+    autotuner); the surrounding projections, scan reordering and norms still compile."""
+    kernel, _ = load_triton_ssd()
+    return kernel(x, dt, A, B, C, chunk_size, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus)
 
 
 def ssd_scan(x, dt, A, B, C, *, chunk_size: int = 256, D=None, z=None, dt_bias=None, dt_softplus: bool = False,
@@ -232,6 +251,5 @@ def ssd_scan(x, dt, A, B, C, *, chunk_size: int = 256, D=None, z=None, dt_bias=N
                          f"x {tuple(x.shape)}, dt {tuple(dt.shape)}, A {tuple(A.shape)}, B {tuple(B.shape)}, "
                          f"C {tuple(C.shape)}")
     if resolve_backend(backend, x.device) == "triton":
-        kernel, _ = load_triton_ssd()
-        return kernel(x, dt, A, B, C, chunk_size, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus)
+        return _triton_ssd(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus)
     return _ssd_chunked(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus)
