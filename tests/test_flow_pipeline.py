@@ -33,7 +33,7 @@ def test_zero_flow_and_even_mask_reduce_to_the_average_plus_residual(monkeypatch
     monkeypatch.setattr(model.flow_estimator, "forward", still)
 
     def no_correction_constant_residual(features, image_inputs, timestep, context=None):   # padded size inside
-        size = image_inputs.shape[-2:]
+        size = image_inputs[0].shape[-2:]          # the image maps arrive as parts (img0, img1, ...)
         return torch.zeros(2, 1, *size), torch.full((2, 3, *size), 0.1)
     monkeypatch.setattr(model.refine, "forward", no_correction_constant_residual)
     out = model(img0, img1, 0.5)
