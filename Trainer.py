@@ -19,7 +19,8 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from checkpoint import CHECKPOINT_FORMAT, CheckpointError, checkpoint_config, config_differences, load_matching_weights
+from checkpoint import CHECKPOINT_FORMAT, CheckpointError, checkpoint_config, config_differences, load_matching_weights, \
+    partial_start_problem, run_name
 from config import ExperimentConfig
 from distributed import DistributedContext
 from model import build_model
@@ -342,9 +343,10 @@ class Trainer:
         }
 
     def is_same_run(self, payload: dict[str, Any]) -> bool:
-        """A checkpoint continues this run when it belongs to the same experiment name and phase."""
+        """A checkpoint continues this run when it belongs to the same run name (experiment name, and a dry run
+        only to a dry run) and phase."""
         saved = checkpoint_config(payload)
-        return saved.experiment_name == self.cfg.experiment_name and saved.train.phase == self.cfg.train.phase
+        return run_name(saved) == run_name(self.cfg) and saved.train.phase == self.cfg.train.phase
 
     def resume(self, payload: dict[str, Any], path: str) -> None:
         """Continue exactly: weights, optimizer, scaler, EMA, counters. RNG is restored by the caller per rank."""
@@ -365,10 +367,20 @@ class Trainer:
         self.step, self.epoch = int(payload["step"]), int(payload["epoch"])
         self.best_metric = float(payload["best_metric"])
 
-    def warm_start(self, payload: dict[str, Any]) -> dict[str, list[str]]:
-        """Load the weights that fit (another phase or experiment): name and shape must match; report the rest."""
+    def warm_start(self, payload: dict[str, Any], path: str) -> dict[str, list[str]]:
+        """Load the weights that fit (another phase or experiment): name and shape must match; report the rest.
+
+        A start that loads almost nothing (see :func:`checkpoint.partial_start_problem`) is refused with a
+        :class:`CheckpointError` unless ``--allow_partial_init`` says it is intended.
+        """
         state = payload.get("ema") or payload["model"]
         report = load_matching_weights(self.model, state)
+        problem = partial_start_problem(report, checkpoint_config(payload, path).model, self.cfg.model)
+        if problem and not self.cfg.train.allow_partial_init:
+            raise CheckpointError(f"warm start from {path} refused: {problem}. Use the checkpoint's model flags, "
+                                  "or pass --allow_partial_init if a partial start is intended")
+        if problem:
+            self.log(f"warning: partial warm start from {path} (--allow_partial_init): {problem}")
         if self.ema is not None:
             self.ema = ExponentialMovingAverage(self.model, self.cfg.train.ema_decay)
         return report

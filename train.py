@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler, Sampler, Subset
 
 from checkpoint import CheckpointError, atomic_save, checkpoint_config, load_checkpoint, resolve_checkpoint, \
-    summarize_weight_report
+    run_checkpoint_path, run_name, summarize_weight_report
 from config import ConfigError, ExperimentConfig, config_from_argv
 from dataset import DatasetError, MixedDataset, VimeoDataset, X4KDataset
 from distributed import DistributedContext, init_distributed, shutdown_distributed
@@ -95,10 +95,21 @@ def one_line(error: BaseException) -> str:
     return text.strip().splitlines()[0] if text.strip() else type(error).__name__
 
 
+def refuse_to_clobber(cfg: ExperimentConfig) -> None:
+    """A run that does not continue ``ckpt/<exp_name>_{last,best}.pt`` must not overwrite them. A dry run writes
+    only its own ``_dryrun`` files, which are disposable, so it is never refused."""
+    if cfg.train.dry_run:
+        return
+    for kind in ("last", "best"):
+        path = run_checkpoint_path(cfg, kind)
+        if path.exists():
+            raise ConfigError(f"{path} exists: continue that run with --resume {path.stem}, or choose another "
+                              "--exp_name")
+
+
 def start_state(cfg: ExperimentConfig, trainer: Trainer, ctx: DistributedContext, log) -> None:
-    """Apply --resume (exact continuation or warm start) or --init_from_attn; refuse to clobber a run."""
+    """Apply --resume (exact continuation or warm start) or --init_from_attn; refuse to clobber another run."""
     train = cfg.train
-    last_path = Path(train.ckpt_dir) / f"{cfg.experiment_name}_last.pt"
     if train.resume:
         path = resolve_checkpoint(train.resume, train.ckpt_dir)
         payload = load_checkpoint(path)
@@ -112,13 +123,15 @@ def start_state(cfg: ExperimentConfig, trainer: Trainer, ctx: DistributedContext
                     "random streams are reseeded, so the continuation is not bit-identical")
             log(f"resumed {path}: epoch {trainer.epoch}, step {trainer.step}, best PSNR {trainer.best_metric:.3f}")
         else:
+            refuse_to_clobber(cfg)
             saved = checkpoint_config(payload, path)
-            report = trainer.warm_start(payload)
+            report = trainer.warm_start(payload, str(path))
             log(f"warm start from {path} (experiment {saved.experiment_name!r}, phase {saved.train.phase}): "
                 f"{summarize_weight_report(report)}")
     elif train.init_from_attn:
         from model import build_model
         from model.matvlm import init_hybrid_from_attention
+        refuse_to_clobber(cfg)
         path = resolve_checkpoint(train.init_from_attn, train.ckpt_dir)
         payload = load_checkpoint(path)
         source_cfg = checkpoint_config(payload, path)
@@ -130,9 +143,8 @@ def start_state(cfg: ExperimentConfig, trainer: Trainer, ctx: DistributedContext
         report = init_hybrid_from_attention(trainer.model, source)
         log(f"MaTVLM init from {path}: copied {len(report['copied'])} tensors, mapped {len(report['mapped'])} "
             f"attention->Mamba2 branches, {len(report['new'])} new tensors")
-    elif last_path.exists() and not train.dry_run:
-        raise ConfigError(f"{last_path} exists: continue it with --resume {cfg.experiment_name}_last, or choose "
-                          "another --exp_name")
+    else:
+        refuse_to_clobber(cfg)
 
 
 def run(cfg: ExperimentConfig, ctx: DistributedContext) -> None:
@@ -159,7 +171,7 @@ def run(cfg: ExperimentConfig, ctx: DistributedContext) -> None:
     writer = NullWriter()
     if ctx.is_main:
         from torch.utils.tensorboard import SummaryWriter
-        log_dir = Path(train.log_dir) / cfg.experiment_name
+        log_dir = Path(train.log_dir) / run_name(cfg)
         log_dir.mkdir(parents=True, exist_ok=True)
         (log_dir / "config.json").write_text(cfg.to_json())
         writer = SummaryWriter(str(log_dir))
@@ -238,9 +250,9 @@ def run(cfg: ExperimentConfig, ctx: DistributedContext) -> None:
         rng_states = ctx.all_gather_object(capture_rng_state())
         if ctx.is_main:
             payload = trainer.state_payload(rng_states, metrics)
-            atomic_save(payload, Path(train.ckpt_dir) / f"{cfg.experiment_name}_last.pt")
+            atomic_save(payload, run_checkpoint_path(cfg, "last"))
             if improved:
-                atomic_save(payload, Path(train.ckpt_dir) / f"{cfg.experiment_name}_best.pt")
+                atomic_save(payload, run_checkpoint_path(cfg, "best"))
         ctx.barrier()
     writer.close() if hasattr(writer, "close") else None
     if ctx.enabled:   # DDP keeps ranks in lock-step: same optimizer steps and identical weights on every rank
@@ -249,7 +261,7 @@ def run(cfg: ExperimentConfig, ctx: DistributedContext) -> None:
         log(f"optimizer steps per rank: {ctx.all_gather_object(trainer.step)}; weights identical on all ranks: "
             f"{'yes' if len(set(checksums)) == 1 else 'NO ' + str(checksums)}")
     log(f"done: {trainer.step} steps, best val PSNR {trainer.best_metric:.3f} dB; checkpoints in {train.ckpt_dir}/"
-        f"{cfg.experiment_name}_{{last,best}}.pt, TensorBoard in {train.log_dir}/{cfg.experiment_name}")
+        f"{run_name(cfg)}_{{last,best}}.pt, TensorBoard in {train.log_dir}/{run_name(cfg)}")
 
 
 def main(argv: list[str] | None = None) -> int:
