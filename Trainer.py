@@ -188,6 +188,7 @@ class Trainer:
         self.step = 0                      # optimizer steps taken
         self.epoch = 0                     # epochs completed
         self.best_metric = float("-inf")   # best validation PSNR
+        self.last_val: dict[str, float] | None = None   # the latest validation metrics (psnr, ssim, ..., count)
         self.nonfinite_streak = 0
         self.last_grad_norm = 0.0
         self.backbone_frozen = False       # derived from the epoch and --freeze_backbone, so not checkpointed
@@ -366,6 +367,7 @@ class Trainer:
             self.scaler.load_state_dict(payload["scaler"])
         self.step, self.epoch = int(payload["step"]), int(payload["epoch"])
         self.best_metric = float(payload["best_metric"])
+        self.last_val = dict(payload["metrics"]) if payload.get("metrics") else None
 
     def warm_start(self, payload: dict[str, Any], path: str) -> dict[str, list[str]]:
         """Load the weights that fit (another phase or experiment): name and shape must match; report the rest.

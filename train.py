@@ -11,7 +11,9 @@ and saves ``ckpt/<exp_name>_last.pt`` / ``_best.pt``; validation PSNR is all-red
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import sys
 import time
 from pathlib import Path
@@ -19,8 +21,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, Sampler, Subset
 
-from checkpoint import CheckpointError, atomic_save, checkpoint_config, load_checkpoint, resolve_checkpoint, \
-    run_checkpoint_path, run_name, summarize_weight_report
+from checkpoint import CheckpointError, atomic_save, atomic_write_text, checkpoint_config, load_checkpoint, \
+    resolve_checkpoint, run_checkpoint_path, run_name, summarize_weight_report
 from config import ConfigError, ExperimentConfig, config_from_argv
 from dataset import DatasetError, MixedDataset, VimeoDataset, X4KDataset
 from distributed import DistributedContext, init_distributed, shutdown_distributed
@@ -147,7 +149,31 @@ def start_state(cfg: ExperimentConfig, trainer: Trainer, ctx: DistributedContext
         refuse_to_clobber(cfg)
 
 
+def run_summary(cfg: ExperimentConfig, trainer: Trainer, params: int, train_samples: int, train_seconds: float,
+                peak_gpu_bytes: int | None, wall_seconds: float) -> dict:
+    """What ``log/<run>/summary.json`` holds (benchmark/ablation.py reads these keys): the run's outcome, its
+    throughput over the training time of this process (evaluation and saving excluded) and its resolved config."""
+    def finite_or_none(value: float) -> float | None:
+        return value if math.isfinite(value) else None
+    last = trainer.last_val
+    val_keys = ("psnr", "ssim", "psnr_frame_average", "count")
+    return {
+        "experiment": cfg.experiment_name,
+        "phase": cfg.train.phase,
+        "params": params,
+        "steps": trainer.step,
+        "epochs": trainer.epoch,
+        "best_psnr": finite_or_none(trainer.best_metric),
+        "last_val": None if last is None else {k: last.get(k) for k in val_keys},
+        "train_samples_per_sec": train_samples / train_seconds if train_seconds > 0 else None,
+        "peak_gpu_mem_gib": None if peak_gpu_bytes is None else peak_gpu_bytes / 2**30,
+        "wall_seconds": wall_seconds,
+        "config": cfg.to_dict(),
+    }
+
+
 def run(cfg: ExperimentConfig, ctx: DistributedContext) -> None:
+    run_started = time.perf_counter()
     log = print if ctx.is_main else (lambda *a, **k: None)
     # Library notes (e.g. which SSD backend runs) from rank 0 only.
     logging.basicConfig(level=logging.INFO if ctx.is_main else logging.WARNING, format="%(message)s", stream=sys.stdout)
@@ -173,7 +199,7 @@ def run(cfg: ExperimentConfig, ctx: DistributedContext) -> None:
         from torch.utils.tensorboard import SummaryWriter
         log_dir = Path(train.log_dir) / run_name(cfg)
         log_dir.mkdir(parents=True, exist_ok=True)
-        (log_dir / "config.json").write_text(cfg.to_json())
+        atomic_write_text(log_dir / "config.json", cfg.to_json())
         writer = SummaryWriter(str(log_dir))
     params = sum(p.numel() for p in trainer.model.parameters())
     log(f"Thesis-VFI phase {train.phase} | {cfg.model.backbone_mode} | {params / 1e6:.2f}M params | "
@@ -182,6 +208,7 @@ def run(cfg: ExperimentConfig, ctx: DistributedContext) -> None:
         f"amp {trainer.amp_dtype or 'fp32'} | VGG term {'on' if trainer.loss_fn.vgg_enabled else 'off'}")
 
     from tqdm import tqdm
+    train_samples, train_seconds = 0, 0.0        # over this process's training loops, for summary.json
     for epoch in range(trainer.epoch, total_epochs):
         if train.stop_after_epoch is not None and epoch >= train.stop_after_epoch:
             log(f"stopping after epoch {epoch} (--stop_after_epoch)")
@@ -229,12 +256,14 @@ def run(cfg: ExperimentConfig, ctx: DistributedContext) -> None:
         bar.close()
         trainer.epoch = epoch + 1
         epoch_seconds = time.perf_counter() - started
+        train_samples, train_seconds = train_samples + samples * ctx.world_size, train_seconds + epoch_seconds
         metrics = {}
         if trainer.epoch % train.eval_interval == 0 or trainer.epoch == total_epochs or train.dry_run:
             result = trainer.evaluate(val_loader, ssim_matlab)
-            metrics = {k: result[k] for k in ("psnr", "ssim", "psnr_frame_average")}
-            for name, value in metrics.items():
-                writer.add_scalar(f"val/{name}", value, trainer.step)
+            metrics = {k: result[k] for k in ("psnr", "ssim", "psnr_frame_average", "count")}
+            trainer.last_val = metrics
+            for name in ("psnr", "ssim", "psnr_frame_average"):
+                writer.add_scalar(f"val/{name}", metrics[name], trainer.step)
             if result["sample"] is not None:
                 img0, gt, img1, out = result["sample"]
                 writer.add_image("val/I0_pred_gt_I1", sample_grid(img0, out.pred, gt, img1, out.flow, out.mask),
@@ -260,6 +289,12 @@ def run(cfg: ExperimentConfig, ctx: DistributedContext) -> None:
         checksums = ctx.all_gather_object(checksum)
         log(f"optimizer steps per rank: {ctx.all_gather_object(trainer.step)}; weights identical on all ranks: "
             f"{'yes' if len(set(checksums)) == 1 else 'NO ' + str(checksums)}")
+    peak = torch.cuda.max_memory_allocated(ctx.device) if ctx.device.type == "cuda" else None
+    peak = max(ctx.all_gather_object(peak)) if peak is not None else None      # the fullest rank
+    if ctx.is_main:
+        summary = run_summary(cfg, trainer, params, train_samples, train_seconds, peak,
+                              time.perf_counter() - run_started)
+        atomic_write_text(Path(train.log_dir) / run_name(cfg) / "summary.json", json.dumps(summary, indent=2))
     log(f"done: {trainer.step} steps, best val PSNR {trainer.best_metric:.3f} dB; checkpoints in {train.ckpt_dir}/"
         f"{run_name(cfg)}_{{last,best}}.pt, TensorBoard in {train.log_dir}/{run_name(cfg)}")
 
