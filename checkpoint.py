@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,10 @@ CHECKPOINT_FORMAT = 1
 # names it shares with the model at another shape, is almost certainly the wrong checkpoint or the wrong model
 # flags. Phase 1 -> Phase 2 (small) loads 174 of the checkpoint's 178 tensors and 4 differ in shape (RefineNet's
 # first convolutions gain the context channels): 98% used, 2% reshaped. A --model_size mismatch loads 9 of 301.
+# ModelConfig fields that choose how the model runs, not what it is: no tensor depends on them, so they are kept
+# out of the identity check of a resume and replaced by this machine's choice when a checkpoint is evaluated.
+RUNTIME_MODEL_FIELDS = ("ssm_backend",)
+
 MIN_WARM_START_USED = 0.5
 MAX_WARM_START_RESHAPED = 0.1
 
@@ -118,11 +123,12 @@ def checkpoint_config(payload: dict[str, Any], path: str | os.PathLike = "checkp
         raise CheckpointError(f"{path}: saved config does not fit this version: {error}") from None
 
 
-def config_differences(a: Any, b: Any) -> list[str]:
-    """Field names (section.field) whose values differ between two dataclass configs of the same type."""
+def config_differences(a: Any, b: Any, ignore: tuple[str, ...] = ()) -> list[str]:
+    """Field names (section.field) whose values differ between two dataclass configs of the same type, less the
+    fields named in ``ignore``."""
     da, db = (x.to_dict() if hasattr(x, "to_dict") else x.__dict__ for x in (a, b))
     out = []
-    for key in sorted(set(da) | set(db)):
+    for key in sorted((set(da) | set(db)) - set(ignore)):
         va, vb = da.get(key), db.get(key)
         if isinstance(va, dict) and isinstance(vb, dict):
             out += [f"{key}.{k}" for k in sorted(set(va) | set(vb)) if va.get(k) != vb.get(k)]
@@ -196,20 +202,28 @@ def partial_start_problem(report: dict[str, list[str]], saved: ModelConfig, curr
     if saved_size != current_size and saved_size is not None:
         cause = f"the checkpoint was trained with --model_size {saved_size} (this run: {current_size or 'custom'})"
     else:
-        # use_flow is the phase's own difference; the SSD backend does not change any tensor.
-        differing = [d for d in config_differences(saved, current) if d not in ("use_flow", "ssm_backend")]
+        # use_flow is the phase's own difference.
+        differing = config_differences(saved, current, ignore=RUNTIME_MODEL_FIELDS + ("use_flow",))
         cause = f"the checkpoint's model differs in {', '.join(differing[:6]) or 'its parameter names'}"
     return "; ".join(parts) + f": {cause}"
 
 
 def model_from_checkpoint(name_or_path: str, device: str | torch.device = "cpu", prefer_ema: bool = True,
-                          ckpt_dir: str | os.PathLike = "ckpt") -> tuple[nn.Module, ExperimentConfig]:
-    """Build the model a checkpoint was trained with and load its (EMA, when present) weights, in eval mode."""
+                          ckpt_dir: str | os.PathLike = "ckpt", ssm_backend: str | None = "auto"
+                          ) -> tuple[nn.Module, ExperimentConfig]:
+    """Build the model a checkpoint was trained with and load its (EMA, when present) weights, in eval mode.
+
+    ``ssm_backend`` replaces the SSD kernel choice saved in the checkpoint (a runtime choice of the machine that
+    trained it: a GPU run's "triton" cannot run on a CPU); None keeps the saved one. The returned config says
+    which one the model uses.
+    """
     from model import build_model
 
     path = resolve_checkpoint(name_or_path, ckpt_dir)
     payload = load_checkpoint(path)
     cfg = checkpoint_config(payload, path)
+    if ssm_backend is not None:
+        cfg = replace(cfg, model=replace(cfg.model, ssm_backend=ssm_backend))
     model = build_model(cfg.model)
     state = payload["ema"] if prefer_ema and payload.get("ema") else payload["model"]
     missing, unexpected = model.load_state_dict(state, strict=False)

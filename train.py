@@ -11,6 +11,7 @@ and saves ``ckpt/<exp_name>_last.pt`` / ``_best.pt``; validation PSNR is all-red
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -143,10 +144,19 @@ def start_state(cfg: ExperimentConfig, trainer: Trainer, ctx: DistributedContext
         source = build_model(source_cfg.model)
         source.load_state_dict(payload.get("ema") or payload["model"])
         report = init_hybrid_from_attention(trainer.model, source)
+        trainer.reset_ema()
         log(f"MaTVLM init from {path}: copied {len(report['copied'])} tensors, mapped {len(report['mapped'])} "
             f"attention->Mamba2 branches, {len(report['new'])} new tensors")
     else:
         refuse_to_clobber(cfg)
+
+
+def fingerprint(tensors) -> str:
+    """SHA-256 of the tensors' bytes, in order: equal on two ranks exactly when every value is bit-identical."""
+    digest = hashlib.sha256()
+    for tensor in tensors:
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def run_summary(cfg: ExperimentConfig, trainer: Trainer, params: int, train_samples: int, train_seconds: float,
@@ -184,6 +194,12 @@ def run(cfg: ExperimentConfig, ctx: DistributedContext) -> None:
     train_set, val_set, x4k = build_datasets(cfg)
     train_loader, sampler, val_loader = make_loaders(cfg, ctx, train_set, val_set)
     micro_per_epoch = len(train_loader)
+    if micro_per_epoch < train.grad_accum:
+        # Refused rather than stepping on the partial window: its gradient would be the sum of fewer micro-batches
+        # each divided by --grad_accum (too small), and an effective batch larger than the epoch is a mistake.
+        raise ConfigError(f"--grad_accum {train.grad_accum} needs at least {train.grad_accum} micro-batches per epoch, "
+                          f"but {len(sampler)} training samples per rank at --batch_size {cfg.data.batch_size} give "
+                          f"{micro_per_epoch} micro-batches: lower --grad_accum or --batch_size")
     steps_per_epoch = max(1, micro_per_epoch // train.grad_accum)
     if train.steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, train.steps_per_epoch)
@@ -284,11 +300,14 @@ def run(cfg: ExperimentConfig, ctx: DistributedContext) -> None:
                 atomic_save(payload, run_checkpoint_path(cfg, "best"))
         ctx.barrier()
     writer.close() if hasattr(writer, "close") else None
-    if ctx.enabled:   # DDP keeps ranks in lock-step: same optimizer steps and identical weights on every rank
-        checksum = float(sum(p.detach().double().sum() for p in trainer.model.parameters()))
-        checksums = ctx.all_gather_object(checksum)
-        log(f"optimizer steps per rank: {ctx.all_gather_object(trainer.step)}; weights identical on all ranks: "
-            f"{'yes' if len(set(checksums)) == 1 else 'NO ' + str(checksums)}")
+    if ctx.enabled:   # DDP keeps ranks in lock-step: same optimizer steps, identical weights and EMA on every rank
+        weights = ctx.all_gather_object(fingerprint(p for p in trainer.model.parameters()))
+        line = (f"optimizer steps per rank: {ctx.all_gather_object(trainer.step)}; weights identical on all ranks: "
+                f"{'yes' if len(set(weights)) == 1 else 'NO ' + str(weights)}")
+        if trainer.ema is not None:
+            shadows = ctx.all_gather_object(fingerprint(trainer.ema.state_dict().values()))
+            line += f"; EMA identical on all ranks: {'yes' if len(set(shadows)) == 1 else 'NO ' + str(shadows)}"
+        log(line)
     peak = torch.cuda.max_memory_allocated(ctx.device) if ctx.device.type == "cuda" else None
     peak = max(ctx.all_gather_object(peak)) if peak is not None else None      # the fullest rank
     if ctx.is_main:

@@ -189,18 +189,20 @@ def test_phase2_warm_start_from_phase1_and_backbone_freezing(vimeo_root, tmp_pat
 
 
 def test_ddp_two_processes_on_cpu(vimeo_root, tmp_path):
-    """Phase 2 on two gloo ranks, with the backbone frozen for epoch 1 and released (DDP rebuilt) for epoch 2."""
+    """Phase 2 on two gloo ranks, with the backbone frozen for epoch 1 and released (DDP rebuilt) for epoch 2, and
+    EMA on: every rank's shadow must start from rank 0's broadcast weights (validation runs on the EMA)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(REPO / "train.py"),
                *base_args(vimeo_root, tmp_path, "ddp", "--phase", "2", "--epochs", "2", "--steps_per_epoch", "2",
-                          "--freeze_backbone", "1")]
+                          "--freeze_backbone", "1", "--ema_decay", "0.999")]
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "2 x cpu" in result.stdout
     assert result.stdout.count("epoch 1: val PSNR") == 1            # rank 0 alone prints
     assert "on 4 samples" in result.stdout                         # every test sample once across both ranks
     assert "backbone released at epoch 1" in result.stdout
-    assert "optimizer steps per rank: [4, 4]; weights identical on all ranks: yes" in result.stdout
+    assert ("optimizer steps per rank: [4, 4]; weights identical on all ranks: yes; "
+            "EMA identical on all ranks: yes") in result.stdout
     assert load_checkpoint(tmp_path / "ckpt" / "ddp_last.pt")["step"] == 4
 
 
