@@ -15,8 +15,9 @@ import torch
 import train
 from checkpoint import load_checkpoint, model_from_checkpoint
 from config import config_from_argv
+from dataset import CURRICULUM_GAPS, curriculum_max_gap
 from model.loss import CompositeLoss
-from Trainer import CURRICULUM_GAPS, curriculum_max_gap, lr_at_step, parameter_groups
+from Trainer import lr_at_step, parameter_groups
 
 REPO = Path(__file__).resolve().parents[1]
 
