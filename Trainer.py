@@ -146,6 +146,9 @@ class Trainer:
         self.total_steps = max(1, (total_epochs or cfg.train.epochs) * steps_per_epoch)
         # A warm-up longer than a short run (demo, dry run) would never reach the base learning rate.
         self.warmup_steps = min(cfg.train.warmup_steps, max(1, self.total_steps // 10))
+        if self.warmup_steps < cfg.train.warmup_steps:
+            log(f"warm-up capped at {self.warmup_steps} of --warmup_steps {cfg.train.warmup_steps} steps (a tenth of "
+                f"this run's {self.total_steps} optimizer steps)")
         self.step = 0                      # optimizer steps taken
         self.epoch = 0                     # epochs completed
         self.best_metric = float("-inf")   # best validation PSNR
@@ -184,7 +187,11 @@ class Trainer:
             param.requires_grad_(not frozen)
         self.backbone_frozen = frozen
         self.wrapped = self._wrap()
-        self.log(f"backbone {'frozen' if frozen else 'released'} at epoch {self.epoch}")
+        first = self.epoch + 1       # the epoch about to run, counted from 1 as the progress bar does
+        if frozen:
+            self.log(f"backbone frozen for epochs {first}-{self.cfg.train.freeze_backbone} (--freeze_backbone)")
+        else:
+            self.log(f"backbone released at epoch {first}")
 
     def train_mode(self) -> None:
         self.wrapped.train()

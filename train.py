@@ -97,6 +97,15 @@ def one_line(error: BaseException) -> str:
     return text.strip().splitlines()[0] if text.strip() else type(error).__name__
 
 
+def image_grid(img0: torch.Tensor, gt: torch.Tensor, img1: torch.Tensor, output) -> torch.Tensor:
+    """TensorBoard grid I0 | prediction | GT | I1 [| flow t->0 | flow t->1 | mask] (3, H', W'). Flow and mask
+    panels only where the model has a flow pipeline (Phase 2/3): Phase 1's blend mask is no flow mask."""
+    has_flow = output.flow is not None
+    return sample_grid(img0, output.pred.detach(), gt, img1,
+                       flow=output.flow.detach() if has_flow else None,
+                       mask=output.mask.detach() if has_flow else None)
+
+
 def fingerprint(tensors) -> str:
     """SHA-256 of the tensors' bytes, in order: equal on two ranks exactly when every value is bit-identical."""
     digest = hashlib.sha256()
@@ -171,6 +180,7 @@ def run(cfg: ExperimentConfig, ctx: DistributedContext) -> None:
 
     from tqdm import tqdm
     train_samples, train_seconds = 0, 0.0        # over this process's training loops, for summary.json
+    last_train_grid = -1                          # step of the latest training image grid
     for epoch in range(trainer.epoch, total_epochs):
         if train.stop_after_epoch is not None and epoch >= train.stop_after_epoch:
             log(f"stopping after epoch {epoch} (--stop_after_epoch)")
@@ -185,7 +195,7 @@ def run(cfg: ExperimentConfig, ctx: DistributedContext) -> None:
         sums = torch.zeros(len(LOSS_TAGS) + 1, dtype=torch.float64, device=ctx.device)   # loss terms, count
         bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{total_epochs}", disable=not ctx.is_main,
                    dynamic_ncols=True, leave=False)
-        started, samples = time.perf_counter(), 0
+        started, samples, last_train = time.perf_counter(), 0, None
         for micro, batch in enumerate(train_loader):
             if micro >= steps_per_epoch * train.grad_accum:
                 break
@@ -209,12 +219,11 @@ def run(cfg: ExperimentConfig, ctx: DistributedContext) -> None:
                 writer.add_scalar("train/samples_per_sec", samples * ctx.world_size / max(elapsed, 1e-9), step)
                 bar.set_postfix(loss=f"{reduced[-2].item() / count:.4f}", lr=f"{trainer.current_lr():.2e}")
                 sums.zero_()
-            if step % train.image_every == 0 or step == 1:
+            last_train = result
+            if ctx.is_main and (step % train.image_every == 0 or step == 1):
                 img0, gt, img1, _ = result["inputs"]
-                out = result["output"]
-                writer.add_image("train/I0_pred_gt_I1", sample_grid(img0, out.pred.detach(), gt, img1,
-                                                                     None if out.flow is None else out.flow.detach(),
-                                                                     out.mask.detach()), step)
+                writer.add_image("train/I0_pred_gt_I1", image_grid(img0, gt, img1, result["output"]), step)
+                last_train_grid = step
         bar.close()
         trainer.epoch = epoch + 1
         epoch_seconds = time.perf_counter() - started
@@ -226,10 +235,14 @@ def run(cfg: ExperimentConfig, ctx: DistributedContext) -> None:
             improved = trainer.record_validation(metrics)
             for name in ("psnr", "ssim", "psnr_frame_average"):
                 writer.add_scalar(f"val/{name}", metrics[name], trainer.step)
-            if result["sample"] is not None:
+            if ctx.is_main and result["sample"] is not None:
                 img0, gt, img1, out = result["sample"]
-                writer.add_image("val/I0_pred_gt_I1", sample_grid(img0, out.pred, gt, img1, out.flow, out.mask),
-                                 trainer.step)
+                writer.add_image("val/I0_pred_gt_I1", image_grid(img0, gt, img1, out), trainer.step)
+            if ctx.is_main and last_train is not None and last_train_grid != trainer.step:
+                # The training grid at each evaluation too, beside the validation grid of the same step.
+                img0, gt, img1, _ = last_train["inputs"]
+                writer.add_image("train/I0_pred_gt_I1", image_grid(img0, gt, img1, last_train["output"]), trainer.step)
+                last_train_grid = trainer.step
             log(f"epoch {trainer.epoch}: val PSNR {result['psnr']:.3f} dB (frame average {result['psnr_frame_average']:.3f}), "
                 f"SSIM {result['ssim']:.4f} on {result['count']} samples{' | new best' if improved else ''} "
                 f"| {samples * ctx.world_size / max(epoch_seconds, 1e-9):.1f} samples/s")
