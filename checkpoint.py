@@ -4,7 +4,7 @@ A checkpoint is a dict saved with ``torch.save`` and loaded with ``torch.load(we
 
     {"format": 1, "config": ExperimentConfig.to_dict(), "model": state_dict, "ema": state_dict | None,
      "optimizer": ..., "scaler": ..., "step": int, "epoch": int (epochs completed), "best_metric": float,
-     "rng": {...}, "metrics": {...}}
+     "rng": [capture_rng_state() of every rank], "metrics": {...}}
 
 Only plain containers, numbers, strings and tensors go in, so ``weights_only=True`` can load it (no pickled code).
 Files are written to a temporary name in the same folder, synced, then renamed over the target, so a crash
@@ -16,11 +16,13 @@ writes where a real run keeps its files); ``--resume`` and ``--model`` accept ei
 from __future__ import annotations
 
 import os
+import random
 import tempfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -28,14 +30,14 @@ from config import MODEL_SIZES, ExperimentConfig, ModelConfig
 
 CHECKPOINT_FORMAT = 1
 
-# A warm start that uses less than this share of the checkpoint's tensors, or finds more than this share of the
-# names it shares with the model at another shape, is almost certainly the wrong checkpoint or the wrong model
-# flags. Phase 1 -> Phase 2 (small) loads 174 of the checkpoint's 178 tensors and 4 differ in shape (RefineNet's
-# first convolutions gain the context channels): 98% used, 2% reshaped. A --model_size mismatch loads 9 of 301.
 # ModelConfig fields that choose how the model runs, not what it is: no tensor depends on them, so they are kept
 # out of the identity check of a resume and replaced by this machine's choice when a checkpoint is evaluated.
 RUNTIME_MODEL_FIELDS = ("ssm_backend",)
 
+# A warm start that uses less than this share of the checkpoint's tensors, or finds more than this share of the
+# names it shares with the model at another shape, is almost certainly the wrong checkpoint or the wrong model
+# flags. Phase 1 -> Phase 2 (small) loads 174 of the checkpoint's 178 tensors and 4 differ in shape (RefineNet's
+# first convolutions gain the context channels): 98% used, 2% reshaped. A --model_size mismatch loads 9 of 301.
 MIN_WARM_START_USED = 0.5
 MAX_WARM_START_RESHAPED = 0.1
 
@@ -52,6 +54,33 @@ def run_name(cfg: ExperimentConfig) -> str:
 def run_checkpoint_path(cfg: ExperimentConfig, kind: str) -> Path:
     """``<ckpt_dir>/<run name>_last.pt`` (kind "last") or ``_best.pt`` (kind "best")."""
     return Path(cfg.train.ckpt_dir) / f"{run_name(cfg)}_{kind}.pt"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# RNG state (all generators a training step touches), in weights_only-loadable form
+# ----------------------------------------------------------------------------------------------------------
+def capture_rng_state() -> dict[str, Any]:
+    """This process's torch, CUDA, NumPy and Python generator states (a checkpoint's ``rng`` holds one per rank)."""
+    np_state = np.random.get_state()
+    py_version, py_state, py_gauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "python": {"version": py_version, "state": torch.tensor(py_state, dtype=torch.int64), "gauss": py_gauss},
+    }
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    """Inverse of :func:`capture_rng_state` (CUDA states only when the device count matches)."""
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(int(x) for x in p["state"].tolist()), p["gauss"]))
 
 
 def resolve_checkpoint(name_or_path: str, ckpt_dir: str | os.PathLike = "ckpt") -> Path:

@@ -191,7 +191,8 @@ class ExperimentConfig:
         if t.phase not in PHASES:
             raise ConfigError(f"--phase must be 1, 2 or 3, got {t.phase}")
         for flag, value in (("--epochs", t.epochs), ("--batch_size", d.batch_size), ("--grad_accum", t.grad_accum),
-                            ("--eval_interval", t.eval_interval), ("--curriculum_T", t.curriculum_T)):
+                            ("--eval_interval", t.eval_interval), ("--curriculum_T", t.curriculum_T),
+                            ("--image_every", t.image_every)):
             if value < 1:
                 raise ConfigError(f"{flag} must be a positive integer, got {value}")
         if t.lr <= 0:
@@ -365,6 +366,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
     extra.add_argument("--ckpt_dir", type=str, default=None, help="checkpoint folder (default ckpt)")
     extra.add_argument("--log_dir", type=str, default=None, help="TensorBoard folder (default log)")
     extra.add_argument("--log_every", type=int, default=None, help="scalar logging interval in steps (default 50)")
+    extra.add_argument("--image_every", type=int, default=None,
+                       help="training image grid interval in steps; also logged at each evaluation (default 500)")
     return p
 
 

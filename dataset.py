@@ -563,3 +563,23 @@ class MixedDataset(Dataset):
 
     def __repr__(self) -> str:
         return f"MixedDataset(ratio={self.ratio[0]}:{self.ratio[1]}, len={len(self)}, {self.vimeo!r}, {self.x4k!r})"
+
+
+# --------------------------------------------------------------------------------------------------------
+# Phase-3 curriculum: the X4K frame gap the training loop allows at each epoch (set_max_gap above applies it)
+# --------------------------------------------------------------------------------------------------------
+CURRICULUM_GAPS = (2, 4, 8, 16, 32)
+
+
+def curriculum_max_gap(epoch: int, transition_epoch: int, enabled: bool, gaps: tuple[int, ...] = CURRICULUM_GAPS) -> int:
+    """Largest X4K frame gap allowed at ``epoch`` (0-based).
+
+    VFIMamba's curriculum (docs/DESIGN.md 1.6): keep Vimeo90K throughout and add X-TRAIN with growing motion. The
+    exact published schedule is unverified; ours raises the cap through ``gaps`` in equal steps of
+    ``transition_epoch / (len(gaps) - 1)`` epochs, so the full range is reached at ``transition_epoch``
+    (``--curriculum_T``). Without the curriculum: the full range from the start.
+    """
+    if not enabled:
+        return gaps[-1]
+    stage = min(len(gaps) - 1, (epoch * (len(gaps) - 1)) // max(1, transition_epoch))
+    return gaps[stage]

@@ -22,13 +22,12 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, Sampler, Subset
 
-from checkpoint import CheckpointError, atomic_save, atomic_write_text, checkpoint_config, load_checkpoint, \
-    resolve_checkpoint, run_checkpoint_path, run_name, summarize_weight_report
+from checkpoint import CheckpointError, atomic_write_text, run_name
 from config import ConfigError, ExperimentConfig, config_from_argv
-from dataset import DatasetError, MixedDataset, VimeoDataset, X4KDataset
+from dataset import DatasetError, MixedDataset, VimeoDataset, X4KDataset, curriculum_max_gap
 from distributed import DistributedContext, init_distributed, shutdown_distributed
 from model.matvlm import MaTVLMIncompatible
-from Trainer import Trainer, TrainingDiverged, capture_rng_state, curriculum_max_gap, restore_rng_state, seed_everything
+from Trainer import Trainer, TrainingDiverged, seed_everything
 from visualize import sample_grid
 
 LOSS_TAGS = ("loss_lap", "loss_ter", "loss_vgg", "loss_flow_smooth", "loss_total")
@@ -98,57 +97,13 @@ def one_line(error: BaseException) -> str:
     return text.strip().splitlines()[0] if text.strip() else type(error).__name__
 
 
-def refuse_to_clobber(cfg: ExperimentConfig) -> None:
-    """A run that does not continue ``ckpt/<exp_name>_{last,best}.pt`` must not overwrite them. A dry run writes
-    only its own ``_dryrun`` files, which are disposable, so it is never refused."""
-    if cfg.train.dry_run:
-        return
-    for kind in ("last", "best"):
-        path = run_checkpoint_path(cfg, kind)
-        if path.exists():
-            raise ConfigError(f"{path} exists: continue that run with --resume {path.stem}, or choose another "
-                              "--exp_name")
-
-
-def start_state(cfg: ExperimentConfig, trainer: Trainer, ctx: DistributedContext, log) -> None:
-    """Apply --resume (exact continuation or warm start) or --init_from_attn; refuse to clobber another run."""
-    train = cfg.train
-    if train.resume:
-        path = resolve_checkpoint(train.resume, train.ckpt_dir)
-        payload = load_checkpoint(path)
-        if trainer.is_same_run(payload):
-            trainer.resume(payload, str(path))
-            rng = payload.get("rng") or []
-            if len(rng) == ctx.world_size:
-                restore_rng_state(rng[ctx.rank])
-            else:
-                log(f"warning: {path} was saved by {len(rng)} rank(s), this run has {ctx.world_size}: "
-                    "random streams are reseeded, so the continuation is not bit-identical")
-            log(f"resumed {path}: epoch {trainer.epoch}, step {trainer.step}, best PSNR {trainer.best_metric:.3f}")
-        else:
-            refuse_to_clobber(cfg)
-            saved = checkpoint_config(payload, path)
-            report = trainer.warm_start(payload, str(path))
-            log(f"warm start from {path} (experiment {saved.experiment_name!r}, phase {saved.train.phase}): "
-                f"{summarize_weight_report(report)}")
-    elif train.init_from_attn:
-        from model import build_model
-        from model.matvlm import init_hybrid_from_attention
-        refuse_to_clobber(cfg)
-        path = resolve_checkpoint(train.init_from_attn, train.ckpt_dir)
-        payload = load_checkpoint(path)
-        source_cfg = checkpoint_config(payload, path)
-        if source_cfg.model.backbone_mode != "gated_attn_only":
-            raise MaTVLMIncompatible(f"--init_from_attn needs a gated_attn_only checkpoint; {path} is "
-                                     f"{source_cfg.model.backbone_mode}")
-        source = build_model(source_cfg.model)
-        source.load_state_dict(payload.get("ema") or payload["model"])
-        report = init_hybrid_from_attention(trainer.model, source)
-        trainer.reset_ema()
-        log(f"MaTVLM init from {path}: copied {len(report['copied'])} tensors, mapped {len(report['mapped'])} "
-            f"attention->Mamba2 branches, {len(report['new'])} new tensors")
-    else:
-        refuse_to_clobber(cfg)
+def image_grid(img0: torch.Tensor, gt: torch.Tensor, img1: torch.Tensor, output) -> torch.Tensor:
+    """TensorBoard grid I0 | prediction | GT | I1 [| flow t->0 | flow t->1 | mask] (3, H', W'). Flow and mask
+    panels only where the model has a flow pipeline (Phase 2/3): Phase 1's blend mask is no flow mask."""
+    has_flow = output.flow is not None
+    return sample_grid(img0, output.pred.detach(), gt, img1,
+                       flow=output.flow.detach() if has_flow else None,
+                       mask=output.mask.detach() if has_flow else None)
 
 
 def fingerprint(tensors) -> str:
@@ -207,7 +162,7 @@ def run(cfg: ExperimentConfig, ctx: DistributedContext) -> None:
     if train.dry_run:
         steps_per_epoch, total_epochs = min(steps_per_epoch, train.dry_run_steps), 1
     trainer = Trainer(cfg, ctx, steps_per_epoch, total_epochs, log=log)
-    start_state(cfg, trainer, ctx, log)
+    trainer.start()
 
     from benchmark.metrics import ssim_matlab      # the benchmark's exact SSIM, so validation matches it
     writer = NullWriter()
@@ -225,6 +180,7 @@ def run(cfg: ExperimentConfig, ctx: DistributedContext) -> None:
 
     from tqdm import tqdm
     train_samples, train_seconds = 0, 0.0        # over this process's training loops, for summary.json
+    last_train_grid = -1                          # step of the latest training image grid
     for epoch in range(trainer.epoch, total_epochs):
         if train.stop_after_epoch is not None and epoch >= train.stop_after_epoch:
             log(f"stopping after epoch {epoch} (--stop_after_epoch)")
@@ -239,7 +195,7 @@ def run(cfg: ExperimentConfig, ctx: DistributedContext) -> None:
         sums = torch.zeros(len(LOSS_TAGS) + 1, dtype=torch.float64, device=ctx.device)   # loss terms, count
         bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{total_epochs}", disable=not ctx.is_main,
                    dynamic_ncols=True, leave=False)
-        started, samples = time.perf_counter(), 0
+        started, samples, last_train = time.perf_counter(), 0, None
         for micro, batch in enumerate(train_loader):
             if micro >= steps_per_epoch * train.grad_accum:
                 break
@@ -263,12 +219,11 @@ def run(cfg: ExperimentConfig, ctx: DistributedContext) -> None:
                 writer.add_scalar("train/samples_per_sec", samples * ctx.world_size / max(elapsed, 1e-9), step)
                 bar.set_postfix(loss=f"{reduced[-2].item() / count:.4f}", lr=f"{trainer.current_lr():.2e}")
                 sums.zero_()
-            if step % train.image_every == 0 or step == 1:
+            last_train = result
+            if ctx.is_main and (step % train.image_every == 0 or step == 1):
                 img0, gt, img1, _ = result["inputs"]
-                out = result["output"]
-                writer.add_image("train/I0_pred_gt_I1", sample_grid(img0, out.pred.detach(), gt, img1,
-                                                                     None if out.flow is None else out.flow.detach(),
-                                                                     out.mask.detach()), step)
+                writer.add_image("train/I0_pred_gt_I1", image_grid(img0, gt, img1, result["output"]), step)
+                last_train_grid = step
         bar.close()
         trainer.epoch = epoch + 1
         epoch_seconds = time.perf_counter() - started
@@ -277,28 +232,23 @@ def run(cfg: ExperimentConfig, ctx: DistributedContext) -> None:
         if trainer.epoch % train.eval_interval == 0 or trainer.epoch == total_epochs or train.dry_run:
             result = trainer.evaluate(val_loader, ssim_matlab)
             metrics = {k: result[k] for k in ("psnr", "ssim", "psnr_frame_average", "count")}
-            trainer.last_val = metrics
+            improved = trainer.record_validation(metrics)
             for name in ("psnr", "ssim", "psnr_frame_average"):
                 writer.add_scalar(f"val/{name}", metrics[name], trainer.step)
-            if result["sample"] is not None:
+            if ctx.is_main and result["sample"] is not None:
                 img0, gt, img1, out = result["sample"]
-                writer.add_image("val/I0_pred_gt_I1", sample_grid(img0, out.pred, gt, img1, out.flow, out.mask),
-                                 trainer.step)
-            improved = result["psnr"] > trainer.best_metric
-            if improved:
-                trainer.best_metric = result["psnr"]
+                writer.add_image("val/I0_pred_gt_I1", image_grid(img0, gt, img1, out), trainer.step)
+            if ctx.is_main and last_train is not None and last_train_grid != trainer.step:
+                # The training grid at each evaluation too, beside the validation grid of the same step.
+                img0, gt, img1, _ = last_train["inputs"]
+                writer.add_image("train/I0_pred_gt_I1", image_grid(img0, gt, img1, last_train["output"]), trainer.step)
+                last_train_grid = trainer.step
             log(f"epoch {trainer.epoch}: val PSNR {result['psnr']:.3f} dB (frame average {result['psnr_frame_average']:.3f}), "
                 f"SSIM {result['ssim']:.4f} on {result['count']} samples{' | new best' if improved else ''} "
                 f"| {samples * ctx.world_size / max(epoch_seconds, 1e-9):.1f} samples/s")
         else:
             improved = False
-        rng_states = ctx.all_gather_object(capture_rng_state())
-        if ctx.is_main:
-            payload = trainer.state_payload(rng_states, metrics)
-            atomic_save(payload, run_checkpoint_path(cfg, "last"))
-            if improved:
-                atomic_save(payload, run_checkpoint_path(cfg, "best"))
-        ctx.barrier()
+        trainer.save(improved, metrics)
     writer.close() if hasattr(writer, "close") else None
     if ctx.enabled:   # DDP keeps ranks in lock-step: same optimizer steps, identical weights and EMA on every rank
         weights = ctx.all_gather_object(fingerprint(p for p in trainer.model.parameters()))

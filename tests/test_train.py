@@ -15,8 +15,10 @@ import torch
 import train
 from checkpoint import load_checkpoint, model_from_checkpoint
 from config import config_from_argv
+from dataset import CURRICULUM_GAPS, curriculum_max_gap
 from model.loss import CompositeLoss
-from Trainer import CURRICULUM_GAPS, curriculum_max_gap, lr_at_step, parameter_groups
+from visualize import sample_grid
+from Trainer import lr_at_step, parameter_groups
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -47,6 +49,27 @@ def test_two_step_run_writes_checkpoints_and_tensorboard_tags(vimeo_root, tmp_pa
         assert tag in scalars, tag
     assert "train/I0_pred_gt_I1" in events.Tags()["images"]
     assert "val PSNR" in capsys.readouterr().out
+
+
+def test_image_grids_at_each_evaluation_without_a_phase1_mask_and_the_capped_warmup_is_logged(
+        vimeo_root, tmp_path, capsys, monkeypatch):
+    masks = []
+
+    def spy(*args, **kwargs):
+        masks.append(kwargs.get("mask"))
+        return sample_grid(*args, **kwargs)
+    monkeypatch.setattr(train, "sample_grid", spy)
+    assert train.main(base_args(vimeo_root, tmp_path, "grids", "--epochs", "3", "--steps_per_epoch", "1",
+                                "--image_every", "2")) == 0
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(tmp_path / "log" / "grids"))
+    events.Reload()
+    # step 1 (first step), step 2 (--image_every), step 3 (the last evaluation): each once
+    assert [e.step for e in events.Images("train/I0_pred_gt_I1")] == [1, 2, 3]
+    assert [e.step for e in events.Images("val/I0_pred_gt_I1")] == [1, 2, 3]
+    assert masks and all(mask is None for mask in masks)         # Phase 1: no flow, so no mask panel
+    out = capsys.readouterr().out
+    assert "warm-up capped at 1 of --warmup_steps 2000 steps" in out and out.count("warm-up") == 1
 
 
 def test_run_writes_summary_json(vimeo_root, tmp_path):
@@ -200,7 +223,8 @@ def test_ddp_two_processes_on_cpu(vimeo_root, tmp_path):
     assert "2 x cpu" in result.stdout
     assert result.stdout.count("epoch 1: val PSNR") == 1            # rank 0 alone prints
     assert "on 4 samples" in result.stdout                         # every test sample once across both ranks
-    assert "backbone released at epoch 1" in result.stdout
+    assert "backbone frozen for epochs 1-1" in result.stdout        # epochs counted from 1, as the bar does
+    assert "backbone released at epoch 2" in result.stdout
     assert ("optimizer steps per rank: [4, 4]; weights identical on all ranks: yes; "
             "EMA identical on all ranks: yes") in result.stdout
     assert load_checkpoint(tmp_path / "ckpt" / "ddp_last.pt")["step"] == 4
