@@ -898,6 +898,27 @@ def test_cached_training_loader_gives_the_same_batches_as_the_uncached_one(tmp_p
     assert_same_batches(runs[0], runs[1])
 
 
+def test_resume_with_persistent_workers_and_the_cache_is_bit_identical(vimeo_root, tmp_path):
+    import train
+    from checkpoint import load_checkpoint
+
+    def run(name, *extra):
+        return train.main(["--data_path", vimeo_root[0], "--model_size", "tiny", "--batch_size", "2", "--crop_size",
+                           "32", "--num_workers", "2", "--epochs", "3", "--steps_per_epoch", "1", "--eval_interval",
+                           "3", "--ckpt_dir", str(tmp_path / "ckpt"), "--log_dir", str(tmp_path / "log"),
+                           "--exp_name", name, *extra])
+
+    # One step of the two each epoch holds: every epoch is abandoned with samples still queued in the workers.
+    assert run("straight") == 0
+    assert run("broken", "--stop_after_epoch", "1") == 0
+    assert run("broken", "--resume", "broken_last") == 0
+    straight = load_checkpoint(tmp_path / "ckpt" / "straight_last.pt")
+    resumed = load_checkpoint(tmp_path / "ckpt" / "broken_last.pt")
+    assert straight["step"] == resumed["step"] == 3
+    for key, value in straight["model"].items():
+        assert torch.equal(value, resumed["model"][key]), key
+
+
 def test_epoch_seeded_dataset_refuses_the_main_process(vimeo_root):
     data = dataset.EpochSeededDataset(VimeoDataset(vimeo_root[0], crop_size=CROP))
     with pytest.raises(RuntimeError, match="num_workers=0"):
