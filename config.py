@@ -98,6 +98,9 @@ class ModelConfig:
             raise ConfigError("refine_channels needs four entries (scales 1, 1/2, 1/4, 1/8)")
 
 
+DEFAULT_NUM_WORKERS = 8               # the spec's default; a machine with fewer cores per rank gets fewer
+
+
 @dataclass(frozen=True)
 class DataConfig:
     data_path: str | None = None
@@ -105,7 +108,7 @@ class DataConfig:
     mixed_ratio: tuple[int, int] = (2, 1)
     crop_size: int = 256
     batch_size: int = 8
-    num_workers: int = 8
+    num_workers: int | None = None     # None: DEFAULT_NUM_WORKERS, capped at the CPU cores per rank (train.py)
 
 
 @dataclass(frozen=True)
@@ -197,7 +200,7 @@ class ExperimentConfig:
                 raise ConfigError(f"{flag} must be a positive integer, got {value}")
         if t.lr <= 0:
             raise ConfigError(f"--lr must be positive, got {t.lr}")
-        if d.num_workers < 0:
+        if d.num_workers is not None and d.num_workers < 0:
             raise ConfigError(f"--num_workers must be >= 0, got {d.num_workers}")
         if d.crop_size < 32 or d.crop_size % 32:
             raise ConfigError(f"--crop_size must be a positive multiple of 32 (the backbone downsamples by 16 and "
@@ -341,7 +344,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
     spec.add_argument("--curriculum", action="store_true", default=None, help="X4K motion curriculum (phase 3)")
     spec.add_argument("--curriculum_T", type=int, default=None, help="curriculum transition epoch (default 50)")
     spec.add_argument("--dry_run", action="store_true", default=None, help="a few steps plus one evaluation, then exit")
-    spec.add_argument("--num_workers", type=int, default=None, help="DataLoader workers (default 8)")
+    spec.add_argument("--num_workers", type=int, default=None,
+                      help="DataLoader workers per process (default 8, at most the CPU cores per process)")
     spec.add_argument("--grad_accum", type=int, default=None, help="gradient accumulation steps (default 1)")
     spec.add_argument("--eval_interval", type=int, default=None, help="evaluate every N epochs (default 3)")
 

@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -23,8 +24,9 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler, Sampler, Subset
 
 from checkpoint import CheckpointError, atomic_write_text, run_name
-from config import ConfigError, ExperimentConfig, config_from_argv
-from dataset import DatasetError, MixedDataset, VimeoDataset, X4KDataset, curriculum_max_gap
+from config import DEFAULT_NUM_WORKERS, ConfigError, ExperimentConfig, config_from_argv
+from dataset import DatasetError, EpochSeededDataset, EpochSeededSampler, MixedDataset, VimeoDataset, X4KDataset, \
+    curriculum_max_gap, default_num_workers, enable_frame_cache, frame_cache_budget
 from distributed import DistributedContext, init_distributed, shutdown_distributed
 from model.matvlm import MaTVLMIncompatible
 from Trainer import Trainer, TrainingDiverged, seed_everything
@@ -71,18 +73,48 @@ def build_datasets(cfg: ExperimentConfig):
     return train_set, val, x4k
 
 
-def make_loaders(cfg: ExperimentConfig, ctx: DistributedContext, train_set, val_set):
+def make_loaders(cfg: ExperimentConfig, ctx: DistributedContext, train_set, val_set, cache_bytes: int | None = None):
+    """(train loader, its DistributedSampler for set_epoch, validation loader).
+
+    Training workers are persistent (no re-fork and re-prime every epoch): the Phase-3 gap reaches them through
+    shared memory (X4KDataset.max_gap) and their random streams restart each epoch from (seed, rank, epoch)
+    (EpochSeededSampler/EpochSeededDataset), so resuming at an epoch boundary draws the same samples. Frames of
+    the training set are decoded once into an in-memory cache up to ``cache_bytes`` per rank (default:
+    dataset.frame_cache_budget; none in dry runs); batches are the same with or without it.
+    """
     data = cfg.data
+    log = print if ctx.is_main else (lambda *a, **k: None)
     pin = ctx.device.type == "cuda"
-    workers = 0 if cfg.train.dry_run and ctx.device.type == "cpu" else data.num_workers
+    local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    capped, cores_per_rank = default_num_workers(DEFAULT_NUM_WORKERS, local_world_size)
+    if cfg.train.dry_run and ctx.device.type == "cpu":
+        workers = 0
+    elif data.num_workers is None:
+        workers = capped
+        if capped < DEFAULT_NUM_WORKERS:
+            log(f"DataLoader: {capped} workers per process (the default {DEFAULT_NUM_WORKERS}, capped at the "
+                f"{cores_per_rank} CPU cores available per process; --num_workers overrides)")
+    else:
+        workers = data.num_workers
     sampler = DistributedSampler(train_set, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
                                  seed=cfg.train.seed, drop_last=True)
     if len(sampler) < data.batch_size:
         raise ConfigError(f"--batch_size {data.batch_size} is larger than the {len(sampler)} training samples per "
                           f"rank in {data.data_path}")
-    # Workers are not persistent: the Phase-3 curriculum changes the X4K gap between epochs.
-    train_loader = DataLoader(train_set, batch_size=data.batch_size, sampler=sampler, num_workers=workers,
-                              pin_memory=pin, drop_last=True)
+    if cache_bytes is None:
+        cache_bytes = 0 if cfg.train.dry_run else frame_cache_budget(local_world_size)
+    # Workers share the cache copy-on-write only when forked; spawned ones would each unpickle a copy.
+    if cache_bytes > 0 and (workers == 0 or torch.multiprocessing.get_start_method() == "fork"):
+        cache = enable_frame_cache(train_set, cache_bytes, threads=cores_per_rank)
+        if len(cache):
+            log(f"decoded-frame cache: {cache.describe()}")
+    if workers > 0:
+        train_loader = DataLoader(EpochSeededDataset(train_set), batch_size=data.batch_size,
+                                  sampler=EpochSeededSampler(sampler, cfg.train.seed, ctx.rank), num_workers=workers,
+                                  pin_memory=pin, drop_last=True, persistent_workers=True)
+    else:
+        train_loader = DataLoader(train_set, batch_size=data.batch_size, sampler=sampler, pin_memory=pin,
+                                  drop_last=True)
     val_loader = DataLoader(val_set, batch_size=max(1, min(data.batch_size, 4)),
                             sampler=ShardSampler(len(val_set), ctx.rank, ctx.world_size), num_workers=workers,
                             pin_memory=pin)
