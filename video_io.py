@@ -185,6 +185,9 @@ class FfmpegSource(FrameSource):
         header = result.stderr.split("\nOutput #0")[0]
         if result.returncode != 0:
             reason = last_line(result.stderr)
+            if "fps_mode" in reason:
+                raise VideoIOError(f"{self.ffmpeg} is too old: ffmpeg 5.1 or newer is needed (-fps_mode); "
+                                   f"pip install -U imageio-ffmpeg, or unset IMAGEIO_FFMPEG_EXE")
             if "matches no streams" in reason:
                 reason = "no video stream"
             raise VideoIOError(f"cannot read video {self.path}: {reason or f'ffmpeg exit status {result.returncode}'}")
