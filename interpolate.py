@@ -72,7 +72,8 @@ class InterpolateError(RuntimeError):
     """A request that cannot be carried out as given (e.g. --strict_t with a t the model never saw); one line."""
 
 
-USER_ERRORS = (InterpolateError, VideoIOError, BenchmarkError, CheckpointError, ConfigError)
+# OSError too: a full disk or a vanished folder is the user's to fix, and its message names the file.
+USER_ERRORS = (InterpolateError, VideoIOError, BenchmarkError, CheckpointError, ConfigError, OSError)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -146,7 +147,8 @@ def default_flow_scale(height: int, width: int) -> float:
 
 
 def default_batch(height: int, width: int, device: torch.device) -> int:
-    """Pairs per model call: 1 on the CPU (no gain there); on a GPU as many as fill about one 1080p frame."""
+    """Model calls (pair, t) per forward pass: 1 on the CPU (no gain there); on a GPU as many as fill about one
+    1080p frame, since small frames leave a GPU launch-bound (docs/PERF.md)."""
     if device.type != "cuda":
         return 1
     return max(1, min(MAX_AUTO_BATCH, BATCH_PIXELS // (height * width)))
@@ -344,6 +346,8 @@ class PairJob:
 
 @dataclass
 class RunStats:
+    """What a run did: the counts of the final line, and notes from the sink (e.g. why audio was not copied)."""
+
     frames_in: int = 0
     frames_out: int = 0
     cuts: int = 0
@@ -360,6 +364,8 @@ class RunStats:
 
 @dataclass(frozen=True)
 class StreamSettings:
+    """Everything :func:`run_stream` needs besides the source, sink and model; thresholds on the MAD 0-255 scale."""
+
     ratio: Fraction                     # input frames per output frame
     scene_threshold: float = 30.0
     dup_threshold: float = 0.2
@@ -666,7 +672,7 @@ def run(args: argparse.Namespace) -> RunStats:
         print(f"note: {note}")
     if device.type == "cuda":
         print(f"peak GPU memory {torch.cuda.max_memory_allocated(device) / 2 ** 30:.2f} GiB (allocated)")
-    print(f"wrote {output_path}")
+    print(f"wrote {output_path} ({stats.model_calls} model calls)")
     print(stats.summary())
     return stats
 
