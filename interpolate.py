@@ -354,7 +354,15 @@ class RunStats:
     duplicates: int = 0
     model_calls: int = 0
     seconds: float = 0.0
+    first_frame_seconds: float | None = None   # start-up: first batch, cuDNN autotuning, encoder start
     notes: list[str] = field(default_factory=list)
+
+    def steady_rate(self) -> str:
+        """Output frames/s after the first frame was written: the rate without the one-off start-up."""
+        if self.first_frame_seconds is None or self.frames_out < 2 or self.seconds <= self.first_frame_seconds:
+            return "n/a"
+        return (f"{(self.frames_out - 1) / (self.seconds - self.first_frame_seconds):.2f} out-frames/s after "
+                f"{self.first_frame_seconds:.1f} s of start-up")
 
     def summary(self) -> str:
         rate = self.frames_out / self.seconds if self.seconds > 0 else float("nan")
@@ -426,6 +434,8 @@ def run_stream(source: FrameSource, sink: FrameSink, interpolator: FrameInterpol
             if item is END:
                 return
             sink.write(item.numpy())
+            if stats.first_frame_seconds is None:
+                stats.first_frame_seconds = time.perf_counter() - start
             bar.update(1)
 
     reader, writer = Worker("reader", read_frames), Worker("writer", write_frames)
@@ -672,7 +682,7 @@ def run(args: argparse.Namespace) -> RunStats:
         print(f"note: {note}")
     if device.type == "cuda":
         print(f"peak GPU memory {torch.cuda.max_memory_allocated(device) / 2 ** 30:.2f} GiB (allocated)")
-    print(f"wrote {output_path} ({stats.model_calls} model calls)")
+    print(f"wrote {output_path} ({stats.model_calls} model calls; {stats.steady_rate()})")
     print(stats.summary())
     return stats
 

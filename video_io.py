@@ -204,16 +204,15 @@ class FfmpegSource(FrameSource):
         if rate is None or rate > MAX_PLAUSIBLE_RATE:
             printed = re.search(r"Video:.*?([\d.]+) fps", header)
             rate = snap_rate(float(printed.group(1))) if printed and float(printed.group(1)) > 0 else None
+        duration_match = re.search(r"Duration: (\d+):(\d+):(\d+(?:\.\d+)?)", header)
+        duration = (int(duration_match.group(1)) * 3600 + int(duration_match.group(2)) * 60
+                    + float(duration_match.group(3))) if duration_match else None
+        estimate = round(duration * rate) if duration and rate else None     # the file's own rate, not --input_fps
+        has_audio = re.search(r"Stream #\d+:\d+.*: Audio:", header) is not None
         if rate_override is not None:
             rate = rate_override
         if rate is None:
             raise VideoIOError(f"cannot tell the frame rate of {self.path}: give --input_fps")
-
-        duration_match = re.search(r"Duration: (\d+):(\d+):(\d+(?:\.\d+)?)", header)
-        duration = (int(duration_match.group(1)) * 3600 + int(duration_match.group(2)) * 60
-                    + float(duration_match.group(3))) if duration_match else None
-        has_audio = re.search(r"Stream #\d+:\d+.*: Audio:", header) is not None
-        estimate = round(duration * rate) if duration else None
         return SourceInfo(self.path, "video", width, height, rate, estimate, duration, has_audio)
 
     def frames(self) -> Iterator[np.ndarray]:
@@ -496,7 +495,7 @@ class FfmpegSink(FrameSink):
         """Mux the source's audio onto the finished video; the video alone when the durations disagree or the
         container refuses the codec even after re-encoding to AAC."""
         source = self.audio_from
-        video_seconds = frames_written / self.rate
+        video_seconds = float(frames_written / self.rate)
         # Output frames span the input's frames (the last input frame is kept), so a correct output differs from the
         # container duration by at most a frame or two, plus the audio's own padding: anything beyond means the
         # timing was changed (--input_fps) and the audio would drift.

@@ -234,6 +234,19 @@ def test_fps_24_to_60_exact_times(checkpoint, clip, tmp_path, capsys):
 
 
 @needs_ffmpeg
+def test_audio_is_left_out_when_the_timing_changes(checkpoint, clip, tmp_path, capsys):
+    """--input_fps 12 stretches the 24 fps clip to twice its length: its audio would drift, so it is not copied."""
+    out = tmp_path / "stretched.mp4"
+    code, stdout, stderr = run_cli(capsys, "--model", checkpoint, "--input", clip["video"], "--output", out,
+                                   "--input_fps", 12)
+    assert code == 0, stderr
+    assert "note: audio not copied: the output lasts 0.625 s" in stdout
+    frames, fps = read_video(out)
+    assert len(frames) == 15 and fps == pytest.approx(24)
+    assert not has_audio(out)
+
+
+@needs_ffmpeg
 def test_phase3_checkpoint_gets_t_directly(phase3_checkpoint, clip, tmp_path, capsys):
     out = tmp_path / "p3.mp4"
     code, stdout, stderr = run_cli(capsys, "--model", phase3_checkpoint, "--input", clip["video"], "--output", out,
