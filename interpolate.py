@@ -55,7 +55,7 @@ from tqdm import tqdm
 from benchmark.eval_core import (AMP_DTYPES, BenchmarkError, Evaluator, Protocol, describe_run, frame_to_tensor,
                                  positive_float, positive_int, resolve_device)
 from benchmark.metrics import to_uint8
-from checkpoint import CheckpointError, model_from_checkpoint
+from checkpoint import CheckpointError, model_from_checkpoint, resolve_checkpoint
 from config import ConfigError, OneLineErrorParser
 from video_io import (FfmpegSink, FolderSink, FrameSink, FrameSource, OpenCVSink, SourceInfo,
                       VideoIOError, find_ffmpeg, open_source, prepare_output, snap_rate)
@@ -632,6 +632,8 @@ def make_sink(path: Path, kind: str, info: SourceInfo, rate: Fraction | None, ar
 
 
 def run(args: argparse.Namespace) -> RunStats:
+    """Checks (cheap ones first: input, checkpoint name, output), model, then the stream; prints the final line.
+    Raises one of USER_ERRORS for anything the user can fix."""
     ffmpeg = find_ffmpeg()
     input_path, output_path = args.input, args.output
     if output_path.resolve() == input_path.resolve():
@@ -642,6 +644,7 @@ def run(args: argparse.Namespace) -> RunStats:
              "--crf ignored); pip install imageio-ffmpeg")
     source = open_source(input_path, ffmpeg, args.input_fps)
     info = source.info
+    checkpoint_path = resolve_checkpoint(args.model, args.ckpt_dir)
     kind = prepare_output(output_path, args.overwrite)
     ratio, out_rate, rate_text = output_ratio(args, info)
     if kind == "video" and out_rate is None:
@@ -649,7 +652,7 @@ def run(args: argparse.Namespace) -> RunStats:
 
     device = resolve_device(args.device)
     amp = resolve_amp(args.amp, device)
-    model, cfg = model_from_checkpoint(args.model, device=device, ckpt_dir=args.ckpt_dir)
+    model, cfg = model_from_checkpoint(str(checkpoint_path), device=device)
     halving, time_text = choose_time_strategy(cfg.train.phase, ratio, args.strict_t)
     flow_scale = args.flow_scale or default_flow_scale(info.height, info.width)
     batch = args.batch or default_batch(info.height, info.width, device)

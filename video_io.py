@@ -12,7 +12,7 @@ Video goes through the ffmpeg binary the ``imageio-ffmpeg`` wheel ships, as raw 
               copy (no re-encode), when the output lasts as long as the source.
 
 The exact frame rate (24000/1001, not "23.98") is the time base ffmpeg gives its rawvideo encoder, read from a
-one-frame ``framecrc`` probe. Reading through ffmpeg rather than cv2.VideoCapture keeps one decoder for reading,
+two-frame ``framecrc`` probe (which also tells the frame size and whether there are two frames to interpolate). Reading through ffmpeg rather than cv2.VideoCapture keeps one decoder for reading,
 writing and probing (audio tracks, duration), and gives the rate as a fraction. Without imageio-ffmpeg, OpenCV
 reads and writes video instead (mp4v, no audio), after one warning.
 """
@@ -44,7 +44,7 @@ OUTPUT_FRAME_PATTERN = "{:08d}.png"          # 0-based output frame index; sorts
 # (39, 58, 89)); with exact rounding and full-resolution chroma interpolation a decode-encode round trip stays within
 # a level, so an interpolated video does not drift in colour from its source.
 SWS_FLAGS = ["-sws_flags", "accurate_rnd+full_chroma_int"]
-# A frame rate above this is not a frame rate but a container time base (e.g. 1/1000 from Matroska).
+# A "rate" above this is a container time base that leaked through (a stream that declares no rate), not a rate.
 MAX_PLAUSIBLE_RATE = 1000
 
 
@@ -220,7 +220,8 @@ class FfmpegSource(FrameSource):
         frame_bytes = width * height * 3
         with tempfile.TemporaryFile() as log:           # a file, not a pipe: a chatty decoder can never block
             command = [self.ffmpeg, "-hide_banner", "-nostdin", "-loglevel", "error", "-i", str(self.path),
-                       "-map", "0:v:0", "-fps_mode", "passthrough", *SWS_FLAGS, "-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
+                       "-map", "0:v:0", "-fps_mode", "passthrough", *SWS_FLAGS,
+                       "-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
             # Own session: Ctrl-C reaches only Python, which then stops the decoder itself (close()).
             self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, bufsize=frame_bytes,
                                             start_new_session=True)
