@@ -147,9 +147,11 @@ def fingerprint(tensors) -> str:
 
 
 def run_summary(cfg: ExperimentConfig, trainer: Trainer, params: int, train_samples: int, train_seconds: float,
-                peak_gpu_bytes: int | None, wall_seconds: float) -> dict:
+                peak_gpu_bytes: int | None, wall_seconds: float, first_step_seconds: float | None = None,
+                steady_samples_per_sec: float | None = None) -> dict:
     """What ``log/<run>/summary.json`` holds (benchmark/ablation.py reads these keys): the run's outcome, its
-    throughput over the training time of this process (evaluation and saving excluded) and its resolved config."""
+    throughput over the training time of this process (evaluation and saving excluded), the seconds from start to
+    the first optimizer step and the rate after it (the start-up cost and the steady rate), and its config."""
     def finite_or_none(value: float) -> float | None:
         return value if math.isfinite(value) else None
     last = trainer.last_val
@@ -165,6 +167,8 @@ def run_summary(cfg: ExperimentConfig, trainer: Trainer, params: int, train_samp
         "train_samples_per_sec": train_samples / train_seconds if train_seconds > 0 else None,
         "peak_gpu_mem_gib": None if peak_gpu_bytes is None else peak_gpu_bytes / 2**30,
         "wall_seconds": wall_seconds,
+        "first_step_seconds": first_step_seconds,
+        "steady_samples_per_sec": steady_samples_per_sec,
         "config": cfg.to_dict(),
     }
 
@@ -212,6 +216,9 @@ def run(cfg: ExperimentConfig, ctx: DistributedContext) -> None:
 
     from tqdm import tqdm
     train_samples, train_seconds = 0, 0.0        # over this process's training loops, for summary.json
+    # The first optimizer step of a process pays for kernel compilation (Triton SSD, cuDNN); the steady rate
+    # (samples/s after it) is what a long run sees. Both go into summary.json.
+    first_step_at, steady_samples, steady_seconds = None, 0, 0.0
     last_train_grid = -1                          # step of the latest training image grid
     for epoch in range(trainer.epoch, total_epochs):
         if train.stop_after_epoch is not None and epoch >= train.stop_after_epoch:
@@ -233,6 +240,14 @@ def run(cfg: ExperimentConfig, ctx: DistributedContext) -> None:
                 break
             result = trainer.train_step(batch)
             samples += batch["img0"].shape[0]
+            if first_step_at is not None:
+                steady_samples += batch["img0"].shape[0] * ctx.world_size
+            elif result["stepped"]:
+                if ctx.device.type == "cuda":
+                    torch.cuda.synchronize(ctx.device)   # once per process: the time must include the GPU work
+                first_step_at = time.perf_counter()
+                log(f"first optimizer step {first_step_at - run_started:.1f} s after start (data set, model, "
+                    "kernel compilation and autotuning included)")
             if not result["skipped"]:
                 sums += torch.stack([result["logs"][k].double().to(ctx.device) for k in LOSS_TAGS]
                                     + [torch.ones((), dtype=torch.float64, device=ctx.device)])
@@ -260,6 +275,8 @@ def run(cfg: ExperimentConfig, ctx: DistributedContext) -> None:
         trainer.epoch = epoch + 1
         epoch_seconds = time.perf_counter() - started
         train_samples, train_seconds = train_samples + samples * ctx.world_size, train_seconds + epoch_seconds
+        if first_step_at is not None:
+            steady_seconds += time.perf_counter() - max(started, first_step_at)
         metrics = {}
         if trainer.epoch % train.eval_interval == 0 or trainer.epoch == total_epochs or train.dry_run:
             result = trainer.evaluate(val_loader, ssim_matlab)
@@ -294,7 +311,9 @@ def run(cfg: ExperimentConfig, ctx: DistributedContext) -> None:
     peak = max(ctx.all_gather_object(peak)) if peak is not None else None      # the fullest rank
     if ctx.is_main:
         summary = run_summary(cfg, trainer, params, train_samples, train_seconds, peak,
-                              time.perf_counter() - run_started)
+                              time.perf_counter() - run_started,
+                              None if first_step_at is None else first_step_at - run_started,
+                              steady_samples / steady_seconds if steady_seconds > 0 else None)
         atomic_write_text(Path(train.log_dir) / run_name(cfg) / "summary.json", json.dumps(summary, indent=2))
     log(f"done: {trainer.step} steps, best val PSNR {trainer.best_metric:.3f} dB; checkpoints in {train.ckpt_dir}/"
         f"{run_name(cfg)}_{{last,best}}.pt, TensorBoard in {train.log_dir}/{run_name(cfg)}")

@@ -77,7 +77,8 @@ def test_run_writes_summary_json(vimeo_root, tmp_path):
     assert train.main(base_args(vimeo_root, tmp_path, "summary", "--epochs", "2", "--steps_per_epoch", "1")) == 0
     summary = json.loads((tmp_path / "log" / "summary" / "summary.json").read_text())
     assert set(summary) == {"experiment", "phase", "params", "steps", "epochs", "best_psnr", "last_val",
-                            "train_samples_per_sec", "peak_gpu_mem_gib", "wall_seconds", "config"}
+                            "train_samples_per_sec", "peak_gpu_mem_gib", "wall_seconds", "first_step_seconds",
+                            "steady_samples_per_sec", "config"}
     assert (summary["experiment"], summary["phase"], summary["steps"], summary["epochs"]) == ("summary", 1, 2, 2)
     best = load_checkpoint(tmp_path / "ckpt" / "summary_best.pt")
     assert summary["best_psnr"] == best["best_metric"]
@@ -86,6 +87,8 @@ def test_run_writes_summary_json(vimeo_root, tmp_path):
     model, _ = model_from_checkpoint(str(tmp_path / "ckpt" / "summary_best.pt"))
     assert summary["params"] == sum(p.numel() for p in model.parameters())
     assert summary["train_samples_per_sec"] > 0 and summary["wall_seconds"] > 0
+    assert 0 < summary["first_step_seconds"] < summary["wall_seconds"]
+    assert summary["steady_samples_per_sec"] > 0                     # the second step ran after the first
     assert summary["peak_gpu_mem_gib"] is None                       # CPU
     assert summary["config"] == json.loads(json.dumps(best["config"]))      # tuples -> lists
     assert not [p for p in (tmp_path / "log" / "summary").iterdir() if p.name.endswith(".tmp")]
