@@ -93,7 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.num_workers is not None:
         train_argv += ["--num_workers", str(args.num_workers)]
     if args.x4k_path:
-        train_argv += ["--x4k_path", args.x4k_path] + (["--curriculum", "--curriculum_T", "8"] if args.curriculum else [])
+        train_argv += ["--x4k_path", args.x4k_path]
+        if args.curriculum:
+            train_argv += ["--curriculum", "--curriculum_T", "8"]
     cfg = config_from_argv(train_argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     ctx = DistributedContext(rank=0, local_rank=0, world_size=1, device=device)
@@ -135,14 +137,14 @@ def main(argv: list[str] | None = None) -> int:
         "batch_size": args.batch_size, "crop_size": args.crop_size, "num_workers": workers,
         "persistent_workers": bool(getattr(loader, "persistent_workers", False)),
         "cache_gib": args.cache_gib, "cpu_cores": len(os.sched_getaffinity(0)), "device": device.type,
-        "setup_s": round(setup_s, 2), "first_batch_s": round(first_batch_s or 0.0, 2), "epochs": epoch,
+        "setup_s": round(setup_s, 2), "first_batch_s": round(first_batch_s or 0.0, 2), "epochs_begun": epoch,
         "samples_per_s": round(rate, 1), "batches": args.batches,
     }
     print(f"bench_loader: {Path(args.data_path).name}{' + ' + Path(args.x4k_path).name if args.x4k_path else ''} "
           f"| phase {args.phase} | batch {args.batch_size} | crop {args.crop_size} | {workers} workers"
           f"{' (persistent)' if result['persistent_workers'] else ''} | {result['cpu_cores']} cores | "
           f"setup {setup_s:.1f} s, first batch {result['first_batch_s']:.1f} s | "
-          f"{rate:.1f} samples/s over {args.batches} batches ({epoch} epochs)", flush=True)
+          f"{rate:.1f} samples/s over {args.batches} batches ({epoch} epochs begun)", flush=True)
     if args.json:
         tmp = f"{args.json}.tmp"
         with open(tmp, "w") as handle:
