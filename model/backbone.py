@@ -14,7 +14,9 @@ LGS block (channels-last, (2B, H, W, C))::
     X2 = s2 * X1 + DropPath(ECAB(LN2(X1)))                        (CAB with use_ecab=False)
 
 With ``use_mhc`` both residual updates become :class:`model.mhc.ManifoldHyperConnection` updates on n streams
-that persist across the blocks of a stage.
+that persist across the blocks of a stage. Block ``k`` of a stage holds sub-layers ``2k`` (mixer) and ``2k + 1``
+(ECAB); the sub-layer index sets which stream gets the larger update gain at initialisation, which is what lets
+the streams (and so H_res) differ while the stage still starts as the plain residual stage (model/mhc.py).
 """
 
 from __future__ import annotations
@@ -56,11 +58,15 @@ class PatchEmbed(nn.Module):
 
 
 class LGSBlock(nn.Module):
-    """Local-Global Synergistic block. forward: (2B, H, W, C), or (2B, H, W, n, C) streams with mHC -> same shape."""
+    """Local-Global Synergistic block. forward: (2B, H, W, C), or (2B, H, W, n, C) streams with mHC -> same shape.
+
+    ``index``: the block's position in its stage; with mHC its two updates are the stage's sub-layers
+    ``2 index`` and ``2 index + 1`` (their initial per-stream gains, model/mhc.py).
+    """
 
     def __init__(self, dim: int, num_heads: int, mode: str = "hybrid", window: int = 8, shift: bool = False,
                  use_ecab: bool = True, use_mhc: bool = False, mhc_streams: int = 4, mhc_sinkhorn_iters: int = 20,
-                 drop_path: float = 0.0, attn_gate: str = "headwise", attn_cross_frame: bool = True,
+                 drop_path: float = 0.0, index: int = 0, attn_gate: str = "headwise", attn_cross_frame: bool = True,
                  ssm_expand: int = 2, ssm_headdim: int = 32, ssm_state: int = 64, ssm_groups: int = 1,
                  ssm_chunk_size: int = 256, ssm_per_direction: bool = False, ssm_backend: str = "auto"):
         super().__init__()
@@ -81,8 +87,10 @@ class LGSBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.ffn = ChannelAttentionBlock(dim, use_eca=use_ecab)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-        self.hc_mixer = ManifoldHyperConnection(dim, mhc_streams, mhc_sinkhorn_iters) if use_mhc else None
-        self.hc_ffn = ManifoldHyperConnection(dim, mhc_streams, mhc_sinkhorn_iters) if use_mhc else None
+        self.hc_mixer = ManifoldHyperConnection(dim, mhc_streams, mhc_sinkhorn_iters,
+                                                layer=2 * index) if use_mhc else None
+        self.hc_ffn = ManifoldHyperConnection(dim, mhc_streams, mhc_sinkhorn_iters,
+                                              layer=2 * index + 1) if use_mhc else None
 
     def token_mixer(self, u: torch.Tensor) -> torch.Tensor:
         """(2B, H, W, C) normalised tokens -> (2B, H, W, C) mixed across space and frames."""
@@ -106,6 +114,8 @@ class LGSStage(nn.Module):
     """PatchEmbed (stride 2) then LGS blocks: (2B, C_in, H, W) -> (2B, C, H/2, W/2).
 
     With mHC the n streams are made by tiling at stage entry, carried through every block, and averaged at exit.
+    At initialisation the stage computes exactly what the plain stage with the same weights computes, although
+    the streams already differ inside it (the algebra is in model/mhc.py).
     """
 
     def __init__(self, in_channels: int, dim: int, depth: int, num_heads: int, drop_paths: list[float],
@@ -115,7 +125,7 @@ class LGSStage(nn.Module):
         self.mhc_streams = mhc_streams if use_mhc else 0
         self.blocks = nn.ModuleList(
             LGSBlock(dim, num_heads, shift=attn_shift and i % 2 == 1, use_mhc=use_mhc, mhc_streams=mhc_streams,
-                     drop_path=drop_paths[i], **block_kwargs)
+                     drop_path=drop_paths[i], index=i, **block_kwargs)
             for i in range(depth))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
