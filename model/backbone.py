@@ -92,13 +92,36 @@ class LGSBlock(nn.Module):
         self.hc_ffn = ManifoldHyperConnection(dim, mhc_streams, mhc_sinkhorn_iters,
                                               layer=2 * index + 1) if use_mhc else None
 
+    @torch.no_grad()
+    def start_fusion_as_attention(self) -> None:
+        """Make the hybrid fusion pass Branch B (attention) through unchanged, Branch A (Mamba2) contributing zero.
+
+        Used by the MaTVLM start (model/matvlm.py), so a hybrid built from a trained attention-only model computes
+        exactly that model at step 0. The fusion is ``fuse_proj(ECA([A; B]))``, and ECA multiplies every channel by
+        ``sigmoid(conv1d(GAP))`` -- an input-dependent gate that no fixed ``fuse_proj`` could undo. ECA's 1-D conv
+        has no bias, so zeroing its weight makes the gate exactly 1/2 for every channel and every input; then
+        ``fuse_proj = [0 | 2 I]`` (bias 0) returns ``B`` exactly (products by 1/2 and 2 are exact in floating
+        point). Nothing is frozen: at step 0 the ECA conv and the Mamba half of ``fuse_proj`` already receive
+        gradient, so the gate becomes input-dependent and Branch A's contribution grows from the first step; Branch
+        A's own parameters receive gradient once that half is non-zero (from the second step). The architecture of
+        the ``hybrid`` ablation is unchanged (a residual or bypassed ECA would have changed what it measures);
+        only these starting values differ.
+        """
+        if self.mode != "hybrid":
+            raise ValueError(f"start_fusion_as_attention needs a hybrid block, this one is {self.mode!r}")
+        dim = self.fuse_proj.out_features
+        self.fuse_eca.conv.weight.zero_()
+        self.fuse_proj.weight.zero_()
+        self.fuse_proj.weight[:, dim:] = 2.0 * torch.eye(dim)     # columns dim.. read the attention half
+        self.fuse_proj.bias.zero_()
+
     def token_mixer(self, u: torch.Tensor) -> torch.Tensor:
         """(2B, H, W, C) normalised tokens -> (2B, H, W, C) mixed across space and frames."""
         if self.mode == "mamba2_only":
             return self.mamba(u)
         if self.mode == "gated_attn_only":
             return self.attn(u)
-        both = torch.cat((self.mamba(u), self.attn(u)), dim=-1)
+        both = torch.cat((self.mamba(u), self.attn(u)), dim=-1)       # [A; B]: start_fusion_as_attention relies on it
         both = self.fuse_eca(both.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         return self.fuse_proj(both)
 
