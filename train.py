@@ -28,7 +28,7 @@ from model.matvlm import MaTVLMIncompatible
 from Trainer import Trainer, TrainingDiverged, capture_rng_state, curriculum_max_gap, restore_rng_state, seed_everything
 from visualize import sample_grid
 
-LOSS_TAGS = ("loss_lap", "loss_ter", "loss_vgg", "loss_flow_smooth", "loss_total")
+LOSS_TAGS = ("loss_lap", "loss_ter", "loss_vgg", "loss_flow_smooth", "loss_inter", "loss_total")   # total last
 
 
 class ShardSampler(Sampler[int]):
