@@ -19,7 +19,8 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from checkpoint import CHECKPOINT_FORMAT, CheckpointError, checkpoint_config, config_differences, load_matching_weights
+from checkpoint import CHECKPOINT_FORMAT, RUNTIME_MODEL_FIELDS, CheckpointError, checkpoint_config, config_differences, \
+    load_matching_weights, partial_start_problem, run_name
 from config import ExperimentConfig
 from distributed import DistributedContext
 from model import build_model
@@ -179,8 +180,7 @@ class Trainer:
         for warning in caught:
             log(f"warning: {warning.message}")
         self.amp_dtype, use_scaler = resolve_amp(cfg.train.amp, self.device)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
-        self.ema = ExponentialMovingAverage(self.model, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
         self.steps_per_epoch = steps_per_epoch
         self.total_steps = max(1, (total_epochs or cfg.train.epochs) * steps_per_epoch)
         # A warm-up longer than a short run (demo, dry run) would never reach the base learning rate.
@@ -188,13 +188,18 @@ class Trainer:
         self.step = 0                      # optimizer steps taken
         self.epoch = 0                     # epochs completed
         self.best_metric = float("-inf")   # best validation PSNR
+        self.last_val: dict[str, float] | None = None   # the latest validation metrics (psnr, ssim, ..., count)
         self.nonfinite_streak = 0
+        self.overflow_skips = 0            # fp16 steps the GradScaler skipped (gradients overflowed)
         self.last_grad_norm = 0.0
         self.backbone_frozen = False       # derived from the epoch and --freeze_backbone, so not checkpointed
         self._micro_step = 0
         self._window_poisoned = False
         self.optimizer = self._build_optimizer()
         self.wrapped = self._wrap()
+        # After _wrap: building DDP broadcasts rank 0's weights, so every rank's shadow starts from the same model
+        # (each rank's own random init would make the EMA-evaluated validation shards mix different models).
+        self.ema = ExponentialMovingAverage(self.model, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
 
     # ---------------------------------------------------------------------------------------- setup
     def _build_optimizer(self) -> torch.optim.Optimizer:
@@ -266,6 +271,16 @@ class Trainer:
         return {"logs": logs, "stepped": stepped, "skipped": skipped, "output": output, "inputs": (img0, gt, img1, t)}
 
     def _optimizer_step(self) -> tuple[bool, bool]:
+        """Clip, step, update the EMA and count the step; returns (stepped, skipped for a non-finite loss/grad).
+
+        With fp16 the GradScaler skips ``optimizer.step`` itself when the scaled gradients overflowed and lowers its
+        scale. Nothing was learned then, so the step counter (hence the learning rate, a function of the step) and
+        the EMA stay where they are. The overflow is detected as the scale going down: ``GradScaler.update``
+        multiplies it by ``backoff_factor`` < 1 exactly when an inf/NaN was found, and only then (public API,
+        unlike the per-optimizer ``found_inf`` record). Overflows are the scaler's normal search for its scale,
+        not divergence, so they do not count towards ``--max_nonfinite_steps``; a scale that falls below 1 (the
+        gradients overflow even unscaled) does stop the run.
+        """
         for group in self.optimizer.param_groups:
             group["lr"] = self.current_lr()
         skip = self._window_poisoned
@@ -278,18 +293,26 @@ class Trainer:
                 self.log(f"warning: non-finite gradient norm at step {self.step}; skipping this step")
                 skip = True
         if skip:
+            # No scaler.update() here: no unscale_ ran in this window, so the scaler has no inf checks to act on
+            # (update() would assert, and before the first scale() its scale does not even exist). The scale
+            # need not change: a non-finite loss comes from the forward pass, which the loss scale does not touch.
             self.optimizer.zero_grad(set_to_none=True)
-            if self.scaler.is_enabled():
-                self.scaler.update()
             self.nonfinite_streak += 1
             self._window_poisoned = False
             if self.nonfinite_streak >= self.cfg.train.max_nonfinite_steps:
                 raise TrainingDiverged(f"{self.nonfinite_streak} non-finite steps in a row at step {self.step}: "
                                        "training diverged (lower --lr, or use --amp bf16/fp32)")
             return False, True
-        self.scaler.step(self.optimizer)      # with fp16 the scaler itself skips steps whose gradients overflowed
+        scale_before = self.scaler.get_scale()
+        self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler.is_enabled() and self.scaler.get_scale() < scale_before:
+            self.overflow_skips += 1
+            if self.scaler.get_scale() < 1.0:
+                raise TrainingDiverged(f"fp16 loss scale fell to {self.scaler.get_scale():g} at step {self.step}: "
+                                       "the gradients overflow even unscaled (use --amp bf16/fp32, or lower --lr)")
+            return False, False
         if self.ema is not None:
             self.ema.update(self.model)
         self.step += 1
@@ -344,14 +367,15 @@ class Trainer:
         }
 
     def is_same_run(self, payload: dict[str, Any]) -> bool:
-        """A checkpoint continues this run when it belongs to the same experiment name and phase."""
+        """A checkpoint continues this run when it belongs to the same run name (experiment name, and a dry run
+        only to a dry run) and phase."""
         saved = checkpoint_config(payload)
-        return saved.experiment_name == self.cfg.experiment_name and saved.train.phase == self.cfg.train.phase
+        return run_name(saved) == run_name(self.cfg) and saved.train.phase == self.cfg.train.phase
 
     def resume(self, payload: dict[str, Any], path: str) -> None:
         """Continue exactly: weights, optimizer, scaler, EMA, counters. RNG is restored by the caller per rank."""
         saved = checkpoint_config(payload, path)
-        differences = config_differences(saved.model, self.cfg.model)
+        differences = config_differences(saved.model, self.cfg.model, ignore=RUNTIME_MODEL_FIELDS)
         if differences:
             raise CheckpointError(f"{path} was trained with another model config (differs in: "
                                   f"{', '.join(differences)}); resume it with the same flags, or start a new "
@@ -360,17 +384,32 @@ class Trainer:
         if self.ema is not None and payload.get("ema"):
             self.ema.load_state_dict(payload["ema"])
         elif self.ema is not None:
-            self.ema = ExponentialMovingAverage(self.model, self.cfg.train.ema_decay)
+            self.reset_ema()
         self.optimizer.load_state_dict(payload["optimizer"])
         if payload.get("scaler"):
             self.scaler.load_state_dict(payload["scaler"])
         self.step, self.epoch = int(payload["step"]), int(payload["epoch"])
         self.best_metric = float(payload["best_metric"])
+        self.last_val = dict(payload["metrics"]) if payload.get("metrics") else None
 
-    def warm_start(self, payload: dict[str, Any]) -> dict[str, list[str]]:
-        """Load the weights that fit (another phase or experiment): name and shape must match; report the rest."""
+    def warm_start(self, payload: dict[str, Any], path: str) -> dict[str, list[str]]:
+        """Load the weights that fit (another phase or experiment): name and shape must match; report the rest.
+
+        A start that loads almost nothing (see :func:`checkpoint.partial_start_problem`) is refused with a
+        :class:`CheckpointError` unless ``--allow_partial_init`` says it is intended.
+        """
         state = payload.get("ema") or payload["model"]
         report = load_matching_weights(self.model, state)
+        problem = partial_start_problem(report, checkpoint_config(payload, path).model, self.cfg.model)
+        if problem and not self.cfg.train.allow_partial_init:
+            raise CheckpointError(f"warm start from {path} refused: {problem}. Use the checkpoint's model flags, "
+                                  "or pass --allow_partial_init if a partial start is intended")
+        if problem:
+            self.log(f"warning: partial warm start from {path} (--allow_partial_init): {problem}")
+        self.reset_ema()
+        return report
+
+    def reset_ema(self) -> None:
+        """Restart the EMA shadow from the current weights (after loading a start that is not this run's)."""
         if self.ema is not None:
             self.ema = ExponentialMovingAverage(self.model, self.cfg.train.ema_decay)
-        return report

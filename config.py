@@ -136,6 +136,7 @@ class TrainConfig:
     eval_interval: int = 3
     resume: str | None = None
     init_from_attn: str | None = None  # MaTVLM: start a hybrid run from an attention-only checkpoint
+    allow_partial_init: bool = False   # accept a warm start that loads only a small part of the checkpoint
     exp_name: str | None = None
     dry_run: bool = False
     dry_run_steps: int = 4
@@ -351,6 +352,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
     extra.add_argument("--ablation", type=str, default=None, help=f"named ablation preset: {', '.join(ABLATIONS)}")
     extra.add_argument("--init_from_attn", type=str, default=None,
                        help="MaTVLM init: copy a gated_attn_only checkpoint's attention into the Mamba2 branch")
+    extra.add_argument("--allow_partial_init", action="store_true", default=None,
+                       help="accept a --resume warm start that loads less than half of the checkpoint's tensors "
+                            "or finds many at another shape (refused otherwise)")
     extra.add_argument("--amp", type=str, default=None, help="auto / bf16 / fp16 / fp32 (default auto)")
     extra.add_argument("--ema_decay", type=float, default=None, help="EMA of weights, 0 = off (default 0)")
     extra.add_argument("--warmup_steps", type=int, default=None, help="linear warm-up steps (default 2000)")

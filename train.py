@@ -11,7 +11,10 @@ and saves ``ckpt/<exp_name>_last.pt`` / ``_best.pt``; validation PSNR is all-red
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import math
 import sys
 import time
 from pathlib import Path
@@ -19,8 +22,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, Sampler, Subset
 
-from checkpoint import CheckpointError, atomic_save, checkpoint_config, load_checkpoint, resolve_checkpoint, \
-    summarize_weight_report
+from checkpoint import CheckpointError, atomic_save, atomic_write_text, checkpoint_config, load_checkpoint, \
+    resolve_checkpoint, run_checkpoint_path, run_name, summarize_weight_report
 from config import ConfigError, ExperimentConfig, config_from_argv
 from dataset import DatasetError, MixedDataset, VimeoDataset, X4KDataset
 from distributed import DistributedContext, init_distributed, shutdown_distributed
@@ -95,10 +98,21 @@ def one_line(error: BaseException) -> str:
     return text.strip().splitlines()[0] if text.strip() else type(error).__name__
 
 
+def refuse_to_clobber(cfg: ExperimentConfig) -> None:
+    """A run that does not continue ``ckpt/<exp_name>_{last,best}.pt`` must not overwrite them. A dry run writes
+    only its own ``_dryrun`` files, which are disposable, so it is never refused."""
+    if cfg.train.dry_run:
+        return
+    for kind in ("last", "best"):
+        path = run_checkpoint_path(cfg, kind)
+        if path.exists():
+            raise ConfigError(f"{path} exists: continue that run with --resume {path.stem}, or choose another "
+                              "--exp_name")
+
+
 def start_state(cfg: ExperimentConfig, trainer: Trainer, ctx: DistributedContext, log) -> None:
-    """Apply --resume (exact continuation or warm start) or --init_from_attn; refuse to clobber a run."""
+    """Apply --resume (exact continuation or warm start) or --init_from_attn; refuse to clobber another run."""
     train = cfg.train
-    last_path = Path(train.ckpt_dir) / f"{cfg.experiment_name}_last.pt"
     if train.resume:
         path = resolve_checkpoint(train.resume, train.ckpt_dir)
         payload = load_checkpoint(path)
@@ -112,13 +126,15 @@ def start_state(cfg: ExperimentConfig, trainer: Trainer, ctx: DistributedContext
                     "random streams are reseeded, so the continuation is not bit-identical")
             log(f"resumed {path}: epoch {trainer.epoch}, step {trainer.step}, best PSNR {trainer.best_metric:.3f}")
         else:
+            refuse_to_clobber(cfg)
             saved = checkpoint_config(payload, path)
-            report = trainer.warm_start(payload)
+            report = trainer.warm_start(payload, str(path))
             log(f"warm start from {path} (experiment {saved.experiment_name!r}, phase {saved.train.phase}): "
                 f"{summarize_weight_report(report)}")
     elif train.init_from_attn:
         from model import build_model
         from model.matvlm import init_hybrid_from_attention
+        refuse_to_clobber(cfg)
         path = resolve_checkpoint(train.init_from_attn, train.ckpt_dir)
         payload = load_checkpoint(path)
         source_cfg = checkpoint_config(payload, path)
@@ -128,14 +144,46 @@ def start_state(cfg: ExperimentConfig, trainer: Trainer, ctx: DistributedContext
         source = build_model(source_cfg.model)
         source.load_state_dict(payload.get("ema") or payload["model"])
         report = init_hybrid_from_attention(trainer.model, source)
+        trainer.reset_ema()
         log(f"MaTVLM init from {path}: copied {len(report['copied'])} tensors, mapped {len(report['mapped'])} "
             f"attention->Mamba2 branches, {len(report['new'])} new tensors")
-    elif last_path.exists() and not train.dry_run:
-        raise ConfigError(f"{last_path} exists: continue it with --resume {cfg.experiment_name}_last, or choose "
-                          "another --exp_name")
+    else:
+        refuse_to_clobber(cfg)
+
+
+def fingerprint(tensors) -> str:
+    """SHA-256 of the tensors' bytes, in order: equal on two ranks exactly when every value is bit-identical."""
+    digest = hashlib.sha256()
+    for tensor in tensors:
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def run_summary(cfg: ExperimentConfig, trainer: Trainer, params: int, train_samples: int, train_seconds: float,
+                peak_gpu_bytes: int | None, wall_seconds: float) -> dict:
+    """What ``log/<run>/summary.json`` holds (benchmark/ablation.py reads these keys): the run's outcome, its
+    throughput over the training time of this process (evaluation and saving excluded) and its resolved config."""
+    def finite_or_none(value: float) -> float | None:
+        return value if math.isfinite(value) else None
+    last = trainer.last_val
+    val_keys = ("psnr", "ssim", "psnr_frame_average", "count")
+    return {
+        "experiment": cfg.experiment_name,
+        "phase": cfg.train.phase,
+        "params": params,
+        "steps": trainer.step,
+        "epochs": trainer.epoch,
+        "best_psnr": finite_or_none(trainer.best_metric),
+        "last_val": None if last is None else {k: last.get(k) for k in val_keys},
+        "train_samples_per_sec": train_samples / train_seconds if train_seconds > 0 else None,
+        "peak_gpu_mem_gib": None if peak_gpu_bytes is None else peak_gpu_bytes / 2**30,
+        "wall_seconds": wall_seconds,
+        "config": cfg.to_dict(),
+    }
 
 
 def run(cfg: ExperimentConfig, ctx: DistributedContext) -> None:
+    run_started = time.perf_counter()
     log = print if ctx.is_main else (lambda *a, **k: None)
     # Library notes (e.g. which SSD backend runs) from rank 0 only.
     logging.basicConfig(level=logging.INFO if ctx.is_main else logging.WARNING, format="%(message)s", stream=sys.stdout)
@@ -146,6 +194,12 @@ def run(cfg: ExperimentConfig, ctx: DistributedContext) -> None:
     train_set, val_set, x4k = build_datasets(cfg)
     train_loader, sampler, val_loader = make_loaders(cfg, ctx, train_set, val_set)
     micro_per_epoch = len(train_loader)
+    if micro_per_epoch < train.grad_accum:
+        # Refused rather than stepping on the partial window: its gradient would be the sum of fewer micro-batches
+        # each divided by --grad_accum (too small), and an effective batch larger than the epoch is a mistake.
+        raise ConfigError(f"--grad_accum {train.grad_accum} needs at least {train.grad_accum} micro-batches per epoch, "
+                          f"but {len(sampler)} training samples per rank at --batch_size {cfg.data.batch_size} give "
+                          f"{micro_per_epoch} micro-batches: lower --grad_accum or --batch_size")
     steps_per_epoch = max(1, micro_per_epoch // train.grad_accum)
     if train.steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, train.steps_per_epoch)
@@ -159,9 +213,9 @@ def run(cfg: ExperimentConfig, ctx: DistributedContext) -> None:
     writer = NullWriter()
     if ctx.is_main:
         from torch.utils.tensorboard import SummaryWriter
-        log_dir = Path(train.log_dir) / cfg.experiment_name
+        log_dir = Path(train.log_dir) / run_name(cfg)
         log_dir.mkdir(parents=True, exist_ok=True)
-        (log_dir / "config.json").write_text(cfg.to_json())
+        atomic_write_text(log_dir / "config.json", cfg.to_json())
         writer = SummaryWriter(str(log_dir))
     params = sum(p.numel() for p in trainer.model.parameters())
     log(f"Thesis-VFI phase {train.phase} | {cfg.model.backbone_mode} | {params / 1e6:.2f}M params | "
@@ -170,6 +224,7 @@ def run(cfg: ExperimentConfig, ctx: DistributedContext) -> None:
         f"amp {trainer.amp_dtype or 'fp32'} | VGG term {'on' if trainer.loss_fn.vgg_enabled else 'off'}")
 
     from tqdm import tqdm
+    train_samples, train_seconds = 0, 0.0        # over this process's training loops, for summary.json
     for epoch in range(trainer.epoch, total_epochs):
         if train.stop_after_epoch is not None and epoch >= train.stop_after_epoch:
             log(f"stopping after epoch {epoch} (--stop_after_epoch)")
@@ -217,12 +272,14 @@ def run(cfg: ExperimentConfig, ctx: DistributedContext) -> None:
         bar.close()
         trainer.epoch = epoch + 1
         epoch_seconds = time.perf_counter() - started
+        train_samples, train_seconds = train_samples + samples * ctx.world_size, train_seconds + epoch_seconds
         metrics = {}
         if trainer.epoch % train.eval_interval == 0 or trainer.epoch == total_epochs or train.dry_run:
             result = trainer.evaluate(val_loader, ssim_matlab)
-            metrics = {k: result[k] for k in ("psnr", "ssim", "psnr_frame_average")}
-            for name, value in metrics.items():
-                writer.add_scalar(f"val/{name}", value, trainer.step)
+            metrics = {k: result[k] for k in ("psnr", "ssim", "psnr_frame_average", "count")}
+            trainer.last_val = metrics
+            for name in ("psnr", "ssim", "psnr_frame_average"):
+                writer.add_scalar(f"val/{name}", metrics[name], trainer.step)
             if result["sample"] is not None:
                 img0, gt, img1, out = result["sample"]
                 writer.add_image("val/I0_pred_gt_I1", sample_grid(img0, out.pred, gt, img1, out.flow, out.mask),
@@ -238,18 +295,27 @@ def run(cfg: ExperimentConfig, ctx: DistributedContext) -> None:
         rng_states = ctx.all_gather_object(capture_rng_state())
         if ctx.is_main:
             payload = trainer.state_payload(rng_states, metrics)
-            atomic_save(payload, Path(train.ckpt_dir) / f"{cfg.experiment_name}_last.pt")
+            atomic_save(payload, run_checkpoint_path(cfg, "last"))
             if improved:
-                atomic_save(payload, Path(train.ckpt_dir) / f"{cfg.experiment_name}_best.pt")
+                atomic_save(payload, run_checkpoint_path(cfg, "best"))
         ctx.barrier()
     writer.close() if hasattr(writer, "close") else None
-    if ctx.enabled:   # DDP keeps ranks in lock-step: same optimizer steps and identical weights on every rank
-        checksum = float(sum(p.detach().double().sum() for p in trainer.model.parameters()))
-        checksums = ctx.all_gather_object(checksum)
-        log(f"optimizer steps per rank: {ctx.all_gather_object(trainer.step)}; weights identical on all ranks: "
-            f"{'yes' if len(set(checksums)) == 1 else 'NO ' + str(checksums)}")
+    if ctx.enabled:   # DDP keeps ranks in lock-step: same optimizer steps, identical weights and EMA on every rank
+        weights = ctx.all_gather_object(fingerprint(p for p in trainer.model.parameters()))
+        line = (f"optimizer steps per rank: {ctx.all_gather_object(trainer.step)}; weights identical on all ranks: "
+                f"{'yes' if len(set(weights)) == 1 else 'NO ' + str(weights)}")
+        if trainer.ema is not None:
+            shadows = ctx.all_gather_object(fingerprint(trainer.ema.state_dict().values()))
+            line += f"; EMA identical on all ranks: {'yes' if len(set(shadows)) == 1 else 'NO ' + str(shadows)}"
+        log(line)
+    peak = torch.cuda.max_memory_allocated(ctx.device) if ctx.device.type == "cuda" else None
+    peak = max(ctx.all_gather_object(peak)) if peak is not None else None      # the fullest rank
+    if ctx.is_main:
+        summary = run_summary(cfg, trainer, params, train_samples, train_seconds, peak,
+                              time.perf_counter() - run_started)
+        atomic_write_text(Path(train.log_dir) / run_name(cfg) / "summary.json", json.dumps(summary, indent=2))
     log(f"done: {trainer.step} steps, best val PSNR {trainer.best_metric:.3f} dB; checkpoints in {train.ckpt_dir}/"
-        f"{cfg.experiment_name}_{{last,best}}.pt, TensorBoard in {train.log_dir}/{cfg.experiment_name}")
+        f"{run_name(cfg)}_{{last,best}}.pt, TensorBoard in {train.log_dir}/{run_name(cfg)}")
 
 
 def main(argv: list[str] | None = None) -> int:
