@@ -117,6 +117,15 @@ def test_tiled_streams_differ_inside_the_stage_yet_the_stage_equals_the_plain_on
     torch.testing.assert_close(with_mhc.backbone(img0, img1)[-1], plain.backbone(img0, img1)[-1], rtol=0, atol=1e-5)
     spreads = [relative_stream_spread(x) for x in exit_streams(with_mhc, img0, img1)]
     assert min(spreads) > 1e-2, spreads
+    # The sub-layers' own weights also get the plain stage's gradients: mHC changes nothing at step 0 but itself.
+    batch = fixed_batch()
+    l1_backward(with_mhc, batch)
+    l1_backward(plain, batch)
+    plain_params = dict(plain.named_parameters())
+    for name, param in with_mhc.named_parameters():
+        if name in plain_params:
+            reference = plain_params[name].grad
+            assert float((param.grad - reference).abs().max()) <= 1e-4 * float(reference.abs().max()) + 1e-12, name
 
 
 def test_h_res_receives_gradient_from_the_first_step():
