@@ -136,7 +136,8 @@ class Trainer:
         with warnings.catch_warnings(record=True) as caught:   # say it once, through rank 0's log
             warnings.simplefilter("always")
             self.loss_fn = CompositeLoss(cfg.train.phase,
-                                         LossWeights(cfg.loss.lap, cfg.loss.ter, cfg.loss.vgg, cfg.loss.flow_smooth),
+                                         LossWeights(lap=cfg.loss.lap, ter=cfg.loss.ter, vgg=cfg.loss.vgg,
+                                                     flow_smooth=cfg.loss.flow_smooth, inter=cfg.loss.inter),
                                          vgg_weights_path=cfg.loss.vgg_weights).to(self.device)
         for warning in caught:
             log(f"warning: {warning.message}")
@@ -223,7 +224,8 @@ class Trainer:
         with sync:
             with self.autocast():
                 output = self.wrapped(img0, img1, t)
-                total, logs = self.loss_fn(output.pred, gt, flow=output.flow)
+                total, logs = self.loss_fn(output.pred, gt, flow=output.flow,
+                                           intermediate=output.intermediate_blends())
             finite = self.ctx.all_reduce_min(torch.isfinite(total.detach()).float().reshape(1)).item() > 0
             if finite:
                 self.scaler.scale(total / accum).backward()

@@ -117,6 +117,7 @@ class LossConfig:
     ter: float = 1.0
     vgg: float = 0.005
     flow_smooth: float = 0.1
+    inter: float = 0.0                 # deep supervision of the flow blocks' blends (phases 2/3); 0 = off
     vgg_weights: str | None = None
 
 
@@ -200,6 +201,8 @@ class ExperimentConfig:
                 raise ConfigError(f"{flag} must be a positive integer, got {value}")
         if t.lr <= 0:
             raise ConfigError(f"--lr must be positive, got {t.lr}")
+        if not 0.0 <= self.loss.inter < float("inf"):
+            raise ConfigError(f"--inter_weight must be a finite number >= 0, got {self.loss.inter}")
         if d.num_workers is not None and d.num_workers < 0:
             raise ConfigError(f"--num_workers must be >= 0, got {d.num_workers}")
         if d.crop_size < 32 or d.crop_size % 32:
@@ -365,6 +368,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
                        help="stop after this epoch as if interrupted; the LR schedule still spans --epochs")
     extra.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
     extra.add_argument("--ssd_backend", type=str, default=None, help="auto / torch / triton (default auto)")
+    extra.add_argument("--inter_weight", type=float, default=None,
+                       help="phases 2/3: weight of the deep supervision sum_i Lap(I_hat_i) on the flow blocks' "
+                            "blends (default 0 = off; RIFE/EMA-VFI use 0.5)")
     extra.add_argument("--vgg_weights", type=str, default=None,
                        help="local VGG19 weights file for the perceptual loss (or env THESIS_VGG_WEIGHTS)")
     extra.add_argument("--ckpt_dir", type=str, default=None, help="checkpoint folder (default ckpt)")
@@ -381,6 +387,7 @@ _FLAG_FIELDS: dict[str, tuple[str, str]] = {
     "crop_size": ("data", "crop_size"), "num_workers": ("data", "num_workers"),
     "backbone_mode": ("model", "backbone_mode"), "use_mhc": ("model", "use_mhc"), "use_ecab": ("model", "use_ecab"),
     "ssd_backend": ("model", "ssm_backend"), "vgg_weights": ("loss", "vgg_weights"),
+    "inter_weight": ("loss", "inter"),
 }
 _NOT_FIELDS = {"phase", "model_size", "ablation", "mixed_ratio"}
 
@@ -399,7 +406,7 @@ def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
     cfg = ExperimentConfig(model=replace(cfg.model, **sections["model"]), data=replace(cfg.data, **sections["data"]),
                            loss=replace(cfg.loss, **sections["loss"]), train=replace(cfg.train, **sections["train"]))
     if cfg.train.phase == 1:
-        cfg = replace(cfg, loss=replace(cfg.loss, flow_smooth=0.0))
+        cfg = replace(cfg, loss=replace(cfg.loss, flow_smooth=0.0, inter=0.0))   # no flow in phase 1
     cfg.validate()
     return cfg
 

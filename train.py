@@ -32,7 +32,7 @@ from model.matvlm import MaTVLMIncompatible
 from Trainer import Trainer, TrainingDiverged, seed_everything
 from visualize import sample_grid
 
-LOSS_TAGS = ("loss_lap", "loss_ter", "loss_vgg", "loss_flow_smooth", "loss_total")
+LOSS_TAGS = ("loss_lap", "loss_ter", "loss_vgg", "loss_flow_smooth", "loss_inter", "loss_total")   # total last
 
 
 class ShardSampler(Sampler[int]):

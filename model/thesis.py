@@ -47,8 +47,20 @@ class InterpolationOutput:
     flow: torch.Tensor | None = None
     warped0: torch.Tensor | None = None
     warped1: torch.Tensor | None = None
-    # Per flow block: (warped0, warped1, mask_logit), for an optional auxiliary blend loss.
+    # Per flow block: (warped0, warped1, mask_logit) after that block's update; empty in Phase 1.
     intermediate: list = field(default_factory=list)
+
+    def intermediate_blends(self) -> list[torch.Tensor]:
+        """Per flow block i, the blend ``I_hat_i = sigmoid(m_i) W0_i + (1 - sigmoid(m_i)) W1_i`` (B, 3, H, W), float32.
+
+        What the deep-supervision term ``sum_i Lap(I_hat_i, gt)`` reads (model/loss.py). At the input size when
+        ``flow_scale`` is 1 (training); at the flow's working size otherwise. Empty in Phase 1 (no flow).
+        """
+        blends = []
+        for warped0, warped1, mask_logit in self.intermediate:
+            mask = torch.sigmoid(mask_logit.float())
+            blends.append(mask * warped0.float() + (1 - mask) * warped1.float())
+        return blends
 
 
 def as_timestep(t, batch: int, device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
