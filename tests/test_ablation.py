@@ -23,7 +23,7 @@ def test_default_variants_and_refusals(vimeo_root, tmp_path, capsys):
     assert ablation.default_variants(1) == ["hybrid", "mamba2_only", "gated_attn_only", "hybrid_mhc", "hybrid_cab",
                                             "hybrid_matvlm"]
     assert ablation.default_variants(2)[-1] == "hybrid_inter"
-    common = ["--data_path", str(vimeo_root), "--steps", "2", "--out", str(tmp_path / "t.md")]
+    common = ["--data_path", str(vimeo_root), "--steps", "2", "--crop_size", "32", "--out", str(tmp_path / "t.md")]
     for extra, fragment in ((["--variants", "hybrid,nonsense"], "unknown variant 'nonsense'"),
                             (["--variants", "hybrid_inter"], "needs --phase 2"),
                             (["--seeds", "0,x"], "--seeds"),
