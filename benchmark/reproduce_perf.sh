@@ -7,7 +7,8 @@
 #   start     a fresh process's first optimizer step (Phase 2, batch 16), then 80 steps on the sample set
 #   kernels   SSD Triton vs PyTorch and FlashAttention vs math parity (benchmark/check_kernels.py)
 #   peers     the side-by-side rows: ours (Phases 1, 2) with bench_model.py --peer_table; RIFE_m and
-#             EMA-VFI-small with ../shared/bench/peer_perf.py when PEERS_DIR (default .peers) holds them
+#             EMA-VFI-small with PEER_PERF (default ../shared/bench/peer_perf.py) when PEERS_DIR (default .peers)
+#             holds their repositories (fetched, git-ignored, never copied into the project)
 #   loader    train.py's own samples/s on the 720p set; the bare DataLoader on it and on an X4K-like fixture
 #   interp    interpolate.py 4x on the clip upscaled to 1080p, with the checkpoint of `start`
 #   ablation  benchmark/ablation.py: every Phase-1 variant, ABL_STEPS steps at batch 16 (seed 0), hybrid and
@@ -47,9 +48,10 @@ if want peers; then
   for phase in 1 2; do
     stage 150 python3 benchmark/bench_model.py --phase "$phase" --peer_table --json "$out/peer_ours_p$phase.json"
   done
-  if [ -d "${PEERS_DIR:-.peers}" ] && [ -f ../shared/bench/peer_perf.py ]; then
+  peer_perf=${PEER_PERF:-../shared/bench/peer_perf.py}
+  if [ -d "${PEERS_DIR:-.peers}" ] && [ -f "$peer_perf" ]; then
     for peer in rife_m emavfi_small; do
-      stage 150 python3 ../shared/bench/peer_perf.py "$peer" "$(realpath "$out")/peer_$peer.json"
+      stage 150 python3 "$peer_perf" "$peer" "$(realpath "$out")/peer_$peer.json"
     done
   fi
 fi

@@ -185,8 +185,8 @@ def test_flags_override_the_phase_preset(vimeo_root):
 def test_nonfinite_loss_is_skipped_loudly_then_stops(vimeo_root, tmp_path, capsys, monkeypatch):
     original = CompositeLoss.forward
 
-    def poisoned(self, pred, gt, flow=None):
-        total, logs = original(self, pred, gt, flow)
+    def poisoned(self, pred, gt, flow=None, intermediate=None):
+        total, logs = original(self, pred, gt, flow, intermediate)
         return total * float("nan"), logs
     monkeypatch.setattr(CompositeLoss, "forward", poisoned)
     rc = train.main(base_args(vimeo_root, tmp_path, "nan", "--epochs", "1", "--batch_size", "1"))   # 8 steps
