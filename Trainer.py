@@ -2,8 +2,10 @@
 
 Reading path (STYLE.md): ``dataset.py`` -> :meth:`Trainer.train_step` -> ``ThesisModel.forward`` ->
 ``CompositeLoss``. The learning rate is a pure function of the optimizer step (:func:`lr_at_step`), so resuming
-has no scheduler to restore. :meth:`Trainer.state_payload` holds everything needed to continue bit for bit:
-model, optimizer, GradScaler, EMA, step, epoch, best metric, config and the RNG states of every rank.
+has no scheduler to restore. The Trainer owns the run's state from start to save: :meth:`Trainer.start` (exact
+resume, warm start, MaTVLM init, refusal to overwrite another run) and :meth:`Trainer.save` (atomic ``_last`` /
+``_best``, rank 0 only, every rank's RNG). :meth:`Trainer.state_payload` holds everything needed to continue bit
+for bit: model, optimizer, GradScaler, EMA, step, epoch, best metric, config and the RNG states of every rank.
 """
 
 from __future__ import annotations
@@ -19,8 +21,11 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from checkpoint import CHECKPOINT_FORMAT, CheckpointError, checkpoint_config, config_differences, load_matching_weights
-from config import ExperimentConfig
+from checkpoint import CHECKPOINT_FORMAT, RUNTIME_MODEL_FIELDS, CheckpointError, atomic_save, capture_rng_state, \
+    checkpoint_config, config_differences, load_checkpoint, load_matching_weights, partial_start_problem, \
+    resolve_checkpoint, restore_rng_state, run_checkpoint_path, run_name, summarize_weight_report
+from config import ConfigError, ExperimentConfig
+from dataset import CURRICULUM_GAPS, curriculum_max_gap  # noqa: F401  (moved to dataset.py; old imports still work)
 from distributed import DistributedContext
 from model import build_model
 from model.loss import CompositeLoss, LossWeights
@@ -42,23 +47,6 @@ def lr_at_step(step: int, base_lr: float, warmup_steps: int, total_steps: int, m
     progress = min(1.0, (step - warmup_steps) / decay_steps)
     floor = base_lr * min_lr_ratio
     return floor + (base_lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-CURRICULUM_GAPS = (2, 4, 8, 16, 32)
-
-
-def curriculum_max_gap(epoch: int, transition_epoch: int, enabled: bool, gaps: tuple[int, ...] = CURRICULUM_GAPS) -> int:
-    """Largest X4K frame gap allowed at ``epoch`` (0-based).
-
-    VFIMamba's curriculum (docs/DESIGN.md 1.6): keep Vimeo90K throughout and add X-TRAIN with growing motion. The
-    exact published schedule is unverified; ours raises the cap through ``gaps`` in equal steps of
-    ``transition_epoch / (len(gaps) - 1)`` epochs, so the full range is reached at ``transition_epoch``
-    (``--curriculum_T``). Without the curriculum: the full range from the start.
-    """
-    if not enabled:
-        return gaps[-1]
-    stage = min(len(gaps) - 1, (epoch * (len(gaps) - 1)) // max(1, transition_epoch))
-    return gaps[stage]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -117,31 +105,6 @@ class ExponentialMovingAverage:
             model.load_state_dict(live)
 
 
-# ----------------------------------------------------------------------------------------------------------
-# RNG state (all generators a training step touches), in weights_only-loadable form
-# ----------------------------------------------------------------------------------------------------------
-def capture_rng_state() -> dict[str, Any]:
-    np_state = np.random.get_state()
-    py_version, py_state, py_gauss = random.getstate()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
-        "python": {"version": py_version, "state": torch.tensor(py_state, dtype=torch.int64), "gauss": py_gauss},
-    }
-
-
-def restore_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
-    p = state["python"]
-    random.setstate((p["version"], tuple(int(x) for x in p["state"].tolist()), p["gauss"]))
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -173,27 +136,35 @@ class Trainer:
         with warnings.catch_warnings(record=True) as caught:   # say it once, through rank 0's log
             warnings.simplefilter("always")
             self.loss_fn = CompositeLoss(cfg.train.phase,
-                                         LossWeights(cfg.loss.lap, cfg.loss.ter, cfg.loss.vgg, cfg.loss.flow_smooth),
+                                         LossWeights(lap=cfg.loss.lap, ter=cfg.loss.ter, vgg=cfg.loss.vgg,
+                                                     flow_smooth=cfg.loss.flow_smooth, inter=cfg.loss.inter),
                                          vgg_weights_path=cfg.loss.vgg_weights).to(self.device)
         for warning in caught:
             log(f"warning: {warning.message}")
         self.amp_dtype, use_scaler = resolve_amp(cfg.train.amp, self.device)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
-        self.ema = ExponentialMovingAverage(self.model, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
         self.steps_per_epoch = steps_per_epoch
         self.total_steps = max(1, (total_epochs or cfg.train.epochs) * steps_per_epoch)
         # A warm-up longer than a short run (demo, dry run) would never reach the base learning rate.
         self.warmup_steps = min(cfg.train.warmup_steps, max(1, self.total_steps // 10))
+        if self.warmup_steps < cfg.train.warmup_steps:
+            log(f"warm-up capped at {self.warmup_steps} of --warmup_steps {cfg.train.warmup_steps} steps (a tenth of "
+                f"this run's {self.total_steps} optimizer steps)")
         self.step = 0                      # optimizer steps taken
         self.epoch = 0                     # epochs completed
         self.best_metric = float("-inf")   # best validation PSNR
+        self.last_val: dict[str, float] | None = None   # the latest validation metrics (psnr, ssim, ..., count)
         self.nonfinite_streak = 0
+        self.overflow_skips = 0            # fp16 steps the GradScaler skipped (gradients overflowed)
         self.last_grad_norm = 0.0
         self.backbone_frozen = False       # derived from the epoch and --freeze_backbone, so not checkpointed
         self._micro_step = 0
         self._window_poisoned = False
         self.optimizer = self._build_optimizer()
         self.wrapped = self._wrap()
+        # After _wrap: building DDP broadcasts rank 0's weights, so every rank's shadow starts from the same model
+        # (each rank's own random init would make the EMA-evaluated validation shards mix different models).
+        self.ema = ExponentialMovingAverage(self.model, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
 
     # ---------------------------------------------------------------------------------------- setup
     def _build_optimizer(self) -> torch.optim.Optimizer:
@@ -217,7 +188,11 @@ class Trainer:
             param.requires_grad_(not frozen)
         self.backbone_frozen = frozen
         self.wrapped = self._wrap()
-        self.log(f"backbone {'frozen' if frozen else 'released'} at epoch {self.epoch}")
+        first = self.epoch + 1       # the epoch about to run, counted from 1 as the progress bar does
+        if frozen:
+            self.log(f"backbone frozen for epochs {first}-{self.cfg.train.freeze_backbone} (--freeze_backbone)")
+        else:
+            self.log(f"backbone released at epoch {first}")
 
     def train_mode(self) -> None:
         self.wrapped.train()
@@ -249,7 +224,8 @@ class Trainer:
         with sync:
             with self.autocast():
                 output = self.wrapped(img0, img1, t)
-                total, logs = self.loss_fn(output.pred, gt, flow=output.flow)
+                total, logs = self.loss_fn(output.pred, gt, flow=output.flow,
+                                           intermediate=output.intermediate_blends())
             finite = self.ctx.all_reduce_min(torch.isfinite(total.detach()).float().reshape(1)).item() > 0
             if finite:
                 self.scaler.scale(total / accum).backward()
@@ -264,6 +240,16 @@ class Trainer:
         return {"logs": logs, "stepped": stepped, "skipped": skipped, "output": output, "inputs": (img0, gt, img1, t)}
 
     def _optimizer_step(self) -> tuple[bool, bool]:
+        """Clip, step, update the EMA and count the step; returns (stepped, skipped for a non-finite loss/grad).
+
+        With fp16 the GradScaler skips ``optimizer.step`` itself when the scaled gradients overflowed and lowers its
+        scale. Nothing was learned then, so the step counter (hence the learning rate, a function of the step) and
+        the EMA stay where they are. The overflow is detected as the scale going down: ``GradScaler.update``
+        multiplies it by ``backoff_factor`` < 1 exactly when an inf/NaN was found, and only then (public API,
+        unlike the per-optimizer ``found_inf`` record). Overflows are the scaler's normal search for its scale,
+        not divergence, so they do not count towards ``--max_nonfinite_steps``; a scale that falls below 1 (the
+        gradients overflow even unscaled) does stop the run.
+        """
         for group in self.optimizer.param_groups:
             group["lr"] = self.current_lr()
         skip = self._window_poisoned
@@ -276,18 +262,26 @@ class Trainer:
                 self.log(f"warning: non-finite gradient norm at step {self.step}; skipping this step")
                 skip = True
         if skip:
+            # No scaler.update() here: no unscale_ ran in this window, so the scaler has no inf checks to act on
+            # (update() would assert, and before the first scale() its scale does not even exist). The scale
+            # need not change: a non-finite loss comes from the forward pass, which the loss scale does not touch.
             self.optimizer.zero_grad(set_to_none=True)
-            if self.scaler.is_enabled():
-                self.scaler.update()
             self.nonfinite_streak += 1
             self._window_poisoned = False
             if self.nonfinite_streak >= self.cfg.train.max_nonfinite_steps:
                 raise TrainingDiverged(f"{self.nonfinite_streak} non-finite steps in a row at step {self.step}: "
                                        "training diverged (lower --lr, or use --amp bf16/fp32)")
             return False, True
-        self.scaler.step(self.optimizer)      # with fp16 the scaler itself skips steps whose gradients overflowed
+        scale_before = self.scaler.get_scale()
+        self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler.is_enabled() and self.scaler.get_scale() < scale_before:
+            self.overflow_skips += 1
+            if self.scaler.get_scale() < 1.0:
+                raise TrainingDiverged(f"fp16 loss scale fell to {self.scaler.get_scale():g} at step {self.step}: "
+                                       "the gradients overflow even unscaled (use --amp bf16/fp32, or lower --lr)")
+            return False, False
         if self.ema is not None:
             self.ema.update(self.model)
         self.step += 1
@@ -325,8 +319,69 @@ class Trainer:
         return {"psnr": sums[0].item() / count, "ssim": sums[1].item() / count if ssim_fn else float("nan"),
                 "psnr_frame_average": sums[2].item() / count, "count": int(sums[3].item()), "sample": sample}
 
-    # ---------------------------------------------------------------------------------------- checkpoints
+    # ---------------------------------------------------------------------------------------- run state
+    def start(self) -> None:
+        """Set the starting state from ``--resume`` / ``--init_from_attn``, and refuse to overwrite another run.
+
+        * ``--resume`` of this run (same run name and phase): continue exactly, every rank's RNG included.
+        * ``--resume`` of another run or phase: warm start (matching tensors; see :meth:`warm_start`).
+        * ``--init_from_attn``: MaTVLM init of the hybrid from a ``gated_attn_only`` checkpoint.
+        * otherwise a fresh start.
+        Anything but an exact continuation is refused while ``<run>_last.pt`` or ``_best.pt`` exists. Call it on
+        every rank, after construction (DDP has broadcast rank 0's initial weights) and before training.
+        """
+        train = self.cfg.train
+        if train.resume:
+            path = resolve_checkpoint(train.resume, train.ckpt_dir)
+            payload = load_checkpoint(path)
+            if self.is_same_run(payload):
+                self.resume(payload, str(path))
+                self.log(f"resumed {path} after epoch {self.epoch}: step {self.step}, "
+                         f"best PSNR {self.best_metric:.3f}")
+                return
+            self.refuse_to_clobber()
+            saved = checkpoint_config(payload, path)
+            report = self.warm_start(payload, str(path))
+            self.log(f"warm start from {path} (experiment {saved.experiment_name!r}, phase {saved.train.phase}): "
+                     f"{summarize_weight_report(report)}")
+        elif train.init_from_attn:
+            self.refuse_to_clobber()
+            self.init_from_attention(train.init_from_attn)
+        else:
+            self.refuse_to_clobber()
+
+    def refuse_to_clobber(self) -> None:
+        """A run that does not continue ``<run>_last``/``_best`` must not overwrite them. A dry run writes only its
+        own ``_dryrun`` files, which are disposable, so it is never refused."""
+        if self.cfg.train.dry_run:
+            return
+        for kind in ("last", "best"):
+            path = run_checkpoint_path(self.cfg, kind)
+            if path.exists():
+                raise ConfigError(f"{path} exists: continue that run with --resume {path.stem}, or choose another "
+                                  "--exp_name")
+
+    def save(self, improved: bool, metrics: dict[str, float] | None = None) -> None:
+        """Write ``<run>_last.pt`` (and ``_best.pt`` when ``improved``) atomically. Every rank calls it: the RNG
+        states of all ranks are gathered into the checkpoint; rank 0 alone writes; all ranks wait for it."""
+        rng_states = self.ctx.all_gather_object(capture_rng_state())
+        if self.ctx.is_main:
+            payload = self.state_payload(rng_states, metrics)
+            atomic_save(payload, run_checkpoint_path(self.cfg, "last"))
+            if improved:
+                atomic_save(payload, run_checkpoint_path(self.cfg, "best"))
+        self.ctx.barrier()
+
+    def record_validation(self, metrics: dict[str, float]) -> bool:
+        """Keep the latest validation metrics; True when the PSNR beats the best so far (which it then becomes)."""
+        self.last_val = dict(metrics)
+        improved = metrics["psnr"] > self.best_metric
+        if improved:
+            self.best_metric = metrics["psnr"]
+        return improved
+
     def state_payload(self, rng_states: list[dict[str, Any]], metrics: dict[str, float] | None = None) -> dict[str, Any]:
+        """The checkpoint (format in checkpoint.py): everything an exact continuation needs."""
         return {
             "format": CHECKPOINT_FORMAT,
             "config": self.cfg.to_dict(),
@@ -342,14 +397,15 @@ class Trainer:
         }
 
     def is_same_run(self, payload: dict[str, Any]) -> bool:
-        """A checkpoint continues this run when it belongs to the same experiment name and phase."""
+        """A checkpoint continues this run when it belongs to the same run name (experiment name, and a dry run
+        only to a dry run) and phase."""
         saved = checkpoint_config(payload)
-        return saved.experiment_name == self.cfg.experiment_name and saved.train.phase == self.cfg.train.phase
+        return run_name(saved) == run_name(self.cfg) and saved.train.phase == self.cfg.train.phase
 
     def resume(self, payload: dict[str, Any], path: str) -> None:
-        """Continue exactly: weights, optimizer, scaler, EMA, counters. RNG is restored by the caller per rank."""
+        """Continue exactly: weights, optimizer, scaler, EMA, counters, and this rank's RNG streams."""
         saved = checkpoint_config(payload, path)
-        differences = config_differences(saved.model, self.cfg.model)
+        differences = config_differences(saved.model, self.cfg.model, ignore=RUNTIME_MODEL_FIELDS)
         if differences:
             raise CheckpointError(f"{path} was trained with another model config (differs in: "
                                   f"{', '.join(differences)}); resume it with the same flags, or start a new "
@@ -358,17 +414,55 @@ class Trainer:
         if self.ema is not None and payload.get("ema"):
             self.ema.load_state_dict(payload["ema"])
         elif self.ema is not None:
-            self.ema = ExponentialMovingAverage(self.model, self.cfg.train.ema_decay)
+            self.reset_ema()
         self.optimizer.load_state_dict(payload["optimizer"])
         if payload.get("scaler"):
             self.scaler.load_state_dict(payload["scaler"])
         self.step, self.epoch = int(payload["step"]), int(payload["epoch"])
         self.best_metric = float(payload["best_metric"])
+        self.last_val = dict(payload["metrics"]) if payload.get("metrics") else None
+        rng = payload.get("rng") or []
+        if len(rng) == self.ctx.world_size:
+            restore_rng_state(rng[self.ctx.rank])
+        else:
+            self.log(f"warning: {path} was saved by {len(rng)} rank(s), this run has {self.ctx.world_size}: "
+                     "random streams are reseeded, so the continuation is not bit-identical")
 
-    def warm_start(self, payload: dict[str, Any]) -> dict[str, list[str]]:
-        """Load the weights that fit (another phase or experiment): name and shape must match; report the rest."""
+    def warm_start(self, payload: dict[str, Any], path: str) -> dict[str, list[str]]:
+        """Load the weights that fit (another phase or experiment): name and shape must match; report the rest.
+
+        A start that loads almost nothing (see :func:`checkpoint.partial_start_problem`) is refused with a
+        :class:`CheckpointError` unless ``--allow_partial_init`` says it is intended.
+        """
         state = payload.get("ema") or payload["model"]
         report = load_matching_weights(self.model, state)
+        problem = partial_start_problem(report, checkpoint_config(payload, path).model, self.cfg.model)
+        if problem and not self.cfg.train.allow_partial_init:
+            raise CheckpointError(f"warm start from {path} refused: {problem}. Use the checkpoint's model flags, "
+                                  "or pass --allow_partial_init if a partial start is intended")
+        if problem:
+            self.log(f"warning: partial warm start from {path} (--allow_partial_init): {problem}")
+        self.reset_ema()
+        return report
+
+    def init_from_attention(self, name_or_path: str) -> None:
+        """MaTVLM start (docs/DESIGN.md 6): copy a trained ``gated_attn_only`` checkpoint into the hybrid, its
+        attention projections mapped onto the Mamba2 branch (model/matvlm.py)."""
+        from model.matvlm import MaTVLMIncompatible, init_hybrid_from_attention
+        path = resolve_checkpoint(name_or_path, self.cfg.train.ckpt_dir)
+        payload = load_checkpoint(path)
+        source_cfg = checkpoint_config(payload, path)
+        if source_cfg.model.backbone_mode != "gated_attn_only":
+            raise MaTVLMIncompatible(f"--init_from_attn needs a gated_attn_only checkpoint; {path} is "
+                                     f"{source_cfg.model.backbone_mode}")
+        source = build_model(source_cfg.model)
+        source.load_state_dict(payload.get("ema") or payload["model"])
+        report = init_hybrid_from_attention(self.model, source)
+        self.reset_ema()
+        self.log(f"MaTVLM init from {path}: copied {len(report['copied'])} tensors, mapped {len(report['mapped'])} "
+                 f"attention->Mamba2 branches, {len(report['new'])} new tensors")
+
+    def reset_ema(self) -> None:
+        """Restart the EMA shadow from the current weights (after loading a start that is not this run's)."""
         if self.ema is not None:
             self.ema = ExponentialMovingAverage(self.model, self.cfg.train.ema_decay)
-        return report

@@ -98,6 +98,9 @@ class ModelConfig:
             raise ConfigError("refine_channels needs four entries (scales 1, 1/2, 1/4, 1/8)")
 
 
+DEFAULT_NUM_WORKERS = 8               # the spec's default; a machine with fewer cores per rank gets fewer
+
+
 @dataclass(frozen=True)
 class DataConfig:
     data_path: str | None = None
@@ -105,7 +108,7 @@ class DataConfig:
     mixed_ratio: tuple[int, int] = (2, 1)
     crop_size: int = 256
     batch_size: int = 8
-    num_workers: int = 8
+    num_workers: int | None = None     # None: DEFAULT_NUM_WORKERS, capped at the CPU cores per rank (train.py)
 
 
 @dataclass(frozen=True)
@@ -114,6 +117,7 @@ class LossConfig:
     ter: float = 1.0
     vgg: float = 0.005
     flow_smooth: float = 0.1
+    inter: float = 0.0                 # deep supervision of the flow blocks' blends (phases 2/3); 0 = off
     vgg_weights: str | None = None
 
 
@@ -135,6 +139,7 @@ class TrainConfig:
     eval_interval: int = 3
     resume: str | None = None
     init_from_attn: str | None = None  # MaTVLM: start a hybrid run from an attention-only checkpoint
+    allow_partial_init: bool = False   # accept a warm start that loads only a small part of the checkpoint
     exp_name: str | None = None
     dry_run: bool = False
     dry_run_steps: int = 4
@@ -190,12 +195,15 @@ class ExperimentConfig:
         if t.phase not in PHASES:
             raise ConfigError(f"--phase must be 1, 2 or 3, got {t.phase}")
         for flag, value in (("--epochs", t.epochs), ("--batch_size", d.batch_size), ("--grad_accum", t.grad_accum),
-                            ("--eval_interval", t.eval_interval), ("--curriculum_T", t.curriculum_T)):
+                            ("--eval_interval", t.eval_interval), ("--curriculum_T", t.curriculum_T),
+                            ("--image_every", t.image_every)):
             if value < 1:
                 raise ConfigError(f"{flag} must be a positive integer, got {value}")
         if t.lr <= 0:
             raise ConfigError(f"--lr must be positive, got {t.lr}")
-        if d.num_workers < 0:
+        if not 0.0 <= self.loss.inter < float("inf"):
+            raise ConfigError(f"--inter_weight must be a finite number >= 0, got {self.loss.inter}")
+        if d.num_workers is not None and d.num_workers < 0:
             raise ConfigError(f"--num_workers must be >= 0, got {d.num_workers}")
         if d.crop_size < 32 or d.crop_size % 32:
             raise ConfigError(f"--crop_size must be a positive multiple of 32 (the backbone downsamples by 16 and "
@@ -339,7 +347,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
     spec.add_argument("--curriculum", action="store_true", default=None, help="X4K motion curriculum (phase 3)")
     spec.add_argument("--curriculum_T", type=int, default=None, help="curriculum transition epoch (default 50)")
     spec.add_argument("--dry_run", action="store_true", default=None, help="a few steps plus one evaluation, then exit")
-    spec.add_argument("--num_workers", type=int, default=None, help="DataLoader workers (default 8)")
+    spec.add_argument("--num_workers", type=int, default=None,
+                      help="DataLoader workers per process (default 8, at most the CPU cores per process)")
     spec.add_argument("--grad_accum", type=int, default=None, help="gradient accumulation steps (default 1)")
     spec.add_argument("--eval_interval", type=int, default=None, help="evaluate every N epochs (default 3)")
 
@@ -348,6 +357,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
     extra.add_argument("--ablation", type=str, default=None, help=f"named ablation preset: {', '.join(ABLATIONS)}")
     extra.add_argument("--init_from_attn", type=str, default=None,
                        help="MaTVLM init: copy a gated_attn_only checkpoint's attention into the Mamba2 branch")
+    extra.add_argument("--allow_partial_init", action="store_true", default=None,
+                       help="accept a --resume warm start that loads less than half of the checkpoint's tensors "
+                            "or finds many at another shape (refused otherwise)")
     extra.add_argument("--amp", type=str, default=None, help="auto / bf16 / fp16 / fp32 (default auto)")
     extra.add_argument("--ema_decay", type=float, default=None, help="EMA of weights, 0 = off (default 0)")
     extra.add_argument("--warmup_steps", type=int, default=None, help="linear warm-up steps (default 2000)")
@@ -356,11 +368,16 @@ def build_arg_parser() -> argparse.ArgumentParser:
                        help="stop after this epoch as if interrupted; the LR schedule still spans --epochs")
     extra.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
     extra.add_argument("--ssd_backend", type=str, default=None, help="auto / torch / triton (default auto)")
+    extra.add_argument("--inter_weight", type=float, default=None,
+                       help="phases 2/3: weight of the deep supervision sum_i Lap(I_hat_i) on the flow blocks' "
+                            "blends (default 0 = off; RIFE/EMA-VFI use 0.5)")
     extra.add_argument("--vgg_weights", type=str, default=None,
                        help="local VGG19 weights file for the perceptual loss (or env THESIS_VGG_WEIGHTS)")
     extra.add_argument("--ckpt_dir", type=str, default=None, help="checkpoint folder (default ckpt)")
     extra.add_argument("--log_dir", type=str, default=None, help="TensorBoard folder (default log)")
     extra.add_argument("--log_every", type=int, default=None, help="scalar logging interval in steps (default 50)")
+    extra.add_argument("--image_every", type=int, default=None,
+                       help="training image grid interval in steps; also logged at each evaluation (default 500)")
     return p
 
 
@@ -370,6 +387,7 @@ _FLAG_FIELDS: dict[str, tuple[str, str]] = {
     "crop_size": ("data", "crop_size"), "num_workers": ("data", "num_workers"),
     "backbone_mode": ("model", "backbone_mode"), "use_mhc": ("model", "use_mhc"), "use_ecab": ("model", "use_ecab"),
     "ssd_backend": ("model", "ssm_backend"), "vgg_weights": ("loss", "vgg_weights"),
+    "inter_weight": ("loss", "inter"),
 }
 _NOT_FIELDS = {"phase", "model_size", "ablation", "mixed_ratio"}
 
@@ -388,7 +406,7 @@ def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
     cfg = ExperimentConfig(model=replace(cfg.model, **sections["model"]), data=replace(cfg.data, **sections["data"]),
                            loss=replace(cfg.loss, **sections["loss"]), train=replace(cfg.train, **sections["train"]))
     if cfg.train.phase == 1:
-        cfg = replace(cfg, loss=replace(cfg.loss, flow_smooth=0.0))
+        cfg = replace(cfg, loss=replace(cfg.loss, flow_smooth=0.0, inter=0.0))   # no flow in phase 1
     cfg.validate()
     return cfg
 

@@ -1,4 +1,4 @@
-"""Training and evaluation datasets for video frame interpolation.
+"""Training and evaluation datasets for video frame interpolation, and the pieces of the training data path.
 
 Every dataset returns one dict per sample::
 
@@ -18,25 +18,36 @@ Datasets:
     X4KDataset    X4K1000FPS training clips (``train/<type>/<clip>/0000.png ..``), arbitrary t.
     MixedDataset  Deterministic A:B interleaving of a Vimeo and an X4K dataset (Phase 3).
 
-Randomness only comes from torch's default generator (``torch.randint`` / ``torch.randperm``), which
-``torch.utils.data.DataLoader`` seeds differently in every worker, so results are reproducible with
-``torch.manual_seed`` and never repeat across workers.
+Data path (used by ``train.make_loaders``):
+    FrameCache / enable_frame_cache   decoded frames held in memory, filled once before the workers fork.
+    EpochSeededSampler + EpochSeededDataset   persistent workers whose random streams restart every epoch
+                  from (seed, rank, epoch), so a run resumed at an epoch boundary draws what it would have.
+    default_num_workers               the default worker count, capped at the CPU cores of one rank.
+
+Randomness only comes from torch's default generator (``torch.randint`` / ``torch.randperm``). In the main
+process it is the caller's (``torch.manual_seed``); in DataLoader workers it is seeded per worker, by the
+DataLoader or, for persistent workers, by :class:`EpochSeededDataset` at each epoch.
 
 Bad input raises :class:`DatasetError` with a one-line message naming the file or folder at fault.
-Cheap checks (folders, list files) happen in ``__init__``; unreadable images are found when loaded.
+Cheap checks (folders, list files, the first frame's size against the crop) happen in ``__init__``;
+unreadable images are found when loaded or when the frame cache is filled.
 """
 
 from __future__ import annotations
 
 import os
+import random
 import re
+import struct
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import NamedTuple, Sequence
+from typing import Iterator, NamedTuple, Sequence
 
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import Dataset, Sampler, Subset, get_worker_info
 
 __all__ = [
     "DatasetError",
@@ -44,10 +55,18 @@ __all__ = [
     "draw_augmentation",
     "center_crop_params",
     "apply_augmentation",
+    "augmented_sample",
     "sample_indices",
     "VimeoDataset",
     "X4KDataset",
     "MixedDataset",
+    "image_size",
+    "FrameCache",
+    "enable_frame_cache",
+    "frame_cache_budget",
+    "EpochSeededSampler",
+    "EpochSeededDataset",
+    "default_num_workers",
     "VIMEO_TRAIN_LIST",
     "VIMEO_TEST_LIST",
     "VIMEO_FRAME_NAMES",
@@ -160,6 +179,27 @@ def draw_augmentation(
     )
 
 
+def _augmented_views(frames: Sequence[np.ndarray], params: AugmentationParams) -> list[np.ndarray]:
+    """Crop window, flips and rotation of each (H, W, C) frame, as views (no copy); channels untouched."""
+    if len(frames) != 3:
+        raise ValueError(f"expected 3 frames (img0, gt, img1), got {len(frames)}")
+    bottom = params.top + params.crop_height
+    right = params.left + params.crop_width
+    views = []
+    for frame in frames:
+        if params.top < 0 or params.left < 0 or bottom > frame.shape[0] or right > frame.shape[1]:
+            raise ValueError(f"crop window {params} does not fit a frame of shape {frame.shape}")
+        view = frame[params.top : bottom, params.left : right]
+        if params.flip_horizontal:
+            view = view[:, ::-1]
+        if params.flip_vertical:
+            view = view[::-1]
+        if params.rot90:
+            view = np.rot90(view, k=params.rot90, axes=(0, 1))
+        views.append(view)
+    return views
+
+
 def apply_augmentation(
     frames: Sequence[np.ndarray], t: float, params: AugmentationParams
 ) -> tuple[list[np.ndarray], float]:
@@ -174,47 +214,72 @@ def apply_augmentation(
         ([img0, gt, img1] as C-contiguous arrays of shape (h, w, 3), t'), with t' = 1 - t when
         params.swap_time, else t.
     """
-    if len(frames) != 3:
-        raise ValueError(f"expected 3 frames (img0, gt, img1), got {len(frames)}")
-    bottom = params.top + params.crop_height
-    right = params.left + params.crop_width
     order = list(params.channel_order)
-    out = []
-    for frame in frames:
-        if params.top < 0 or params.left < 0 or bottom > frame.shape[0] or right > frame.shape[1]:
-            raise ValueError(f"crop window {params} does not fit a frame of shape {frame.shape}")
-        view = frame[params.top : bottom, params.left : right]
-        if params.flip_horizontal:
-            view = view[:, ::-1]
-        if params.flip_vertical:
-            view = view[::-1]
-        if params.rot90:
-            view = np.rot90(view, k=params.rot90, axes=(0, 1))
-        # Fancy indexing on the channel axis copies, which also makes the result contiguous.
-        out.append(np.ascontiguousarray(view[..., order]))
+    # Fancy indexing on the channel axis copies, which also makes the result contiguous.
+    out = [np.ascontiguousarray(view[..., order]) for view in _augmented_views(frames, params)]
     if params.swap_time:
         out.reverse()
         t = 1.0 - t
     return out, t
 
 
+def augmented_sample(frames: Sequence[np.ndarray], t: float, params: AugmentationParams) -> dict[str, torch.Tensor]:
+    """:func:`apply_augmentation` then the (h, w, 3) -> (3, h, w) tensor conversion, in one pass.
+
+    Same bytes as the two steps, several times faster: each output channel is one strided copy straight
+    into the tensor (fancy indexing on the channel axis and the transposing copy cost ~10x more per frame).
+
+    Returns:
+        {"img0", "gt", "img1"}: (3, h, w) tensors of the frames' dtype, "t": float32 ().
+    """
+    order = params.channel_order
+    tensors = []
+    for view in _augmented_views(frames, params):
+        target = np.empty((3, view.shape[0], view.shape[1]), dtype=view.dtype)
+        for channel, source in enumerate(order):
+            target[channel] = view[..., source]
+        tensors.append(torch.from_numpy(target))
+    if params.swap_time:
+        tensors.reverse()
+        t = 1.0 - t
+    return {"img0": tensors[0], "gt": tensors[1], "img1": tensors[2], "t": torch.tensor(t, dtype=torch.float32)}
+
+
 # --------------------------------------------------------------------------------------------------
 # Shared loading / sample assembly
 # --------------------------------------------------------------------------------------------------
-def _read_rgb(path: str) -> np.ndarray:
-    """Read an image file as RGB uint8 of shape (H, W, 3)."""
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _read_bgr(path: str) -> np.ndarray:
+    """Decode an image file as cv2 does: BGR uint8 of shape (H, W, 3)."""
     bgr = cv2.imread(path, cv2.IMREAD_COLOR)
     if bgr is None:
         if not os.path.isfile(path):
             raise DatasetError(f"image file missing: {path}")
         raise DatasetError(f"cannot read image: {path}")
-    return bgr[..., ::-1]  # a view; the copy happens once, in apply_augmentation
+    return bgr
 
 
-def _as_sample(frames: Sequence[np.ndarray], t: float) -> dict[str, torch.Tensor]:
-    """(H, W, 3) uint8 arrays -> dict of (3, H, W) uint8 tensors plus a float32 scalar t."""
-    img0, gt, img1 = (torch.from_numpy(np.ascontiguousarray(f.transpose(2, 0, 1))) for f in frames)
-    return {"img0": img0, "gt": gt, "img1": img1, "t": torch.tensor(t, dtype=torch.float32)}
+def _png_header_size(path: str) -> tuple[int, int] | None:
+    """(height, width) from a PNG's IHDR chunk (its first 24 bytes), or None when the file is not a PNG."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(24)
+    except FileNotFoundError:
+        raise DatasetError(f"image file missing: {path}") from None
+    except OSError as error:
+        raise DatasetError(f"cannot read image: {path} ({error.strerror or error})") from None
+    if len(head) < 24 or head[:8] != _PNG_SIGNATURE or head[12:16] != b"IHDR":
+        return None
+    width, height = struct.unpack(">II", head[16:24])
+    return int(height), int(width)
+
+
+def image_size(path: str) -> tuple[int, int]:
+    """(height, width) of an image file: read from the header of a PNG (no decoding), else by decoding it."""
+    size = _png_header_size(path)
+    return size if size is not None else _read_bgr(path).shape[:2]
 
 
 def _validate_crop_size(crop_size: int | None) -> int | None:
@@ -225,15 +290,126 @@ def _validate_crop_size(crop_size: int | None) -> int | None:
     return int(crop_size)
 
 
+class FrameCache:
+    """Decoded frames in memory: one flat read-only uint8 buffer, looked up by file path.
+
+    Frames are kept exactly as :func:`cv2.imread` returns them (BGR, (H, W, 3)), so a dataset that reads from
+    the cache yields the same samples, bit for bit, as one that decodes the files. Fill it in the main process
+    before DataLoader workers start: forked workers share its pages copy-on-write and never write to them
+    (the buffer is read-only), so N workers cost one copy. With the "spawn"/"forkserver" start methods every
+    worker would receive its own copy instead; ``train.make_loaders`` only builds a cache under "fork".
+
+    Args:
+        index: path -> (offset into buffer, height, width).
+        buffer: the frames, flat, uint8.
+        candidates: distinct frames the cache was asked to hold (the ones that fit are in ``index``).
+        fill_seconds: wall time spent decoding.
+    """
+
+    def __init__(self, index: dict[str, tuple[int, int, int]], buffer: np.ndarray, candidates: int,
+                 fill_seconds: float = 0.0):
+        self._index = index
+        self._buffer = buffer
+        self._buffer.flags.writeable = False  # a stray in-place edit would corrupt every later sample
+        self.candidates = candidates
+        self.fill_seconds = fill_seconds
+
+    @classmethod
+    def fill(cls, paths: Sequence[str], budget_bytes: int, threads: int = 1) -> "FrameCache":
+        """Decode ``paths`` (each distinct path once, in order) until the next frame would exceed the budget.
+
+        Sizes come from the PNG headers, so the buffer is allocated once; files that are not PNGs are left
+        out (they are decoded when loaded). Decoding runs on ``threads`` threads (cv2 releases the GIL).
+        An unreadable file raises :class:`DatasetError` naming it, before any training starts.
+        """
+        started = time.perf_counter()
+        unique = list(dict.fromkeys(os.fspath(p) for p in paths))
+        chosen: list[tuple[str, int, int, int]] = []
+        total = 0
+        for path in unique if budget_bytes > 0 else ():
+            size = _png_header_size(path)
+            if size is None:
+                continue
+            nbytes = size[0] * size[1] * 3
+            if total + nbytes > budget_bytes:
+                break
+            chosen.append((path, total, size[0], size[1]))
+            total += nbytes
+        buffer = np.empty(total, dtype=np.uint8)
+
+        def decode(entry: tuple[str, int, int, int]) -> None:
+            path, offset, height, width = entry
+            bgr = _read_bgr(path)
+            if bgr.shape != (height, width, 3):
+                raise DatasetError(f"decoded size {bgr.shape[1]}x{bgr.shape[0]} differs from the PNG header's "
+                                   f"{width}x{height}: {path}")
+            buffer[offset : offset + bgr.size] = bgr.reshape(-1)
+
+        if len(chosen) > 1 and threads > 1:
+            with ThreadPoolExecutor(max_workers=threads) as pool:
+                for _ in pool.map(decode, chosen):  # re-raises the first failure
+                    pass
+        else:
+            for entry in chosen:
+                decode(entry)
+        index = {path: (offset, height, width) for path, offset, height, width in chosen}
+        return cls(index, buffer, candidates=len(unique), fill_seconds=time.perf_counter() - started)
+
+    def get(self, path: str) -> np.ndarray | None:
+        """The cached BGR frame (H, W, 3) of ``path`` (a read-only view), or None if it is not cached."""
+        entry = self._index.get(path)
+        if entry is None:
+            return None
+        offset, height, width = entry
+        return self._buffer[offset : offset + height * width * 3].reshape(height, width, 3)
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self._buffer.nbytes)
+
+    def describe(self) -> str:
+        return (f"{len(self)} of {self.candidates} frames, {self.nbytes / 2**30:.2f} GiB, "
+                f"decoded in {self.fill_seconds:.1f} s")
+
+
 class _TripletDataset(Dataset):
-    """Common tail of every dataset: size checks, augmentation, conversion to tensors."""
+    """Common tail of every dataset: size checks, augmentation, conversion to tensors.
+
+    ``frame_cache`` (None by default) serves decoded frames from memory; see :func:`enable_frame_cache`.
+    """
 
     crop_size: int | None
     augment: bool
+    frame_cache: FrameCache | None = None
+
+    def frame_paths(self) -> list[str]:
+        """Every frame file a sample may read, in a stable order (what a frame cache should hold)."""
+        raise NotImplementedError
+
+    def _check_crop_fits(self, path: str) -> None:
+        """Refuse a crop larger than the frames now, from one file's header, rather than in the first epoch."""
+        if self.crop_size is None:
+            return
+        height, width = image_size(path)
+        if height < self.crop_size or width < self.crop_size:
+            raise DatasetError(
+                f"crop size {self.crop_size} is larger than the frames: {path} is {width}x{height} "
+                f"(--crop_size at most {min(height, width)})"
+            )
+
+    def _read_rgb(self, path: str) -> np.ndarray:
+        """RGB uint8 (H, W, 3) of one frame, from the cache when it holds it (a view; never written to)."""
+        bgr = self.frame_cache.get(path) if self.frame_cache is not None else None
+        if bgr is None:
+            bgr = _read_bgr(path)
+        return bgr[..., ::-1]  # a view; the copy happens once, in augmented_sample
 
     def _load_sample(self, paths: Sequence[str], t: float, folder: str) -> dict[str, torch.Tensor]:
         """Read img0/gt/img1 from ``paths`` and turn them into one augmented sample."""
-        frames = [_read_rgb(p) for p in paths]
+        frames = [self._read_rgb(p) for p in paths]
         height, width = frames[0].shape[:2]
         for path, frame in zip(paths[1:], frames[1:], strict=True):
             if frame.shape[:2] != (height, width):
@@ -249,8 +425,7 @@ class _TripletDataset(Dataset):
             params = draw_augmentation(height, width, self.crop_size)
         else:
             params = center_crop_params(height, width, self.crop_size)
-        frames, t = apply_augmentation(frames, t, params)
-        return _as_sample(frames, t)
+        return augmented_sample(frames, t, params)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -315,14 +490,26 @@ class VimeoDataset(_TripletDataset):
             crop_size, augment = None, False
         self.crop_size = _validate_crop_size(crop_size)
         self.augment = bool(augment)
+        if os.path.exists(self.root) and not os.path.isdir(self.root):
+            raise DatasetError(
+                f"--data_path {self.root} is a file, not a Vimeo90K triplet folder: tools/video_to_vimeo.py turns "
+                f"a video into a training set (python tools/video_to_vimeo.py VIDEO OUT_DIR)"
+            )
         if not os.path.isdir(self.root):
-            raise DatasetError(f"Vimeo90K folder not found: {self.root} (--data_path)")
+            raise DatasetError(
+                f"Vimeo90K folder not found: {self.root} (--data_path; tools/video_to_vimeo.py turns a video into "
+                f"a training set)"
+            )
         self.sequences_dir = os.path.join(self.root, "sequences")
         if not os.path.isdir(self.sequences_dir):
-            raise DatasetError(f"Vimeo90K sequences folder not found: {self.sequences_dir}")
+            raise DatasetError(
+                f"Vimeo90K sequences folder not found: {self.sequences_dir} (expected the Vimeo90K triplet layout, "
+                f"which tools/video_to_vimeo.py writes from a video)"
+            )
         list_name = VIMEO_TRAIN_LIST if split == "train" else VIMEO_TEST_LIST
         self.list_path = os.path.join(self.root, list_name)
         self.names = _read_vimeo_list(self.list_path, self.sequences_dir)
+        self._check_crop_fits(self.frame_path(0, 0))
 
     def __len__(self) -> int:
         return len(self.names)
@@ -330,9 +517,17 @@ class VimeoDataset(_TripletDataset):
     def sequence_folder(self, index: int) -> str:
         return os.path.join(self.sequences_dir, *self.names[index].split("/"))
 
+    def frame_path(self, index: int, frame: int) -> str:
+        """Path of frame 0, 1 or 2 (im1/im2/im3.png) of item ``index``."""
+        return os.path.join(self.sequence_folder(index), VIMEO_FRAME_NAMES[frame])
+
+    def frame_paths(self) -> list[str]:
+        """im1/im2/im3 of every listed triplet, in list order (a triplet listed twice appears twice)."""
+        return [self.frame_path(index, frame) for index in range(len(self)) for frame in range(3)]
+
     def __getitem__(self, index: int) -> dict:
         folder = self.sequence_folder(index)
-        paths = [os.path.join(folder, name) for name in VIMEO_FRAME_NAMES]
+        paths = [self.frame_path(index, frame) for frame in range(3)]
         sample = self._load_sample(paths, 0.5, folder)
         if self.split == "test":
             sample["name"] = self.names[index]
@@ -434,8 +629,9 @@ class X4KDataset(_TripletDataset):
         augment: random crop/flips/rotations/temporal swap/channel permutation; without it a
             deterministic centre crop (frame indices are still drawn at random).
         max_gap: largest frame gap between the inputs; change it between epochs with
-            ``set_max_gap`` (or by assigning ``max_gap``) for the curriculum. Non-persistent
-            DataLoader workers pick up the value current when the epoch's iterator is created.
+            ``set_max_gap`` (or by assigning ``max_gap``) for the curriculum. The value lives in a
+            shared-memory tensor, so DataLoader workers, persistent ones included, see a change made in
+            the main process from their next sample on.
         min_gap: smallest gap, >= 2.
 
     Items: ``{"img0", "gt", "img1"}`` uint8 (3, h, w), ``"t"`` float32 () in (0, 1).
@@ -455,6 +651,9 @@ class X4KDataset(_TripletDataset):
         if isinstance(min_gap, bool) or not isinstance(min_gap, (int, np.integer)) or min_gap < 2:
             raise ValueError(f"min_gap must be an integer >= 2, got {min_gap!r}")
         self.min_gap = int(min_gap)
+        # One int64 in shared memory: forked (or spawned) DataLoader workers map the same page, so the
+        # curriculum's change between epochs reaches persistent workers without restarting them.
+        self._shared_max_gap = torch.zeros((), dtype=torch.int64).share_memory_()
         self.max_gap = max_gap  # validated by the property setter
         if not os.path.isdir(self.root):
             raise DatasetError(f"X4K1000FPS folder not found: {self.root} (--x4k_path)")
@@ -462,10 +661,11 @@ class X4KDataset(_TripletDataset):
         if not os.path.isdir(self.train_dir):
             raise DatasetError(f"X4K1000FPS train folder not found: {self.train_dir} (--x4k_path)")
         self.clips = _discover_x4k_clips(self.train_dir, min_frames=max(3, self.min_gap + 1))
+        self._check_crop_fits(os.path.join(self.clips[0].folder, self.clips[0].frame_names[0]))
 
     @property
     def max_gap(self) -> int:
-        return self._max_gap
+        return int(self._shared_max_gap.item())
 
     @max_gap.setter
     def max_gap(self, gap: int) -> None:
@@ -473,7 +673,7 @@ class X4KDataset(_TripletDataset):
             raise ValueError(f"max_gap must be an integer, got {gap!r}")
         if gap < self.min_gap:
             raise ValueError(f"max_gap must be >= min_gap={self.min_gap}, got {gap}")
-        self._max_gap = int(gap)
+        self._shared_max_gap.fill_(int(gap))
 
     def set_max_gap(self, gap: int) -> None:
         """Curriculum hook: allow input gaps up to ``gap`` frames from the next iterator on."""
@@ -482,9 +682,13 @@ class X4KDataset(_TripletDataset):
     def __len__(self) -> int:
         return len(self.clips)
 
+    def frame_paths(self) -> list[str]:
+        """Every frame of every clip, clip by clip."""
+        return [os.path.join(clip.folder, name) for clip in self.clips for name in clip.frame_names]
+
     def __getitem__(self, index: int) -> dict:
         clip = self.clips[index]
-        i0, it, i1 = sample_indices(len(clip.frame_names), self.min_gap, self._max_gap)
+        i0, it, i1 = sample_indices(len(clip.frame_names), self.min_gap, self.max_gap)
         paths = [os.path.join(clip.folder, clip.frame_names[i]) for i in (i0, it, i1)]
         return self._load_sample(paths, (it - i0) / (i1 - i0), clip.folder)
 
@@ -563,3 +767,145 @@ class MixedDataset(Dataset):
 
     def __repr__(self) -> str:
         return f"MixedDataset(ratio={self.ratio[0]}:{self.ratio[1]}, len={len(self)}, {self.vimeo!r}, {self.x4k!r})"
+
+
+# --------------------------------------------------------------------------------------------------------
+# Phase-3 curriculum: the X4K frame gap the training loop allows at each epoch (set_max_gap above applies it)
+# --------------------------------------------------------------------------------------------------------
+CURRICULUM_GAPS = (2, 4, 8, 16, 32)
+
+
+def curriculum_max_gap(epoch: int, transition_epoch: int, enabled: bool, gaps: tuple[int, ...] = CURRICULUM_GAPS) -> int:
+    """Largest X4K frame gap allowed at ``epoch`` (0-based).
+
+    VFIMamba's curriculum (docs/DESIGN.md 1.6): keep Vimeo90K throughout and add X-TRAIN with growing motion. The
+    exact published schedule is unverified; ours raises the cap through ``gaps`` in equal steps of
+    ``transition_epoch / (len(gaps) - 1)`` epochs, so the full range is reached at ``transition_epoch``
+    (``--curriculum_T``). Without the curriculum: the full range from the start.
+    """
+    if not enabled:
+        return gaps[-1]
+    stage = min(len(gaps) - 1, (epoch * (len(gaps) - 1)) // max(1, transition_epoch))
+    return gaps[stage]
+
+
+# --------------------------------------------------------------------------------------------------
+# The training data path: frame cache, per-epoch worker seeds, worker count
+# --------------------------------------------------------------------------------------------------
+def _triplet_parts(dataset: Dataset) -> list[_TripletDataset]:
+    """The Vimeo/X4K datasets inside ``dataset`` (through MixedDataset and Subset wrappers)."""
+    dataset = _unwrap(dataset)
+    if isinstance(dataset, MixedDataset):
+        return _triplet_parts(dataset.vimeo) + _triplet_parts(dataset.x4k)
+    return [dataset] if isinstance(dataset, _TripletDataset) else []
+
+
+def enable_frame_cache(dataset: Dataset, budget_bytes: int, threads: int = 1) -> FrameCache:
+    """Decode the frames of every Vimeo/X4K part of ``dataset`` into one :class:`FrameCache` and attach it.
+
+    Frames are taken in the parts' order (Vimeo before X4K in a MixedDataset) until ``budget_bytes`` is
+    reached; the rest are decoded when loaded, as without a cache. Samples are identical either way.
+    Call it in the main process before the DataLoader's workers start.
+    """
+    parts = _triplet_parts(dataset)
+    cache = FrameCache.fill([path for part in parts for path in part.frame_paths()], budget_bytes, threads)
+    for part in parts:
+        part.frame_cache = cache if len(cache) else None
+    return cache
+
+
+def _available_memory_bytes() -> int:
+    """MemAvailable from /proc/meminfo (Linux); 0 where it cannot be read (then nothing is cached)."""
+    try:
+        with open("/proc/meminfo", "r", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def frame_cache_budget(local_world_size: int = 1, cap_bytes: int = 8 * 2**30, fraction: float = 0.25) -> int:
+    """Bytes of decoded frames one rank may cache: min(cap, fraction of available memory), split over the ranks
+    of this machine (each rank holds its own copy).
+
+    The 8 GiB cap bounds the start-up cost: filling it takes about 5 s on 16 cores with 1280x720 PNGs
+    (about 25 ms per frame per core) and holds a small set (a few hundred triplets at 720p, ~24k frames of
+    448x256) whole; larger sets are cached in part.
+    """
+    budget = min(cap_bytes, int(fraction * _available_memory_bytes()))
+    return max(0, budget // max(1, local_world_size))
+
+
+class EpochSeededSampler(Sampler[tuple[int, int]]):
+    """Wraps an index sampler and yields ``(epoch_seed, index)``; pair it with :class:`EpochSeededDataset`.
+
+    ``epoch_seed`` is a pure function of (seed, rank, epoch), the epoch being the wrapped sampler's ``epoch``
+    (``DistributedSampler.set_epoch``) or, for a sampler without one, the number of iterations begun. It rides
+    with every index, so it reaches persistent workers in step with the indices themselves: samples of an
+    abandoned epoch still queued in a worker keep their old seed.
+    """
+
+    def __init__(self, sampler: Sampler[int], seed: int, rank: int = 0):
+        self.sampler = sampler
+        self.seed = int(seed)
+        self.rank = int(rank)
+        self._iterations = 0
+
+    def epoch_seed(self, epoch: int) -> int:
+        """A seed below 2**62 (room to add a worker id) for ``epoch``."""
+        words = np.random.SeedSequence([self.seed % 2**63, self.rank, int(epoch)]).generate_state(2, np.uint32)
+        return (int(words[0]) << 30) ^ int(words[1])
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch = getattr(self.sampler, "epoch", self._iterations)
+        self._iterations += 1
+        seed = self.epoch_seed(epoch)
+        for index in self.sampler:
+            yield seed, int(index)
+
+    def __len__(self) -> int:
+        return len(self.sampler)  # type: ignore[arg-type]
+
+
+class EpochSeededDataset(Dataset):
+    """Takes ``(epoch_seed, index)`` keys; in a DataLoader worker, reseeds torch's default generator (and
+    Python's ``random``) with ``epoch_seed + worker_id`` at the first sample of each epoch.
+
+    That restarts every worker's random stream at every epoch exactly as non-persistent workers would be
+    seeded, but from (seed, rank, epoch) rather than from the main process's generator: persistent workers,
+    a different worker count's start-up, or a run resumed at an epoch boundary all draw the same augmentations
+    for the same (worker, epoch). Only for use inside DataLoader workers (in the main process it would reseed
+    the caller's generator).
+    """
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+        self._current_seed: int | None = None  # per worker process: each holds its own copy of this object
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: tuple[int, int]) -> dict:
+        seed, index = key
+        if seed != self._current_seed:
+            info = get_worker_info()
+            if info is None:
+                raise RuntimeError("EpochSeededDataset reseeds DataLoader workers; use the plain dataset with "
+                                   "num_workers=0")
+            torch.manual_seed(seed + info.id)
+            random.seed(seed + info.id)
+            self._current_seed = seed
+        return self.dataset[index]
+
+
+def default_num_workers(preferred: int, local_world_size: int = 1) -> tuple[int, int]:
+    """``(workers, cores per rank)``: ``preferred`` capped at the CPU cores this process may run on, shared
+    evenly by the ranks on this machine (more workers than cores only adds switching, and PyTorch warns)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    per_rank = max(1, cores // max(1, local_world_size))
+    return min(preferred, per_rank), per_rank

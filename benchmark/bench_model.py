@@ -9,6 +9,14 @@ in the model is not flash-eligible.
 Examples:
     python benchmark/bench_model.py --phase 1 --modes hybrid mamba2_only gated_attn_only --batch 4 --size 256
     python benchmark/bench_model.py --phase 2 --batch 4 --size 256 --infer 1080p 2k 4k
+    python benchmark/bench_model.py --phase 2 --peer_table --json ours_p2.json
+
+``--peer_table`` prints the rows of the side-by-side comparison with other VFI models (RIFE, EMA-VFI) under one
+definition for every model: a training step (forward, the training loss as the trainer builds it with the VGG
+term as configured -- off without local weights -- backward, AdamW with default settings) at 256x256 for
+b4 fp32, b4 bf16, b8 bf16 and b16 bf16, then 2x inference in bf16 at 256, 720p, 1080p (flow at full resolution),
+2K (flow 0.5) and 4K (flow 0.25); median of 10 CUDA-event timings after 3 warm-up calls (5 at 4K), peak memory
+of the timed calls, cudnn.benchmark on. Run the peers' own code the same way in the same session to compare.
 """
 
 from __future__ import annotations
@@ -75,6 +83,64 @@ def measure_inference(model, name: str, args, device: str) -> dict:
             "peak_gib": round(timing.peak_gib or 0.0, 3)}
 
 
+PEER_TRAIN = ((4, "fp32"), (4, "bf16"), (8, "bf16"), (16, "bf16"))
+PEER_INFER = (("256", 256, 256, 1.0), ("720p", 720, 1280, 1.0), ("1080p", 1080, 1920, 1.0), ("2K", 1080, 2048, 0.5),
+              ("4K", 2160, 3840, 0.25))
+
+
+def peer_table(args, device: str) -> dict:
+    """The comparison rows (see the module docstring); every failure is recorded, never fatal."""
+    torch.manual_seed(0)
+    cfg = preset(args.phase, args.model_size)
+    model = build_model(cfg.model).to(device)
+    loss_fn = CompositeLoss(args.phase).to(device)          # VGG term as the trainer builds it (off without weights)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    result = {"model": f"ours_p{args.phase}", "gpu": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+              "torch": torch.__version__, "params_M": count_parameters(model) / 1e6, "train": {}, "infer": {},
+              "errors": {}}
+    for batch, precision in PEER_TRAIN:
+        key = f"b{batch}_256_{precision}"
+        try:
+            a, b, gt = (torch.rand(batch, 3, 256, 256, device=device) for _ in range(3))
+            t = torch.full((batch,), 0.5, device=device)
+            model.train()
+
+            def step():
+                with torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                    out = model(a, b, t)
+                    loss = loss_fn(out.pred, gt, flow=out.flow if args.phase > 1 else None)[0]
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+            step()                                           # compilation and autotuning outside the timing
+            if device == "cuda":
+                torch.cuda.empty_cache()
+            timing = measure(step, device, warmup=3, reps=10)
+            result["train"][key] = dict(ms=timing.median_ms, samples_s=batch * 1000 / timing.median_ms,
+                                        peak_gib=timing.peak_gib)
+        except Exception as error:                           # e.g. out of memory on a small card: record it
+            result["errors"][key] = repr(error)[:300]
+        print(result["model"], key, result["train"].get(key, result["errors"].get(key)), flush=True)
+    model.eval()
+    for label, height, width, scale in PEER_INFER:
+        key = f"{label}_bf16"
+        try:
+            a, b = (torch.rand(1, 3, height, width, device=device) for _ in range(2))
+
+            def run():
+                with torch.no_grad(), torch.autocast(device, dtype=torch.bfloat16):
+                    return model.inference(a, b, 0.5, flow_scale=scale)
+            run()
+            if device == "cuda":
+                torch.cuda.empty_cache()
+            timing = measure(run, device, warmup=2, reps=5 if label == "4K" else 10)
+            result["infer"][key] = dict(ms=timing.median_ms, peak_gib=timing.peak_gib, flow_scale=scale)
+        except Exception as error:
+            result["errors"][key] = repr(error)[:300]
+        print(result["model"], key, result["infer"].get(key, result["errors"].get(key)), flush=True)
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--phase", type=int, default=1)
@@ -90,6 +156,8 @@ def main() -> None:
                         help="also time the training step with torch.compile on the model and the loss")
     parser.add_argument("--compare_unchunked_warp", action="store_true",
                         help="also measure inference with feature warps done in one float32 pass (the old way)")
+    parser.add_argument("--peer_table", action="store_true",
+                        help="print the rows of the comparison with peer models (module docstring) and exit")
     parser.add_argument("--json", type=str, default=None)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="cpu runs are smoke tests of this script, not measurements")
@@ -101,6 +169,11 @@ def main() -> None:
     from torch.nn.attention import SDPBackend, sdpa_kernel
     torch.backends.cudnn.benchmark = True
     device_name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
+    if args.peer_table:
+        table = peer_table(args, device)
+        if args.json:
+            Path(args.json).write_text(json.dumps(table, indent=1))
+        return
     flash = SDPBackend.FLASH_ATTENTION if device == "cuda" else SDPBackend.MATH
     rows = []
     for mode in args.modes:

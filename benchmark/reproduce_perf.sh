@@ -1,43 +1,83 @@
 #!/usr/bin/env bash
-# Reproduces the GPU numbers of docs/PERF.md on a CUDA machine (one or two GPUs), from the repository root:
-#   bash benchmark/reproduce_perf.sh OUT_DIR [STAGE ...]        (no stage names: all stages)
-# Stages (run in this order): kernels data train_p1 ddp train_p2 bench_p2 compile bench_p1 bench_p1_b16
-# Needs: torch, triton, timm, einops, opencv, tensorboard; the mamba-ssm wheel (bash ../shared/gpu/build-wheels.sh)
-# installed or in .whl/; data/cache/bigbuckbunny.mp4 (python tools/make_sample_data.py fetches it).
-# Every stage has a time limit so that one slow stage cannot eat a whole GPU session.
+# Reproduces the GPU numbers of docs/PERF.md and the table of docs/ABLATIONS.md on one CUDA machine, from the
+# repository root:
+#   bash benchmark/reproduce_perf.sh OUT_DIR [STAGE ...]        (no stage names: all stages, in this order)
+# Stages:
+#   setup     the sample sets: data/sample_vimeo (448x256) and data/sample_720p (the same clip at 1280x720)
+#   start     a fresh process's first optimizer step (Phase 2, batch 16), then 80 steps on the sample set
+#   kernels   SSD Triton vs PyTorch and FlashAttention vs math parity (benchmark/check_kernels.py)
+#   peers     the side-by-side rows: ours (Phases 1, 2) with bench_model.py --peer_table; RIFE_m and
+#             EMA-VFI-small with PEER_PERF (default ../shared/bench/peer_perf.py) when PEERS_DIR (default .peers)
+#             holds their repositories (fetched, git-ignored, never copied into the project)
+#   loader    train.py's own samples/s on the 720p set; the bare DataLoader on it and on an X4K-like fixture
+#   interp    interpolate.py 4x on the clip upscaled to 1080p, with the checkpoint of `start`
+#   ablation  benchmark/ablation.py: every Phase-1 variant, ABL_STEPS steps at batch 16 (seed 0), hybrid and
+#             gated_attn_only also with seed 1; then Phase 2 hybrid vs hybrid_inter (ABL2_STEPS steps)
+# Needs: torch, triton, timm, einops, opencv, tensorboard, tqdm; the mamba-ssm wheel
+# (bash ../shared/gpu/build-wheels.sh) and an imageio-ffmpeg wheel in .whl/ or installed;
+# data/cache/bigbuckbunny.mp4 (python tools/make_sample_data.py fetches it once).
+# Every stage has a time limit, so one slow stage cannot eat a whole GPU session.
 set -uo pipefail
 out=${1:-perf_out}; shift || true
-stages=${*:-kernels data train_p1 ddp train_p2 bench_p2 compile bench_p1 bench_p1_b16}
+stages=${*:-setup start kernels peers loader interp ablation}
 mkdir -p "$out"
-export PYTHONUNBUFFERED=1 TRITON_CACHE_AUTOTUNING=1 OMP_NUM_THREADS=4
+export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=4
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
 fi
 want() { [[ " $stages " == *" $1 "* ]]; }
-stage() { local limit=$1; shift; echo "=== [$(date +%T)] $*"; timeout "$limit" "$@"; echo "=== exit $?"; }
-ngpu=$(python3 -c 'import torch; print(torch.cuda.device_count())')
+stage() { local limit=$1; shift; echo "=== [$(date +%T)] $*"; timeout "$limit" "$@"; echo "=== exit $? [$(date +%T)]"; }
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-common="--data_path data/sample_vimeo --batch_size 4 --crop_size 256 --num_workers 6 --log_every 19"
-want kernels && stage 420 python3 benchmark/check_kernels.py --json "$out/kernels.json"
-want data && stage 60 python3 tools/make_sample_data.py --out data/sample_vimeo
-# Phase 1: ~250 optimizer steps (75 training triplets, 18 steps/epoch), validation every 2 epochs.
-want train_p1 && rm -rf ckpt/gpu_p1_* log/gpu_p1 && \
-  stage 150 python3 train.py --phase 1 $common --epochs 14 --eval_interval 2 --warmup_steps 30 --exp_name gpu_p1
-if want ddp && [ "$ngpu" -ge 2 ]; then
-  rm -rf ckpt/gpu_ddp_* log/gpu_ddp
-  stage 80 torchrun --standalone --nproc_per_node=2 train.py --phase 1 $common --epochs 4 --eval_interval 2 \
-    --warmup_steps 5 --exp_name gpu_ddp --resume gpu_p1_best
+python3 -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__)'
+ABL_STEPS=${ABL_STEPS:-400}
+ABL2_STEPS=${ABL2_STEPS:-250}
+
+if want setup; then
+  stage 60 python3 tools/make_sample_data.py --out data/sample_vimeo
+  stage 90 python3 tools/video_to_vimeo.py data/cache/bigbuckbunny.mp4 data/sample_720p --size 1280x720 --stride 3 \
+    --test_fraction 0.25 --test_position start
 fi
-# Phase 2 warm-started from Phase 1 (the spec's recipe).
-want train_p2 && rm -rf ckpt/gpu_p2_* log/gpu_p2 && \
-  stage 100 python3 train.py --phase 2 $common --epochs 10 --eval_interval 2 --warmup_steps 20 --exp_name gpu_p2 \
-    --resume gpu_p1_best
-want bench_p2 && stage 90 python3 benchmark/bench_model.py --phase 2 --modes hybrid --ssd_backends triton --batch 4 \
-  --size 256 --reps 10 --infer 1080p 2k 4k --compare_unchunked_warp --json "$out/bench_p2.json"
-want compile && stage 150 python3 benchmark/bench_model.py --phase 1 --modes hybrid --ssd_backends triton \
-  --batch 4 --size 256 --reps 20 --compile --json "$out/bench_p1_compile.json"
-want bench_p1 && stage 80 python3 benchmark/bench_model.py --phase 1 --modes hybrid mamba2_only gated_attn_only \
-  --ssd_backends triton torch --batch 4 --size 256 --reps 20 --json "$out/bench_p1.json"
-want bench_p1_b16 && stage 60 python3 benchmark/bench_model.py --phase 1 --modes hybrid --ssd_backends torch triton \
-  --batch 16 --size 256 --reps 10 --json "$out/bench_p1_b16.json"
+if want start; then   # a fresh process: the first step compiles the Triton SSD kernels (pinned autotuning)
+  rm -rf ckpt/perf_p2_* log/perf_p2
+  stage 240 python3 train.py --phase 2 --data_path data/sample_vimeo --batch_size 16 --epochs 2 --steps_per_epoch 40 \
+    --eval_interval 2 --warmup_steps 10 --lr 3e-4 --exp_name perf_p2 --log_every 20
+  cp log/perf_p2/summary.json "$out/start_summary.json" 2>/dev/null
+fi
+want kernels && stage 180 python3 benchmark/check_kernels.py --json "$out/kernels.json"
+if want peers; then
+  for phase in 1 2; do
+    stage 150 python3 benchmark/bench_model.py --phase "$phase" --peer_table --json "$out/peer_ours_p$phase.json"
+  done
+  peer_perf=${PEER_PERF:-../shared/bench/peer_perf.py}
+  if [ -d "${PEERS_DIR:-.peers}" ] && [ -f "$peer_perf" ]; then
+    for peer in rife_m emavfi_small; do
+      stage 150 python3 "$peer_perf" "$peer" "$(realpath "$out")/peer_$peer.json"
+    done
+  fi
+fi
+if want loader; then
+  rm -rf ckpt/perf_720_* log/perf_720
+  stage 150 python3 train.py --phase 2 --data_path data/sample_720p --batch_size 16 --epochs 1 --steps_per_epoch 60 \
+    --warmup_steps 10 --exp_name perf_720 --log_every 20
+  cp log/perf_720/summary.json "$out/loader_720_summary.json" 2>/dev/null
+  stage 90 python3 benchmark/bench_loader.py --data_path data/sample_720p --batch_size 16 --json "$out/loader_720.json"
+  stage 90 python3 benchmark/bench_loader.py --make_x4k /tmp/x4k_fixture --clips 2 --frames 17 --size 2160
+  stage 90 python3 benchmark/bench_loader.py --phase 3 --data_path data/sample_vimeo --x4k_path /tmp/x4k_fixture \
+    --batch_size 16 --curriculum --json "$out/loader_x4k.json"
+fi
+if want interp; then
+  ffmpeg_bin=$(python3 -c 'import imageio_ffmpeg as i; print(i.get_ffmpeg_exe())')
+  "$ffmpeg_bin" -y -loglevel error -i data/cache/bigbuckbunny.mp4 -vf scale=1920:1080:flags=lanczos \
+    -c:v libx264 -crf 16 -pix_fmt yuv420p -an /tmp/bbb1080.mp4
+  stage 240 python3 interpolate.py --model perf_p2_last --input /tmp/bbb1080.mp4 --output /tmp/bbb1080_4x.mp4 \
+    --multi 4 --no_progress --overwrite
+fi
+if want ablation; then
+  common="--data_path data/sample_vimeo --batch_size 16 --crop_size 256 --num_workers 8"
+  stage 560 python3 benchmark/ablation.py $common --steps "$ABL_STEPS" --seeds 0 --out "$out/ablation_p1/table.md"
+  stage 200 python3 benchmark/ablation.py $common --steps "$ABL_STEPS" --seeds 0,1 --variants hybrid,gated_attn_only \
+    --out "$out/ablation_p1/seeds.md"
+  stage 240 python3 benchmark/ablation.py $common --steps "$ABL2_STEPS" --seeds 0 --phase 2 \
+    --variants hybrid,hybrid_inter --out "$out/ablation_p2/table.md"
+fi
 exit 0

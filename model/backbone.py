@@ -14,7 +14,9 @@ LGS block (channels-last, (2B, H, W, C))::
     X2 = s2 * X1 + DropPath(ECAB(LN2(X1)))                        (CAB with use_ecab=False)
 
 With ``use_mhc`` both residual updates become :class:`model.mhc.ManifoldHyperConnection` updates on n streams
-that persist across the blocks of a stage.
+that persist across the blocks of a stage. Block ``k`` of a stage holds sub-layers ``2k`` (mixer) and ``2k + 1``
+(ECAB); the sub-layer index sets which stream gets the larger update gain at initialisation, which is what lets
+the streams (and so H_res) differ while the stage still starts as the plain residual stage (model/mhc.py).
 """
 
 from __future__ import annotations
@@ -56,11 +58,15 @@ class PatchEmbed(nn.Module):
 
 
 class LGSBlock(nn.Module):
-    """Local-Global Synergistic block. forward: (2B, H, W, C), or (2B, H, W, n, C) streams with mHC -> same shape."""
+    """Local-Global Synergistic block. forward: (2B, H, W, C), or (2B, H, W, n, C) streams with mHC -> same shape.
+
+    ``index``: the block's position in its stage; with mHC its two updates are the stage's sub-layers
+    ``2 index`` and ``2 index + 1`` (their initial per-stream gains, model/mhc.py).
+    """
 
     def __init__(self, dim: int, num_heads: int, mode: str = "hybrid", window: int = 8, shift: bool = False,
                  use_ecab: bool = True, use_mhc: bool = False, mhc_streams: int = 4, mhc_sinkhorn_iters: int = 20,
-                 drop_path: float = 0.0, attn_gate: str = "headwise", attn_cross_frame: bool = True,
+                 drop_path: float = 0.0, index: int = 0, attn_gate: str = "headwise", attn_cross_frame: bool = True,
                  ssm_expand: int = 2, ssm_headdim: int = 32, ssm_state: int = 64, ssm_groups: int = 1,
                  ssm_chunk_size: int = 256, ssm_per_direction: bool = False, ssm_backend: str = "auto"):
         super().__init__()
@@ -81,8 +87,33 @@ class LGSBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.ffn = ChannelAttentionBlock(dim, use_eca=use_ecab)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-        self.hc_mixer = ManifoldHyperConnection(dim, mhc_streams, mhc_sinkhorn_iters) if use_mhc else None
-        self.hc_ffn = ManifoldHyperConnection(dim, mhc_streams, mhc_sinkhorn_iters) if use_mhc else None
+        self.hc_mixer = ManifoldHyperConnection(dim, mhc_streams, mhc_sinkhorn_iters,
+                                                layer=2 * index) if use_mhc else None
+        self.hc_ffn = ManifoldHyperConnection(dim, mhc_streams, mhc_sinkhorn_iters,
+                                              layer=2 * index + 1) if use_mhc else None
+
+    @torch.no_grad()
+    def start_fusion_as_attention(self) -> None:
+        """Make the hybrid fusion pass Branch B (attention) through unchanged, Branch A (Mamba2) contributing zero.
+
+        Used by the MaTVLM start (model/matvlm.py), so a hybrid built from a trained attention-only model computes
+        exactly that model at step 0. The fusion is ``fuse_proj(ECA([A; B]))``, and ECA multiplies every channel by
+        ``sigmoid(conv1d(GAP))`` -- an input-dependent gate that no fixed ``fuse_proj`` could undo. ECA's 1-D conv
+        has no bias, so zeroing its weight makes the gate exactly 1/2 for every channel and every input; then
+        ``fuse_proj = [0 | 2 I]`` (bias 0) returns ``B`` exactly (products by 1/2 and 2 are exact in floating
+        point). Nothing is frozen: at step 0 the ECA conv and the Mamba half of ``fuse_proj`` already receive
+        gradient, so the gate becomes input-dependent and Branch A's contribution grows from the first step; Branch
+        A's own parameters receive gradient once that half is non-zero (from the second step). The architecture of
+        the ``hybrid`` ablation is unchanged (a residual or bypassed ECA would have changed what it measures);
+        only these starting values differ.
+        """
+        if self.mode != "hybrid":
+            raise ValueError(f"start_fusion_as_attention needs a hybrid block, this one is {self.mode!r}")
+        dim = self.fuse_proj.out_features
+        self.fuse_eca.conv.weight.zero_()
+        self.fuse_proj.weight.zero_()
+        self.fuse_proj.weight[:, dim:] = 2.0 * torch.eye(dim)     # columns dim.. read the attention half
+        self.fuse_proj.bias.zero_()
 
     def token_mixer(self, u: torch.Tensor) -> torch.Tensor:
         """(2B, H, W, C) normalised tokens -> (2B, H, W, C) mixed across space and frames."""
@@ -90,7 +121,7 @@ class LGSBlock(nn.Module):
             return self.mamba(u)
         if self.mode == "gated_attn_only":
             return self.attn(u)
-        both = torch.cat((self.mamba(u), self.attn(u)), dim=-1)
+        both = torch.cat((self.mamba(u), self.attn(u)), dim=-1)       # [A; B]: start_fusion_as_attention relies on it
         both = self.fuse_eca(both.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         return self.fuse_proj(both)
 
@@ -106,6 +137,8 @@ class LGSStage(nn.Module):
     """PatchEmbed (stride 2) then LGS blocks: (2B, C_in, H, W) -> (2B, C, H/2, W/2).
 
     With mHC the n streams are made by tiling at stage entry, carried through every block, and averaged at exit.
+    At initialisation the stage computes exactly what the plain stage with the same weights computes, although
+    the streams already differ inside it (the algebra is in model/mhc.py).
     """
 
     def __init__(self, in_channels: int, dim: int, depth: int, num_heads: int, drop_paths: list[float],
@@ -115,7 +148,7 @@ class LGSStage(nn.Module):
         self.mhc_streams = mhc_streams if use_mhc else 0
         self.blocks = nn.ModuleList(
             LGSBlock(dim, num_heads, shift=attn_shift and i % 2 == 1, use_mhc=use_mhc, mhc_streams=mhc_streams,
-                     drop_path=drop_paths[i], **block_kwargs)
+                     drop_path=drop_paths[i], index=i, **block_kwargs)
             for i in range(depth))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,8 @@ Components:
 * :class:`TernaryLoss` -- census-transform distance on luma (RIFE / IFRNet).
 * :class:`VGGPerceptualLoss` -- RIFE's VGG19 perceptual loss; weights only from local files, never downloaded.
 * :class:`FlowSmoothnessLoss` -- edge-aware flow smoothness (ARFlow form), gated by the edges of I_t.
-* :class:`CompositeLoss` -- the phase-aware weighted sum, with :class:`LossWeights` from the SPEC table.
+* :class:`CompositeLoss` -- the phase-aware weighted sum, with :class:`LossWeights` from the SPEC table, plus
+  the optional deep supervision of the flow blocks' intermediate blends (docs/DESIGN.md 8.6).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 
 import torch
@@ -505,17 +506,24 @@ class FlowSmoothnessLoss(nn.Module):
 # Composite (docs/DESIGN.md 8.6, SPEC "Loss Function Design")
 # ----------------------------------------------------------------------------------------------------------------
 
-LOSS_LOG_KEYS = ("loss_lap", "loss_ter", "loss_vgg", "loss_flow_smooth", "loss_total")
+# The SPEC's five TensorBoard tags (without "loss/"), plus loss_inter for the deep-supervision term.
+LOSS_LOG_KEYS = ("loss_lap", "loss_ter", "loss_vgg", "loss_flow_smooth", "loss_inter", "loss_total")
 
 
 @dataclass(frozen=True)
 class LossWeights:
-    """Weights of the composite loss (SPEC table).  A weight of 0 switches the term off."""
+    """Weights of the composite loss (SPEC table).  A weight of 0 switches the term off.
+
+    ``inter`` weights the deep supervision ``sum_i Lap(I_hat_i, gt)`` over the flow blocks' intermediate blends
+    (docs/DESIGN.md 8.6; RIFE, EMA-VFI and VFIMamba use 0.5). It is 0 (off) by default until the ablation
+    (benchmark/ablation.py, ``hybrid_inter``) measures whether it helps this model.
+    """
 
     lap: float = 1.0
     ter: float = 1.0
     vgg: float = 0.005
     flow_smooth: float = 0.1
+    inter: float = 0.0
 
     def __post_init__(self) -> None:
         for field in fields(self):
@@ -525,7 +533,8 @@ class LossWeights:
 
 
 class CompositeLoss(nn.Module):
-    """Phase-aware training loss ``lap*Lap + ter*Census + vgg*VGG + flow_smooth*Smooth(F, I_t)``.
+    """Phase-aware training loss ``lap*Lap + ter*Census + vgg*VGG + flow_smooth*Smooth(F, I_t)
+    + inter*sum_i Lap(I_hat_i)``.
 
     Active terms:
 
@@ -534,18 +543,22 @@ class CompositeLoss(nn.Module):
       allowed), construction emits ONE warning and the term stays off; ``vgg_enabled`` tells which.  A file that
       is named but missing (FileNotFoundError) or malformed (ValueError) is an error, not a warning.
     * Flow smoothness: phases 2 and 3 with weight > 0; then ``forward`` requires ``flow``.  Phase 1 ignores it.
+    * Deep supervision (``inter``): phases 2 and 3 with weight > 0; then ``forward`` requires ``intermediate``, the
+      blends ``I_hat_i = sigmoid(m_i) W0_i + (1 - sigmoid(m_i)) W1_i`` of every flow block
+      (``InterpolationOutput.intermediate_blends()``), and adds ``inter * sum_i Lap(I_hat_i, gt)``: the flow then
+      learns from every block's own blend, not only through the final one, where RefineNet's residual can hide a
+      bad flow.  Phase 1 has no flow and ignores it.
 
     ``forward`` returns ``(total, logs)``:
 
     * ``total``: 0-dim float32 weighted sum of the active terms, differentiable.
-    * ``logs``: exactly :data:`LOSS_LOG_KEYS` (the SPEC's TensorBoard tags without "loss/"), detached 0-dim
-      float32.  ``loss_lap``, ``loss_ter``, ``loss_vgg``, ``loss_flow_smooth`` are the UNWEIGHTED term values
-      (so runs with different weights stay comparable); inactive terms are 0.  ``loss_total`` is the WEIGHTED
-      sum, equal to ``total``.
+    * ``logs``: exactly :data:`LOSS_LOG_KEYS` (the SPEC's TensorBoard tags without "loss/", and loss_inter),
+      detached 0-dim float32.  ``loss_lap``, ``loss_ter``, ``loss_vgg``, ``loss_flow_smooth`` and ``loss_inter``
+      (the sum over blocks) are the UNWEIGHTED term values (so runs with different weights stay comparable);
+      inactive terms are 0.  ``loss_total`` is the WEIGHTED sum, equal to ``total``.
 
     Checkpointing: nothing here is trainable and ``state_dict()`` is empty (the VGG weights are non-persistent
     buffers, see :class:`VGGPerceptualLoss`), so the module never needs saving; ``.to(device)`` moves everything.
-    The Trainer may reuse ``self.laplacian`` for extra terms such as docs/DESIGN.md 8.6's ``0.5 * sum_i Lap(I_hat_i)``.
     """
 
     def __init__(self, phase: int, weights: LossWeights = LossWeights(),
@@ -569,14 +582,17 @@ class CompositeLoss(nn.Module):
         self.perceptual = perceptual
         self.vgg_enabled: bool = perceptual is not None
         self.flow_smoothness_enabled: bool = phase >= 2 and weights.flow_smooth > 0
+        self.deep_supervision_enabled: bool = phase >= 2 and weights.inter > 0
 
     def extra_repr(self) -> str:
         return (f"phase={self.phase}, weights={self.weights}, vgg_enabled={self.vgg_enabled}, "
-                f"flow_smoothness_enabled={self.flow_smoothness_enabled}")
+                f"flow_smoothness_enabled={self.flow_smoothness_enabled}, "
+                f"deep_supervision_enabled={self.deep_supervision_enabled}")
 
-    def forward(self, pred: torch.Tensor, gt: torch.Tensor,
-                flow: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """pred, gt: (B, 3, H, W) RGB in [0, 1]; flow: (B, 4, h, w) pixels [F_t->0, F_t->1] (phases 2, 3).
+    def forward(self, pred: torch.Tensor, gt: torch.Tensor, flow: torch.Tensor | None = None,
+                intermediate: Sequence[torch.Tensor] | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """pred, gt: (B, 3, H, W) RGB in [0, 1]; flow: (B, 4, h, w) pixels [F_t->0, F_t->1] (phases 2, 3);
+        intermediate: the flow blocks' blends, each (B, 3, H, W) like ``gt`` (phases 2, 3 with ``inter`` > 0).
 
         Returns (weighted total, logs); see the class docstring.
         """
@@ -584,6 +600,14 @@ class CompositeLoss(nn.Module):
         if self.flow_smoothness_enabled and flow is None:
             raise ValueError(f"CompositeLoss(phase={self.phase}) needs the model's flow (B, 4, h, w) for the "
                              f"flow-smoothness term: call forward(pred, gt, flow=flow)")
+        if self.deep_supervision_enabled:
+            if not intermediate:
+                raise ValueError(f"CompositeLoss(phase={self.phase}, inter={self.weights.inter}) needs the flow blocks' "
+                                 "blends: call forward(..., intermediate=output.intermediate_blends())")
+            for index, blend in enumerate(intermediate):
+                if blend.shape != gt.shape:
+                    raise ValueError(f"CompositeLoss: intermediate blend {index} has shape {tuple(blend.shape)}, "
+                                     f"gt {tuple(gt.shape)} (deep supervision needs flow_scale 1)")
 
         active: list[tuple[str, float, torch.Tensor]] = []
         if self.weights.lap > 0:
@@ -595,6 +619,9 @@ class CompositeLoss(nn.Module):
         if self.flow_smoothness_enabled:
             # Edges from the ground-truth middle frame: the flows live on the target grid (docs/DESIGN.md 8.5).
             active.append(("loss_flow_smooth", self.weights.flow_smooth, self.smoothness(flow, gt)))
+        if self.deep_supervision_enabled:
+            inter = torch.stack([self.laplacian(blend, gt) for blend in intermediate]).sum()
+            active.append(("loss_inter", self.weights.inter, inter))
 
         def zero() -> torch.Tensor:
             return torch.zeros((), device=pred.device, dtype=torch.float32)

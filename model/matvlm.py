@@ -7,9 +7,17 @@ expand 1 (inner width = C), one B/C group per head, head count = attention heads
 attention head dim, shared (not per-direction) parameters. Anything else (for example expand 2, one group, state
 64) has no attention correspondence, so it is refused rather than approximated by slicing (the defect of an
 earlier public attempt). ``z``, ``dt``, the depthwise conv, ``A_log``, ``D`` and ``dt_bias`` keep their init.
+
+The whole-model start (:func:`init_hybrid_from_attention`) is function-preserving: every other tensor is copied
+and each hybrid block's fusion starts as a pass-through of the attention branch with a zero (but trainable)
+Mamba2 contribution (:meth:`model.backbone.LGSBlock.start_fusion_as_attention`), so at step 0 the hybrid computes
+the trained attention-only model exactly and training only adds to it. MaTVLM replaces attention layers by the
+mapped Mamba layers; our hybrid keeps both branches, so the mapped branch enters through the fusion instead.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 import torch
 from torch import nn
@@ -55,17 +63,37 @@ def init_mamba_from_attention(mamba: InterleavedMamba2, attn: GatedWindowAttenti
     mamba.out_proj.bias.copy_(attn.proj.bias)
 
 
+def load_attention_source(model_cfg, state: Mapping[str, torch.Tensor], where: str) -> nn.Module:
+    """The trained ``gated_attn_only`` model a MaTVLM start copies from, in eval mode.
+
+    ``model_cfg``: the checkpoint's :class:`config.ModelConfig`; ``state``: its weights (EMA when it has them);
+    ``where``: the checkpoint path, for the one-line refusal when the checkpoint is not attention-only. Keep the
+    returned model to report its validation PSNR next to the initialised hybrid's (they must agree: the start is
+    function-preserving).
+    """
+    if model_cfg.backbone_mode != "gated_attn_only":
+        raise MaTVLMIncompatible(f"--init_from_attn needs a gated_attn_only checkpoint; {where} is "
+                                 f"{model_cfg.backbone_mode}")
+    from .thesis import build_model
+    source = build_model(model_cfg)
+    source.load_state_dict(state)
+    return source.eval()
+
+
 def lgs_blocks(model: nn.Module) -> list[tuple[str, LGSBlock]]:
     return [(name, m) for name, m in model.named_modules() if isinstance(m, LGSBlock)]
 
 
 @torch.no_grad()
 def init_hybrid_from_attention(hybrid: nn.Module, attention_only: nn.Module) -> dict[str, list[str]]:
-    """Start a hybrid model from a trained ``gated_attn_only`` model of the same widths.
+    """Start a hybrid model from a trained ``gated_attn_only`` model of the same widths, function-preserving.
 
     Every tensor with the same name and shape is copied (convs, norms, ECAB, the attention branch, RefineNet);
-    then each LGS block's Mamba2 branch is initialised from that block's attention. Returns
-    ``{"copied": [...], "mapped": [...], "new": [...]}`` parameter/block names for reporting.
+    each LGS block's Mamba2 branch is initialised from that block's attention, and its fusion set to pass the
+    attention through (so ``hybrid`` gives ``attention_only``'s output at step 0 when the two configs differ only
+    in the backbone mode and Branch A's shapes). Returns ``{"copied": [...], "mapped": [...], "new": [...]}``
+    parameter/block names for reporting; "new" are the target tensors not copied from the source (Branch A,
+    whose x/B/C/out_proj rows are then mapped, and the fusion, set to the pass-through).
     """
     target_blocks, source_blocks = lgs_blocks(hybrid), lgs_blocks(attention_only)
     if [n for n, _ in target_blocks] != [n for n, _ in source_blocks]:
@@ -87,6 +115,7 @@ def init_hybrid_from_attention(hybrid: nn.Module, attention_only: nn.Module) -> 
     mapped = []
     for name, block in target_blocks:
         init_mamba_from_attention(block.mamba, dict(source_blocks)[name].attn)
+        block.start_fusion_as_attention()
         mapped.append(f"{name}.mamba <- {name}.attn")
     new = [k for k in hybrid.state_dict() if k not in copied]
     return {"copied": copied, "mapped": mapped, "new": new}

@@ -7,18 +7,42 @@ The residual stream is widened to ``n`` streams ``X`` (..., n, C) that persist a
     X' = H_res (skip * X) + H_post^T F(u)      H_post = 2 sigmoid(.)         (n,)
                                                H_res  = SinkhornKnopp(.)     (n, n), rows and columns sum to 1
 
-with per-pixel ("dynamic") coefficients ``alpha * (RMSNorm(vec X) phi) + bias`` (docs/DESIGN.md 5.2). Sinkhorn runs
-in float32. Initialisation (docs/DESIGN.md 5.3): ``phi = 0`` so only the biases act; ``H_pre = 1/n`` each (the
-average of the streams), ``H_post = 1`` (every stream receives the full update) and a diagonal-dominant, hence
-doubly stochastic, ``H_res``. Because all streams start equal, the stage then computes exactly what the plain
-residual stage computes; training moves the streams apart and the mixing starts to matter. (An earlier
-public attempt mixed three within-block streams and summed them in the same block, which makes H_res and
-H_post cancel out; that is not mHC.)
+with per-pixel ("dynamic") coefficients ``alpha * (RMSNorm(vec X) phi) + bias`` (docs/DESIGN.md 5.2). Sinkhorn
+runs in float32.
+
+Initialisation (ours; docs/DESIGN.md 5.1, 5.3). ``phi = 0``, so only the static biases act, and
+``H_res = SK(4 I)``, which by symmetry is ``a I + b 1 1^T`` (diagonal ~0.95). Stream 0 is an ANCHOR:
+
+* ``H_pre``: every sub-layer reads mainly the anchor, ``(n + 1) / 2n`` on stream 0 and ``1 / 2n`` on each other
+  stream (5/8 and 1/8 for n = 4); the weights sum to 1.
+* ``H_post``: the anchor receives the full update (gain 1); the other ``n - 1`` streams receive it with gains
+  that differ but average 1: sub-layer ``j`` of the stage gives ``1 + (n - 2) g`` to stream ``1 + (j mod (n - 1))``
+  and ``1 - g`` to the rest, ``g = 1 / (2 (n - 2))`` (1.5 and 0.75 for n = 4). (n = 2 leaves one non-anchor
+  stream, whose gain must then be 1.)
+
+Why this is exactly the plain residual stage at step 0. Write ``X = 1 x^T + D`` with ``x`` the plain residual
+stream. At entry ``D = 0``. If ``D`` has zero anchor row and zero column sums, a sub-layer reads
+``H_pre^T X = x`` (weights sum to 1, and ``H_pre`` is constant on the rows where ``D`` lives, whose sum is 0), and
+the update gives ``1 (s x + F)^T + [a (s D) + (H_post - 1) F^T]``: the bracket again has a zero anchor row (anchor
+gain 1) and zero column sums (the gains average 1), so by induction every sub-layer sees the plain input and the
+exit average ``x + 1^T D / n`` is the plain output. The same algebra makes the gradients reaching the sub-layers'
+own weights equal to the plain stage's at step 0.
+
+Why it must not be symmetric. With every stream read and written alike (``H_pre = 1/n``, ``H_post = 1``), all
+streams stay equal, and the gradients keep them equal forever: mHC would stay "residual plus scalar gains" at n
+times the memory (issue 8; AdamW's per-entry normalisation even erases small gradient differences between
+streams). Here the non-anchor streams differ from the first update on, and because the reads prefer the anchor
+the gradient reaching stream ``t`` depends on ``t``; ``H_res``'s gradient needs both (it is
+``sum <dL/dX'_t, X_s>`` minus its row and column parts), so the mixing learns from step 0.
+
+Two updates per stage cannot use their ``H_res``: the first sees tiled, equal streams (``H_res 1 = 1``), and the
+last feeds the exit average (``1^T H_res = 1^T``). A stage of depth 1 (two sub-layers) therefore has no live
+``H_res``; depth 2 has two. (An earlier public attempt mixed three within-block streams and summed them in the same
+block, which makes H_res and H_post cancel out everywhere; that is not mHC.)
 """
 
 from __future__ import annotations
 
-import math
 from typing import Callable
 
 import torch
@@ -39,19 +63,49 @@ def sinkhorn_knopp(logits: torch.Tensor, iterations: int = 20) -> torch.Tensor:
     return m
 
 
+def initial_pre_logits(streams: int) -> torch.Tensor:
+    """Static H_pre logits (n,): sigmoid gives (n + 1)/2n on the anchor (stream 0), 1/2n elsewhere; sum 1.
+
+    A soft preference rather than HC's one-hot read: a sigmoid kept well inside (0, 1) stays trainable.
+    """
+    n = streams
+    weights = torch.full((n,), 1.0 / (2 * n), dtype=torch.float64)
+    weights[0] = (n + 1) / (2 * n)
+    return torch.logit(weights).float()
+
+
+def initial_post_logits(streams: int, layer: int) -> torch.Tensor:
+    """Static H_post logits (n,) for sub-layer ``layer`` of a stage: 2 sigmoid gives 1 on the anchor, and on the
+    other streams ``1 + (n - 2) g`` for stream ``1 + (layer mod (n - 1))``, ``1 - g`` elsewhere, ``g = 1/(2(n - 2))``;
+    the non-anchor gains average 1 (all 1 when n = 2)."""
+    n = streams
+    gains = torch.ones(n, dtype=torch.float64)
+    if n > 2:
+        g = 1.0 / (2 * (n - 2))
+        gains[1:] = 1.0 - g
+        gains[1 + layer % (n - 1)] = 1.0 + (n - 2) * g
+    return torch.logit(gains / 2).float()
+
+
 class ManifoldHyperConnection(nn.Module):
-    """One mHC residual update around a sub-layer. forward(streams (..., n, C), sublayer) -> (..., n, C)."""
+    """One mHC residual update around a sub-layer. forward(streams (..., n, C), sublayer) -> (..., n, C).
+
+    ``layer``: this update's index among the stage's sub-layers (mixer of block k = 2k, its ECAB = 2k + 1); it
+    picks which non-anchor stream receives the larger gain at initialisation (module docstring).
+    """
 
     def __init__(self, dim: int, streams: int = 4, sinkhorn_iters: int = 20, diagonal_logit: float = 4.0,
-                 gain_init: float = 0.01, eps: float = 1e-6):
+                 gain_init: float = 0.01, eps: float = 1e-6, layer: int = 0):
         super().__init__()
         n = streams
-        self.streams, self.sinkhorn_iters, self.eps = n, sinkhorn_iters, eps
+        if n < 2 or layer < 0:
+            raise ValueError(f"mHC needs streams >= 2 and layer >= 0, got streams {n}, layer {layer}")
+        self.streams, self.sinkhorn_iters, self.eps, self.layer = n, sinkhorn_iters, eps, layer
         self.phi = nn.Linear(n * dim, n * n + 2 * n, bias=False)
-        nn.init.zeros_(self.phi.weight)              # dynamic part starts at zero: the block is a plain residual
+        nn.init.zeros_(self.phi.weight)              # dynamic part starts at zero: only the static biases act
         self.gain = nn.Parameter(torch.full((3,), gain_init))          # alpha_pre, alpha_post, alpha_res
-        self.bias_pre = nn.Parameter(torch.full((n,), math.log(1.0 / (n - 1))))   # sigmoid -> 1/n
-        self.bias_post = nn.Parameter(torch.zeros(n))                                # 2 sigmoid -> 1
+        self.bias_pre = nn.Parameter(initial_pre_logits(n))
+        self.bias_post = nn.Parameter(initial_post_logits(n, layer))
         self.bias_res = nn.Parameter(torch.eye(n) * diagonal_logit)
         for p in (self.gain, self.bias_pre, self.bias_post, self.bias_res):
             p._no_weight_decay = True

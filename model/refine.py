@@ -10,6 +10,8 @@ logit correction (Phases 2/3), and a residual ``2 sigmoid(.) - 1`` in [-1, 1] (R
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -21,6 +23,8 @@ from .ops.pairs import split_frames
 class DecoderLevel(nn.Module):
     """Upsample the running state to this level's size, concatenate the skips, two conv3x3 + PReLU."""
 
+    halo = 2    # rows of context each side that the two 3x3 convolutions need
+
     def __init__(self, in_channels: int, out_channels: int):
         super().__init__()
         self.body = nn.Sequential(conv_prelu(in_channels, out_channels), conv_prelu(out_channels, out_channels))
@@ -29,6 +33,37 @@ class DecoderLevel(nn.Module):
         size = skips[0].shape[-2:]
         state = F.interpolate(state, size=size, mode="bilinear", align_corners=False)
         return self.body(torch.cat([state, *skips], dim=1))
+
+
+def decode_in_row_strips(decoder: DecoderLevel, state: torch.Tensor, skips: list[torch.Tensor],
+                         tail: nn.Module | None, strip_rows: int) -> torch.Tensor:
+    """``tail(decoder(state, skips))`` computed in horizontal strips, for inference at high resolution.
+
+    Exactly equal to the whole-frame computation (up to float rounding) whenever ``state`` is half the skips'
+    size: each strip reads ``halo`` extra rows each side (two 3x3 convs, plus one for a 3x3 ``tail``) and two
+    extra rows of the half-resolution state, so bilinear upsampling and zero padding only differ from the whole
+    frame in rows that are cropped away. The full-resolution concatenation (82 channels at 4K: 1.4 GB in bf16),
+    the convolution outputs and cuDNN's workspaces then exist for one strip at a time: at 4K this took the peak of
+    2x inference from 11.1 GiB to the figure in docs/PERF.md.
+
+    state: (B, C_s, H/2, W/2); skips: maps (B, C_k, H, W); returns (B, C_out, H, W).
+    """
+    height = skips[0].shape[-2]
+    halo = decoder.halo + (1 if tail is not None else 0)
+    strips = []
+    for top in range(0, height, strip_rows):
+        bottom = min(height, top + strip_rows)
+        first, last = max(0, top - halo), min(height, bottom + halo)          # rows this strip reads
+        coarse_first, coarse_last = max(0, first // 2 - 1), min(state.shape[-2], (last + 1) // 2 + 1)
+        upsampled = F.interpolate(state[..., coarse_first:coarse_last, :],
+                                  size=(2 * (coarse_last - coarse_first), skips[0].shape[-1]),
+                                  mode="bilinear", align_corners=False)
+        upsampled = upsampled[..., first - 2 * coarse_first:last - 2 * coarse_first, :]
+        out = decoder.body(torch.cat([upsampled, *(s[..., first:last, :].to(upsampled.dtype) for s in skips)], dim=1))
+        if tail is not None:
+            out = tail(out)
+        strips.append(out[..., top - first:bottom - first, :])
+    return torch.cat(strips, dim=-2)
 
 
 class RefineNet(nn.Module):
@@ -60,19 +95,26 @@ class RefineNet(nn.Module):
             self.levels.append(DecoderLevel(state + skip, decoder_channels[level]))
             state = decoder_channels[level]
         self.head = nn.Conv2d(state, 4, 3, padding=1)
+        # Inference only: a level whose concatenated input exceeds this many bytes runs in row strips.
+        self.strip_bytes: int | None = 256 * 2**20
 
-    def forward(self, features: list[torch.Tensor], image_inputs: torch.Tensor, timestep: torch.Tensor,
-                context: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, features: list[torch.Tensor], image_inputs: torch.Tensor | Sequence[torch.Tensor],
+                timestep: torch.Tensor, context: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """
         Args:
             features: five stacked-pair maps (2B, C_k, H/2^k, W/2^k) (warped per frame in Phases 2/3).
-            image_inputs: (B, image_channels, H, W).
+            image_inputs: (B, image_channels, H, W), or the maps to concatenate into it (never built whole when
+                the finest level runs in strips).
             timestep: (B, 1, 1, 1).
             context: with use_context, three maps (B, 2 * c_k, H/2^(k+1), W/2^(k+1)) (both frames concatenated).
+
+        Without gradients (inference), a level whose concatenated input would exceed ``strip_bytes`` runs in
+        row strips (:func:`decode_in_row_strips`), which bounds memory at 4K without changing the result.
         """
         if self.use_context != (context is not None):
             raise ValueError("RefineNet(use_context=True) needs context features, and only then")
-        pairs = image_inputs.shape[0]
+        image_parts = [image_inputs] if isinstance(image_inputs, torch.Tensor) else list(image_inputs)
+        pairs = image_parts[0].shape[0]
 
         def both_frames(level: int) -> torch.Tensor:   # (2B, C, h, w) -> (B, 2C, h, w): frames side by side
             return torch.cat(split_frames(features[level]), dim=1)
@@ -84,7 +126,25 @@ class RefineNet(nn.Module):
             if context is not None and level > 0:
                 skips.append(context[level - 1])
             if level == 0:
-                skips.append(image_inputs.to(skip.dtype))
-            state = decoder(state, skips)
-        out = self.head(state)
-        return out[:, :1], 2.0 * torch.sigmoid(out[:, 1:4]) - 1.0
+                skips += image_parts
+            tail = self.head if level == 0 else None
+            channels = state.shape[1] + sum(s.shape[1] for s in skips)
+            strip_rows = self._strip_rows(channels, skip, state)
+            if strip_rows is not None:
+                state = decode_in_row_strips(decoder, state, skips, tail, strip_rows)   # casts strip by strip
+            else:
+                state = decoder(state, [s.to(skip.dtype) for s in skips])
+                if tail is not None:
+                    state = tail(state)
+        return state[:, :1], 2.0 * torch.sigmoid(state[:, 1:4]) - 1.0
+
+    def _strip_rows(self, channels: int, skip: torch.Tensor, state: torch.Tensor) -> int | None:
+        """Rows per strip for a level with ``channels`` concatenated input channels, or None for one pass."""
+        exact_half = 2 * state.shape[-2] == skip.shape[-2] and 2 * state.shape[-1] == skip.shape[-1]
+        if torch.is_grad_enabled() or self.strip_bytes is None or not exact_half:
+            return None
+        batch, _, height, width = skip.shape
+        row_bytes = batch * channels * width * skip.element_size()
+        if height * row_bytes <= self.strip_bytes:
+            return None
+        return max(16, self.strip_bytes // row_bytes)

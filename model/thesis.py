@@ -47,8 +47,20 @@ class InterpolationOutput:
     flow: torch.Tensor | None = None
     warped0: torch.Tensor | None = None
     warped1: torch.Tensor | None = None
-    # Per flow block: (warped0, warped1, mask_logit), for an optional auxiliary blend loss.
+    # Per flow block: (warped0, warped1, mask_logit) after that block's update; empty in Phase 1.
     intermediate: list = field(default_factory=list)
+
+    def intermediate_blends(self) -> list[torch.Tensor]:
+        """Per flow block i, the blend ``I_hat_i = sigmoid(m_i) W0_i + (1 - sigmoid(m_i)) W1_i`` (B, 3, H, W), float32.
+
+        What the deep-supervision term ``sum_i Lap(I_hat_i, gt)`` reads (model/loss.py). At the input size when
+        ``flow_scale`` is 1 (training); at the flow's working size otherwise. Empty in Phase 1 (no flow).
+        """
+        blends = []
+        for warped0, warped1, mask_logit in self.intermediate:
+            mask = torch.sigmoid(mask_logit.float())
+            blends.append(mask * warped0.float() + (1 - mask) * warped1.float())
+        return blends
 
 
 def as_timestep(t, batch: int, device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -114,7 +126,7 @@ class ThesisModel(nn.Module):
     def _forward_padded(self, img0, img1, timestep, flow_scale) -> InterpolationOutput:
         features = self.backbone(img0, img1)
         if not self.use_flow:
-            mask_logit, residual = self.refine(features, torch.cat((img0, img1), dim=1), timestep)
+            mask_logit, residual = self.refine(features, (img0, img1), timestep)
             mask = torch.sigmoid(mask_logit)
             pred = (mask * img0 + (1 - mask) * img1 + residual).clamp(0, 1)
             return InterpolationOutput(pred, mask, residual)
@@ -123,15 +135,16 @@ class ThesisModel(nn.Module):
         estimate = self.flow_estimator(img0, img1, timestep, scale_factor=flow_scale,
                                        features=flow_features if self.config.flow_use_features else None)
         flow, warped0, warped1 = estimate.flow, estimate.warped0, estimate.warped1
-        warped_features = []
-        for level in features:
+        del flow_features
+        for index, level in enumerate(features):   # replaced in place: the unwarped map is freed at once (4K memory)
             level_flow = resize_flow(flow, level.shape[-2:])
             level_flow = torch.cat((level_flow[:, :2], level_flow[:, 2:]), dim=0)   # frame 0 rows, then frame 1
-            warped_features.append(self.warp(level, level_flow))
+            features[index] = self.warp(level, level_flow)
         context = [torch.cat(pair, dim=1) for pair in zip(self.context(img0, flow[:, :2]),
                                                           self.context(img1, flow[:, 2:]))]
-        image_inputs = torch.cat((img0, img1, warped0, warped1, estimate.mask_logit, flow), dim=1)
-        mask_correction, residual = self.refine(warped_features, image_inputs, timestep, context)
+        # Passed as parts: RefineNet concatenates them itself, strip by strip at high resolution.
+        image_inputs = (img0, img1, warped0, warped1, estimate.mask_logit, flow)
+        mask_correction, residual = self.refine(features, image_inputs, timestep, context)
         mask = torch.sigmoid(estimate.mask_logit + mask_correction)
         pred = (mask * warped0 + (1 - mask) * warped1 + residual).clamp(0, 1)
         return InterpolationOutput(pred, mask, residual, flow, warped0, warped1, list(estimate.intermediate))

@@ -637,3 +637,330 @@ def test_video_to_vimeo_errors_are_one_line_and_name_the_video(tmp_path, capsys)
     with pytest.raises(ConversionError) as error:
         video_to_vimeo(frozen, tmp_path / "out3")
     assert_one_line_error(error, str(frozen), "static")
+
+
+# ------------------------------------------------------------------------------------------------
+# Stop before training: crop, --data_path
+# ------------------------------------------------------------------------------------------------
+def test_crop_larger_than_frames_is_refused_when_the_set_is_built(vimeo_root, x4k_root):
+    root, _ = vimeo_root
+    with pytest.raises(DatasetError) as error:
+        VimeoDataset(root, crop_size=VIMEO_H + 1)  # no item is loaded: the header of the first frame tells
+    assert_one_line_error(error, os.path.join(root, "sequences", "00001", "0001", "im1.png"),
+                          f"crop size {VIMEO_H + 1}", f"{VIMEO_W}x{VIMEO_H}")
+    VimeoDataset(root, crop_size=VIMEO_H)  # the largest crop that fits
+    VimeoDataset(root, split="test", crop_size=VIMEO_H + 1)  # the test split never crops
+
+    x4k, clips = x4k_root
+    with pytest.raises(DatasetError) as error:
+        X4KDataset(x4k, crop_size=X4K_SIZE + 1)
+    assert_one_line_error(error, os.path.join(sorted(clips)[0], "0000.png"), f"{X4K_SIZE}x{X4K_SIZE}")
+
+
+def test_train_refuses_a_crop_larger_than_the_frames_before_the_first_step(vimeo_root, tmp_path, capsys):
+    import train
+
+    root, _ = vimeo_root
+    status = train.main(["--data_path", root, "--model_size", "tiny", "--crop_size", "64", "--batch_size", "2",
+                         "--num_workers", "0", "--ckpt_dir", str(tmp_path / "ckpt"), "--log_dir",
+                         str(tmp_path / "log"), "--exp_name", "too_big"])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert err.count("\n") == 1 and "crop size 64" in err and "im1.png" in err, err
+    assert not (tmp_path / "ckpt").exists() and not (tmp_path / "log").exists()  # stopped before training
+
+
+def test_data_path_that_is_a_file_points_to_video_to_vimeo(tmp_path, capsys):
+    video = tmp_path / "holiday.mp4"
+    video.write_bytes(b"\x00\x00\x00\x18ftypmp42")
+    with pytest.raises(DatasetError) as error:
+        VimeoDataset(str(video))
+    assert_one_line_error(error, str(video), "tools/video_to_vimeo.py", "--data_path")
+    with pytest.raises(DatasetError) as error:
+        VimeoDataset(str(tmp_path / "missing"))
+    assert_one_line_error(error, "tools/video_to_vimeo.py")
+    (tmp_path / "frames").mkdir()  # a folder, but not the triplet layout
+    with pytest.raises(DatasetError) as error:
+        VimeoDataset(str(tmp_path / "frames"))
+    assert_one_line_error(error, "sequences", "tools/video_to_vimeo.py")
+
+    import train
+
+    assert train.main(["--data_path", str(video), "--model_size", "tiny", "--num_workers", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "tools/video_to_vimeo.py" in err and str(video) in err, err
+
+
+def test_image_size_reads_png_headers_and_decodes_other_formats(tmp_path):
+    png, jpg = str(tmp_path / "a.png"), str(tmp_path / "b.jpg")
+    cv2.imwrite(png, np.zeros((7, 11, 3), np.uint8))
+    cv2.imwrite(jpg, np.zeros((5, 9, 3), np.uint8))
+    assert dataset.image_size(png) == (7, 11)
+    assert dataset.image_size(jpg) == (5, 9)
+    with pytest.raises(DatasetError) as error:
+        dataset.image_size(str(tmp_path / "gone.png"))
+    assert_one_line_error(error, "gone.png", "missing")
+
+
+# ------------------------------------------------------------------------------------------------
+# The uint8 sample path, the decoded-frame cache, persistent workers
+# ------------------------------------------------------------------------------------------------
+def pre_change_sample(paths, t, crop_size, augment):
+    """The sample path as it was before the frame cache and the fused copy (commit 9dbe232), kept verbatim as
+    the reference: cv2 decode, BGR->RGB view, draw, crop/flip/rotate, fancy-index channels, transpose."""
+    frames = [cv2.imread(p, cv2.IMREAD_COLOR)[..., ::-1] for p in paths]
+    height, width = frames[0].shape[:2]
+    if augment:
+        params = draw_augmentation(height, width, crop_size)
+    else:
+        params = dataset.center_crop_params(height, width, crop_size)
+    bottom, right = params.top + params.crop_height, params.left + params.crop_width
+    out = []
+    for frame in frames:
+        view = frame[params.top:bottom, params.left:right]
+        if params.flip_horizontal:
+            view = view[:, ::-1]
+        if params.flip_vertical:
+            view = view[::-1]
+        if params.rot90:
+            view = np.rot90(view, k=params.rot90, axes=(0, 1))
+        out.append(np.ascontiguousarray(view[..., list(params.channel_order)]))
+    if params.swap_time:
+        out.reverse()
+        t = 1.0 - t
+    img0, gt, img1 = (torch.from_numpy(np.ascontiguousarray(f.transpose(2, 0, 1))) for f in out)
+    return {"img0": img0, "gt": gt, "img1": img1, "t": torch.tensor(t, dtype=torch.float32)}
+
+
+def assert_same_samples(first, second):
+    assert len(first) == len(second)
+    for a, b in zip(first, second, strict=True):
+        assert set(a) == set(b)
+        for key in a:
+            if isinstance(a[key], torch.Tensor):
+                assert a[key].dtype == b[key].dtype and torch.equal(a[key], b[key]), key
+            else:
+                assert a[key] == b[key]
+
+
+@pytest.mark.parametrize("cached", [False, True])
+def test_uint8_samples_match_the_pre_change_loader(vimeo_root, x4k_root, cached):
+    root, _ = vimeo_root
+    vimeo = VimeoDataset(root, crop_size=CROP)
+    if cached:
+        dataset.enable_frame_cache(vimeo, budget_bytes=2**30)
+        assert vimeo.frame_cache is not None and len(vimeo.frame_cache) == 12
+    order = [0, 3, 1, 1, 2, 0, 3, 2] * 8  # 64 draws: every rotation, flip, swap and channel order occurs
+    torch.manual_seed(21)
+    new = [vimeo[i] for i in order]
+    torch.manual_seed(21)
+    reference = [pre_change_sample([vimeo.frame_path(i, k) for k in range(3)], 0.5, CROP, True) for i in order]
+    assert_same_samples(new, reference)
+
+    full = VimeoDataset(root, crop_size=None, augment=True)  # non-square: 0/180 degrees only
+    torch.manual_seed(4)
+    new = [full[i % 4] for i in range(16)]
+    torch.manual_seed(4)
+    reference = [pre_change_sample([full.frame_path(i % 4, k) for k in range(3)], 0.5, None, True) for i in range(16)]
+    assert_same_samples(new, reference)
+
+    x4k_dir, _ = x4k_root
+    x4k = X4KDataset(x4k_dir, crop_size=CROP, max_gap=6)
+    if cached:
+        dataset.enable_frame_cache(x4k, budget_bytes=2**30)
+        assert len(x4k.frame_cache) == 26
+    torch.manual_seed(5)
+    new = [x4k[i % 3] for i in range(30)]
+    torch.manual_seed(5)
+    reference = []
+    for i in range(30):
+        clip = x4k.clips[i % 3]
+        i0, it, i1 = sample_indices(len(clip.frame_names), 2, 6)
+        paths = [os.path.join(clip.folder, clip.frame_names[k]) for k in (i0, it, i1)]
+        reference.append(pre_change_sample(paths, (it - i0) / (i1 - i0), CROP, True))
+    assert_same_samples(new, reference)
+
+
+def test_augmented_sample_equals_apply_augmentation_then_transpose():
+    rng = np.random.default_rng(9)
+    frames = [_noise(rng, 20, 30)[..., ::-1] for _ in range(3)]  # a BGR->RGB view, as the datasets pass
+    torch.manual_seed(0)
+    for crop in (None, 12, 20):
+        for _ in range(40):
+            params = draw_augmentation(20, 30, crop)
+            fast = dataset.augmented_sample(frames, 0.25, params)
+            slow, t = apply_augmentation(frames, 0.25, params)
+            for key, frame in zip(("img0", "gt", "img1"), slow, strict=True):
+                assert torch.equal(fast[key], torch.from_numpy(frame.transpose(2, 0, 1).copy()))
+                assert fast[key].is_contiguous()
+            assert fast["t"].item() == t
+
+
+def test_frame_cache_holds_each_file_once_within_budget_and_is_read_only(tmp_path):
+    names = ("00001/0001", "00001/0002", "00001/0001", "00001/0003", "00001/0001")  # a list with repeats
+    write_vimeo(str(tmp_path), train=("00001/0001", "00001/0002", "00001/0003"), test=("00002/0001",))
+    (tmp_path / "tri_trainlist.txt").write_text("\n".join(names) + "\n")
+    data = VimeoDataset(str(tmp_path), crop_size=CROP)
+    frame_bytes = VIMEO_H * VIMEO_W * 3
+    cache = dataset.enable_frame_cache(data, budget_bytes=9 * frame_bytes)
+    assert (len(cache), cache.candidates, cache.nbytes) == (9, 9, 9 * frame_bytes)
+    partial = dataset.enable_frame_cache(data, budget_bytes=4 * frame_bytes + 5)
+    assert (len(partial), partial.candidates) == (4, 9)  # the first four distinct frames, in list order
+    assert partial.get(data.frame_path(0, 0)) is not None and partial.get(data.frame_path(3, 0)) is None
+    assert partial.get(data.frame_path(1, 1)) is None
+    cached = partial.get(data.frame_path(1, 0))
+    assert np.array_equal(cached, cv2.imread(data.frame_path(1, 0)))
+    with pytest.raises(ValueError):
+        cached[0, 0, 0] = 1  # shared with forked workers: nobody may write to it
+    torch.manual_seed(2)
+    with_partial = [data[i] for i in range(5) for _ in range(3)]
+    data.frame_cache = None
+    torch.manual_seed(2)
+    assert_same_samples(with_partial, [data[i] for i in range(5) for _ in range(3)])
+    assert dataset.enable_frame_cache(data, budget_bytes=0).nbytes == 0 and data.frame_cache is None
+
+
+def test_frame_cache_fill_names_an_unreadable_frame(vimeo_root):
+    root, _ = vimeo_root
+    bad = os.path.join(root, "sequences", "00002", "0001", "im2.png")
+    with open(bad, "rb") as handle:
+        header = handle.read(33)  # a valid PNG header, then garbage
+    with open(bad, "wb") as handle:
+        handle.write(header + b"garbage" * 20)
+    data = VimeoDataset(root, crop_size=CROP)
+    with pytest.raises(DatasetError) as error:
+        dataset.enable_frame_cache(data, budget_bytes=2**30, threads=2)
+    assert_one_line_error(error, bad)
+
+
+def make_training_loader(data, workers, seed=0, persistent=True, rank=0):
+    """The training loader as train.make_loaders builds it, over a plain dataset."""
+    sampler = torch.utils.data.DistributedSampler(data, num_replicas=1, rank=0, shuffle=True, seed=seed)
+    loader = DataLoader(dataset.EpochSeededDataset(data), batch_size=3,
+                        sampler=dataset.EpochSeededSampler(sampler, seed, rank), num_workers=workers,
+                        persistent_workers=persistent, drop_last=True)
+    return loader, sampler
+
+
+def epoch_batches(loader, sampler, epoch):
+    sampler.set_epoch(epoch)
+    return [batch for batch in loader]
+
+
+def assert_same_batches(first, second):
+    assert len(first) == len(second) > 0
+    for a, b in zip(first, second, strict=True):
+        for key in ("img0", "gt", "img1", "t"):
+            assert torch.equal(a[key], b[key]), key
+
+
+def test_persistent_workers_see_the_curriculum_gap_and_restart_their_streams_each_epoch(x4k_root):
+    root, _ = x4k_root
+    x4k = X4KDataset(root, crop_size=CROP, max_gap=2)
+    mixed_like = torch.utils.data.ConcatDataset([x4k] * 4)  # 12 items: four batches of three
+    loader, sampler = make_training_loader(mixed_like, workers=2)
+    epoch0 = epoch_batches(loader, sampler, 0)
+    assert torch.cat([b["t"] for b in epoch0]).unique().tolist() == [0.5]  # gap 2: the only target is t = 1/2
+    workers = loader._iterator._workers
+    x4k.set_max_gap(11)  # between epochs, in the main process, as train.py does
+    epoch1 = epoch_batches(loader, sampler, 1)
+    assert loader._iterator._workers is workers  # the same worker processes ...
+    assert len(set(torch.cat([b["t"] for b in epoch1]).tolist())) > 2  # ... drew with the new gap
+
+    # A fresh loader started at epoch 1 (a run resumed there) and a non-persistent one draw the same batches.
+    fresh, fresh_sampler = make_training_loader(mixed_like, workers=2, persistent=False)
+    assert_same_batches(epoch_batches(fresh, fresh_sampler, 1), epoch1)
+    # An epoch abandoned part-way (steps_per_epoch) leaves queued samples behind; the next epoch is unaffected.
+    sampler.set_epoch(2)
+    next(iter(loader))
+    epoch3 = epoch_batches(loader, sampler, 3)
+    assert_same_batches(epoch_batches(fresh, fresh_sampler, 3), epoch3)
+    assert not all(torch.equal(a["img0"], b["img0"]) for a, b in zip(epoch1, epoch3))  # epochs differ
+
+
+def test_cached_training_loader_gives_the_same_batches_as_the_uncached_one(tmp_path):
+    import train
+    from config import config_from_argv
+    from distributed import DistributedContext
+
+    names = tuple(f"00001/{i:04d}" for i in range(1, 9))
+    write_vimeo(str(tmp_path / "vimeo"), train=names, test=("00002/0001",))
+    cfg = config_from_argv(["--data_path", str(tmp_path / "vimeo"), "--model_size", "tiny", "--crop_size", "32",
+                            "--batch_size", "2", "--num_workers", "2"])
+    ctx = DistributedContext(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
+    runs = []
+    for cache_bytes in (0, 2**30):
+        train_set, val_set, _ = train.build_datasets(cfg)
+        loader, sampler, _ = train.make_loaders(cfg, ctx, train_set, val_set, cache_bytes=cache_bytes)
+        assert (train_set.frame_cache is not None) == (cache_bytes > 0)
+        assert loader.persistent_workers and loader.num_workers == 2
+        runs.append([batch for epoch in range(2) for batch in epoch_batches(loader, sampler, epoch)])
+    assert_same_batches(runs[0], runs[1])
+
+
+def test_resume_with_persistent_workers_and_the_cache_is_bit_identical(vimeo_root, tmp_path):
+    import train
+    from checkpoint import load_checkpoint
+
+    def run(name, *extra):
+        return train.main(["--data_path", vimeo_root[0], "--model_size", "tiny", "--batch_size", "2", "--crop_size",
+                           "32", "--num_workers", "2", "--epochs", "3", "--steps_per_epoch", "1", "--eval_interval",
+                           "3", "--ckpt_dir", str(tmp_path / "ckpt"), "--log_dir", str(tmp_path / "log"),
+                           "--exp_name", name, *extra])
+
+    # One step of the two each epoch holds: every epoch is abandoned with samples still queued in the workers.
+    assert run("straight") == 0
+    assert run("broken", "--stop_after_epoch", "1") == 0
+    assert run("broken", "--resume", "broken_last") == 0
+    straight = load_checkpoint(tmp_path / "ckpt" / "straight_last.pt")
+    resumed = load_checkpoint(tmp_path / "ckpt" / "broken_last.pt")
+    assert straight["step"] == resumed["step"] == 3
+    for key, value in straight["model"].items():
+        assert torch.equal(value, resumed["model"][key]), key
+
+
+def test_epoch_seeded_dataset_refuses_the_main_process(vimeo_root):
+    data = dataset.EpochSeededDataset(VimeoDataset(vimeo_root[0], crop_size=CROP))
+    with pytest.raises(RuntimeError, match="num_workers=0"):
+        data[(123, 0)]
+
+
+# ------------------------------------------------------------------------------------------------
+# Worker count
+# ------------------------------------------------------------------------------------------------
+def test_default_num_workers_is_capped_at_the_cores_per_rank(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(6)), raising=False)
+    assert dataset.default_num_workers(8) == (6, 6)
+    assert dataset.default_num_workers(8, local_world_size=4) == (1, 1)
+    assert dataset.default_num_workers(8, local_world_size=8) == (1, 1)  # never zero: one per rank at least
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
+    assert dataset.default_num_workers(8, local_world_size=2) == (8, 32)
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")  # 5 workers on 2 cores, as asked
+def test_train_loader_caps_only_the_default_worker_count_and_says_so_once(vimeo_root, monkeypatch, capsys):
+    import train
+    from config import config_from_argv
+    from distributed import DistributedContext
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    ctx = DistributedContext(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
+    base = ["--data_path", vimeo_root[0], "--model_size", "tiny", "--crop_size", "32", "--batch_size", "2"]
+    cfg = config_from_argv(base)
+    assert cfg.data.num_workers is None  # "default", resolved per machine
+    loader, _, val_loader = train.make_loaders(cfg, ctx, *train.build_datasets(cfg)[:2], cache_bytes=0)
+    assert loader.num_workers == 2 and val_loader.num_workers == 2
+    out = capsys.readouterr().out
+    assert out.count("DataLoader:") == 1 and "2 workers" in out and "2 CPU cores" in out, out
+
+    cfg = config_from_argv(base + ["--num_workers", "5"])  # given explicitly: respected as given
+    loader, _, _ = train.make_loaders(cfg, ctx, *train.build_datasets(cfg)[:2], cache_bytes=0)
+    assert loader.num_workers == 5 and "DataLoader:" not in capsys.readouterr().out
+
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # two ranks on this machine share its cores
+    cfg = config_from_argv(base)
+    loader, _, _ = train.make_loaders(cfg, ctx, *train.build_datasets(cfg)[:2], cache_bytes=0)
+    assert loader.num_workers == 1 and "1 workers" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        config_from_argv(base + ["--num_workers", "-1"])

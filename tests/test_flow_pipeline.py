@@ -33,7 +33,7 @@ def test_zero_flow_and_even_mask_reduce_to_the_average_plus_residual(monkeypatch
     monkeypatch.setattr(model.flow_estimator, "forward", still)
 
     def no_correction_constant_residual(features, image_inputs, timestep, context=None):   # padded size inside
-        size = image_inputs.shape[-2:]
+        size = image_inputs[0].shape[-2:]          # the image maps arrive as parts (img0, img1, ...)
         return torch.zeros(2, 1, *size), torch.full((2, 3, *size), 0.1)
     monkeypatch.setattr(model.refine, "forward", no_correction_constant_residual)
     out = model(img0, img1, 0.5)
@@ -83,10 +83,10 @@ def test_dry_run_phase2_and_phase3_log_flow_smoothness(vimeo_root, tmp_path, pha
                  "--mixed_ratio", "1:1"]
     assert train.main(args) == 0
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    events = EventAccumulator(str(tmp_path / "log" / f"dry{phase}"))
+    events = EventAccumulator(str(tmp_path / "log" / f"dry{phase}_dryrun"))   # a dry run's own folder
     events.Reload()
     smooth = [e.value for e in events.Scalars("loss/loss_flow_smooth")]
     assert smooth and all(np.isfinite(smooth)) and max(smooth) > 0
     if phase == 3:
         assert events.Scalars("curriculum/max_gap")[0].value == 2
-    assert load_checkpoint(tmp_path / "ckpt" / f"dry{phase}_last.pt")["config"]["train"]["phase"] == phase
+    assert load_checkpoint(tmp_path / "ckpt" / f"dry{phase}_dryrun_last.pt")["config"]["train"]["phase"] == phase

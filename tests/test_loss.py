@@ -379,10 +379,11 @@ def test_composite_phase2_total_is_weighted_sum(composite_phase2, shape):
     flow = torch.randn(shape[0], 4, shape[2], shape[3], requires_grad=True)
     total, logs = composite_phase2(pred, gt, flow)
     assert composite_phase2.vgg_enabled
-    assert set(logs) == set(LOSS_LOG_KEYS) and len(logs) == 5
+    assert set(logs) == set(LOSS_LOG_KEYS) and len(logs) == 6
     assert all(value.dim() == 0 and value.dtype == torch.float32 and not value.requires_grad
                for value in logs.values())
-    assert all(logs[key].item() > 0 for key in LOSS_LOG_KEYS)
+    assert all(logs[key].item() > 0 for key in LOSS_LOG_KEYS if key != "loss_inter")
+    assert logs["loss_inter"].item() == 0.0                       # deep supervision is off by default
     # The dict holds unweighted terms: they equal the individual losses.
     assert logs["loss_lap"].item() == pytest.approx(LaplacianLoss()(pred, gt).item(), rel=1e-6)
     assert logs["loss_flow_smooth"].item() == pytest.approx(FlowSmoothnessLoss()(flow, gt).item(), rel=1e-6)
@@ -434,3 +435,63 @@ def test_composite_under_bf16_autocast_computes_in_float32(composite_phase2):
         assert logs[key].item() == pytest.approx(reference_logs[key].item(), rel=1e-5, abs=1e-8)
     total.backward()
     assert torch.isfinite(conv.weight.grad).all()
+
+
+# ------------------------------------------------------------------------------------------------ deep supervision
+
+
+def test_spec_log_keys_stay_and_loss_inter_is_added():
+    assert LOSS_LOG_KEYS == ("loss_lap", "loss_ter", "loss_vgg", "loss_flow_smooth", "loss_inter", "loss_total")
+    assert LossWeights().inter == 0.0
+
+
+def test_deep_supervision_off_by_default_and_in_phase_1(no_vgg_weights):
+    pred, gt = _smooth_images((2, 3, 64, 64), seed=7)
+    blends = [_smooth_images((2, 3, 64, 64), seed=8 + i)[0] for i in range(3)]
+    flow = torch.randn(2, 4, 64, 64)
+    for loss_fn in (CompositeLoss(phase=2, weights=LossWeights(vgg=0.0)),
+                    CompositeLoss(phase=1, weights=LossWeights(vgg=0.0, inter=0.5))):
+        assert not loss_fn.deep_supervision_enabled
+        total, logs = loss_fn(pred, gt, flow=flow, intermediate=blends)
+        reference, _ = loss_fn(pred, gt, flow=flow)                  # without blends: the same number
+        assert logs["loss_inter"].item() == 0.0 and total.item() == reference.item()
+
+
+def test_deep_supervision_adds_half_the_laplacian_sum(no_vgg_weights):
+    pred, gt = _smooth_images((2, 3, 64, 64), seed=11)
+    blends = [_smooth_images((2, 3, 64, 64), seed=12 + i)[0] for i in range(3)]
+    flow = torch.randn(2, 4, 64, 64)
+    plain = CompositeLoss(phase=2, weights=LossWeights(vgg=0.0))
+    supervised = CompositeLoss(phase=2, weights=LossWeights(vgg=0.0, inter=0.5))
+    assert supervised.deep_supervision_enabled
+    base, _ = plain(pred, gt, flow=flow)
+    total, logs = supervised(pred, gt, flow=flow, intermediate=blends)
+    laplacian_sum = sum(LaplacianLoss()(blend, gt).item() for blend in blends)
+    assert logs["loss_inter"].item() == pytest.approx(laplacian_sum, rel=1e-6)         # unweighted sum
+    assert total.item() == pytest.approx(base.item() + 0.5 * laplacian_sum, rel=1e-6)
+    assert logs["loss_total"].item() == pytest.approx(total.item(), rel=1e-7)
+    with pytest.raises(ValueError, match="intermediate_blends"):
+        supervised(pred, gt, flow=flow)
+    with pytest.raises(ValueError, match="intermediate blend 1"):
+        supervised(pred, gt, flow=flow, intermediate=[blends[0], blends[1][..., :32, :32]])
+
+
+def test_deep_supervision_gradient_reaches_every_flow_block_and_not_the_refinenet(no_vgg_weights):
+    from config import preset
+    from model import build_model
+    torch.manual_seed(0)
+    model = build_model(preset(2, size="tiny").model)
+    img0, gt = _smooth_images((2, 3, 32, 32), seed=20)
+    img1 = gt.roll(2, dims=-1)
+    out = model(img0, img1, 0.5)
+    assert len(out.intermediate_blends()) == 3
+    only_inter = CompositeLoss(phase=2, weights=LossWeights(lap=0.0, ter=0.0, vgg=0.0, flow_smooth=0.0, inter=0.5))
+    total, logs = only_inter(out.pred, gt, flow=out.flow, intermediate=out.intermediate_blends())
+    assert logs["loss_inter"].item() > 0
+    total.backward()
+    for index, block in enumerate(model.flow_estimator.blocks):
+        grads = [p.grad for p in block.parameters()]
+        assert all(g is not None and torch.isfinite(g).all() for g in grads)
+        assert sum(float(g.abs().sum()) for g in grads) > 0, f"no gradient reaches flow block {index}"
+    # The blends do not pass through the RefineNet: only the final prediction trains it.
+    assert all(p.grad is None or float(p.grad.abs().sum()) == 0 for p in model.refine.parameters())

@@ -132,6 +132,33 @@ def test_triton_loader_bypasses_a_broken_mamba_ssm_init(tmp_path, monkeypatch):
         ssd_module.load_triton_ssd.cache_clear()
 
 
+def test_pin_autotune_configs_narrows_known_kernels_and_leaves_others():
+    """Pinning keeps exactly the table's configurations; a kernel with no matching configuration (another
+    mamba-ssm version) or no table entry keeps its full search."""
+    triton = pytest.importorskip("triton")
+    import types
+
+    def autotuned(*configs):
+        return types.SimpleNamespace(configs=list(configs), cache={})
+
+    a, b, c = (triton.Config({"BLOCK_SIZE_M": m}, num_warps=4, num_stages=3) for m in (32, 64, 128))
+    module = types.SimpleNamespace(known=autotuned(a, b, c), renamed=autotuned(a, b), other=autotuned(a, c),
+                                   not_a_kernel=[1, 2])
+    table = {"known": (({"BLOCK_SIZE_M": 64}, 4, 3), ({"BLOCK_SIZE_M": 128}, 4, 3)),
+             "renamed": (({"BLOCK_SIZE_M": 256}, 4, 3),),
+             "other": (({"BLOCK_SIZE_M": 32}, 8, 3),)}          # warps differ: no match
+    pinned, seen = ssd_module.pin_autotune_configs([module], table)
+    assert (pinned, seen) == (1, 3)
+    assert module.known.configs == [b, c]
+    assert module.renamed.configs == [a, b] and module.other.configs == [a, c]
+
+
+def test_pinned_table_names_distinct_single_configurations():
+    for name, entries in ssd_module.PINNED_SSD_CONFIGS.items():
+        assert name.startswith("_") and name.endswith("_kernel")
+        assert len(entries) == len({(tuple(sorted(k.items())), w, s) for k, w, s in entries}) >= 1
+
+
 def test_model_package_imports_without_mamba_ssm():
     kernel, note = ssd_module.load_triton_ssd()
     assert kernel is None or callable(kernel)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import subprocess
@@ -12,10 +13,12 @@ import pytest
 import torch
 
 import train
-from checkpoint import load_checkpoint
+from checkpoint import load_checkpoint, model_from_checkpoint
 from config import config_from_argv
+from dataset import CURRICULUM_GAPS, curriculum_max_gap
 from model.loss import CompositeLoss
-from Trainer import CURRICULUM_GAPS, curriculum_max_gap, lr_at_step, parameter_groups
+from visualize import sample_grid
+from Trainer import lr_at_step, parameter_groups
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -48,6 +51,49 @@ def test_two_step_run_writes_checkpoints_and_tensorboard_tags(vimeo_root, tmp_pa
     assert "val PSNR" in capsys.readouterr().out
 
 
+def test_image_grids_at_each_evaluation_without_a_phase1_mask_and_the_capped_warmup_is_logged(
+        vimeo_root, tmp_path, capsys, monkeypatch):
+    masks = []
+
+    def spy(*args, **kwargs):
+        masks.append(kwargs.get("mask"))
+        return sample_grid(*args, **kwargs)
+    monkeypatch.setattr(train, "sample_grid", spy)
+    assert train.main(base_args(vimeo_root, tmp_path, "grids", "--epochs", "3", "--steps_per_epoch", "1",
+                                "--image_every", "2")) == 0
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(tmp_path / "log" / "grids"))
+    events.Reload()
+    # step 1 (first step), step 2 (--image_every), step 3 (the last evaluation): each once
+    assert [e.step for e in events.Images("train/I0_pred_gt_I1")] == [1, 2, 3]
+    assert [e.step for e in events.Images("val/I0_pred_gt_I1")] == [1, 2, 3]
+    assert masks and all(mask is None for mask in masks)         # Phase 1: no flow, so no mask panel
+    out = capsys.readouterr().out
+    assert "warm-up capped at 1 of --warmup_steps 2000 steps" in out and out.count("warm-up") == 1
+
+
+def test_run_writes_summary_json(vimeo_root, tmp_path):
+    """log/<exp>/summary.json, the file benchmark/ablation.py reads: these key names exactly."""
+    assert train.main(base_args(vimeo_root, tmp_path, "summary", "--epochs", "2", "--steps_per_epoch", "1")) == 0
+    summary = json.loads((tmp_path / "log" / "summary" / "summary.json").read_text())
+    assert set(summary) == {"experiment", "phase", "params", "steps", "epochs", "best_psnr", "last_val",
+                            "train_samples_per_sec", "peak_gpu_mem_gib", "wall_seconds", "first_step_seconds",
+                            "steady_samples_per_sec", "config"}
+    assert (summary["experiment"], summary["phase"], summary["steps"], summary["epochs"]) == ("summary", 1, 2, 2)
+    best = load_checkpoint(tmp_path / "ckpt" / "summary_best.pt")
+    assert summary["best_psnr"] == best["best_metric"]
+    last = load_checkpoint(tmp_path / "ckpt" / "summary_last.pt")["metrics"]
+    assert summary["last_val"] == {k: last[k] for k in ("psnr", "ssim", "psnr_frame_average")} | {"count": 4}
+    model, _ = model_from_checkpoint(str(tmp_path / "ckpt" / "summary_best.pt"))
+    assert summary["params"] == sum(p.numel() for p in model.parameters())
+    assert summary["train_samples_per_sec"] > 0 and summary["wall_seconds"] > 0
+    assert 0 < summary["first_step_seconds"] < summary["wall_seconds"]
+    assert summary["steady_samples_per_sec"] > 0                     # the second step ran after the first
+    assert summary["peak_gpu_mem_gib"] is None                       # CPU
+    assert summary["config"] == json.loads(json.dumps(best["config"]))      # tuples -> lists
+    assert not [p for p in (tmp_path / "log" / "summary").iterdir() if p.name.endswith(".tmp")]
+
+
 def test_resume_last_is_bit_identical_to_an_uninterrupted_run(vimeo_root, tmp_path):
     common = ("--epochs", "3", "--steps_per_epoch", "2", "--ema_decay", "0.9")
     assert train.main(base_args(vimeo_root, tmp_path, "straight", *common)) == 0
@@ -62,6 +108,8 @@ def test_resume_last_is_bit_identical_to_an_uninterrupted_run(vimeo_root, tmp_pa
     for key, value in straight["ema"].items():
         assert torch.equal(value, resumed["ema"][key]), key
     assert straight["best_metric"] == resumed["best_metric"]
+    summary = json.loads((tmp_path / "log" / "broken" / "summary.json").read_text())
+    assert (summary["steps"], summary["epochs"], summary["best_psnr"]) == (6, 3, resumed["best_metric"])
 
 
 def test_refuses_to_overwrite_an_existing_run(vimeo_root, tmp_path, capsys):
@@ -137,8 +185,8 @@ def test_flags_override_the_phase_preset(vimeo_root):
 def test_nonfinite_loss_is_skipped_loudly_then_stops(vimeo_root, tmp_path, capsys, monkeypatch):
     original = CompositeLoss.forward
 
-    def poisoned(self, pred, gt, flow=None):
-        total, logs = original(self, pred, gt, flow)
+    def poisoned(self, pred, gt, flow=None, intermediate=None):
+        total, logs = original(self, pred, gt, flow, intermediate)
         return total * float("nan"), logs
     monkeypatch.setattr(CompositeLoss, "forward", poisoned)
     rc = train.main(base_args(vimeo_root, tmp_path, "nan", "--epochs", "1", "--batch_size", "1"))   # 8 steps
@@ -167,18 +215,21 @@ def test_phase2_warm_start_from_phase1_and_backbone_freezing(vimeo_root, tmp_pat
 
 
 def test_ddp_two_processes_on_cpu(vimeo_root, tmp_path):
-    """Phase 2 on two gloo ranks, with the backbone frozen for epoch 1 and released (DDP rebuilt) for epoch 2."""
+    """Phase 2 on two gloo ranks, with the backbone frozen for epoch 1 and released (DDP rebuilt) for epoch 2, and
+    EMA on: every rank's shadow must start from rank 0's broadcast weights (validation runs on the EMA)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(REPO / "train.py"),
                *base_args(vimeo_root, tmp_path, "ddp", "--phase", "2", "--epochs", "2", "--steps_per_epoch", "2",
-                          "--freeze_backbone", "1")]
+                          "--freeze_backbone", "1", "--ema_decay", "0.999")]
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "2 x cpu" in result.stdout
     assert result.stdout.count("epoch 1: val PSNR") == 1            # rank 0 alone prints
     assert "on 4 samples" in result.stdout                         # every test sample once across both ranks
-    assert "backbone released at epoch 1" in result.stdout
-    assert "optimizer steps per rank: [4, 4]; weights identical on all ranks: yes" in result.stdout
+    assert "backbone frozen for epochs 1-1" in result.stdout        # epochs counted from 1, as the bar does
+    assert "backbone released at epoch 2" in result.stdout
+    assert ("optimizer steps per rank: [4, 4]; weights identical on all ranks: yes; "
+            "EMA identical on all ranks: yes") in result.stdout
     assert load_checkpoint(tmp_path / "ckpt" / "ddp_last.pt")["step"] == 4
 
 

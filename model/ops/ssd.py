@@ -29,6 +29,7 @@ import functools
 import importlib
 import importlib.util
 import logging
+import os
 import sys
 import types
 from typing import Callable
@@ -166,6 +167,66 @@ def _install_namespace_stubs(package_dir: str) -> None:
         sys.modules[name] = module
 
 
+# Autotuning narrowed to measured winners. mamba-ssm autotunes ~14 SSD kernels over 6-11 configurations each;
+# on a fresh machine compiling and timing all of them made the first training step take 110-138 s (H100/H200,
+# docs/PERF.md). These are the configurations the full autotuner chose on an H100 (torch 2.11, Triton 3.6,
+# bf16, chunk 256, head dim 32, state 32: every preset of this project) -- where it chose differently for
+# different head counts or dtypes, both are kept and the autotuner picks between the two. Any shape still runs
+# correctly with them (the kernels mask their tiles). THESIS_SSD_AUTOTUNE=full restores the full search.
+PINNED_SSD_CONFIGS: dict[str, tuple[tuple[dict[str, int], int, int], ...]] = {
+    # kernel name: ((block sizes, num_warps, num_stages), ...)
+    "_bmm_chunk_fwd_kernel": (({"BLOCK_SIZE_M": 128, "BLOCK_SIZE_N": 64, "BLOCK_SIZE_K": 32}, 4, 4),),
+    "_bmm_chunk_bwd_kernel": (({"BLOCK_SIZE_M": 128, "BLOCK_SIZE_N": 32, "BLOCK_SIZE_CS": 32}, 4, 4),),
+    "_chunk_cumsum_fwd_kernel": (({"BLOCK_SIZE_H": 8}, 4, 3), ({"BLOCK_SIZE_H": 4}, 4, 3)),
+    "_chunk_cumsum_bwd_kernel": (({"BLOCK_SIZE_H": 2}, 4, 3), ({"BLOCK_SIZE_H": 4}, 4, 3)),
+    "_chunk_state_fwd_kernel": (({"BLOCK_SIZE_M": 32, "BLOCK_SIZE_N": 64, "BLOCK_SIZE_K": 32}, 2, 5),),
+    "_chunk_state_bwd_db_kernel": (({"BLOCK_SIZE_M": 64, "BLOCK_SIZE_N": 32}, 4, 3),),
+    "_state_passing_fwd_kernel": (({"BLOCK_SIZE": 128}, 4, 3), ({"BLOCK_SIZE": 1024}, 4, 3)),
+    "_state_passing_bwd_kernel": (({"BLOCK_SIZE": 1024}, 4, 3),),
+    "_chunk_scan_fwd_kernel": (({"BLOCK_SIZE_M": 64, "BLOCK_SIZE_N": 32, "BLOCK_SIZE_K": 32}, 2, 5),),
+    "_chunk_scan_bwd_dstates_kernel": (({"BLOCK_SIZE_M": 64, "BLOCK_SIZE_N": 32, "BLOCK_SIZE_K": 32}, 2, 5),),
+    "_chunk_scan_bwd_dc_kernel": (({"BLOCK_SIZE_M": 64, "BLOCK_SIZE_N": 32}, 4, 3),),
+    "_chunk_scan_bwd_dcb_kernel": (({"BLOCK_SIZE_M": 64, "BLOCK_SIZE_N": 32}, 4, 3),),
+    "_chunk_scan_bwd_ddAcs_stable_kernel": (({"BLOCK_SIZE_M": 64, "BLOCK_SIZE_N": 32}, 4, 3),),
+    "_chunk_scan_chunk_state_bwd_dx_kernel": (({"BLOCK_SIZE_M": 64, "BLOCK_SIZE_N": 32, "BLOCK_SIZE_K": 32}, 4, 5),),
+}
+SSD_KERNEL_MODULES = ("ssd_bmm", "ssd_chunk_state", "ssd_state_passing", "ssd_chunk_scan", "ssd_combined")
+
+
+def pin_autotune_configs(modules, table=PINNED_SSD_CONFIGS) -> tuple[int, int]:
+    """Restrict each autotuned kernel named in ``table`` to the listed configurations, in place.
+
+    ``modules``: the imported mamba-ssm Triton modules. A kernel is left untouched when none of its
+    configurations matches the table (another mamba-ssm version), so pinning can narrow the search but never
+    break a kernel. Returns (kernels pinned, autotuned kernels seen).
+    """
+    pinned = seen = 0
+    for module in modules:
+        for name, kernel in vars(module).items():
+            configs = getattr(kernel, "configs", None)
+            if not isinstance(configs, list) or not hasattr(kernel, "cache") or not configs:
+                continue
+            seen += 1
+            wanted = table.get(name, ())
+            chosen = [c for c in configs
+                      if any(c.kwargs == kwargs and c.num_warps == warps and c.num_stages == stages
+                             for kwargs, warps, stages in wanted)]
+            if chosen:
+                kernel.configs = chosen
+                pinned += 1
+    return pinned, seen
+
+
+def _narrow_autotuning() -> str:
+    """Pin the loaded SSD kernels' autotuning (see PINNED_SSD_CONFIGS); returns a note for the backend log line."""
+    if os.environ.get("THESIS_SSD_AUTOTUNE", "").lower() == "full":
+        return "; full autotuning (THESIS_SSD_AUTOTUNE=full)"
+    modules = [sys.modules[f"mamba_ssm.ops.triton.{name}"] for name in SSD_KERNEL_MODULES
+               if f"mamba_ssm.ops.triton.{name}" in sys.modules]
+    pinned, seen = pin_autotune_configs(modules)
+    return f"; autotuning pinned for {pinned} of {seen} kernels (THESIS_SSD_AUTOTUNE=full searches all)"
+
+
 @functools.lru_cache(maxsize=None)
 def load_triton_ssd() -> tuple[Callable | None, str]:
     """Return (mamba_chunk_scan_combined or None, a one-line note on how it loaded or why not). Cached."""
@@ -178,7 +239,7 @@ def load_triton_ssd() -> tuple[Callable | None, str]:
         return None, "mamba-ssm is not installed"
     try:
         module = importlib.import_module("mamba_ssm.ops.triton.ssd_combined")
-        return module.mamba_chunk_scan_combined, "mamba-ssm imported normally"
+        return module.mamba_chunk_scan_combined, "mamba-ssm imported normally" + _narrow_autotuning()
     except Exception as error:
         first_error = f"{type(error).__name__}: {error}"
     for name in [m for m in sys.modules if m == "mamba_ssm" or m.startswith("mamba_ssm.")]:
@@ -186,7 +247,8 @@ def load_triton_ssd() -> tuple[Callable | None, str]:
     try:
         _install_namespace_stubs(list(spec.submodule_search_locations)[0])
         module = importlib.import_module("mamba_ssm.ops.triton.ssd_combined")
-        return module.mamba_chunk_scan_combined, f"mamba-ssm Triton kernels loaded bypassing its __init__ ({first_error})"
+        return module.mamba_chunk_scan_combined, (f"mamba-ssm Triton kernels loaded bypassing its __init__ "
+                                                  f"({first_error})" + _narrow_autotuning())
     except Exception as error:
         return None, f"mamba-ssm Triton SSD failed to load: {type(error).__name__}: {error}"
 
@@ -196,22 +258,41 @@ def _log_backend_once(backend: str, reason: str) -> None:
     logger.info("SSD scan backend: %s (%s)", backend, reason)
 
 
+@torch.compiler.assume_constant_result
+def _triton_kernel_loads() -> bool:
+    """Whether mamba-ssm's Triton SSD loads; torch.compile bakes the answer in instead of tracing the import."""
+    return load_triton_ssd()[0] is not None
+
+
 def resolve_backend(backend: str, device: torch.device) -> str:
-    """Map "auto" to the backend that will run on ``device``; validate explicit names."""
+    """Map "auto" to the backend that will run on ``device``; validate explicit names.
+
+    Safe under ``torch.compile``: the availability check is a traced constant and the log line is skipped while
+    compiling (a logger call would break the graph), so the dispatch costs no graph break.
+    """
     if backend not in BACKENDS:
         raise ValueError(f"unknown SSD backend {backend!r}; choose one of {BACKENDS}")
     if backend == "torch":
         return "torch"
-    kernel, note = load_triton_ssd() if device.type == "cuda" else (None, "tensors are not on CUDA")
+    available = device.type == "cuda" and _triton_kernel_loads()
     if backend == "triton":
         if device.type != "cuda":
             raise RuntimeError("SSD backend 'triton' needs CUDA tensors")
-        if kernel is None:
-            raise RuntimeError(f"SSD backend 'triton' unavailable: {note}")
+        if not available:
+            raise RuntimeError(f"SSD backend 'triton' unavailable: {load_triton_ssd()[1]}")
         return "triton"
-    chosen = "triton" if kernel is not None else "torch"
-    _log_backend_once(chosen, note)
+    chosen = "triton" if available else "torch"
+    if not torch.compiler.is_compiling():
+        _log_backend_once(chosen, load_triton_ssd()[1] if device.type == "cuda" else "tensors are not on CUDA")
     return chosen
+
+
+@torch.compiler.disable
+def _triton_ssd(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus) -> torch.Tensor:
+    """mamba-ssm's fused kernel, kept out of torch.compile graphs (Dynamo cannot trace its Triton launches and
+    autotuner); the surrounding projections, scan reordering and norms still compile."""
+    kernel, _ = load_triton_ssd()
+    return kernel(x, dt, A, B, C, chunk_size, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus)
 
 
 def ssd_scan(x, dt, A, B, C, *, chunk_size: int = 256, D=None, z=None, dt_bias=None, dt_softplus: bool = False,
@@ -232,6 +313,5 @@ def ssd_scan(x, dt, A, B, C, *, chunk_size: int = 256, D=None, z=None, dt_bias=N
                          f"x {tuple(x.shape)}, dt {tuple(dt.shape)}, A {tuple(A.shape)}, B {tuple(B.shape)}, "
                          f"C {tuple(C.shape)}")
     if resolve_backend(backend, x.device) == "triton":
-        kernel, _ = load_triton_ssd()
-        return kernel(x, dt, A, B, C, chunk_size, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus)
+        return _triton_ssd(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus)
     return _ssd_chunked(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus)

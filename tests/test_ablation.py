@@ -1,0 +1,70 @@
+"""benchmark/ablation.py: each variant trained through train.main, rows read from the runs' summary.json."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmark import ablation
+
+
+def test_steps_split_into_epochs_exactly():
+    assert ablation.split_steps(1500, 4) == (375, 4)
+    assert ablation.split_steps(1500, 3207) == (1, 1500)
+    assert ablation.split_steps(7, 4) == (7, 1)            # a prime that does not fit: one step per epoch
+    assert ablation.split_steps(12, 5) == (3, 4)
+    for steps, per in ((2, 4), (100, 7), (97, 200)):
+        epochs, per_epoch = ablation.split_steps(steps, per)
+        assert epochs * per_epoch == steps and per_epoch <= per
+
+
+def test_default_variants_and_refusals(vimeo_root, tmp_path, capsys):
+    assert ablation.default_variants(1) == ["hybrid", "mamba2_only", "gated_attn_only", "hybrid_mhc", "hybrid_cab",
+                                            "hybrid_matvlm"]
+    assert ablation.default_variants(2)[-1] == "hybrid_inter"
+    common = ["--data_path", str(vimeo_root), "--steps", "2", "--crop_size", "32", "--out", str(tmp_path / "t.md")]
+    for extra, fragment in ((["--variants", "hybrid,nonsense"], "unknown variant 'nonsense'"),
+                            (["--variants", "hybrid_inter"], "needs --phase 2"),
+                            (["--seeds", "0,x"], "--seeds"),
+                            (["--batch_size", "99"], "larger than the 8 training triplets")):
+        with pytest.raises(SystemExit) as error:
+            ablation.main(common + extra)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert error.value.code == 2 and len(err) == 1 and fragment in err[0], err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_two_variants_two_steps_on_cpu(vimeo_root, tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)     # --device cpu sets it; restored after the test
+    out = tmp_path / "abl" / "table.md"
+    args = ["--data_path", str(vimeo_root), "--steps", "2", "--batch_size", "2", "--crop_size", "32",
+            "--variants", "hybrid,hybrid_matvlm", "--model_size", "tiny", "--num_workers", "0", "--device", "cpu",
+            "--out", str(out), "--train_args", "--log_every 1"]
+    assert ablation.main(args) == 0
+    table = json.loads((out.parent / "table.json").read_text())
+    assert table["steps"] == 2 and table["epochs"] * table["steps_per_epoch"] == 2 and table["seeds"] == [0]
+    rows = {row["variant"]: row for row in table["rows"]}
+    assert list(rows) == ["hybrid", "hybrid_matvlm"]
+    for row in rows.values():
+        assert row["params"] > 0 and row["train_samples_per_sec"] > 0 and row["peak_gpu_mem_gib"] is None
+        assert 0 < row["psnr"] < 100 and 0 < row["ssim"] <= 1 and row["psnr_sd"] is None
+        assert row["val_count"] == 4 and row["psnr_frame_average"] > 0
+    assert rows["hybrid"]["delta_psnr_vs_hybrid"] == 0.0
+    assert rows["hybrid_matvlm"]["delta_psnr_vs_hybrid"] == pytest.approx(rows["hybrid_matvlm"]["psnr"]
+                                                                          - rows["hybrid"]["psnr"])
+    # hybrid_matvlm started from a gated_attn_only source trained here, and says so.
+    assert [s["experiment"] for s in rows["hybrid_matvlm"]["matvlm_source"]] == ["ablation_matvlm_source_s0"]
+    assert "MaTVLM start" in rows["hybrid_matvlm"]["note"] and "source val PSNR" in rows["hybrid_matvlm"]["note"]
+    runs = out.parent / "runs"
+    for name in ("ablation_hybrid_s0", "ablation_matvlm_source_s0", "ablation_hybrid_matvlm_s0"):
+        summary = json.loads((runs / "log" / name / "summary.json").read_text())
+        assert summary["steps"] == 2 and (runs / "ckpt" / f"{name}_last.pt").exists()
+    assert json.loads((runs / "log" / "ablation_matvlm_source_s0" / "summary.json").read_text())[
+        "config"]["model"]["backbone_mode"] == "gated_attn_only"
+    markdown = out.read_text()
+    assert "| hybrid_matvlm |" in markdown and "Δ PSNR vs hybrid" in markdown
+    # Repeating the command reuses the finished runs instead of training (or refusing) again.
+    capsys.readouterr()
+    assert ablation.main(args) == 0
+    assert capsys.readouterr().out.count("reusing the finished run") == 3

@@ -1,0 +1,400 @@
+"""interpolate.py: exact frame counts and rates, copies at cuts and duplicates, folders, audio, atomic output, the
+one-line errors, and the t arithmetic (halving for t = 0.5-only checkpoints, direct t for Phase 3).
+
+The clip: 8 frames of 64x96 at 24 fps, moving shapes; frame 4 repeats frame 3 (a duplicate) and frames 5-7 are
+another shot (a hard cut between 4 and 5). Written losslessly (libx264 -qp 0) with an AAC tone, so a decoded frame
+matches the source to codec rounding.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from fractions import Fraction
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import interpolate
+import train
+import video_io
+from checkpoint import atomic_save
+from config import preset
+from interpolate import FrameInterpolator, halving_rounds, output_frame_count, pair_times
+from model import build_model
+
+REPO = Path(__file__).resolve().parents[1]
+HEIGHT, WIDTH, RATE = 64, 96, 24
+DUPLICATE_PAIR, CUT_PAIR = 3, 4          # pair i = input frames (i, i+1)
+FFMPEG = video_io.find_ffmpeg()
+needs_ffmpeg = pytest.mark.skipif(FFMPEG is None, reason="imageio-ffmpeg is not installed")
+
+
+def shot_frame(index: int, shot: int) -> np.ndarray:
+    """(H, W, 3) uint8 RGB: shapes that move a few pixels per frame; the two shots differ in every pixel."""
+    image = np.empty((HEIGHT, WIDTH, 3), np.uint8)
+    if shot == 0:
+        image[:] = (40, 60, 90)
+        cv2.circle(image, (12 + 4 * index, 30), 10, (250, 200, 40), -1)
+        cv2.rectangle(image, (70 - 3 * index, 6), (86 - 3 * index, 22), (30, 220, 120), -1)
+    else:
+        image[:] = (230, 220, 200)
+        cv2.rectangle(image, (6 + 4 * index, 34), (32 + 4 * index, 58), (200, 20, 30), -1)
+    return image
+
+
+def clip_frames() -> list[np.ndarray]:
+    shot_a = [shot_frame(i, 0) for i in range(4)]
+    return shot_a + [shot_a[-1].copy()] + [shot_frame(i, 1) for i in range(3)]
+
+
+def mad(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a.astype(np.float64) - b.astype(np.float64)).mean())
+
+
+def read_video(path: Path) -> tuple[list[np.ndarray], float]:
+    """Every frame (RGB) and the rate, through OpenCV: an independent reader of what interpolate.py wrote."""
+    capture = cv2.VideoCapture(str(path))
+    assert capture.isOpened(), path
+    fps = capture.get(cv2.CAP_PROP_FPS)
+    frames = []
+    while True:
+        ok, frame = capture.read()
+        if not ok:
+            break
+        frames.append(frame[..., ::-1])
+    capture.release()
+    return frames, fps
+
+
+def write_video(path: Path, frames: list[np.ndarray], audio: bool = True) -> Path:
+    audio_input = ["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100", "-shortest", "-c:a", "aac"]
+    command = [FFMPEG, "-y", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{WIDTH}x{HEIGHT}",
+               "-framerate", str(RATE), "-i", "-", *(audio_input if audio else []),
+               "-c:v", "libx264", "-qp", "0", "-pix_fmt", "yuv420p", str(path)]
+    subprocess.run(command, input=b"".join(f.tobytes() for f in frames), check=True)
+    return path
+
+
+def has_audio(path: Path) -> bool:
+    result = subprocess.run([FFMPEG, "-hide_banner", "-i", str(path)], capture_output=True, text=True)
+    return " Audio: " in result.stderr
+
+
+@pytest.fixture(scope="module")
+def checkpoint(vimeo_root, tmp_path_factory) -> Path:
+    """A tiny Phase-1 checkpoint trained for two steps (the way tests/test_train.py trains)."""
+    root = tmp_path_factory.mktemp("interp_train")
+    assert train.main(["--data_path", str(vimeo_root), "--model_size", "tiny", "--batch_size", "2",
+                       "--crop_size", "32", "--num_workers", "0", "--ckpt_dir", str(root / "ckpt"),
+                       "--log_dir", str(root / "log"), "--exp_name", "interp", "--epochs", "1",
+                       "--steps_per_epoch", "2", "--eval_interval", "1"]) == 0
+    return root / "ckpt" / "interp_last.pt"
+
+
+@pytest.fixture(scope="module")
+def phase3_checkpoint(tmp_path_factory) -> Path:
+    """A tiny Phase-3 (arbitrary t) checkpoint with random weights: enough to check how t reaches the model."""
+    cfg = preset(3, size="tiny")
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("interp_p3") / "p3.pt"
+    atomic_save({"format": 1, "config": cfg.to_dict(), "model": build_model(cfg).state_dict(), "ema": None}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("clip")
+    frames = clip_frames()
+    folder = root / "frames"
+    folder.mkdir()
+    for index, frame in enumerate(frames):
+        cv2.imwrite(str(folder / f"frame_{index + 1}.png"), frame[..., ::-1])   # natural order: 1..8, not 1, 10..
+    result = {"frames": frames, "folder": folder}
+    if FFMPEG is not None:
+        result["video"] = write_video(root / "clip.mp4", frames)
+        result["decoded"] = read_video(result["video"])[0]
+    return result
+
+
+def run_cli(capsys, *args: str) -> tuple[int, str, str]:
+    code = interpolate.main([*map(str, args), "--no_progress"])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+# --------------------------------------------------------------------------------------------------------
+# Output times: pure arithmetic
+# --------------------------------------------------------------------------------------------------------
+def test_output_times_counts_and_halving_plan():
+    third = Fraction(1, 3)
+    assert pair_times(5, third) == [0, third, 2 * third]
+    # 24 -> 60 fps: output k sits at input time 0.4 k; pair 1 (input 1 .. 2) gets k = 3, 4 at t = 0.2, 0.6.
+    ratio = Fraction(24, 60)
+    assert pair_times(1, ratio) == [Fraction(1, 5), Fraction(3, 5)]
+    assert sum(len(pair_times(i, ratio)) for i in range(7)) == output_frame_count(8, ratio) == 18
+    assert [output_frame_count(8, Fraction(1, n)) for n in (2, 3, 4)] == [15, 22, 29]
+    assert halving_rounds([Fraction(1, 4), Fraction(1, 2), Fraction(3, 4)]) == [[Fraction(1, 2)],
+                                                                                [Fraction(1, 4), Fraction(3, 4)]]
+    # Only the ancestors a time needs: 3/8 comes from 1/4 and 1/2, 1/4 from 0 and 1/2.
+    assert halving_rounds([Fraction(3, 8)]) == [[Fraction(1, 2)], [Fraction(1, 4)], [Fraction(3, 8)]]
+    with pytest.raises(ValueError):
+        halving_rounds([third])
+    assert interpolate.default_flow_scale(1080, 1920) == 1.0
+    assert interpolate.default_flow_scale(1080, 2048) == 0.5
+    assert interpolate.default_flow_scale(2160, 3840) == 0.25
+
+
+class LinearBlend(nn.Module):
+    """An oracle 'model': (1 - t) * img0 + t * img1, recording every t it is given."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: list[float] = []
+        self.batches: list[int] = []
+
+    def inference(self, img0, img1, t=0.5, flow_scale=1.0, tta=False):
+        t = torch.as_tensor(t, dtype=img0.dtype).reshape(-1, 1, 1, 1)
+        self.seen += t.flatten().tolist()
+        self.batches.append(img0.shape[0])
+        return (1 - t) * img0 + t * img1
+
+
+@pytest.mark.parametrize("halving, times, model_ts", [
+    (True, [Fraction(k, 8) for k in range(8)], {0.5}),
+    (False, [Fraction(k, 3) for k in range(3)], {1 / 3, 2 / 3}),
+])
+def test_interpolator_puts_each_time_where_it_belongs(halving, times, model_ts):
+    """With a linear oracle every output must be the exact blend at its t, whether reached by halving (the model
+    only ever sees t = 0.5) or given directly; calls are batched across pairs."""
+    oracle = LinearBlend()
+    engine = FrameInterpolator(oracle, torch.device("cpu"), "fp32", False, 1.0, batch_size=3, halving=halving)
+    pairs = [(torch.full((1, 3, 8, 8), float(a)), torch.full((1, 3, 8, 8), float(b)), times)
+             for a, b in ((0.0, 1.0), (0.2, 0.6))]
+    results = engine.interpolate(pairs)
+    for (img0, img1, _), values in zip(pairs, results):
+        for t in times[1:]:
+            expected = (1 - float(t)) * img0 + float(t) * img1
+            assert torch.allclose(values[t], expected, atol=1e-6), t
+    assert {round(t, 6) for t in oracle.seen} == {round(t, 6) for t in model_ts}
+    assert engine.model_calls == len(oracle.seen) == 2 * (len(times) - 1)
+    assert max(oracle.batches) == 3
+
+
+# --------------------------------------------------------------------------------------------------------
+# Videos
+# --------------------------------------------------------------------------------------------------------
+@needs_ffmpeg
+@pytest.mark.parametrize("multi", [2, 3, 4])
+def test_multi_video_counts_rate_audio_and_copies(checkpoint, clip, tmp_path, capsys, multi):
+    out = tmp_path / f"out{multi}.mp4"
+    code, stdout, stderr = run_cli(capsys, "--model", checkpoint, "--input", clip["video"], "--output", out,
+                                   "--multi", multi, "--crf", 0)
+    assert code == 0, stderr
+    frames, fps = read_video(out)
+    assert len(frames) == 7 * multi + 1
+    assert fps == pytest.approx(RATE * multi)
+    assert stdout.strip().splitlines()[-1].startswith(f"frames in 8, frames out {7 * multi + 1}, cuts 1, "
+                                                      f"duplicates 1,")
+    assert has_audio(out)
+    decoded = clip["decoded"]
+    for index in range(8):                            # every input frame is kept, at k * multi
+        assert mad(frames[index * multi], decoded[index]) < 1.5, index
+    for pair in (DUPLICATE_PAIR, CUT_PAIR):           # between them: copies of the earlier frame, never blends
+        for j in range(1, multi):
+            assert mad(frames[pair * multi + j], decoded[pair]) < 1.5, (pair, j)
+    # A motion pair is interpolated: its middle frame is neither input frame.
+    middle = frames[multi + multi // 2]
+    assert mad(middle, decoded[1]) > 1.5 and mad(middle, decoded[2]) > 1.5
+    if multi == 4:
+        assert "recursive halving" in stdout
+    if multi == 3:
+        assert "never saw t = 1/3, 2/3" in stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]       # no temporary files left
+
+
+@needs_ffmpeg
+def test_fps_24_to_60_exact_times(checkpoint, clip, tmp_path, capsys):
+    out = tmp_path / "out60.mkv"
+    code, stdout, stderr = run_cli(capsys, "--model", checkpoint, "--input", clip["video"], "--output", out,
+                                   "--fps", 60, "--crf", 0)
+    assert code == 0, stderr
+    frames, fps = read_video(out)
+    assert len(frames) == 18 == output_frame_count(8, Fraction(24, 60))
+    assert fps == pytest.approx(60)
+    assert "never saw" in stderr                      # t = k/5 for a t = 0.5-only checkpoint
+    # Output k is at input time 0.4 k: k = 10, 11, 12 lie in the cut pair (4 .. 5), k = 0 and 5 on inputs 0 and 2.
+    for k in (10, 11, 12):
+        assert mad(frames[k], clip["decoded"][CUT_PAIR]) < 1.5, k
+    assert mad(frames[0], clip["decoded"][0]) < 1.5 and mad(frames[5], clip["decoded"][2]) < 1.5
+
+
+@needs_ffmpeg
+def test_audio_is_left_out_when_the_timing_changes(checkpoint, clip, tmp_path, capsys):
+    """--input_fps 12 stretches the 24 fps clip to twice its length: its audio would drift, so it is not copied."""
+    out = tmp_path / "stretched.mp4"
+    code, stdout, stderr = run_cli(capsys, "--model", checkpoint, "--input", clip["video"], "--output", out,
+                                   "--input_fps", 12)
+    assert code == 0, stderr
+    assert "note: audio not copied: the output lasts 0.625 s" in stdout
+    frames, fps = read_video(out)
+    assert len(frames) == 15 and fps == pytest.approx(24)
+    assert not has_audio(out)
+
+
+@needs_ffmpeg
+def test_phase3_checkpoint_gets_t_directly(phase3_checkpoint, clip, tmp_path, capsys):
+    out = tmp_path / "p3.mp4"
+    code, stdout, stderr = run_cli(capsys, "--model", phase3_checkpoint, "--input", clip["video"], "--output", out,
+                                   "--multi", 3, "--strict_t")
+    assert code == 0, stderr
+    assert "Phase-3 checkpoint: each t = k/3 is given to the model directly" in stdout
+    assert "flow_scale 1 (default for 96x64" in stdout
+    assert "never saw" not in stderr
+    assert len(read_video(out)[0]) == 22
+
+
+@needs_ffmpeg
+def test_opencv_fallback_without_imageio_ffmpeg(checkpoint, clip, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(interpolate, "find_ffmpeg", lambda: None)
+    out = tmp_path / "cv.mp4"
+    code, stdout, stderr = run_cli(capsys, "--model", checkpoint, "--input", clip["video"], "--output", out)
+    assert code == 0, stderr
+    assert stderr.count("imageio-ffmpeg is not installed") == 1
+    frames, fps = read_video(out)
+    assert len(frames) == 15 and fps == pytest.approx(48)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Frame folders
+# --------------------------------------------------------------------------------------------------------
+def test_folder_in_folder_out_copies_are_exact(checkpoint, clip, tmp_path, capsys):
+    out = tmp_path / "out_frames"
+    code, stdout, stderr = run_cli(capsys, "--model", checkpoint, "--input", clip["folder"], "--output", out,
+                                   "--multi", 2)
+    assert code == 0, stderr
+    names = sorted(p.name for p in out.iterdir())
+    assert names == [f"{k:08d}.png" for k in range(15)]
+    frames = [cv2.imread(str(out / name))[..., ::-1] for name in names]
+    source = clip["frames"]
+    for index in range(8):
+        assert np.array_equal(frames[2 * index], source[index]), index
+    assert np.array_equal(frames[2 * DUPLICATE_PAIR + 1], source[DUPLICATE_PAIR])
+    assert np.array_equal(frames[2 * CUT_PAIR + 1], source[CUT_PAIR])
+    assert not np.array_equal(frames[3], source[1]) and not np.array_equal(frames[3], source[2])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out_frames"]
+
+
+@pytest.mark.parametrize("output_name", ["frames_out", "video.mp4"])
+def test_interrupt_leaves_no_output(checkpoint, clip, tmp_path, capsys, monkeypatch, output_name):
+    """Ctrl-C in the middle of writing: exit status 130 and nothing in the output folder, not even a temp file."""
+    if output_name.endswith(".mp4") and FFMPEG is None:
+        pytest.skip("imageio-ffmpeg is not installed")
+    sink_class = video_io.FolderSink if "." not in output_name else video_io.FfmpegSink
+    original = sink_class.write
+    written = []
+
+    def write_then_interrupt(self, frame):
+        if len(written) == 3:
+            raise KeyboardInterrupt
+        written.append(1)
+        original(self, frame)
+
+    monkeypatch.setattr(sink_class, "write", write_then_interrupt)
+    out_dir = tmp_path / "out"
+    code, stdout, stderr = run_cli(capsys, "--model", checkpoint, "--input", clip["folder"], "--output",
+                                   out_dir / output_name, "--input_fps", 24)
+    assert code == 130
+    assert "interrupted; nothing was written" in stderr
+    assert list(out_dir.iterdir()) == []
+
+
+# --------------------------------------------------------------------------------------------------------
+# Bad input: one line, exit status 2, nothing written
+# --------------------------------------------------------------------------------------------------------
+def bad_case(name: str, clip: dict, checkpoint: Path, tmp_path: Path) -> tuple[list[str], str]:
+    """(arguments, what the one error line must contain) for each bad input the issue lists (and a few more)."""
+    out = tmp_path / "out.mp4"
+    base = ["--model", checkpoint, "--output", out]
+    if name == "missing input":
+        return ["--input", tmp_path / "nope.mp4", *base], "does not exist"
+    if name == "unreadable video":
+        (tmp_path / "text.mp4").write_text("not a video\n")
+        return ["--input", tmp_path / "text.mp4", *base], "cannot read video"
+    if name == "empty folder":
+        (tmp_path / "empty").mkdir()
+        return ["--input", tmp_path / "empty", *base], "no frames"
+    if name == "frames of different sizes":
+        folder = tmp_path / "mixed"
+        folder.mkdir()
+        cv2.imwrite(str(folder / "a.png"), clip["frames"][0])
+        cv2.imwrite(str(folder / "b.png"), clip["frames"][1][:32])
+        return ["--input", folder, *base, "--input_fps", 24], "all frames must have one size"
+    if name == "one-frame video":
+        return ["--input", write_video(tmp_path / "one.mp4", clip["frames"][:1], audio=False), *base], "only 1"
+    if name == "missing checkpoint":
+        return ["--input", clip["folder"], "--model", "no_such_run", "--ckpt_dir", tmp_path, "--output",
+                tmp_path / "o"], "checkpoint not found"
+    if name == "not a Thesis-VFI checkpoint":
+        torch.save({"weights": {"w": torch.zeros(1)}}, tmp_path / "other.pt")
+        return ["--input", clip["folder"], "--model", tmp_path / "other.pt", "--output", tmp_path / "o"], \
+            "not a Thesis-VFI checkpoint"
+    if name == "unwritable output":
+        (tmp_path / "a_file").write_text("x")
+        return ["--input", clip["folder"], "--model", checkpoint, "--output", tmp_path / "a_file" / "o"], \
+            "cannot write --output"
+    if name == "existing output":
+        (tmp_path / "exists.mp4").write_bytes(b"old")
+        return ["--input", clip["folder"], "--model", checkpoint, "--output", tmp_path / "exists.mp4",
+                "--input_fps", 24], "pass --overwrite"
+    if name == "unknown output extension":
+        return ["--input", clip["folder"], "--model", checkpoint, "--output", tmp_path / "o.gif"], "unknown extension"
+    if name == "multi 1":
+        return ["--input", clip["folder"], *base, "--multi", 1], "argument --multi: must be an integer >= 2"
+    if name == "multi with fps":
+        return ["--input", clip["folder"], *base, "--multi", 2, "--fps", 60], "not allowed with argument"
+    if name == "fps on a folder without a rate":
+        return ["--input", clip["folder"], "--model", checkpoint, "--output", tmp_path / "o", "--fps", 60], \
+            "--input_fps"
+    if name == "strict t":
+        return ["--input", clip["folder"], "--model", checkpoint, "--output", tmp_path / "o", "--multi", 3,
+                "--strict_t"], "--strict_t: this Phase-1 checkpoint"
+    raise AssertionError(name)
+
+
+VIDEO_CASES = {"unreadable video", "one-frame video"}
+
+
+@pytest.mark.parametrize("name", ["missing input", "unreadable video", "empty folder", "frames of different sizes",
+                                  "one-frame video", "missing checkpoint", "not a Thesis-VFI checkpoint",
+                                  "unwritable output", "existing output", "unknown output extension", "multi 1",
+                                  "multi with fps", "fps on a folder without a rate", "strict t"])
+def test_bad_input_gives_one_line(name, checkpoint, clip, tmp_path, capsys):
+    if name in VIDEO_CASES and FFMPEG is None:
+        pytest.skip("imageio-ffmpeg is not installed")
+    args, expected = bad_case(name, clip, checkpoint, tmp_path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    try:
+        code = interpolate.main([*map(str, args), "--no_progress"])
+    except SystemExit as raised:                      # argparse errors (--multi 1, --multi with --fps) exit here
+        code = raised.code
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert code == 2
+    assert len(lines) == 1 and lines[0].startswith("interpolate.py: error:"), captured.err
+    assert expected in lines[0]
+    assert "wrote" not in captured.out
+    assert sorted(p.name for p in tmp_path.iterdir()) == before          # nothing written, no temporary left
+
+
+def test_command_line_error_has_no_traceback(tmp_path):
+    result = subprocess.run([sys.executable, str(REPO / "interpolate.py"), "--model", "x", "--input",
+                             str(tmp_path / "missing.mp4"), "--output", str(tmp_path / "o.mp4")],
+                            capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"interpolate.py: error: --input {tmp_path / 'missing.mp4'} "
+                                                  f"does not exist"]
