@@ -157,6 +157,7 @@ class Trainer:
         self.nonfinite_streak = 0
         self.overflow_skips = 0            # fp16 steps the GradScaler skipped (gradients overflowed)
         self.last_grad_norm = 0.0
+        self.matvlm_source: nn.Module | None = None   # set by a MaTVLM start, released once compared
         self.backbone_frozen = False       # derived from the epoch and --freeze_backbone, so not checkpointed
         self._micro_step = 0
         self._window_poisoned = False
@@ -290,21 +291,24 @@ class Trainer:
 
     # ---------------------------------------------------------------------------------------- evaluation
     @torch.no_grad()
-    def evaluate(self, loader, ssim_fn=None) -> dict[str, Any]:
+    def evaluate(self, loader, ssim_fn=None, model: nn.Module | None = None) -> dict[str, Any]:
         """PSNR (and SSIM when ``ssim_fn`` is given) over this rank's shard, all-reduced over ranks.
 
         Also the frame-average baseline ``(I0 + I1) / 2``, the reference a VFI model has to beat. Uses the EMA
-        weights when EMA is on. Returns means plus one sample batch for the image grid (rank-local).
+        weights when EMA is on; ``model`` evaluates another module instead (as it is, e.g. a MaTVLM source).
+        Returns means plus one sample batch for the image grid (rank-local).
         """
-        was_training = self.model.training
-        self.model.eval()
+        target = self.model if model is None else model
+        was_training = target.training
+        target.eval()
         sums = torch.zeros(4, dtype=torch.float64, device=self.device)    # psnr, ssim, baseline psnr, count
         sample = None
-        with (self.ema.applied(self.model) if self.ema is not None else nullcontext()):
+        use_ema = model is None and self.ema is not None
+        with (self.ema.applied(self.model) if use_ema else nullcontext()):
             for batch in loader:
                 img0, gt, img1, t = to_float_images(batch, self.device)
                 with self.autocast():
-                    output = self.model(img0, img1, t)
+                    output = target(img0, img1, t)
                 pred = output.pred.float()
                 sums[0] += batch_psnr(pred, gt).sum().double()
                 if ssim_fn is not None:
@@ -314,7 +318,7 @@ class Trainer:
                 if sample is None:
                     sample = (img0[:2], gt[:2], img1[:2], output)
         sums = self.ctx.all_reduce_sum(sums)
-        self.model.train(was_training)
+        target.train(was_training)
         count = max(1.0, sums[3].item())
         return {"psnr": sums[0].item() / count, "ssim": sums[1].item() / count if ssim_fn else float("nan"),
                 "psnr_frame_average": sums[2].item() / count, "count": int(sums[3].item()), "sample": sample}
@@ -448,16 +452,14 @@ class Trainer:
     def init_from_attention(self, name_or_path: str) -> None:
         """MaTVLM start (docs/DESIGN.md 6): copy a trained ``gated_attn_only`` checkpoint into the hybrid, its
         attention projections mapped onto the Mamba2 branch (model/matvlm.py)."""
-        from model.matvlm import MaTVLMIncompatible, init_hybrid_from_attention
+        from model.matvlm import init_hybrid_from_attention, load_attention_source
         path = resolve_checkpoint(name_or_path, self.cfg.train.ckpt_dir)
         payload = load_checkpoint(path)
         source_cfg = checkpoint_config(payload, path)
-        if source_cfg.model.backbone_mode != "gated_attn_only":
-            raise MaTVLMIncompatible(f"--init_from_attn needs a gated_attn_only checkpoint; {path} is "
-                                     f"{source_cfg.model.backbone_mode}")
-        source = build_model(source_cfg.model)
-        source.load_state_dict(payload.get("ema") or payload["model"])
+        source = load_attention_source(source_cfg.model, payload.get("ema") or payload["model"], str(path))
         report = init_hybrid_from_attention(self.model, source)
+        # Kept until the caller has compared its validation PSNR with the initialised hybrid's (they must agree).
+        self.matvlm_source = source.to(self.device)
         self.reset_ema()
         self.log(f"MaTVLM init from {path}: copied {len(report['copied'])} tensors, mapped {len(report['mapped'])} "
                  f"attention->Mamba2 branches, {len(report['new'])} new tensors")

@@ -201,6 +201,12 @@ def run(cfg: ExperimentConfig, ctx: DistributedContext) -> None:
     trainer.start()
 
     from benchmark.metrics import ssim_matlab      # the benchmark's exact SSIM, so validation matches it
+    if trainer.matvlm_source is not None:
+        # The MaTVLM start is function-preserving: the initialised hybrid must score what its source scores.
+        source_psnr = trainer.evaluate(val_loader, model=trainer.matvlm_source)["psnr"]
+        hybrid_psnr = trainer.evaluate(val_loader)["psnr"]
+        trainer.matvlm_source = None
+        log(f"MaTVLM start: val PSNR source {source_psnr:.3f} dB, initialised hybrid {hybrid_psnr:.3f} dB")
     writer = NullWriter()
     if ctx.is_main:
         from torch.utils.tensorboard import SummaryWriter

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -282,7 +283,11 @@ def test_matvlm_init_from_an_attention_only_run(vimeo_root, tmp_path, capsys):
     capsys.readouterr()
     assert train.main(base_args(vimeo_root, tmp_path, "hybrid", *shapes, "--init_from_attn", "attn_last")) == 0
     out = capsys.readouterr().out
-    assert "MaTVLM init from" in out and "mapped 2 attention->Mamba2 branches" in out   # exactness: test_model.py
+    assert "MaTVLM init from" in out and "mapped 2 attention->Mamba2 branches" in out   # exactness: test_matvlm.py
+    # The log compares the source and the initialised hybrid on the validation set: function-preserving start.
+    line = next(l for l in out.splitlines() if l.startswith("MaTVLM start: val PSNR source"))
+    source, hybrid = (float(x) for x in re.findall(r"(-?[0-9.]+) dB", line))
+    assert abs(source - hybrid) < 1e-3, line
     # Without the MaTVLM shapes (expand 2, one group) the copy has no meaning and is refused in one line.
     rc = train.main(base_args(vimeo_root, tmp_path, "refused", "--epochs", "1", "--init_from_attn", "attn_last"))
     err = capsys.readouterr().err.strip().splitlines()
