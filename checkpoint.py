@@ -20,7 +20,7 @@ import random
 import tempfile
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Callable
 
 import numpy as np
 import torch
@@ -96,14 +96,15 @@ def resolve_checkpoint(name_or_path: str, ckpt_dir: str | os.PathLike = "ckpt") 
     raise CheckpointError(f"checkpoint not found: {name_or_path!r} (neither a file nor {ckpt_dir}/{name_or_path}.pt){hint}")
 
 
-def atomic_save(payload: dict[str, Any], path: str | os.PathLike) -> None:
-    """torch.save to a temporary file in the target folder, fsync, then os.replace onto ``path``."""
+def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], binary: bool = True) -> None:
+    """The one way files are written here: ``write(stream)`` into a temporary file in the target folder, fsync,
+    then ``os.replace`` onto ``path``, so a crash or Ctrl-C never leaves a truncated file under the real name."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(handle, "wb") as stream:
-            torch.save(payload, stream)
+        with os.fdopen(handle, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as stream:
+            write(stream)
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(temp_name, path)
@@ -111,23 +112,21 @@ def atomic_save(payload: dict[str, Any], path: str | os.PathLike) -> None:
         if os.path.exists(temp_name):
             os.unlink(temp_name)
         raise
+
+
+def atomic_save(payload: dict[str, Any], path: str | os.PathLike) -> None:
+    """torch.save ``payload`` to ``path`` atomically (see :func:`atomic_write`)."""
+    atomic_write(path, lambda stream: torch.save(payload, stream))
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write a small text file (config.json, summary.json) the same way: temp file, fsync, os.replace."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temp_name, path)
-    except BaseException:
-        if os.path.exists(temp_name):
-            os.unlink(temp_name)
-        raise
+    """Write a small text file (config.json, summary.json, benchmark reports) atomically."""
+    atomic_write(path, lambda stream: stream.write(text), binary=False)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write an encoded file (a PNG) atomically."""
+    atomic_write(path, lambda stream: stream.write(data))
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:

@@ -30,6 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from checkpoint import atomic_write_text  # noqa: E402
 from config import ConfigError, config_from_argv  # noqa: E402
 from dataset import DatasetError  # noqa: E402
 from distributed import DistributedContext  # noqa: E402
@@ -146,10 +147,7 @@ def main(argv: list[str] | None = None) -> int:
           f"setup {setup_s:.1f} s, first batch {result['first_batch_s']:.1f} s | "
           f"{rate:.1f} samples/s over {args.batches} batches ({epoch} epochs begun)", flush=True)
     if args.json:
-        tmp = f"{args.json}.tmp"
-        with open(tmp, "w") as handle:
-            json.dump(result, handle, indent=2)
-        os.replace(tmp, args.json)
+        atomic_write_text(args.json, json.dumps(result, indent=2))
     return 0
 
 

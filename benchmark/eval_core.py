@@ -24,10 +24,8 @@ import argparse
 import contextlib
 import json
 import math
-import os
 import re
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +39,7 @@ from torch import nn
 from tqdm import tqdm
 
 from benchmark.metrics import psnr, psnr_uint8, quantize, ssim_matlab, ssim_skimage_uint8, to_uint8
-from checkpoint import CheckpointError, model_from_checkpoint, resolve_checkpoint
+from checkpoint import CheckpointError, atomic_write_bytes, atomic_write_text, model_from_checkpoint, resolve_checkpoint
 from config import ConfigError
 from visualize import sample_grid
 
@@ -275,16 +273,7 @@ def write_png_atomically(image: torch.Tensor, path: Path) -> None:
     ok, encoded = cv2.imencode(".png", np.ascontiguousarray(rgb[..., ::-1]))
     if not ok:
         raise BenchmarkError(f"could not encode image {path}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(encoded.tobytes())
-        os.replace(temp_name, path)
-    except BaseException:
-        if os.path.exists(temp_name):
-            os.unlink(temp_name)
-        raise
+    atomic_write_bytes(path, encoded.tobytes())
 
 
 class Evaluator:
@@ -487,17 +476,7 @@ def exit_on_user_error(program: str) -> Iterator[None]:
 
 def write_report(report: dict, path: str | Path) -> None:
     """The JSON report, written to a temporary file in the target folder and renamed into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as stream:
-            stream.write(json.dumps(report, indent=2) + "\n")
-        os.replace(temp_name, path)
-    except BaseException:
-        if os.path.exists(temp_name):
-            os.unlink(temp_name)
-        raise
+    atomic_write_text(path, json.dumps(report, indent=2) + "\n")
 
 
 def subset_label(subset: Subset) -> str:
