@@ -25,7 +25,6 @@ from checkpoint import CHECKPOINT_FORMAT, RUNTIME_MODEL_FIELDS, CheckpointError,
     checkpoint_config, config_differences, load_checkpoint, load_matching_weights, partial_start_problem, \
     resolve_checkpoint, restore_rng_state, run_checkpoint_path, run_name, summarize_weight_report
 from config import ConfigError, ExperimentConfig
-from dataset import CURRICULUM_GAPS, curriculum_max_gap  # noqa: F401  (moved to dataset.py; old imports still work)
 from distributed import DistributedContext
 from model import build_model
 from model.loss import CompositeLoss, LossWeights

@@ -32,10 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from checkpoint import atomic_write_text  # noqa: E402
 from config import ConfigError, config_from_argv  # noqa: E402
-from dataset import DatasetError  # noqa: E402
+from dataset import DatasetError, curriculum_max_gap  # noqa: E402
 from distributed import DistributedContext  # noqa: E402
 from train import build_datasets, make_loaders  # noqa: E402
-from Trainer import curriculum_max_gap  # noqa: E402
 
 
 def write_synthetic_x4k(root: str, clips: int, frames: int, size: int, seed: int = 0) -> None:
