@@ -80,11 +80,15 @@ class ExponentialMovingAverage:
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
+        shadows, currents = [], []
         for key, value in model.state_dict().items():
             if value.is_floating_point():
-                self.shadow[key].lerp_(value.float(), 1.0 - self.decay)
+                shadows.append(self.shadow[key])
+                currents.append(value.float())
             else:
                 self.shadow[key].copy_(value)
+        if shadows:   # one multi-tensor kernel instead of one lerp per tensor (same arithmetic)
+            torch._foreach_lerp_(shadows, currents, 1.0 - self.decay)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return self.shadow
@@ -102,6 +106,22 @@ class ExponentialMovingAverage:
             yield
         finally:
             model.load_state_dict(live)
+
+
+def portable_optimizer_state(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """``optimizer.state_dict()`` as the eager step keeps it: a float learning rate and ``capturable`` off, even
+    while CUDA graphs (step_graph.py) hold the rate in a device tensor. Such a checkpoint loads anywhere, CPU
+    included; a graphed run makes its optimizer capturable again after loading."""
+    state = optimizer.state_dict()
+    groups = []
+    for group in state["param_groups"]:
+        group = dict(group)
+        if torch.is_tensor(group.get("lr")):
+            group["lr"] = float(group["lr"])
+        if "capturable" in group:
+            group["capturable"] = False
+        groups.append(group)
+    return {**state, "param_groups": groups}
 
 
 def seed_everything(seed: int) -> None:
@@ -162,6 +182,12 @@ class Trainer:
         self._window_poisoned = False
         self.optimizer = self._build_optimizer()
         self.wrapped = self._wrap()
+        from step_graph import graph_eligibility
+        self.graph_mode, self.step_mode = graph_eligibility(cfg.train.cuda_graph, self.device, ctx.enabled,
+                                                            use_scaler, cfg.train.grad_accum)
+        if cfg.train.cuda_graph == "on" and not self.graph_mode:
+            raise ConfigError(f"--cuda_graph on is not possible here: {self.step_mode}")
+        self._graphed = None               # step_graph.GraphedTrainStep, built at the first step
         # After _wrap: building DDP broadcasts rank 0's weights, so every rank's shadow starts from the same model
         # (each rank's own random init would make the EMA-evaluated validation shards mix different models).
         self.ema = ExponentialMovingAverage(self.model, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
@@ -188,6 +214,8 @@ class Trainer:
             param.requires_grad_(not frozen)
         self.backbone_frozen = frozen
         self.wrapped = self._wrap()
+        if self._graphed is not None:
+            self._graphed.invalidate()      # the captured backward wrote the old set's gradients
         first = self.epoch + 1       # the epoch about to run, counted from 1 as the progress bar does
         if frozen:
             self.log(f"backbone frozen for epochs {first}-{self.cfg.train.freeze_backbone} (--freeze_backbone)")
@@ -213,19 +241,28 @@ class Trainer:
         """One micro-batch: forward, loss, backward; every ``grad_accum`` micro-batches an optimizer step.
 
         Returns ``{"logs": {term: float tensor}, "stepped": bool, "skipped": bool, "output": InterpolationOutput,
-        "inputs": (img0, gt, img1, t)}``. A non-finite loss on any rank skips the backward on every rank (so DDP
-        stays in step) and poisons the accumulation window; ``max_nonfinite_steps`` such steps in a row raise
-        :class:`TrainingDiverged`.
+        "inputs": (img0, gt, img1, t)}``. On one CUDA device the step is replayed from CUDA graphs
+        (step_graph.py; same arithmetic, its tensors valid until the next call); elsewhere it runs eagerly
+        (:meth:`eager_train_step`).
         """
+        if self.graph_mode:
+            if self._graphed is None:
+                from step_graph import GraphedTrainStep
+                self._prepare_optimizer_for_graphs()
+                self._graphed = GraphedTrainStep(self)
+            return self._graphed.step(batch)
+        return self.eager_train_step(batch)
+
+    def eager_train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """The reference step. A non-finite loss on any rank skips the backward on every rank (so DDP stays in
+        step) and poisons the accumulation window; ``max_nonfinite_steps`` such steps in a row raise
+        :class:`TrainingDiverged`."""
         accum = self.cfg.train.grad_accum
-        img0, gt, img1, t = to_float_images(batch, self.device)
+        img0, gt, img1, t = self.float_inputs(batch)
         last_micro = (self._micro_step + 1) % accum == 0
         sync = nullcontext() if last_micro or not self.ctx.enabled else self.wrapped.no_sync()
         with sync:
-            with self.autocast():
-                output = self.wrapped(img0, img1, t)
-                total, logs = self.loss_fn(output.pred, gt, flow=output.flow,
-                                           intermediate=output.intermediate_blends())
+            total, logs, output = self.forward_loss(img0, gt, img1, t)
             finite = self.ctx.all_reduce_min(torch.isfinite(total.detach()).float().reshape(1)).item() > 0
             if finite:
                 self.scaler.scale(total / accum).backward()
@@ -239,6 +276,54 @@ class Trainer:
             stepped, skipped = self._optimizer_step()
         return {"logs": logs, "stepped": stepped, "skipped": skipped, "output": output, "inputs": (img0, gt, img1, t)}
 
+    # The pieces of a step, shared by the eager step and the captured one (step_graph.py).
+    def float_inputs(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        return to_float_images(batch, self.device)
+
+    def forward_loss(self, img0: torch.Tensor, gt: torch.Tensor, img1: torch.Tensor, t: torch.Tensor,
+                     cache_casts: bool = True) -> tuple[torch.Tensor, dict[str, torch.Tensor], Any]:
+        """(total loss, {term: value}, InterpolationOutput) under the run's autocast. ``cache_casts=False`` for
+        CUDA-graph capture, where autocast's cache of casted weights must not outlive the captured region."""
+        autocast = nullcontext() if self.amp_dtype is None else \
+            torch.autocast(self.device.type, dtype=self.amp_dtype, cache_enabled=cache_casts)
+        with autocast:
+            output = self.wrapped(img0, img1, t)
+            # The blends cost three full-size images per flow block: built only when the term reads them.
+            blends = output.intermediate_blends() if self.loss_fn.deep_supervision_enabled else None
+            total, logs = self.loss_fn(output.pred, gt, flow=output.flow, intermediate=blends)
+        return total, logs, output
+
+    def clip_gradients(self) -> torch.Tensor:
+        """Clip the global gradient norm to ``--grad_clip``; returns the norm before clipping (a tensor, no sync)."""
+        return torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.grad is not None],
+                                              self.cfg.train.grad_clip)
+
+    def set_lr(self, value: float) -> None:
+        for group in self.optimizer.param_groups:
+            if torch.is_tensor(group["lr"]):
+                group["lr"].fill_(value)          # captured graphs read it from the device
+            else:
+                group["lr"] = value
+
+    def count_skipped_step(self) -> None:
+        self.nonfinite_streak += 1
+        if self.nonfinite_streak >= self.cfg.train.max_nonfinite_steps:
+            raise TrainingDiverged(f"{self.nonfinite_streak} non-finite steps in a row at step {self.step}: "
+                                   "training diverged (lower --lr, or use --amp bf16/fp32)")
+
+    def count_step(self, ema_updated: bool = False) -> None:
+        if self.ema is not None and not ema_updated:
+            self.ema.update(self.model)
+        self.step += 1
+        self.nonfinite_streak = 0
+
+    def _prepare_optimizer_for_graphs(self) -> None:
+        """Capturable AdamW whose learning rate is one device tensor, filled by :meth:`set_lr` before each
+        replay (a Python float would be baked into the graph). Done after :meth:`start` has loaded any state."""
+        lr = torch.tensor(self.current_lr(), dtype=torch.float32, device=self.device)
+        for group in self.optimizer.param_groups:
+            group["lr"], group["capturable"] = lr, True
+
     def _optimizer_step(self) -> tuple[bool, bool]:
         """Clip, step, update the EMA and count the step; returns (stepped, skipped for a non-finite loss/grad).
 
@@ -250,14 +335,11 @@ class Trainer:
         not divergence, so they do not count towards ``--max_nonfinite_steps``; a scale that falls below 1 (the
         gradients overflow even unscaled) does stop the run.
         """
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.current_lr()
+        self.set_lr(self.current_lr())
         skip = self._window_poisoned
         if not skip:
             self.scaler.unscale_(self.optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(
-                [p for p in self.model.parameters() if p.grad is not None], self.cfg.train.grad_clip)
-            self.last_grad_norm = float(grad_norm)
+            self.last_grad_norm = float(self.clip_gradients())
             if not math.isfinite(self.last_grad_norm) and not self.scaler.is_enabled():
                 self.log(f"warning: non-finite gradient norm at step {self.step}; skipping this step")
                 skip = True
@@ -266,11 +348,8 @@ class Trainer:
             # (update() would assert, and before the first scale() its scale does not even exist). The scale
             # need not change: a non-finite loss comes from the forward pass, which the loss scale does not touch.
             self.optimizer.zero_grad(set_to_none=True)
-            self.nonfinite_streak += 1
             self._window_poisoned = False
-            if self.nonfinite_streak >= self.cfg.train.max_nonfinite_steps:
-                raise TrainingDiverged(f"{self.nonfinite_streak} non-finite steps in a row at step {self.step}: "
-                                       "training diverged (lower --lr, or use --amp bf16/fp32)")
+            self.count_skipped_step()
             return False, True
         scale_before = self.scaler.get_scale()
         self.scaler.step(self.optimizer)
@@ -282,10 +361,7 @@ class Trainer:
                 raise TrainingDiverged(f"fp16 loss scale fell to {self.scaler.get_scale():g} at step {self.step}: "
                                        "the gradients overflow even unscaled (use --amp bf16/fp32, or lower --lr)")
             return False, False
-        if self.ema is not None:
-            self.ema.update(self.model)
-        self.step += 1
-        self.nonfinite_streak = 0
+        self.count_step()
         return True, False
 
     # ---------------------------------------------------------------------------------------- evaluation
@@ -390,7 +466,7 @@ class Trainer:
             "config": self.cfg.to_dict(),
             "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "ema": {k: v.cpu() for k, v in self.ema.state_dict().items()} if self.ema is not None else None,
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": portable_optimizer_state(self.optimizer),
             "scaler": self.scaler.state_dict(),
             "step": self.step,
             "epoch": self.epoch,

@@ -132,6 +132,7 @@ class TrainConfig:
     grad_accum: int = 1
     grad_clip: float = 1.0
     amp: str = "auto"                  # auto: bf16 on CUDA when supported, else fp16 + GradScaler; fp32 on CPU
+    cuda_graph: str = "auto"           # auto: replay the step as CUDA graphs on one GPU (step_graph.py); on / off
     ema_decay: float = 0.0             # 0 disables EMA weights
     freeze_backbone: int = 0
     curriculum: bool = False
@@ -224,6 +225,8 @@ class ExperimentConfig:
             raise ConfigError(f"--x4k_path is only used in phase 3 (got --phase {t.phase})")
         if t.amp not in ("auto", "bf16", "fp16", "fp32"):
             raise ConfigError(f"--amp must be auto, bf16, fp16 or fp32, got {t.amp!r}")
+        if t.cuda_graph not in ("auto", "on", "off"):
+            raise ConfigError(f"--cuda_graph must be auto, on or off, got {t.cuda_graph!r}")
         if not 0.0 <= t.ema_decay < 1.0:
             raise ConfigError(f"--ema_decay must be in [0, 1), got {t.ema_decay}")
         if t.init_from_attn and self.model.backbone_mode != "hybrid":
@@ -361,6 +364,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
                        help="accept a --resume warm start that loads less than half of the checkpoint's tensors "
                             "or finds many at another shape (refused otherwise)")
     extra.add_argument("--amp", type=str, default=None, help="auto / bf16 / fp16 / fp32 (default auto)")
+    extra.add_argument("--cuda_graph", type=str, default=None,
+                       help="auto / on / off: replay the training step as CUDA graphs (auto: on one CUDA device "
+                            "without fp16 loss scaling or --grad_accum; off: the eager step)")
     extra.add_argument("--ema_decay", type=float, default=None, help="EMA of weights, 0 = off (default 0)")
     extra.add_argument("--warmup_steps", type=int, default=None, help="linear warm-up steps (default 2000)")
     extra.add_argument("--steps_per_epoch", type=int, default=None, help="cap the steps of an epoch (demos)")

@@ -219,6 +219,8 @@ def run(cfg: ExperimentConfig, ctx: DistributedContext) -> None:
         f"{ctx.world_size} x {ctx.device.type} | batch {cfg.data.batch_size}/rank x accum {train.grad_accum} | "
         f"{len(train_set)} train / {len(val_set)} val samples | {steps_per_epoch} steps/epoch x {total_epochs} epochs | "
         f"amp {trainer.amp_dtype or 'fp32'} | VGG term {'on' if trainer.loss_fn.vgg_enabled else 'off'}")
+    if ctx.device.type == "cuda":
+        log(f"training step: {trainer.step_mode}")
 
     from tqdm import tqdm
     train_samples, train_seconds = 0, 0.0        # over this process's training loops, for summary.json

@@ -141,6 +141,48 @@ def peer_table(args, device: str) -> dict:
     return result
 
 
+def trainer_step_table(args, device: str) -> dict:
+    """Samples/s of train.py's own step, ``Trainer.train_step`` on uint8 batches (fused AdamW, gradient clipping,
+    the CompositeLoss of the phase), replayed as CUDA graphs and eager, at the peer table's batch sizes.
+
+    Peak memory of the graphed step is read over its capture too: replays allocate nothing (the graph's pool
+    holds the activations), so the peak of the timed replays alone would hide them.
+    """
+    from distributed import DistributedContext
+    from step_graph import WARMUP_STEPS
+    from Trainer import Trainer
+    result = {"model": f"ours_p{args.phase}_trainer", "gpu": torch.cuda.get_device_name(), "rows": {}, "errors": {}}
+    for batch, precision in PEER_TRAIN:
+        for mode in ("on", "off"):
+            key = f"b{batch}_256_{precision}_{'graph' if mode == 'on' else 'eager'}"
+            try:
+                cfg = preset(args.phase, args.model_size)
+                cfg = replace(cfg, train=replace(cfg.train, amp=precision, cuda_graph=mode, warmup_steps=10))
+                torch.manual_seed(0)
+                trainer = Trainer(cfg, DistributedContext(0, 0, 1, torch.device(device)), steps_per_epoch=1000,
+                                  log=lambda *a: None)
+                frames = [torch.randint(0, 256, (batch, 3, 256, 256), dtype=torch.uint8).pin_memory()
+                          for _ in range(3)]
+                sample = {"img0": frames[0], "gt": frames[1], "img1": frames[2],
+                          "t": torch.full((batch,), 0.5).pin_memory()}
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats()
+                for _ in range(WARMUP_STEPS + 2):                  # eager warm-up, capture, first replays
+                    trainer.train_step(sample)
+                torch.cuda.synchronize()
+                warm_peak = torch.cuda.max_memory_allocated() / 2**30
+                timing = measure(lambda: trainer.train_step(sample), device, warmup=2, reps=args.reps)
+                result["rows"][key] = dict(ms=timing.median_ms, samples_s=batch * 1000 / timing.median_ms,
+                                           peak_gib=max(warm_peak, timing.peak_gib or 0.0),
+                                           reserved_gib=torch.cuda.memory_reserved() / 2**30)
+                del trainer
+            except Exception as error:
+                result["errors"][key] = repr(error)[:300]
+            print(result["model"], key, result["rows"].get(key, result["errors"].get(key)), flush=True)
+            torch.cuda.empty_cache()
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--phase", type=int, default=1)
@@ -158,6 +200,9 @@ def main() -> None:
                         help="also measure inference with feature warps done in one float32 pass (the old way)")
     parser.add_argument("--peer_table", action="store_true",
                         help="print the rows of the comparison with peer models (module docstring) and exit")
+    parser.add_argument("--trainer_step", action="store_true",
+                        help="time train.py's step (Trainer.train_step) with CUDA graphs and eager at the peer "
+                             "table's batch sizes, and exit")
     parser.add_argument("--json", type=str, default=None)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="cpu runs are smoke tests of this script, not measurements")
@@ -169,6 +214,11 @@ def main() -> None:
     from torch.nn.attention import SDPBackend, sdpa_kernel
     torch.backends.cudnn.benchmark = True
     device_name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
+    if args.trainer_step:
+        table = trainer_step_table(args, device)
+        if args.json:
+            Path(args.json).write_text(json.dumps(table, indent=1))
+        return
     if args.peer_table:
         table = peer_table(args, device)
         if args.json:

@@ -49,7 +49,7 @@ def backward_warp(image: torch.Tensor, flow: torch.Tensor, grid: torch.Tensor | 
     with torch.autocast(device_type=image.device.type, enabled=False):
         flow32 = flow.float()
         # Normalise pixels to [-1, 1] units; a 1-pixel axis has no extent, so any flow along it is moot.
-        scale = flow32.new_tensor([2.0 / max(width - 1, 1), 2.0 / max(height - 1, 1)]).view(1, 2, 1, 1)
+        scale = xy_factors(2.0 / max(width - 1, 1), 2.0 / max(height - 1, 1), 2, flow32)
         sample_at = grid + (flow32 * scale).permute(0, 2, 3, 1)
         if image.dtype == torch.float32:
             return F.grid_sample(image, sample_at, mode="bilinear", padding_mode="border", align_corners=True)
@@ -57,6 +57,18 @@ def backward_warp(image: torch.Tensor, flow: torch.Tensor, grid: torch.Tensor | 
         chunks = [F.grid_sample(image[:, c:c + step].float(), sample_at, mode="bilinear", padding_mode="border",
                                 align_corners=True).to(image.dtype) for c in range(0, channels, step)]
     return chunks[0] if len(chunks) == 1 else torch.cat(chunks, dim=1)
+
+
+def xy_factors(x_factor: float, y_factor: float, channels: int, like: torch.Tensor) -> torch.Tensor:
+    """(1, channels, 1, 1) of ``like``'s dtype and device: ``x_factor`` in even channels, ``y_factor`` in odd ones.
+
+    Filled on the device rather than copied from a Python list: a host-to-device copy from pageable memory is
+    not allowed while a CUDA graph is being captured (step_graph.py), and costs a synchronisation outside one.
+    """
+    factors = torch.empty(1, channels, 1, 1, dtype=like.dtype, device=like.device)
+    factors[:, 0::2] = x_factor
+    factors[:, 1::2] = y_factor
+    return factors
 
 
 def resize_flow(flow: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -69,5 +81,5 @@ def resize_flow(flow: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     new_h, new_w = size
     if (old_h, old_w) == (new_h, new_w):
         return flow
-    per_channel = flow.new_tensor([new_w / old_w, new_h / old_h]).repeat(flow.shape[1] // 2).view(1, -1, 1, 1)
+    per_channel = xy_factors(new_w / old_w, new_h / old_h, flow.shape[1], flow)
     return F.interpolate(flow, size=(new_h, new_w), mode="bilinear", align_corners=False) * per_channel

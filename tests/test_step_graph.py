@@ -1,0 +1,200 @@
+"""The training step replayed as CUDA graphs (step_graph.py) against the eager reference step.
+
+On the CPU: when graphs apply, the flag's errors, the checkpoint's optimizer state staying portable, and the
+multi-tensor EMA update matching the per-tensor one. On a CUDA device (run on the GPU machine): the graphed step
+follows the eager one step by step, skips a non-finite step without touching the weights, and captures again when
+the batch shape or the trainable set changes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+import train
+from config import preset
+from distributed import DistributedContext
+from step_graph import WARMUP_STEPS, graph_eligibility
+from Trainer import ExponentialMovingAverage, Trainer, TrainingDiverged, portable_optimizer_state
+
+CUDA = torch.device("cuda")
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+
+
+# ---------------------------------------------------------------------------------------------------- CPU
+@pytest.mark.parametrize("args, expected", [
+    (("auto", CUDA, False, False, 1), True),
+    (("on", CUDA, False, False, 1), True),
+    (("off", CUDA, False, False, 1), False),
+    (("auto", torch.device("cpu"), False, False, 1), False),
+    (("auto", CUDA, True, False, 1), False),        # DDP
+    (("auto", CUDA, False, True, 1), False),        # fp16 GradScaler
+    (("auto", CUDA, False, False, 2), False),       # gradient accumulation
+])
+def test_graph_eligibility(args, expected):
+    eligible, reason = graph_eligibility(*args)
+    assert eligible is expected
+    assert reason.startswith("CUDA graphs" if expected else "eager")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a CUDA machine --cuda_graph on is possible")
+def test_cuda_graph_on_without_cuda_is_one_line_error(vimeo_root, tmp_path, capsys):
+    code = train.main(["--phase", "1", "--model_size", "tiny", "--data_path", str(vimeo_root), "--batch_size", "2",
+                       "--crop_size", "32", "--epochs", "1", "--cuda_graph", "on", "--ckpt_dir", str(tmp_path / "c"),
+                       "--log_dir", str(tmp_path / "l")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert "--cuda_graph on" in err[0] and "CUDA device" in err[0]
+
+
+def test_bad_cuda_graph_value_names_the_flag(capsys):
+    with pytest.raises(SystemExit):
+        train.main(["--phase", "1", "--data_path", "x", "--cuda_graph", "yes"])
+    assert "--cuda_graph must be auto, on or off" in capsys.readouterr().err
+
+
+def test_checkpointed_optimizer_state_is_portable_while_graphs_hold_the_lr_on_device():
+    """A graphed run keeps the learning rate in a tensor and the optimizer capturable; its checkpoint must still
+    load into the eager optimizer of a CPU run and step there."""
+    model = torch.nn.Linear(4, 3)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model(torch.randn(2, 4)).sum().backward()
+    optimizer.step()
+    for group in optimizer.param_groups:          # what Trainer._prepare_optimizer_for_graphs does on CUDA
+        group["lr"], group["capturable"] = torch.tensor(5e-4), True
+    state = portable_optimizer_state(optimizer)
+    assert all(type(g["lr"]) is float and g["capturable"] is False for g in state["param_groups"])
+    assert state["param_groups"][0]["lr"] == pytest.approx(5e-4)
+    assert torch.is_tensor(optimizer.param_groups[0]["lr"])           # the live optimizer is left as it was
+    fresh = torch.optim.AdamW(model.parameters(), lr=1.0)
+    fresh.load_state_dict(state)
+    model(torch.randn(2, 4)).sum().backward()
+    fresh.step()                                                      # a capturable flag here would fail on CPU
+
+
+def test_set_lr_fills_a_device_lr_in_place():
+    cfg = preset(1, "tiny")
+    trainer = Trainer(cfg, DistributedContext(0, 0, 1, torch.device("cpu")), steps_per_epoch=4, log=lambda *a: None)
+    lr = torch.tensor(0.0)
+    for group in trainer.optimizer.param_groups:
+        group["lr"] = lr
+    trainer.set_lr(3e-4)
+    assert all(group["lr"] is lr for group in trainer.optimizer.param_groups)
+    assert float(lr) == pytest.approx(3e-4)
+
+
+def test_multi_tensor_ema_update_equals_the_per_tensor_lerp():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    ema = ExponentialMovingAverage(model, 0.9)
+    reference = {k: v.clone() for k, v in ema.state_dict().items()}
+    for _ in range(3):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+        model.train()(torch.randn(2, 3, 8, 8))                      # moves the BatchNorm running stats
+        ema.update(model)
+        for key, value in model.state_dict().items():
+            if value.is_floating_point():
+                reference[key].lerp_(value.float(), 1.0 - 0.9)
+            else:
+                reference[key].copy_(value)
+    assert all(torch.equal(ema.state_dict()[k], reference[k]) for k in reference)
+
+
+# ---------------------------------------------------------------------------------------------------- CUDA
+def cuda_trainer(phase: int, cuda_graph: str, seed: int = 0, **train_overrides) -> Trainer:
+    cfg = preset(phase, "small")
+    cfg = replace(cfg, train=replace(cfg.train, cuda_graph=cuda_graph, ema_decay=0.99, warmup_steps=2, lr=2e-4,
+                                     amp="bf16", **train_overrides))
+    torch.manual_seed(seed)
+    return Trainer(cfg, DistributedContext(0, 0, 1, CUDA), steps_per_epoch=16, total_epochs=1, log=lambda *a: None)
+
+
+def cuda_batches(count: int, size: int = 64, batch: int = 4, seed: int = 0) -> list[dict[str, torch.Tensor]]:
+    generator = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(count):
+        frames = [torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, generator=generator)
+                  for _ in range(3)]
+        out.append({"img0": frames[0].pin_memory(), "gt": frames[1].pin_memory(), "img1": frames[2].pin_memory(),
+                    "t": torch.full((batch,), 0.5).pin_memory()})
+    return out
+
+
+def run_steps(trainer: Trainer, batches) -> list[float]:
+    losses = []
+    for batch in batches:
+        result = trainer.train_step(batch)
+        assert result["stepped"]
+        losses.append(float(result["logs"]["loss_total"]))
+    return losses
+
+
+def relative_difference(a: Trainer, b: Trainer) -> float:
+    num = sum(float((p.detach() - q.detach()).float().pow(2).sum()) for p, q in zip(a.model.parameters(), b.model.parameters()))
+    den = sum(float(p.detach().float().pow(2).sum()) for p in a.model.parameters())
+    return (num / den) ** 0.5
+
+
+@needs_cuda
+@pytest.mark.parametrize("phase", [1, 2])
+def test_graphed_step_follows_the_eager_step(phase):
+    """Same init, same batches: the graphed run stays as close to the eager run as a second eager run does
+    (backward kernels with atomics are not bit-reproducible), with the same step count and EMA."""
+    batches = cuda_batches(WARMUP_STEPS + 6)
+    eager_a, eager_b, graphed = (cuda_trainer(phase, mode) for mode in ("off", "off", "on"))
+    assert graphed.graph_mode and not eager_a.graph_mode
+    losses_a, losses_b, losses_g = (run_steps(t, batches) for t in (eager_a, eager_b, graphed))
+    assert graphed._graphed.captures == 1 and graphed.step == eager_a.step == len(batches)
+    noise = relative_difference(eager_a, eager_b)
+    drift = relative_difference(eager_a, graphed)
+    print(f"phase {phase}: relative weight difference eager-eager {noise:.2e}, eager-graphed {drift:.2e}; "
+          f"last loss {losses_a[-1]:.6f} / {losses_b[-1]:.6f} / {losses_g[-1]:.6f}")
+    assert drift <= max(10 * noise, 1e-5)
+    loss_noise = max(abs(x - y) for x, y in zip(losses_a, losses_b))
+    loss_drift = max(abs(x - y) for x, y in zip(losses_a, losses_g))
+    print(f"largest loss difference eager-eager {loss_noise:.2e}, eager-graphed {loss_drift:.2e}")
+    assert loss_drift <= max(10 * loss_noise, 1e-5)
+    ema_drift = max(float((graphed.ema.shadow[k] - eager_a.ema.shadow[k]).abs().max()) for k in eager_a.ema.shadow)
+    assert ema_drift < 1e-3
+    assert graphed.last_grad_norm == pytest.approx(eager_a.last_grad_norm, rel=1e-2)
+
+
+@needs_cuda
+def test_graphed_step_skips_a_nonfinite_step_without_touching_weights_then_stops():
+    trainer = cuda_trainer(1, "on", max_nonfinite_steps=2)
+    batches = cuda_batches(WARMUP_STEPS + 3)
+    run_steps(trainer, batches[:WARMUP_STEPS + 1])                 # warm-up, capture, one replay
+    with torch.no_grad():
+        trainer.model.refine.head.bias.fill_(float("nan"))        # every later loss is NaN
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    shadow = {k: v.clone() for k, v in trainer.ema.shadow.items()}
+    step = trainer.step
+    result = trainer.train_step(batches[-2])
+    assert result["skipped"] and not result["stepped"] and trainer.step == step
+    after = trainer.model.state_dict()
+    assert all(torch.equal(before[k], after[k], ) or k == "refine.head.bias" for k in before)
+    assert all(torch.equal(shadow[k], trainer.ema.shadow[k]) for k in shadow)
+    with pytest.raises(TrainingDiverged):
+        trainer.train_step(batches[-1])
+
+
+@needs_cuda
+def test_graphed_step_captures_again_for_a_new_shape_and_a_released_backbone():
+    trainer = cuda_trainer(2, "on")
+    run_steps(trainer, cuda_batches(WARMUP_STEPS + 1))
+    assert trainer._graphed.captures == 1
+    run_steps(trainer, cuda_batches(WARMUP_STEPS + 1, size=96))   # another crop size
+    assert trainer._graphed.captures == 2
+    trainer.set_backbone_frozen(True)
+    frozen = {k: v.clone() for k, v in trainer.model.backbone.state_dict().items()}
+    run_steps(trainer, cuda_batches(WARMUP_STEPS + 2, size=96, seed=1))
+    assert trainer._graphed.captures == 3
+    assert all(torch.equal(frozen[k], v) for k, v in trainer.model.backbone.state_dict().items())
+    trainer.set_backbone_frozen(False)
+    run_steps(trainer, cuda_batches(WARMUP_STEPS + 2, size=96, seed=2))
+    assert trainer._graphed.captures == 4
+    assert any(not torch.equal(frozen[k], v) for k, v in trainer.model.backbone.state_dict().items())
