@@ -17,11 +17,17 @@ Output: ``--out table.md`` (Markdown) and ``table.json`` beside it, one row per 
 samples/s, peak GPU memory (CUDA), validation PSNR and SSIM (mean and sample standard deviation over seeds), the
 frame-average PSNR of the same test set, and the PSNR difference to ``hybrid``.
 
+Every run trains its steps as one epoch (a small data set's training list is repeated in a private view,
+``<out dir>/runs/data``, whose ``sequences`` links to the original), so a run evaluates and saves once instead
+of once per pass over a few batches. ``--gpus 0,1,2,3`` runs that many runs at a time, one per GPU, each in its
+own process (a ``hybrid_matvlm`` row waits for its source); the table is the same as from one GPU.
+
 Examples::
 
     python benchmark/ablation.py --data_path data/sample_vimeo --steps 1500 --batch_size 16 --seeds 0,1
     python benchmark/ablation.py --data_path /data/vimeo_triplet --steps 20000 --variants hybrid,hybrid_mhc
     python benchmark/ablation.py --data_path data/sample_vimeo --steps 1500 --phase 2 --out log/ablation_p2/table.md
+    python benchmark/ablation.py --data_path data/sample_vimeo --steps 1500 --seeds 0,1 --gpus 0,1,2,3
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ import math
 import os
 import shlex
 import statistics
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -211,6 +218,92 @@ def execute(run: Run, ckpt_dir: Path, log_dir: Path, steps: int, log=print) -> d
     return summary
 
 
+def one_epoch_view(data_path: str, view: Path, repeats: int) -> str:
+    """A Vimeo90K-layout folder whose training list is ``data_path``'s repeated ``repeats`` times (the test list
+    and the frames are the original's; ``sequences`` is a link). Returns the path to train on."""
+    if repeats <= 1:
+        return data_path
+    source = Path(data_path).resolve()
+    view.mkdir(parents=True, exist_ok=True)
+    link = view / "sequences"
+    if link.is_symlink() and link.resolve() != (source / "sequences").resolve():
+        link.unlink()
+    if not link.exists():
+        try:
+            link.symlink_to(source / "sequences", target_is_directory=True)
+        except FileExistsError:      # a parallel child made it first
+            pass
+    entries = [line for line in (source / "tri_trainlist.txt").read_text().splitlines() if line.strip()]
+    atomic_write_text(view / "tri_trainlist.txt", "\n".join(entries * repeats) + "\n")
+    atomic_write_text(view / "tri_testlist.txt", (source / "tri_testlist.txt").read_text())
+    return str(view)
+
+
+def strip_flag(argv: Sequence[str], flag: str) -> list[str]:
+    """``argv`` without ``flag`` and its value (``--flag V`` or ``--flag=V``)."""
+    out, skip = [], False
+    for item in argv:
+        if skip:
+            skip = False
+        elif item == flag:
+            skip = True
+        elif not item.startswith(flag + "="):
+            out.append(item)
+    return out
+
+
+def run_in_parallel(plan: Plan, child_argv: list[str], gpus: Sequence[str], logs_dir: Path, log=print) -> None:
+    """Run the plan's runs as child processes of this script (``--only_run NAME``), one per GPU at a time.
+
+    A ``hybrid_matvlm`` row starts after the source it is initialised from has finished. A failed run stops the
+    scheduling of new runs; the ones under way finish, and the error names the failed run and its log file.
+    """
+    pending = list(plan.runs)
+    done: set[str] = set()
+    running: dict[str, tuple[subprocess.Popen, Run, Path]] = {}
+    failed: list[tuple[Run, Path]] = []
+    logs_dir.mkdir(parents=True, exist_ok=True)
+
+    def ready(run_: Run) -> bool:
+        needs = [r.experiment for r in plan.runs if r.role == "matvlm_source" and r.seed == run_.seed
+                 and r.variant == run_.variant] if run_.role == "row" else []
+        return all(name in done for name in needs)
+
+    while pending or running:
+        for gpu in [g for g in gpus if g not in running]:
+            if failed:
+                break
+            run_ = next((r for r in pending if ready(r)), None)
+            if run_ is None:
+                break
+            pending.remove(run_)
+            log_path = logs_dir / f"{run_.experiment}.log"
+            env = {**os.environ, "CUDA_VISIBLE_DEVICES": gpu}
+            with open(log_path, "w") as handle:
+                process = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), *child_argv,
+                                            "--only_run", run_.experiment], env=env, stdout=handle,
+                                           stderr=subprocess.STDOUT)
+            running[gpu] = (process, run_, log_path)
+            log(f"ablation: {run_.experiment} started on GPU {gpu} (log: {log_path})")
+        if not pending and not running:
+            break
+        time.sleep(1.0)
+        for gpu, (process, run_, log_path) in list(running.items()):
+            if process.poll() is None:
+                continue
+            del running[gpu]
+            if process.returncode == 0:
+                done.add(run_.experiment)
+                log(f"ablation: {run_.experiment} finished on GPU {gpu}")
+            else:
+                failed.append((run_, log_path))
+        if failed and not running:
+            break
+    if failed:
+        names = ", ".join(f"{r.experiment} (see {p})" for r, p in failed)
+        raise AblationError(f"run(s) failed: {names}")
+
+
 # ----------------------------------------------------------------------------------------------------------
 # The table
 # ----------------------------------------------------------------------------------------------------------
@@ -274,6 +367,11 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         f"test triplets of `{meta['data_path']}`.",
         "",
         f"Command: `{meta['command']}`",
+        "",
+        (f"Each run is one epoch over the training list repeated {meta['train_list_repeats']} times. "
+         if meta.get("train_list_repeats", 1) > 1 else "")
+        + (f"Runs went {len(meta['gpus'])} at a time, one per GPU; samples/s is each run's own rate."
+           if meta.get("gpus") else ""),
         "",
         "| variant | params | train samples/s | peak GPU GiB | val PSNR (dB) | val SSIM | frame-average PSNR | "
         "Δ PSNR vs hybrid | note |",
@@ -348,6 +446,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", type=str, default="auto", help="auto / cpu / cuda / cuda:N (default auto)")
     p.add_argument("--matvlm_source", type=str, default=None,
                    help="gated_attn_only checkpoint (MaTVLM shapes) for hybrid_matvlm, instead of training one")
+    p.add_argument("--gpus", type=str, default=None,
+                   help="comma-separated CUDA device ids: run that many runs at a time, one per device")
+    p.add_argument("--only_run", type=str, default=None, help=argparse.SUPPRESS)   # a --gpus child: one run
     p.add_argument("--num_workers", type=int, default=8, help="DataLoader workers per run (default 8)")
     p.add_argument("--train_args", type=str, default="",
                    help="more train.py flags for every run, quoted (e.g. \"--amp bf16 --log_every 100\")")
@@ -368,6 +469,7 @@ def parse_list(text: str, flag: str, cast=str) -> list:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return run(args, " ".join(["python", "benchmark/ablation.py"] + [shlex.quote(a) for a in
                                                                          (sys.argv[1:] if argv is None else argv)]))
@@ -398,29 +500,50 @@ def run(args: argparse.Namespace, command: str) -> int:
     if micro_per_epoch < 1:
         raise ConfigError(f"--batch_size {args.batch_size} is larger than the {train_samples} training triplets "
                           f"in {args.data_path}")
-    epochs, steps_per_epoch = split_steps(args.steps, micro_per_epoch)
-
     out = Path(args.out)
     ckpt_dir, log_dir = out.parent / "runs" / "ckpt", out.parent / "runs" / "log"
+    repeats = math.ceil(args.steps / micro_per_epoch)
+    original_data = args.data_path
+    view = out.parent / "runs" / "data"
+    if repeats > 1:
+        args.data_path = str(view)            # made below, once every run's flags have been accepted
+    epochs, steps_per_epoch = split_steps(args.steps, micro_per_epoch * repeats)
     plan = build_plan(args, variants, seeds, epochs, steps_per_epoch, ckpt_dir, log_dir)
     for run_ in plan.runs:                   # every flag is checked before the first run starts
         try:
             config_from_argv(run_.argv)
         except SystemExit:
             raise AblationError(f"train.py refused the flags of run {run_.experiment} (its error is above)") from None
+    one_epoch_view(original_data, view, repeats)
+    if args.only_run is not None:                       # a child of --gpus: this one run, no table
+        run_ = next((r for r in plan.runs if r.experiment == args.only_run), None)
+        if run_ is None:
+            raise ConfigError(f"--only_run {args.only_run}: no such run in this plan")
+        execute(run_, ckpt_dir, log_dir, args.steps)
+        return 0
+    gpus = parse_list(args.gpus, "--gpus") if args.gpus else []
+    where = f"{len(gpus)} GPUs ({', '.join(gpus)}), one run each at a time" if gpus else device_name()
     print(f"ablation: {len(plan.runs)} runs of {args.steps} steps ({epochs} epoch(s) x {steps_per_epoch}) on "
-          f"{device_name()}; table -> {out}", flush=True)
+          f"{where}; table -> {out}", flush=True)
     started = time.perf_counter()
-    bar = tqdm(plan.runs, desc="ablation", unit="run", position=0, dynamic_ncols=True)
-    for run_ in bar:
-        bar.set_description(f"ablation: {run_.experiment}")
-        run_.summary = execute(run_, ckpt_dir, log_dir, args.steps, log=tqdm.write)
-    bar.close()
+    if gpus:
+        run_in_parallel(plan, strip_flag(args.argv, "--gpus"), gpus, out.parent / "runs" / "logs")
+        for run_ in plan.runs:
+            run_.summary = finished_summary(run_, log_dir, args.steps)
+            if run_.summary is None:
+                raise AblationError(f"run {run_.experiment} left no summary in {log_dir / run_.experiment}")
+    else:
+        bar = tqdm(plan.runs, desc="ablation", unit="run", position=0, dynamic_ncols=True)
+        for run_ in bar:
+            bar.set_description(f"ablation: {run_.experiment}")
+            run_.summary = execute(run_, ckpt_dir, log_dir, args.steps, log=tqdm.write)
+        bar.close()
 
     meta = {"command": command, "date": time.strftime("%Y-%m-%d %H:%M %Z"), "device": device_name(),
             "phase": args.phase, "model_size": args.model_size, "steps": args.steps, "epochs": epochs,
             "steps_per_epoch": steps_per_epoch, "batch_size": args.batch_size, "crop_size": args.crop_size,
-            "seeds": seeds, "data_path": args.data_path, "wall_seconds": time.perf_counter() - started}
+            "seeds": seeds, "data_path": original_data, "train_list_repeats": repeats,
+            "gpus": gpus, "wall_seconds": time.perf_counter() - started}
     rows = table_rows(plan, variants)
     atomic_write_text(out, markdown(rows, meta))
     atomic_write_text(out.with_name("table.json"), json.dumps({**meta, "rows": rows}, indent=2))

@@ -68,3 +68,47 @@ def test_two_variants_two_steps_on_cpu(vimeo_root, tmp_path, monkeypatch, capsys
     capsys.readouterr()
     assert ablation.main(args) == 0
     assert capsys.readouterr().out.count("reusing the finished run") == 3
+
+
+def test_small_set_trains_as_one_epoch_over_a_repeated_list(vimeo_root, tmp_path, monkeypatch):
+    """8 triplets at batch 2 are 4 steps; 10 steps become one epoch over the list repeated 3 times (one
+    evaluation and one save per run instead of one per pass), the frames read from the original folder."""
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    out = tmp_path / "abl" / "table.md"
+    assert ablation.main(["--data_path", str(vimeo_root), "--steps", "10", "--batch_size", "2", "--crop_size", "32",
+                          "--variants", "hybrid", "--model_size", "tiny", "--num_workers", "0", "--device", "cpu",
+                          "--out", str(out)]) == 0
+    table = json.loads((out.parent / "table.json").read_text())
+    assert (table["epochs"], table["steps_per_epoch"], table["train_list_repeats"]) == (1, 10, 3)
+    assert table["data_path"] == str(vimeo_root)
+    view = out.parent / "runs" / "data"
+    assert (view / "sequences").resolve() == (vimeo_root / "sequences").resolve()
+    original = (vimeo_root / "tri_trainlist.txt").read_text().split()
+    assert (view / "tri_trainlist.txt").read_text().split() == original * 3
+    summary = json.loads((out.parent / "runs" / "log" / "ablation_hybrid_s0" / "summary.json").read_text())
+    assert summary["steps"] == 10 and summary["epochs"] == 1
+    assert "repeated 3 times" in out.read_text()
+
+
+def test_parallel_runs_one_per_device_and_matvlm_waits_for_its_source(vimeo_root, tmp_path, monkeypatch, capsys):
+    """--gpus runs each run in its own process, as many at a time as devices listed (here on the CPU: the ids
+    only set CUDA_VISIBLE_DEVICES); the hybrid_matvlm row starts only after its source has finished."""
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    out = tmp_path / "par" / "table.md"
+    assert ablation.main(["--data_path", str(vimeo_root), "--steps", "2", "--batch_size", "2", "--crop_size", "32",
+                          "--variants", "hybrid,hybrid_matvlm", "--model_size", "tiny", "--num_workers", "0",
+                          "--device", "cpu", "--gpus", "0,1", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.index("ablation_matvlm_source_s0 finished") < printed.index("ablation_hybrid_matvlm_s0 started")
+    assert "2 GPUs (0, 1)" in printed
+    rows = {row["variant"]: row for row in json.loads((out.parent / "table.json").read_text())["rows"]}
+    assert set(rows) == {"hybrid", "hybrid_matvlm"} and rows["hybrid_matvlm"]["matvlm_source"]
+    logs = out.parent / "runs" / "logs"
+    assert sorted(p.name for p in logs.iterdir()) == ["ablation_hybrid_matvlm_s0.log", "ablation_hybrid_s0.log",
+                                                      "ablation_matvlm_source_s0.log"]
+    assert "Runs went 2 at a time" in out.read_text()
+
+
+def test_strip_flag():
+    assert ablation.strip_flag(["--a", "1", "--gpus", "0,1", "--b"], "--gpus") == ["--a", "1", "--b"]
+    assert ablation.strip_flag(["--gpus=0,1", "--b"], "--gpus") == ["--b"]
