@@ -483,6 +483,7 @@ class Trainer:
 
     def resume(self, payload: dict[str, Any], path: str) -> None:
         """Continue exactly: weights, optimizer, scaler, EMA, counters, and this rank's RNG streams."""
+        self.release_graphs()
         saved = checkpoint_config(payload, path)
         differences = config_differences(saved.model, self.cfg.model, ignore=RUNTIME_MODEL_FIELDS)
         if differences:
@@ -513,6 +514,7 @@ class Trainer:
         A start that loads almost nothing (see :func:`checkpoint.partial_start_problem`) is refused with a
         :class:`CheckpointError` unless ``--allow_partial_init`` says it is intended.
         """
+        self.release_graphs()
         state = payload.get("ema") or payload["model"]
         report = load_matching_weights(self.model, state)
         problem = partial_start_problem(report, checkpoint_config(payload, path).model, self.cfg.model)
@@ -527,6 +529,7 @@ class Trainer:
     def init_from_attention(self, name_or_path: str) -> None:
         """MaTVLM start (docs/DESIGN.md 6): copy a trained ``gated_attn_only`` checkpoint into the hybrid, its
         attention projections mapped onto the Mamba2 branch (model/matvlm.py)."""
+        self.release_graphs()
         from model.matvlm import init_hybrid_from_attention, load_attention_source
         path = resolve_checkpoint(name_or_path, self.cfg.train.ckpt_dir)
         payload = load_checkpoint(path)
@@ -540,6 +543,14 @@ class Trainer:
                  f"attention->Mamba2 branches, {len(report['new'])} new tensors")
 
     def reset_ema(self) -> None:
-        """Restart the EMA shadow from the current weights (after loading a start that is not this run's)."""
+        """Restart the EMA shadow from the current weights (after loading a start that is not this run's). In place:
+        a captured update graph (step_graph.py) keeps writing the tensors it was captured with."""
         if self.ema is not None:
-            self.ema = ExponentialMovingAverage(self.model, self.cfg.train.ema_decay)
+            self.ema.load_state_dict({k: v.detach().float() for k, v in self.model.state_dict().items()})
+
+    def release_graphs(self) -> None:
+        """Forget the captured step before the weights' or optimizer's tensors are replaced (resume, warm start):
+        the next step warms up and captures again, with the optimizer made capturable once more."""
+        if self._graphed is not None:
+            self._graphed.invalidate()
+            self._graphed = None

@@ -101,8 +101,9 @@ class GraphedTrainStep:
             self.signature = signature
         if self.warmup_left > 0:
             return self._eager_on_capture_stream(batch)
-        if self.forward_graph is None:
-            self._capture(batch)
+        if self.forward_graph is None and not self._capture(batch):
+            self.warmup_left = 1
+            return self._eager_on_capture_stream(batch)
         return self._replay(batch)
 
     def _eager_on_capture_stream(self, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
@@ -111,11 +112,12 @@ class GraphedTrainStep:
         with torch.cuda.stream(self.stream):
             result = self.trainer.eager_train_step(batch)
         current.wait_stream(self.stream)
-        if result["stepped"] or result["skipped"]:
+        if result["stepped"]:      # a skipped step neither ran backward nor built the optimizer's state
             self.warmup_left -= 1
         return result
 
-    def _capture(self, batch: dict[str, torch.Tensor]) -> None:
+    def _capture(self, batch: dict[str, torch.Tensor]) -> bool:
+        """Capture both graphs; False (nothing kept) when the optimizer is not ready for it yet."""
         trainer = self.trainer
         trainer.optimizer.zero_grad(set_to_none=True)     # backward inside the capture allocates the gradients
         torch.cuda.synchronize(trainer.device)
@@ -131,6 +133,14 @@ class GraphedTrainStep:
             total.backward()
             norm = trainer.clip_gradients()
             flags = torch.stack([total.detach().float(), norm.float()])
+        optimizer = trainer.optimizer
+        if any(p.grad is not None and not optimizer.state.get(p) for group in optimizer.param_groups
+               for p in group["params"]):
+            # A parameter with a gradient but no AdamW state yet (its warm-up steps were skipped) would have its
+            # moments created, zeroed, inside the captured update, and zeroed again at every replay.
+            del forward_graph
+            trainer.optimizer.zero_grad(set_to_none=True)
+            return False
         with torch.cuda.graph(update_graph, pool=pool, stream=self.stream, capture_error_mode="thread_local"):
             trainer.optimizer.step()
             if trainer.ema is not None:
@@ -138,6 +148,7 @@ class GraphedTrainStep:
         self.forward_graph, self.update_graph = forward_graph, update_graph
         self.static_out = {"flags": flags, "logs": logs, "output": output, "inputs": inputs}
         self.captures += 1
+        return True
 
     def _replay(self, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
         trainer = self.trainer
@@ -146,6 +157,7 @@ class GraphedTrainStep:
         self.forward_graph.replay()
         total, norm = self.static_out["flags"].tolist()
         logs = self.static_out["logs"]
+        trainer.last_grad_norm = norm
         if not math.isfinite(total):
             trainer.log(f"warning: non-finite loss at step {trainer.step} (terms: "
                         f"{ {k: float(v) for k, v in logs.items()} }); skipping this step")
@@ -156,7 +168,6 @@ class GraphedTrainStep:
             trainer.count_skipped_step()
             stepped, skipped = False, True
         else:
-            trainer.last_grad_norm = norm
             trainer.set_lr(trainer.current_lr())
             self.update_graph.replay()
             trainer.count_step(ema_updated=True)

@@ -138,6 +138,16 @@ def image_grid(img0: torch.Tensor, gt: torch.Tensor, img1: torch.Tensor, output)
                        mask=output.mask.detach() if has_flow else None)
 
 
+def detached_copy(result: dict) -> dict:
+    """What the training grid reads from a step's result (inputs, prediction, flow, mask), copied."""
+    from dataclasses import replace as replace_fields
+    output = result["output"]
+    copy = lambda x: None if x is None else x.detach().clone()   # noqa: E731
+    return {"inputs": tuple(copy(x) for x in result["inputs"]),
+            "output": replace_fields(output, pred=copy(output.pred), mask=copy(output.mask), residual=None,
+                                     flow=copy(output.flow), warped0=None, warped1=None, intermediate=[])}
+
+
 def fingerprint(tensors) -> str:
     """SHA-256 of the tensors' bytes, in order: equal on two ranks exactly when every value is bit-identical."""
     digest = hashlib.sha256()
@@ -274,7 +284,8 @@ def run(cfg: ExperimentConfig, ctx: DistributedContext) -> None:
                 writer.add_scalar("train/samples_per_sec", samples * ctx.world_size / max(elapsed, 1e-9), step)
                 bar.set_postfix(loss=f"{reduced[-2].item() / count:.4f}", lr=f"{trainer.current_lr():.2e}")
                 sums.zero_()
-            last_train = result
+            # The captured step's tensors are overwritten by the next replay: keep a copy for the epoch-end grid.
+            last_train = detached_copy(result) if trainer.graph_mode else result
             if ctx.is_main and (step % train.image_every == 0 or step == 1):
                 img0, gt, img1, _ = result["inputs"]
                 writer.add_image("train/I0_pred_gt_I1", image_grid(img0, gt, img1, result["output"]), step)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import faulthandler
+import gc
 import json
 import sys
 import time
@@ -153,7 +154,9 @@ def trainer_step_table(args, device: str) -> dict:
     from Trainer import Trainer
     result = {"model": f"ours_p{args.phase}_trainer", "gpu": torch.cuda.get_device_name(), "rows": {}, "errors": {}}
     for batch, precision in PEER_TRAIN:
-        for mode in ("on", "off"):
+        if args.trainer_batches and batch not in args.trainer_batches:
+            continue
+        for mode in ("on", "off") if args.trainer_eager else ("on",):
             key = f"b{batch}_256_{precision}_{'graph' if mode == 'on' else 'eager'}"
             try:
                 cfg = preset(args.phase, args.model_size)
@@ -176,6 +179,7 @@ def trainer_step_table(args, device: str) -> dict:
                                            peak_gib=max(warm_peak, timing.peak_gib or 0.0),
                                            reserved_gib=torch.cuda.memory_reserved() / 2**30)
                 del trainer
+                gc.collect()          # the captured step refers back to its trainer: free both before the next row
             except Exception as error:
                 result["errors"][key] = repr(error)[:300]
             print(result["model"], key, result["rows"].get(key, result["errors"].get(key)), flush=True)
@@ -203,6 +207,10 @@ def main() -> None:
     parser.add_argument("--trainer_step", action="store_true",
                         help="time train.py's step (Trainer.train_step) with CUDA graphs and eager at the peer "
                              "table's batch sizes, and exit")
+    parser.add_argument("--trainer_batches", type=int, nargs="*", default=None,
+                        help="with --trainer_step: only these batch sizes (default: the peer table's)")
+    parser.add_argument("--no_trainer_eager", dest="trainer_eager", action="store_false",
+                        help="with --trainer_step: skip the eager rows")
     parser.add_argument("--json", type=str, default=None)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="cpu runs are smoke tests of this script, not measurements")
