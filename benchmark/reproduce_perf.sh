@@ -8,18 +8,23 @@
 #   kernels   SSD Triton vs PyTorch and FlashAttention vs math parity (benchmark/check_kernels.py)
 #   peers     the side-by-side rows: ours (Phases 1, 2) with bench_model.py --peer_table; RIFE_m and
 #             EMA-VFI-small with PEER_PERF (default ../shared/bench/peer_perf.py) when PEERS_DIR (default .peers)
-#             holds their repositories (fetched, git-ignored, never copied into the project)
+#             holds their repositories (fetched, git-ignored, never copied into the project); then train.py's own
+#             step (CUDA graphs and eager) for Phases 1 and 2 with bench_model.py --trainer_step
 #   loader    train.py's own samples/s on the 720p set; the bare DataLoader on it and on an X4K-like fixture
 #   interp    interpolate.py 4x on the clip upscaled to 1080p, with the checkpoint of `start`
-#   ablation  benchmark/ablation.py: every Phase-1 variant, ABL_STEPS steps at batch 16 (seed 0), hybrid and
-#             gated_attn_only also with seed 1; then Phase 2 hybrid vs hybrid_inter (ABL2_STEPS steps)
+#   ablation  benchmark/ablation.py on every visible GPU (--gpus when more than one): every Phase-1 variant,
+#             ABL_STEPS (default 1500) steps at batch 16, seeds 0 and 1; then Phase 2 hybrid vs hybrid_inter
+#             (ABL2_STEPS, default 1500, steps; seeds 0 and 1)
+#   scaling   (needs 2+ GPUs, else skipped) torchrun data-parallel Phase 2 on 1, 2, 4 and all GPUs (eager, batch 16
+#             per process, 60 steps) on a 40-repeat view of the sample set, one single-process run with CUDA
+#             graphs, and a table of steady samples/s with the linear-scaling efficiency
 # Needs: torch, triton, timm, einops, opencv, tensorboard, tqdm; the mamba-ssm wheel
 # (bash ../shared/gpu/build-wheels.sh) and an imageio-ffmpeg wheel in .whl/ or installed;
 # data/cache/bigbuckbunny.mp4 (python tools/make_sample_data.py fetches it once).
 # Every stage has a time limit, so one slow stage cannot eat a whole GPU session.
 set -uo pipefail
 out=${1:-perf_out}; shift || true
-stages=${*:-setup start kernels peers loader interp ablation}
+stages=${*:-setup start kernels peers loader interp ablation scaling}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=4
 if ls .whl/*.whl >/dev/null 2>&1; then
@@ -29,8 +34,11 @@ want() { [[ " $stages " == *" $1 "* ]]; }
 stage() { local limit=$1; shift; echo "=== [$(date +%T)] $*"; timeout "$limit" "$@"; echo "=== exit $? [$(date +%T)]"; }
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 python3 -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__)'
-ABL_STEPS=${ABL_STEPS:-400}
-ABL2_STEPS=${ABL2_STEPS:-250}
+ABL_STEPS=${ABL_STEPS:-1500}
+ABL2_STEPS=${ABL2_STEPS:-1500}
+ngpu=$(nvidia-smi -L 2>/dev/null | wc -l)
+[[ "$ngpu" =~ ^[0-9]+$ ]] && [ "$ngpu" -ge 1 ] || ngpu=1
+gpu_list=$(seq -s, 0 $((ngpu - 1)))
 
 if want setup; then
   stage 60 python3 tools/make_sample_data.py --out data/sample_vimeo
@@ -47,6 +55,9 @@ want kernels && stage 180 python3 benchmark/check_kernels.py --json "$out/kernel
 if want peers; then
   for phase in 1 2; do
     stage 150 python3 benchmark/bench_model.py --phase "$phase" --peer_table --json "$out/peer_ours_p$phase.json"
+  done
+  for phase in 1 2; do   # train.py's own step: CUDA graphs and eager
+    stage 240 python3 benchmark/bench_model.py --phase "$phase" --trainer_step --json "$out/trainer_p$phase.json"
   done
   peer_perf=${PEER_PERF:-../shared/bench/peer_perf.py}
   if [ -d "${PEERS_DIR:-.peers}" ] && [ -f "$peer_perf" ]; then
@@ -74,10 +85,48 @@ if want interp; then
 fi
 if want ablation; then
   common="--data_path data/sample_vimeo --batch_size 16 --crop_size 256 --num_workers 8"
-  stage 560 python3 benchmark/ablation.py $common --steps "$ABL_STEPS" --seeds 0 --out "$out/ablation_p1/table.md"
-  stage 200 python3 benchmark/ablation.py $common --steps "$ABL_STEPS" --seeds 0,1 --variants hybrid,gated_attn_only \
-    --out "$out/ablation_p1/seeds.md"
-  stage 240 python3 benchmark/ablation.py $common --steps "$ABL2_STEPS" --seeds 0 --phase 2 \
+  [ "$ngpu" -gt 1 ] && common="$common --gpus $gpu_list"
+  echo "ablation on $ngpu GPU(s)"
+  stage $((3600 / ngpu + 300)) python3 benchmark/ablation.py $common --steps "$ABL_STEPS" --seeds 0,1 \
+    --out "$out/ablation_p1/table.md"
+  stage $((1200 / ngpu + 300)) python3 benchmark/ablation.py $common --steps "$ABL2_STEPS" --seeds 0,1 --phase 2 \
     --variants hybrid,hybrid_inter --out "$out/ablation_p2/table.md"
+fi
+if want scaling; then
+  if [ "$ngpu" -lt 2 ]; then
+    echo "scaling: skipped ($ngpu GPU visible, needs at least 2)"
+  else
+    python3 -c "import sys; sys.path.insert(0, '.'); from pathlib import Path; from benchmark.ablation import one_epoch_view; one_epoch_view('data/sample_vimeo', Path('/tmp/scale_view'), 40)"
+    scale="--phase 2 --data_path /tmp/scale_view --batch_size 16 --epochs 1 --steps_per_epoch 60 --warmup_steps 10 \
+      --log_every 20"
+    counts=""
+    for n in 1 2 4; do [ "$n" -le "$ngpu" ] && counts="$counts $n"; done
+    [[ " $counts " == *" $ngpu "* ]] || counts="$counts $ngpu"
+    for n in $counts; do
+      rm -rf ckpt/scale_g"$n"* log/scale_g"$n"
+      stage 200 torchrun --standalone --nproc_per_node="$n" train.py $scale --exp_name "scale_g$n" --cuda_graph off
+      cp "log/scale_g$n/summary.json" "$out/scale_g$n.json" 2>/dev/null
+    done
+    rm -rf ckpt/scale_graph1* log/scale_graph1
+    stage 200 python3 train.py $scale --exp_name scale_graph1
+    cp log/scale_graph1/summary.json "$out/scale_graph1.json" 2>/dev/null
+    python3 - "$out" $counts <<'PY'
+import json, sys
+from pathlib import Path
+out, counts = Path(sys.argv[1]), [int(n) for n in sys.argv[2:]]
+def rate(name):
+    try:
+        return json.loads((out / f"{name}.json").read_text()).get("steady_samples_per_sec")
+    except (OSError, ValueError):
+        return None
+base = rate("scale_g1")
+print("| run | GPUs | steady samples/s | vs n x 1 GPU |")
+print("|---|---:|---:|---:|")
+for name, n in [(f"scale_g{n}", n) for n in counts] + [("scale_graph1", 1)]:
+    r = rate(name)
+    eff = f"{r / (n * base):.2f}" if r and base else "-"
+    print(f"| {name} | {n} | {f'{r:.1f}' if r else '-'} | {eff} |")
+PY
+  fi
 fi
 exit 0
