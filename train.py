@@ -108,6 +108,9 @@ def make_loaders(cfg: ExperimentConfig, ctx: DistributedContext, train_set, val_
         cache = enable_frame_cache(train_set, cache_bytes, threads=cores_per_rank)
         if len(cache):
             log(f"decoded-frame cache: {cache.describe()}")
+    elif cache_bytes > 0:
+        log(f"decoded-frame cache: off (DataLoader workers start with {torch.multiprocessing.get_start_method()!r}, "
+            "and only forked workers share one copy); frames are decoded per sample")
     if workers > 0:
         train_loader = DataLoader(EpochSeededDataset(train_set), batch_size=data.batch_size,
                                   sampler=EpochSeededSampler(sampler, cfg.train.seed, ctx.rank), num_workers=workers,

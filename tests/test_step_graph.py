@@ -237,3 +237,19 @@ def test_nonfinite_warm_up_steps_delay_the_capture_until_the_optimizer_has_state
     assert all(r["stepped"] for r in results[WARMUP_STEPS:])
     assert trainer._graphed.captures == 1 and trainer.step == len(batches) - WARMUP_STEPS
     assert {float(s["step"]) for s in trainer.optimizer.state.values()} == {float(trainer.step)}
+
+
+def test_epoch_end_grid_keeps_a_copy_of_the_graphed_steps_tensors():
+    """The next replay overwrites the captured step's outputs; the grid at the end of an epoch must show the last
+    step taken, so train.py keeps a copy of what the grid reads."""
+    from model.thesis import InterpolationOutput
+    images = [torch.rand(2, 3, 8, 8) for _ in range(3)]
+    output = InterpolationOutput(pred=torch.rand(2, 3, 8, 8), mask=torch.rand(2, 1, 8, 8),
+                                 residual=torch.rand(2, 3, 8, 8), flow=torch.rand(2, 4, 8, 8))
+    kept = train.detached_copy({"inputs": (*images, torch.full((2,), 0.5)), "output": output})
+    expected = [x.clone() for x in (*images, output.pred, output.mask, output.flow)]
+    for tensor in (*images, output.pred, output.mask, output.flow):
+        tensor.fill_(float("nan"))                                  # what the next replay does to the buffers
+    got = [*kept["inputs"][:3], kept["output"].pred, kept["output"].mask, kept["output"].flow]
+    assert all(torch.equal(a, b) for a, b in zip(got, expected))
+    assert kept["output"].residual is None and kept["output"].intermediate == []
