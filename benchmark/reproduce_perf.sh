@@ -7,7 +7,8 @@
 #   start     a fresh process's first optimizer step (Phase 2, batch 16), then 80 steps on the sample set
 #   kernels   SSD Triton vs PyTorch and FlashAttention vs math parity (benchmark/check_kernels.py)
 #   peers     the side-by-side rows: ours (Phases 1, 2) with bench_model.py --peer_table; RIFE_m and
-#             EMA-VFI-small with PEER_PERF (default ../shared/bench/peer_perf.py) when PEERS_DIR (default .peers)
+#             EMA-VFI-small with PEER_PERF (a side-by-side timing script for the peers' own code, run with the same
+#             definitions; default ../shared/bench/peer_perf.py, skipped when absent) when PEERS_DIR (default .peers)
 #             holds their repositories (fetched, git-ignored, never copied into the project); then train.py's own
 #             step (CUDA graphs and eager) for Phases 1 and 2 with bench_model.py --trainer_step
 #   loader    train.py's own samples/s on the 720p set; the bare DataLoader on it and on an X4K-like fixture
@@ -19,7 +20,7 @@
 #             per process, 60 steps) on a 40-repeat view of the sample set, one single-process run with CUDA
 #             graphs, and a table of steady samples/s with the linear-scaling efficiency
 # Needs: torch, triton, timm, einops, opencv, tensorboard, tqdm; the mamba-ssm wheel
-# (bash ../shared/gpu/build-wheels.sh) and an imageio-ffmpeg wheel in .whl/ or installed;
+# (its Triton kernels; no CUDA extension needed) and imageio-ffmpeg, installed or as wheels in .whl/;
 # data/cache/bigbuckbunny.mp4 (python tools/make_sample_data.py fetches it once).
 # Every stage has a time limit, so one slow stage cannot eat a whole GPU session.
 set -uo pipefail
