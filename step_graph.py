@@ -1,11 +1,11 @@
 """The training step replayed as two CUDA graphs: one launch per graph instead of ~3,000 kernel launches.
 
 Why: at the batch sizes a 32 GB card trains with, the eager step is launch-bound. Phase 1 at batch 4 and at batch 16
-took about the same 60 ms on an H100, and bf16 was no faster than fp32 (docs/PERF.md, section 3): the GPU waited
+took about the same 60 ms on an H100, and bf16 was no faster than fp32 (docs/PERF.md, section 2): the GPU waited
 for Python to queue ~1,100 kernels per forward pass and twice that for backward and the update.
 ``torch.compile`` bought 1.11x for 198 s of compilation; capturing the step costs one extra step.
 
-What is captured (docs/PERF.md, section 3)::
+What is captured (measured in docs/PERF.md, section 2)::
 
     forward graph  uint8 batch (static buffers) -> float -> model -> CompositeLoss -> backward -> grad clip
                    -> static loss terms, grad norm, outputs
