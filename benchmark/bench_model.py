@@ -144,7 +144,8 @@ def peer_table(args, device: str) -> dict:
 
 def trainer_step_table(args, device: str) -> dict:
     """Samples/s of train.py's own step, ``Trainer.train_step`` on uint8 batches (fused AdamW, gradient clipping,
-    the CompositeLoss of the phase), replayed as CUDA graphs and eager, at the peer table's batch sizes.
+    the CompositeLoss of the phase), replayed as CUDA graphs and eager, at the peer table's batch sizes and
+    ``--size`` crops (256 in the peer table). On the CPU both rows run the eager step: a smoke test of the script.
 
     Peak memory of the graphed step is read over its capture too: replays allocate nothing (the graph's pool
     holds the activations), so the peak of the timed replays alone would hide them.
@@ -152,38 +153,46 @@ def trainer_step_table(args, device: str) -> dict:
     from distributed import DistributedContext
     from step_graph import WARMUP_STEPS
     from Trainer import Trainer
-    result = {"model": f"ours_p{args.phase}_trainer", "gpu": torch.cuda.get_device_name(), "rows": {}, "errors": {}}
+    cuda = device == "cuda"
+    result = {"model": f"ours_p{args.phase}_trainer", "gpu": torch.cuda.get_device_name() if cuda else "cpu",
+              "rows": {}, "errors": {}}
+    pin = (lambda x: x.pin_memory()) if cuda else (lambda x: x)
     for batch, precision in PEER_TRAIN:
         if args.trainer_batches and batch not in args.trainer_batches:
             continue
         for mode in ("on", "off") if args.trainer_eager else ("on",):
-            key = f"b{batch}_256_{precision}_{'graph' if mode == 'on' else 'eager'}"
+            key = f"b{batch}_{args.size}_{precision}_{'graph' if mode == 'on' else 'eager'}"
             try:
                 cfg = preset(args.phase, args.model_size)
-                cfg = replace(cfg, train=replace(cfg.train, amp=precision, cuda_graph=mode, warmup_steps=10))
+                cfg = replace(cfg, train=replace(cfg.train, amp=precision, cuda_graph=mode if cuda else "auto",
+                                                 warmup_steps=10))
                 torch.manual_seed(0)
                 trainer = Trainer(cfg, DistributedContext(0, 0, 1, torch.device(device)), steps_per_epoch=1000,
                                   log=lambda *a: None)
-                frames = [torch.randint(0, 256, (batch, 3, 256, 256), dtype=torch.uint8).pin_memory()
+                frames = [pin(torch.randint(0, 256, (batch, 3, args.size, args.size), dtype=torch.uint8))
                           for _ in range(3)]
-                sample = {"img0": frames[0], "gt": frames[1], "img1": frames[2],
-                          "t": torch.full((batch,), 0.5).pin_memory()}
-                torch.cuda.empty_cache()
-                torch.cuda.reset_peak_memory_stats()
+                sample = {"img0": frames[0], "gt": frames[1], "img1": frames[2], "t": pin(torch.full((batch,), 0.5))}
+                if cuda:
+                    torch.cuda.empty_cache()
+                    torch.cuda.reset_peak_memory_stats()
                 for _ in range(WARMUP_STEPS + 2):                  # eager warm-up, capture, first replays
                     trainer.train_step(sample)
-                torch.cuda.synchronize()
-                warm_peak = torch.cuda.max_memory_allocated() / 2**30
+                warm_peak = None
+                if cuda:
+                    torch.cuda.synchronize()
+                    warm_peak = torch.cuda.max_memory_allocated() / 2**30
                 timing = measure(lambda: trainer.train_step(sample), device, warmup=2, reps=args.reps)
                 result["rows"][key] = dict(ms=timing.median_ms, samples_s=batch * 1000 / timing.median_ms,
-                                           peak_gib=max(warm_peak, timing.peak_gib or 0.0),
-                                           reserved_gib=torch.cuda.memory_reserved() / 2**30)
+                                           steps=trainer.step, mode=trainer.step_mode,
+                                           peak_gib=max(warm_peak, timing.peak_gib) if cuda else None,
+                                           reserved_gib=torch.cuda.memory_reserved() / 2**30 if cuda else None)
                 del trainer
                 gc.collect()          # the captured step refers back to its trainer: free both before the next row
             except Exception as error:
                 result["errors"][key] = repr(error)[:300]
             print(result["model"], key, result["rows"].get(key, result["errors"].get(key)), flush=True)
-            torch.cuda.empty_cache()
+            if cuda:
+                torch.cuda.empty_cache()
     return result
 
 

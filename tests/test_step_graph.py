@@ -253,3 +253,22 @@ def test_epoch_end_grid_keeps_a_copy_of_the_graphed_steps_tensors():
     got = [*kept["inputs"][:3], kept["output"].pred, kept["output"].mask, kept["output"].flow]
     assert all(torch.equal(a, b) for a, b in zip(got, expected))
     assert kept["output"].residual is None and kept["output"].intermediate == []
+
+
+def test_trainer_step_benchmark_runs_on_cpu(tmp_path, monkeypatch):
+    """`bench_model.py --trainer_step` (the rows docs/PERF.md quotes) as a CPU smoke test: both rows run the eager
+    step there, each through Trainer.train_step for every warm-up and timed call."""
+    import json
+    import sys
+
+    from benchmark import bench_model
+    out = tmp_path / "rows.json"
+    monkeypatch.setattr(sys, "argv", ["bench_model.py", "--phase", "1", "--model_size", "tiny", "--trainer_step",
+                                      "--trainer_batches", "4", "--size", "32", "--reps", "1", "--device", "cpu",
+                                      "--json", str(out)])
+    bench_model.main()
+    table = json.loads(out.read_text())
+    assert table["errors"] == {} and table["gpu"] == "cpu"
+    assert set(table["rows"]) == {"b4_32_fp32_graph", "b4_32_fp32_eager", "b4_32_bf16_graph", "b4_32_bf16_eager"}
+    for row in table["rows"].values():
+        assert row["samples_s"] > 0 and row["steps"] == WARMUP_STEPS + 2 + 2 + 1 and row["mode"].startswith("eager")
