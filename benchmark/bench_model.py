@@ -154,6 +154,9 @@ def trainer_step_table(args, device: str) -> dict:
     from step_graph import WARMUP_STEPS
     from Trainer import Trainer
     cuda = device == "cuda"
+    # As train.py runs: cuDNN autotuning off (the rows in docs/PERF.md of 2026-11-28 were timed with it on, and their
+    # peak memory, read over the warm-up, may include its trial workspaces).
+    torch.backends.cudnn.benchmark = False
     result = {"model": f"ours_p{args.phase}_trainer", "gpu": torch.cuda.get_device_name() if cuda else "cpu",
               "rows": {}, "errors": {}}
     pin = (lambda x: x.pin_memory()) if cuda else (lambda x: x)
