@@ -297,7 +297,8 @@ class FrameCache:
     the cache yields the same samples, bit for bit, as one that decodes the files. Fill it in the main process
     before DataLoader workers start: forked workers share its pages copy-on-write and never write to them
     (the buffer is read-only), so N workers cost one copy. With the "spawn"/"forkserver" start methods every
-    worker would receive its own copy instead; ``train.make_loaders`` only builds a cache under "fork".
+    worker would receive its own copy instead, so ``train.make_loaders`` forks the training loader's workers when
+    it builds a cache (also where the default start method is another, as from Python 3.14 on Linux).
 
     Args:
         index: path -> (offset into buffer, height, width).

@@ -103,18 +103,23 @@ def make_loaders(cfg: ExperimentConfig, ctx: DistributedContext, train_set, val_
                           f"rank in {data.data_path}")
     if cache_bytes is None:
         cache_bytes = 0 if cfg.train.dry_run else frame_cache_budget(local_world_size)
-    # Workers share the cache copy-on-write only when forked; spawned ones would each unpickle a copy.
-    if cache_bytes > 0 and (workers == 0 or torch.multiprocessing.get_start_method() == "fork"):
+    # Workers share the cache copy-on-write only when forked; spawned ones would each unpickle a copy. Python 3.14
+    # starts workers with "forkserver" by default on Linux, so the training loader asks for "fork" where it exists.
+    fork = "fork" in torch.multiprocessing.get_all_start_methods()
+    cached = cache_bytes > 0 and (workers == 0 or fork)
+    if cached:
         cache = enable_frame_cache(train_set, cache_bytes, threads=cores_per_rank)
         if len(cache):
             log(f"decoded-frame cache: {cache.describe()}")
     elif cache_bytes > 0:
-        log(f"decoded-frame cache: off (DataLoader workers start with {torch.multiprocessing.get_start_method()!r}, "
-            "and only forked workers share one copy); frames are decoded per sample")
+        log("decoded-frame cache: off (this platform cannot fork DataLoader workers, and only forked workers share "
+            "one copy); frames are decoded per sample")
     if workers > 0:
+        context = "fork" if cached and torch.multiprocessing.get_start_method() != "fork" else None
         train_loader = DataLoader(EpochSeededDataset(train_set), batch_size=data.batch_size,
                                   sampler=EpochSeededSampler(sampler, cfg.train.seed, ctx.rank), num_workers=workers,
-                                  pin_memory=pin, drop_last=True, persistent_workers=True)
+                                  pin_memory=pin, drop_last=True, persistent_workers=True,
+                                  multiprocessing_context=context)
     else:
         train_loader = DataLoader(train_set, batch_size=data.batch_size, sampler=sampler, pin_memory=pin,
                                   drop_last=True)

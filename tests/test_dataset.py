@@ -898,6 +898,26 @@ def test_cached_training_loader_gives_the_same_batches_as_the_uncached_one(tmp_p
     assert_same_batches(runs[0], runs[1])
 
 
+def test_cache_stays_on_when_the_default_start_method_is_not_fork(tmp_path, monkeypatch):
+    """Python 3.14 starts workers with "forkserver" by default on Linux: the training loader then forks its workers
+    itself, so they still share the one cached copy instead of decoding every sample."""
+    import train
+    from config import config_from_argv
+    from distributed import DistributedContext
+
+    names = tuple(f"00001/{i:04d}" for i in range(1, 5))
+    write_vimeo(str(tmp_path / "vimeo"), train=names, test=("00002/0001",))
+    cfg = config_from_argv(["--data_path", str(tmp_path / "vimeo"), "--model_size", "tiny", "--crop_size", "32",
+                            "--batch_size", "2", "--num_workers", "2"])
+    ctx = DistributedContext(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
+    monkeypatch.setattr(torch.multiprocessing, "get_start_method", lambda allow_none=False: "forkserver")
+    train_set, val_set, _ = train.build_datasets(cfg)
+    loader, sampler, _ = train.make_loaders(cfg, ctx, train_set, val_set, cache_bytes=2**30)
+    assert train_set.frame_cache is not None and len(train_set.frame_cache) == 12
+    assert loader.multiprocessing_context.get_start_method() == "fork"
+    assert len(list(epoch_batches(loader, sampler, 0))) == 2
+
+
 def test_resume_with_persistent_workers_and_the_cache_is_bit_identical(vimeo_root, tmp_path):
     import train
     from checkpoint import load_checkpoint
