@@ -268,8 +268,7 @@ class Trainer:
                 self.scaler.scale(total / accum).backward()
             else:
                 self._window_poisoned = True
-                self.log(f"warning: non-finite loss at step {self.step} (terms: "
-                         f"{ {k: float(v) for k, v in logs.items()} }); skipping this step")
+                self.warn_nonfinite("loss", logs)
         self._micro_step += 1
         stepped = skipped = False
         if last_micro:
@@ -304,6 +303,10 @@ class Trainer:
                 group["lr"].fill_(value)          # captured graphs read it from the device
             else:
                 group["lr"] = value
+
+    def warn_nonfinite(self, what: str, logs: dict[str, torch.Tensor] | None = None) -> None:
+        terms = f" (terms: { {k: float(v) for k, v in logs.items()} })" if logs is not None else ""
+        self.log(f"warning: non-finite {what} at step {self.step}{terms}; skipping this step")
 
     def count_skipped_step(self) -> None:
         self.nonfinite_streak += 1
@@ -341,7 +344,7 @@ class Trainer:
             self.scaler.unscale_(self.optimizer)
             self.last_grad_norm = float(self.clip_gradients())
             if not math.isfinite(self.last_grad_norm) and not self.scaler.is_enabled():
-                self.log(f"warning: non-finite gradient norm at step {self.step}; skipping this step")
+                self.warn_nonfinite("gradient norm")
                 skip = True
         if skip:
             # No scaler.update() here: no unscale_ ran in this window, so the scaler has no inf checks to act on

@@ -159,12 +159,11 @@ class GraphedTrainStep:
         logs = self.static_out["logs"]
         trainer.last_grad_norm = norm
         if not math.isfinite(total):
-            trainer.log(f"warning: non-finite loss at step {trainer.step} (terms: "
-                        f"{ {k: float(v) for k, v in logs.items()} }); skipping this step")
+            trainer.warn_nonfinite("loss", logs)
             trainer.count_skipped_step()
             stepped, skipped = False, True
         elif not math.isfinite(norm):
-            trainer.log(f"warning: non-finite gradient norm at step {trainer.step}; skipping this step")
+            trainer.warn_nonfinite("gradient norm")
             trainer.count_skipped_step()
             stepped, skipped = False, True
         else:
