@@ -231,10 +231,10 @@ class Trainer:
         t = self.cfg.train
         return lr_at_step(self.step, t.lr, self.warmup_steps, self.total_steps, t.min_lr_ratio)
 
-    def autocast(self):
+    def autocast(self, cache_casts: bool = True):
         if self.amp_dtype is None:
             return nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, cache_enabled=cache_casts)
 
     # ---------------------------------------------------------------------------------------- training
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
@@ -283,9 +283,7 @@ class Trainer:
                      cache_casts: bool = True) -> tuple[torch.Tensor, dict[str, torch.Tensor], Any]:
         """(total loss, {term: value}, InterpolationOutput) under the run's autocast. ``cache_casts=False`` for
         CUDA-graph capture, where autocast's cache of casted weights must not outlive the captured region."""
-        autocast = nullcontext() if self.amp_dtype is None else \
-            torch.autocast(self.device.type, dtype=self.amp_dtype, cache_enabled=cache_casts)
-        with autocast:
+        with self.autocast(cache_casts):
             output = self.wrapped(img0, img1, t)
             # The blends cost three full-size images per flow block: built only when the term reads them.
             blends = output.intermediate_blends() if self.loss_fn.deep_supervision_enabled else None
