@@ -280,11 +280,13 @@ class Trainer:
         return to_float_images(batch, self.device)
 
     def forward_loss(self, img0: torch.Tensor, gt: torch.Tensor, img1: torch.Tensor, t: torch.Tensor,
-                     cache_casts: bool = True) -> tuple[torch.Tensor, dict[str, torch.Tensor], Any]:
+                     cache_casts: bool = True, module: nn.Module | None = None
+                     ) -> tuple[torch.Tensor, dict[str, torch.Tensor], Any]:
         """(total loss, {term: value}, InterpolationOutput) under the run's autocast. ``cache_casts=False`` for
-        CUDA-graph capture, where autocast's cache of casted weights must not outlive the captured region."""
+        CUDA-graph capture, where autocast's cache of casted weights must not outlive the captured region.
+        ``module`` replaces the (DDP-)wrapped model: the captured step under DDP reduces gradients itself."""
         with self.autocast(cache_casts):
-            output = self.wrapped(img0, img1, t)
+            output = (self.wrapped if module is None else module)(img0, img1, t)
             # The blends cost three full-size images per flow block: built only when the term reads them.
             blends = output.intermediate_blends() if self.loss_fn.deep_supervision_enabled else None
             total, logs = self.loss_fn(output.pred, gt, flow=output.flow, intermediate=blends)

@@ -19,9 +19,24 @@ each capture run eagerly on the capture stream (Triton autotuning, cuBLAS worksp
 of another shape or a change of the trainable parameters (``--freeze_backbone`` releasing the backbone) drops
 the graphs and captures again.
 
-When it applies (:func:`graph_eligibility`): CUDA, one process, no fp16 GradScaler, ``--grad_accum 1``.
-Everywhere else the eager step in ``Trainer.py`` runs, which is also the reference the GPU parity test
-(``tests/test_step_graph.py``) compares against.
+Several processes (``torchrun``): DDP all-reduces gradients in hooks that fire bucket by bucket during backward,
+which a graph cannot contain around host-side logic. The graphed step leaves DDP aside (it still runs the eager
+warm-up steps) and averages the gradients itself, with one collective between two graphs::
+
+    forward graph  ... -> backward -> [loss ; every gradient] packed into one flat float32 buffer
+    host           one all-reduce (sum) of the flat buffer: a single NCCL launch for the whole model
+    reduce graph   divide by the world size, copy back into the gradients, clip -> loss and grad norm
+    host           the check above; the averaged loss and the clipped norm are equal on every rank, so every
+                   rank makes the same skip decision without another collective
+    update graph   as above
+
+The all-reduce does not overlap backward as DDP's buckets do; it moves the model's gradients once (tens of MB, under a
+millisecond over NVLink), while the eager DDP step it replaces is bound by the launch of thousands of kernels and
+by DDP's per-bucket bookkeeping on every rank (docs/PERF.md, section 6).
+
+When it applies (:func:`graph_eligibility`): CUDA, no fp16 GradScaler, ``--grad_accum 1``. Everywhere else the eager
+step in ``Trainer.py`` runs, which is also the reference the GPU parity tests (``tests/test_step_graph.py``) compare
+against.
 """
 
 from __future__ import annotations
@@ -48,18 +63,33 @@ def graph_eligibility(choice: str, device: torch.device, distributed: bool, uses
         return False, "eager (--cuda_graph off)"
     if device.type != "cuda":
         return False, f"eager (CUDA graphs need a CUDA device, this run is on {device.type})"
-    if distributed:
-        return False, "eager (several processes: DDP all-reduces gradients in hooks during backward)"
     if uses_grad_scaler:
         return False, "eager (fp16 loss scaling: the GradScaler decides on the host whether to step)"
     if grad_accum != 1:
         return False, f"eager (--grad_accum {grad_accum}: several backward passes per optimizer step)"
-    return True, f"CUDA graphs (captured after {WARMUP_STEPS} eager warm-up steps)"
+    reduce = ", gradients all-reduced between the graphs" if distributed else ""
+    return True, f"CUDA graphs (captured after {WARMUP_STEPS} eager warm-up steps{reduce})"
 
 
 def batch_signature(batch: dict[str, torch.Tensor]) -> tuple:
     return tuple((key, tuple(value.shape), value.dtype) for key, value in sorted(batch.items())
                  if torch.is_tensor(value))
+
+
+def pack_flat(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """One float32 vector holding every tensor's elements in order (one concatenation kernel)."""
+    return torch.cat([t.reshape(-1).float() for t in tensors])
+
+
+def unpack_flat(flat: torch.Tensor, tensors: list[torch.Tensor]) -> None:
+    """Copy consecutive slices of ``flat`` back into ``tensors`` (in place; the inverse of :func:`pack_flat`)."""
+    views, offset = [], 0
+    for tensor in tensors:
+        views.append(flat[offset:offset + tensor.numel()].view(tensor.shape))
+        offset += tensor.numel()
+    if offset != flat.numel():
+        raise ValueError(f"flat buffer holds {flat.numel()} elements, the tensors {offset}")
+    torch._foreach_copy_(tensors, views)
 
 
 class GraphedTrainStep:
@@ -71,6 +101,7 @@ class GraphedTrainStep:
 
     def __init__(self, trainer: "Trainer"):
         self.trainer = trainer
+        self.world_size = trainer.ctx.world_size
         self.stream = torch.cuda.Stream(device=trainer.device)
         self.signature: tuple | None = None
         self.warmup_left = WARMUP_STEPS
@@ -79,7 +110,7 @@ class GraphedTrainStep:
 
     # ------------------------------------------------------------------------------------------- state
     def _drop(self) -> None:
-        self.forward_graph = self.update_graph = None
+        self.forward_graph = self.reduce_graph = self.update_graph = None
         self.static_batch: dict[str, torch.Tensor] = {}
         self.static_out: dict[str, Any] = {}
 
@@ -117,7 +148,7 @@ class GraphedTrainStep:
         return result
 
     def _capture(self, batch: dict[str, torch.Tensor]) -> bool:
-        """Capture both graphs; False (nothing kept) when the optimizer is not ready for it yet."""
+        """Capture the graphs; False (nothing kept) when the optimizer is not ready for it yet."""
         trainer = self.trainer
         trainer.optimizer.zero_grad(set_to_none=True)     # backward inside the capture allocates the gradients
         torch.cuda.synchronize(trainer.device)
@@ -126,13 +157,26 @@ class GraphedTrainStep:
                              if torch.is_tensor(value)}
         pool = torch.cuda.graph_pool_handle()
         forward_graph, update_graph = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
+        reduce_graph = torch.cuda.CUDAGraph() if self.world_size > 1 else None
         # thread_local: the DataLoader's pin-memory thread keeps working while this thread captures.
         with torch.cuda.graph(forward_graph, pool=pool, stream=self.stream, capture_error_mode="thread_local"):
             inputs = trainer.float_inputs(self.static_batch)
-            total, logs, output = trainer.forward_loss(*inputs, cache_casts=False)
+            # Under DDP the plain module: the graphs average the gradients themselves (module docstring).
+            total, logs, output = trainer.forward_loss(*inputs, cache_casts=False, module=trainer.model)
             total.backward()
-            norm = trainer.clip_gradients()
-            flags = torch.stack([total.detach().float(), norm.float()])
+            if reduce_graph is None:
+                norm = trainer.clip_gradients()
+                flags = torch.stack([total.detach().float(), norm.float()])
+            else:
+                grads = [p.grad for p in trainer.model.parameters() if p.grad is not None]
+                flat = pack_flat([total.detach().float().reshape(1)] + grads)
+        if reduce_graph is not None:
+            with torch.cuda.graph(reduce_graph, pool=pool, stream=self.stream, capture_error_mode="thread_local"):
+                flat.div_(self.world_size)
+                unpack_flat(flat[1:], grads)
+                norm = trainer.clip_gradients()
+                flags = torch.stack([flat[0], norm.float()])
+            self.flat = flat
         optimizer = trainer.optimizer
         if any(p.grad is not None and not optimizer.state.get(p) for group in optimizer.param_groups
                for p in group["params"]):
@@ -145,7 +189,7 @@ class GraphedTrainStep:
             trainer.optimizer.step()
             if trainer.ema is not None:
                 trainer.ema.update(trainer.model)
-        self.forward_graph, self.update_graph = forward_graph, update_graph
+        self.forward_graph, self.reduce_graph, self.update_graph = forward_graph, reduce_graph, update_graph
         self.static_out = {"flags": flags, "logs": logs, "output": output, "inputs": inputs}
         self.captures += 1
         return True
@@ -155,6 +199,9 @@ class GraphedTrainStep:
         for key, value in self.static_batch.items():
             value.copy_(batch[key], non_blocking=True)
         self.forward_graph.replay()
+        if self.reduce_graph is not None:
+            trainer.ctx.all_reduce_sum(self.flat)     # in place; the current stream waits for it
+            self.reduce_graph.replay()
         total, norm = self.static_out["flags"].tolist()
         logs = self.static_out["logs"]
         trainer.last_grad_norm = norm

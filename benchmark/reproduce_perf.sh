@@ -16,9 +16,9 @@
 #   ablation  benchmark/ablation.py on every visible GPU (--gpus when more than one): every Phase-1 variant,
 #             ABL_STEPS (default 1500) steps at batch 16, seeds 0 and 1; then Phase 2 hybrid vs hybrid_inter
 #             (ABL2_STEPS, default 1500, steps; seeds 0 and 1)
-#   scaling   (needs 2+ GPUs, else skipped) torchrun data-parallel Phase 2 on 1, 2, 4 and all GPUs (eager, batch 16
-#             per process, 60 steps) on a 40-repeat view of the sample set, one single-process run with CUDA
-#             graphs, and a table of steady samples/s with the linear-scaling efficiency
+#   scaling   (needs 2+ GPUs, else skipped) torchrun data-parallel Phase 2 on 1, 2, 4 and all GPUs, batch 16 per
+#             process, 120 steps on a 40-repeat view of the sample set, with the graphed step and with the eager
+#             DDP step, and a table of steady samples/s with the linear-scaling efficiency of each
 # Needs: torch, triton, timm, einops, opencv, tensorboard, tqdm; the mamba-ssm wheel
 # (its Triton kernels; no CUDA extension needed) and imageio-ffmpeg, installed or as wheels in .whl/;
 # data/cache/bigbuckbunny.mp4 (python tools/make_sample_data.py fetches it once).
@@ -98,19 +98,20 @@ if want scaling; then
     echo "scaling: skipped ($ngpu GPU visible, needs at least 2)"
   else
     python3 -c "import sys; sys.path.insert(0, '.'); from pathlib import Path; from benchmark.ablation import one_epoch_view; one_epoch_view('data/sample_vimeo', Path('/tmp/scale_view'), 40)"
-    scale="--phase 2 --data_path /tmp/scale_view --batch_size 16 --epochs 1 --steps_per_epoch 60 --warmup_steps 10 \
-      --log_every 20"
+    scale="--phase 2 --data_path /tmp/scale_view --batch_size 16 --epochs 1 --steps_per_epoch 120 --warmup_steps 10 \
+      --log_every 40"
     counts=""
     for n in 1 2 4; do [ "$n" -le "$ngpu" ] && counts="$counts $n"; done
     [[ " $counts " == *" $ngpu "* ]] || counts="$counts $ngpu"
     for n in $counts; do
-      rm -rf ckpt/scale_g"$n"* log/scale_g"$n"
-      stage 200 torchrun --standalone --nproc_per_node="$n" train.py $scale --exp_name "scale_g$n" --cuda_graph off
-      cp "log/scale_g$n/summary.json" "$out/scale_g$n.json" 2>/dev/null
+      for mode in graph eager; do
+        name="scale_${mode}_g$n"
+        rm -rf ckpt/"$name"* log/"$name"
+        flag=$([ "$mode" = eager ] && echo "--cuda_graph off" || echo "--cuda_graph on")
+        stage 300 torchrun --standalone --nproc_per_node="$n" train.py $scale --exp_name "$name" $flag
+        cp "log/$name/summary.json" "$out/$name.json" 2>/dev/null
+      done
     done
-    rm -rf ckpt/scale_graph1* log/scale_graph1
-    stage 200 python3 train.py $scale --exp_name scale_graph1
-    cp log/scale_graph1/summary.json "$out/scale_graph1.json" 2>/dev/null
     python3 - "$out" $counts <<'PY'
 import json, sys
 from pathlib import Path
@@ -120,13 +121,14 @@ def rate(name):
         return json.loads((out / f"{name}.json").read_text()).get("steady_samples_per_sec")
     except (OSError, ValueError):
         return None
-base = rate("scale_g1")
-print("| run | GPUs | steady samples/s | vs n x 1 GPU |")
+print("| step | GPUs | steady samples/s | vs n x 1 GPU of the same step |")
 print("|---|---:|---:|---:|")
-for name, n in [(f"scale_g{n}", n) for n in counts] + [("scale_graph1", 1)]:
-    r = rate(name)
-    eff = f"{r / (n * base):.2f}" if r and base else "-"
-    print(f"| {name} | {n} | {f'{r:.1f}' if r else '-'} | {eff} |")
+for mode in ("graph", "eager"):
+    base = rate(f"scale_{mode}_g1")
+    for n in counts:
+        r = rate(f"scale_{mode}_g{n}")
+        eff = f"{r / (n * base):.2f}" if r and base else "-"
+        print(f"| {mode} | {n} | {f'{r:.1f}' if r else '-'} | {eff} |")
 PY
   fi
 fi
