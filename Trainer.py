@@ -181,12 +181,18 @@ class Trainer:
         self._micro_step = 0
         self._window_poisoned = False
         self.optimizer = self._build_optimizer()
-        self.wrapped = self._wrap()
         from step_graph import graph_eligibility
         self.graph_mode, self.step_mode = graph_eligibility(cfg.train.cuda_graph, self.device, ctx.enabled,
                                                             use_scaler, cfg.train.grad_accum)
         if cfg.train.cuda_graph == "on" and not self.graph_mode:
             raise ConfigError(f"--cuda_graph on is not possible here: {self.step_mode}")
+        # Graphed steps on several processes average the gradients themselves (step_graph.py), without DDP: DDP keeps
+        # every parameter's gradient-accumulation node alive, bound to the stream it was built on, and a backward
+        # captured on another stream would then have to join the legacy default stream, which a capture forbids.
+        self.averages_gradients = ctx.enabled and self.graph_mode
+        if self.averages_gradients:
+            ctx.broadcast_from_main([*self.model.parameters(), *self.model.buffers()])   # what DDP does at build
+        self.wrapped = self._wrap()
         self._graphed = None               # step_graph.GraphedTrainStep, built at the first step
         # After _wrap: building DDP broadcasts rank 0's weights, so every rank's shadow starts from the same model
         # (each rank's own random init would make the EMA-evaluated validation shards mix different models).
@@ -200,7 +206,7 @@ class Trainer:
         return torch.optim.AdamW(groups, lr=self.cfg.train.lr, betas=(0.9, 0.999), fused=self.device.type == "cuda")
 
     def _wrap(self) -> nn.Module:
-        if not self.ctx.enabled:
+        if not self.ctx.enabled or self.averages_gradients:
             return self.model
         device_ids = [self.ctx.local_rank] if self.device.type == "cuda" else None
         return DistributedDataParallel(self.model, device_ids=device_ids, broadcast_buffers=False)
@@ -241,8 +247,8 @@ class Trainer:
         """One micro-batch: forward, loss, backward; every ``grad_accum`` micro-batches an optimizer step.
 
         Returns ``{"logs": {term: float tensor}, "stepped": bool, "skipped": bool, "output": InterpolationOutput,
-        "inputs": (img0, gt, img1, t)}``. On one CUDA device the step is replayed from CUDA graphs
-        (step_graph.py; same arithmetic, its tensors valid until the next call); elsewhere it runs eagerly
+        "inputs": (img0, gt, img1, t)}``. On CUDA (one process or several) the step is replayed from CUDA
+        graphs (step_graph.py; same arithmetic, its tensors valid until the next call); elsewhere it runs eagerly
         (:meth:`eager_train_step`).
         """
         if self.graph_mode:
@@ -284,7 +290,7 @@ class Trainer:
                      ) -> tuple[torch.Tensor, dict[str, torch.Tensor], Any]:
         """(total loss, {term: value}, InterpolationOutput) under the run's autocast. ``cache_casts=False`` for
         CUDA-graph capture, where autocast's cache of casted weights must not outlive the captured region.
-        ``module`` replaces the (DDP-)wrapped model: the captured step under DDP reduces gradients itself."""
+        ``module`` replaces ``self.wrapped`` (the graph capture passes the plain model)."""
         with self.autocast(cache_casts):
             output = (self.wrapped if module is None else module)(img0, img1, t)
             # The blends cost three full-size images per flow block: built only when the term reads them.
@@ -296,6 +302,14 @@ class Trainer:
         """Clip the global gradient norm to ``--grad_clip``; returns the norm before clipping (a tensor, no sync)."""
         return torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.grad is not None],
                                               self.cfg.train.grad_clip)
+
+    def average_gradients(self) -> None:
+        """Average the gradients over ranks in one all-reduce of one flat buffer: the eager warm-up steps of a graphed
+        run on several processes, where no DDP wrapper does it (see ``__init__``)."""
+        from step_graph import pack_flat, unpack_flat
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        flat = self.ctx.all_reduce_sum(pack_flat(grads))
+        unpack_flat(flat.div_(self.ctx.world_size), grads)
 
     def set_lr(self, value: float) -> None:
         for group in self.optimizer.param_groups:
@@ -341,6 +355,8 @@ class Trainer:
         self.set_lr(self.current_lr())
         skip = self._window_poisoned
         if not skip:
+            if self.averages_gradients:
+                self.average_gradients()
             self.scaler.unscale_(self.optimizer)
             self.last_grad_norm = float(self.clip_gradients())
             if not math.isfinite(self.last_grad_norm) and not self.scaler.is_enabled():

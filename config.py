@@ -365,8 +365,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
                             "or finds many at another shape (refused otherwise)")
     extra.add_argument("--amp", type=str, default=None, help="auto / bf16 / fp16 / fp32 (default auto)")
     extra.add_argument("--cuda_graph", type=str, default=None,
-                       help="auto / on / off: replay the training step as CUDA graphs (auto: on one CUDA device "
-                            "without fp16 loss scaling or --grad_accum; off: the eager step)")
+                       help="auto / on / off: replay the training step as CUDA graphs (auto: on CUDA, one process "
+                            "or several, without fp16 loss scaling or --grad_accum; off: the eager step)")
     extra.add_argument("--ema_decay", type=float, default=None, help="EMA of weights, 0 = off (default 0)")
     extra.add_argument("--warmup_steps", type=int, default=None, help="linear warm-up steps (default 2000)")
     extra.add_argument("--steps_per_epoch", type=int, default=None, help="cap the steps of an epoch (demos)")

@@ -43,6 +43,17 @@ class DistributedContext:
             dist.all_reduce(values, op=dist.ReduceOp.MIN)
         return values
 
+    def broadcast_from_main(self, tensors: list[torch.Tensor]) -> None:
+        """Overwrite ``tensors`` on every rank with rank 0's values, in place (one coalesced broadcast)."""
+        if self.enabled and tensors:
+            with torch.no_grad():
+                flat = torch.cat([t.detach().reshape(-1).to(torch.float64) for t in tensors])
+                dist.broadcast(flat, src=0)
+                offset = 0
+                for tensor in tensors:
+                    tensor.detach().copy_(flat[offset:offset + tensor.numel()].view(tensor.shape))
+                    offset += tensor.numel()
+
     def all_gather_object(self, obj: Any) -> list[Any]:
         if not self.enabled:
             return [obj]

@@ -20,8 +20,12 @@ of another shape or a change of the trainable parameters (``--freeze_backbone`` 
 the graphs and captures again.
 
 Several processes (``torchrun``): DDP all-reduces gradients in hooks that fire bucket by bucket during backward,
-which a graph cannot contain around host-side logic. The graphed step leaves DDP aside (it still runs the eager
-warm-up steps) and averages the gradients itself, with one collective between two graphs::
+which a graph cannot contain around host-side logic; and the gradient-accumulation nodes DDP keeps alive stay bound
+to the stream they were built on, so a backward captured on another stream fails (measured: "operation would make
+the legacy stream depend on a capturing blocking stream"). A graphed run on several processes therefore has no DDP
+wrapper (``Trainer.averages_gradients``): rank 0's weights are broadcast at the start, the eager warm-up steps average
+their gradients with one flat all-reduce (``Trainer.average_gradients``), and the captured step does the same with
+one collective between two graphs::
 
     forward graph  ... -> backward -> [loss ; every gradient] packed into one flat float32 buffer
     host           one all-reduce (sum) of the flat buffer: a single NCCL launch for the whole model

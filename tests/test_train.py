@@ -70,7 +70,7 @@ def test_image_grids_at_each_evaluation_without_a_phase1_mask_and_the_capped_war
     assert [e.step for e in events.Images("val/I0_pred_gt_I1")] == [1, 2, 3]
     assert masks and all(mask is None for mask in masks)         # Phase 1: no flow, so no mask panel
     out = capsys.readouterr().out
-    assert "warm-up capped at 1 of --warmup_steps 2000 steps" in out and out.count("warm-up") == 1
+    assert "warm-up capped at 1 of --warmup_steps 2000 steps" in out and out.count("warm-up capped") == 1
 
 
 def test_run_writes_summary_json(vimeo_root, tmp_path):
@@ -90,7 +90,10 @@ def test_run_writes_summary_json(vimeo_root, tmp_path):
     assert summary["train_samples_per_sec"] > 0 and summary["wall_seconds"] > 0
     assert 0 < summary["first_step_seconds"] < summary["wall_seconds"]
     assert summary["steady_samples_per_sec"] > 0                     # the second step ran after the first
-    assert summary["peak_gpu_mem_gib"] is None                       # CPU
+    if torch.cuda.is_available():                                   # the suite also runs on the GPU machine
+        assert summary["peak_gpu_mem_gib"] > 0
+    else:
+        assert summary["peak_gpu_mem_gib"] is None
     assert summary["config"] == json.loads(json.dumps(best["config"]))      # tuples -> lists
     assert not [p for p in (tmp_path / "log" / "summary").iterdir() if p.name.endswith(".tmp")]
 
