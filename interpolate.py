@@ -52,8 +52,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from benchmark.eval_core import (AMP_DTYPES, BenchmarkError, Evaluator, Protocol, describe_run, frame_to_tensor,
-                                 positive_float, positive_int, resolve_device)
+from benchmark.eval_core import (AMP_DTYPES, BenchmarkError, Evaluator, Protocol, compile_for_inference, describe_run,
+                                 frame_to_tensor, positive_float, positive_int, resolve_device)
 from benchmark.metrics import to_uint8
 from checkpoint import CheckpointError, model_from_checkpoint, resolve_checkpoint
 from config import ConfigError, OneLineErrorParser
@@ -204,10 +204,13 @@ class FrameInterpolator:
     """
 
     def __init__(self, model: nn.Module, device: torch.device, amp: str, tta: bool, flow_scale: float,
-                 batch_size: int, halving: bool):
+                 batch_size: int, halving: bool, fixed_batch: bool = False):
         protocol = Protocol("video", flow_scale=flow_scale)
         self.evaluator = Evaluator(model, protocol, device, amp, tta, flow_scale, progress=False)
         self.device, self.batch_size, self.halving = device, batch_size, halving
+        # A compiled model is specialised to one batch size: a short last batch would compile it again (minutes at
+        # 4K), so it is filled up with copies of its last request, whose predictions are dropped.
+        self.fixed_batch = fixed_batch
         self.model_calls = 0
 
     def calls_needed(self, times: Sequence[Fraction]) -> int:
@@ -240,9 +243,10 @@ class FrameInterpolator:
         """requests: (pair index, output time, left image, right image, t given to the model)."""
         for start in range(0, len(requests), self.batch_size):
             chunk = requests[start:start + self.batch_size]
-            img0 = torch.cat([r[2] for r in chunk])
-            img1 = torch.cat([r[3] for r in chunk])
-            t = torch.tensor([float(r[4]) for r in chunk], dtype=torch.float32)
+            filled = chunk + chunk[-1:] * (self.batch_size - len(chunk)) if self.fixed_batch else chunk
+            img0 = torch.cat([r[2] for r in filled])
+            img1 = torch.cat([r[3] for r in filled])
+            t = torch.tensor([float(r[4]) for r in filled], dtype=torch.float32)
             if self.device.type == "cuda":
                 # From pageable memory a copy waits for the GPU to finish everything queued before it; pinned and
                 # non-blocking, the main thread keeps queueing work instead.
@@ -570,6 +574,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="model precision (default auto: bf16 on CUDA, fp32 on the CPU)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     parser.add_argument("--tta", action="store_true", help="average with the prediction on flipped inputs (2x time)")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the model first (CUDA): about 2 minutes once, then 4K frames take ~30%% "
+                             "less time (docs/PERF.md, section 4); worth it for clips of more than a few hundred "
+                             "frames")
     parser.add_argument("--batch", type=positive_int, default=None,
                         help="model calls per forward pass (default: 1 on the CPU; on a GPU about 1080p worth)")
     parser.add_argument("--crf", type=crf_value, default=18, help="H.264 quality, 0 lossless .. 51 (default 18)")
@@ -651,6 +659,8 @@ def run(args: argparse.Namespace) -> RunStats:
         raise InterpolateError(f"a video output needs a frame rate: {info.path} is a frame folder, give --input_fps")
 
     device = resolve_device(args.device)
+    if args.compile and device.type != "cuda":
+        raise InterpolateError(f"--compile needs a CUDA device (this run is on {device.type})")
     amp = resolve_amp(args.amp, device)
     model, cfg = model_from_checkpoint(str(checkpoint_path), device=device)
     halving, time_text = choose_time_strategy(cfg.train.phase, ratio, args.strict_t)
@@ -674,7 +684,11 @@ def run(args: argparse.Namespace) -> RunStats:
     print(f"cuts:   MAD > {args.scene_threshold:g} copies the earlier frame; MAD <= {args.dup_threshold:g} is a "
           f"duplicate (copied)")
 
-    interpolator = FrameInterpolator(model, device, amp, args.tta, flow_scale, batch, halving)
+    if args.compile:
+        compile_for_inference(model)
+        print("compile: torch.compile, the first batch compiles the model (about 2 minutes at 4K)")
+    interpolator = FrameInterpolator(model, device, amp, args.tta, flow_scale, batch, halving,
+                                     fixed_batch=args.compile)
     sink = make_sink(output_path, kind, info, out_rate, args, ffmpeg)
     settings = StreamSettings(ratio, args.scene_threshold, args.dup_threshold, not args.no_progress, expected)
     try:

@@ -80,8 +80,40 @@ def measure_inference(model, name: str, args, device: str) -> dict:
     stamp(f"inference {name}")
     timing = measure(infer, device, warmup=2, reps=max(3, args.reps // 4))
     return {"kind": "infer", "phase": args.phase, "mode": model.config.backbone_mode, "resolution": name,
-            "flow_scale": flow_scale, "amp": args.amp, "ms": round(timing.median_ms, 1),
+            "flow_scale": flow_scale, "amp": args.amp, "exec": "eager", "ms": round(timing.median_ms, 1),
             "peak_gib": round(timing.peak_gib or 0.0, 3)}
+
+
+def measure_compiled_inference(model, name: str, args, device: str) -> dict:
+    """The same after :func:`benchmark.eval_core.compile_for_inference` (what ``interpolate.py --compile`` does),
+    with the compilation time and the largest pixel difference from the eager prediction."""
+    from benchmark.eval_core import compile_for_inference
+    height, width = RESOLUTIONS[name]
+    generator = torch.Generator(device=device).manual_seed(1)
+    img0, img1 = (torch.rand(1, 3, height, width, device=device, generator=generator) for _ in range(2))
+    flow_scale = FLOW_SCALE[name] if args.phase > 1 else 1.0
+    dtype = AMP_DTYPES[args.amp]
+
+    def infer():
+        with torch.autocast(device, dtype=dtype, enabled=dtype is not None):
+            return model.inference(img0, img1, 0.5, flow_scale=flow_scale).float()
+    eager = infer()
+    compile_for_inference(model)
+    started = time.perf_counter()
+    compiled = infer()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    compile_s = time.perf_counter() - started
+    difference = (compiled - eager).abs()
+    del eager, compiled
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    stamp(f"compiled inference {name} (compiled in {compile_s:.0f} s)")
+    timing = measure(infer, device, warmup=2, reps=max(3, args.reps // 4))
+    return {"kind": "infer", "phase": args.phase, "mode": model.config.backbone_mode, "resolution": name,
+            "flow_scale": flow_scale, "amp": args.amp, "exec": "compiled", "ms": round(timing.median_ms, 1),
+            "peak_gib": round(timing.peak_gib or 0.0, 3), "compile_s": round(compile_s, 1),
+            "max_abs_diff_vs_eager": float(difference.max()), "mean_abs_diff_vs_eager": float(difference.mean())}
 
 
 PEER_TRAIN = ((4, "fp32"), (4, "bf16"), (8, "bf16"), (16, "bf16"))
@@ -212,6 +244,9 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=20)
     parser.add_argument("--compile", action="store_true",
                         help="also time the training step with torch.compile on the model and the loss")
+    parser.add_argument("--compile_infer", action="store_true",
+                        help="after the --infer rows, compile the model for inference (interpolate.py --compile) "
+                             "and time the last --infer resolution again")
     parser.add_argument("--compare_unchunked_warp", action="store_true",
                         help="also measure inference with feature warps done in one float32 pass (the old way)")
     parser.add_argument("--peer_table", action="store_true",
@@ -292,6 +327,9 @@ def main() -> None:
                     print(rows[-1], flush=True)
                     for warp in warps:
                         warp.max_chunk_elements = 1 << 26
+            if args.compile_infer and args.infer:
+                rows.append(measure_compiled_inference(model, args.infer[-1], args, device))
+                print(rows[-1], flush=True)
             del model
             if device == "cuda":
                 torch.cuda.empty_cache()

@@ -699,3 +699,20 @@ def test_demo_summary_names_a_missing_report(tmp_path, capsys):
 
     line = run_failing(demo_summary.main, ["--report", str(tmp_path / "none.json")], capsys)
     assert str(tmp_path / "none.json") in line
+
+
+def test_compiled_model_predicts_what_the_eager_model_predicts():
+    """`interpolate.py --compile` (compile_for_inference): the compiled forward runs through `inference` and the
+    Evaluator, with the eager prediction's values (CPU Inductor here; measured on the GPU in docs/PERF.md)."""
+    from benchmark.eval_core import Evaluator, Protocol, compile_for_inference
+    from config import preset
+    from model import build_model
+    torch.manual_seed(0)
+    model = build_model(preset(1, "tiny")).eval()
+    evaluator = Evaluator(model, Protocol("video"), "cpu", "fp32", progress=False)
+    img0, img1 = torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32)
+    eager = evaluator.predict(img0, img1, 0.5)
+    assert compile_for_inference(model) is model
+    compiled = evaluator.predict(img0, img1, 0.5)
+    assert model._compiled_call_impl is not None
+    assert torch.allclose(compiled, eager, atol=1e-5)

@@ -185,6 +185,24 @@ def test_interpolator_puts_each_time_where_it_belongs(halving, times, model_ts):
     assert max(oracle.batches) == 3
 
 
+def test_fixed_batch_fills_the_last_batch_and_drops_the_extra_predictions():
+    """With --compile every forward pass has the full batch (a new batch size would compile the model again); the
+    filler requests' predictions are dropped and only real calls are counted."""
+    oracle, reference = LinearBlend(), LinearBlend()
+    times = [Fraction(k, 4) for k in range(4)]                 # 3 calls per pair, 2 pairs: batches of 4 and 2
+    pairs = [(torch.full((1, 3, 8, 8), float(a)), torch.full((1, 3, 8, 8), float(b)), times)
+             for a, b in ((0.0, 1.0), (0.2, 0.6))]
+    fixed = FrameInterpolator(oracle, torch.device("cpu"), "fp32", False, 1.0, batch_size=4, halving=False,
+                              fixed_batch=True)
+    plain = FrameInterpolator(reference, torch.device("cpu"), "fp32", False, 1.0, batch_size=4, halving=False)
+    got, expected = fixed.interpolate(pairs), plain.interpolate(pairs)
+    assert oracle.batches == [4, 4] and reference.batches == [4, 2]
+    assert fixed.model_calls == plain.model_calls == 6
+    for values, wanted in zip(got, expected):
+        assert values.keys() == wanted.keys()
+        assert all(torch.equal(values[t], wanted[t]) for t in wanted)
+
+
 # --------------------------------------------------------------------------------------------------------
 # Videos
 # --------------------------------------------------------------------------------------------------------
@@ -360,6 +378,9 @@ def bad_case(name: str, clip: dict, checkpoint: Path, tmp_path: Path) -> tuple[l
     if name == "fps on a folder without a rate":
         return ["--input", clip["folder"], "--model", checkpoint, "--output", tmp_path / "o", "--fps", 60], \
             "--input_fps"
+    if name == "compile without CUDA":
+        return ["--input", clip["folder"], "--model", checkpoint, "--output", tmp_path / "o", "--input_fps", 24,
+                "--compile", "--device", "cpu"], "--compile needs a CUDA device"
     if name == "strict t":
         return ["--input", clip["folder"], "--model", checkpoint, "--output", tmp_path / "o", "--multi", 3,
                 "--strict_t"], "--strict_t: this Phase-1 checkpoint"
@@ -372,7 +393,8 @@ VIDEO_CASES = {"unreadable video", "one-frame video"}
 @pytest.mark.parametrize("name", ["missing input", "unreadable video", "empty folder", "frames of different sizes",
                                   "one-frame video", "missing checkpoint", "not a Thesis-VFI checkpoint",
                                   "unwritable output", "existing output", "unknown output extension", "multi 1",
-                                  "multi with fps", "fps on a folder without a rate", "strict t"])
+                                  "multi with fps", "fps on a folder without a rate", "strict t",
+                                  "compile without CUDA"])
 def test_bad_input_gives_one_line(name, checkpoint, clip, tmp_path, capsys):
     if name in VIDEO_CASES and FFMPEG is None:
         pytest.skip("imageio-ffmpeg is not installed")
