@@ -6,18 +6,20 @@
 #   setup     the sample sets: data/sample_vimeo (448x256) and data/sample_720p (the same clip at 1280x720)
 #   start     a fresh process's first optimizer step (Phase 2, batch 16), then 80 steps on the sample set
 #   kernels   SSD Triton vs PyTorch and FlashAttention vs math parity (benchmark/check_kernels.py)
+#   infer4k   4K 2x inference of the Phase-2 model, eager and compiled (bench_model.py --compile_infer)
 #   peers     the side-by-side rows: ours (Phases 1, 2) with bench_model.py --peer_table; RIFE_m and
 #             EMA-VFI-small with PEER_PERF (a side-by-side timing script for the peers' own code, run with the same
 #             definitions; default ../shared/bench/peer_perf.py, skipped when absent) when PEERS_DIR (default .peers)
 #             holds their repositories (fetched, git-ignored, never copied into the project); then train.py's own
 #             step (CUDA graphs and eager) for Phases 1 and 2 with bench_model.py --trainer_step
-#   loader    train.py's own samples/s on the 720p set; the bare DataLoader on it and on an X4K-like fixture
+#   loader    train.py's own steady samples/s (graphed, 320 steps of b16) on the 720p set (Phase 2) and on an
+#             X4K-layout 2160x2160 fixture (Phase 3); the bare DataLoader on both
 #   interp    interpolate.py 4x on the clip upscaled to 1080p, with the checkpoint of `start`
 #   ablation  benchmark/ablation.py on every visible GPU (--gpus when more than one): every Phase-1 variant,
 #             ABL_STEPS (default 1500) steps at batch 16, seeds 0 and 1; then Phase 2 hybrid vs hybrid_inter
 #             (ABL2_STEPS, default 1500, steps; seeds 0 and 1)
 #   scaling   (needs 2+ GPUs, else skipped) torchrun data-parallel Phase 2 on 1, 2, 4 and all GPUs, batch 16 per
-#             process, 120 steps on a 40-repeat view of the sample set, with the graphed step and with the eager
+#             process, 120 steps on a 160-repeat view of the sample set, with the graphed step and with the eager
 #             DDP step, and a table of steady samples/s with the linear-scaling efficiency of each
 # Needs: torch, triton, timm, einops, opencv, tensorboard, tqdm; the mamba-ssm wheel
 # (its Triton kernels; no CUDA extension needed) and imageio-ffmpeg, installed or as wheels in .whl/;
@@ -25,7 +27,7 @@
 # Every stage has a time limit, so one slow stage cannot eat a whole GPU session.
 set -uo pipefail
 out=${1:-perf_out}; shift || true
-stages=${*:-setup start kernels peers loader interp ablation scaling}
+stages=${*:-setup start kernels infer4k peers loader interp ablation scaling}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=4
 if ls .whl/*.whl >/dev/null 2>&1; then
@@ -53,6 +55,9 @@ if want start; then   # a fresh process: the first step compiles the Triton SSD 
   cp log/perf_p2/summary.json "$out/start_summary.json" 2>/dev/null
 fi
 want kernels && stage 180 python3 benchmark/check_kernels.py --json "$out/kernels.json"
+# 4K 2x inference, eager and compiled (interpolate.py --compile): about 2.5 minutes of compilation
+want infer4k && stage 420 python3 benchmark/bench_model.py --phase 2 --infer 4k --compile_infer --reps 12 \
+  --json "$out/infer4k.json"
 if want peers; then
   for phase in 1 2; do
     stage 150 python3 benchmark/bench_model.py --phase "$phase" --peer_table --json "$out/peer_ours_p$phase.json"
@@ -67,13 +72,17 @@ if want peers; then
     done
   fi
 fi
-if want loader; then
-  rm -rf ckpt/perf_720_* log/perf_720
-  stage 150 python3 train.py --phase 2 --data_path data/sample_720p --batch_size 16 --epochs 1 --steps_per_epoch 60 \
-    --warmup_steps 10 --exp_name perf_720 --log_every 20
-  cp log/perf_720/summary.json "$out/loader_720_summary.json" 2>/dev/null
-  stage 90 python3 benchmark/bench_loader.py --data_path data/sample_720p --batch_size 16 --json "$out/loader_720.json"
+if want loader; then   # train.py's steady rate on full-size frames; compare with the trainer_p2 b16 graph row
+  python3 -c "import sys; sys.path.insert(0, '.'); from pathlib import Path; from benchmark.ablation import one_epoch_view; one_epoch_view('data/sample_720p', Path('/tmp/view_720'), 60); one_epoch_view('data/sample_vimeo', Path('/tmp/view_vimeo'), 40)"
   stage 90 python3 benchmark/bench_loader.py --make_x4k /tmp/x4k_fixture --clips 2 --frames 17 --size 2160
+  rm -rf ckpt/perf_720_* log/perf_720 ckpt/perf_x4k_* log/perf_x4k
+  stage 200 python3 train.py --phase 2 --data_path /tmp/view_720 --batch_size 16 --epochs 1 --steps_per_epoch 320 \
+    --warmup_steps 10 --exp_name perf_720 --log_every 80 --num_workers 8
+  cp log/perf_720/summary.json "$out/loader_720_summary.json" 2>/dev/null
+  stage 200 python3 train.py --phase 3 --data_path /tmp/view_vimeo --x4k_path /tmp/x4k_fixture --batch_size 16 \
+    --epochs 1 --steps_per_epoch 320 --warmup_steps 10 --exp_name perf_x4k --log_every 80 --num_workers 8
+  cp log/perf_x4k/summary.json "$out/loader_x4k_summary.json" 2>/dev/null
+  stage 90 python3 benchmark/bench_loader.py --data_path data/sample_720p --batch_size 16 --json "$out/loader_720.json"
   stage 90 python3 benchmark/bench_loader.py --phase 3 --data_path data/sample_vimeo --x4k_path /tmp/x4k_fixture \
     --batch_size 16 --curriculum --json "$out/loader_x4k.json"
 fi
@@ -97,7 +106,9 @@ if want scaling; then
   if [ "$ngpu" -lt 2 ]; then
     echo "scaling: skipped ($ngpu GPU visible, needs at least 2)"
   else
-    python3 -c "import sys; sys.path.insert(0, '.'); from pathlib import Path; from benchmark.ablation import one_epoch_view; one_epoch_view('data/sample_vimeo', Path('/tmp/scale_view'), 40)"
+    # 160 repeats: 120 steps of batch 16 on each of 4 ranks fit in one epoch, so every run takes the same 120 steps
+    # (a shorter epoch on more ranks leaves the warm-up and capture a larger share of the steady time).
+    python3 -c "import sys; sys.path.insert(0, '.'); from pathlib import Path; from benchmark.ablation import one_epoch_view; one_epoch_view('data/sample_vimeo', Path('/tmp/scale_view'), 160)"
     scale="--phase 2 --data_path /tmp/scale_view --batch_size 16 --epochs 1 --steps_per_epoch 120 --warmup_steps 10 \
       --log_every 40"
     counts=""
