@@ -64,56 +64,42 @@ def train_step_fn(model, loss_fn, optimizer, batch, size, amp, phase, device):
     return step
 
 
-def measure_inference(model, name: str, args, device: str) -> dict:
-    """Median ms and peak GiB of one 2x interpolation at a named resolution (flow at the protocol's downscale)."""
-    height, width = RESOLUTIONS[name]
-    img0 = torch.rand(1, 3, height, width, device=device)
-    img1 = torch.rand(1, 3, height, width, device=device)
-    flow_scale = FLOW_SCALE[name] if args.phase > 1 else 1.0
-    dtype = AMP_DTYPES[args.amp]
-
-    def infer():
-        with torch.autocast(device, dtype=dtype, enabled=dtype is not None):
-            model.inference(img0, img1, 0.5, flow_scale=flow_scale)
-    if device == "cuda":
-        torch.cuda.empty_cache()
-    stamp(f"inference {name}")
-    timing = measure(infer, device, warmup=2, reps=max(3, args.reps // 4))
-    return {"kind": "infer", "phase": args.phase, "mode": model.config.backbone_mode, "resolution": name,
-            "flow_scale": flow_scale, "amp": args.amp, "exec": "eager", "ms": round(timing.median_ms, 1),
-            "peak_gib": round(timing.peak_gib or 0.0, 3)}
-
-
-def measure_compiled_inference(model, name: str, args, device: str) -> dict:
-    """The same after :func:`benchmark.eval_core.compile_for_inference` (what ``interpolate.py --compile`` does),
-    with the compilation time and the largest pixel difference from the eager prediction."""
-    from benchmark.eval_core import compile_for_inference
+def inference_call(model, name: str, args, device: str):
+    """(a function running one 2x interpolation at a named resolution and returning it as float32, the flow scale):
+    fixed random frames, flow at the protocol's downscale (Phases 2/3), autocast as ``--amp`` says."""
     height, width = RESOLUTIONS[name]
     generator = torch.Generator(device=device).manual_seed(1)
     img0, img1 = (torch.rand(1, 3, height, width, device=device, generator=generator) for _ in range(2))
     flow_scale = FLOW_SCALE[name] if args.phase > 1 else 1.0
     dtype = AMP_DTYPES[args.amp]
 
-    def infer():
+    def infer() -> torch.Tensor:
         with torch.autocast(device, dtype=dtype, enabled=dtype is not None):
             return model.inference(img0, img1, 0.5, flow_scale=flow_scale).float()
-    eager = infer()
-    compile_for_inference(model)
-    started = time.perf_counter()
-    compiled = infer()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    compile_s = time.perf_counter() - started
-    difference = (compiled - eager).abs()
-    del eager, compiled
+    return infer, flow_scale
+
+
+def measure_inference(model, name: str, args, device: str, compile_first: bool = False) -> dict:
+    """Median ms and peak GiB of one 2x interpolation at a named resolution. ``compile_first``: compile the model with
+    :func:`benchmark.eval_core.compile_for_inference` (what ``interpolate.py --compile`` does) and also report the
+    compilation time and the pixel difference from the eager prediction."""
+    infer, flow_scale = inference_call(model, name, args, device)
+    row = {"kind": "infer", "phase": args.phase, "mode": model.config.backbone_mode, "resolution": name,
+           "flow_scale": flow_scale, "amp": args.amp, "exec": "compiled" if compile_first else "eager"}
+    if compile_first:
+        from benchmark.eval_core import compile_for_inference
+        eager = infer()
+        compile_for_inference(model)
+        started = time.perf_counter()
+        difference = (infer() - eager).abs()         # the first compiled call compiles
+        row.update(max_abs_diff_vs_eager=float(difference.max()), mean_abs_diff_vs_eager=float(difference.mean()))
+        row["compile_s"] = round(time.perf_counter() - started, 1)      # after the values above waited for the GPU
+        del eager, difference
     if device == "cuda":
         torch.cuda.empty_cache()
-    stamp(f"compiled inference {name} (compiled in {compile_s:.0f} s)")
+    stamp(f"inference {name} ({row['exec']})")
     timing = measure(infer, device, warmup=2, reps=max(3, args.reps // 4))
-    return {"kind": "infer", "phase": args.phase, "mode": model.config.backbone_mode, "resolution": name,
-            "flow_scale": flow_scale, "amp": args.amp, "exec": "compiled", "ms": round(timing.median_ms, 1),
-            "peak_gib": round(timing.peak_gib or 0.0, 3), "compile_s": round(compile_s, 1),
-            "max_abs_diff_vs_eager": float(difference.max()), "mean_abs_diff_vs_eager": float(difference.mean())}
+    return {**row, "ms": round(timing.median_ms, 1), "peak_gib": round(timing.peak_gib or 0.0, 3)}
 
 
 PEER_TRAIN = ((4, "fp32"), (4, "bf16"), (8, "bf16"), (16, "bf16"))
@@ -328,7 +314,7 @@ def main() -> None:
                     for warp in warps:
                         warp.max_chunk_elements = 1 << 26
             if args.compile_infer and args.infer:
-                rows.append(measure_compiled_inference(model, args.infer[-1], args, device))
+                rows.append(measure_inference(model, args.infer[-1], args, device, compile_first=True))
                 print(rows[-1], flush=True)
             del model
             if device == "cuda":

@@ -716,3 +716,18 @@ def test_compiled_model_predicts_what_the_eager_model_predicts():
     compiled = evaluator.predict(img0, img1, 0.5)
     assert model._compiled_call_impl is not None
     assert torch.allclose(compiled, eager, atol=1e-5)
+
+
+def test_bench_model_times_eager_and_compiled_inference_on_cpu(tmp_path, monkeypatch):
+    """`bench_model.py --infer ... --compile_infer` (the 4K rows of docs/PERF.md) as a CPU smoke test: one eager and one
+    compiled inference row, the compiled one with its compile time and its difference from the eager prediction."""
+    from benchmark import bench_model
+    out = tmp_path / "rows.json"
+    monkeypatch.setattr(sys, "argv", ["bench_model.py", "--phase", "1", "--model_size", "tiny", "--batch", "1",
+                                      "--size", "32", "--infer", "256", "--compile_infer", "--reps", "1",
+                                      "--amp", "fp32", "--device", "cpu", "--json", str(out)])
+    bench_model.main()
+    rows = [row for row in json.loads(out.read_text())["rows"] if row["kind"] == "infer"]
+    assert [row["exec"] for row in rows] == ["eager", "compiled"]
+    assert all(row["ms"] > 0 and row["resolution"] == "256" for row in rows)
+    assert rows[1]["compile_s"] > 0 and rows[1]["max_abs_diff_vs_eager"] < 1e-4
