@@ -194,8 +194,8 @@ class Trainer:
             ctx.broadcast_from_main([*self.model.parameters(), *self.model.buffers()])   # what DDP does at build
         self.wrapped = self._wrap()
         self._graphed = None               # step_graph.GraphedTrainStep, built at the first step
-        # After _wrap: building DDP broadcasts rank 0's weights, so every rank's shadow starts from the same model
-        # (each rank's own random init would make the EMA-evaluated validation shards mix different models).
+        # After the broadcast (DDP's when it wraps, broadcast_from_main otherwise): every rank's shadow starts from the
+        # same model (each rank's own random init would make the EMA-evaluated validation shards mix different models).
         self.ema = ExponentialMovingAverage(self.model, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
 
     # ---------------------------------------------------------------------------------------- setup
@@ -266,7 +266,8 @@ class Trainer:
         accum = self.cfg.train.grad_accum
         img0, gt, img1, t = self.float_inputs(batch)
         last_micro = (self._micro_step + 1) % accum == 0
-        sync = nullcontext() if last_micro or not self.ctx.enabled else self.wrapped.no_sync()
+        wrapped_in_ddp = isinstance(self.wrapped, DistributedDataParallel)
+        sync = self.wrapped.no_sync() if wrapped_in_ddp and not last_micro else nullcontext()
         with sync:
             total, logs, output = self.forward_loss(img0, gt, img1, t)
             finite = self.ctx.all_reduce_min(torch.isfinite(total.detach()).float().reshape(1)).item() > 0
@@ -426,7 +427,7 @@ class Trainer:
         * ``--init_from_attn``: MaTVLM init of the hybrid from a ``gated_attn_only`` checkpoint.
         * otherwise a fresh start.
         Anything but an exact continuation is refused while ``<run>_last.pt`` or ``_best.pt`` exists. Call it on
-        every rank, after construction (DDP has broadcast rank 0's initial weights) and before training.
+        every rank, after construction (rank 0's initial weights have been broadcast) and before training.
         """
         train = self.cfg.train
         if train.resume:

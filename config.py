@@ -132,7 +132,7 @@ class TrainConfig:
     grad_accum: int = 1
     grad_clip: float = 1.0
     amp: str = "auto"                  # auto: bf16 on CUDA when supported, else fp16 + GradScaler; fp32 on CPU
-    cuda_graph: str = "auto"           # auto: replay the step as CUDA graphs on one GPU (step_graph.py); on / off
+    cuda_graph: str = "auto"           # auto: replay the step as CUDA graphs on CUDA (step_graph.py); on / off
     ema_decay: float = 0.0             # 0 disables EMA weights
     freeze_backbone: int = 0
     curriculum: bool = False

@@ -481,7 +481,10 @@ def run_stream(source: FrameSource, sink: FrameSink, interpolator: FrameInterpol
                     pending.append(PairJob(previous[0].index, previous[0], previous[1], image, times, kind))
                     pending_calls += interpolator.calls_needed(times) if kind == "motion" else 0
                     # Batch consecutive pairs until a forward pass is full; a pair never waits for more than that.
-                    if pending_calls >= interpolator.batch_size or len(pending) >= interpolator.batch_size:
+                    # A compiled model's short batches are filled with copies (FrameInterpolator), so there pairs
+                    # without model calls (cuts, duplicates) do not end a batch early; the cap bounds the frames held.
+                    pair_cap = interpolator.batch_size * (4 if interpolator.fixed_batch else 1)
+                    if pending_calls >= interpolator.batch_size or len(pending) >= pair_cap:
                         flush(pending)
                         pending_calls = 0
                 previous = (item, image)

@@ -1,4 +1,4 @@
-"""The training step replayed as two CUDA graphs: one launch per graph instead of ~3,000 kernel launches.
+"""The training step replayed as CUDA graphs (two; three on several processes) instead of ~3,000 kernel launches.
 
 Why: at the batch sizes a 32 GB card trains with, the eager step is launch-bound. Phase 1 at batch 4 and at batch 16
 took about the same 60 ms on an H100, and bf16 was no faster than fp32 (docs/PERF.md, section 2): the GPU waited
@@ -30,7 +30,7 @@ one collective between two graphs::
     forward graph  ... -> backward -> [loss ; every gradient] packed into one flat float32 buffer
     host           one all-reduce (sum) of the flat buffer: a single NCCL launch for the whole model
     reduce graph   divide by the world size, copy back into the gradients, clip -> loss and grad norm
-    host           the check above; the averaged loss and the clipped norm are equal on every rank, so every
+    host           the check above; the averaged loss and the gradient norm are equal on every rank, so every
                    rank makes the same skip decision without another collective
     update graph   as above
 
@@ -115,6 +115,7 @@ class GraphedTrainStep:
     # ------------------------------------------------------------------------------------------- state
     def _drop(self) -> None:
         self.forward_graph = self.reduce_graph = self.update_graph = None
+        self.flat: torch.Tensor | None = None   # [loss; gradients] of the captured step on several processes
         self.static_batch: dict[str, torch.Tensor] = {}
         self.static_out: dict[str, Any] = {}
 
@@ -180,7 +181,6 @@ class GraphedTrainStep:
                 unpack_flat(flat[1:], grads)
                 norm = trainer.clip_gradients()
                 flags = torch.stack([flat[0], norm.float()])
-            self.flat = flat
         optimizer = trainer.optimizer
         if any(p.grad is not None and not optimizer.state.get(p) for group in optimizer.param_groups
                for p in group["params"]):
@@ -194,6 +194,7 @@ class GraphedTrainStep:
             if trainer.ema is not None:
                 trainer.ema.update(trainer.model)
         self.forward_graph, self.reduce_graph, self.update_graph = forward_graph, reduce_graph, update_graph
+        self.flat = flat if reduce_graph is not None else None
         self.static_out = {"flags": flags, "logs": logs, "output": output, "inputs": inputs}
         self.captures += 1
         return True
@@ -204,7 +205,7 @@ class GraphedTrainStep:
             value.copy_(batch[key], non_blocking=True)
         self.forward_graph.replay()
         if self.reduce_graph is not None:
-            trainer.ctx.all_reduce_sum(self.flat)     # in place; the current stream waits for it
+            torch.distributed.all_reduce(self.flat)   # sum, in place; the current stream waits for it
             self.reduce_graph.replay()
         total, norm = self.static_out["flags"].tolist()
         logs = self.static_out["logs"]

@@ -326,7 +326,7 @@ def run(cfg: ExperimentConfig, ctx: DistributedContext) -> None:
             improved = False
         trainer.save(improved, metrics)
     writer.close() if hasattr(writer, "close") else None
-    if ctx.enabled:   # DDP keeps ranks in lock-step: same optimizer steps, identical weights and EMA on every rank
+    if ctx.enabled:   # gradient averaging keeps ranks in lock-step: same steps, identical weights and EMA everywhere
         weights = ctx.all_gather_object(fingerprint(p for p in trainer.model.parameters()))
         line = (f"optimizer steps per rank: {ctx.all_gather_object(trainer.step)}; weights identical on all ranks: "
                 f"{'yes' if len(set(weights)) == 1 else 'NO ' + str(weights)}")

@@ -150,11 +150,15 @@ def run_worker(mode: str, tmp_path: Path, processes: int = 2) -> dict:
 
 
 def test_flat_gradient_average_equals_ddp_on_two_gloo_ranks(tmp_path):
-    """What the graphed step does under DDP (pack [loss; gradients], all-reduce the sum, divide, unpack) gives the
-    gradients DDP's own hooks give, on two CPU ranks with different data."""
+    """What a graphed run does without DDP gives what DDP gives, on two CPU ranks with their own initial weights and
+    data: the start-up broadcast copies rank 0's weights exactly; the warm-up steps' average
+    (Trainer.average_gradients) and the captured step's sequence (pack [loss; gradients], all-reduce the sum, divide,
+    unpack) give DDP's averaged gradients and the mean loss."""
     result = run_worker("flat", tmp_path)
+    assert result["broadcast_exact"]
     assert result["gradients"] > 10
     assert result["max_grad_difference"] <= 1e-6 * max(1.0, result["max_grad"])
+    assert result["max_packed_difference"] <= 1e-6 * max(1.0, result["max_grad"])
     assert abs(result["mean_loss"] - result["expected_mean_loss"]) <= 1e-6
 
 
