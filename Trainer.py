@@ -25,7 +25,7 @@ from checkpoint import CHECKPOINT_FORMAT, RUNTIME_MODEL_FIELDS, CheckpointError,
     checkpoint_config, config_differences, load_checkpoint, load_matching_weights, partial_start_problem, \
     resolve_checkpoint, restore_rng_state, run_checkpoint_path, run_name, summarize_weight_report
 from config import ConfigError, ExperimentConfig
-from distributed import DistributedContext
+from distributed import DistributedContext, pack_flat, unpack_flat
 from model import build_model
 from model.loss import CompositeLoss, LossWeights
 
@@ -307,7 +307,6 @@ class Trainer:
     def average_gradients(self) -> None:
         """Average the gradients over ranks in one all-reduce of one flat buffer: the eager warm-up steps of a graphed
         run on several processes, where no DDP wrapper does it (see ``__init__``)."""
-        from step_graph import pack_flat, unpack_flat
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
         flat = self.ctx.all_reduce_sum(pack_flat(grads))
         unpack_flat(flat.div_(self.ctx.world_size), grads)

@@ -15,6 +15,23 @@ import torch
 import torch.distributed as dist
 
 
+def pack_flat(tensors: list[torch.Tensor], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """One vector of ``dtype`` holding every tensor's elements in order (one concatenation kernel): what a single
+    collective moves for many tensors."""
+    return torch.cat([t.reshape(-1).to(dtype) for t in tensors])
+
+
+def unpack_flat(flat: torch.Tensor, tensors: list[torch.Tensor]) -> None:
+    """Copy consecutive slices of ``flat`` back into ``tensors`` (in place; the inverse of :func:`pack_flat`)."""
+    views, offset = [], 0
+    for tensor in tensors:
+        views.append(flat[offset:offset + tensor.numel()].view(tensor.shape))
+        offset += tensor.numel()
+    if offset != flat.numel():
+        raise ValueError(f"flat buffer holds {flat.numel()} elements, the tensors {offset}")
+    torch._foreach_copy_(tensors, views)
+
+
 @dataclass(frozen=True)
 class DistributedContext:
     rank: int
@@ -44,15 +61,14 @@ class DistributedContext:
         return values
 
     def broadcast_from_main(self, tensors: list[torch.Tensor]) -> None:
-        """Overwrite ``tensors`` on every rank with rank 0's values, in place (one coalesced broadcast)."""
+        """Overwrite ``tensors`` on every rank with rank 0's values, in place (one coalesced broadcast; float64 holds
+        float32/bf16 parameters and integer buffers exactly)."""
         if self.enabled and tensors:
             with torch.no_grad():
-                flat = torch.cat([t.detach().reshape(-1).to(torch.float64) for t in tensors])
+                tensors = [t.detach() for t in tensors]
+                flat = pack_flat(tensors, torch.float64)
                 dist.broadcast(flat, src=0)
-                offset = 0
-                for tensor in tensors:
-                    tensor.detach().copy_(flat[offset:offset + tensor.numel()].view(tensor.shape))
-                    offset += tensor.numel()
+                unpack_flat(flat, tensors)
 
     def all_gather_object(self, obj: Any) -> list[Any]:
         if not self.enabled:

@@ -50,6 +50,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from distributed import pack_flat, unpack_flat
+
 if TYPE_CHECKING:   # pragma: no cover
     from Trainer import Trainer
 
@@ -78,22 +80,6 @@ def graph_eligibility(choice: str, device: torch.device, distributed: bool, uses
 def batch_signature(batch: dict[str, torch.Tensor]) -> tuple:
     return tuple((key, tuple(value.shape), value.dtype) for key, value in sorted(batch.items())
                  if torch.is_tensor(value))
-
-
-def pack_flat(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """One float32 vector holding every tensor's elements in order (one concatenation kernel)."""
-    return torch.cat([t.reshape(-1).float() for t in tensors])
-
-
-def unpack_flat(flat: torch.Tensor, tensors: list[torch.Tensor]) -> None:
-    """Copy consecutive slices of ``flat`` back into ``tensors`` (in place; the inverse of :func:`pack_flat`)."""
-    views, offset = [], 0
-    for tensor in tensors:
-        views.append(flat[offset:offset + tensor.numel()].view(tensor.shape))
-        offset += tensor.numel()
-    if offset != flat.numel():
-        raise ValueError(f"flat buffer holds {flat.numel()} elements, the tensors {offset}")
-    torch._foreach_copy_(tensors, views)
 
 
 class GraphedTrainStep:

@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from config import preset                                      # noqa: E402
-from distributed import init_distributed, shutdown_distributed  # noqa: E402
-from step_graph import WARMUP_STEPS, pack_flat, unpack_flat     # noqa: E402
+from distributed import init_distributed, pack_flat, shutdown_distributed, unpack_flat  # noqa: E402
+from step_graph import WARMUP_STEPS                            # noqa: E402
 from Trainer import Trainer                                     # noqa: E402
 
 

@@ -21,8 +21,8 @@ import torch
 
 import train
 from config import preset
-from distributed import DistributedContext
-from step_graph import WARMUP_STEPS, graph_eligibility, pack_flat, unpack_flat
+from distributed import DistributedContext, pack_flat, unpack_flat
+from step_graph import WARMUP_STEPS, graph_eligibility
 from Trainer import ExponentialMovingAverage, Trainer, TrainingDiverged, portable_optimizer_state
 
 CUDA = torch.device("cuda")
