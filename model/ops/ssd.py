@@ -17,7 +17,9 @@ Backends:
 * ``"triton"``: mamba-ssm's fused kernels (CUDA only). mamba-ssm installed without its compiled extension
   cannot ``import mamba_ssm`` (its ``__init__`` imports ``selective_scan_cuda``), so the Triton module is
   loaded with the package ``__init__`` bypassed (docs/DESIGN.md 2.6). A missing or broken mamba-ssm never breaks
-  ``import model``.
+  ``import model``. Under ``torch.compile`` with gradients the kernel is a graph break (mamba-ssm's own autograd);
+  without gradients it is the custom operator ``thesis_vfi::triton_ssd_inference``, so compiled inference is one
+  graph.
 * ``"auto"``: Triton for CUDA tensors when it loads, else torch. The choice is logged once per reason.
 
 :func:`ssd_scan_reference` is the per-token recurrence above, the twin every backend is tested against.
@@ -287,12 +289,37 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     return chosen
 
 
-@torch.compiler.disable
-def _triton_ssd(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus) -> torch.Tensor:
-    """mamba-ssm's fused kernel, kept out of torch.compile graphs (Dynamo cannot trace its Triton launches and
-    autotuner); the surrounding projections, scan reordering and norms still compile."""
+def _run_triton_ssd(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus) -> torch.Tensor:
     kernel, _ = load_triton_ssd()
     return kernel(x, dt, A, B, C, chunk_size, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus)
+
+
+@torch.compiler.disable
+def _triton_ssd(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus) -> torch.Tensor:
+    """mamba-ssm's fused kernel with its own autograd, kept out of torch.compile graphs (Dynamo cannot trace its
+    Triton launches and autotuner). Used in eager code and wherever gradients are recorded; a compiled graph
+    breaks here, so under ``torch.compile`` without gradients :func:`_triton_ssd_inference` is used instead."""
+    return _run_triton_ssd(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus)
+
+
+# The same kernel as an opaque custom operator, for compiled inference. Why: a graph break inside a loop (the
+# LGS blocks of a stage, the stages of the backbone) makes Dynamo run that whole frame eagerly, so with the
+# disabled function above the full-resolution convolution stages of a compiled model ran uncompiled (found in a
+# 4K kernel profile: eager PReLU, NCHW<->NHWC transposes). As a custom operator the kernel is one node of a
+# single graph; its fake implementation only states the output (x's shape and dtype, contiguous, as mamba-ssm
+# allocates it). No autograd formula is registered: training keeps the disabled function and mamba-ssm's own
+# backward.
+@torch.library.custom_op("thesis_vfi::triton_ssd_inference", mutates_args=(),
+                         schema="(Tensor x, Tensor dt, Tensor A, Tensor B, Tensor C, int chunk_size, Tensor? D, "
+                                "Tensor? z, Tensor? dt_bias, bool dt_softplus) -> Tensor")
+def _triton_ssd_inference(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus):
+    # contiguous() is free for mamba-ssm's output and makes any other kernel honour the fake's layout.
+    return _run_triton_ssd(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus).contiguous()
+
+
+@_triton_ssd_inference.register_fake
+def _(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus):
+    return x.new_empty(x.shape)          # contiguous
 
 
 def ssd_scan(x, dt, A, B, C, *, chunk_size: int = 256, D=None, z=None, dt_bias=None, dt_softplus: bool = False,
@@ -313,5 +340,7 @@ def ssd_scan(x, dt, A, B, C, *, chunk_size: int = 256, D=None, z=None, dt_bias=N
                          f"x {tuple(x.shape)}, dt {tuple(dt.shape)}, A {tuple(A.shape)}, B {tuple(B.shape)}, "
                          f"C {tuple(C.shape)}")
     if resolve_backend(backend, x.device) == "triton":
+        if torch.compiler.is_compiling() and not torch.is_grad_enabled():
+            return _triton_ssd_inference(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus)
         return _triton_ssd(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus)
     return _ssd_chunked(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus)
