@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .backbone import run_conv_prelu_stack
 from .flow import conv3x3_prelu, resize_bilinear
 from .warplayer import BackwardWarp
 
@@ -56,7 +57,7 @@ class ContextNet(nn.Module):
         features = image
         level_flow = flow.float() if flow is not None else None   # keep sub-pixel flow precision under autocast
         for level in self.levels:
-            features = level(features)
+            features = run_conv_prelu_stack(level, [features])   # compiled: the 3-channel image gets aligned channels
             if level_flow is None:
                 pyramid.append(features)
                 continue

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .backbone import conv_prelu
+from .backbone import conv_prelu, run_conv_prelu_stack
 from .ops.pairs import split_frames
 
 
@@ -32,7 +32,7 @@ class DecoderLevel(nn.Module):
     def forward(self, state: torch.Tensor, skips: list[torch.Tensor]) -> torch.Tensor:
         size = skips[0].shape[-2:]
         state = F.interpolate(state, size=size, mode="bilinear", align_corners=False)
-        return self.body(torch.cat([state, *skips], dim=1))
+        return run_conv_prelu_stack(self.body, [state, *skips])
 
 
 def decode_in_row_strips(decoder: DecoderLevel, state: torch.Tensor, skips: list[torch.Tensor],
@@ -59,7 +59,8 @@ def decode_in_row_strips(decoder: DecoderLevel, state: torch.Tensor, skips: list
                                   size=(2 * (coarse_last - coarse_first), skips[0].shape[-1]),
                                   mode="bilinear", align_corners=False)
         upsampled = upsampled[..., first - 2 * coarse_first:last - 2 * coarse_first, :]
-        out = decoder.body(torch.cat([upsampled, *(s[..., first:last, :].to(upsampled.dtype) for s in skips)], dim=1))
+        rows = [s[..., first:last, :].to(upsampled.dtype) for s in skips]
+        out = run_conv_prelu_stack(decoder.body, [upsampled, *rows])
         if tail is not None:
             out = tail(out)
         strips.append(out[..., top - first:bottom - first, :])
@@ -95,8 +96,12 @@ class RefineNet(nn.Module):
             self.levels.append(DecoderLevel(state + skip, decoder_channels[level]))
             state = decoder_channels[level]
         self.head = nn.Conv2d(state, 4, 3, padding=1)
-        # Inference only: a level whose concatenated input exceeds this many bytes runs in row strips.
+        # Inference only: a level whose concatenated input exceeds this many bytes runs in row strips (None: never).
+        # Under torch.compile the strips are 4x larger: Inductor fuses the concatenation, casts and channel padding,
+        # so 1 GiB strips peaked at 5.4 GiB for 4K (9.2 GiB in eager), and the fewer strips copy fewer slices
+        # (61.2 -> 59.8 ms on an H100, docs/PERF.md section 4).
         self.strip_bytes: int | None = 256 * 2**20
+        self.compiled_strip_bytes: int | None = 1024 * 2**20
 
     def forward(self, features: list[torch.Tensor], image_inputs: torch.Tensor | Sequence[torch.Tensor],
                 timestep: torch.Tensor, context: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -108,7 +113,8 @@ class RefineNet(nn.Module):
             timestep: (B, 1, 1, 1).
             context: with use_context, three maps (B, 2 * c_k, H/2^(k+1), W/2^(k+1)) (both frames concatenated).
 
-        Without gradients (inference), a level whose concatenated input would exceed ``strip_bytes`` runs in
+        Without gradients (inference), a level whose concatenated input would exceed ``strip_bytes``
+        (``compiled_strip_bytes`` under torch.compile) runs in
         row strips (:func:`decode_in_row_strips`), which bounds memory at 4K without changing the result.
         """
         if self.use_context != (context is not None):
@@ -141,10 +147,11 @@ class RefineNet(nn.Module):
     def _strip_rows(self, channels: int, skip: torch.Tensor, state: torch.Tensor) -> int | None:
         """Rows per strip for a level with ``channels`` concatenated input channels, or None for one pass."""
         exact_half = 2 * state.shape[-2] == skip.shape[-2] and 2 * state.shape[-1] == skip.shape[-1]
-        if torch.is_grad_enabled() or self.strip_bytes is None or not exact_half:
+        limit = self.compiled_strip_bytes if torch.compiler.is_compiling() else self.strip_bytes
+        if torch.is_grad_enabled() or limit is None or not exact_half:
             return None
         batch, _, height, width = skip.shape
         row_bytes = batch * channels * width * skip.element_size()
-        if height * row_bytes <= self.strip_bytes:
+        if height * row_bytes <= limit:
             return None
-        return max(16, self.strip_bytes // row_bytes)
+        return max(16, limit // row_bytes)

@@ -50,6 +50,21 @@ def test_strips_only_without_gradients_and_at_exact_half_sizes():
         assert net._strip_rows(30, features[0][:1], odd_state) is None
 
 
+def test_compiled_inference_uses_the_larger_strip_budget(monkeypatch):
+    """Under torch.compile the strips are ``compiled_strip_bytes`` large (fewer slice copies, measured faster at
+    4K); eager inference keeps ``strip_bytes``."""
+    channels, features, images, t, context = random_refine_inputs(64, 32, False)
+    net = RefineNet(channels, (5, 6, 7, 8), image_channels=6)
+    row_bytes = 30 * 32 * 4                                  # 30 channels, 32 columns, float32
+    net.strip_bytes, net.compiled_strip_bytes = 20 * row_bytes, 40 * row_bytes
+    with torch.no_grad():
+        assert net._strip_rows(30, features[0][:1], features[1][:1]) == 20
+        monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+        assert net._strip_rows(30, features[0][:1], features[1][:1]) == 40
+        net.compiled_strip_bytes = None
+        assert net._strip_rows(30, features[0][:1], features[1][:1]) is None
+
+
 @pytest.mark.parametrize("phase", [1, 2])
 def test_model_inference_with_strips_matches_one_pass(phase):
     torch.manual_seed(1)

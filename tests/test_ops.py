@@ -159,6 +159,61 @@ def test_pinned_table_names_distinct_single_configurations():
         assert len(entries) == len({(tuple(sorted(k.items())), w, s) for k, w, s in entries}) >= 1
 
 
+def test_compiled_inference_keeps_the_triton_ssd_inside_one_graph(monkeypatch):
+    """With the Triton backend, compiled inference calls the SSD kernel as a custom operator: one graph, no graph
+    break (a break inside the LGS loops made Dynamo run whole frames, the full-resolution convolutions among them,
+    uncompiled), and the prediction of the eager model. The kernel is stood in for by the PyTorch reference, which
+    also returns a non-contiguous tensor, so the operator's declared contiguous output is checked too. With
+    gradients the kernel stays a graph break (mamba-ssm's own autograd)."""
+    from torch._dynamo.utils import counters
+
+    from config import preset
+    from model import build_model
+    calls = []
+
+    def stand_in(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_softplus=False):
+        calls.append(x.shape)
+        return ssd_module._ssd_chunked(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus)
+
+    monkeypatch.setattr(ssd_module, "load_triton_ssd", lambda: (stand_in, "stand-in for the test"))
+    monkeypatch.setattr(ssd_module, "resolve_backend", lambda backend, device: "triton")
+    torch.manual_seed(0)
+    model = build_model(preset(2, "tiny").model).eval()
+    model.refine.strip_bytes = model.refine.compiled_strip_bytes = 4000     # strips in both runs
+    img0, img1 = torch.rand(1, 3, 64, 96), torch.rand(1, 3, 64, 96)
+    with torch.no_grad():
+        eager = model.inference(img0, img1, 0.5, flow_scale=0.5)
+        eager_calls = len(calls)
+        torch._dynamo.reset()
+        counters.clear()
+        model.compile(dynamic=False)                                   # what compile_for_inference does
+        compiled = model.inference(img0, img1, 0.5, flow_scale=0.5)
+    assert eager_calls > 0 and len(calls) > eager_calls              # the stand-in ran in both
+    assert counters["stats"]["unique_graphs"] == 1 and not counters["graph_break"]
+    torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-4)
+    torch._dynamo.reset()
+    counters.clear()
+    x, extras = random_ssd_inputs(1, 16, 2, 4, 1, 3, dtype=torch.float32)
+    torch.compile(lambda inputs: ssd_scan(**inputs, chunk_size=8))(x)     # gradients on: the disabled function
+    assert counters["graph_break"]
+    torch._dynamo.reset()
+
+
+def test_channel_aligned_conv2d_equals_the_plain_convolution():
+    """Zero channels in the input and zero weight columns: the same sum of the same products."""
+    from model.ops.conv import channel_aligned_conv2d
+    torch.manual_seed(0)
+    for widths, stride in (((3,), 1), ((32, 33, 1, 16), 1), ((7, 2), 2), ((8,), 1)):
+        parts = [torch.randn(2, c, 13, 10, dtype=torch.float64) for c in widths]
+        weight = torch.randn(5, sum(widths), 3, 3, dtype=torch.float64)
+        bias = torch.randn(5, dtype=torch.float64)
+        plain = torch.nn.functional.conv2d(torch.cat(parts, 1), weight, bias, stride, 1)
+        torch.testing.assert_close(channel_aligned_conv2d(parts, weight, bias, stride, 1), plain,
+                                   rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="11 channels.*takes 12"):
+        channel_aligned_conv2d([torch.zeros(1, 11, 4, 4)], torch.zeros(2, 12, 3, 3), None)
+
+
 def test_model_package_imports_without_mamba_ssm():
     kernel, note = ssd_module.load_triton_ssd()
     assert kernel is None or callable(kernel)
