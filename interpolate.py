@@ -578,8 +578,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     parser.add_argument("--tta", action="store_true", help="average with the prediction on flipped inputs (2x time)")
     parser.add_argument("--compile", action="store_true",
-                        help="torch.compile the model (CUDA): 2-2.5 minutes once, then a 4K frame pair takes ~30%% "
-                             "less time (docs/PERF.md, section 4); pays off after about 5,000 4K model calls")
+                        help="torch.compile the model (CUDA): 2-2.5 minutes once, then a 4K frame pair takes ~37%% "
+                             "less time (docs/PERF.md, section 4); pays off after about 4,000 4K model calls")
     parser.add_argument("--batch", type=positive_int, default=None,
                         help="model calls per forward pass (default: 1 on the CPU; on a GPU about 1080p worth)")
     parser.add_argument("--crf", type=crf_value, default=18, help="H.264 quality, 0 lossless .. 51 (default 18)")

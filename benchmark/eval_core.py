@@ -413,9 +413,11 @@ def compile_for_inference(model: nn.Module) -> nn.Module:
 
     Why: in eager 4K inference about half the time went to memory-bound passes around the cuDNN convolutions (dtype
     casts, concatenations, PReLU, LayerNorm, layout transposes); Inductor fuses them. Measured on 4K 2x interpolation
-    with the Phase-2 model (docs/PERF.md, section 4): 94.3 -> 66.6 ms on an H100 (85.6 -> 58.6 ms on an H200), after
-    2-2.5 minutes of compilation at the first call and again for every new input shape. mamba-ssm's Triton SSD kernel stays outside the graph
-    (model/ops/ssd.py). Inductor's weight freezing was measured too: no faster, 1 GiB more memory.
+    with the Phase-2 model (docs/PERF.md, section 4): 94.2 -> 59.8 ms on an H100, 4.3 -> 5.4 GiB, after 2-2.5
+    minutes of compilation at the first call and again for every new input shape. The model is one graph:
+    mamba-ssm's Triton SSD kernel enters it as a custom operator (model/ops/ssd.py), and while compiling, the
+    convolution inputs are channel-aligned and RefineNet's row strips are larger (model/ops/conv.py,
+    model/refine.py). Inductor's weight freezing and CUDA graphs were measured too: no faster.
     """
     model.eval()
     model.compile(dynamic=False)
