@@ -35,6 +35,7 @@ from .ops.conv import channel_aligned_conv2d
 
 
 def conv_prelu(in_channels: int, out_channels: int, stride: int = 1) -> nn.Sequential:
+    """3x3 convolution (padding 1, with bias) followed by a per-channel PReLU, as in RIFE's ``conv``."""
     return nn.Sequential(nn.Conv2d(in_channels, out_channels, 3, stride, 1), nn.PReLU(out_channels))
 
 

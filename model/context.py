@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .backbone import run_conv_prelu_stack
-from .flow import conv3x3_prelu, resize_bilinear
+from .backbone import conv_prelu, run_conv_prelu_stack
+from .flow import resize_bilinear
 from .warplayer import BackwardWarp
 
 
@@ -33,7 +33,7 @@ class ContextNet(nn.Module):
         self.out_channels = tuple(base_channels * 2 ** level for level in range(levels))
         channels_in = (in_channels,) + self.out_channels[:-1]
         self.levels = nn.ModuleList([
-            nn.Sequential(conv3x3_prelu(c_in, c_out, stride=2), conv3x3_prelu(c_out, c_out))
+            nn.Sequential(conv_prelu(c_in, c_out, stride=2), conv_prelu(c_out, c_out))
             for c_in, c_out in zip(channels_in, self.out_channels)
         ])
         self.warp = BackwardWarp()

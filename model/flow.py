@@ -26,18 +26,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .backbone import conv_prelu
 from .ops.warp import resize_flow
 from .warplayer import BackwardWarp
 
 FeaturePair = tuple[torch.Tensor, torch.Tensor]
-
-
-def conv3x3_prelu(in_channels: int, out_channels: int, stride: int = 1) -> nn.Sequential:
-    """3x3 convolution (padding 1, with bias) followed by a per-channel PReLU, as in RIFE's ``conv``."""
-    return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=stride, padding=1, bias=True),
-        nn.PReLU(out_channels),
-    )
 
 
 def resize_bilinear(tensor: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -77,7 +70,7 @@ class FlowBlock(nn.Module):
         self.feature_channels = feature_channels
         half_width = width // 2
 
-        self.stage1 = conv3x3_prelu(in_channels, half_width, stride=2)
+        self.stage1 = conv_prelu(in_channels, half_width, stride=2)
         if feature_channels > 0:
             self.feature_projection = nn.Sequential(
                 nn.Conv2d(2 * feature_channels, half_width, kernel_size=1, bias=True),
@@ -87,8 +80,8 @@ class FlowBlock(nn.Module):
         else:
             self.feature_projection = None
             stage2_in = half_width
-        self.stage2 = conv3x3_prelu(stage2_in, width, stride=2)
-        self.residual_stack = nn.Sequential(*[conv3x3_prelu(width, width) for _ in range(num_res_layers)])
+        self.stage2 = conv_prelu(stage2_in, width, stride=2)
+        self.residual_stack = nn.Sequential(*[conv_prelu(width, width) for _ in range(num_res_layers)])
         # 4 flow channels + 1 mask logit, at twice the resolution of the trunk.
         self.head = nn.ConvTranspose2d(width, 5, kernel_size=4, stride=2, padding=1)
 
