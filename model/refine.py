@@ -114,8 +114,8 @@ class RefineNet(nn.Module):
             context: with use_context, three maps (B, 2 * c_k, H/2^(k+1), W/2^(k+1)) (both frames concatenated).
 
         Without gradients (inference), a level whose concatenated input would exceed ``strip_bytes``
-        (``compiled_strip_bytes`` under torch.compile) runs in
-        row strips (:func:`decode_in_row_strips`), which bounds memory at 4K without changing the result.
+        (``compiled_strip_bytes`` under torch.compile) runs in row strips (:func:`decode_in_row_strips`), which
+        bounds memory at 4K without changing the result.
         """
         if self.use_context != (context is not None):
             raise ValueError("RefineNet(use_context=True) needs context features, and only then")

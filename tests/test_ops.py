@@ -193,8 +193,8 @@ def test_compiled_inference_keeps_the_triton_ssd_inside_one_graph(monkeypatch):
     torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-4)
     torch._dynamo.reset()
     counters.clear()
-    x, extras = random_ssd_inputs(1, 16, 2, 4, 1, 3, dtype=torch.float32)
-    torch.compile(lambda inputs: ssd_scan(**inputs, chunk_size=8))(x)     # gradients on: the disabled function
+    inputs, _ = random_ssd_inputs(1, 16, 2, 4, 1, 3, dtype=torch.float32)
+    torch.compile(lambda kwargs: ssd_scan(**kwargs, chunk_size=8))(inputs)   # gradients on: the disabled function
     assert counters["graph_break"]
     torch._dynamo.reset()
 
