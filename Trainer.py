@@ -26,6 +26,7 @@ from checkpoint import CHECKPOINT_FORMAT, RUNTIME_MODEL_FIELDS, CheckpointError,
     resolve_checkpoint, restore_rng_state, run_checkpoint_path, run_name, summarize_weight_report
 from config import ConfigError, ExperimentConfig
 from distributed import DistributedContext, pack_flat, unpack_flat
+from measures.quality import batch_psnr
 from model import build_model
 from model.loss import CompositeLoss, LossWeights
 from step_graph import EagerTrainStep, GraphedTrainStep, StepOutcome, StepParts, graph_eligibility
@@ -137,12 +138,6 @@ def to_float_images(batch: dict[str, torch.Tensor], device: torch.device) -> tup
         return x.to(device, non_blocking=True).float().div_(255.0)
     return convert(batch["img0"]), convert(batch["gt"]), convert(batch["img1"]), \
         batch["t"].to(device, non_blocking=True).float().reshape(-1)
-
-
-def batch_psnr(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
-    """Per-sample PSNR (B,) of [0, 1] images, in float32 over all pixels and channels."""
-    mse = (pred.float() - gt.float()).pow(2).flatten(1).mean(1)
-    return -10.0 * torch.log10(mse.clamp_min(1e-10))
 
 
 class Trainer:

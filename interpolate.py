@@ -54,9 +54,9 @@ from tqdm import tqdm
 
 from benchmark.eval_core import (AMP_DTYPES, BenchmarkError, Evaluator, Protocol, compile_for_inference, describe_run,
                                  frame_to_tensor, positive_float, positive_int, resolve_device)
-from benchmark.metrics import to_uint8
 from checkpoint import CheckpointError, model_from_checkpoint, resolve_checkpoint
 from config import ConfigError, OneLineErrorParser
+from measures.quality import to_uint8
 from video_io import (FfmpegSink, FolderSink, FrameSink, FrameSource, OpenCVSink, SourceInfo,
                       VideoIOError, find_ffmpeg, open_source, prepare_output, snap_rate)
 

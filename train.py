@@ -218,7 +218,7 @@ def run(cfg: ExperimentConfig, ctx: DistributedContext) -> None:
     trainer = Trainer(cfg, ctx, steps_per_epoch, total_epochs, log=log)
     trainer.start()
 
-    from benchmark.metrics import ssim_matlab      # the benchmark's exact SSIM, so validation matches it
+    from measures.quality import ssim_matlab      # the benchmark's exact SSIM, so validation matches it
     if trainer.matvlm_source is not None:
         # The MaTVLM start is function-preserving: the initialised hybrid must score what its source scores.
         source_psnr = trainer.evaluate(val_loader, model=trainer.matvlm_source)["psnr"]
