@@ -24,7 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 from checkpoint import CHECKPOINT_FORMAT, RUNTIME_MODEL_FIELDS, CheckpointError, atomic_save, capture_rng_state, \
     checkpoint_config, config_differences, load_checkpoint, load_matching_weights, partial_start_problem, \
     resolve_checkpoint, restore_rng_state, run_checkpoint_path, run_name, summarize_weight_report
-from config import ConfigError, ExperimentConfig
+from config import AMP_DTYPES, ConfigError, ExperimentConfig, resolve_amp
 from distributed import DistributedContext, pack_flat, unpack_flat
 from measures.quality import batch_psnr
 from model import build_model
@@ -64,13 +64,12 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, An
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def resolve_amp(amp: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
-    """(autocast dtype or None, use GradScaler). auto: bf16 on CUDA where supported, else fp16; fp32 on CPU."""
-    if device.type != "cuda" or amp == "fp32":
-        return None, False          # CPU autocast is slower than fp32 here and gains nothing
-    if amp == "auto":
-        amp = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return (torch.bfloat16, False) if amp == "bf16" else (torch.float16, True)
+def training_precision(amp: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
+    """(autocast dtype or None, use GradScaler) of ``--amp`` (:func:`config.resolve_amp`) for training on
+    ``device``: fp32 on the CPU whatever the choice (CPU autocast is slower than fp32 here and gains nothing); a
+    GradScaler with fp16, whose small range would otherwise flush small gradients to zero."""
+    precision = resolve_amp(amp, device) if device.type == "cuda" else "fp32"
+    return AMP_DTYPES[precision], precision == "fp16"
 
 
 class ExponentialMovingAverage:
@@ -156,7 +155,7 @@ class Trainer:
                                          vgg_weights_path=cfg.loss.vgg_weights).to(self.device)
         for warning in caught:
             log(f"warning: {warning.message}")
-        self.amp_dtype, use_scaler = resolve_amp(cfg.train.amp, self.device)
+        self.amp_dtype, use_scaler = training_precision(cfg.train.amp, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
         self.steps_per_epoch = steps_per_epoch
         self.total_steps = max(1, (total_epochs or cfg.train.epochs) * steps_per_epoch)

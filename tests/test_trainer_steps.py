@@ -28,7 +28,7 @@ def tiny_batch(seed: int) -> dict[str, torch.Tensor]:
 def fp16_trainer(monkeypatch) -> Trainer:
     """A tiny Phase-1 Trainer on the CPU with an enabled GradScaler (what --amp fp16 gives on a CUDA card without
     bf16): the scaler logic is device-agnostic, only the autocast dtype is left out."""
-    monkeypatch.setattr(trainer_module, "resolve_amp", lambda amp, device: (None, True))
+    monkeypatch.setattr(trainer_module, "training_precision", lambda amp, device: (None, True))
     cfg = preset(1, "tiny")
     cfg = replace(cfg, train=replace(cfg.train, ema_decay=0.5, warmup_steps=4, lr=1e-3))
     torch.manual_seed(0)
@@ -140,6 +140,21 @@ def test_a_nonfinite_gradient_norm_skips_the_step_and_counts_towards_divergence(
     with pytest.raises(trainer_module.TrainingDiverged, match="2 non-finite steps in a row"):
         trainer.train_step(tiny_batch(1))
     hook.remove()
+
+
+def test_one_amp_rule_for_training_and_inference():
+    """config.resolve_amp names the precision (inference runs it as named); training keeps fp32 on the CPU and
+    pairs fp16 with a GradScaler."""
+    from config import resolve_amp
+    cpu = torch.device("cpu")
+    assert resolve_amp("auto", cpu) == "fp32"
+    assert [resolve_amp(name, cpu) for name in ("bf16", "fp16", "fp32")] == ["bf16", "fp16", "fp32"]
+    assert all(trainer_module.training_precision(name, cpu) == (None, False) for name in ("auto", "bf16", "fp32"))
+    if torch.cuda.is_available():
+        cuda = torch.device("cuda")
+        assert resolve_amp("auto", cuda) == ("bf16" if torch.cuda.is_bf16_supported() else "fp16")
+        assert trainer_module.training_precision("fp16", cuda) == (torch.float16, True)
+        assert trainer_module.training_precision("bf16", cuda) == (torch.bfloat16, False)
 
 
 def test_epoch_shorter_than_grad_accum_is_refused(vimeo_root, tmp_path, capsys):
