@@ -1,6 +1,6 @@
 """Train Thesis-VFI.
 
-One launch path (STYLE.md): ``python train.py ...`` on one device, ``torchrun --nproc_per_node=N train.py ...`` on
+One launch path, any scale: ``python train.py ...`` on one device, ``torchrun --nproc_per_node=N train.py ...`` on
 several (multi-node through torchrun's rendezvous). Rank 0 alone prints, writes TensorBoard (``log/<exp_name>/``)
 and saves ``ckpt/<exp_name>_last.pt`` / ``_best.pt``; validation PSNR is all-reduced across ranks first.
 
