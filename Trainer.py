@@ -189,7 +189,7 @@ class Trainer:
         if self.averages_gradients:
             ctx.broadcast_from_main([*self.model.parameters(), *self.model.buffers()])   # what DDP does at build
         self.wrapped = self._wrap()
-        self._executor: EagerTrainStep | GraphedTrainStep | None = None   # computes the steps; built at the first
+        self._executor: EagerTrainStep | GraphedTrainStep | None = None   # built at the first step
         # After the broadcast (DDP's when it wraps, broadcast_from_main otherwise): every rank's shadow starts from the
         # same model (each rank's own random init would make the EMA-evaluated validation shards mix different models).
         self.ema = ExponentialMovingAverage(self.model, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
