@@ -361,6 +361,32 @@ def test_two_replays_of_the_graphed_step_draw_different_droppath_masks():
     assert not torch.equal(masks[0], masks[1]) and not torch.equal(masks[1], masks[2])
 
 
+@needs_cuda
+def test_graphed_step_reads_no_warp_grid_the_cache_may_free():
+    """The warps cache their identity grids per frame size and evict them when evaluation walks other sizes. A grid
+    captured by address from that cache would be freed memory after an eviction. Here every cache is emptied after
+    the capture and blocks of the grids' sizes are taken from the capture stream (where the warm-up allocated the
+    grids) and filled with NaN: the replays must still step, and follow the eager step."""
+    from model.warplayer import BackwardWarp
+    batches = cuda_batches(WARMUP_STEPS + 4)
+    eager, graphed = cuda_trainer(2, "off"), cuda_trainer(2, "on")
+    for trainer in (eager, graphed):
+        run_steps(trainer, batches[:WARMUP_STEPS + 1])               # warm-up, capture, first replay
+    warps = [m for m in graphed.model.modules() if isinstance(m, BackwardWarp)]
+    shapes = [tuple(grid.shape) for warp in warps for grid in warp._grids.values()]
+    assert shapes and graphed._executor.captures == 1
+    for warp in warps:
+        warp._grids.clear()                                            # what an eviction does
+    with torch.cuda.stream(graphed._executor.stream):
+        junk = [torch.full(shape, float("nan"), device=CUDA) for shape in shapes for _ in range(32)]
+    torch.cuda.synchronize()
+    eager_losses = run_steps(eager, batches[WARMUP_STEPS + 1:])
+    graphed_losses = run_steps(graphed, batches[WARMUP_STEPS + 1:])     # run_steps asserts every step stepped
+    del junk
+    assert graphed._executor.captures == 1
+    assert max(abs(a - b) for a, b in zip(eager_losses, graphed_losses)) <= 1e-2 * max(abs(a) for a in eager_losses)
+
+
 def test_epoch_end_grid_keeps_a_copy_of_the_graphed_steps_tensors():
     """The next replay overwrites the captured step's outputs; the grid at the end of an epoch must show the last
     step taken, so train.py keeps a copy of what the grid reads."""
