@@ -333,9 +333,7 @@ def test_droppath_mask_recorder_sees_new_masks_at_each_eager_step():
     trainer = Trainer(cfg, DistributedContext(0, 0, 1, torch.device("cpu")), steps_per_epoch=4, log=lambda *a: None)
     modules, kept = record_droppath_masks(trainer)
     assert modules
-    batches = [{key: value[:1].expand(8, *value.shape[1:]).contiguous() for key, value in batch.items()}
-               for batch in cuda_batches(2, size=32, batch=1, pin=False)]
-    first, second = masks_of_each_step(trainer, batches, modules, kept)
+    first, second = masks_of_each_step(trainer, cuda_batches(2, size=32, batch=8, pin=False), modules, kept)
     assert first.shape[0] == len(modules) and first.shape[1] >= 8      # the backbone sees both frames: 2 x 8
     assert first.any() and not first.all()
     assert not torch.equal(first, second)
