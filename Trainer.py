@@ -1,11 +1,13 @@
 """Trainer: owns the model, loss, optimizer, AMP, EMA and every piece of training state.
 
-Reading path (STYLE.md): ``dataset.py`` -> :meth:`Trainer.train_step` -> ``ThesisModel.forward`` ->
-``CompositeLoss``. The learning rate is a pure function of the optimizer step (:func:`lr_at_step`), so resuming
-has no scheduler to restore. The Trainer owns the run's state from start to save: :meth:`Trainer.start` (exact
-resume, warm start, MaTVLM init, refusal to overwrite another run) and :meth:`Trainer.save` (atomic ``_last`` /
-``_best``, rank 0 only, every rank's RNG). :meth:`Trainer.state_payload` holds everything needed to continue bit
-for bit: model, optimizer, GradScaler, EMA, step, epoch, best metric, config and the RNG states of every rank.
+Reading path of a training step: ``dataset.py`` -> :meth:`Trainer.train_step` -> an executor (``step_graph.py``, eager
+or CUDA graphs) -> ``ThesisModel.forward`` -> ``CompositeLoss`` -> backward; the outcome comes back to
+:meth:`Trainer._settle`, the one place that skips, counts, sets the learning rate and applies the update (optimizer and
+EMA). The learning rate is a pure function of the optimizer step (:func:`lr_at_step`), so resuming has no scheduler to
+restore. The Trainer owns the run's state from start to save: :meth:`Trainer.start` (exact resume, warm start, MaTVLM
+init, refusal to overwrite another run) and :meth:`Trainer.save` (atomic ``_last`` / ``_best``, rank 0 only, every
+rank's RNG). :meth:`Trainer.state_payload` holds everything needed to continue bit for bit: model, optimizer,
+GradScaler, EMA, step, epoch, best metric, config and the RNG states of every rank.
 """
 
 from __future__ import annotations
@@ -24,10 +26,12 @@ from torch.nn.parallel import DistributedDataParallel
 from checkpoint import CHECKPOINT_FORMAT, RUNTIME_MODEL_FIELDS, CheckpointError, atomic_save, capture_rng_state, \
     checkpoint_config, config_differences, load_checkpoint, load_matching_weights, partial_start_problem, \
     resolve_checkpoint, restore_rng_state, run_checkpoint_path, run_name, summarize_weight_report
-from config import ConfigError, ExperimentConfig
+from config import AMP_DTYPES, ConfigError, ExperimentConfig, resolve_amp
 from distributed import DistributedContext, pack_flat, unpack_flat
+from measures.quality import batch_psnr
 from model import build_model
 from model.loss import CompositeLoss, LossWeights
+from step_graph import EagerTrainStep, GraphedTrainStep, StepOutcome, StepParts, graph_eligibility
 
 
 class TrainingDiverged(RuntimeError):
@@ -62,13 +66,12 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, An
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def resolve_amp(amp: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
-    """(autocast dtype or None, use GradScaler). auto: bf16 on CUDA where supported, else fp16; fp32 on CPU."""
-    if device.type != "cuda" or amp == "fp32":
-        return None, False          # CPU autocast is slower than fp32 here and gains nothing
-    if amp == "auto":
-        amp = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return (torch.bfloat16, False) if amp == "bf16" else (torch.float16, True)
+def training_precision(amp: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
+    """(autocast dtype or None, use GradScaler) of ``--amp`` (:func:`config.resolve_amp`) for training on
+    ``device``: fp32 on the CPU whatever the choice (CPU autocast is slower than fp32 here and gains nothing); a
+    GradScaler with fp16, whose small range would otherwise flush small gradients to zero."""
+    precision = resolve_amp(amp, device) if device.type == "cuda" else "fp32"
+    return AMP_DTYPES[precision], precision == "fp16"
 
 
 class ExponentialMovingAverage:
@@ -138,12 +141,6 @@ def to_float_images(batch: dict[str, torch.Tensor], device: torch.device) -> tup
         batch["t"].to(device, non_blocking=True).float().reshape(-1)
 
 
-def batch_psnr(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
-    """Per-sample PSNR (B,) of [0, 1] images, in float32 over all pixels and channels."""
-    mse = (pred.float() - gt.float()).pow(2).flatten(1).mean(1)
-    return -10.0 * torch.log10(mse.clamp_min(1e-10))
-
-
 class Trainer:
     """Owns the training state. ``steps_per_epoch`` counts optimizer steps (micro-batches / grad_accum)."""
 
@@ -160,7 +157,7 @@ class Trainer:
                                          vgg_weights_path=cfg.loss.vgg_weights).to(self.device)
         for warning in caught:
             log(f"warning: {warning.message}")
-        self.amp_dtype, use_scaler = resolve_amp(cfg.train.amp, self.device)
+        self.amp_dtype, use_scaler = training_precision(cfg.train.amp, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
         self.steps_per_epoch = steps_per_epoch
         self.total_steps = max(1, (total_epochs or cfg.train.epochs) * steps_per_epoch)
@@ -181,7 +178,6 @@ class Trainer:
         self._micro_step = 0
         self._window_poisoned = False
         self.optimizer = self._build_optimizer()
-        from step_graph import graph_eligibility
         self.graph_mode, self.step_mode = graph_eligibility(cfg.train.cuda_graph, self.device, ctx.enabled,
                                                             use_scaler, cfg.train.grad_accum)
         if cfg.train.cuda_graph == "on" and not self.graph_mode:
@@ -193,7 +189,7 @@ class Trainer:
         if self.averages_gradients:
             ctx.broadcast_from_main([*self.model.parameters(), *self.model.buffers()])   # what DDP does at build
         self.wrapped = self._wrap()
-        self._graphed = None               # step_graph.GraphedTrainStep, built at the first step
+        self._executor: EagerTrainStep | GraphedTrainStep | None = None   # built at the first step
         # After the broadcast (DDP's when it wraps, broadcast_from_main otherwise): every rank's shadow starts from the
         # same model (each rank's own random init would make the EMA-evaluated validation shards mix different models).
         self.ema = ExponentialMovingAverage(self.model, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
@@ -220,8 +216,8 @@ class Trainer:
             param.requires_grad_(not frozen)
         self.backbone_frozen = frozen
         self.wrapped = self._wrap()
-        if self._graphed is not None:
-            self._graphed.invalidate()      # the captured backward wrote the old set's gradients
+        if self._executor is not None:
+            self._executor.invalidate()     # a captured backward wrote the old set's gradients
         first = self.epoch + 1       # the epoch about to run, counted from 1 as the progress bar does
         if frozen:
             self.log(f"backbone frozen for epochs {first}-{self.cfg.train.freeze_backbone} (--freeze_backbone)")
@@ -247,42 +243,102 @@ class Trainer:
         """One micro-batch: forward, loss, backward; every ``grad_accum`` micro-batches an optimizer step.
 
         Returns ``{"logs": {term: float tensor}, "stepped": bool, "skipped": bool, "output": InterpolationOutput,
-        "inputs": (img0, gt, img1, t)}``. On CUDA (one process or several) the step is replayed from CUDA
-        graphs (step_graph.py; same arithmetic, its tensors valid until the next call); elsewhere it runs eagerly
-        (:meth:`eager_train_step`).
+        "inputs": (img0, gt, img1, t)}``. An executor computes the step (step_graph.py): on CUDA (one process or
+        several) it is replayed from CUDA graphs (same arithmetic, its tensors valid until the next call),
+        elsewhere it runs eagerly (:meth:`compute_step_eagerly`). What follows from it is decided here alone
+        (:meth:`_settle`), for both.
         """
-        if self.graph_mode:
-            if self._graphed is None:
-                from step_graph import GraphedTrainStep
-                self._prepare_optimizer_for_graphs()
-                self._graphed = GraphedTrainStep(self)
-            return self._graphed.step(batch)
-        return self.eager_train_step(batch)
+        if self._executor is None:
+            self._executor = self._build_executor()
+        outcome = self._executor.compute(batch)
+        stepped, skipped = self._settle(outcome)
+        return {"logs": outcome.logs, "stepped": stepped, "skipped": skipped, "output": outcome.output,
+                "inputs": outcome.inputs}
 
-    def eager_train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
-        """The reference step. A non-finite loss on any rank skips the backward on every rank (so DDP stays in
-        step) and poisons the accumulation window; ``max_nonfinite_steps`` such steps in a row raise
-        :class:`TrainingDiverged`."""
+    def _build_executor(self) -> EagerTrainStep | GraphedTrainStep:
+        parts = StepParts(model=self.model, optimizer=self.optimizer, device=self.device,
+                          world_size=self.ctx.world_size, float_inputs=self.float_inputs,
+                          forward_loss=self.forward_loss, clip_gradients=self.clip_gradients,
+                          compute_eagerly=self.compute_step_eagerly, update_weights=self._update_weights)
+        if not self.graph_mode:
+            return EagerTrainStep(parts)
+        self._prepare_optimizer_for_graphs()
+        return GraphedTrainStep(parts)
+
+    def _settle(self, outcome: StepOutcome) -> tuple[bool, bool]:
+        """What a computed step leads to, for the eager and the graphed executor alike; returns (stepped, skipped).
+
+        A non-finite loss is reported at once; the window it belongs to is skipped at its end (no update, its
+        gradients dropped), as is one whose gradient norm is not finite; ``max_nonfinite_steps`` skips in a row
+        raise :class:`TrainingDiverged`. Otherwise the learning rate of this step is set, the executor applies the
+        update (optimizer step and EMA, :meth:`_update_weights`) and the step is counted.
+
+        With fp16 the GradScaler skips ``optimizer.step`` itself when the scaled gradients overflowed and lowers its
+        scale. Nothing was learned then, so the step counter (hence the learning rate, a function of the step) and
+        the EMA stay where they are. Overflows are the scaler's normal search for its scale, not divergence, so they
+        do not count towards ``--max_nonfinite_steps``; a scale that falls below 1 (the gradients overflow even
+        unscaled) does stop the run.
+        """
+        if not outcome.loss_finite:
+            self.warn_nonfinite("loss", outcome.logs)
+        if not outcome.update_due:
+            return False, False
+        self.set_lr(self.current_lr())
+        if outcome.grad_norm is not None:
+            self.last_grad_norm = outcome.grad_norm
+        skip = not outcome.window_finite
+        if not skip and not math.isfinite(self.last_grad_norm) and not self.scaler.is_enabled():
+            self.warn_nonfinite("gradient norm")
+            skip = True
+        if skip:
+            # No scaler.update() here: no unscale_ ran in this window, so the scaler has no inf checks to act on
+            # (update() would assert, and before the first scale() its scale does not even exist). The scale need
+            # not change: a non-finite loss comes from the forward pass, which the loss scale does not touch.
+            self._executor.discard()
+            self.nonfinite_streak += 1
+            if self.nonfinite_streak >= self.cfg.train.max_nonfinite_steps:
+                raise TrainingDiverged(f"{self.nonfinite_streak} non-finite steps in a row at step {self.step}: "
+                                       "training diverged (lower --lr, or use --amp bf16/fp32)")
+            return False, True
+        if not self._executor.apply_update():
+            self.overflow_skips += 1
+            if self.scaler.get_scale() < 1.0:
+                raise TrainingDiverged(f"fp16 loss scale fell to {self.scaler.get_scale():g} at step {self.step}: "
+                                       "the gradients overflow even unscaled (use --amp bf16/fp32, or lower --lr)")
+            return False, False
+        self.step += 1
+        self.nonfinite_streak = 0
+        return True, False
+
+    def compute_step_eagerly(self, batch: dict[str, torch.Tensor]) -> StepOutcome:
+        """The reference computation of a step: forward, loss, backward of one micro-batch; at the end of an
+        accumulation window whose losses were all finite, its gradients made ready for the update (averaged over
+        ranks where no DDP wrapper does it, unscaled, clipped). A non-finite loss on any rank skips the backward on
+        every rank, so DDP stays in step, and marks the window. Counts nothing: :meth:`_settle` decides."""
         accum = self.cfg.train.grad_accum
-        img0, gt, img1, t = self.float_inputs(batch)
+        inputs = self.float_inputs(batch)
         last_micro = (self._micro_step + 1) % accum == 0
         wrapped_in_ddp = isinstance(self.wrapped, DistributedDataParallel)
         sync = self.wrapped.no_sync() if wrapped_in_ddp and not last_micro else nullcontext()
         with sync:
-            total, logs, output = self.forward_loss(img0, gt, img1, t)
+            total, logs, output = self.forward_loss(*inputs)
             finite = self.ctx.all_reduce_min(torch.isfinite(total.detach()).float().reshape(1)).item() > 0
             if finite:
                 self.scaler.scale(total / accum).backward()
-            else:
-                self._window_poisoned = True
-                self.warn_nonfinite("loss", logs)
         self._micro_step += 1
-        stepped = skipped = False
+        self._window_poisoned = self._window_poisoned or not finite
+        window_finite, grad_norm = not self._window_poisoned, None
         if last_micro:
-            stepped, skipped = self._optimizer_step()
-        return {"logs": logs, "stepped": stepped, "skipped": skipped, "output": output, "inputs": (img0, gt, img1, t)}
+            self._window_poisoned = False           # the next window starts clean
+            if window_finite:
+                if self.averages_gradients:
+                    self.average_gradients()
+                self.scaler.unscale_(self.optimizer)
+                grad_norm = float(self.clip_gradients())
+        return StepOutcome(logs=logs, output=output, inputs=inputs, loss_finite=finite, update_due=last_micro,
+                           window_finite=window_finite, grad_norm=grad_norm)
 
-    # The pieces of a step, shared by the eager step and the captured one (step_graph.py).
+    # The pieces of a step, lent to the executors (step_graph.StepParts): none of them counts or decides.
     def float_inputs(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
         return to_float_images(batch, self.device)
 
@@ -322,17 +378,22 @@ class Trainer:
         terms = f" (terms: { {k: float(v) for k, v in logs.items()} })" if logs is not None else ""
         self.log(f"warning: non-finite {what} at step {self.step}{terms}; skipping this step")
 
-    def count_skipped_step(self) -> None:
-        self.nonfinite_streak += 1
-        if self.nonfinite_streak >= self.cfg.train.max_nonfinite_steps:
-            raise TrainingDiverged(f"{self.nonfinite_streak} non-finite steps in a row at step {self.step}: "
-                                   "training diverged (lower --lr, or use --amp bf16/fp32)")
+    def _update_weights(self) -> bool:
+        """The update: optimizer step, then the EMA; False when the fp16 GradScaler found an overflow and skipped
+        the step (then nothing moved). Run as it is by the eager executor and captured into the update graph by the
+        graphed one, where loss scaling is off and this is ``optimizer.step()`` followed by the EMA.
 
-    def count_step(self, ema_updated: bool = False) -> None:
-        if self.ema is not None and not ema_updated:
+        The overflow is detected as the scale going down: ``GradScaler.update`` multiplies it by ``backoff_factor``
+        < 1 exactly when an inf/NaN was found, and only then (public API, unlike the per-optimizer ``found_inf``
+        record)."""
+        scale_before = self.scaler.get_scale()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.scaler.is_enabled() and self.scaler.get_scale() < scale_before:
+            return False
+        if self.ema is not None:
             self.ema.update(self.model)
-        self.step += 1
-        self.nonfinite_streak = 0
+        return True
 
     def _prepare_optimizer_for_graphs(self) -> None:
         """Capturable AdamW whose learning rate is one device tensor, filled by :meth:`set_lr` before each
@@ -340,48 +401,6 @@ class Trainer:
         lr = torch.tensor(self.current_lr(), dtype=torch.float32, device=self.device)
         for group in self.optimizer.param_groups:
             group["lr"], group["capturable"] = lr, True
-
-    def _optimizer_step(self) -> tuple[bool, bool]:
-        """Clip, step, update the EMA and count the step; returns (stepped, skipped for a non-finite loss/grad).
-
-        With fp16 the GradScaler skips ``optimizer.step`` itself when the scaled gradients overflowed and lowers its
-        scale. Nothing was learned then, so the step counter (hence the learning rate, a function of the step) and
-        the EMA stay where they are. The overflow is detected as the scale going down: ``GradScaler.update``
-        multiplies it by ``backoff_factor`` < 1 exactly when an inf/NaN was found, and only then (public API,
-        unlike the per-optimizer ``found_inf`` record). Overflows are the scaler's normal search for its scale,
-        not divergence, so they do not count towards ``--max_nonfinite_steps``; a scale that falls below 1 (the
-        gradients overflow even unscaled) does stop the run.
-        """
-        self.set_lr(self.current_lr())
-        skip = self._window_poisoned
-        if not skip:
-            if self.averages_gradients:
-                self.average_gradients()
-            self.scaler.unscale_(self.optimizer)
-            self.last_grad_norm = float(self.clip_gradients())
-            if not math.isfinite(self.last_grad_norm) and not self.scaler.is_enabled():
-                self.warn_nonfinite("gradient norm")
-                skip = True
-        if skip:
-            # No scaler.update() here: no unscale_ ran in this window, so the scaler has no inf checks to act on
-            # (update() would assert, and before the first scale() its scale does not even exist). The scale
-            # need not change: a non-finite loss comes from the forward pass, which the loss scale does not touch.
-            self.optimizer.zero_grad(set_to_none=True)
-            self._window_poisoned = False
-            self.count_skipped_step()
-            return False, True
-        scale_before = self.scaler.get_scale()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.scaler.is_enabled() and self.scaler.get_scale() < scale_before:
-            self.overflow_skips += 1
-            if self.scaler.get_scale() < 1.0:
-                raise TrainingDiverged(f"fp16 loss scale fell to {self.scaler.get_scale():g} at step {self.step}: "
-                                       "the gradients overflow even unscaled (use --amp bf16/fp32, or lower --lr)")
-            return False, False
-        self.count_step()
-        return True, False
 
     # ---------------------------------------------------------------------------------------- evaluation
     @torch.no_grad()
@@ -570,6 +589,6 @@ class Trainer:
     def release_graphs(self) -> None:
         """Forget the captured step before the weights' or optimizer's tensors are replaced (resume, warm start):
         the next step warms up and captures again, with the optimizer made capturable once more."""
-        if self._graphed is not None:
-            self._graphed.invalidate()
-            self._graphed = None
+        if self._executor is not None:
+            self._executor.invalidate()
+            self._executor = None

@@ -19,13 +19,29 @@ import sys
 from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
+import torch
+
 BACKBONE_MODES = ("hybrid", "mamba2_only", "gated_attn_only")
 ATTENTION_GATES = ("headwise", "elementwise", "none")
 PHASES = (1, 2, 3)
+# Autocast precision by ``--amp`` name; None = plain fp32 (no autocast). "auto" resolves to one of them.
+AMP_DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+AMP_CHOICES = ("auto", *AMP_DTYPES)
 
 
 class ConfigError(ValueError):
     """A configuration that makes no sense; the message is one line naming the flag at fault."""
+
+
+def resolve_amp(amp: str, device: torch.device) -> str:
+    """The precision an ``--amp`` choice names on ``device``: "auto" -> bf16 on CUDA (fp16 where the card lacks
+    bf16), fp32 elsewhere; an explicit choice as given. One rule for training and inference; the Trainer then trains
+    in fp32 on the CPU whatever the choice (CPU autocast is slower there) and adds a GradScaler to fp16."""
+    if amp != "auto":
+        return amp
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "fp32"
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -223,7 +239,7 @@ class ExperimentConfig:
             raise ConfigError("--phase 3 trains on Vimeo90K + X4K1000FPS: give --x4k_path")
         if d.x4k_path and t.phase != 3:
             raise ConfigError(f"--x4k_path is only used in phase 3 (got --phase {t.phase})")
-        if t.amp not in ("auto", "bf16", "fp16", "fp32"):
+        if t.amp not in AMP_CHOICES:
             raise ConfigError(f"--amp must be auto, bf16, fp16 or fp32, got {t.amp!r}")
         if t.cuda_graph not in ("auto", "on", "off"):
             raise ConfigError(f"--cuda_graph must be auto, on or off, got {t.cuda_graph!r}")

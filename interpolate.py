@@ -54,9 +54,9 @@ from tqdm import tqdm
 
 from benchmark.eval_core import (AMP_DTYPES, BenchmarkError, Evaluator, Protocol, compile_for_inference, describe_run,
                                  frame_to_tensor, positive_float, positive_int, resolve_device)
-from benchmark.metrics import to_uint8
 from checkpoint import CheckpointError, model_from_checkpoint, resolve_checkpoint
-from config import ConfigError, OneLineErrorParser
+from config import ConfigError, OneLineErrorParser, resolve_amp
+from measures.quality import to_uint8
 from video_io import (FfmpegSink, FolderSink, FrameSink, FrameSource, OpenCVSink, SourceInfo,
                       VideoIOError, find_ffmpeg, open_source, prepare_output, snap_rate)
 
@@ -152,15 +152,6 @@ def default_batch(height: int, width: int, device: torch.device) -> int:
     if device.type != "cuda":
         return 1
     return max(1, min(MAX_AUTO_BATCH, BATCH_PIXELS // (height * width)))
-
-
-def resolve_amp(amp: str, device: torch.device) -> str:
-    """"auto" -> bf16 on CUDA (fp16 where bf16 is unsupported), fp32 on the CPU; anything else as given."""
-    if amp != "auto":
-        return amp
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "fp32"
 
 
 # --------------------------------------------------------------------------------------------------------

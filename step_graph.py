@@ -9,10 +9,10 @@ What is captured (measured in docs/PERF.md, section 2)::
 
     forward graph  uint8 batch (static buffers) -> float -> model -> CompositeLoss -> backward -> grad clip
                    -> static loss terms, grad norm, outputs
-    host           reads loss and grad norm (one synchronisation, as the eager step's finiteness check does);
-                   a non-finite value skips the update with the eager step's message and counters
-    update graph   fused AdamW (capturable; its learning rate read from a device tensor the host fills each
-                   step) -> EMA
+    host           reads loss and grad norm (one synchronisation, as the eager step's finiteness check does)
+                   and returns them; the Trainer skips a non-finite step exactly as it skips an eager one
+    update graph   fused AdamW (capturable; its learning rate read from a device tensor the Trainer fills each
+                   step) -> EMA: the Trainer's own update function, captured
 
 The arithmetic is the eager step's: same kernels, same order. The first :data:`WARMUP_STEPS` optimizer steps of
 each capture run eagerly on the capture stream (Triton autotuning, cuBLAS workspaces, optimizer state); a batch
@@ -38,25 +38,62 @@ The all-reduce does not overlap backward as DDP's buckets do; it moves the model
 millisecond over NVLink), while the eager DDP step it replaces is bound by the launch of thousands of kernels and
 by DDP's per-bucket bookkeeping on every rank (docs/PERF.md, section 6).
 
-When it applies (:func:`graph_eligibility`): CUDA, no fp16 GradScaler, ``--grad_accum 1``. Everywhere else the eager
-step in ``Trainer.py`` runs, which is also the reference the GPU parity tests (``tests/test_step_graph.py``) compare
-against.
+When it applies (:func:`graph_eligibility`): CUDA, no fp16 GradScaler, ``--grad_accum 1``. Everywhere else
+:class:`EagerTrainStep` runs the Trainer's eager computation, which is also the reference the GPU parity tests
+(``tests/test_step_graph.py``) compare against.
+
+Who decides what: an executor (:class:`EagerTrainStep`, :class:`GraphedTrainStep`) computes a step and returns a
+:class:`StepOutcome` (loss terms, whether the loss was finite, the gradient norm); the owner of the training state
+(``Trainer._settle``) alone skips, counts, sets the learning rate, and asks the executor to apply the update it lent
+it (:attr:`StepParts.update_weights`: the optimizer step and the EMA), which the graphed executor replays from a
+graph. Nothing here reads or writes the owner's counters, and this module imports nothing of it.
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
+from torch import nn
 
 from distributed import pack_flat, unpack_flat
 
-if TYPE_CHECKING:   # pragma: no cover
-    from Trainer import Trainer
-
 WARMUP_STEPS = 3
 GRAPH_CHOICES = ("auto", "on", "off")
+
+Batch = dict[str, torch.Tensor]
+
+
+@dataclass
+class StepOutcome:
+    """What computing one micro-batch gave, before anything is decided about the weights.
+
+    The graphed executor's tensors live in the graph's static buffers: valid until its next step.
+    """
+    logs: dict[str, torch.Tensor]          # loss terms, 0-dim tensors ("loss_total", ...)
+    output: Any                            # the model's InterpolationOutput (pred (B, 3, H, W), ...)
+    inputs: tuple[torch.Tensor, ...]       # (img0, gt, img1) float (B, 3, H, W) in [0, 1], t (B,)
+    loss_finite: bool                      # this micro-batch's loss was finite (on every rank)
+    update_due: bool                       # it closes an accumulation window: apply or skip the update now
+    window_finite: bool                    # every loss of that window was finite (meaningful when update_due)
+    grad_norm: float | None = None         # global gradient norm before clipping; None when none was computed
+
+
+@dataclass(frozen=True)
+class StepParts:
+    """What an executor borrows from the owner of the training state: the pieces of a step, none of which counts,
+    skips or sets the learning rate."""
+    model: nn.Module                       # the plain module (never a DDP wrapper): the captured step runs it
+    optimizer: torch.optim.Optimizer       # its gradients are dropped and its state checked before a capture
+    device: torch.device
+    world_size: int                        # > 1: the captured step averages the gradients itself (module docstring)
+    float_inputs: Callable[[Batch], tuple[torch.Tensor, ...]]           # uint8 batch -> (img0, gt, img1, t)
+    forward_loss: Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor], Any]]   # -> (total, logs, output)
+    clip_gradients: Callable[[], torch.Tensor]                          # -> norm before clipping (no sync)
+    compute_eagerly: Callable[[Batch], StepOutcome]                     # the reference computation of a step
+    update_weights: Callable[[], bool]     # optimizer step, then EMA; False when loss scaling skipped the step
 
 
 def graph_eligibility(choice: str, device: torch.device, distributed: bool, uses_grad_scaler: bool,
@@ -77,24 +114,51 @@ def graph_eligibility(choice: str, device: torch.device, distributed: bool, uses
     return True, f"CUDA graphs (captured after {WARMUP_STEPS} eager warm-up steps{reduce})"
 
 
-def batch_signature(batch: dict[str, torch.Tensor]) -> tuple:
+def batch_signature(batch: Batch) -> tuple:
     return tuple((key, tuple(value.shape), value.dtype) for key, value in sorted(batch.items())
                  if torch.is_tensor(value))
 
 
-class GraphedTrainStep:
-    """Warm-up, capture and replay of :meth:`Trainer.train_step` for one batch shape (see the module docstring).
+class EagerTrainStep:
+    """The reference executor: the owner's eager computation, and its update run as it is.
 
-    ``step(batch)`` returns what the eager step returns: ``{"logs", "stepped", "skipped", "output", "inputs"}``.
-    The tensors in it live in the graph's static buffers: valid until the next call, as train.py uses them.
+    ``compute(batch)`` -> :class:`StepOutcome`; then the owner calls ``apply_update()`` (True: the weights moved) or
+    ``discard()`` (drop a skipped window's gradients).
     """
 
-    def __init__(self, trainer: "Trainer"):
-        self.trainer = trainer
-        self.world_size = trainer.ctx.world_size
-        self.stream = torch.cuda.Stream(device=trainer.device)
+    def __init__(self, parts: StepParts):
+        self.parts = parts
+
+    def compute(self, batch: Batch) -> StepOutcome:
+        return self.parts.compute_eagerly(batch)
+
+    def apply_update(self) -> bool:
+        applied = self.parts.update_weights()
+        self.parts.optimizer.zero_grad(set_to_none=True)
+        return applied
+
+    def discard(self) -> None:
+        self.parts.optimizer.zero_grad(set_to_none=True)
+
+    def invalidate(self) -> None:
+        """Nothing is kept between steps."""
+
+
+class GraphedTrainStep:
+    """Warm-up, capture and replay of the training step for one batch shape (see the module docstring).
+
+    The same three calls as :class:`EagerTrainStep`. The first :data:`WARMUP_STEPS` applied steps of each capture
+    run the eager executor on the capture stream; after them, ``compute`` replays the forward (and, on several
+    processes, the reduce) graph and ``apply_update`` the update graph.
+    """
+
+    def __init__(self, parts: StepParts):
+        self.parts = parts
+        self.eager = EagerTrainStep(parts)
+        self.stream = torch.cuda.Stream(device=parts.device)
         self.signature: tuple | None = None
         self.warmup_left = WARMUP_STEPS
+        self.warming = False                   # the latest compute ran eagerly (a warm-up step)
         self.captures = 0                      # how many times the step was captured (tests, the log)
         self._drop()
 
@@ -102,7 +166,7 @@ class GraphedTrainStep:
     def _drop(self) -> None:
         self.forward_graph = self.reduce_graph = self.update_graph = None
         self.flat: torch.Tensor | None = None   # [loss; gradients] of the captured step on several processes
-        self.static_batch: dict[str, torch.Tensor] = {}
+        self.static_batch: Batch = {}
         self.static_out: dict[str, Any] = {}
 
     def invalidate(self) -> None:
@@ -111,103 +175,103 @@ class GraphedTrainStep:
             self._drop()
             # The gradients live in the dropped graphs' memory pool: release them so the eager warm-up steps
             # allocate fresh ones and the next capture sees none (backward then records writes, not accumulation).
-            self.trainer.optimizer.zero_grad(set_to_none=True)
+            self.parts.optimizer.zero_grad(set_to_none=True)
         self.warmup_left = WARMUP_STEPS
         self.signature = None
 
     # ------------------------------------------------------------------------------------------- step
-    def step(self, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
+    def compute(self, batch: Batch) -> StepOutcome:
         signature = batch_signature(batch)
         if signature != self.signature:
             self.invalidate()
             self.signature = signature
-        if self.warmup_left > 0:
-            return self._eager_on_capture_stream(batch)
-        if self.forward_graph is None and not self._capture(batch):
-            self.warmup_left = 1
-            return self._eager_on_capture_stream(batch)
+        self.warming = self.warmup_left > 0
+        if not self.warming and self.forward_graph is None and not self._capture(batch):
+            self.warmup_left, self.warming = 1, True
+        if self.warming:
+            return self._on_capture_stream(self.eager.compute, batch)
         return self._replay(batch)
 
-    def _eager_on_capture_stream(self, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
-        current = torch.cuda.current_stream(self.trainer.device)
+    def apply_update(self) -> bool:
+        if self.warming:
+            applied = self._on_capture_stream(self.eager.apply_update)
+            if applied:            # a skipped step neither ran backward nor built the optimizer's state
+                self.warmup_left -= 1
+            return applied
+        self.update_graph.replay()
+        return True
+
+    def discard(self) -> None:
+        if self.warming:
+            self.eager.discard()
+        # After a replay nothing to drop: the next replay's backward writes the gradients afresh.
+
+    def _on_capture_stream(self, run: Callable[..., Any], *args: Any) -> Any:
+        """Eager work on the capture stream, so that what it sets up lazily (cuBLAS workspaces, autotuning, the
+        optimizer's state) belongs to the stream the graphs are captured on."""
+        current = torch.cuda.current_stream(self.parts.device)
         self.stream.wait_stream(current)
         with torch.cuda.stream(self.stream):
-            result = self.trainer.eager_train_step(batch)
+            result = run(*args)
         current.wait_stream(self.stream)
-        if result["stepped"]:      # a skipped step neither ran backward nor built the optimizer's state
-            self.warmup_left -= 1
         return result
 
-    def _capture(self, batch: dict[str, torch.Tensor]) -> bool:
+    def _capture(self, batch: Batch) -> bool:
         """Capture the graphs; False (nothing kept) when the optimizer is not ready for it yet."""
-        trainer = self.trainer
-        trainer.optimizer.zero_grad(set_to_none=True)     # backward inside the capture allocates the gradients
-        torch.cuda.synchronize(trainer.device)
+        parts = self.parts
+        parts.optimizer.zero_grad(set_to_none=True)       # backward inside the capture allocates the gradients
+        torch.cuda.synchronize(parts.device)
         torch.cuda.empty_cache()                          # the warm-up's cached blocks would sit beside the pool
-        self.static_batch = {key: torch.empty_like(value, device=trainer.device) for key, value in batch.items()
+        self.static_batch = {key: torch.empty_like(value, device=parts.device) for key, value in batch.items()
                              if torch.is_tensor(value)}
         pool = torch.cuda.graph_pool_handle()
         forward_graph, update_graph = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
-        reduce_graph = torch.cuda.CUDAGraph() if self.world_size > 1 else None
+        reduce_graph = torch.cuda.CUDAGraph() if parts.world_size > 1 else None
         # thread_local: the DataLoader's pin-memory thread keeps working while this thread captures.
         with torch.cuda.graph(forward_graph, pool=pool, stream=self.stream, capture_error_mode="thread_local"):
-            inputs = trainer.float_inputs(self.static_batch)
+            inputs = parts.float_inputs(self.static_batch)
             # Under DDP the plain module: the graphs average the gradients themselves (module docstring).
-            total, logs, output = trainer.forward_loss(*inputs, cache_casts=False, module=trainer.model)
+            total, logs, output = parts.forward_loss(*inputs, cache_casts=False, module=parts.model)
             total.backward()
             if reduce_graph is None:
-                norm = trainer.clip_gradients()
+                norm = parts.clip_gradients()
                 flags = torch.stack([total.detach().float(), norm.float()])
             else:
-                grads = [p.grad for p in trainer.model.parameters() if p.grad is not None]
+                grads = [p.grad for p in parts.model.parameters() if p.grad is not None]
                 flat = pack_flat([total.detach().float().reshape(1)] + grads)
         if reduce_graph is not None:
             with torch.cuda.graph(reduce_graph, pool=pool, stream=self.stream, capture_error_mode="thread_local"):
-                flat.div_(self.world_size)
+                flat.div_(parts.world_size)
                 unpack_flat(flat[1:], grads)
-                norm = trainer.clip_gradients()
+                norm = parts.clip_gradients()
                 flags = torch.stack([flat[0], norm.float()])
-        optimizer = trainer.optimizer
+        optimizer = parts.optimizer
         if any(p.grad is not None and not optimizer.state.get(p) for group in optimizer.param_groups
                for p in group["params"]):
             # A parameter with a gradient but no AdamW state yet (its warm-up steps were skipped) would have its
             # moments created, zeroed, inside the captured update, and zeroed again at every replay.
             del forward_graph
-            trainer.optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad(set_to_none=True)
             return False
         with torch.cuda.graph(update_graph, pool=pool, stream=self.stream, capture_error_mode="thread_local"):
-            trainer.optimizer.step()
-            if trainer.ema is not None:
-                trainer.ema.update(trainer.model)
+            parts.update_weights()       # loss scaling is off here: optimizer.step(), then the EMA
         self.forward_graph, self.reduce_graph, self.update_graph = forward_graph, reduce_graph, update_graph
         self.flat = flat if reduce_graph is not None else None
         self.static_out = {"flags": flags, "logs": logs, "output": output, "inputs": inputs}
         self.captures += 1
         return True
 
-    def _replay(self, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
-        trainer = self.trainer
+    def _replay(self, batch: Batch) -> StepOutcome:
         for key, value in self.static_batch.items():
             value.copy_(batch[key], non_blocking=True)
         self.forward_graph.replay()
         if self.reduce_graph is not None:
             torch.distributed.all_reduce(self.flat)   # sum, in place; the current stream waits for it
             self.reduce_graph.replay()
+        # One synchronisation, as the eager step's finiteness check; the averaged loss and the norm are equal on
+        # every rank, so every rank's owner makes the same decision without another collective.
         total, norm = self.static_out["flags"].tolist()
-        logs = self.static_out["logs"]
-        trainer.last_grad_norm = norm
-        if not math.isfinite(total):
-            trainer.warn_nonfinite("loss", logs)
-            trainer.count_skipped_step()
-            stepped, skipped = False, True
-        elif not math.isfinite(norm):
-            trainer.warn_nonfinite("gradient norm")
-            trainer.count_skipped_step()
-            stepped, skipped = False, True
-        else:
-            trainer.set_lr(trainer.current_lr())
-            self.update_graph.replay()
-            trainer.count_step(ema_updated=True)
-            stepped, skipped = True, False
-        return {"logs": logs, "stepped": stepped, "skipped": skipped, "output": self.static_out["output"],
-                "inputs": self.static_out["inputs"]}
+        finite = math.isfinite(total)
+        return StepOutcome(logs=self.static_out["logs"], output=self.static_out["output"],
+                           inputs=self.static_out["inputs"], loss_finite=finite, update_due=True,
+                           window_finite=finite, grad_norm=norm)

@@ -1,6 +1,6 @@
 """Train Thesis-VFI.
 
-One launch path (STYLE.md): ``python train.py ...`` on one device, ``torchrun --nproc_per_node=N train.py ...`` on
+One launch path, any scale: ``python train.py ...`` on one device, ``torchrun --nproc_per_node=N train.py ...`` on
 several (multi-node through torchrun's rendezvous). Rank 0 alone prints, writes TensorBoard (``log/<exp_name>/``)
 and saves ``ckpt/<exp_name>_last.pt`` / ``_best.pt``; validation PSNR is all-reduced across ranks first.
 
@@ -218,7 +218,7 @@ def run(cfg: ExperimentConfig, ctx: DistributedContext) -> None:
     trainer = Trainer(cfg, ctx, steps_per_epoch, total_epochs, log=log)
     trainer.start()
 
-    from benchmark.metrics import ssim_matlab      # the benchmark's exact SSIM, so validation matches it
+    from measures.quality import ssim_matlab      # the benchmark's exact SSIM, so validation matches it
     if trainer.matvlm_source is not None:
         # The MaTVLM start is function-preserving: the initialised hybrid must score what its source scores.
         source_psnr = trainer.evaluate(val_loader, model=trainer.matvlm_source)["psnr"]

@@ -155,9 +155,10 @@ def comparable_config(config: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
-def steady_rate(summary: dict[str, Any]) -> float | None:
-    """Training samples/s after the first optimizer step when the run recorded it (the first step of a process
-    compiles kernels, which would make the first variant look slow), else over the whole run."""
+def recorded_training_rate(summary: dict[str, Any]) -> float | None:
+    """The training samples/s a run's summary.json recorded: the steady rate (after the first optimizer step) where
+    the run has it (the first step of a process compiles kernels, which would make the first variant look slow),
+    else the rate over the whole run."""
     return summary.get("steady_samples_per_sec") or summary["train_samples_per_sec"]
 
 
@@ -320,7 +321,7 @@ def table_rows(plan: Plan, variants: Sequence[str]) -> list[dict[str, Any]]:
         vals = [r.summary["last_val"] for r in runs]
         psnr, psnr_sd = mean_and_sd([v["psnr"] for v in vals])
         ssim, ssim_sd = mean_and_sd([v["ssim"] for v in vals])
-        speeds = [steady_rate(r.summary) for r in runs if steady_rate(r.summary)]
+        speeds = [recorded_training_rate(r.summary) for r in runs if recorded_training_rate(r.summary)]
         peaks = [r.summary["peak_gpu_mem_gib"] for r in runs if r.summary["peak_gpu_mem_gib"] is not None]
         rows.append({
             "variant": variant,
@@ -333,7 +334,7 @@ def table_rows(plan: Plan, variants: Sequence[str]) -> list[dict[str, Any]]:
             "delta_psnr_vs_hybrid": None,
             "seeds": [r.seed for r in runs],
             "runs": [{"seed": r.seed, "experiment": r.experiment, "psnr": r.summary["last_val"]["psnr"],
-                      "ssim": r.summary["last_val"]["ssim"], "train_samples_per_sec": steady_rate(r.summary),
+                      "ssim": r.summary["last_val"]["ssim"], "train_samples_per_sec": recorded_training_rate(r.summary),
                       "peak_gpu_mem_gib": r.summary["peak_gpu_mem_gib"], "wall_seconds": r.summary["wall_seconds"]}
                      for r in runs],
             "matvlm_source": [{"seed": r.seed, "experiment": r.experiment, "psnr": r.summary["last_val"]["psnr"]}

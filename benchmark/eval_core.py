@@ -38,12 +38,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from benchmark.metrics import psnr, psnr_uint8, quantize, ssim_matlab, ssim_skimage_uint8, to_uint8
 from checkpoint import CheckpointError, atomic_write_bytes, atomic_write_text, model_from_checkpoint, resolve_checkpoint
-from config import ConfigError
+from config import AMP_DTYPES, ConfigError
+from measures.quality import psnr, psnr_uint8, quantize, ssim_matlab, ssim_skimage_uint8, to_uint8
 from visualize import sample_grid
 
-AMP_DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 METRICS = ("matlab", "skimage_uint8")
 
 

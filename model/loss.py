@@ -12,7 +12,8 @@ Components:
 
 * :class:`LaplacianLoss` -- L1 between Laplacian pyramids (RIFE / EMA-VFI / VFIMamba).
 * :class:`TernaryLoss` -- census-transform distance on luma (RIFE / IFRNet).
-* :class:`VGGPerceptualLoss` -- RIFE's VGG19 perceptual loss; weights only from local files, never downloaded.
+* :class:`VGGPerceptualLoss` -- RIFE's VGG19 perceptual loss; weights only from local files, never downloaded
+  (finding, checking and loading them: model/vgg19.py).
 * :class:`FlowSmoothnessLoss` -- edge-aware flow smoothness (ARFlow form), gated by the edges of I_t.
 * :class:`CompositeLoss` -- the phase-aware weighted sum, with :class:`LossWeights` from the SPEC table, plus
   the optional deep supervision of the flow blocks' intermediate blends (docs/DESIGN.md 8.6).
@@ -23,25 +24,23 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .vgg19 import VGGWeightsUnavailable, frozen_vgg19_trunk
+
 __all__ = [
     "LOSS_LOG_KEYS",
-    "VGG_WEIGHTS_ENV_VAR",
-    "VGG19_HUB_FILENAME",
     "CompositeLoss",
     "FlowSmoothnessLoss",
     "LaplacianLoss",
     "LossWeights",
     "TernaryLoss",
     "VGGPerceptualLoss",
-    "VGGWeightsUnavailable",
-    "find_vgg19_weights",
 ]
 
 
@@ -212,131 +211,14 @@ class TernaryLoss(nn.Module):
 # VGG19 perceptual loss (docs/DESIGN.md 8.4)
 # ----------------------------------------------------------------------------------------------------------------
 
-VGG_WEIGHTS_ENV_VAR = "THESIS_VGG_WEIGHTS"
-VGG19_HUB_FILENAME = "vgg19-dcbb9e9d.pth"   # torchvision's IMAGENET1K_V1 file name in the hub cache
-
-# torchvision ``vgg19().features`` indices of relu1_1, relu2_1, relu3_1, relu4_1, relu5_1 and RIFE's weights.
+# torchvision ``vgg19().features`` indices of relu1_1, relu2_1, relu3_1, relu4_1, relu5_1 (the trunk's last layer,
+# model/vgg19.py) and RIFE's weights.
 _VGG19_TAP_INDICES = (1, 6, 11, 20, 29)
 _VGG19_TAP_WEIGHTS = (1.0 / 2.6, 1.0 / 4.8, 1.0 / 3.7, 1.0 / 5.6, 10.0 / 1.5)
-_VGG19_TRUNK_LENGTH = _VGG19_TAP_INDICES[-1] + 1
 _VGG19_TOTAL_SCALE = 0.1                      # RIFE's final x0.1; CompositeLoss's weight multiplies on top
 _VGG19_MIN_SIZE = 16                          # four 2x max-pools before relu5_1
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-class VGGWeightsUnavailable(RuntimeError):
-    """No VGG19 weights file was found and random weights were not allowed."""
-
-
-def _vgg19_hub_cache_path() -> str:
-    # Looked up at call time (not imported by name) so TORCH_HOME / torch.hub.set_dir changes are honoured.
-    return os.path.join(torch.hub.get_dir(), "checkpoints", VGG19_HUB_FILENAME)
-
-
-def find_vgg19_weights(weights_path: str | os.PathLike | None = None) -> str:
-    """Locate a VGG19 weights file; returns its path.
-
-    Order: ``weights_path``; else the environment variable ``THESIS_VGG_WEIGHTS``; else torchvision's file in
-    the torch hub cache (``<torch.hub.get_dir()>/checkpoints/vgg19-dcbb9e9d.pth``).
-
-    Raises:
-        FileNotFoundError: ``weights_path`` or ``THESIS_VGG_WEIGHTS`` names a file that does not exist (the user
-            asked for that file explicitly, so silently training without the perceptual term would be wrong).
-        VGGWeightsUnavailable: nothing was given and the hub cache has no file.
-    """
-    if weights_path is not None:
-        path = os.fspath(weights_path)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"VGG19 weights file given explicitly does not exist: {path}")
-        return path
-    env_path = os.environ.get(VGG_WEIGHTS_ENV_VAR, "")
-    if env_path:
-        if not os.path.isfile(env_path):
-            raise FileNotFoundError(f"{VGG_WEIGHTS_ENV_VAR}={env_path} does not name an existing file")
-        return env_path
-    hub_path = _vgg19_hub_cache_path()
-    if os.path.isfile(hub_path):
-        return hub_path
-    raise VGGWeightsUnavailable(
-        f"no VGG19 weights found (no weights path given, {VGG_WEIGHTS_ENV_VAR} unset, {hub_path} missing); "
-        f"provide them with --vgg_weights PATH or {VGG_WEIGHTS_ENV_VAR}=PATH, or copy torchvision's "
-        f"{VGG19_HUB_FILENAME} to {hub_path}")
-
-
-def _build_vgg19_trunk() -> nn.Sequential:
-    """torchvision VGG19 ``features[:30]`` (conv1_1 ... relu5_1) with uninitialised float32 CPU weights.
-
-    Built on the meta device so the 120M-parameter classifier (discarded anyway) is never allocated or initialised;
-    ``weights=None`` guarantees torchvision never tries to download anything.
-    """
-    import torchvision  # imported here: only the perceptual term needs it, and it adds seconds to import time
-
-    with torch.device("meta"):
-        full_network = torchvision.models.vgg19(weights=None)
-    trunk = full_network.features[:_VGG19_TRUNK_LENGTH]   # slicing keeps the original keys "0" ... "29"
-    return trunk.to_empty(device="cpu")
-
-
-def _one_line(text: str, limit: int = 160) -> str:
-    first_line = text.strip().splitlines()[0] if text.strip() else ""
-    return first_line if len(first_line) <= limit else first_line[:limit] + "..."
-
-
-def _load_vgg19_trunk_weights(trunk: nn.Sequential, path: str) -> None:
-    """Copy a VGG19 state dict from ``path`` into ``trunk`` (as built by :func:`_build_vgg19_trunk`).
-
-    Accepts torchvision's full VGG19 state dict (``features.N.*`` plus ``classifier.*``) or a features-only one
-    (``N.*``); layers after relu5_1 and the classifier are ignored.  Any other content -> one-line ValueError.
-    """
-    def reject(reason: str) -> ValueError:
-        return ValueError(f"{path}: not a torchvision VGG19 weights file ({reason})")
-
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch.load raises many types (pickle, zip, weights_only guard); all mean "bad file"
-        raise reject(f"cannot be loaded: {type(error).__name__}: {_one_line(str(error))}") from None
-    if not isinstance(raw, Mapping) or not all(isinstance(value, torch.Tensor) for value in raw.values()):
-        raise reject("expected a dict of tensors")
-
-    if any(key.startswith("features.") for key in raw):
-        raw = {key[len("features."):]: value for key, value in raw.items() if key.startswith("features.")}
-
-    def layer_index(key: str) -> int | None:
-        head = key.split(".", 1)[0]
-        return int(head) if head.isdigit() else None
-
-    selected = {key: value for key, value in raw.items()
-                if layer_index(key) is None or layer_index(key) < _VGG19_TRUNK_LENGTH}
-    expected = trunk.state_dict()
-    missing = sorted(set(expected) - set(selected))
-    unexpected = sorted(set(selected) - set(expected))
-    if missing or unexpected:
-        detail = []
-        if missing:
-            detail.append(f"{len(missing)} missing keys, e.g. {missing[0]!r}")
-        if unexpected:
-            detail.append(f"{len(unexpected)} unexpected keys, e.g. {unexpected[0]!r}")
-        raise reject("; ".join(detail))
-    for key, reference in expected.items():
-        if selected[key].shape != reference.shape:
-            raise reject(f"{key} has shape {tuple(selected[key].shape)}, expected {tuple(reference.shape)}")
-    trunk.load_state_dict({key: value.float() for key, value in selected.items()}, strict=True)
-
-
-def _freeze_as_constants(trunk: nn.Sequential) -> None:
-    """Turn every parameter of ``trunk`` into a non-persistent buffer of the same name.
-
-    The VGG weights are constants that come from a file, not state of the run, so:
-    they never enter any ``state_dict`` (20M floats do not belong in VFI checkpoints, and loading a checkpoint
-    must not need them), they are not ``parameters()`` (no optimiser or grad-clipping can touch them), they
-    cannot require grad, and as buffers they still follow ``.to(device)`` / ``.cuda()``.  ``nn.Conv2d.forward``
-    reads ``self.weight`` / ``self.bias`` by attribute, which finds buffers just as well as parameters.
-    """
-    for layer in trunk:
-        for name, parameter in list(layer.named_parameters(recurse=False)):
-            delattr(layer, name)
-            layer.register_buffer(name, parameter.detach(), persistent=False)
 
 
 class VGGPerceptualLoss(nn.Module):
@@ -344,12 +226,12 @@ class VGGPerceptualLoss(nn.Module):
 
     ``phi_i`` are the torchvision VGG19 activations at relu1_1, relu2_1, relu3_1, relu4_1, relu5_1 of the
     ImageNet-normalised RGB input, ``w = (1/2.6, 1/4.8, 1/3.7, 1/5.6, 10/1.5)``; target features run under
-    ``no_grad``.  The network is truncated after relu5_1, always in eval mode, with frozen weights stored as
-    non-persistent buffers (see :func:`_freeze_as_constants`): ``state_dict()`` is empty and ``parameters()``
-    yields nothing, yet ``.to(device)`` moves the network.
+    ``no_grad``.  The network (model/vgg19.py) is truncated after relu5_1, always in eval mode, with frozen
+    weights stored as non-persistent buffers (see :func:`model.vgg19.freeze_as_constants`): ``state_dict()`` is
+    empty and ``parameters()`` yields nothing, yet ``.to(device)`` moves the network.
 
     Args:
-        weights_path: VGG19 weights file; if None, see :func:`find_vgg19_weights` for the search order.
+        weights_path: VGG19 weights file; if None, :func:`model.vgg19.find_vgg19_weights` searches for one.
         allow_random: when no file is found, use randomly initialised weights instead of raising (tests only:
             a random VGG makes the perceptual term meaningless).
 
@@ -363,24 +245,7 @@ class VGGPerceptualLoss(nn.Module):
 
     def __init__(self, weights_path: str | os.PathLike | None = None, allow_random: bool = False):
         super().__init__()
-        try:
-            resolved_path: str | None = find_vgg19_weights(weights_path)
-        except VGGWeightsUnavailable:
-            if not allow_random:
-                raise
-            resolved_path = None
-
-        trunk = _build_vgg19_trunk()
-        if resolved_path is None:
-            for layer in trunk:
-                if isinstance(layer, nn.Conv2d):
-                    layer.reset_parameters()
-            self.weights_source = "random"
-        else:
-            _load_vgg19_trunk_weights(trunk, resolved_path)
-            self.weights_source = resolved_path
-        _freeze_as_constants(trunk)
-        self.features = trunk
+        self.features, self.weights_source = frozen_vgg19_trunk(weights_path, allow_random)
 
         self.register_buffer("mean", torch.tensor(_IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(_IMAGENET_STD).view(1, 3, 1, 1), persistent=False)

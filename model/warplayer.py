@@ -21,6 +21,17 @@ class BackwardWarp(nn.Module):
         self.max_chunk_elements = max_chunk_elements   # see backward_warp: bounds the float32 copy of a feature map
 
     def grid_for(self, height: int, width: int, device: torch.device) -> torch.Tensor:
+        """The identity grid (1, H, W, 2) for (height, width), cached per instance.
+
+        While a CUDA graph is being captured (the graphed training step) the cache is neither read nor filled: the
+        graph computes its own grid, in its own memory pool, at every replay. A graph reads its inputs by address,
+        and a cached grid lives outside that pool: once evicted (evaluation at other frame sizes fills the cache)
+        it is freed, its memory can be handed out again, and every later replay would warp with whatever is there.
+        """
+        capturing = (not torch.compiler.is_compiling() and torch.cuda.is_available()
+                     and torch.cuda.is_current_stream_capturing())   # not asked while torch.compile traces
+        if capturing:
+            return base_grid(height, width, device)
         key = (height, width, device)
         grid = self._grids.get(key)
         if grid is None:

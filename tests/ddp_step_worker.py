@@ -91,7 +91,7 @@ def graph_against_eager(ctx, out: Path) -> None:
     checksums = ctx.all_gather_object(checksum)
     if ctx.is_main:
         out.write_text(json.dumps({
-            "captures": graphed._graphed.captures, "steps": graphed.step, "expected_steps": steps,
+            "captures": graphed._executor.captures, "steps": graphed.step, "expected_steps": steps,
             "identical_across_ranks": all(c == checksums[0] for c in checksums),
             "noise": helpers.relative_difference(eager_a, eager_b),
             "drift": helpers.relative_difference(eager_a, graphed),

@@ -1,4 +1,4 @@
-"""Behavioural tests for model/loss.py (CPU, small images)."""
+"""Behavioural tests for model/loss.py and the VGG19 trunk it measures with, model/vgg19.py (CPU, small images)."""
 
 from __future__ import annotations
 
@@ -11,16 +11,14 @@ import torch.nn.functional as F
 
 from model.loss import (
     LOSS_LOG_KEYS,
-    VGG19_HUB_FILENAME,
-    VGG_WEIGHTS_ENV_VAR,
     CompositeLoss,
     FlowSmoothnessLoss,
     LaplacianLoss,
     LossWeights,
     TernaryLoss,
     VGGPerceptualLoss,
-    VGGWeightsUnavailable,
 )
+from model.vgg19 import VGG19_HUB_FILENAME, VGG_WEIGHTS_ENV_VAR, VGGWeightsUnavailable
 
 SHAPES = [(2, 3, 64, 64), (1, 3, 45, 67)]
 
@@ -263,6 +261,14 @@ def test_vgg_is_frozen_eval_only_and_not_serialised(random_vgg):
     assert not random_vgg.training and not any(module.training for module in random_vgg.modules())
     conv_buffers = [buffer for name, buffer in random_vgg.features.named_buffers() if name.endswith("weight")]
     assert len(conv_buffers) == 13 and not any(buffer.requires_grad for buffer in conv_buffers)
+
+
+def test_vgg_trunk_ends_at_the_deepest_tap(random_vgg):
+    """model/vgg19.py cuts the trunk where the loss reads its last activation (relu5_1): a shorter trunk would drop
+    that term silently, a longer one would run layers nobody reads."""
+    from model.loss import _VGG19_TAP_INDICES
+    assert len(random_vgg.features) == max(_VGG19_TAP_INDICES) + 1
+    assert isinstance(random_vgg.features[max(_VGG19_TAP_INDICES)], torch.nn.ReLU)
 
 
 def test_vgg_moves_with_to(no_vgg_weights):

@@ -321,6 +321,19 @@ def test_backward_warp_module_caches_per_size_and_device():
     assert BackwardWarp()._grids == {}   # no state shared between instances
 
 
+def test_backward_warp_neither_reads_nor_fills_its_cache_while_a_cuda_graph_is_captured(monkeypatch):
+    """A captured graph would read a cached grid by address although the cache may evict and free it (the graphed
+    training step, then evaluation at other sizes): under capture the grid is computed afresh (capture simulated)."""
+    warp = BackwardWarp()
+    cached = warp.grid_for(5, 7, torch.device("cpu"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
+    fresh = warp.grid_for(5, 7, torch.device("cpu"))
+    assert fresh is not cached and torch.equal(fresh, cached)
+    warp.grid_for(6, 4, torch.device("cpu"))
+    assert set(warp._grids) == {(5, 7, torch.device("cpu"))}
+
+
 def test_resize_flow_rescales_values():
     flow = torch.ones(1, 4, 8, 10)
     resized = resize_flow(flow, (4, 20))

@@ -176,9 +176,9 @@ def test_graphed_ddp_step_follows_the_eager_ddp_step(tmp_path):
 
 
 def cuda_trainer(phase: int, cuda_graph: str, seed: int = 0, ctx: DistributedContext | None = None,
-                 **train_overrides) -> Trainer:
+                 drop_path: float = 0.0, **train_overrides) -> Trainer:
     cfg = preset(phase, "small")
-    cfg = replace(cfg, model=replace(cfg.model, drop_path=0.0),     # no random masks: runs comparable step by step
+    cfg = replace(cfg, model=replace(cfg.model, drop_path=drop_path),   # default none: runs comparable step by step
                   train=replace(cfg.train, cuda_graph=cuda_graph, ema_decay=0.99, warmup_steps=2, lr=2e-4,
                                      amp="bf16", **train_overrides))
     torch.manual_seed(seed)
@@ -186,14 +186,15 @@ def cuda_trainer(phase: int, cuda_graph: str, seed: int = 0, ctx: DistributedCon
                    log=lambda *a: None)
 
 
-def cuda_batches(count: int, size: int = 64, batch: int = 4, seed: int = 0) -> list[dict[str, torch.Tensor]]:
+def cuda_batches(count: int, size: int = 64, batch: int = 4, seed: int = 0, pin: bool = True
+                 ) -> list[dict[str, torch.Tensor]]:
     generator = torch.Generator().manual_seed(seed)
     out = []
     for _ in range(count):
         frames = [torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, generator=generator)
                   for _ in range(3)]
-        out.append({"img0": frames[0].pin_memory(), "gt": frames[1].pin_memory(), "img1": frames[2].pin_memory(),
-                    "t": torch.full((batch,), 0.5).pin_memory()})
+        sample = {"img0": frames[0], "gt": frames[1], "img1": frames[2], "t": torch.full((batch,), 0.5)}
+        out.append({key: value.pin_memory() for key, value in sample.items()} if pin else sample)
     return out
 
 
@@ -221,7 +222,7 @@ def test_graphed_step_follows_the_eager_step(phase):
     eager_a, eager_b, graphed = (cuda_trainer(phase, mode) for mode in ("off", "off", "on"))
     assert graphed.graph_mode and not eager_a.graph_mode
     losses_a, losses_b, losses_g = (run_steps(t, batches) for t in (eager_a, eager_b, graphed))
-    assert graphed._graphed.captures == 1 and graphed.step == eager_a.step == len(batches)
+    assert graphed._executor.captures == 1 and graphed.step == eager_a.step == len(batches)
     noise = relative_difference(eager_a, eager_b)
     drift = relative_difference(eager_a, graphed)
     print(f"phase {phase}: relative weight difference eager-eager {noise:.2e}, eager-graphed {drift:.2e}; "
@@ -263,17 +264,17 @@ def test_graphed_step_skips_a_nonfinite_step_without_touching_weights_then_stops
 def test_graphed_step_captures_again_for_a_new_shape_and_a_released_backbone():
     trainer = cuda_trainer(2, "on")
     run_steps(trainer, cuda_batches(WARMUP_STEPS + 1))
-    assert trainer._graphed.captures == 1
+    assert trainer._executor.captures == 1
     run_steps(trainer, cuda_batches(WARMUP_STEPS + 1, size=96))   # another crop size
-    assert trainer._graphed.captures == 2
+    assert trainer._executor.captures == 2
     trainer.set_backbone_frozen(True)
     frozen = {k: v.clone() for k, v in trainer.model.backbone.state_dict().items()}
     run_steps(trainer, cuda_batches(WARMUP_STEPS + 2, size=96, seed=1))
-    assert trainer._graphed.captures == 3
+    assert trainer._executor.captures == 3
     assert all(torch.equal(frozen[k], v) for k, v in trainer.model.backbone.state_dict().items())
     trainer.set_backbone_frozen(False)
     run_steps(trainer, cuda_batches(WARMUP_STEPS + 2, size=96, seed=2))
-    assert trainer._graphed.captures == 4
+    assert trainer._executor.captures == 4
     assert any(not torch.equal(frozen[k], v) for k, v in trainer.model.backbone.state_dict().items())
 
 
@@ -294,8 +295,94 @@ def test_nonfinite_warm_up_steps_delay_the_capture_until_the_optimizer_has_state
     results = [trainer.train_step(b) for b in batches]
     assert [r["skipped"] for r in results[:WARMUP_STEPS]] == [True] * WARMUP_STEPS
     assert all(r["stepped"] for r in results[WARMUP_STEPS:])
-    assert trainer._graphed.captures == 1 and trainer.step == len(batches) - WARMUP_STEPS
+    assert trainer._executor.captures == 1 and trainer.step == len(batches) - WARMUP_STEPS
     assert {float(s["step"]) for s in trainer.optimizer.state.values()} == {float(trainer.step)}
+
+
+def record_droppath_masks(trainer: Trainer) -> tuple[list, dict]:
+    """Forward hooks on the model's DropPath modules: ``kept[module]`` holds, per sample, whether its latest call
+    kept the branch (a dropped branch is exactly zero). Under a capture the hook is captured too, so its tensor is
+    a graph buffer that every replay rewrites."""
+    from timm.layers import DropPath
+    modules = [m for m in trainer.model.modules() if isinstance(m, DropPath)]
+    kept: dict = {}
+
+    def record(module, inputs, output):
+        kept[module] = output.detach().flatten(1).ne(0).any(1)
+    for module in modules:
+        module.register_forward_hook(record)
+    return modules, kept
+
+
+def masks_of_each_step(trainer: Trainer, batches, modules, kept) -> list[torch.Tensor]:
+    """(DropPath modules, mask entries) bool per step: the masks each step drew (the backbone runs both frames
+    of a sample through it, so a batch of B has 2B entries)."""
+    masks = []
+    for batch in batches:
+        run_steps(trainer, [batch])
+        masks.append(torch.stack([kept[m] for m in modules]).cpu())
+    return masks
+
+
+def test_droppath_mask_recorder_sees_new_masks_at_each_eager_step():
+    """The instrument of the GPU test below, checked on the eager CPU step: it sees masks, both values occur, and
+    two steps draw different ones."""
+    cfg = preset(1, "tiny")
+    cfg = replace(cfg, model=replace(cfg.model, drop_path=0.5))
+    torch.manual_seed(0)
+    trainer = Trainer(cfg, DistributedContext(0, 0, 1, torch.device("cpu")), steps_per_epoch=4, log=lambda *a: None)
+    modules, kept = record_droppath_masks(trainer)
+    assert modules
+    first, second = masks_of_each_step(trainer, cuda_batches(2, size=32, batch=8, pin=False), modules, kept)
+    assert first.shape[0] == len(modules) and first.shape[1] >= 8      # the backbone sees both frames: 2 x 8
+    assert first.any() and not first.all()
+    assert not torch.equal(first, second)
+
+
+@needs_cuda
+def test_two_replays_of_the_graphed_step_draw_different_droppath_masks():
+    """Every other graph test turns DropPath off to compare runs step by step, so a mask frozen into the graph (drawn
+    once at capture, replayed ever after) would pass them unseen. DropPath draws its per-sample mask on the device
+    (timm: ``bernoulli_`` on a tensor of the input's device) from the default CUDA generator, which a capture
+    registers: each replay advances its Philox offset, so each replay must draw new masks."""
+    trainer = cuda_trainer(1, "on", drop_path=0.5)
+    modules, kept = record_droppath_masks(trainer)
+    assert modules
+    batches = cuda_batches(WARMUP_STEPS + 4, batch=8)
+    run_steps(trainer, batches[:WARMUP_STEPS + 1])                 # warm-up, capture, first replay
+    assert trainer._executor.captures == 1
+    masks = masks_of_each_step(trainer, batches[WARMUP_STEPS + 1:], modules, kept)   # three replays
+    assert trainer._executor.captures == 1                        # replays, not new captures
+    stacked = torch.stack(masks)
+    assert stacked.any() and not stacked.all()                    # masks seen, some branches dropped
+    # Three DropPath blocks x 8 samples (at least): two independent draws agree with probability below 3e-6.
+    assert not torch.equal(masks[0], masks[1]) and not torch.equal(masks[1], masks[2])
+
+
+@needs_cuda
+def test_graphed_step_reads_no_warp_grid_the_cache_may_free():
+    """The warps cache their identity grids per frame size and evict them when evaluation walks other sizes. A grid
+    captured by address from that cache would be freed memory after an eviction. Here every cache is emptied after
+    the capture and blocks of the grids' sizes are taken from the capture stream (where the warm-up allocated the
+    grids) and filled with NaN: the replays must still step, and follow the eager step."""
+    from model.warplayer import BackwardWarp
+    batches = cuda_batches(WARMUP_STEPS + 4)
+    eager, graphed = cuda_trainer(2, "off"), cuda_trainer(2, "on")
+    for trainer in (eager, graphed):
+        run_steps(trainer, batches[:WARMUP_STEPS + 1])               # warm-up, capture, first replay
+    warps = [m for m in graphed.model.modules() if isinstance(m, BackwardWarp)]
+    shapes = [tuple(grid.shape) for warp in warps for grid in warp._grids.values()]
+    assert shapes and graphed._executor.captures == 1
+    for warp in warps:
+        warp._grids.clear()                                            # what an eviction does
+    with torch.cuda.stream(graphed._executor.stream):
+        junk = [torch.full(shape, float("nan"), device=CUDA) for shape in shapes for _ in range(32)]
+    torch.cuda.synchronize()
+    eager_losses = run_steps(eager, batches[WARMUP_STEPS + 1:])
+    graphed_losses = run_steps(graphed, batches[WARMUP_STEPS + 1:])     # run_steps asserts every step stepped
+    del junk
+    assert graphed._executor.captures == 1
+    assert max(abs(a - b) for a, b in zip(eager_losses, graphed_losses)) <= 1e-2 * max(abs(a) for a in eager_losses)
 
 
 def test_epoch_end_grid_keeps_a_copy_of_the_graphed_steps_tensors():

@@ -3,6 +3,7 @@ backend as a runtime choice (resume and evaluation). The EMA-under-DDP check is 
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import pytest
@@ -27,7 +28,7 @@ def tiny_batch(seed: int) -> dict[str, torch.Tensor]:
 def fp16_trainer(monkeypatch) -> Trainer:
     """A tiny Phase-1 Trainer on the CPU with an enabled GradScaler (what --amp fp16 gives on a CUDA card without
     bf16): the scaler logic is device-agnostic, only the autocast dtype is left out."""
-    monkeypatch.setattr(trainer_module, "resolve_amp", lambda amp, device: (None, True))
+    monkeypatch.setattr(trainer_module, "training_precision", lambda amp, device: (None, True))
     cfg = preset(1, "tiny")
     cfg = replace(cfg, train=replace(cfg.train, ema_decay=0.5, warmup_steps=4, lr=1e-3))
     torch.manual_seed(0)
@@ -96,6 +97,64 @@ def test_fp16_scale_collapsing_below_one_is_divergence(fp16_trainer):
         trainer.train_step(tiny_batch(2))       # 1 -> 0.5
     hook.remove()
     assert trainer.step == 0
+
+
+def plain_trainer(**train_overrides) -> tuple[Trainer, list[str]]:
+    """A tiny fp32 Phase-1 Trainer on the CPU, and the list its log lines go to."""
+    cfg = preset(1, "tiny")
+    cfg = replace(cfg, train=replace(cfg.train, ema_decay=0.5, warmup_steps=4, lr=1e-3, **train_overrides))
+    torch.manual_seed(0)
+    messages = []
+    trainer = Trainer(cfg, DistributedContext(0, 0, 1, torch.device("cpu")), steps_per_epoch=10, log=messages.append)
+    return trainer, messages
+
+
+def test_a_nonfinite_loss_skips_its_whole_accumulation_window(monkeypatch):
+    """--grad_accum 2: a NaN loss in the first micro-batch is reported at once; the window's end (a finite loss)
+    then applies nothing and counts one skip; the next window steps and clears the streak."""
+    trainer, messages = plain_trainer(grad_accum=2)
+    weights, shadow = snapshot(trainer)
+    poison_next_loss(monkeypatch)
+    first = trainer.train_step(tiny_batch(0))
+    assert not first["stepped"] and not first["skipped"]
+    assert sum("non-finite loss at step 0" in m for m in messages) == 1
+    second = trainer.train_step(tiny_batch(1))
+    assert second["skipped"] and not second["stepped"] and trainer.step == 0 and trainer.nonfinite_streak == 1
+    assert all(p.grad is None for p in trainer.model.parameters())          # the window's gradients dropped
+    assert_same(weights, snapshot(trainer)[0])
+    assert_same(shadow, snapshot(trainer)[1])
+    assert not trainer.train_step(tiny_batch(2))["stepped"]
+    assert trainer.train_step(tiny_batch(3))["stepped"] and trainer.step == 1 and trainer.nonfinite_streak == 0
+
+
+def test_a_nonfinite_gradient_norm_skips_the_step_and_counts_towards_divergence():
+    trainer, messages = plain_trainer(max_nonfinite_steps=2)
+    weights, shadow = snapshot(trainer)
+    hook = next(trainer.model.parameters()).register_hook(lambda grad: torch.full_like(grad, float("inf")))
+    result = trainer.train_step(tiny_batch(0))
+    assert result["skipped"] and not result["stepped"] and trainer.step == 0
+    assert any("non-finite gradient norm at step 0" in m for m in messages)
+    assert not math.isfinite(trainer.last_grad_norm)
+    assert_same(weights, snapshot(trainer)[0])
+    assert_same(shadow, snapshot(trainer)[1])
+    with pytest.raises(trainer_module.TrainingDiverged, match="2 non-finite steps in a row"):
+        trainer.train_step(tiny_batch(1))
+    hook.remove()
+
+
+def test_one_amp_rule_for_training_and_inference():
+    """config.resolve_amp names the precision (inference runs it as named); training keeps fp32 on the CPU and
+    pairs fp16 with a GradScaler."""
+    from config import resolve_amp
+    cpu = torch.device("cpu")
+    assert resolve_amp("auto", cpu) == "fp32"
+    assert [resolve_amp(name, cpu) for name in ("bf16", "fp16", "fp32")] == ["bf16", "fp16", "fp32"]
+    assert all(trainer_module.training_precision(name, cpu) == (None, False) for name in ("auto", "bf16", "fp32"))
+    if torch.cuda.is_available():
+        cuda = torch.device("cuda")
+        assert resolve_amp("auto", cuda) == ("bf16" if torch.cuda.is_bf16_supported() else "fp16")
+        assert trainer_module.training_precision("fp16", cuda) == (torch.float16, True)
+        assert trainer_module.training_precision("bf16", cuda) == (torch.bfloat16, False)
 
 
 def test_epoch_shorter_than_grad_accum_is_refused(vimeo_root, tmp_path, capsys):

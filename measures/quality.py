@@ -1,6 +1,7 @@
-"""Image-quality metrics exactly as the published VFI tables compute them (docs/DESIGN.md 12).
+"""Image-quality measures: PSNR and SSIM exactly as the published VFI tables compute them (docs/DESIGN.md 12).
 
-Two families, because the field uses two:
+Used by the benchmarks, by training's validation (its SSIM is ``ssim_matlab``, so a validation number means what
+the Vimeo90K table means) and by inference (``to_uint8``). Two families, because the field uses two:
 
 * ``psnr`` + ``ssim_matlab`` on float images in [0, 1] -- Vimeo90K, UCF101, SNU-FILM, X-TEST (the metric code
   shared by RIFE, EMA-VFI and VFIMamba). ``ssim_matlab`` treats the colour image as a (C, H, W) *volume*: one
@@ -11,9 +12,10 @@ Two families, because the field uses two:
   here so the project does not depend on scikit-image; ``tests/test_benchmark.py`` cross-checks both against
   scikit-image when it is installed.
 
-Every metric computes in float64 (the reference scripts mix float32 and float64; float64 removes our own
+Every protocol metric computes in float64 (the reference scripts mix float32 and float64; float64 removes our own
 rounding from the comparison, and the difference to the float32 references is ~1e-6 in SSIM and ~1e-6 dB).
-Inputs may live on any device; the computation stays there.
+Inputs may live on any device; the computation stays there. :func:`batch_psnr` is the exception: the per-sample
+PSNR of a whole validation batch in float32 during training, where no table is reproduced.
 """
 
 from __future__ import annotations
@@ -49,6 +51,13 @@ def psnr(pred: torch.Tensor, gt: torch.Tensor) -> float:
     """
     mse = torch.mean((gt.to(torch.float64) - pred.to(torch.float64)) ** 2).item()
     return math.inf if mse == 0 else -10 * math.log10(mse)
+
+
+def batch_psnr(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+    """Per-sample PSNR (B,) of (B, C, H, W) images in [0, 1], in float32 over all pixels and channels; the mean
+    squared error is floored at 1e-10 (at most 100 dB), so identical images give 100, not ``inf``."""
+    mse = (pred.float() - gt.float()).pow(2).flatten(1).mean(1)
+    return -10.0 * torch.log10(mse.clamp_min(1e-10))
 
 
 def gaussian_window_1d(size: int = SSIM_MATLAB_WINDOW, sigma: float = SSIM_MATLAB_SIGMA,

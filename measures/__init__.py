@@ -1,0 +1,6 @@
+"""Measures shared by training, inference and the benchmarks: the lowest floor of the repository.
+
+Modules here import only numpy, torch and OpenCV, never another room of the repository, so any room may use them.
+
+* ``quality``: image quality, PSNR and SSIM (the published VFI protocols, and the batched PSNR of validation).
+"""
