@@ -657,6 +657,33 @@ def test_crop_larger_than_frames_is_refused_when_the_set_is_built(vimeo_root, x4
     assert_one_line_error(error, os.path.join(sorted(clips)[0], "0000.png"), f"{X4K_SIZE}x{X4K_SIZE}")
 
 
+def test_every_frame_header_is_checked_against_the_crop_not_only_the_first(vimeo_root, x4k_root, tmp_path):
+    """One smaller triplet late in the list (and one smaller X4K clip) is refused at construction, naming the first
+    offending file and how many there are, not found at the step that loads it."""
+    import shutil
+    root, _ = vimeo_root
+    copy = tmp_path / "vimeo"
+    shutil.copytree(root, copy)
+    small = copy / "sequences" / "00002" / "0002"
+    for name in ("im1.png", "im2.png", "im3.png"):
+        cv2.imwrite(str(small / name), np.zeros((VIMEO_H - 8, VIMEO_W, 3), np.uint8))
+    with pytest.raises(DatasetError) as error:
+        VimeoDataset(copy, crop_size=VIMEO_H)
+    assert_one_line_error(error, str(small / "im1.png"), f"{VIMEO_W}x{VIMEO_H - 8}", "3 of 12 frames",
+                          f"--crop_size at most {VIMEO_H - 8}")
+    VimeoDataset(copy, crop_size=VIMEO_H - 8)
+
+    x4k, clips = x4k_root
+    x4k_copy = tmp_path / "x4k"
+    shutil.copytree(x4k, x4k_copy)
+    last_clip = x4k_copy / os.path.relpath(sorted(clips)[-1], x4k)
+    last_frame = sorted(last_clip.glob("*.png"))[-1]
+    cv2.imwrite(str(last_frame), np.zeros((X4K_SIZE - 4, X4K_SIZE, 3), np.uint8))
+    with pytest.raises(DatasetError) as error:
+        X4KDataset(x4k_copy, crop_size=X4K_SIZE)
+    assert_one_line_error(error, str(last_frame), f"{X4K_SIZE}x{X4K_SIZE - 4}")
+
+
 def test_train_refuses_a_crop_larger_than_the_frames_before_the_first_step(vimeo_root, tmp_path, capsys):
     import train
 
