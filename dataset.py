@@ -65,6 +65,8 @@ __all__ = [
     "enable_frame_cache",
     "frame_cache_budget",
     "EpochSeededSampler",
+    "SameSizeBatchSampler",
+    "item_frame_sizes",
     "EpochSeededDataset",
     "default_num_workers",
     "VIMEO_TRAIN_LIST",
@@ -845,6 +847,44 @@ def frame_cache_budget(local_world_size: int = 1, cap_bytes: int = 8 * 2**30, fr
     """
     budget = min(cap_bytes, int(fraction * _available_memory_bytes()))
     return max(0, budget // max(1, local_world_size))
+
+
+def item_frame_sizes(dataset: Dataset) -> list[tuple[int, int]]:
+    """(height, width) of every item's frames, read from the first frame's header (a Vimeo-layout set, or a Subset
+    of one): what :class:`SameSizeBatchSampler` groups by. The frames of one item share a size (checked on load)."""
+    indices = list(range(len(dataset)))
+    while isinstance(dataset, Subset):
+        indices = [dataset.indices[i] for i in indices]
+        dataset = dataset.dataset
+    if not hasattr(dataset, "frame_path"):
+        raise TypeError(f"{type(dataset).__name__} has no frame_path(index, frame): cannot read its frame sizes")
+    return [image_size(dataset.frame_path(index, 0)) for index in indices]
+
+
+class SameSizeBatchSampler(Sampler[list[int]]):
+    """Batches of at most ``batch_size`` of ``indices`` whose frames share one size, so the default collate can stack
+    them whatever mix of sizes the set holds (a validation list of 176x144 and 640x272 clips). Sizes in order of first
+    appearance, indices in their given order within a size; every index exactly once.
+
+    Args:
+        indices: the dataset indices to batch (a rank's shard), in order.
+        sizes: (height, width) of every item of the dataset (:func:`item_frame_sizes`), indexed by dataset index.
+        batch_size: the most items per batch.
+    """
+
+    def __init__(self, indices: Sequence[int], sizes: Sequence[tuple[int, int]], batch_size: int):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        groups: dict[tuple[int, int], list[int]] = {}
+        for index in indices:
+            groups.setdefault(tuple(sizes[index]), []).append(int(index))
+        self.batches = [group[i:i + batch_size] for group in groups.values() for i in range(0, len(group), batch_size)]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
 
 
 class EpochSeededSampler(Sampler[tuple[int, int]]):

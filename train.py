@@ -25,8 +25,9 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler, Subset
 
 from checkpoint import CheckpointError, atomic_write_text, run_name
 from config import DEFAULT_NUM_WORKERS, ConfigError, ExperimentConfig, config_from_argv
-from dataset import DatasetError, EpochSeededDataset, EpochSeededSampler, MixedDataset, VimeoDataset, X4KDataset, \
-    curriculum_max_gap, default_num_workers, enable_frame_cache, frame_cache_budget
+from dataset import DatasetError, EpochSeededDataset, EpochSeededSampler, MixedDataset, SameSizeBatchSampler, \
+    VimeoDataset, X4KDataset, curriculum_max_gap, default_num_workers, enable_frame_cache, frame_cache_budget, \
+    item_frame_sizes
 from distributed import DistributedContext, init_distributed, shutdown_distributed
 from model.matvlm import MaTVLMIncompatible
 from Trainer import Trainer, TrainingDiverged, seed_everything
@@ -123,9 +124,10 @@ def make_loaders(cfg: ExperimentConfig, ctx: DistributedContext, train_set, val_
     else:
         train_loader = DataLoader(train_set, batch_size=data.batch_size, sampler=sampler, pin_memory=pin,
                                   drop_last=True)
-    val_loader = DataLoader(val_set, batch_size=max(1, min(data.batch_size, 4)),
-                            sampler=ShardSampler(len(val_set), ctx.rank, ctx.world_size), num_workers=workers,
-                            pin_memory=pin)
+    # Validation frames keep their size (no crop): a batch holds one size only, so a list mixing sizes stacks.
+    val_batches = SameSizeBatchSampler(ShardSampler(len(val_set), ctx.rank, ctx.world_size).indices,
+                                       item_frame_sizes(val_set), max(1, min(data.batch_size, 4)))
+    val_loader = DataLoader(val_set, batch_sampler=val_batches, num_workers=workers, pin_memory=pin)
     return train_loader, sampler, val_loader
 
 
