@@ -193,8 +193,17 @@ def run_summary(cfg: ExperimentConfig, trainer: Trainer, params: int, train_samp
     }
 
 
+def check_device_flags(cfg: ExperimentConfig, ctx: DistributedContext) -> None:
+    """Flags that depend on the device, refused before any data or model is built."""
+    if cfg.train.amp == "fp16" and ctx.device.type != "cuda":
+        # fp16 autocast on a CPU is many times slower than fp32 and the GradScaler buys nothing there.
+        raise ConfigError(f"--amp fp16 needs a CUDA device (this run is on {ctx.device.type}, which trains in fp32): "
+                          "use --amp fp32 or auto")
+
+
 def run(cfg: ExperimentConfig, ctx: DistributedContext) -> None:
     run_started = time.perf_counter()
+    check_device_flags(cfg, ctx)
     log = print if ctx.is_main else (lambda *a, **k: None)
     # Library notes (e.g. which SSD backend runs) from rank 0 only.
     logging.basicConfig(level=logging.INFO if ctx.is_main else logging.WARNING, format="%(message)s", stream=sys.stdout)
