@@ -63,3 +63,76 @@ def test_torchrun_validation_on_a_mixed_size_set(tmp_path):
     assert "2 x cpu" in result.stdout and "epoch 1: val PSNR" in result.stdout
     assert "on 4 samples" in result.stdout                        # every test sample once across both ranks
     assert "weights identical on all ranks: yes" in result.stdout
+
+
+# ---------------------------------------------------------------------------------------------- refused input
+def tiny_checkpoint(path: Path) -> Path:
+    from checkpoint import atomic_save
+    from config import preset
+    from model import build_model
+    cfg = preset(1, size="tiny")
+    torch.manual_seed(0)
+    atomic_save({"format": 1, "config": cfg.to_dict(), "model": build_model(cfg.model).state_dict(), "ema": None}, path)
+    return path
+
+
+def frames_folder(path: Path, count: int = 2) -> Path:
+    path.mkdir()
+    for index in range(count):
+        cv2.imwrite(str(path / f"f{index}.png"), moving_pattern(64, 64, 2.0 * index, seed=0))
+    return path
+
+
+def interpolate_error(capsys, *args) -> str:
+    import interpolate
+    code = interpolate.main([*map(str, args), "--no_progress"])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, lines
+    return lines[0]
+
+
+def test_fp16_on_the_cpu_is_refused_in_one_line(vimeo_root, tmp_path, capsys):
+    assert train.main(base_args(vimeo_root, tmp_path, "half", "--amp", "fp16", "--epochs", "1")) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == ["train.py: error: --amp fp16 needs a CUDA device (this run is on cpu, which trains in fp32): "
+                     "use --amp fp32 or auto"]
+    assert not (tmp_path / "ckpt").exists()
+    line = interpolate_error(capsys, "--input", frames_folder(tmp_path / "frames"), "--output", tmp_path / "out",
+                             "--model", tiny_checkpoint(tmp_path / "tiny.pt"), "--amp", "fp16", "--device", "cpu")
+    assert "--amp fp16 needs a CUDA device" in line and "bf16 or fp32" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_video_given_as_a_checkpoint_is_called_what_it_is(vimeo_root, tmp_path, capsys):
+    video = tmp_path / "holiday.mp4"
+    video.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(64))
+    line = interpolate_error(capsys, "--input", frames_folder(tmp_path / "frames"), "--output", tmp_path / "out",
+                             "--model", video)
+    assert f"{video} is not a checkpoint: it is an MP4/MOV video" in line and "weights_only" not in line
+    assert train.main(base_args(vimeo_root, tmp_path, "v", "--resume", str(video))) == 2
+    err = capsys.readouterr().err
+    assert "is not a checkpoint: it is an MP4/MOV video" in err and "weights_only" not in err
+    text = tmp_path / "notes.pt"
+    text.write_text("not a checkpoint\n")
+    from checkpoint import CheckpointError, load_checkpoint
+    with pytest.raises(CheckpointError, match="is not a checkpoint: it is no file torch.save wrote"):
+        load_checkpoint(text)
+    import collections
+    torch.save({"model": collections.Counter("x")}, tmp_path / "code.pt")   # a class: weights_only refuses it
+    with pytest.raises(CheckpointError) as error:
+        load_checkpoint(tmp_path / "code.pt")
+    assert "weights_only" not in str(error.value) and "not a Thesis-VFI checkpoint" in str(error.value)
+
+
+def test_a_single_image_as_input_is_called_an_image(tmp_path, capsys):
+    image = tmp_path / "one.png"
+    cv2.imwrite(str(image), moving_pattern(64, 64, 0.0, seed=0))
+    line = interpolate_error(capsys, "--input", image, "--output", tmp_path / "out.mp4", "--model",
+                             tiny_checkpoint(tmp_path / "tiny.pt"))
+    assert f"--input {image} is a single image" in line and "video frame" not in line
+
+
+def test_readme_names_every_loss_tag_train_writes():
+    readme = (REPO / "README.md").read_text()
+    missing = [f"loss/{tag}" for tag in train.LOSS_TAGS if f"loss/{tag}" not in readme]
+    assert not missing, missing
