@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -136,3 +138,63 @@ def test_readme_names_every_loss_tag_train_writes():
     readme = (REPO / "README.md").read_text()
     missing = [f"loss/{tag}" for tag in train.LOSS_TAGS if f"loss/{tag}" not in readme]
     assert not missing, missing
+
+
+# ---------------------------------------------------------------------------------------------- Ctrl-C
+def start_training(vimeo_root, tmp_path, name, *extra) -> subprocess.Popen:
+    """python train.py with a pipe for standard output (so progress comes as plain lines, one per step)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    return subprocess.Popen([sys.executable, "train.py", *base_args(vimeo_root, tmp_path, name, *extra)], cwd=REPO,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def interrupt_at(process: subprocess.Popen, line_start: str, number=signal.SIGINT) -> tuple[str, str]:
+    """Send ``number`` once standard output shows a line starting with ``line_start``; (stdout, stderr) at exit."""
+    seen = []
+    for line in process.stdout:
+        seen.append(line)
+        if line.startswith(line_start):
+            process.send_signal(number)
+            break
+    else:
+        process.wait(timeout=60)
+        raise AssertionError(f"never saw {line_start!r}: {''.join(seen)[-2000:]} {process.stderr.read()[-2000:]}")
+    out, err = process.communicate(timeout=120)
+    return "".join(seen) + out, err
+
+
+def test_ctrl_c_stops_at_a_step_boundary_says_where_and_the_resume_command_continues(vimeo_root, tmp_path):
+    common = ("--epochs", "2", "--steps_per_epoch", "4")
+    process = start_training(vimeo_root, tmp_path, "stop", *common)
+    out, err = interrupt_at(process, "epoch 2/2 step 1/4")
+    assert process.returncode == 130
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    line = err.strip().splitlines()[-1]
+    match = re.fullmatch(r"train\.py: stopped by SIGINT at epoch 2/2, step (\d) \((\d) of 4 steps into the epoch\); "
+                         r"last checkpoint (\S+) \(end of epoch 1, step 4; the (\d) steps since are not saved and will "
+                         r"be trained again\); continue with: (python train\.py .*)", line)
+    assert match, line
+    step, into, last, lost, command = match.groups()
+    assert int(step) == 4 + int(into) and int(lost) == int(into) and 1 <= int(into) <= 3      # stopped mid-epoch
+    assert Path(last) == tmp_path / "ckpt" / "stop_last.pt" and load_checkpoint(last)["step"] == 4
+    assert command.endswith("--resume stop_last") and "--epochs 2" in command
+    assert "epoch 2: val PSNR" not in out
+    resumed = subprocess.run([sys.executable, *shlex.split(command)[1:]], cwd=REPO, capture_output=True, text=True,
+                             env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resumed" in resumed.stdout and "epoch 2: val PSNR" in resumed.stdout
+    final = load_checkpoint(tmp_path / "ckpt" / "stop_last.pt")
+    assert (final["step"], final["epoch"]) == (8, 2)
+
+
+@pytest.mark.parametrize("number", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_before_the_first_checkpoint_exits_130_in_one_line(vimeo_root, tmp_path, number):
+    process = start_training(vimeo_root, tmp_path, "early", "--epochs", "1", "--steps_per_epoch", "4")
+    _, err = interrupt_at(process, "epoch 1/1 step 1/4", number)
+    assert process.returncode == 130
+    assert "Traceback" not in err, err
+    line = err.strip().splitlines()[-1]
+    assert re.fullmatch(rf"train\.py: stopped by {number.name} at epoch 1/1, step \d \(\d of 4 steps into the epoch\); "
+                        r"no checkpoint yet \(the first is written at the end of epoch 1\): run the same command to "
+                        r"start again", line), line
+    assert not (tmp_path / "ckpt").exists() or not list((tmp_path / "ckpt").iterdir())
