@@ -198,3 +198,44 @@ def test_a_signal_before_the_first_checkpoint_exits_130_in_one_line(vimeo_root, 
                         r"no checkpoint yet \(the first is written at the end of epoch 1\): run the same command to "
                         r"start again", line), line
     assert not (tmp_path / "ckpt").exists() or not list((tmp_path / "ckpt").iterdir())
+
+
+# ---------------------------------------------------------------------------------------------- DDP layout
+def test_no_grad_stride_warning_under_ddp():
+    """The Mamba branch's depthwise conv weight used to be contiguous while its gradient came back channels-last, so
+    DDP warned 'Grad strides do not match bucket view strides' (and copied through a mismatched view)."""
+    import socket
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    result = subprocess.run([sys.executable, str(REPO / "tests" / "ddp_layout_worker.py"), str(port)], cwd=REPO,
+                            capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert result.returncode == 0 and "done" in result.stdout, result.stderr[-3000:]
+    assert "Grad strides do not match" not in result.stdout + result.stderr, result.stdout
+
+
+def test_depthwise_weight_keeps_the_gradient_layout_through_moves_and_loads():
+    from model import build_model
+    from config import preset
+    model = build_model(preset(1, "tiny").model)
+    convs = [m.conv for m in model.modules() if type(m).__name__ == "InterleavedMamba2"]
+    assert convs
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    model.to(torch.float64).to(torch.float32).load_state_dict(state)
+    for conv in convs:
+        channels, _, k, _ = conv.weight.shape
+        assert conv.weight.stride() == (k * k, 1, k, 1)
+        x = torch.randn(2, 5, 6, channels + 3)[..., :channels].permute(0, 3, 1, 2)   # how the branch feeds it
+        conv(x).sum().backward()
+        assert conv.weight.grad.stride() == conv.weight.stride()
+
+
+def test_ddp_layout_benchmark_runs_on_cpu():
+    result = subprocess.run([sys.executable, "benchmark/bench_ddp_layout.py", "--device", "cpu", "--model_size", "tiny",
+                             "--phase", "1", "--batch", "1", "--size", "32", "--rounds", "1", "--steps", "1"],
+                            cwd=REPO, capture_output=True, text=True, timeout=300,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line for line in result.stdout.splitlines() if line.startswith(("| contiguous", "| channels"))]
+    assert rows[0].startswith("| contiguous (before) |") and rows[0].endswith("| 2 |")      # the old layout mismatched
+    assert rows[1].startswith("| channels-last (now) |") and rows[1].endswith("| 0 |")
