@@ -239,3 +239,22 @@ def test_ddp_layout_benchmark_runs_on_cpu():
     rows = [line for line in result.stdout.splitlines() if line.startswith(("| contiguous", "| channels"))]
     assert rows[0].startswith("| contiguous (before) |") and rows[0].endswith("| 2 |")      # the old layout mismatched
     assert rows[1].startswith("| channels-last (now) |") and rows[1].endswith("| 0 |")
+
+
+# ---------------------------------------------------------------------------------------------- progress
+def test_progress_is_plain_lines_in_a_file_and_nothing_with_no_progress(vimeo_root, tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    common = ("--epochs", "1", "--steps_per_epoch", "4", "--log_every", "2")
+    logged = subprocess.run([sys.executable, "train.py", *base_args(vimeo_root, tmp_path, "lines", *common)],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert logged.returncode == 0, logged.stderr[-2000:]
+    both = logged.stdout + logged.stderr
+    assert "\r" not in both and "\x1b[" not in both                    # no bar redraws, no cursor codes
+    lines = [line for line in logged.stdout.splitlines() if line.startswith("epoch 1/1 step")]
+    assert [line.split(":")[0] for line in lines] == ["epoch 1/1 step 1/4 (total 1/4)", "epoch 1/1 step 2/4 (total 2/4)",
+                                                      "epoch 1/1 step 4/4 (total 4/4)"]   # step 1, then --log_every
+    quiet = subprocess.run([sys.executable, "train.py",
+                            *base_args(vimeo_root, tmp_path, "quiet", *common, "--no_progress")],
+                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert quiet.returncode == 0, quiet.stderr[-2000:]
+    assert "epoch 1/1 step" not in quiet.stdout and "\r" not in quiet.stderr and "epoch 1: val PSNR" in quiet.stdout
