@@ -1011,3 +1011,31 @@ def test_train_loader_caps_only_the_default_worker_count_and_says_so_once(vimeo_
     assert loader.num_workers == 1 and "1 workers" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         config_from_argv(base + ["--num_workers", "-1"])
+
+
+def test_video_to_vimeo_keeps_the_aspect_ratio_by_default(tmp_path, capsys):
+    """A 640x272 (2.35:1) clip at --size 448x256 used to be squeezed to 1.75:1: a square became 48x64. Now it is
+    resized to cover (602x256) and centre-cropped; --fit stretch keeps the old squeeze, and says so."""
+    video = tmp_path / "wide.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 25, (640, 272))
+    for index in range(12):
+        frame = np.full((272, 640, 3), 40, np.uint8)
+        frame[102:170, 260 + 4 * index:328 + 4 * index] = 255              # a 68x68 square moving right
+        writer.write(frame)
+    writer.release()
+
+    def square_shape(out):
+        image = cv2.imread(str(out / "sequences" / "00001" / "0001" / "im1.png"))
+        rows, cols = np.nonzero(image[..., 0] > 150)
+        return image.shape[:2], (rows.max() - rows.min() + 1, cols.max() - cols.min() + 1)
+
+    assert video_to_vimeo_main([str(video), str(tmp_path / "crop"), "--size", "448x256", "--test_fraction",
+                                "0.25"]) == 0
+    assert "resized to 602x256 and centre-cropped to 448x256: aspect ratio kept" in capsys.readouterr().out
+    (height, width), (square_h, square_w) = square_shape(tmp_path / "crop")
+    assert (height, width) == (256, 448) and abs(square_h - 64) <= 2 and abs(square_w - square_h) <= 2
+    assert video_to_vimeo_main([str(video), str(tmp_path / "stretch"), "--size", "448x256", "--test_fraction",
+                                "0.25", "--fit", "stretch"]) == 0
+    assert "aspect ratio NOT kept (--fit stretch)" in capsys.readouterr().out
+    _, (square_h, square_w) = square_shape(tmp_path / "stretch")
+    assert abs(square_w - 48) <= 2 and abs(square_h - 64) <= 2
