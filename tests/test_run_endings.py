@@ -258,3 +258,27 @@ def test_progress_is_plain_lines_in_a_file_and_nothing_with_no_progress(vimeo_ro
                            cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert quiet.returncode == 0, quiet.stderr[-2000:]
     assert "epoch 1/1 step" not in quiet.stdout and "\r" not in quiet.stderr and "epoch 1: val PSNR" in quiet.stdout
+
+
+# ---------------------------------------------------------------------------------------------- README
+def test_readme_interpolation_example_runs_with_the_demo_checkpoint(tmp_path, capsys):
+    """The README's first interpolate.py command names the checkpoint `make demo` writes and a folder it builds; run
+    it with a stand-in for both (a tiny checkpoint under that name, three frames), and check the honest notes."""
+    import interpolate
+    readme = (REPO / "README.md").read_text()
+    assert "No pretrained weights are published" in readme and "docs/LARGE_MOTION.md" in readme
+    command = next(line for line in readme.splitlines() if line.startswith("python interpolate.py --model demo_phase1"))
+    args = shlex.split(command)[2:]
+    assert args[args.index("--model") + 1] == "demo_phase1_best"
+    frames = args[args.index("--input") + 1]
+    assert frames.startswith("data/sample_vimeo/sequences/")              # what make demo builds
+    (tmp_path / "ckpt").mkdir()
+    tiny_checkpoint(tmp_path / "ckpt" / "demo_phase1_best.pt")
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for index, name in enumerate(("im1.png", "im2.png", "im3.png")):
+        cv2.imwrite(str(folder / name), moving_pattern(64, 96, 2.0 * index, seed=0))
+    args[args.index("--input") + 1] = str(folder)
+    args[args.index("--output") + 1] = str(tmp_path / "out")
+    assert interpolate.main([*args, "--ckpt_dir", str(tmp_path / "ckpt"), "--no_progress"]) == 0
+    assert len(list((tmp_path / "out").glob("*.png"))) == 5
