@@ -393,15 +393,18 @@ class _TripletDataset(Dataset):
         raise NotImplementedError
 
     def _check_crop_fits(self, paths: Sequence[str]) -> None:
-        """Refuse a crop larger than any frame now, before the first step: every file's size from its header (a
-        PNG's first 24 bytes; other formats are decoded), naming the first offending file and how many there are."""
+        """Refuse a crop larger than any frame now, before the first step: every PNG's size from its header (its
+        first 24 bytes), naming the first offending file and how many there are. A missing file is refused here too;
+        a file that is no PNG is not decoded here (it is checked when it is loaded)."""
         if self.crop_size is None:
             return
         # Threads: on a cold or network disk the open() calls, not the 24-byte reads, take the time.
         chunks = [paths[i:i + 1024] for i in range(0, len(paths), 1024)]
         with ThreadPoolExecutor(max_workers=min(8, len(chunks) or 1)) as pool:
-            sizes = [size for chunk in pool.map(lambda part: [image_size(p) for p in part], chunks) for size in chunk]
-        too_small = [(path, size) for path, size in zip(paths, sizes) if min(size) < self.crop_size]
+            sizes = [size for chunk in pool.map(lambda part: [_png_header_size(p) for p in part], chunks)
+                     for size in chunk]
+        too_small = [(path, size) for path, size in zip(paths, sizes)
+                     if size is not None and min(size) < self.crop_size]
         if too_small:
             (path, (height, width)), count = too_small[0], len(too_small)
             largest = min(min(size) for _, size in too_small)

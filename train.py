@@ -472,9 +472,11 @@ def run(cfg: ExperimentConfig, ctx: DistributedContext, argv: list[str] | None =
                 if ctx.is_main and last_train is not None and last_train_grid != trainer.step:
                     # The training grid at each evaluation too, beside the validation grid of the same step.
                     img0, gt, img1, _ = last_train["inputs"]
-                    writer.add_image("train/I0_pred_gt_I1", image_grid(img0, gt, img1, last_train["output"]), trainer.step)
+                    writer.add_image("train/I0_pred_gt_I1", image_grid(img0, gt, img1, last_train["output"]),
+                                     trainer.step)
                     last_train_grid = trainer.step
-                log(f"epoch {trainer.epoch}: val PSNR {result['psnr']:.3f} dB (frame average {result['psnr_frame_average']:.3f}), "
+                log(f"epoch {trainer.epoch}: val PSNR {result['psnr']:.3f} dB "
+                    f"(frame average {result['psnr_frame_average']:.3f}), "
                     f"SSIM {result['ssim']:.4f} on {result['count']} samples{' | new best' if improved else ''} "
                     f"| {samples * ctx.world_size / max(epoch_seconds, 1e-9):.1f} samples/s")
             else:
