@@ -69,7 +69,8 @@ class StopSignals:
 
     A second signal is ignored when it comes within ``REPEAT_GRACE_S`` of the first (torchrun passes the terminal's
     Ctrl-C on to its workers, which got it already); a later one stops at once (KeyboardInterrupt).
-    Use as a context manager around the training loop: the previous handlers come back on exit.
+    Use as a context manager around :func:`run` (the previous handlers come back on exit); until :meth:`arm` (the
+    training loop) a signal raises KeyboardInterrupt at once, as by default, so start-up stops without waiting.
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -77,6 +78,7 @@ class StopSignals:
 
     def __init__(self, ctx: DistributedContext):
         self.ctx = ctx
+        self.armed = False                     # before arm() (start-up) a signal interrupts at once
         self.received: int = 0                 # signal number this process got (0: none)
         self.received_at = 0.0
         self.stop_signal: int = 0              # the largest signal number any rank got, once agreed
@@ -91,12 +93,28 @@ class StopSignals:
             self.group = dist.new_group(backend="gloo")
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, *exc) -> None:
+        if exc_type is KeyboardInterrupt:
+            # The process is stopping: a repeated signal (torchrun passes Ctrl-C on a second time) must not raise
+            # again while the caller prints its line; it calls restore() when done.
+            for number in self.previous:
+                signal.signal(number, signal.SIG_IGN)
+        else:
+            self.restore()
+
+    def restore(self) -> None:
+        """Put back the handlers that were installed before."""
         for number, handler in self.previous.items():
             signal.signal(number, handler)
         self.previous.clear()
 
+    def arm(self) -> None:
+        """From now on a signal is only recorded, to be acted on at the next step boundary (the training loop)."""
+        self.armed = True
+
     def record(self, number: int, frame=None) -> None:
+        if not self.armed:
+            raise KeyboardInterrupt            # start-up: nothing to finish, stop now (main prints one line)
         if not self.received:
             self.received, self.received_at = number, time.monotonic()
         elif time.monotonic() - self.received_at > self.REPEAT_GRACE_S:
@@ -328,10 +346,13 @@ def check_device_flags(cfg: ExperimentConfig, ctx: DistributedContext) -> None:
 
 
 def run(cfg: ExperimentConfig, ctx: DistributedContext, argv: list[str] | None = None,
-        progress_enabled: bool = True) -> int:
-    """Train as ``cfg`` says; returns the exit status: 0, or 130 when SIGINT/SIGTERM stopped the run (rank 0 then
-    printed where it stopped and the command that continues it). ``argv`` is the command line, for that command."""
+        progress_enabled: bool = True, stop: StopSignals | None = None) -> int:
+    """Train as ``cfg`` says; returns the exit status: 0, or 130 when a signal recorded by ``stop`` stopped the run
+    (rank 0 then printed where it stopped and the command that continues it). ``argv`` is the command line, for that
+    command; without ``stop`` (handlers not installed) the run is not stopped by signals."""
     run_started = time.perf_counter()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    stop = StopSignals(ctx) if stop is None else stop
     check_device_flags(cfg, ctx)
     log = print if ctx.is_main else (lambda *a, **k: None)
     # Library notes (e.g. which SSD backend runs) from rank 0 only.
@@ -387,102 +408,100 @@ def run(cfg: ExperimentConfig, ctx: DistributedContext, argv: list[str] | None =
             resolve_checkpoint(train.resume, train.ckpt_dir).resolve() == last_path.resolve():
         saved = (trainer.epoch, trainer.step)
     interrupted = None                           # (epoch index, steps into it) where a stop signal ended the run
-    with StopSignals(ctx) as stop:
-        train_samples, train_seconds = 0, 0.0        # over this process's training loops, for summary.json
-        # The first optimizer step of a process pays for kernel compilation (Triton SSD, cuDNN); the steady rate
-        # (samples/s after it) is what a long run sees. Both go into summary.json.
-        first_step_at, steady_samples, steady_seconds = None, 0, 0.0
-        last_train_grid = -1                          # step of the latest training image grid
-        for epoch in range(trainer.epoch, total_epochs):
-            if stop.agreed():                      # a signal during the last evaluation or save
-                interrupted = (epoch, 0)
+    stop.arm()                                   # from here a signal stops at the next step boundary
+    train_samples, train_seconds = 0, 0.0        # over this process's training loops, for summary.json
+    # The first optimizer step of a process pays for kernel compilation (Triton SSD, cuDNN); the steady rate
+    # (samples/s after it) is what a long run sees. Both go into summary.json.
+    first_step_at, steady_samples, steady_seconds = None, 0, 0.0
+    last_train_grid = -1                          # step of the latest training image grid
+    for epoch in range(trainer.epoch, total_epochs):
+        if stop.agreed():                      # a signal during the last evaluation or save
+            interrupted = (epoch, 0)
+            break
+        if train.stop_after_epoch is not None and epoch >= train.stop_after_epoch:
+            log(f"stopping after epoch {epoch} (--stop_after_epoch)")
+            break
+        trainer.set_backbone_frozen(epoch < train.freeze_backbone)
+        if x4k is not None:
+            gap = curriculum_max_gap(epoch, train.curriculum_T, train.curriculum)
+            x4k.set_max_gap(gap)
+            writer.add_scalar("curriculum/max_gap", gap, trainer.step)
+        sampler.set_epoch(epoch)
+        trainer.train_mode()
+        sums = torch.zeros(len(LOSS_TAGS) + 1, dtype=torch.float64, device=ctx.device)   # loss terms, count
+        progress.start_epoch(epoch, total_epochs, steps_per_epoch)
+        started, samples, last_train, epoch_step = time.perf_counter(), 0, None, 0
+        for micro, batch in enumerate(train_loader):
+            if micro >= steps_per_epoch * train.grad_accum:
                 break
-            if train.stop_after_epoch is not None and epoch >= train.stop_after_epoch:
-                log(f"stopping after epoch {epoch} (--stop_after_epoch)")
-                break
-            trainer.set_backbone_frozen(epoch < train.freeze_backbone)
-            if x4k is not None:
-                gap = curriculum_max_gap(epoch, train.curriculum_T, train.curriculum)
-                x4k.set_max_gap(gap)
-                writer.add_scalar("curriculum/max_gap", gap, trainer.step)
-            sampler.set_epoch(epoch)
-            trainer.train_mode()
-            sums = torch.zeros(len(LOSS_TAGS) + 1, dtype=torch.float64, device=ctx.device)   # loss terms, count
-            progress.start_epoch(epoch, total_epochs, steps_per_epoch)
-            started, samples, last_train, epoch_step = time.perf_counter(), 0, None, 0
-            for micro, batch in enumerate(train_loader):
-                if micro >= steps_per_epoch * train.grad_accum:
-                    break
-                result = trainer.train_step(batch)
-                samples += batch["img0"].shape[0]
-                if first_step_at is not None:
-                    steady_samples += batch["img0"].shape[0] * ctx.world_size
-                elif result["stepped"]:
-                    if ctx.device.type == "cuda":
-                        torch.cuda.synchronize(ctx.device)   # once per process: the time must include the GPU work
-                    first_step_at = time.perf_counter()
-                    log(f"first optimizer step {first_step_at - run_started:.1f} s after start (data set, model, "
-                        "kernel compilation and autotuning included)")
-                if not result["skipped"]:
-                    sums += torch.stack([result["logs"][k].double().to(ctx.device) for k in LOSS_TAGS]
-                                        + [torch.ones((), dtype=torch.float64, device=ctx.device)])
-                if not result["stepped"]:
-                    continue
-                progress.step()
-                step, epoch_step = trainer.step, epoch_step + 1
-                if step % train.log_every == 0 or step == 1:
-                    reduced = ctx.all_reduce_sum(sums.clone())
-                    count = max(1.0, reduced[-1].item())
-                    for tag, value in zip(LOSS_TAGS, reduced[:-1].tolist()):
-                        writer.add_scalar(f"loss/{tag}", value / count, step)
-                    elapsed = time.perf_counter() - started
-                    writer.add_scalar("train/lr", trainer.current_lr(), step)
-                    writer.add_scalar("train/grad_norm", trainer.last_grad_norm, step)
-                    writer.add_scalar("train/samples_per_sec", samples * ctx.world_size / max(elapsed, 1e-9), step)
-                    progress.report(step, epoch_step, steps_per_epoch, reduced[-2].item() / count, trainer.current_lr(),
-                                    samples * ctx.world_size / max(elapsed, 1e-9))
-                    sums.zero_()
-                # The captured step's tensors are overwritten by the next replay: keep a copy for the epoch-end grid.
-                last_train = detached_copy(result) if trainer.graph_mode else result
-                if ctx.is_main and (step % train.image_every == 0 or step == 1):
-                    img0, gt, img1, _ = result["inputs"]
-                    writer.add_image("train/I0_pred_gt_I1", image_grid(img0, gt, img1, result["output"]), step)
-                    last_train_grid = step
-                if stop.agreed():                  # Ctrl-C / SIGTERM on any rank: every rank stops after this step
-                    break
-            progress.end_epoch()
-            if stop.stop_signal and epoch_step < steps_per_epoch:
-                interrupted = (epoch, epoch_step)  # part-way through an epoch: no evaluation, nothing saved
-                break
-            trainer.epoch = epoch + 1
-            epoch_seconds = time.perf_counter() - started
-            train_samples, train_seconds = train_samples + samples * ctx.world_size, train_seconds + epoch_seconds
+            result = trainer.train_step(batch)
+            samples += batch["img0"].shape[0]
             if first_step_at is not None:
-                steady_seconds += time.perf_counter() - max(started, first_step_at)
-            metrics = {}
-            if trainer.epoch % train.eval_interval == 0 or trainer.epoch == total_epochs or train.dry_run:
-                result = trainer.evaluate(val_loader, ssim_matlab)
-                metrics = {k: result[k] for k in ("psnr", "ssim", "psnr_frame_average", "count")}
-                improved = trainer.record_validation(metrics)
-                for name in ("psnr", "ssim", "psnr_frame_average"):
-                    writer.add_scalar(f"val/{name}", metrics[name], trainer.step)
-                if ctx.is_main and result["sample"] is not None:
-                    img0, gt, img1, out = result["sample"]
-                    writer.add_image("val/I0_pred_gt_I1", image_grid(img0, gt, img1, out), trainer.step)
-                if ctx.is_main and last_train is not None and last_train_grid != trainer.step:
-                    # The training grid at each evaluation too, beside the validation grid of the same step.
-                    img0, gt, img1, _ = last_train["inputs"]
-                    writer.add_image("train/I0_pred_gt_I1", image_grid(img0, gt, img1, last_train["output"]),
-                                     trainer.step)
-                    last_train_grid = trainer.step
-                log(f"epoch {trainer.epoch}: val PSNR {result['psnr']:.3f} dB "
-                    f"(frame average {result['psnr_frame_average']:.3f}), "
-                    f"SSIM {result['ssim']:.4f} on {result['count']} samples{' | new best' if improved else ''} "
-                    f"| {samples * ctx.world_size / max(epoch_seconds, 1e-9):.1f} samples/s")
-            else:
-                improved = False
-            trainer.save(improved, metrics)
-            saved = (trainer.epoch, trainer.step)
+                steady_samples += batch["img0"].shape[0] * ctx.world_size
+            elif result["stepped"]:
+                if ctx.device.type == "cuda":
+                    torch.cuda.synchronize(ctx.device)   # once per process: the time must include the GPU work
+                first_step_at = time.perf_counter()
+                log(f"first optimizer step {first_step_at - run_started:.1f} s after start (data set, model, "
+                    "kernel compilation and autotuning included)")
+            if not result["skipped"]:
+                sums += torch.stack([result["logs"][k].double().to(ctx.device) for k in LOSS_TAGS]
+                                    + [torch.ones((), dtype=torch.float64, device=ctx.device)])
+            if not result["stepped"]:
+                continue
+            progress.step()
+            step, epoch_step = trainer.step, epoch_step + 1
+            if step % train.log_every == 0 or step == 1:
+                reduced = ctx.all_reduce_sum(sums.clone())
+                count = max(1.0, reduced[-1].item())
+                for tag, value in zip(LOSS_TAGS, reduced[:-1].tolist()):
+                    writer.add_scalar(f"loss/{tag}", value / count, step)
+                elapsed = time.perf_counter() - started
+                writer.add_scalar("train/lr", trainer.current_lr(), step)
+                writer.add_scalar("train/grad_norm", trainer.last_grad_norm, step)
+                writer.add_scalar("train/samples_per_sec", samples * ctx.world_size / max(elapsed, 1e-9), step)
+                progress.report(step, epoch_step, steps_per_epoch, reduced[-2].item() / count, trainer.current_lr(),
+                                samples * ctx.world_size / max(elapsed, 1e-9))
+                sums.zero_()
+            # The captured step's tensors are overwritten by the next replay: keep a copy for the epoch-end grid.
+            last_train = detached_copy(result) if trainer.graph_mode else result
+            if ctx.is_main and (step % train.image_every == 0 or step == 1):
+                img0, gt, img1, _ = result["inputs"]
+                writer.add_image("train/I0_pred_gt_I1", image_grid(img0, gt, img1, result["output"]), step)
+                last_train_grid = step
+            if stop.agreed():                  # Ctrl-C / SIGTERM on any rank: every rank stops after this step
+                break
+        progress.end_epoch()
+        if stop.stop_signal and epoch_step < steps_per_epoch:
+            interrupted = (epoch, epoch_step)  # part-way through an epoch: no evaluation, nothing saved
+            break
+        trainer.epoch = epoch + 1
+        epoch_seconds = time.perf_counter() - started
+        train_samples, train_seconds = train_samples + samples * ctx.world_size, train_seconds + epoch_seconds
+        if first_step_at is not None:
+            steady_seconds += time.perf_counter() - max(started, first_step_at)
+        metrics = {}
+        if trainer.epoch % train.eval_interval == 0 or trainer.epoch == total_epochs or train.dry_run:
+            result = trainer.evaluate(val_loader, ssim_matlab)
+            metrics = {k: result[k] for k in ("psnr", "ssim", "psnr_frame_average", "count")}
+            improved = trainer.record_validation(metrics)
+            for name in ("psnr", "ssim", "psnr_frame_average"):
+                writer.add_scalar(f"val/{name}", metrics[name], trainer.step)
+            if ctx.is_main and result["sample"] is not None:
+                img0, gt, img1, out = result["sample"]
+                writer.add_image("val/I0_pred_gt_I1", image_grid(img0, gt, img1, out), trainer.step)
+            if ctx.is_main and last_train is not None and last_train_grid != trainer.step:
+                # The training grid at each evaluation too, beside the validation grid of the same step.
+                img0, gt, img1, _ = last_train["inputs"]
+                writer.add_image("train/I0_pred_gt_I1", image_grid(img0, gt, img1, last_train["output"]), trainer.step)
+                last_train_grid = trainer.step
+            log(f"epoch {trainer.epoch}: val PSNR {result['psnr']:.3f} dB (frame average {result['psnr_frame_average']:.3f}), "
+                f"SSIM {result['ssim']:.4f} on {result['count']} samples{' | new best' if improved else ''} "
+                f"| {samples * ctx.world_size / max(epoch_seconds, 1e-9):.1f} samples/s")
+        else:
+            improved = False
+        trainer.save(improved, metrics)
+        saved = (trainer.epoch, trainer.step)
     if interrupted is not None:
         writer.close() if hasattr(writer, "close") else None
         if ctx.is_main:
@@ -541,14 +560,17 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     cfg, args = parse_train_argv(argv)              # bad flags: one line on stderr, exit status 2
     ctx = init_distributed()
+    stop = StopSignals(ctx)
     try:
-        return run(cfg, ctx, argv, progress_enabled=not args.no_progress)
+        with stop:
+            return run(cfg, ctx, argv, progress_enabled=not args.no_progress, stop=stop)
     except KeyboardInterrupt:                       # during start-up, or a second Ctrl-C in the training loop
         if ctx.is_main:
             last = run_checkpoint_path(cfg, "last")
             where = (f"last checkpoint {last}; continue with: {resume_command(argv, last.stem, ctx)}" if last.exists()
                      else "no checkpoint was written: run the same command to start again")
-            sys.stderr.write(f"train.py: interrupted; {where}\n")
+            sys.stderr.write(f"train.py: interrupted during start-up; {where}\n" if not stop.armed
+                             else f"train.py: stopped at once by a second signal; {where}\n")
         return 130
     except (ConfigError, DatasetError, CheckpointError, MaTVLMIncompatible, TrainingDiverged, FileNotFoundError) as error:
         if ctx.is_main:
@@ -556,6 +578,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     finally:
         shutdown_distributed()
+        stop.restore()
 
 
 if __name__ == "__main__":

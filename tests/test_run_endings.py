@@ -282,3 +282,27 @@ def test_readme_interpolation_example_runs_with_the_demo_checkpoint(tmp_path, ca
     args[args.index("--output") + 1] = str(tmp_path / "out")
     assert interpolate.main([*args, "--ckpt_dir", str(tmp_path / "ckpt"), "--no_progress"]) == 0
     assert len(list((tmp_path / "out").glob("*.png"))) == 5
+
+
+def test_stop_signals_before_and_after_arming(monkeypatch, capsys, vimeo_root, tmp_path):
+    from distributed import DistributedContext
+    ctx = DistributedContext(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
+    stop = train.StopSignals(ctx)
+    with pytest.raises(KeyboardInterrupt):                 # start-up: at once
+        stop.record(signal.SIGTERM)
+    stop.arm()
+    stop.record(signal.SIGTERM)
+    stop.record(signal.SIGINT)                             # torchrun passing the same Ctrl-C on: ignored
+    assert stop.agreed() and stop.stop_signal == signal.SIGTERM
+    stop.received_at -= stop.REPEAT_GRACE_S + 1
+    with pytest.raises(KeyboardInterrupt):                 # a later second signal: at once
+        stop.record(signal.SIGINT)
+
+    def interrupted_start_up(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(train, "run", interrupted_start_up)
+    previous = signal.getsignal(signal.SIGINT)
+    assert train.main(base_args(vimeo_root, tmp_path, "startup")) == 130
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "train.py: interrupted during start-up; no checkpoint was written: run the same command to start again"]
+    assert signal.getsignal(signal.SIGINT) is previous     # handlers put back
