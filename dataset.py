@@ -23,6 +23,8 @@ Data path (used by ``train.make_loaders``):
     EpochSeededSampler + EpochSeededDataset   persistent workers whose random streams restart every epoch
                   from (seed, rank, epoch), so a run resumed at an epoch boundary draws what it would have.
     default_num_workers               the default worker count, capped at the CPU cores of one rank.
+    SameSizeBatchSampler + item_frame_sizes   validation batches of one frame size each (full frames of mixed
+                  sizes stack, on any number of ranks).
 
 Randomness only comes from torch's default generator (``torch.randint`` / ``torch.randperm``). In the main
 process it is the caller's (``torch.manual_seed``); in DataLoader workers it is seeded per worker, by the

@@ -3,6 +3,8 @@
 One launch path (STYLE.md): ``python train.py ...`` on one device, ``torchrun --nproc_per_node=N train.py ...`` on
 several (multi-node through torchrun's rendezvous). Rank 0 alone prints, writes TensorBoard (``log/<exp_name>/``)
 and saves ``ckpt/<exp_name>_last.pt`` / ``_best.pt``; validation PSNR is all-reduced across ranks first.
+Ctrl-C or SIGTERM stops every rank after the same optimizer step; rank 0 prints one line (where, the last checkpoint,
+the ``--resume`` command) and the exit status is 130.
 
     python train.py --phase 1 --data_path /data/vimeo_triplet --batch_size 4 --exp_name phase1_hybrid
     python train.py --phase 2 --data_path ... --resume phase1_hybrid_best --freeze_backbone 50 --exp_name p2
