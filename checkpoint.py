@@ -129,12 +129,44 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     atomic_write(path, lambda stream: stream.write(data))
 
 
+# How a file that torch.save wrote begins: a zip archive (the format since torch 1.6) or a legacy pickle stream.
+_TORCH_SAVE_MAGIC = (b"PK\x03\x04", b"\x80")
+# Recognisable beginnings of what is often passed by mistake: (bytes at an offset, what it is).
+_OTHER_FILE_KINDS = ((0, b"\x1aE\xdf\xa3", "a Matroska/WebM video"), (4, b"ftyp", "an MP4/MOV video"),
+                     (0, b"RIFF", "an AVI/WAV file"), (0, b"\x89PNG", "a PNG image"), (0, b"\xff\xd8\xff", "a JPEG image"),
+                     (0, b"\x00\x00\x01\xba", "an MPEG video"), (0, b"GIF8", "a GIF image"))
+
+
+def not_a_checkpoint_file(path: Path) -> str | None:
+    """Why ``path`` cannot be a ``torch.save`` file, judged from its first bytes (a video, an image, text), or None
+    when it may be one. Saves torch.load's advice to retry with ``weights_only=False``, which is wrong here."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(16)
+    except OSError as error:
+        return f"cannot open it ({error.strerror or error})"
+    if head.startswith(_TORCH_SAVE_MAGIC):
+        return None
+    for offset, magic, kind in _OTHER_FILE_KINDS:
+        if head[offset:offset + len(magic)] == magic:
+            return f"it is {kind}"
+    return "it is no file torch.save wrote" if head else "it is empty"
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Load a checkpoint safely (``weights_only=True``) onto the CPU; a clear error for anything else."""
     path = Path(path)
+    problem = not_a_checkpoint_file(path)
+    if problem:
+        raise CheckpointError(f"{path} is not a checkpoint: {problem} (--model and --resume take a checkpoint that "
+                              "train.py wrote, e.g. ckpt/<exp_name>_best.pt)")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
+        if "weights only load failed" in str(error).lower():
+            # torch advises weights_only=False, which would run code the file holds: not what a checkpoint needs.
+            raise CheckpointError(f"{path} is not a Thesis-VFI checkpoint: it holds Python objects other than "
+                                  "tensors and plain containers, which are not loaded (no code runs from a file)") from None
         raise CheckpointError(f"cannot read checkpoint {path}: {type(error).__name__}: "
                               f"{str(error).splitlines()[0] if str(error) else ''}") from None
     if not isinstance(payload, dict) or "model" not in payload or "config" not in payload:

@@ -400,6 +400,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
     extra.add_argument("--log_every", type=int, default=None, help="scalar logging interval in steps (default 50)")
     extra.add_argument("--image_every", type=int, default=None,
                        help="training image grid interval in steps; also logged at each evaluation (default 500)")
+    extra.add_argument("--no_progress", action="store_true",
+                       help="no progress bar and no progress lines (epoch results still print); without it a "
+                            "terminal gets a bar, a file or pipe one plain line every --log_every steps")
     return p
 
 
@@ -411,7 +414,7 @@ _FLAG_FIELDS: dict[str, tuple[str, str]] = {
     "ssd_backend": ("model", "ssm_backend"), "vgg_weights": ("loss", "vgg_weights"),
     "inter_weight": ("loss", "inter"),
 }
-_NOT_FIELDS = {"phase", "model_size", "ablation", "mixed_ratio"}
+_NOT_FIELDS = {"phase", "model_size", "ablation", "mixed_ratio", "no_progress"}   # not part of a run's config
 
 
 def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
@@ -435,12 +438,18 @@ def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
 
 def config_from_argv(argv: Sequence[str] | None = None) -> ExperimentConfig:
     """Parse ``argv`` (default sys.argv[1:]); a bad value exits with one line on stderr and status 2."""
+    return parse_train_argv(argv)[0]
+
+
+def parse_train_argv(argv: Sequence[str] | None = None) -> tuple[ExperimentConfig, argparse.Namespace]:
+    """(the run's config, every parsed flag): the flags that only say how this process reports (``no_progress``)
+    are not part of the config, so they never make two runs differ."""
     parser = build_arg_parser()
     args = parser.parse_args(argv)
     if args.phase not in PHASES:
         parser.error(f"--phase must be 1, 2 or 3, got {args.phase}")
     try:
-        return config_from_args(args)
+        return config_from_args(args), args
     except ConfigError as error:
         parser.error(str(error))
         raise  # unreachable: parser.error exits

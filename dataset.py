@@ -23,14 +23,16 @@ Data path (used by ``train.make_loaders``):
     EpochSeededSampler + EpochSeededDataset   persistent workers whose random streams restart every epoch
                   from (seed, rank, epoch), so a run resumed at an epoch boundary draws what it would have.
     default_num_workers               the default worker count, capped at the CPU cores of one rank.
+    SameSizeBatchSampler + item_frame_sizes   validation batches of one frame size each (full frames of mixed
+                  sizes stack, on any number of ranks).
 
 Randomness only comes from torch's default generator (``torch.randint`` / ``torch.randperm``). In the main
 process it is the caller's (``torch.manual_seed``); in DataLoader workers it is seeded per worker, by the
 DataLoader or, for persistent workers, by :class:`EpochSeededDataset` at each epoch.
 
 Bad input raises :class:`DatasetError` with a one-line message naming the file or folder at fault.
-Cheap checks (folders, list files, the first frame's size against the crop) happen in ``__init__``;
-unreadable images are found when loaded or when the frame cache is filled.
+Cheap checks (folders, list files, every frame's size against the crop, read from the PNG headers) happen
+in ``__init__``; unreadable images are found when loaded or when the frame cache is filled.
 """
 
 from __future__ import annotations
@@ -65,6 +67,8 @@ __all__ = [
     "enable_frame_cache",
     "frame_cache_budget",
     "EpochSeededSampler",
+    "SameSizeBatchSampler",
+    "item_frame_sizes",
     "EpochSeededDataset",
     "default_num_workers",
     "VIMEO_TRAIN_LIST",
@@ -390,15 +394,26 @@ class _TripletDataset(Dataset):
         """Every frame file a sample may read, in a stable order (what a frame cache should hold)."""
         raise NotImplementedError
 
-    def _check_crop_fits(self, path: str) -> None:
-        """Refuse a crop larger than the frames now, from one file's header, rather than in the first epoch."""
+    def _check_crop_fits(self, paths: Sequence[str]) -> None:
+        """Refuse a crop larger than any frame now, before the first step: every PNG's size from its header (its
+        first 24 bytes), naming the first offending file and how many there are. A missing file is refused here too;
+        a file that is no PNG is not decoded here (it is checked when it is loaded)."""
         if self.crop_size is None:
             return
-        height, width = image_size(path)
-        if height < self.crop_size or width < self.crop_size:
+        # Threads: on a cold or network disk the open() calls, not the 24-byte reads, take the time.
+        chunks = [paths[i:i + 1024] for i in range(0, len(paths), 1024)]
+        with ThreadPoolExecutor(max_workers=min(8, len(chunks) or 1)) as pool:
+            sizes = [size for chunk in pool.map(lambda part: [_png_header_size(p) for p in part], chunks)
+                     for size in chunk]
+        too_small = [(path, size) for path, size in zip(paths, sizes)
+                     if size is not None and min(size) < self.crop_size]
+        if too_small:
+            (path, (height, width)), count = too_small[0], len(too_small)
+            largest = min(min(size) for _, size in too_small)
+            others = f" ({count} of {len(paths)} frames are smaller)" if count > 1 else ""
             raise DatasetError(
-                f"crop size {self.crop_size} is larger than the frames: {path} is {width}x{height} "
-                f"(--crop_size at most {min(height, width)})"
+                f"crop size {self.crop_size} is larger than the frames: {path} is {width}x{height}{others} "
+                f"(--crop_size at most {largest}, or remove those frames)"
             )
 
     def _read_rgb(self, path: str) -> np.ndarray:
@@ -510,7 +525,7 @@ class VimeoDataset(_TripletDataset):
         list_name = VIMEO_TRAIN_LIST if split == "train" else VIMEO_TEST_LIST
         self.list_path = os.path.join(self.root, list_name)
         self.names = _read_vimeo_list(self.list_path, self.sequences_dir)
-        self._check_crop_fits(self.frame_path(0, 0))
+        self._check_crop_fits(self.frame_paths())
 
     def __len__(self) -> int:
         return len(self.names)
@@ -662,7 +677,7 @@ class X4KDataset(_TripletDataset):
         if not os.path.isdir(self.train_dir):
             raise DatasetError(f"X4K1000FPS train folder not found: {self.train_dir} (--x4k_path)")
         self.clips = _discover_x4k_clips(self.train_dir, min_frames=max(3, self.min_gap + 1))
-        self._check_crop_fits(os.path.join(self.clips[0].folder, self.clips[0].frame_names[0]))
+        self._check_crop_fits(self.frame_paths())
 
     @property
     def max_gap(self) -> int:
@@ -837,6 +852,44 @@ def frame_cache_budget(local_world_size: int = 1, cap_bytes: int = 8 * 2**30, fr
     """
     budget = min(cap_bytes, int(fraction * _available_memory_bytes()))
     return max(0, budget // max(1, local_world_size))
+
+
+def item_frame_sizes(dataset: Dataset) -> list[tuple[int, int]]:
+    """(height, width) of every item's frames, read from the first frame's header (a Vimeo-layout set, or a Subset
+    of one): what :class:`SameSizeBatchSampler` groups by. The frames of one item share a size (checked on load)."""
+    indices = list(range(len(dataset)))
+    while isinstance(dataset, Subset):
+        indices = [dataset.indices[i] for i in indices]
+        dataset = dataset.dataset
+    if not hasattr(dataset, "frame_path"):
+        raise TypeError(f"{type(dataset).__name__} has no frame_path(index, frame): cannot read its frame sizes")
+    return [image_size(dataset.frame_path(index, 0)) for index in indices]
+
+
+class SameSizeBatchSampler(Sampler[list[int]]):
+    """Batches of at most ``batch_size`` of ``indices`` whose frames share one size, so the default collate can stack
+    them whatever mix of sizes the set holds (a validation list of 176x144 and 640x272 clips). Sizes in order of first
+    appearance, indices in their given order within a size; every index exactly once.
+
+    Args:
+        indices: the dataset indices to batch (a rank's shard), in order.
+        sizes: (height, width) of every item of the dataset (:func:`item_frame_sizes`), indexed by dataset index.
+        batch_size: the most items per batch.
+    """
+
+    def __init__(self, indices: Sequence[int], sizes: Sequence[tuple[int, int]], batch_size: int):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        groups: dict[tuple[int, int], list[int]] = {}
+        for index in indices:
+            groups.setdefault(tuple(sizes[index]), []).append(int(index))
+        self.batches = [group[i:i + batch_size] for group in groups.values() for i in range(0, len(group), batch_size)]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
 
 
 class EpochSeededSampler(Sampler[tuple[int, int]]):

@@ -3,6 +3,8 @@
 One launch path, any scale: ``python train.py ...`` on one device, ``torchrun --nproc_per_node=N train.py ...`` on
 several (multi-node through torchrun's rendezvous). Rank 0 alone prints, writes TensorBoard (``log/<exp_name>/``)
 and saves ``ckpt/<exp_name>_last.pt`` / ``_best.pt``; validation PSNR is all-reduced across ranks first.
+Ctrl-C or SIGTERM stops every rank after the same optimizer step; rank 0 prints one line (where, the last checkpoint,
+the ``--resume`` command) and the exit status is 130.
 
     python train.py --phase 1 --data_path /data/vimeo_triplet --batch_size 4 --exp_name phase1_hybrid
     python train.py --phase 2 --data_path ... --resume phase1_hybrid_best --freeze_backbone 50 --exp_name p2
@@ -16,17 +18,22 @@ import json
 import logging
 import math
 import os
+import shlex
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler, Sampler, Subset
 
-from checkpoint import CheckpointError, atomic_write_text, run_name
-from config import DEFAULT_NUM_WORKERS, ConfigError, ExperimentConfig, config_from_argv
-from dataset import DatasetError, EpochSeededDataset, EpochSeededSampler, MixedDataset, VimeoDataset, X4KDataset, \
-    curriculum_max_gap, default_num_workers, enable_frame_cache, frame_cache_budget
+from checkpoint import CheckpointError, atomic_write_text, resolve_checkpoint, run_checkpoint_path, run_name
+from config import DEFAULT_NUM_WORKERS, ConfigError, ExperimentConfig, parse_train_argv
+from dataset import DatasetError, EpochSeededDataset, EpochSeededSampler, MixedDataset, SameSizeBatchSampler, \
+    VimeoDataset, X4KDataset, curriculum_max_gap, default_num_workers, enable_frame_cache, frame_cache_budget, \
+    item_frame_sizes
 from distributed import DistributedContext, init_distributed, shutdown_distributed
 from model.matvlm import MaTVLMIncompatible
 from Trainer import Trainer, TrainingDiverged, seed_everything
@@ -54,6 +61,145 @@ class NullWriter:
 
     def __getattr__(self, name):
         return lambda *args, **kwargs: None
+
+
+class StopSignals:
+    """SIGINT (Ctrl-C) and SIGTERM (what a scheduler sends) ask training to stop at the next optimizer-step
+    boundary. The handler only records the signal; the loop calls :meth:`agreed` at each boundary, a one-integer
+    all-reduce (MAX) so every rank stops after the same step even when only some of them got the signal. On CUDA
+    the all-reduce goes through a gloo group on the CPU, so it never waits for the GPU.
+
+    A second signal is ignored when it comes within ``REPEAT_GRACE_S`` of the first (torchrun passes the terminal's
+    Ctrl-C on to its workers, which got it already); a later one stops at once (KeyboardInterrupt).
+    Use as a context manager around :func:`run` (the previous handlers come back on exit); until :meth:`arm` (the
+    training loop) a signal raises KeyboardInterrupt at once, as by default, so start-up stops without waiting.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    REPEAT_GRACE_S = 2.0
+
+    def __init__(self, ctx: DistributedContext):
+        self.ctx = ctx
+        self.armed = False                     # before arm() (start-up) a signal interrupts at once
+        self.received: int = 0                 # signal number this process got (0: none)
+        self.received_at = 0.0
+        self.stop_signal: int = 0              # the largest signal number any rank got, once agreed
+        self.previous: dict[int, object] = {}
+        self.group = None
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            for number in self.SIGNALS:
+                self.previous[number] = signal.signal(number, self.record)
+        if self.ctx.enabled and self.ctx.device.type == "cuda":
+            self.group = dist.new_group(backend="gloo")
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        if exc_type is KeyboardInterrupt:
+            # The process is stopping: a repeated signal (torchrun passes Ctrl-C on a second time) must not raise
+            # again while the caller prints its line; it calls restore() when done.
+            for number in self.previous:
+                signal.signal(number, signal.SIG_IGN)
+        else:
+            self.restore()
+
+    def restore(self) -> None:
+        """Put back the handlers that were installed before."""
+        for number, handler in self.previous.items():
+            signal.signal(number, handler)
+        self.previous.clear()
+
+    def arm(self) -> None:
+        """From now on a signal is only recorded, to be acted on at the next step boundary (the training loop)."""
+        self.armed = True
+
+    def record(self, number: int, frame=None) -> None:
+        if not self.armed:
+            raise KeyboardInterrupt            # start-up: nothing to finish, stop now (main prints one line)
+        if not self.received:
+            self.received, self.received_at = number, time.monotonic()
+        elif time.monotonic() - self.received_at > self.REPEAT_GRACE_S:
+            raise KeyboardInterrupt
+
+    def agreed(self) -> bool:
+        """True on every rank when any rank has received a stop signal (a collective: call it on all ranks)."""
+        if self.ctx.enabled:
+            flag = torch.tensor([self.received], dtype=torch.int64)
+            if self.group is None:
+                flag = flag.to(self.ctx.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.group)
+            self.stop_signal = int(flag.item())
+        else:
+            self.stop_signal = self.received
+        return self.stop_signal != 0
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader worker start: Ctrl-C reaches the whole process group; the main process decides when to stop and
+    shuts the workers down itself, so a worker must not die of the signal in the middle of a batch."""
+    for number in StopSignals.SIGNALS:
+        signal.signal(number, signal.SIG_IGN)
+
+
+class Progress:
+    """Training progress of rank 0: a tqdm bar on a terminal; a plain line every ``--log_every`` steps when standard
+    output is a file or a pipe (no carriage returns in logs); nothing with ``--no_progress``."""
+
+    def __init__(self, enabled: bool, total_steps: int, log):
+        self.mode = "off" if not enabled else "bar" if sys.stdout.isatty() and sys.stderr.isatty() else "lines"
+        self.total_steps, self.log, self.bar = total_steps, log, None
+
+    def start_epoch(self, epoch: int, total_epochs: int, steps: int) -> None:
+        self.epoch_text = f"epoch {epoch + 1}/{total_epochs}"
+        if self.mode == "bar":
+            from tqdm import tqdm
+            self.bar = tqdm(total=steps, desc=self.epoch_text, dynamic_ncols=True, leave=False)
+
+    def step(self) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def report(self, step: int, epoch_step: int, epoch_steps: int, loss: float, lr: float,
+               samples_per_sec: float) -> None:
+        """At each logging step (--log_every): the bar's postfix, or one plain line."""
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
+        elif self.mode == "lines":
+            self.log(f"{self.epoch_text} step {epoch_step}/{epoch_steps} (total {step}/{self.total_steps}): "
+                     f"loss {loss:.4f}, lr {lr:.2e}, {samples_per_sec:.1f} samples/s", flush=True)
+
+    def end_epoch(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def resume_command(argv: list[str], resume_name: str, ctx: DistributedContext) -> str:
+    """The command that continues this run: the same flags with ``--resume <resume_name>`` (replacing any
+    ``--resume`` or ``--init_from_attn``), launched as this process was (python or torchrun)."""
+    kept, skip = [], False
+    for item in argv:
+        if skip:
+            skip = False
+        elif item in ("--resume", "--init_from_attn"):
+            skip = True
+        elif not item.startswith(("--resume=", "--init_from_attn=")):
+            kept.append(item)
+    script = Path(__file__).resolve()
+    try:
+        script_text = str(script.relative_to(Path.cwd()))
+    except ValueError:
+        script_text = str(script)
+    flags = [script_text, *kept, "--resume", resume_name]
+    if "TORCHELASTIC_RUN_ID" not in os.environ:
+        return shlex.join(["python", *flags])
+    nodes = int(os.environ.get("GROUP_WORLD_SIZE", "1"))
+    launcher = ["torchrun", "--standalone"] if nodes == 1 else ["torchrun", f"--nnodes={nodes}"]
+    launcher.append(f"--nproc_per_node={os.environ.get('LOCAL_WORLD_SIZE', ctx.world_size)}")
+    if nodes == 1:
+        return shlex.join([*launcher, *flags])
+    return f"{shlex.join(launcher)} <your --rdzv flags, as before> {shlex.join(flags)}"
 
 
 def build_datasets(cfg: ExperimentConfig):
@@ -119,13 +265,15 @@ def make_loaders(cfg: ExperimentConfig, ctx: DistributedContext, train_set, val_
         train_loader = DataLoader(EpochSeededDataset(train_set), batch_size=data.batch_size,
                                   sampler=EpochSeededSampler(sampler, cfg.train.seed, ctx.rank), num_workers=workers,
                                   pin_memory=pin, drop_last=True, persistent_workers=True,
-                                  multiprocessing_context=context)
+                                  multiprocessing_context=context, worker_init_fn=ignore_stop_signals)
     else:
         train_loader = DataLoader(train_set, batch_size=data.batch_size, sampler=sampler, pin_memory=pin,
                                   drop_last=True)
-    val_loader = DataLoader(val_set, batch_size=max(1, min(data.batch_size, 4)),
-                            sampler=ShardSampler(len(val_set), ctx.rank, ctx.world_size), num_workers=workers,
-                            pin_memory=pin)
+    # Validation frames keep their size (no crop): a batch holds one size only, so a list mixing sizes stacks.
+    val_batches = SameSizeBatchSampler(ShardSampler(len(val_set), ctx.rank, ctx.world_size).indices,
+                                       item_frame_sizes(val_set), max(1, min(data.batch_size, 4)))
+    val_loader = DataLoader(val_set, batch_sampler=val_batches, num_workers=workers, pin_memory=pin,
+                            worker_init_fn=ignore_stop_signals if workers > 0 else None)
     return train_loader, sampler, val_loader
 
 
@@ -191,8 +339,23 @@ def run_summary(cfg: ExperimentConfig, trainer: Trainer, params: int, train_samp
     }
 
 
-def run(cfg: ExperimentConfig, ctx: DistributedContext) -> None:
+def check_device_flags(cfg: ExperimentConfig, ctx: DistributedContext) -> None:
+    """Flags that depend on the device, refused before any data or model is built."""
+    if cfg.train.amp == "fp16" and ctx.device.type != "cuda":
+        # fp16 autocast on a CPU is many times slower than fp32 and the GradScaler buys nothing there.
+        raise ConfigError(f"--amp fp16 needs a CUDA device (this run is on {ctx.device.type}, which trains in fp32): "
+                          "use --amp fp32 or auto")
+
+
+def run(cfg: ExperimentConfig, ctx: DistributedContext, argv: list[str] | None = None,
+        progress_enabled: bool = True, stop: StopSignals | None = None) -> int:
+    """Train as ``cfg`` says; returns the exit status: 0, or 130 when a signal recorded by ``stop`` stopped the run
+    (rank 0 then printed where it stopped and the command that continues it). ``argv`` is the command line, for that
+    command; without ``stop`` (handlers not installed) the run is not stopped by signals."""
     run_started = time.perf_counter()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    stop = StopSignals(ctx) if stop is None else stop
+    check_device_flags(cfg, ctx)
     log = print if ctx.is_main else (lambda *a, **k: None)
     # Library notes (e.g. which SSD backend runs) from rank 0 only.
     logging.basicConfig(level=logging.INFO if ctx.is_main else logging.WARNING, format="%(message)s", stream=sys.stdout)
@@ -240,13 +403,23 @@ def run(cfg: ExperimentConfig, ctx: DistributedContext) -> None:
     if ctx.device.type == "cuda":
         log(f"training step: {trainer.step_mode}")
 
-    from tqdm import tqdm
+    progress = Progress(progress_enabled and ctx.is_main, steps_per_epoch * total_epochs, log)
+    last_path = run_checkpoint_path(cfg, "last")
+    saved = None                                 # (epoch, step) of the newest checkpoint of this run, where known
+    if train.resume and last_path.exists() and \
+            resolve_checkpoint(train.resume, train.ckpt_dir).resolve() == last_path.resolve():
+        saved = (trainer.epoch, trainer.step)
+    interrupted = None                           # (epoch index, steps into it) where a stop signal ended the run
+    stop.arm()                                   # from here a signal stops at the next step boundary
     train_samples, train_seconds = 0, 0.0        # over this process's training loops, for summary.json
     # The first optimizer step of a process pays for kernel compilation (Triton SSD, cuDNN); the steady rate
     # (samples/s after it) is what a long run sees. Both go into summary.json.
     first_step_at, steady_samples, steady_seconds = None, 0, 0.0
     last_train_grid = -1                          # step of the latest training image grid
     for epoch in range(trainer.epoch, total_epochs):
+        if stop.agreed():                      # a signal during the last evaluation or save
+            interrupted = (epoch, 0)
+            break
         if train.stop_after_epoch is not None and epoch >= train.stop_after_epoch:
             log(f"stopping after epoch {epoch} (--stop_after_epoch)")
             break
@@ -258,9 +431,8 @@ def run(cfg: ExperimentConfig, ctx: DistributedContext) -> None:
         sampler.set_epoch(epoch)
         trainer.train_mode()
         sums = torch.zeros(len(LOSS_TAGS) + 1, dtype=torch.float64, device=ctx.device)   # loss terms, count
-        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{total_epochs}", disable=not ctx.is_main,
-                   dynamic_ncols=True, leave=False)
-        started, samples, last_train = time.perf_counter(), 0, None
+        progress.start_epoch(epoch, total_epochs, steps_per_epoch)
+        started, samples, last_train, epoch_step = time.perf_counter(), 0, None, 0
         for micro, batch in enumerate(train_loader):
             if micro >= steps_per_epoch * train.grad_accum:
                 break
@@ -279,8 +451,8 @@ def run(cfg: ExperimentConfig, ctx: DistributedContext) -> None:
                                     + [torch.ones((), dtype=torch.float64, device=ctx.device)])
             if not result["stepped"]:
                 continue
-            bar.update(1)
-            step = trainer.step
+            progress.step()
+            step, epoch_step = trainer.step, epoch_step + 1
             if step % train.log_every == 0 or step == 1:
                 reduced = ctx.all_reduce_sum(sums.clone())
                 count = max(1.0, reduced[-1].item())
@@ -290,7 +462,8 @@ def run(cfg: ExperimentConfig, ctx: DistributedContext) -> None:
                 writer.add_scalar("train/lr", trainer.current_lr(), step)
                 writer.add_scalar("train/grad_norm", trainer.last_grad_norm, step)
                 writer.add_scalar("train/samples_per_sec", samples * ctx.world_size / max(elapsed, 1e-9), step)
-                bar.set_postfix(loss=f"{reduced[-2].item() / count:.4f}", lr=f"{trainer.current_lr():.2e}")
+                progress.report(step, epoch_step, steps_per_epoch, reduced[-2].item() / count, trainer.current_lr(),
+                                samples * ctx.world_size / max(elapsed, 1e-9))
                 sums.zero_()
             # The captured step's tensors are overwritten by the next replay: keep a copy for the epoch-end grid.
             last_train = detached_copy(result) if trainer.graph_mode else result
@@ -298,7 +471,12 @@ def run(cfg: ExperimentConfig, ctx: DistributedContext) -> None:
                 img0, gt, img1, _ = result["inputs"]
                 writer.add_image("train/I0_pred_gt_I1", image_grid(img0, gt, img1, result["output"]), step)
                 last_train_grid = step
-        bar.close()
+            if stop.agreed():                  # Ctrl-C / SIGTERM on any rank: every rank stops after this step
+                break
+        progress.end_epoch()
+        if stop.stop_signal and epoch_step < steps_per_epoch:
+            interrupted = (epoch, epoch_step)  # part-way through an epoch: no evaluation, nothing saved
+            break
         trainer.epoch = epoch + 1
         epoch_seconds = time.perf_counter() - started
         train_samples, train_seconds = train_samples + samples * ctx.world_size, train_seconds + epoch_seconds
@@ -325,6 +503,13 @@ def run(cfg: ExperimentConfig, ctx: DistributedContext) -> None:
         else:
             improved = False
         trainer.save(improved, metrics)
+        saved = (trainer.epoch, trainer.step)
+    if interrupted is not None:
+        writer.close() if hasattr(writer, "close") else None
+        if ctx.is_main:
+            sys.stderr.write(stop_line(cfg, trainer, stop.stop_signal, interrupted, steps_per_epoch, total_epochs,
+                                       saved, last_path, argv, ctx) + "\n")
+        return 130
     writer.close() if hasattr(writer, "close") else None
     if ctx.enabled:   # gradient averaging keeps ranks in lock-step: same steps, identical weights and EMA everywhere
         weights = ctx.all_gather_object(fingerprint(p for p in trainer.model.parameters()))
@@ -344,20 +529,58 @@ def run(cfg: ExperimentConfig, ctx: DistributedContext) -> None:
         atomic_write_text(Path(train.log_dir) / run_name(cfg) / "summary.json", json.dumps(summary, indent=2))
     log(f"done: {trainer.step} steps, best val PSNR {trainer.best_metric:.3f} dB; checkpoints in {train.ckpt_dir}/"
         f"{run_name(cfg)}_{{last,best}}.pt, TensorBoard in {train.log_dir}/{run_name(cfg)}")
+    return 0
+
+
+def stop_line(cfg: ExperimentConfig, trainer: Trainer, signal_number: int, interrupted: tuple[int, int],
+              steps_per_epoch: int, total_epochs: int, saved: tuple[int, int] | None, last_path: Path,
+              argv: list[str], ctx: DistributedContext) -> str:
+    """The one line rank 0 prints when a signal stopped the run: where, the newest checkpoint, how to continue."""
+    epoch, epoch_step = interrupted
+    try:
+        name = signal.Signals(signal_number).name
+    except ValueError:
+        name = f"signal {signal_number}"
+    where = (f"epoch {epoch + 1}/{total_epochs}, step {trainer.step} ({epoch_step} of {steps_per_epoch} steps into "
+             f"the epoch)" if epoch_step else f"the end of epoch {epoch}/{total_epochs}, step {trainer.step}")
+    if not last_path.exists():
+        return (f"train.py: stopped by {name} at {where}; no checkpoint yet (the first is written at the end of "
+                f"epoch {trainer.epoch + 1}): run the same command to start again")
+    if saved is None:
+        newest = f"last checkpoint {last_path}"
+    else:
+        lost = trainer.step - saved[1]
+        newest = (f"last checkpoint {last_path} (end of epoch {saved[0]}, step {saved[1]}"
+                  + (f"; the {lost} steps since are not saved and will be trained again)" if lost else ")"))
+    return f"train.py: stopped by {name} at {where}; {newest}; continue with: " \
+           f"{resume_command(argv, last_path.stem, ctx)}"
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = config_from_argv(argv)                    # bad flags: one line on stderr, exit status 2
+    """Exit status 0 when training ends, 2 for an error the user can fix (one line on stderr), 130 when Ctrl-C or
+    SIGTERM stopped it (one line on stderr saying where, and how to continue)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cfg, args = parse_train_argv(argv)              # bad flags: one line on stderr, exit status 2
     ctx = init_distributed()
+    stop = StopSignals(ctx)
     try:
-        run(cfg, ctx)
-        return 0
+        with stop:
+            return run(cfg, ctx, argv, progress_enabled=not args.no_progress, stop=stop)
+    except KeyboardInterrupt:                       # during start-up, or a second Ctrl-C in the training loop
+        if ctx.is_main:
+            last = run_checkpoint_path(cfg, "last")
+            where = (f"last checkpoint {last}; continue with: {resume_command(argv, last.stem, ctx)}" if last.exists()
+                     else "no checkpoint was written: run the same command to start again")
+            sys.stderr.write(f"train.py: interrupted during start-up; {where}\n" if not stop.armed
+                             else f"train.py: stopped at once by a second signal; {where}\n")
+        return 130
     except (ConfigError, DatasetError, CheckpointError, MaTVLMIncompatible, TrainingDiverged, FileNotFoundError) as error:
         if ctx.is_main:
             sys.stderr.write(f"train.py: error: {one_line(error)}\n")
         return 2
     finally:
         shutdown_distributed()
+        stop.restore()
 
 
 if __name__ == "__main__":

@@ -295,6 +295,9 @@ def open_source(path: Path, ffmpeg: str | None, rate: Fraction | None) -> FrameS
         return FolderSource(path, rate)
     if not os.access(path, os.R_OK):
         raise VideoIOError(f"--input {path} is not readable (permissions)")
+    if path.suffix.lower() in FRAME_SUFFIXES:
+        raise VideoIOError(f"--input {path} is a single image; interpolation needs at least 2 frames: give a folder "
+                           "of frames or a video")
     return FfmpegSource(path, ffmpeg, rate) if ffmpeg else OpenCVSource(path, rate)
 
 

@@ -4,8 +4,9 @@ Each run is ``train.main(argv)`` in this process, so a row is exactly what ``pyt
 produced: same data, same optimizer, schedule and loss, same validation on the data set's test list. Every variant
 gets the same steps, batch, crop and seeds. Runs live in a private folder beside the table (``<out dir>/runs/ckpt``
 and ``<out dir>/runs/log``), named ``ablation_<variant>_s<seed>``, so nothing of the user's is touched; a finished
-run (its ``summary.json`` present, same configuration) is reused when the command is repeated, and an
-interrupted one is continued with ``--resume``.
+run (its ``summary.json`` present, same configuration; for ``hybrid_matvlm`` also the same source checkpoint, by path
+and content hash) is reused when the command is repeated, and an interrupted one (Ctrl-C) is continued with
+``--resume``.
 
 Variants: the named ablation presets of config.py (``hybrid``, ``mamba2_only``, ``gated_attn_only``,
 ``hybrid_mhc``, ``hybrid_cab``, ``hybrid_matvlm``) and, in phase 2, ``hybrid_inter`` (``hybrid`` with the deep
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import hashlib
 import json
 import math
 import os
@@ -60,6 +62,10 @@ SUMMARY_KEYS = ("experiment", "phase", "params", "steps", "epochs", "best_psnr",
 
 class AblationError(RuntimeError):
     """A run failed or left no usable result; the message is one line naming the run and what to do."""
+
+
+class Interrupted(Exception):
+    """Ctrl-C or SIGTERM stopped a run (train.py printed where, and its checkpoint); repeating the command goes on."""
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -109,6 +115,17 @@ class Run:
 class Plan:
     runs: list[Run] = field(default_factory=list)
     notes: dict[str, str] = field(default_factory=dict)
+    extra_steps: dict[str, int | None] = field(default_factory=dict)   # steps a variant's start was trained for
+
+
+def source_steps(path: str) -> int | None:
+    """Optimizer steps a given MaTVLM source checkpoint was trained for (None when it does not say)."""
+    from checkpoint import CheckpointError, load_checkpoint
+    try:
+        step = load_checkpoint(path).get("step")
+    except CheckpointError as error:
+        raise ConfigError(f"--matvlm_source: {error}") from None
+    return int(step) if isinstance(step, int) else None
 
 
 def build_plan(args: argparse.Namespace, variants: Sequence[str], seeds: Sequence[int], epochs: int,
@@ -127,7 +144,9 @@ def build_plan(args: argparse.Namespace, variants: Sequence[str], seeds: Sequenc
             if variant == "hybrid_matvlm":
                 if args.matvlm_source:
                     extra = ["--init_from_attn", args.matvlm_source]
-                    plan.notes[variant] = f"MaTVLM start from {args.matvlm_source}"
+                    identity = file_identity(args.matvlm_source)
+                    plan.notes[variant] = f"MaTVLM start from {args.matvlm_source} (sha256 {identity['sha256'][:12]})"
+                    plan.extra_steps[variant] = source_steps(args.matvlm_source)
                 else:
                     source = f"ablation_matvlm_source_s{seed}"
                     plan.runs.append(Run(variant, seed, source, common + [
@@ -135,7 +154,8 @@ def build_plan(args: argparse.Namespace, variants: Sequence[str], seeds: Sequenc
                         "--exp_name", source], role="matvlm_source"))
                     extra = ["--init_from_attn", str(ckpt_dir / f"{source}_last.pt")]
                     plan.notes[variant] = (f"MaTVLM start from a gated_attn_only model (MaTVLM shapes) trained "
-                                           f"{args.steps} steps with the same seed, so {2 * args.steps} steps in all")
+                                           f"{args.steps} steps with the same seed")
+                    plan.extra_steps[variant] = args.steps
             if variant == "hybrid_inter":
                 plan.notes[variant] = f"hybrid + {INTER_WEIGHT} x sum_i Lap(I_hat_i) on the flow blocks' blends"
             name = f"ablation_{variant}_s{seed}"
@@ -153,6 +173,48 @@ def comparable_config(config: dict[str, Any]) -> dict[str, Any]:
     for key in ("resume", "init_from_attn"):
         config.get("train", {}).pop(key, None)
     return config
+
+
+def matvlm_source_of(run: Run) -> str | None:
+    """The checkpoint a run starts from with ``--init_from_attn``, or None."""
+    if "--init_from_attn" not in run.argv:
+        return None
+    return run.argv[run.argv.index("--init_from_attn") + 1]
+
+
+def file_identity(path: str | Path) -> dict[str, str]:
+    """{"path": absolute path, "sha256": hex digest of the content}: what a MaTVLM start is reused by."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return {"path": str(Path(path).resolve()), "sha256": digest.hexdigest()}
+
+
+def source_record_path(run: Run, log_dir: Path) -> Path:
+    """Where a MaTVLM row records the identity of the source it was started from (beside its summary.json)."""
+    return log_dir / run.experiment / "matvlm_source.json"
+
+
+def check_same_source(run: Run, log_dir: Path) -> None:
+    """Refuse to reuse or continue a MaTVLM row that was started from another source (path or content) than the one
+    this command names. (The config compared by :func:`comparable_config` leaves ``--init_from_attn`` out, because
+    a continued run replaces it by ``--resume``.)"""
+    source = matvlm_source_of(run)
+    if source is None:
+        return
+    record = source_record_path(run, log_dir)
+    wanted = file_identity(source)
+    try:
+        used = json.loads(record.read_text())
+    except (OSError, ValueError):
+        used = None
+    if used != wanted:
+        what = (f"from {used.get('path')} (sha256 {str(used.get('sha256'))[:12]})" if isinstance(used, dict)
+                else "from a source it did not record")
+        raise AblationError(f"{log_dir / run.experiment} was started {what}, not from {wanted['path']} (sha256 "
+                            f"{wanted['sha256'][:12]}): delete {log_dir / run.experiment} and its checkpoints, or "
+                            f"choose another --out")
 
 
 def recorded_training_rate(summary: dict[str, Any]) -> float | None:
@@ -181,27 +243,35 @@ def finished_summary(run: Run, log_dir: Path, steps: int) -> dict[str, Any] | No
     summary = read_summary(path, run)
     wanted = comparable_config(config_from_argv(run.argv).to_dict())
     if summary["steps"] == steps and comparable_config(summary["config"]) == wanted and summary["last_val"]:
+        check_same_source(run, log_dir)
         return summary
     raise AblationError(f"{path} belongs to a different or unfinished run of {run.experiment}: delete "
                         f"{log_dir / run.experiment} and its checkpoints, or choose another --out")
 
 
-def execute(run: Run, ckpt_dir: Path, log_dir: Path, steps: int, log=print) -> dict[str, Any]:
-    """Run train.main for ``run`` (or reuse / continue it) and return its summary."""
+def execute(run: Run, ckpt_dir: Path, log_dir: Path, steps: int, log=print, progress: bool = True) -> dict[str, Any]:
+    """Run train.main for ``run`` (or reuse / continue it) and return its summary. ``progress`` False passes
+    ``--no_progress`` on. Raises :class:`Interrupted` when Ctrl-C / SIGTERM stopped the run."""
     import train
 
     done = finished_summary(run, log_dir, steps)
     if done is not None:
         log(f"ablation: reusing the finished run {run.experiment}")
         return done
-    argv = list(run.argv)
+    argv = list(run.argv) + ([] if progress else ["--no_progress"])
     if (ckpt_dir / f"{run.experiment}_last.pt").exists():
         # An interrupted run: continue it exactly (its weights already hold any MaTVLM start).
+        check_same_source(run, log_dir)
         if "--init_from_attn" in argv:
             at = argv.index("--init_from_attn")
             del argv[at:at + 2]
         argv += ["--resume", f"{run.experiment}_last"]
         log(f"ablation: continuing the interrupted run {run.experiment}")
+    elif matvlm_source_of(run) is not None:
+        source = matvlm_source_of(run)
+        if not Path(source).is_file():
+            raise AblationError(f"run {run.experiment}: its MaTVLM source {source} does not exist")
+        atomic_write_text(source_record_path(run, log_dir), json.dumps(file_identity(source), indent=2))
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -210,6 +280,8 @@ def execute(run: Run, ckpt_dir: Path, log_dir: Path, steps: int, log=print) -> d
         status = train.main(argv)
     except SystemExit as error:               # a flag train.py refused (its one line is already on stderr)
         status = error.code
+    if status == 130:
+        raise Interrupted(run.experiment)
     if status != 0:
         raise AblationError(f"run {run.experiment} failed (train.py exit status {status}; its error is above)")
     summary = read_summary(log_dir / run.experiment / "summary.json", run)
@@ -323,8 +395,10 @@ def table_rows(plan: Plan, variants: Sequence[str]) -> list[dict[str, Any]]:
         ssim, ssim_sd = mean_and_sd([v["ssim"] for v in vals])
         speeds = [recorded_training_rate(r.summary) for r in runs if recorded_training_rate(r.summary)]
         peaks = [r.summary["peak_gpu_mem_gib"] for r in runs if r.summary["peak_gpu_mem_gib"] is not None]
+        extra = plan.extra_steps.get(variant, 0)
         rows.append({
             "variant": variant,
+            "total_steps": None if extra is None else runs[0].summary["steps"] + extra,
             "params": runs[0].summary["params"],
             "train_samples_per_sec": statistics.fmean(speeds) if speeds else None,
             "peak_gpu_mem_gib": max(peaks) if peaks else None,
@@ -374,19 +448,28 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         + (f"Runs went {len(meta['gpus'])} at a time, one per GPU; samples/s is each run's own rate."
            if meta.get("gpus") else ""),
         "",
-        "| variant | params | train samples/s | peak GPU GiB | val PSNR (dB) | val SSIM | frame-average PSNR | "
-        "Δ PSNR vs hybrid | note |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| variant | total steps | params | train samples/s | peak GPU GiB | val PSNR (dB) | val SSIM | "
+        "frame-average PSNR | Δ PSNR vs hybrid | note |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for row in rows:
         lines.append("| " + " | ".join([
-            row["variant"], f"{row['params'] / 1e6:.3f}M", fmt(row["train_samples_per_sec"], ".1f"),
+            row["variant"], "?" if row["total_steps"] is None else str(row["total_steps"]),
+            f"{row['params'] / 1e6:.3f}M", fmt(row["train_samples_per_sec"], ".1f"),
             fmt(row["peak_gpu_mem_gib"], ".2f"), fmt(row["psnr"], ".3f", row["psnr_sd"]),
             fmt(row["ssim"], ".4f", row["ssim_sd"]), fmt(row["psnr_frame_average"], ".3f"),
             fmt(row["delta_psnr_vs_hybrid"], "+.3f"), row["note"]]) + " |")
     lines += ["", "± is the sample standard deviation over the seeds (none with one seed). Δ is the difference of "
                   "the mean PSNR to the `hybrid` row; a difference smaller than the spreads is not a finding. "
-                  "Peak GPU memory is CUDA's peak allocation of the run (`-` on the CPU).", ""]
+                  "Peak GPU memory is CUDA's peak allocation of the run (`-` on the CPU). Total steps count every "
+                  "optimizer step behind a row, its start's included."]
+    if any(row["variant"] == "hybrid_matvlm" for row in rows):
+        lines += ["", "`hybrid_matvlm` is not a like-for-like row: its total steps include the training of the "
+                      "`gated_attn_only` model it starts from (2N where that source is trained here), and its Mamba2 "
+                      "branch has another shape than `hybrid`'s (expand 1, one B/C group per head, state size = "
+                      "attention head dim; config.matvlm_compatible). The table has no same-shape control trained "
+                      "from scratch, so its Δ mixes the MaTVLM start with the extra steps and the other shape."]
+    lines.append("")
     return "\n".join(lines)
 
 
@@ -451,6 +534,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated CUDA device ids: run that many runs at a time, one per device")
     p.add_argument("--only_run", type=str, default=None, help=argparse.SUPPRESS)   # a --gpus child: one run
     p.add_argument("--num_workers", type=int, default=8, help="DataLoader workers per run (default 8)")
+    p.add_argument("--no_progress", action="store_true",
+                   help="no progress bars (passed on to every run); without it a terminal gets bars, a file or pipe "
+                        "a line per run and train.py's plain progress lines")
     p.add_argument("--train_args", type=str, default="",
                    help="more train.py flags for every run, quoted (e.g. \"--amp bf16 --log_every 100\")")
     return p
@@ -474,6 +560,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run(args, " ".join(["python", "benchmark/ablation.py"] + [shlex.quote(a) for a in
                                                                          (sys.argv[1:] if argv is None else argv)]))
+    except (Interrupted, KeyboardInterrupt) as stop:
+        where = f" during run {stop.args[0]}" if isinstance(stop, Interrupted) else ""
+        sys.stderr.write(f"ablation.py: interrupted{where}; repeat the same command to go on (finished runs are "
+                         "reused, an interrupted one continues from its last checkpoint)\n")
+        return 130
     except (ConfigError, AblationError) as error:
         parser.error(str(error))
         return 2  # unreachable: parser.error exits
@@ -520,7 +611,7 @@ def run(args: argparse.Namespace, command: str) -> int:
         run_ = next((r for r in plan.runs if r.experiment == args.only_run), None)
         if run_ is None:
             raise ConfigError(f"--only_run {args.only_run}: no such run in this plan")
-        execute(run_, ckpt_dir, log_dir, args.steps)
+        execute(run_, ckpt_dir, log_dir, args.steps, progress=not args.no_progress)
         return 0
     gpus = parse_list(args.gpus, "--gpus") if args.gpus else []
     where = f"{len(gpus)} GPUs ({', '.join(gpus)}), one run each at a time" if gpus else device_name()
@@ -533,12 +624,16 @@ def run(args: argparse.Namespace, command: str) -> int:
             run_.summary = finished_summary(run_, log_dir, args.steps)
             if run_.summary is None:
                 raise AblationError(f"run {run_.experiment} left no summary in {log_dir / run_.experiment}")
-    else:
+    elif not args.no_progress and sys.stdout.isatty() and sys.stderr.isatty():
         bar = tqdm(plan.runs, desc="ablation", unit="run", position=0, dynamic_ncols=True)
         for run_ in bar:
             bar.set_description(f"ablation: {run_.experiment}")
             run_.summary = execute(run_, ckpt_dir, log_dir, args.steps, log=tqdm.write)
         bar.close()
+    else:                                   # a log file or pipe, or --no_progress: plain lines, no cursor codes
+        for index, run_ in enumerate(plan.runs, start=1):
+            print(f"ablation: run {index}/{len(plan.runs)}: {run_.experiment}", flush=True)
+            run_.summary = execute(run_, ckpt_dir, log_dir, args.steps, progress=not args.no_progress)
 
     meta = {"command": command, "date": time.strftime("%Y-%m-%d %H:%M %Z"), "device": device_name(),
             "phase": args.phase, "model_size": args.model_size, "steps": args.steps, "epochs": epochs,

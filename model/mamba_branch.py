@@ -69,6 +69,12 @@ class InterleavedMamba2(nn.Module):
         self.in_proj = nn.Linear(dim, 2 * inner + 2 * bc_width + self.directions * self.num_heads)
         conv_channels = inner + 2 * bc_width
         self.conv = nn.Conv2d(conv_channels, conv_channels, conv_kernel, padding=conv_kernel // 2, groups=conv_channels)
+        # The conv reads a permuted view of in_proj's (2B, H, W, C) output, so it runs channels-last and its weight
+        # gradient comes back with channels-last strides (C k k, 1, k, 1). The weight is kept in those strides (the
+        # same bytes in the same order: its second dimension has size 1), so gradient and parameter agree exactly and
+        # DDP's bucket view takes the gradient without its "Grad strides do not match bucket view strides" warning.
+        weight = self.conv.weight.detach()
+        self.conv.weight = nn.Parameter(torch.empty_like(weight, memory_format=torch.channels_last).copy_(weight))
 
         shape = (self.directions, self.num_heads)
         dt = torch.exp(torch.rand(shape) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))

@@ -112,3 +112,50 @@ def test_parallel_runs_one_per_device_and_matvlm_waits_for_its_source(vimeo_root
 def test_strip_flag():
     assert ablation.strip_flag(["--a", "1", "--gpus", "0,1", "--b"], "--gpus") == ["--a", "1", "--b"]
     assert ablation.strip_flag(["--gpus=0,1", "--b"], "--gpus") == ["--b"]
+
+
+def attention_source(path, seed: int, step: int):
+    """A gated_attn_only checkpoint with the MaTVLM shapes (what --matvlm_source takes), random weights."""
+    import dataclasses
+
+    import torch
+
+    from checkpoint import atomic_save
+    from config import preset
+    from model import build_model
+    cfg = preset(1, "tiny", "hybrid_matvlm")
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, backbone_mode="gated_attn_only"))
+    torch.manual_seed(seed)
+    atomic_save({"format": 1, "config": cfg.to_dict(), "model": build_model(cfg.model).state_dict(), "ema": None,
+                 "step": step}, path)
+    return path
+
+
+def test_matvlm_row_is_reused_only_from_the_same_source_and_states_its_total_steps(vimeo_root, tmp_path, monkeypatch,
+                                                                                    capsys):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    source_a = attention_source(tmp_path / "a.pt", seed=1, step=7)
+    source_b = attention_source(tmp_path / "b.pt", seed=2, step=7)
+    out = tmp_path / "abl" / "table.md"
+
+    def args(source):
+        return ["--data_path", str(vimeo_root), "--steps", "2", "--batch_size", "2", "--crop_size", "32",
+                "--variants", "hybrid_matvlm", "--model_size", "tiny", "--num_workers", "0", "--device", "cpu",
+                "--out", str(out), "--matvlm_source", str(source), "--no_progress"]
+    assert ablation.main(args(source_a)) == 0
+    printed = capsys.readouterr().out
+    assert "\r" not in printed and "ablation: run 1/1: ablation_hybrid_matvlm_s0" in printed
+    row = json.loads((out.parent / "table.json").read_text())["rows"][0]
+    assert row["total_steps"] == 9                                   # its own 2 + the source's 7
+    table = out.read_text()
+    assert "| hybrid_matvlm | 9 |" in table and "no same-shape control" in table and "2N" in table
+    assert ablation.main(args(source_a)) == 0                        # same source: reused
+    assert "reusing the finished run ablation_hybrid_matvlm_s0" in capsys.readouterr().out
+    for source in (source_b, source_a):                              # another file; then the same path, new content
+        if source == source_a:
+            source_a.write_bytes(source_b.read_bytes())
+        with pytest.raises(SystemExit) as error:
+            ablation.main(args(source))
+        err = capsys.readouterr().err.strip().splitlines()
+        assert error.value.code == 2 and len(err) == 1, err
+        assert "ablation_hybrid_matvlm_s0 was started from" in err[0] and "sha256" in err[0], err[0]

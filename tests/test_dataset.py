@@ -657,6 +657,33 @@ def test_crop_larger_than_frames_is_refused_when_the_set_is_built(vimeo_root, x4
     assert_one_line_error(error, os.path.join(sorted(clips)[0], "0000.png"), f"{X4K_SIZE}x{X4K_SIZE}")
 
 
+def test_every_frame_header_is_checked_against_the_crop_not_only_the_first(vimeo_root, x4k_root, tmp_path):
+    """One smaller triplet late in the list (and one smaller X4K clip) is refused at construction, naming the first
+    offending file and how many there are, not found at the step that loads it."""
+    import shutil
+    root, _ = vimeo_root
+    copy = tmp_path / "vimeo"
+    shutil.copytree(root, copy)
+    small = copy / "sequences" / "00002" / "0002"
+    for name in ("im1.png", "im2.png", "im3.png"):
+        cv2.imwrite(str(small / name), np.zeros((VIMEO_H - 8, VIMEO_W, 3), np.uint8))
+    with pytest.raises(DatasetError) as error:
+        VimeoDataset(copy, crop_size=VIMEO_H)
+    assert_one_line_error(error, str(small / "im1.png"), f"{VIMEO_W}x{VIMEO_H - 8}", "3 of 12 frames",
+                          f"--crop_size at most {VIMEO_H - 8}")
+    VimeoDataset(copy, crop_size=VIMEO_H - 8)
+
+    x4k, clips = x4k_root
+    x4k_copy = tmp_path / "x4k"
+    shutil.copytree(x4k, x4k_copy)
+    last_clip = x4k_copy / os.path.relpath(sorted(clips)[-1], x4k)
+    last_frame = sorted(last_clip.glob("*.png"))[-1]
+    cv2.imwrite(str(last_frame), np.zeros((X4K_SIZE - 4, X4K_SIZE, 3), np.uint8))
+    with pytest.raises(DatasetError) as error:
+        X4KDataset(x4k_copy, crop_size=X4K_SIZE)
+    assert_one_line_error(error, str(last_frame), f"{X4K_SIZE}x{X4K_SIZE - 4}")
+
+
 def test_train_refuses_a_crop_larger_than_the_frames_before_the_first_step(vimeo_root, tmp_path, capsys):
     import train
 
@@ -984,3 +1011,31 @@ def test_train_loader_caps_only_the_default_worker_count_and_says_so_once(vimeo_
     assert loader.num_workers == 1 and "1 workers" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         config_from_argv(base + ["--num_workers", "-1"])
+
+
+def test_video_to_vimeo_keeps_the_aspect_ratio_by_default(tmp_path, capsys):
+    """A 640x272 (2.35:1) clip at --size 448x256 used to be squeezed to 1.75:1: a square became 48x64. Now it is
+    resized to cover (602x256) and centre-cropped; --fit stretch keeps the old squeeze, and says so."""
+    video = tmp_path / "wide.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 25, (640, 272))
+    for index in range(12):
+        frame = np.full((272, 640, 3), 40, np.uint8)
+        frame[102:170, 260 + 4 * index:328 + 4 * index] = 255              # a 68x68 square moving right
+        writer.write(frame)
+    writer.release()
+
+    def square_shape(out):
+        image = cv2.imread(str(out / "sequences" / "00001" / "0001" / "im1.png"))
+        rows, cols = np.nonzero(image[..., 0] > 150)
+        return image.shape[:2], (rows.max() - rows.min() + 1, cols.max() - cols.min() + 1)
+
+    assert video_to_vimeo_main([str(video), str(tmp_path / "crop"), "--size", "448x256", "--test_fraction",
+                                "0.25"]) == 0
+    assert "resized to 602x256 and centre-cropped to 448x256: aspect ratio kept" in capsys.readouterr().out
+    (height, width), (square_h, square_w) = square_shape(tmp_path / "crop")
+    assert (height, width) == (256, 448) and abs(square_h - 64) <= 2 and abs(square_w - square_h) <= 2
+    assert video_to_vimeo_main([str(video), str(tmp_path / "stretch"), "--size", "448x256", "--test_fraction",
+                                "0.25", "--fit", "stretch"]) == 0
+    assert "aspect ratio NOT kept (--fit stretch)" in capsys.readouterr().out
+    _, (square_h, square_w) = square_shape(tmp_path / "stretch")
+    assert abs(square_w - 48) <= 2 and abs(square_h - 64) <= 2

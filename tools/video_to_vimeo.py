@@ -2,7 +2,7 @@
 
 Usage::
 
-    python tools/video_to_vimeo.py VIDEO OUT_DIR [--size 448x256] [--stride 1] [--test_fraction 0.1]
+    python tools/video_to_vimeo.py VIDEO OUT_DIR [--size 448x256] [--fit crop] [--stride 1] [--test_fraction 0.1]
         [--max_triplets N] [--scene_cut_threshold 30] [--static_threshold 0.2] [--step 1] [--overwrite]
 
 Output (the layout ``dataset.VimeoDataset`` reads)::
@@ -11,8 +11,11 @@ Output (the layout ``dataset.VimeoDataset`` reads)::
     OUT_DIR/tri_trainlist.txt, OUT_DIR/tri_testlist.txt     lines like "00001/0001"
     OUT_DIR/video_to_vimeo.json                              parameters and counts (written last)
 
-A triplet is source frames (k, k + stride, k + 2 * stride), each resized with cv2.INTER_AREA; im2 is
-the true middle frame (t = 0.5). Start frames k advance by ``step`` (default 1: every frame starts a
+A triplet is source frames (k, k + stride, k + 2 * stride), each brought to ``--size`` with cv2.INTER_AREA;
+im2 is the true middle frame (t = 0.5). By default (``--fit crop``) a frame keeps its aspect ratio: it is resized
+to cover ``--size`` and centre-cropped to it (a 640x272 clip at 448x256 becomes 602x256, cropped to the middle
+448 columns); ``--fit stretch`` resizes to ``--size`` directly, squeezing any other aspect ratio. The command
+says which it did. Start frames k advance by ``step`` (default 1: every frame starts a
 triplet).
 
 Filtering rules, all measured on the resized frames as the mean absolute difference (MAD, 0..255
@@ -70,6 +73,44 @@ def parse_size(text: str) -> tuple[int, int]:
     raise ValueError(f"invalid size {text!r}: expected WIDTHxHEIGHT, e.g. 448x256")
 
 
+FITS = ("crop", "stretch")
+
+
+def fit_frame(frame: np.ndarray, width: int, height: int, fit: str = "crop") -> np.ndarray:
+    """(H, W, 3) uint8 -> (height, width, 3): "crop" resizes to cover (aspect ratio kept) and centre-crops,
+    "stretch" resizes to (width, height) directly. cv2.INTER_AREA either way."""
+    source_height, source_width = frame.shape[:2]
+    if fit == "stretch" or (source_width, source_height) == (width, height):
+        return cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA)
+    cover_width, cover_height = cover_size(source_width, source_height, width, height)
+    covered = cv2.resize(frame, (cover_width, cover_height), interpolation=cv2.INTER_AREA)
+    top, left = (cover_height - height) // 2, (cover_width - width) // 2
+    return np.ascontiguousarray(covered[top:top + height, left:left + width])
+
+
+def cover_size(source_width: int, source_height: int, width: int, height: int) -> tuple[int, int]:
+    """The smallest (w, h) with the source's aspect ratio (rounded) that covers width x height."""
+    scale = max(width / source_width, height / source_height)
+    return max(width, round(source_width * scale)), max(height, round(source_height * scale))
+
+
+def describe_fit(source_size: tuple[int, int], size: tuple[int, int], fit: str) -> str:
+    """One sentence: what became of the frames' shape (printed by the command line)."""
+    (source_width, source_height), (width, height) = source_size, size
+    ratio = f"{source_width}x{source_height} ({source_width / source_height:.2f}:1)"
+    if (source_width, source_height) == (width, height):
+        return f"frames {ratio} kept at their size"
+    if fit == "stretch":
+        same = abs(source_width / source_height - width / height) < 0.01
+        return (f"frames {ratio} resized to {width}x{height} ({width / height:.2f}:1)"
+                + ("" if same else ", aspect ratio NOT kept (--fit stretch)"))
+    cover = cover_size(source_width, source_height, width, height)
+    if cover == (width, height):
+        return f"frames {ratio} resized to {width}x{height} (same aspect ratio)"
+    return (f"frames {ratio} resized to {cover[0]}x{cover[1]} and centre-cropped to {width}x{height}: aspect ratio "
+            f"kept, {cover[0] - width} columns and {cover[1] - height} rows cut (--fit stretch squeezes instead)")
+
+
 def _mean_abs_diff(frame_a: np.ndarray, frame_b: np.ndarray) -> float:
     """Mean absolute difference of two uint8 (H, W, 3) frames, 0..255 scale."""
     return float(cv2.absdiff(frame_a, frame_b).mean())
@@ -118,6 +159,7 @@ def video_to_vimeo(
     step: int = 1,
     overwrite: bool = False,
     test_position: str = "end",
+    fit: str = "crop",
 ) -> dict:
     """Convert a video into the Vimeo90K triplet layout (see the module docstring for the rules).
 
@@ -134,10 +176,11 @@ def video_to_vimeo(
         step: distance between the start frames of consecutive candidate triplets.
         overwrite: replace a data set previously written to out_dir.
         test_position: "end" (the last frames are the test block) or "start" (the first frames are).
+        fit: "crop" (keep the aspect ratio: resize to cover ``size``, centre-crop) or "stretch" (resize to ``size``).
 
     Returns:
         dict of counts: frames_read, scene_cuts, candidates, skipped_scene_cut, skipped_static,
-        skipped_split_boundary, train, test, boundary_frame.
+        skipped_split_boundary, train, test, boundary_frame, and source_size [width, height].
 
     Raises:
         ConversionError: unreadable video, video too short, or an empty train or test split.
@@ -152,6 +195,8 @@ def video_to_vimeo(
         raise ValueError(f"stride and step must be >= 1, got stride={stride}, step={step}")
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    if fit not in FITS:
+        raise ValueError(f"fit must be one of {', '.join(FITS)}, got {fit!r}")
     if test_position not in ("start", "end"):
         raise ValueError(f"test_position must be 'start' or 'end', got {test_position!r}")
     if max_triplets is not None and max_triplets < 2:
@@ -178,7 +223,9 @@ def video_to_vimeo(
             if not ok or frame is None:
                 break
             frame_index += 1
-            resized = cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA)
+            if frame_index == 0:
+                source_size = [int(frame.shape[1]), int(frame.shape[0])]
+            resized = fit_frame(frame, width, height, fit)
             if window:
                 difference = _mean_abs_diff(window[-1], resized)
                 span_diffs.append(difference)
@@ -241,6 +288,7 @@ def video_to_vimeo(
         train=len(train_names),
         test=len(test_names),
         boundary_frame=boundary,
+        source_size=source_size,
     )
     assert sequences_dir is not None
     if not train_names or not test_names:
@@ -258,6 +306,7 @@ def video_to_vimeo(
     info = {
         "source_video": os.path.basename(video_path),
         "size": [width, height],
+        "fit": fit,
         "stride": stride,
         "step": step,
         "test_fraction": test_fraction,
@@ -281,6 +330,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
     parser.add_argument("video", help="input video file (anything cv2.VideoCapture reads)")
     parser.add_argument("out_dir", help="output folder")
     parser.add_argument("--size", type=parse_size, default=(448, 256), help="WIDTHxHEIGHT (448x256)")
+    parser.add_argument("--fit", choices=FITS, default="crop",
+                        help="crop: keep the aspect ratio, resize to cover --size and centre-crop (default); "
+                             "stretch: resize to --size, squeezing another aspect ratio")
     parser.add_argument("--stride", type=int, default=1, help="frames between im1, im2, im3 (1)")
     parser.add_argument("--test_fraction", type=float, default=0.1, help="share of the video used as test (0.1)")
     parser.add_argument("--test_position", choices=("start", "end"), default="end",
@@ -310,6 +362,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             step=args.step,
             test_position=args.test_position,
             overwrite=args.overwrite,
+            fit=args.fit,
         )
     except (ConversionError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
@@ -320,6 +373,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{counts['skipped_static']} static, {counts['skipped_split_boundary']} on the split boundary; "
         f"{counts['scene_cuts']} cuts detected)"
     )
+    print(describe_fit(tuple(counts["source_size"]), args.size, args.fit))
     return 0
 
 
