@@ -13,12 +13,10 @@ GradScaler, EMA, step, epoch, best metric, config and the RNG states of every ra
 from __future__ import annotations
 
 import math
-import random
 import warnings
 from contextlib import contextmanager, nullcontext
 from typing import Any, Iterator
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -125,12 +123,6 @@ def portable_optimizer_state(optimizer: torch.optim.Optimizer) -> dict[str, Any]
             group["capturable"] = False
         groups.append(group)
     return {**state, "param_groups": groups}
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def to_float_images(batch: dict[str, torch.Tensor], device: torch.device) -> tuple[torch.Tensor, ...]:

@@ -28,13 +28,14 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from checkpoint import CheckpointError, atomic_write_text, resolve_checkpoint, run_checkpoint_path, run_name
+from checkpoint import CheckpointError, atomic_write_text, resolve_checkpoint, run_checkpoint_path, run_name, \
+    seed_everything
 from config import ConfigError, ExperimentConfig, parse_train_argv
 from dataset import DatasetError
 from distributed import DistributedContext, init_distributed, shutdown_distributed
 from loaders import STOP_SIGNALS, build_datasets, curriculum_max_gap, make_loaders
 from model.matvlm import MaTVLMIncompatible
-from Trainer import Trainer, TrainingDiverged, seed_everything
+from Trainer import Trainer, TrainingDiverged
 from visualize import sample_grid
 
 LOSS_TAGS = ("loss_lap", "loss_ter", "loss_vgg", "loss_flow_smooth", "loss_inter", "loss_total")   # total last
