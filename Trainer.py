@@ -558,14 +558,18 @@ class Trainer:
 
     def init_from_attention(self, name_or_path: str) -> None:
         """MaTVLM start (docs/DESIGN.md 6): copy a trained ``gated_attn_only`` checkpoint into the hybrid, its
-        attention projections mapped onto the Mamba2 branch (model/matvlm.py)."""
+        attention projections mapped onto the Mamba2 branch (model/matvlm.py). A checkpoint or model the copy does not
+        fit is refused with a :class:`CheckpointError` naming it."""
         self.release_graphs()
-        from model.matvlm import init_hybrid_from_attention, load_attention_source
+        from model.matvlm import MaTVLMIncompatible, init_hybrid_from_attention, load_attention_source
         path = resolve_checkpoint(name_or_path, self.cfg.train.ckpt_dir)
         payload = load_checkpoint(path)
         source_cfg = checkpoint_config(payload, path)
-        source = load_attention_source(source_cfg.model, payload.get("ema") or payload["model"], str(path))
-        report = init_hybrid_from_attention(self.model, source)
+        try:
+            source = load_attention_source(source_cfg.model, payload.get("ema") or payload["model"], str(path))
+            report = init_hybrid_from_attention(self.model, source)
+        except MaTVLMIncompatible as error:
+            raise CheckpointError(str(error)) from None
         # Kept until the caller has compared its validation PSNR with the initialised hybrid's (they must agree).
         self.matvlm_source = source.to(self.device)
         self.reset_ema()

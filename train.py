@@ -34,7 +34,6 @@ from config import ConfigError, ExperimentConfig, parse_train_argv
 from dataset import DatasetError
 from distributed import DistributedContext, init_distributed, shutdown_distributed
 from loaders import STOP_SIGNALS, build_datasets, curriculum_max_gap, make_loaders
-from model.matvlm import MaTVLMIncompatible
 from Trainer import Trainer, TrainingDiverged
 from visualize import sample_grid
 
@@ -477,7 +476,7 @@ def main(argv: list[str] | None = None) -> int:
             sys.stderr.write(f"train.py: interrupted during start-up; {where}\n" if not stop.armed
                              else f"train.py: stopped at once by a second signal; {where}\n")
         return 130
-    except (ConfigError, DatasetError, CheckpointError, MaTVLMIncompatible, TrainingDiverged, FileNotFoundError) as error:
+    except (ConfigError, DatasetError, CheckpointError, TrainingDiverged, FileNotFoundError) as error:
         if ctx.is_main:
             sys.stderr.write(f"train.py: error: {one_line(error)}\n")
         return 2
