@@ -56,6 +56,9 @@ __all__ = [
     "X4KDataset",
     "MixedDataset",
     "image_size",
+    "read_bgr",
+    "png_header_size",
+    "triplet_parts",
     "VIMEO_TRAIN_LIST",
     "VIMEO_TEST_LIST",
     "VIMEO_FRAME_NAMES",
@@ -240,7 +243,7 @@ def augmented_sample(frames: Sequence[np.ndarray], t: float, params: Augmentatio
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def _read_bgr(path: str) -> np.ndarray:
+def read_bgr(path: str) -> np.ndarray:
     """Decode an image file as cv2 does: BGR uint8 of shape (H, W, 3)."""
     bgr = cv2.imread(path, cv2.IMREAD_COLOR)
     if bgr is None:
@@ -250,7 +253,7 @@ def _read_bgr(path: str) -> np.ndarray:
     return bgr
 
 
-def _png_header_size(path: str) -> tuple[int, int] | None:
+def png_header_size(path: str) -> tuple[int, int] | None:
     """(height, width) from a PNG's IHDR chunk (its first 24 bytes), or None when the file is not a PNG."""
     try:
         with open(path, "rb") as handle:
@@ -267,8 +270,8 @@ def _png_header_size(path: str) -> tuple[int, int] | None:
 
 def image_size(path: str) -> tuple[int, int]:
     """(height, width) of an image file: read from the header of a PNG (no decoding), else by decoding it."""
-    size = _png_header_size(path)
-    return size if size is not None else _read_bgr(path).shape[:2]
+    size = png_header_size(path)
+    return size if size is not None else read_bgr(path).shape[:2]
 
 
 def _validate_crop_size(crop_size: int | None) -> int | None:
@@ -303,7 +306,7 @@ class _TripletDataset(Dataset):
         # Threads: on a cold or network disk the open() calls, not the 24-byte reads, take the time.
         chunks = [paths[i:i + 1024] for i in range(0, len(paths), 1024)]
         with ThreadPoolExecutor(max_workers=min(8, len(chunks) or 1)) as pool:
-            sizes = [size for chunk in pool.map(lambda part: [_png_header_size(p) for p in part], chunks)
+            sizes = [size for chunk in pool.map(lambda part: [png_header_size(p) for p in part], chunks)
                      for size in chunk]
         too_small = [(path, size) for path, size in zip(paths, sizes)
                      if size is not None and min(size) < self.crop_size]
@@ -320,7 +323,7 @@ class _TripletDataset(Dataset):
         """RGB uint8 (H, W, 3) of one frame, from the cache when it holds it (a view; never written to)."""
         bgr = self.frame_cache.get(path) if self.frame_cache is not None else None
         if bgr is None:
-            bgr = _read_bgr(path)
+            bgr = read_bgr(path)
         return bgr[..., ::-1]  # a view; the copy happens once, in augmented_sample
 
     def _load_sample(self, paths: Sequence[str], t: float, folder: str) -> dict[str, torch.Tensor]:
@@ -688,9 +691,9 @@ class MixedDataset(Dataset):
 # --------------------------------------------------------------------------------------------------
 # The Vimeo/X4K parts of a (mixed, subset) dataset: what a frame cache fills from
 # --------------------------------------------------------------------------------------------------
-def _triplet_parts(dataset: Dataset) -> list[_TripletDataset]:
+def triplet_parts(dataset: Dataset) -> list[_TripletDataset]:
     """The Vimeo/X4K datasets inside ``dataset`` (through MixedDataset and Subset wrappers)."""
     dataset = _unwrap(dataset)
     if isinstance(dataset, MixedDataset):
-        return _triplet_parts(dataset.vimeo) + _triplet_parts(dataset.x4k)
+        return triplet_parts(dataset.vimeo) + triplet_parts(dataset.x4k)
     return [dataset] if isinstance(dataset, _TripletDataset) else []

@@ -17,7 +17,7 @@ from typing import Sequence
 import numpy as np
 from torch.utils.data import Dataset
 
-from dataset import DatasetError, _png_header_size, _read_bgr, _triplet_parts
+from dataset import DatasetError, png_header_size, read_bgr, triplet_parts
 
 __all__ = ["FrameCache", "enable_frame_cache", "frame_cache_budget"]
 
@@ -60,7 +60,7 @@ class FrameCache:
         chosen: list[tuple[str, int, int, int]] = []
         total = 0
         for path in unique if budget_bytes > 0 else ():
-            size = _png_header_size(path)
+            size = png_header_size(path)
             if size is None:
                 continue
             nbytes = size[0] * size[1] * 3
@@ -72,7 +72,7 @@ class FrameCache:
 
         def decode(entry: tuple[str, int, int, int]) -> None:
             path, offset, height, width = entry
-            bgr = _read_bgr(path)
+            bgr = read_bgr(path)
             if bgr.shape != (height, width, 3):
                 raise DatasetError(f"decoded size {bgr.shape[1]}x{bgr.shape[0]} differs from the PNG header's "
                                    f"{width}x{height}: {path}")
@@ -116,7 +116,7 @@ def enable_frame_cache(dataset: Dataset, budget_bytes: int, threads: int = 1) ->
     reached; the rest are decoded when loaded, as without a cache. Samples are identical either way.
     Call it in the main process before the DataLoader's workers start.
     """
-    parts = _triplet_parts(dataset)
+    parts = triplet_parts(dataset)
     cache = FrameCache.fill([path for part in parts for path in part.frame_paths()], budget_bytes, threads)
     for part in parts:
         part.frame_cache = cache if len(cache) else None
