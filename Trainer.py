@@ -3,11 +3,11 @@
 Reading path of a training step: ``dataset.py`` -> ``loaders.py`` -> :meth:`Trainer.train_step` -> an executor
 (``step_graph.py``, eager or CUDA graphs) -> ``ThesisModel.forward`` -> ``CompositeLoss`` -> backward; the outcome comes
 back to :meth:`Trainer._settle`, the one place that skips, counts, sets the learning rate and applies the update
-(optimizer and EMA). The learning rate is a pure function of the optimizer step (:func:`lr_at_step`), so resuming
-has no scheduler to restore. The Trainer owns the run's state from start to save: :meth:`Trainer.start` (exact resume, warm start, MaTVLM
-init, refusal to overwrite another run) and :meth:`Trainer.save` (atomic ``_last`` / ``_best``, rank 0 only, every
-rank's RNG). :meth:`Trainer.state_payload` holds everything needed to continue bit for bit: model, optimizer,
-GradScaler, EMA, step, epoch, best metric, config and the RNG states of every rank.
+(optimizer and EMA). The learning rate is a pure function of the optimizer step (:func:`lr_at_step`), so resuming has no
+scheduler to restore. The Trainer owns the run's state from start to save: :meth:`Trainer.start` (exact resume, warm
+start, MaTVLM init, refusal to overwrite another run) and :meth:`Trainer.save` (atomic ``_last`` / ``_best``, rank 0
+only, every rank's RNG). :meth:`Trainer.state_payload` holds everything needed to continue bit for bit: model,
+optimizer, GradScaler, EMA, step, epoch, best metric, config and the RNG states of every rank.
 """
 
 from __future__ import annotations
