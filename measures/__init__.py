@@ -1,0 +1,5 @@
+"""Measures shared by the tools, the footage pipeline and the benchmarks; this package imports only numpy and cv2
+(and torch where a measure needs it), never another room of the repository.
+
+- ``measures.shots``: frame-difference scores, shot boundaries (cuts) and duplicate frames.
+"""
