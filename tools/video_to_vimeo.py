@@ -3,7 +3,7 @@
 Usage::
 
     python tools/video_to_vimeo.py VIDEO OUT_DIR [--size 448x256] [--stride 1] [--test_fraction 0.1]
-        [--max_triplets N] [--scene_cut_threshold 30] [--static_threshold 0.2] [--step 1] [--overwrite]
+        [--max_triplets N] [--cut_ratio 3] [--duplicate_block 1] [--step 1] [--overwrite]
 
 Output (the layout ``dataset.VimeoDataset`` reads)::
 
@@ -15,16 +15,19 @@ A triplet is source frames (k, k + stride, k + 2 * stride), each resized with cv
 the true middle frame (t = 0.5). Start frames k advance by ``step`` (default 1: every frame starts a
 triplet).
 
-Filtering rules, all measured on the resized frames as the mean absolute difference (MAD, 0..255
-scale, averaged over pixels and colour channels) between consecutive *source* frames j and j + 1:
+Filtering rules, on every pair of consecutive *source* frames j and j + 1, with the repository's one
+frame-difference measure (``measures/shots.py``, which explains it), on the source frames:
 
-* scene cut: MAD > scene_cut_threshold (default 30; ordinary motion at 448x256 stays well below
-  10, a cut between two different shots is typically several tens). A triplet whose span
-  k .. k + 2 * stride contains a cut is skipped, because its middle frame cannot be interpolated.
-* static / duplicated frame: MAD < static_threshold (default 0.2; codec noise alone is above that,
-  a repeated frame is below). A triplet whose span contains such a pair is skipped: a frozen shot
-  teaches nothing, and a frame repeated by frame-rate conversion moves the real time of im2 away
-  from 0.5.
+* scene cut: the pair's content change stands out from its neighbours' (``--cut_ratio``, default 3
+  times their median). A triplet whose span k .. k + 2 * stride contains a cut is skipped, because
+  its middle frame cannot be interpolated.
+* static / duplicated frame: no 8x8 block of the pair (on a <= 448 px copy) differs by more than
+  ``--duplicate_block`` levels on average (default 1, 0..255 scale). A triplet whose span contains
+  such a pair is skipped: a frozen shot teaches nothing, and a frame repeated by frame-rate
+  conversion moves the real time of im2 away from 0.5.
+
+A pair's verdict needs the next ``ShotSettings.window`` frames too, so a few more frames than a
+triplet spans are held in memory.
 
 Train/test split by contiguous blocks, never by random triplets (neighbouring triplets are near
 duplicates): with N frames processed and test_position "end", frames [0, B) form the training block
@@ -36,7 +39,6 @@ Triplets with frames on both sides of B are dropped, so no source frame appears 
 from __future__ import annotations
 
 import argparse
-import collections
 import json
 import os
 import shutil
@@ -45,6 +47,11 @@ from typing import Sequence
 
 import cv2
 import numpy as np
+
+if __package__ in (None, ""):  # run as a script (python tools/video_to_vimeo.py): make `measures` importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from measures.shots import PairVerdict, ShotDetector, ShotSettings  # noqa: E402
 
 __all__ = ["ConversionError", "video_to_vimeo", "parse_size", "main"]
 
@@ -68,11 +75,6 @@ def parse_size(text: str) -> tuple[int, int]:
     if len(parts) == 2 and all(p.strip().isdigit() and int(p) > 0 for p in parts):
         return int(parts[0]), int(parts[1])
     raise ValueError(f"invalid size {text!r}: expected WIDTHxHEIGHT, e.g. 448x256")
-
-
-def _mean_abs_diff(frame_a: np.ndarray, frame_b: np.ndarray) -> float:
-    """Mean absolute difference of two uint8 (H, W, 3) frames, 0..255 scale."""
-    return float(cv2.absdiff(frame_a, frame_b).mean())
 
 
 def _sequence_name(number: int) -> str:
@@ -113,8 +115,8 @@ def video_to_vimeo(
     stride: int = 1,
     test_fraction: float = 0.1,
     max_triplets: int | None = None,
-    scene_cut_threshold: float = 30.0,
-    static_threshold: float = 0.2,
+    cut_ratio: float = 3.0,
+    duplicate_block: float = 1.0,
     step: int = 1,
     overwrite: bool = False,
     test_position: str = "end",
@@ -129,8 +131,10 @@ def video_to_vimeo(
         test_fraction: share of the video (its last frames) used for the test split, 0 < f < 1.
         max_triplets: stop reading once this many triplets passed the filters (None: whole video);
             the split then applies to the frames read so far.
-        scene_cut_threshold: consecutive-frame MAD above which a scene cut is assumed.
-        static_threshold: consecutive-frame MAD below which frames count as frozen/duplicated.
+        cut_ratio: how far a pair's content change must exceed its neighbours' median to be a cut
+            (measures.shots.ShotSettings.cut_ratio).
+        duplicate_block: largest 8x8 block difference (0..255) at or below which a pair is a repeated
+            frame (measures.shots.ShotSettings.duplicate_block; negative: never).
         step: distance between the start frames of consecutive candidate triplets.
         overwrite: replace a data set previously written to out_dir.
         test_position: "end" (the last frames are the test block) or "start" (the first frames are).
@@ -163,37 +167,35 @@ def video_to_vimeo(
     if not capture.isOpened():
         raise ConversionError(f"cannot open video (unsupported or corrupt): {video_path}")
 
-    span = 2 * stride  # number of consecutive-frame differences inside one triplet
-    window: collections.deque[np.ndarray] = collections.deque(maxlen=span + 1)
-    span_diffs: collections.deque[float] = collections.deque(maxlen=span)
+    span = 2 * stride  # number of consecutive-frame pairs inside one triplet
+    detector = ShotDetector(ShotSettings(cut_ratio=cut_ratio, duplicate_block=duplicate_block))
+    resized_frames: dict[int, np.ndarray] = {}  # frame index -> resized frame, while a triplet may still use it
+    pair_kinds: dict[int, str] = {}  # pair j (frames j, j + 1) -> "cut", "duplicate" or "motion"
     counts = dict.fromkeys(
         ["frames_read", "scene_cuts", "candidates", "skipped_scene_cut", "skipped_static"], 0
     )
     written: list[tuple[str, int]] = []  # (sequence name, start frame)
     sequences_dir = None
-    try:
-        frame_index = -1
-        while True:
-            ok, frame = capture.read()
-            if not ok or frame is None:
-                break
-            frame_index += 1
-            resized = cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA)
-            if window:
-                difference = _mean_abs_diff(window[-1], resized)
-                span_diffs.append(difference)
-                counts["scene_cuts"] += difference > scene_cut_threshold
-            window.append(resized)
-            if len(window) < span + 1:
-                continue
-            start = frame_index - span
-            if start % step:
+
+    def take(verdicts: list[PairVerdict]) -> bool:
+        """Record verdicts; write the triplets they complete. True once max_triplets are written."""
+        nonlocal sequences_dir
+        for verdict in verdicts:
+            pair_kinds[verdict.pair] = verdict.kind
+            counts["scene_cuts"] += verdict.kind == "cut"
+            start = verdict.pair - span + 1  # the triplet whose last pair this is
+            if start < 0 or start % step:
                 continue
             counts["candidates"] += 1
-            if max(span_diffs) > scene_cut_threshold:
+            kinds = [pair_kinds[j] for j in range(start, start + span)]
+            images = [resized_frames[start + k * stride] for k in range(3)]
+            for held in (resized_frames, pair_kinds):  # forget what no later triplet (start > this) can use
+                for index in [index for index in held if index <= start]:
+                    del held[index]
+            if "cut" in kinds:
                 counts["skipped_scene_cut"] += 1
                 continue
-            if min(span_diffs) < static_threshold:
+            if "duplicate" in kinds:
                 counts["skipped_static"] += 1
                 continue
             if sequences_dir is None:  # only touch out_dir once the video proved readable
@@ -201,13 +203,26 @@ def video_to_vimeo(
             name = _sequence_name(len(written))
             folder = os.path.join(sequences_dir, *name.split("/"))
             os.makedirs(folder, exist_ok=True)
-            for file_name, image in zip(FRAME_NAMES, (window[0], window[stride], window[span]), strict=True):
+            for file_name, image in zip(FRAME_NAMES, images, strict=True):
                 path = os.path.join(folder, file_name)
                 if not cv2.imwrite(path, image):
                     raise ConversionError(f"cannot write image: {path}")
             written.append((name, start))
             if max_triplets is not None and len(written) >= max_triplets:
+                return True
+        return False
+
+    try:
+        frame_index = -1
+        done = False
+        while not done:
+            ok, frame = capture.read()
+            if not ok or frame is None:
+                done = take(detector.finish())
                 break
+            frame_index += 1
+            resized_frames[frame_index] = cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA)
+            done = take(detector.push_frame(frame))
         counts["frames_read"] = frame_index + 1
     finally:
         capture.release()
@@ -222,7 +237,7 @@ def video_to_vimeo(
     if not written:
         raise ConversionError(
             f"no usable triplets in {video_path}: {counts['skipped_scene_cut']} span scene cuts, "
-            f"{counts['skipped_static']} are static (check --scene_cut_threshold/--static_threshold)"
+            f"{counts['skipped_static']} are static (check --cut_ratio/--duplicate_block)"
         )
 
     test_frames = int(round(frames_read * test_fraction))
@@ -263,8 +278,8 @@ def video_to_vimeo(
         "test_fraction": test_fraction,
         "test_position": test_position,
         "max_triplets": max_triplets,
-        "scene_cut_threshold": scene_cut_threshold,
-        "static_threshold": static_threshold,
+        "cut_ratio": cut_ratio,
+        "duplicate_block": duplicate_block,
         "counts": counts,
     }
     temporary = os.path.join(out_dir, INFO_FILE + ".tmp")
@@ -286,10 +301,12 @@ def build_arg_parser() -> argparse.ArgumentParser:
     parser.add_argument("--test_position", choices=("start", "end"), default="end",
                         help="take the test block from the start or the end of the video (end)")
     parser.add_argument("--max_triplets", type=int, default=None, help="stop after N kept triplets")
-    parser.add_argument("--scene_cut_threshold", type=float, default=30.0,
-                        help="consecutive-frame mean abs difference (0..255) above which a cut is assumed (30)")
-    parser.add_argument("--static_threshold", type=float, default=0.2,
-                        help="consecutive-frame mean abs difference below which frames count as frozen (0.2)")
+    parser.add_argument("--cut_ratio", type=float, default=3.0,
+                        help="a pair whose content change is this many times its neighbours' median is a "
+                             "scene cut (3; inf: never)")
+    parser.add_argument("--duplicate_block", type=float, default=1.0,
+                        help="a pair whose largest 8x8 block difference (0..255) is at most this is a "
+                             "repeated frame (1; -1: never)")
     parser.add_argument("--step", type=int, default=1, help="start-frame distance between candidate triplets (1)")
     parser.add_argument("--overwrite", action="store_true", help="replace a data set already in OUT_DIR")
     return parser
@@ -305,8 +322,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             stride=args.stride,
             test_fraction=args.test_fraction,
             max_triplets=args.max_triplets,
-            scene_cut_threshold=args.scene_cut_threshold,
-            static_threshold=args.static_threshold,
+            cut_ratio=args.cut_ratio,
+            duplicate_block=args.duplicate_block,
             step=args.step,
             test_position=args.test_position,
             overwrite=args.overwrite,
