@@ -16,16 +16,16 @@ or ``--fps`` a power-of-two multiple of the input rate), t = k / 2^d is the t = 
 (k+1) / 2^d, computed depth by depth ("recursive halving"); any other t is given directly, with a warning that the
 model never saw it (``--strict_t`` refuses instead).
 
-Scene cuts and duplicates: a frame between two shots must never be a blend of both. The measure is the mean
-absolute difference (MAD) of two consecutive input frames, on the 0-255 scale, averaged over pixels and colour
-channels, on copies area-downscaled to at most 448 px on the longer side (the measure ``tools/video_to_vimeo.py``
-filters training data with). Above
-``--scene_threshold`` (default 30) the pair is a cut; at or below ``--dup_threshold`` (default 0.2) it is a duplicate.
-Either way every output frame between the two is a copy of the earlier input frame.
+Scene cuts and duplicates: a frame between two shots must never be a blend of both, and a repeated frame has no
+motion to interpolate. Both come from ``measures/shots.py`` (the measure ``tools/video_to_vimeo.py`` filters training
+data with): a pair is a cut when its content change (grey correlation and colour histograms, robust to brightness)
+is ``--cut_ratio`` times its neighbours' median or more, a duplicate when no 8x8 block of a <= 448 px copy differs by
+more than ``--duplicate_block`` levels. Either way every output frame between the two is a copy of the earlier input
+frame. A pair's verdict needs the next two input frames, which the reader holds back.
 
 Streaming (memory depends on the frame size, never on the video's length)::
 
-    reader thread: decode -> MAD to previous -> (pinned) --queue--> main: upload, batch pairs, model (bf16 on CUDA)
+    reader thread: decode -> cut/duplicate verdict (pinned) --queue--> main: upload, batch pairs, model (bf16 on CUDA)
         --queue of uint8 frames (async GPU->pinned copies)--> writer thread: ffmpeg / PNG encoders
 
 so decoding, the model and encoding overlap. Output goes to a hidden temporary name and is renamed at the end.
@@ -41,12 +41,12 @@ import queue
 import sys
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-import cv2
 import numpy as np
 import torch
 from torch import nn
@@ -55,13 +55,13 @@ from tqdm import tqdm
 from benchmark.eval_core import (AMP_DTYPES, BenchmarkError, Evaluator, Protocol, compile_for_inference, describe_run,
                                  frame_to_tensor, positive_float, positive_int, resolve_device)
 from benchmark.metrics import to_uint8
+from measures.shots import PairVerdict, ShotDetector, ShotSettings, frame_signature, pair_score
 from checkpoint import CheckpointError, model_from_checkpoint, resolve_checkpoint
 from config import ConfigError, OneLineErrorParser
 from video_io import (FfmpegSink, FolderSink, FrameSink, FrameSource, OpenCVSink, SourceInfo,
                       VideoIOError, find_ffmpeg, open_source, prepare_output, snap_rate)
 
 PROGRAM = "interpolate.py"
-MOTION_MEASURE_SIZE = 448          # longer side of the copy the cut/duplicate measure runs on
 X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
 # Auto batch: about one 1080p frame's worth of pixels per model call; small frames are batched up to this many.
 BATCH_PIXELS = 1920 * 1088
@@ -161,33 +161,6 @@ def resolve_amp(amp: str, device: torch.device) -> str:
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     return "fp32"
-
-
-# --------------------------------------------------------------------------------------------------------
-# Cuts and duplicates
-# --------------------------------------------------------------------------------------------------------
-def motion_thumbnail(frame: np.ndarray, size: int = MOTION_MEASURE_SIZE) -> np.ndarray:
-    """(H, W, 3) uint8 -> float32 copy, area-downscaled so its longer side is at most ``size`` (never upscaled)."""
-    height, width = frame.shape[:2]
-    scale = size / max(height, width)
-    if scale < 1:
-        frame = cv2.resize(frame, (max(1, round(width * scale)), max(1, round(height * scale))),
-                           interpolation=cv2.INTER_AREA)
-    return frame.astype(np.float32)
-
-
-def mean_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
-    """Mean absolute difference, 0-255 scale, over pixels and channels."""
-    return float(np.abs(a - b).mean())
-
-
-def classify_pair(mad: float, scene_threshold: float, dup_threshold: float) -> str:
-    """"cut" (MAD > scene_threshold), "duplicate" (MAD <= dup_threshold) or "motion" (interpolate)."""
-    if mad > scene_threshold:
-        return "cut"
-    if mad <= dup_threshold:
-        return "duplicate"
-    return "motion"
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -313,12 +286,12 @@ END = object()   # end-of-stream marker on both queues
 @dataclass
 class InputFrame:
     """One decoded frame. rgb: (H, W, 3) uint8; pinned: the same in page-locked memory (CUDA only, for an
-    asynchronous upload); mad: the cut/duplicate measure against the previous frame (None for the first)."""
+    asynchronous upload); verdict: what the pair (previous frame, this one) is (None for the first frame)."""
 
     index: int
     rgb: np.ndarray
     pinned: torch.Tensor | None
-    mad: float | None
+    verdict: PairVerdict | None
 
 
 @dataclass
@@ -376,11 +349,10 @@ class RunStats:
 
 @dataclass(frozen=True)
 class StreamSettings:
-    """Everything :func:`run_stream` needs besides the source, sink and model; thresholds on the MAD 0-255 scale."""
+    """Everything :func:`run_stream` needs besides the source, sink and model."""
 
     ratio: Fraction                     # input frames per output frame
-    scene_threshold: float = 30.0
-    dup_threshold: float = 0.2
+    shots: ShotSettings = ShotSettings()
     progress: bool = True
     expected_frames: int | None = None  # progress bar total
 
@@ -423,13 +395,28 @@ def run_stream(source: FrameSource, sink: FrameSink, interpolator: FrameInterpol
                dynamic_ncols=True)
 
     def read_frames() -> None:
+        # A frame goes on once the verdict of its pair with the previous frame is known: the detector looks
+        # ``lookahead`` frames ahead, so that many frames wait here.
+        detector = ShotDetector(settings.shots)
+        waiting: deque[InputFrame] = deque()
         previous = None
+
+        def release(verdicts: list[PairVerdict]) -> None:
+            for verdict in verdicts:
+                frame = waiting.popleft()
+                frame.verdict = verdict
+                put(read_queue, frame, stop)
+
         for index, rgb in enumerate(source.frames()):
-            thumbnail = motion_thumbnail(rgb)
-            mad = None if previous is None else mean_abs_diff(thumbnail, previous)
-            pinned = torch.from_numpy(rgb).pin_memory() if pin else None
-            put(read_queue, InputFrame(index, rgb, pinned, mad), stop)
-            previous = thumbnail
+            signature = frame_signature(rgb)
+            frame = InputFrame(index, rgb, torch.from_numpy(rgb).pin_memory() if pin else None, None)
+            if previous is None:
+                put(read_queue, frame, stop)
+            else:
+                waiting.append(frame)
+                release(detector.push_score(pair_score(previous, signature)))
+            previous = signature
+        release(detector.finish())
         put(read_queue, END, stop)
 
     def write_frames() -> None:
@@ -474,7 +461,7 @@ def run_stream(source: FrameSource, sink: FrameSink, interpolator: FrameInterpol
                 stats.frames_in += 1
                 image = upload(item, device)
                 if previous is not None:
-                    kind = classify_pair(item.mad, settings.scene_threshold, settings.dup_threshold)
+                    kind = item.verdict.kind
                     stats.cuts += kind == "cut"
                     stats.duplicates += kind == "duplicate"
                     times = pair_times(previous[0].index, settings.ratio)
@@ -546,6 +533,16 @@ def crf_value(text: str) -> int:
     return value
 
 
+def cut_ratio(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 1:
+        raise argparse.ArgumentTypeError(f"must be a number above 1 (or inf: no cuts), got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineErrorParser(
         prog=PROGRAM, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -565,12 +562,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="rate of a frame folder (needed for --fps or a video output); overrides a video's own")
     parser.add_argument("--flow_scale", type=positive_float, default=None,
                         help="flow downscale (default by frame size: 1.0 up to 1080p, 0.5 up to 2K, 0.25 above)")
-    parser.add_argument("--scene_threshold", type=float, default=30.0,
-                        help="pairs whose MAD (0-255) exceeds this are scene cuts: frames copied (default 30; "
-                             "255 never)")
-    parser.add_argument("--dup_threshold", type=float, default=0.2,
-                        help="pairs whose MAD (0-255) is at most this are duplicates: frames copied (default 0.2; "
-                             "-1 never)")
+    parser.add_argument("--cut_ratio", type=cut_ratio, default=ShotSettings.cut_ratio,
+                        help="a pair whose content change is this many times its neighbours' median is a scene cut: "
+                             "frames copied (default %(default)g; inf never)")
+    parser.add_argument("--duplicate_block", type=float, default=ShotSettings.duplicate_block,
+                        help="a pair whose largest 8x8 block difference (0-255, on a <= 448 px copy) is at most this "
+                             "is a duplicate: frames copied (default %(default)g; -1 never)")
     parser.add_argument("--strict_t", action="store_true",
                         help="refuse times a Phase-1/2 checkpoint (trained at t=0.5) cannot reach by halving")
     parser.add_argument("--amp", choices=["auto", *AMP_DTYPES], default="auto",
@@ -683,8 +680,8 @@ def run(args: argparse.Namespace) -> RunStats:
     print(f"model:  {describe_run(args.model, cfg.model.use_flow, device, amp, args.tta, flow_scale)}{flow_note} | "
           f"batch {batch}")
     print(f"times:  {time_text}")
-    print(f"cuts:   MAD > {args.scene_threshold:g} copies the earlier frame; MAD <= {args.dup_threshold:g} is a "
-          f"duplicate (copied)")
+    print(f"cuts:   a content change >= {args.cut_ratio:g} x its neighbours' median is a cut, a largest block "
+          f"difference <= {args.duplicate_block:g} a duplicate: both copy the earlier frame")
 
     if args.compile:
         compile_for_inference(model)
@@ -692,7 +689,8 @@ def run(args: argparse.Namespace) -> RunStats:
     interpolator = FrameInterpolator(model, device, amp, args.tta, flow_scale, batch, halving,
                                      fixed_batch=args.compile)
     sink = make_sink(output_path, kind, info, out_rate, args, ffmpeg)
-    settings = StreamSettings(ratio, args.scene_threshold, args.dup_threshold, not args.no_progress, expected)
+    shots = ShotSettings(cut_ratio=args.cut_ratio, duplicate_block=args.duplicate_block)
+    settings = StreamSettings(ratio, shots, not args.no_progress, expected)
     try:
         stats = run_stream(source, sink, interpolator, settings)
     finally:
