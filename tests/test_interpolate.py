@@ -21,10 +21,11 @@ from torch import nn
 
 import interpolate
 import train
-import video_io
 from checkpoint import atomic_save
 from config import preset
-from interpolate import FrameInterpolator, halving_rounds, output_frame_count, pair_times
+from footage import video_io
+from footage.interpolator import FrameInterpolator
+from footage.timeplan import halving_rounds, output_frame_count, pair_times
 from model import build_model
 
 REPO = Path(__file__).resolve().parents[1]
