@@ -9,29 +9,42 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from benchmark.eval_core import Evaluator, Protocol
 from footage.timeplan import halving_rounds
+from model.frames import AMP_DTYPES, crop_padding, pad_centred
+
+PAD_MULTIPLE = 32       # centred replicate padding, as the benchmarks' protocols (benchmark.eval_core.Protocol)
 
 
 class FrameInterpolator:
     """Predicts the frames at given times between many frame pairs, a batch of model calls at a time.
 
-    model: anything with ``inference(img0, img1, t, flow_scale, tta)`` (ThesisModel); it runs through the
-        benchmarks' :class:`Evaluator` (centred padding to 32, autocast, crop, clamp), so a video frame is
-        predicted exactly as a benchmark frame is.
+    model: anything with ``inference(img0, img1, t, flow_scale, tta)`` (ThesisModel); it runs as the benchmarks'
+        ``Evaluator`` runs it (:meth:`predict`: centred padding to 32, autocast, crop, clamp, from model/frames.py),
+        so a video frame is predicted exactly as a benchmark frame is.
+    amp: "fp32", "bf16" or "fp16" (model.frames.AMP_DTYPES): the model's autocast precision.
     batch_size: model calls (pair, t) per forward pass.
     halving: reach every t by repeated t = 0.5 calls (:func:`halving_rounds`) instead of passing t.
     """
 
     def __init__(self, model: nn.Module, device: torch.device, amp: str, tta: bool, flow_scale: float,
                  batch_size: int, halving: bool, fixed_batch: bool = False):
-        protocol = Protocol("video", flow_scale=flow_scale)
-        self.evaluator = Evaluator(model, protocol, device, amp, tta, flow_scale, progress=False)
+        if amp not in AMP_DTYPES:
+            raise ValueError(f"amp must be one of {', '.join(AMP_DTYPES)}, got {amp!r}")
+        self.model, self.amp_dtype, self.tta, self.flow_scale = model, AMP_DTYPES[amp], tta, flow_scale
         self.device, self.batch_size, self.halving = device, batch_size, halving
         # A compiled model is specialised to one batch size: a short last batch would compile it again (minutes at
         # 4K), so it is filled up with copies of its last request, whose predictions are dropped.
         self.fixed_batch = fixed_batch
         self.model_calls = 0
+
+    def predict(self, img0: torch.Tensor, img1: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) inputs in [0, 1] and t (B,) -> (B, 3, H, W) float32 prediction clamped to [0, 1]."""
+        padded0, padding = pad_centred(img0, PAD_MULTIPLE)
+        padded1, _ = pad_centred(img1, PAD_MULTIPLE)
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.amp_dtype,
+                                                    enabled=self.amp_dtype is not None):
+            prediction = self.model.inference(padded0, padded1, t=t, flow_scale=self.flow_scale, tta=self.tta)
+        return crop_padding(prediction.float(), padding).clamp(0, 1)
 
     def calls_needed(self, times: Sequence[Fraction]) -> int:
         """Model calls (batch entries) that one pair with these output times costs."""
@@ -72,7 +85,7 @@ class FrameInterpolator:
                 # non-blocking, the main thread keeps queueing work instead.
                 t = t.pin_memory()
             t = t.to(self.device, non_blocking=True)
-            predictions = self.evaluator.predict(img0, img1, t)
+            predictions = self.predict(img0, img1, t)
             self.model_calls += len(chunk)
             for (index, time_, *_), prediction in zip(chunk, predictions.split(1)):
                 values[index][time_] = prediction

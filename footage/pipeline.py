@@ -16,12 +16,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from benchmark.eval_core import frame_to_tensor
-from benchmark.metrics import to_uint8
 from footage.interpolator import FrameInterpolator
 from footage.timeplan import last_frame_on_grid, pair_times
 from footage.video_io import FrameSink, FrameSource, VideoIOError
 from measures.shots import PairVerdict, ShotDetector, ShotSettings, frame_signature, pair_score
+from model.frames import frame_to_tensor
 
 
 class Stopped(Exception):
@@ -158,7 +157,8 @@ def upload(frame: InputFrame, device: torch.device) -> torch.Tensor:
 
 def to_output(prediction: torch.Tensor) -> OutputFrame:
     """(1, 3, H, W) float prediction -> an :class:`OutputFrame`; on CUDA the copy to the host is only queued."""
-    image = to_uint8(prediction[0]).permute(1, 2, 0).contiguous()       # (H, W, 3) uint8, still on the device
+    # (H, W, 3) uint8, still on the device; clamped then rounded (as the benchmarks' to_uint8), never truncated.
+    image = torch.round(prediction[0].clamp(0, 1) * 255).to(torch.uint8).permute(1, 2, 0).contiguous()
     if image.device.type != "cuda":
         return OutputFrame(array=image.numpy())
     host = torch.empty(image.shape, dtype=torch.uint8, pin_memory=True)

@@ -35,8 +35,6 @@ from typing import IO, Iterator
 import cv2
 import numpy as np
 
-from benchmark.eval_core import read_rgb_uint8
-
 FRAME_SUFFIXES = (".png", ".jpg", ".jpeg")
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".avi")
 OUTPUT_FRAME_PATTERN = "{:08d}.png"          # 0-based output frame index; sorts by name up to 10^8 frames
@@ -62,6 +60,15 @@ def find_ffmpeg() -> str | None:
         return imageio_ffmpeg.get_ffmpeg_exe()
     except RuntimeError:
         return None
+
+
+def read_rgb_uint8(path: Path) -> np.ndarray:
+    """(H, W, 3) uint8 RGB of one image file (cv2 reads BGR; the model works in RGB)."""
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        reason = "file not found" if not path.is_file() else "not a readable image"
+        raise VideoIOError(f"cannot read image {path} ({reason})")
+    return np.ascontiguousarray(image[..., ::-1])
 
 
 def natural_key(name: str) -> list:

@@ -421,3 +421,24 @@ def test_command_line_error_has_no_traceback(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [f"interpolate.py: error: --input {tmp_path / 'missing.mp4'} "
                                                   f"does not exist"]
+
+
+def test_footage_imports_no_benchmark_or_training_code():
+    """The layout's rule (docs/DESIGN.md): footage sits below the benchmarks and never reaches training code."""
+    code = ("import sys, footage.pipeline, footage.interpolator, footage.timeplan, footage.video_io; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'benchmark', 'train', 'Trainer', 'dataset'}))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    assert result.stdout.strip() == "[]"
+
+
+def test_interpolator_predicts_as_the_benchmark_evaluator_does():
+    """Same padding (an odd frame size), precision, crop and clamp as benchmark.eval_core.Evaluator."""
+    from benchmark.eval_core import Evaluator, Protocol
+
+    torch.manual_seed(0)
+    model = build_model(preset(3, size="tiny")).eval()
+    img0, img1 = torch.rand(1, 3, 37, 53), torch.rand(1, 3, 37, 53)
+    t = torch.tensor([0.3])
+    interpolator = FrameInterpolator(model, torch.device("cpu"), "fp32", False, 1.0, batch_size=1, halving=False)
+    evaluator = Evaluator(model, Protocol("video", flow_scale=1.0), "cpu", "fp32", False, 1.0, progress=False)
+    assert torch.equal(interpolator.predict(img0, img1, t), evaluator.predict(img0, img1, t))
