@@ -36,7 +36,10 @@ line on stderr and exit status 2; Ctrl-C removes what was written and exits with
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import sys
+from dataclasses import asdict
 from fractions import Fraction
 from pathlib import Path
 from typing import Sequence
@@ -45,13 +48,13 @@ import torch
 
 from benchmark.eval_core import (AMP_DTYPES, BenchmarkError, compile_for_inference, describe_run, positive_float,
                                  positive_int, resolve_device)
-from checkpoint import CheckpointError, model_from_checkpoint, resolve_checkpoint
+from checkpoint import CheckpointError, atomic_write_text, model_from_checkpoint, resolve_checkpoint
 from config import ConfigError, OneLineErrorParser
 from footage.interpolator import FrameInterpolator
 from footage.pipeline import RunStats, StreamSettings, run_stream
-from footage.timeplan import describe_times, is_power_of_two, output_frame_count
-from footage.video_io import (FfmpegSink, FolderSink, FrameSink, OpenCVSink, SourceInfo, VideoIOError, find_ffmpeg,
-                              open_source, prepare_output, snap_rate)
+from footage.timeplan import TimePlan, describe_times, is_power_of_two, output_frame_count
+from footage.video_io import (AvSink, FolderSink, FrameSink, OpenCVSink, SourceInfo, VideoIOError, open_source,
+                              prepare_output, pyav_available, snap_rate)
 from measures.shots import ShotSettings
 
 PROGRAM = "interpolate.py"
@@ -181,7 +184,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--crf", type=crf_value, default=18, help="H.264 quality, 0 lossless .. 51 (default 18)")
     parser.add_argument("--preset", choices=X264_PRESETS, default="medium", help="x264 speed preset (default medium)")
     parser.add_argument("--ckpt_dir", default="ckpt", help="folder searched for --model names (default ckpt)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+    parser.add_argument("--report", type=Path, default=None, metavar="OUT.json",
+                        help="write a JSON record of the run: every cut and duplicate (frame indices, scores), the "
+                             "colour, aspect and timing read and written, and what happened to the audio")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output (and --report)")
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
     return parser
 
@@ -205,8 +211,18 @@ def output_ratio(args: argparse.Namespace, info: SourceInfo) -> tuple[Fraction, 
     return Fraction(1, multi), out_rate, f"{multi} x input"
 
 
-def choose_time_strategy(phase: int, ratio: Fraction, strict: bool) -> tuple[bool, str]:
-    """(use halving, one line saying how the output times are reached) for a checkpoint of ``phase``."""
+def choose_time_strategy(phase: int, ratio: Fraction, strict: bool, vfr: bool = False) -> tuple[bool, str]:
+    """(use halving, one line saying how the output times are reached) for a checkpoint of ``phase``. A VFR input's
+    output times fall anywhere between its frames, so they are always given directly."""
+    if vfr:
+        if phase == 3:
+            return False, "Phase-3 checkpoint: each t (from the frames' timestamps, VFR) is given to the model directly"
+        if strict:
+            raise InterpolateError(f"--strict_t: this Phase-{phase} checkpoint was trained only at t = 0.5, and a "
+                                   f"variable-frame-rate input puts output frames at any t; use a Phase-3 checkpoint")
+        warn(f"this Phase-{phase} checkpoint was trained only at t = 0.5; a variable-frame-rate input puts output "
+             f"frames at any t between its frames, given directly (--strict_t refuses)")
+        return False, f"Phase-{phase} checkpoint: t from the frames' timestamps (VFR) given directly"
     steps = ratio.denominator     # every output time is a multiple of 1 / steps
     if steps == 1:
         return False, "every output frame falls on an input frame: no interpolation needed"
@@ -227,32 +243,75 @@ def choose_time_strategy(phase: int, ratio: Fraction, strict: bool) -> tuple[boo
 
 
 def make_sink(path: Path, kind: str, info: SourceInfo, rate: Fraction | None, args: argparse.Namespace,
-              ffmpeg: str | None) -> FrameSink:
-    """A PNG folder, or a video through ffmpeg (audio from a video source) or, without imageio-ffmpeg, OpenCV."""
+              use_pyav: bool) -> FrameSink:
+    """A PNG folder, or a video through PyAV (colour, aspect and audio from a video source) or, without PyAV,
+    OpenCV."""
     if kind == "folder":
         return FolderSink(path)
-    if ffmpeg is None:
+    if not use_pyav:
         return OpenCVSink(path, info.width, info.height, rate)
-    audio = info if info.kind == "video" and info.has_audio else None
-    return FfmpegSink(path, ffmpeg, info.width, info.height, rate, args.crf, args.preset, audio)
+    source = info if info.kind == "video" else None
+    return AvSink(path, info.width, info.height, rate, args.crf, args.preset, source,
+                  keep_audio=not info.rate_overridden)
+
+
+def time_plan(info: SourceInfo, ratio: Fraction, out_rate: Fraction | None) -> TimePlan:
+    """Output frame k at k / out_rate seconds; a VFR video's output lasts as long as the video."""
+    if info.vfr and out_rate is not None:
+        return TimePlan(1 / out_rate, Fraction(info.duration).limit_denominator(10 ** 6))
+    return TimePlan(ratio / (info.rate or 1))
+
+
+def check_report_path(path: Path | None, overwrite: bool) -> None:
+    if path is None:
+        return
+    if path.exists() and (path.is_dir() or not overwrite):
+        raise InterpolateError(f"--report {path} exists; pass --overwrite to replace it" if not path.is_dir()
+                               else f"--report {path} is a folder; give a file name such as run.json")
+    if not path.parent.is_dir():
+        raise InterpolateError(f"--report {path}: the folder {path.parent} does not exist")
+
+
+def run_report(args: argparse.Namespace, info: SourceInfo, kind: str, out_rate: Fraction | None, time_text: str,
+               shots: ShotSettings, sink: FrameSink, stats: RunStats) -> dict:
+    """What --report holds: the input and output metadata, timing, every cut and duplicate, the audio decision."""
+    written = sink.report()
+    audio = written["audio"]
+    if info.has_audio and audio["decision"] == "none":
+        reason = ("a frame folder holds no audio" if kind == "folder" else
+                  "OpenCV writes no audio (PyAV is not installed)")
+        audio = {"decision": "dropped", "reason": reason, "tracks": [t.as_dict() for t in info.audio]}
+    output = {"path": str(args.output), "kind": kind, "rate": None if out_rate is None else str(out_rate),
+              "frames": stats.frames_out, **written["output"]}
+    if kind == "folder":
+        output["colour"] = "RGB PNG"
+    return {"input": info.as_dict(), "output": output,
+            "timing": {"vfr": info.vfr, "times": time_text},
+            "shots": {"settings": asdict(shots), "cuts": [v.as_dict() for v in stats.cuts],
+                      "duplicates": [v.as_dict() for v in stats.duplicates]},
+            "audio": audio, "notes": stats.notes,
+            "summary": {"frames_in": stats.frames_in, "frames_out": stats.frames_out,
+                        "model_calls": stats.model_calls, "seconds": round(stats.seconds, 3)}}
 
 
 def run(args: argparse.Namespace) -> RunStats:
     """Checks (cheap ones first: input, checkpoint name, output), model, then the stream; prints the final line.
     Raises one of USER_ERRORS for anything the user can fix."""
-    ffmpeg = find_ffmpeg()
+    use_pyav = pyav_available()
     input_path, output_path = args.input, args.output
     if output_path.resolve() == input_path.resolve():
         raise InterpolateError(f"--output {output_path} is the --input; choose another path")
     output_is_video = output_path.suffix.lower() != "" and not output_path.is_dir()
-    if ffmpeg is None and (input_path.is_file() or output_is_video):
-        warn("imageio-ffmpeg is not installed: video is read and written with OpenCV (MPEG-4 part 2, no audio, "
-             "--crf ignored); pip install imageio-ffmpeg")
-    source = open_source(input_path, ffmpeg, args.input_fps)
+    if not use_pyav and (input_path.is_file() or output_is_video):
+        warn("PyAV is not installed: video is read and written with OpenCV (MPEG-4 part 2, no audio, no colour "
+             "tags, no frame timestamps, --crf ignored); pip install av")
+    source = open_source(input_path, use_pyav, args.input_fps)
     info = source.info
     checkpoint_path = resolve_checkpoint(args.model, args.ckpt_dir)
     kind = prepare_output(output_path, args.overwrite)
+    check_report_path(args.report, args.overwrite)
     ratio, out_rate, rate_text = output_ratio(args, info)
+    plan = time_plan(info, ratio, out_rate)
     if kind == "video" and out_rate is None:
         raise InterpolateError(f"a video output needs a frame rate: {info.path} is a frame folder, give --input_fps")
 
@@ -261,7 +320,7 @@ def run(args: argparse.Namespace) -> RunStats:
         raise InterpolateError(f"--compile needs a CUDA device (this run is on {device.type})")
     amp = resolve_amp(args.amp, device)
     model, cfg = model_from_checkpoint(str(checkpoint_path), device=device)
-    halving, time_text = choose_time_strategy(cfg.train.phase, ratio, args.strict_t)
+    halving, time_text = choose_time_strategy(cfg.train.phase, ratio, args.strict_t, info.vfr)
     flow_scale = args.flow_scale or default_flow_scale(info.height, info.width)
     batch = args.batch or default_batch(info.height, info.width, device)
     if device.type == "cuda":
@@ -269,9 +328,18 @@ def run(args: argparse.Namespace) -> RunStats:
         torch.backends.cudnn.benchmark = True
         torch.cuda.reset_peak_memory_stats(device)
 
-    expected = output_frame_count(info.frame_count, ratio) if info.frame_count else None
+    if info.vfr:
+        expected = math.ceil(plan.end / plan.period)
+    else:
+        expected = output_frame_count(info.frame_count, ratio) if info.frame_count else None
+    if info.colour is not None and info.colour.hdr:
+        warn("the input is HDR (PQ/HLG transfer): its tags are carried over, but frames are processed as 8-bit RGB "
+             "of the coded values")
     out_rate_text = f"{float(out_rate):.6g} fps = {rate_text}" if out_rate is not None else rate_text
     print(f"input:  {info.describe()}")
+    if info.colour is not None:
+        print(f"colour: {info.colour.describe()}; " + ("carried to the output" if kind == "video" and use_pyav
+                                                       else "frames written as RGB"))
     print(f"output: {output_path} ({kind}, {out_rate_text}"
           + (f", ~{expected} frames)" if expected else ")"))
     flow_note = ("" if args.flow_scale or not cfg.model.use_flow
@@ -287,9 +355,9 @@ def run(args: argparse.Namespace) -> RunStats:
         print("compile: torch.compile, the first batch compiles the model (about 2 minutes at 4K)")
     interpolator = FrameInterpolator(model, device, amp, args.tta, flow_scale, batch, halving,
                                      fixed_batch=args.compile)
-    sink = make_sink(output_path, kind, info, out_rate, args, ffmpeg)
+    sink = make_sink(output_path, kind, info, out_rate, args, use_pyav)
     shots = ShotSettings(cut_ratio=args.cut_ratio, duplicate_block=args.duplicate_block)
-    settings = StreamSettings(ratio, shots, not args.no_progress, expected)
+    settings = StreamSettings(plan, shots, not args.no_progress, expected)
     try:
         stats = run_stream(source, sink, interpolator, settings)
     finally:
@@ -299,6 +367,10 @@ def run(args: argparse.Namespace) -> RunStats:
     if device.type == "cuda":
         print(f"peak GPU memory {torch.cuda.max_memory_allocated(device) / 2 ** 30:.2f} GiB (allocated)")
     print(f"wrote {output_path} ({stats.model_calls} model calls; {stats.steady_rate()})")
+    if args.report is not None:
+        report = run_report(args, info, kind, out_rate, time_text, shots, sink, stats)
+        atomic_write_text(args.report, json.dumps(report, indent=2) + "\n")
+        print(f"report: {args.report}")
     print(stats.summary())
     return stats
 

@@ -17,7 +17,7 @@ import torch
 from tqdm import tqdm
 
 from footage.interpolator import FrameInterpolator
-from footage.timeplan import last_frame_on_grid, pair_times
+from footage.timeplan import TimePlan
 from footage.video_io import FrameSink, FrameSource, VideoIOError
 from measures.shots import PairVerdict, ShotDetector, ShotSettings, frame_signature, pair_score
 from model.frames import frame_to_tensor
@@ -74,10 +74,12 @@ END = object()   # end-of-stream marker on both queues
 
 @dataclass
 class InputFrame:
-    """One decoded frame. rgb: (H, W, 3) uint8; pinned: the same in page-locked memory (CUDA only, for an
-    asynchronous upload); verdict: what the pair (previous frame, this one) is (None for the first frame)."""
+    """One decoded frame. rgb: (H, W, 3) uint8; time: seconds since the first frame (FrameSource); pinned: the
+    same in page-locked memory (CUDA only, for an asynchronous upload); verdict: what the pair (previous frame, this
+    one) is (None for the first frame)."""
 
     index: int
+    time: Fraction
     rgb: np.ndarray
     pinned: torch.Tensor | None
     verdict: PairVerdict | None
@@ -116,8 +118,8 @@ class RunStats:
 
     frames_in: int = 0
     frames_out: int = 0
-    cuts: int = 0
-    duplicates: int = 0
+    cuts: list[PairVerdict] = field(default_factory=list)          # in pair order
+    duplicates: list[PairVerdict] = field(default_factory=list)
     model_calls: int = 0
     seconds: float = 0.0
     first_frame_seconds: float | None = None   # start-up: first batch, cuDNN autotuning, encoder start
@@ -132,15 +134,15 @@ class RunStats:
 
     def summary(self) -> str:
         rate = self.frames_out / self.seconds if self.seconds > 0 else float("nan")
-        return (f"frames in {self.frames_in}, frames out {self.frames_out}, cuts {self.cuts}, "
-                f"duplicates {self.duplicates}, {self.seconds:.1f} s ({rate:.2f} out-frames/s)")
+        return (f"frames in {self.frames_in}, frames out {self.frames_out}, cuts {len(self.cuts)}, "
+                f"duplicates {len(self.duplicates)}, {self.seconds:.1f} s ({rate:.2f} out-frames/s)")
 
 
 @dataclass(frozen=True)
 class StreamSettings:
     """Everything :func:`run_stream` needs besides the source, sink and model."""
 
-    ratio: Fraction                     # input frames per output frame
+    plan: TimePlan                      # where the output frames fall
     shots: ShotSettings = ShotSettings()
     progress: bool = True
     expected_frames: int | None = None  # progress bar total
@@ -197,9 +199,9 @@ def run_stream(source: FrameSource, sink: FrameSink, interpolator: FrameInterpol
                 frame.verdict = verdict
                 put(read_queue, frame, stop)
 
-        for index, rgb in enumerate(source.frames()):
+        for index, (rgb, time_) in enumerate(source.frames()):
             signature = frame_signature(rgb)
-            frame = InputFrame(index, rgb, torch.from_numpy(rgb).pin_memory() if pin else None, None)
+            frame = InputFrame(index, time_, rgb, torch.from_numpy(rgb).pin_memory() if pin else None, None)
             if previous is None:
                 put(read_queue, frame, stop)
             else:
@@ -252,9 +254,9 @@ def run_stream(source: FrameSource, sink: FrameSink, interpolator: FrameInterpol
                 image = upload(item, device)
                 if previous is not None:
                     kind = item.verdict.kind
-                    stats.cuts += kind == "cut"
-                    stats.duplicates += kind == "duplicate"
-                    times = pair_times(previous[0].index, settings.ratio)
+                    if kind != "motion":
+                        (stats.cuts if kind == "cut" else stats.duplicates).append(item.verdict)
+                    times = settings.plan.times_between(previous[0].time, item.time)
                     pending.append(PairJob(previous[0].index, previous[0], previous[1], image, times, kind))
                     pending_calls += interpolator.calls_needed(times) if kind == "motion" else 0
                     # Batch consecutive pairs until a forward pass is full; a pair never waits for more than that.
@@ -268,7 +270,7 @@ def run_stream(source: FrameSource, sink: FrameSink, interpolator: FrameInterpol
             flush(pending)
             if stats.frames_in < 2:
                 raise VideoIOError(f"{info.path}: only {stats.frames_in} frame(s) decoded; interpolation needs 2")
-            if last_frame_on_grid(stats.frames_in, settings.ratio):
+            for _ in range(settings.plan.tail(previous[0].time)):     # on the grid, or held (VFR)
                 emit(OutputFrame(array=previous[0].rgb))
         put(write_queue, END, stop, writer)
         while writer.is_alive():

@@ -7,6 +7,7 @@ at time k * ratio (the rules are spelled out in ``interpolate.py``'s help).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from fractions import Fraction
 from typing import Iterable, Sequence
 
@@ -62,3 +63,38 @@ def halving_rounds(times: Iterable[Fraction]) -> list[list[Fraction]]:
 def describe_times(values: Sequence[Fraction], limit: int = 4) -> str:
     shown = ", ".join(str(v) for v in values[:limit])
     return shown + (", ..." if len(values) > limit else "")
+
+
+@dataclass(frozen=True)
+class TimePlan:
+    """Where output frames fall, in seconds since the first input frame: output frame k at ``k * period``.
+
+    period: seconds per output frame (for a frame folder without a rate: input frames per output frame).
+    end: None: output frames up to the last input frame (``k * period <= last``), the rule for a constant rate,
+        where ``--multi N`` gives (n - 1) * N + 1 frames. A time: output frames while ``k * period < end`` (a VFR
+        video: its duration, so the output lasts as long as the input and its last frame is held as long).
+    """
+
+    period: Fraction
+    end: Fraction | None = None
+
+    def times_between(self, start: Fraction, stop: Fraction) -> list[Fraction]:
+        """t in [0, 1) of the output frames in [start, stop), the times of two consecutive input frames.
+        With a constant rate this is :func:`pair_times` exactly (start = i / rate)."""
+        span = stop - start
+        times, k = [], math.ceil(start / self.period)
+        while k * self.period < stop:
+            times.append((k * self.period - start) / span)
+            k += 1
+        return times
+
+    def tail(self, last: Fraction) -> int:
+        """How many output frames fall at or after the last input frame (copies of it)."""
+        k = math.ceil(last / self.period)
+        if self.end is None:
+            return int(k * self.period == last)
+        return max(0, math.ceil(self.end / self.period) - k)
+
+    def frame_count(self, last: Fraction) -> int:
+        """Output frames of a run whose last input frame is at ``last``."""
+        return math.ceil(last / self.period) + self.tail(last)

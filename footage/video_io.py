@@ -1,65 +1,68 @@
 """Frames in and out of videos and frame folders, for ``interpolate.py``.
 
-A source yields (H, W, 3) uint8 RGB frames in order; a sink takes them in order and makes its output appear only
-when it is complete: everything goes to a hidden temporary name in the output's folder (``.NAME.XXXX.partial...``)
-and is renamed onto the output by :meth:`FrameSink.finish`, so an interrupted run leaves nothing that looks done.
+A source yields (H, W, 3) uint8 RGB frames in order, each with its presentation time; a sink takes frames in order
+and makes its output appear only when it is complete: everything goes to a hidden temporary name in the output's
+folder (``.NAME.XXXX.partial...``) and is renamed onto the output by :meth:`FrameSink.finish`, so an interrupted run
+leaves nothing that looks done.
 
-Video goes through the ffmpeg binary the ``imageio-ffmpeg`` wheel ships, as raw rgb24 over pipes:
+Video goes through PyAV (the FFmpeg libraries, bundled in its wheel), which hands out each frame's timestamp and the
+stream's colour and geometry tags:
 
-    reading:  ffmpeg -i IN -map 0:v:0 -fps_mode passthrough -f rawvideo -pix_fmt rgb24 -   (every decoded frame
-              exactly once: no frame is duplicated or dropped to fit a constant rate)
-    writing:  raw rgb24 on stdin -> libx264, yuv420p, --crf; the source's audio is copied afterwards by a stream
-              copy (no re-encode), when the output lasts as long as the source.
+    reading:  every decoded frame exactly once, converted to RGB with the matrix and range a player would use
+              (footage/colour.py); its time from its own timestamp, so a variable-frame-rate (VFR) video keeps its
+              timing. A constant-rate stream (every timestamp within a quarter frame of the rate's grid) gets the
+              exact grid times i / rate instead, so output times stay exact fractions.
+    writing:  RGB -> Y'CbCr 4:2:0 with the source's matrix and range (exact rounding, full chroma interpolation),
+              libx264 at --crf, tagged with the source's matrix, range, primaries, transfer and sample aspect ratio;
+              the source's audio muxed in as the video is written (footage/audio.py).
 
-The exact frame rate (24000/1001, not "23.98") is the time base ffmpeg gives its rawvideo encoder, read from a
-two-frame ``framecrc`` probe (which also tells the frame size and whether there are two frames to interpolate). Reading through ffmpeg rather than cv2.VideoCapture keeps one decoder for reading,
-writing and probing (audio tracks, duration), and gives the rate as a fraction. Without imageio-ffmpeg, OpenCV
-reads and writes video instead (mp4v, no audio), after one warning.
+The probe reads every video packet's timestamp (no decoding) to tell the frame count and whether the rate is
+constant, and decodes two frames for the size and colour tags. Without PyAV, OpenCV reads and writes video instead
+(mp4v, no audio, no colour tags), after one warning.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import secrets
 import shutil
-import subprocess
+import statistics
 import tempfile
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import IO, Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import cv2
 import numpy as np
 
+from footage.colour import ColourInfo
+
+if TYPE_CHECKING:                   # footage.audio needs PyAV, which the OpenCV fallback does without
+    from footage.audio import AudioTrack
+
 FRAME_SUFFIXES = (".png", ".jpg", ".jpeg")
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".avi")
 OUTPUT_FRAME_PATTERN = "{:08d}.png"          # 0-based output frame index; sorts by name up to 10^8 frames
-# swscale's default YUV <-> RGB conversion is biased by 1-2 levels per trip (measured: rgb (40, 60, 90) -> yuv420p ->
-# (39, 58, 89)); with exact rounding and full-resolution chroma interpolation a decode-encode round trip stays within
-# a level, so an interpolated video does not drift in colour from its source.
-SWS_FLAGS = ["-sws_flags", "accurate_rnd+full_chroma_int"]
 # A "rate" above this is a container time base that leaked through (a stream that declares no rate), not a rate.
 MAX_PLAUSIBLE_RATE = 1000
+# A stream is constant-rate when every timestamp lies within this fraction of a frame of the rate's grid.
+CFR_TOLERANCE = Fraction(1, 4)
+# Output video timestamps count in 1/TICKS_PER_FRAME of an output frame, so a start offset is kept to that precision.
+TICKS_PER_FRAME = 100
 
 
 class VideoIOError(RuntimeError):
     """A file or folder that cannot be read or written as asked; one line naming the path."""
 
 
-def find_ffmpeg() -> str | None:
-    """Path of the ffmpeg binary from imageio-ffmpeg (or $IMAGEIO_FFMPEG_EXE), or None when there is none."""
-    try:
-        import imageio_ffmpeg
-    except ImportError:
-        return None
-    try:
-        return imageio_ffmpeg.get_ffmpeg_exe()
-    except RuntimeError:
-        return None
+def pyav_available() -> bool:
+    """Whether PyAV (``pip install av``) can be imported: without it, video goes through OpenCV."""
+    return importlib.util.find_spec("av") is not None
 
 
 def read_rgb_uint8(path: Path) -> np.ndarray:
@@ -76,20 +79,21 @@ def natural_key(name: str) -> list:
     return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
 
 
-def last_line(text: str) -> str:
-    """The last non-empty line of a tool's stderr (what it says went wrong), or '' when there is none."""
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[-1] if lines else ""
-
-
 @dataclass(frozen=True)
 class SourceInfo:
     """What a source knows before decoding everything.
 
-    rate: frames per second as an exact fraction; None for a frame folder without --input_fps.
-    frame_count: exact for folders; for video an estimate (duration x rate), only used for the progress bar.
-    duration: the container's duration in seconds (video only; None when unknown).
-    has_audio: the video has at least one audio stream.
+    rate: frames per second as an exact fraction (a VFR video: its average rate); None for a frame folder without
+        --input_fps.
+    frame_count: exact for folders and for videos whose packets carry timestamps; else an estimate (progress bar).
+    duration: the video stream's duration in seconds, from its first frame's start to its last frame's end (video
+        only; None when unknown).
+    vfr: the frames are not evenly spaced; each keeps its own timestamp.
+    start: the first frame's time on the file's clock (seconds), where the audio's start is measured from too.
+    colour: the colour tags and the conversion used (video through PyAV only).
+    sample_aspect_ratio: pixel width / height (1 = square; 32:27 anamorphic widescreen PAL/NTSC), None if unknown.
+    audio: the audio tracks.
+    rate_overridden: --input_fps replaced the video's own rate (its timing, and with it the audio's, no longer holds).
     """
 
     path: Path
@@ -99,25 +103,52 @@ class SourceInfo:
     rate: Fraction | None
     frame_count: int | None
     duration: float | None = None
-    has_audio: bool = False
+    vfr: bool = False
+    start: Fraction = Fraction(0)
+    colour: ColourInfo | None = None
+    sample_aspect_ratio: Fraction | None = None
+    audio: tuple[AudioTrack, ...] = field(default_factory=tuple)
+    rate_overridden: bool = False
+
+    @property
+    def has_audio(self) -> bool:
+        return bool(self.audio)
 
     def describe(self) -> str:
         rate = f"{float(self.rate):.6g} fps" if self.rate else "no frame rate"
-        count = (f"{self.frame_count} frames" if self.kind == "folder"
-                 else f"~{self.frame_count} frames" if self.frame_count else "frame count unknown")
-        audio = ", audio" if self.has_audio else ""
-        return f"{self.path} ({self.kind}, {self.width}x{self.height}, {count}, {rate}{audio})"
+        if self.vfr:
+            rate = f"variable frame rate (VFR, average {float(self.rate):.6g} fps): frames keep their timestamps"
+        count = (f"{self.frame_count} frames" if self.kind == "folder" or self.frame_count
+                 else "frame count unknown")
+        aspect = (f", SAR {self.sample_aspect_ratio.numerator}:{self.sample_aspect_ratio.denominator}"
+                  if self.sample_aspect_ratio not in (None, 1) else "")
+        audio = f", audio x{len(self.audio)}" if len(self.audio) > 1 else ", audio" if self.audio else ""
+        return f"{self.path} ({self.kind}, {self.width}x{self.height}{aspect}, {count}, {rate}{audio})"
+
+    def as_dict(self) -> dict:
+        """The --report record of the input."""
+        return {"path": str(self.path), "kind": self.kind, "width": self.width, "height": self.height,
+                "rate": None if self.rate is None else str(self.rate), "vfr": self.vfr,
+                "frame_count": self.frame_count, "duration_s": self.duration, "start_s": float(self.start),
+                "rate_overridden": self.rate_overridden,
+                "sample_aspect_ratio": None if self.sample_aspect_ratio is None else str(self.sample_aspect_ratio),
+                "colour": None if self.colour is None else self.colour.as_dict(),
+                "audio": [track.as_dict() for track in self.audio]}
 
 
 # --------------------------------------------------------------------------------------------------------
 # Sources
 # --------------------------------------------------------------------------------------------------------
 class FrameSource:
-    """Yields every frame once, in order, as a fresh (H, W, 3) uint8 RGB array (never a reused buffer)."""
+    """Yields every frame once, in order, as (a fresh (H, W, 3) uint8 RGB array (never a reused buffer), its time).
+
+    The time is a Fraction of seconds since the first frame (0 for the first): i / rate for a constant rate (exact),
+    the frame's own timestamp for a VFR video. A frame folder without a rate counts in frames (i).
+    """
 
     info: SourceInfo
 
-    def frames(self) -> Iterator[np.ndarray]:
+    def frames(self) -> Iterator[tuple[np.ndarray, Fraction]]:
         raise NotImplementedError
 
     def close(self) -> None:
@@ -158,13 +189,14 @@ class FolderSource(FrameSource):
                                    f"{sizes[files[0]][0]}x{sizes[files[0]][1]}: all frames must have one size")
         return sizes[files[0]]
 
-    def frames(self) -> Iterator[np.ndarray]:
-        for file in self.files:
+    def frames(self) -> Iterator[tuple[np.ndarray, Fraction]]:
+        period = 1 / (self.info.rate or Fraction(1))
+        for index, file in enumerate(self.files):
             frame = read_rgb_uint8(file)
             if frame.shape[:2] != (self.info.height, self.info.width):
                 raise VideoIOError(f"{file} is {frame.shape[1]}x{frame.shape[0]} but the frames before it are "
                                    f"{self.info.width}x{self.info.height}: all frames must have one size")
-            yield frame
+            yield frame, index * period
 
 
 def snap_rate(fps: float) -> Fraction:
@@ -176,89 +208,134 @@ def snap_rate(fps: float) -> Fraction:
     return Fraction(fps).limit_denominator(1000)
 
 
-class FfmpegSource(FrameSource):
-    """A video decoded by ffmpeg to raw rgb24 on a pipe (see the module docstring)."""
+def ffmpeg_reason(error: Exception) -> str:
+    """The one-line reason in a PyAV error ("Invalid data found when processing input"), without the path."""
+    return str(getattr(error, "strerror", None) or error).split(": '")[0]
 
-    def __init__(self, path: Path, ffmpeg: str, rate_override: Fraction | None = None):
-        self.path, self.ffmpeg = path, ffmpeg
-        self.process: subprocess.Popen | None = None
-        self.info = self._probe(rate_override)
 
-    def _probe(self, rate_override: Fraction | None) -> SourceInfo:
-        """Decode the first two frames into a framecrc listing: size, exact rate, and whether there are >= 2."""
-        command = [self.ffmpeg, "-hide_banner", "-nostdin", "-i", str(self.path), "-map", "0:v:0", "-frames:v", "2",
-                   "-fps_mode", "passthrough", "-c:v", "rawvideo", "-pix_fmt", "rgb24", "-f", "framecrc", "-"]
-        result = subprocess.run(command, capture_output=True, text=True, errors="replace")
-        header = result.stderr.split("\nOutput #0")[0]
-        if result.returncode != 0:
-            reason = last_line(result.stderr)
-            if "fps_mode" in reason:
-                raise VideoIOError(f"{self.ffmpeg} is too old: ffmpeg 5.1 or newer is needed (-fps_mode); "
-                                   f"pip install -U imageio-ffmpeg, or unset IMAGEIO_FFMPEG_EXE")
-            if "matches no streams" in reason:
-                reason = "no video stream"
-            raise VideoIOError(f"cannot read video {self.path}: {reason or f'ffmpeg exit status {result.returncode}'}")
-        time_base = re.search(r"^#tb 0: (\d+)/(\d+)", result.stdout, re.M)
-        size = re.search(r"^#dimensions 0: (\d+)x(\d+)", result.stdout, re.M)
-        decoded = len([line for line in result.stdout.splitlines() if line and not line.startswith("#")])
-        if decoded == 0 or size is None:
-            raise VideoIOError(f"{self.path}: no video frames could be decoded")
-        if decoded < 2:
-            raise VideoIOError(f"{self.path}: only 1 video frame; interpolation needs at least 2")
-        width, height = int(size.group(1)), int(size.group(2))
+def decoding_flags():
+    """swscale flags for every YUV <-> RGB conversion: swscale's default is biased by 1-2 levels per trip (measured
+    with ffmpeg: rgb (40, 60, 90) -> yuv420p -> (39, 58, 89)); exact rounding and full-resolution chroma keep a
+    decode-encode round trip within about a level, so an interpolated video does not drift in colour."""
+    from av.video.reformatter import Interpolation
 
-        rate = Fraction(int(time_base.group(2)), int(time_base.group(1))) if time_base else None
-        if rate is None or rate > MAX_PLAUSIBLE_RATE:
-            printed = re.search(r"Video:.*?([\d.]+) fps", header)
-            rate = snap_rate(float(printed.group(1))) if printed and float(printed.group(1)) > 0 else None
-        duration_match = re.search(r"Duration: (\d+):(\d+):(\d+(?:\.\d+)?)", header)
-        duration = (int(duration_match.group(1)) * 3600 + int(duration_match.group(2)) * 60
-                    + float(duration_match.group(3))) if duration_match else None
-        estimate = round(duration * rate) if duration and rate else None     # the file's own rate, not --input_fps
-        has_audio = re.search(r"Stream #\d+:\d+.*: Audio:", header) is not None
-        if rate_override is not None:
-            rate = rate_override
-        if rate is None:
-            raise VideoIOError(f"cannot tell the frame rate of {self.path}: give --input_fps")
-        return SourceInfo(self.path, "video", width, height, rate, estimate, duration, has_audio)
+    return Interpolation.BICUBIC | Interpolation.ACCURATE_RND | Interpolation.FULL_CHR_H_INT
 
-    def frames(self) -> Iterator[np.ndarray]:
-        width, height = self.info.width, self.info.height
-        frame_bytes = width * height * 3
-        with tempfile.TemporaryFile() as log:           # a file, not a pipe: a chatty decoder can never block
-            command = [self.ffmpeg, "-hide_banner", "-nostdin", "-loglevel", "error", "-i", str(self.path),
-                       "-map", "0:v:0", "-fps_mode", "passthrough", *SWS_FLAGS,
-                       "-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
-            # Own session: Ctrl-C reaches only Python, which then stops the decoder itself (close()).
-            self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, bufsize=frame_bytes,
-                                            start_new_session=True)
-            stream = self.process.stdout
-            while True:
-                frame = np.empty((height, width, 3), dtype=np.uint8)
-                view, filled = memoryview(frame).cast("B"), 0
-                while filled < frame_bytes:
-                    count = stream.readinto(view[filled:])
-                    if not count:
-                        break
-                    filled += count
-                if filled == 0:
+
+def is_rgb_format(name: str) -> bool:
+    return name.startswith(("rgb", "bgr", "gbr", "argb", "abgr"))
+
+
+class AvSource(FrameSource):
+    """A video decoded by PyAV, each frame with its time (see the module docstring)."""
+
+    def __init__(self, path: Path, rate_override: Fraction | None = None):
+        import av
+
+        from footage.audio import probe_audio
+
+        self.path = path
+        self.stopping = False
+        try:
+            colour, width, height, sample_aspect_ratio, nominal = self._probe_frames()
+            with av.open(str(path)) as container:
+                stream = container.streams.video[0]
+                base = stream.time_base
+                stamps = sorted((packet.pts, packet.duration or 0) for packet in container.demux(stream)
+                                if packet.pts is not None and packet.size)
+                audio = probe_audio(container)
+        except av.FFmpegError as error:
+            raise VideoIOError(f"cannot read video {path}: {ffmpeg_reason(error)}") from None
+        self.first_pts, self.time_base = (stamps[0][0] if stamps else None), base
+        times = [(pts - stamps[0][0]) * base for pts, _ in stamps]
+        intervals = [b - a for a, b in zip(times, times[1:]) if b > a]
+        typical = statistics.median(intervals) if intervals else None
+        if nominal is None and typical:
+            nominal = snap_rate(float(1 / typical))
+        if rate_override is None and nominal is None:
+            raise VideoIOError(f"cannot tell the frame rate of {path}: give --input_fps")
+        vfr = bool(times) and rate_override is None and any(
+            abs(time - index / nominal) > CFR_TOLERANCE / nominal for index, time in enumerate(times))
+        rate = rate_override or nominal
+        if vfr and len(times) > 1:
+            rate = snap_rate(float((len(times) - 1) / times[-1]))       # the average rate
+        duration = None
+        if times:
+            last = stamps[-1][1] * base or typical or 1 / rate
+            duration = float(times[-1] + last)
+        self.vfr, self.rate = vfr, rate
+        start = stamps[0][0] * base if stamps else Fraction(0)
+        self.info = SourceInfo(path, "video", width, height, rate, len(times) or None, duration, vfr, start, colour,
+                               sample_aspect_ratio, audio,
+                               rate_overridden=rate_override is not None and rate_override != nominal)
+
+    def _probe_frames(self) -> tuple[ColourInfo, int, int, Fraction | None, Fraction | None]:
+        """Decode two frames: colour tags, size, sample aspect ratio and the stream's nominal rate."""
+        import av
+
+        with av.open(str(self.path)) as container:
+            if not container.streams.video:
+                raise VideoIOError(f"cannot read video {self.path}: no video stream")
+            stream = container.streams.video[0]
+            frames = []
+            for frame in container.decode(stream):
+                frames.append(frame)
+                if len(frames) == 2:
                     break
-                if filled < frame_bytes:
-                    raise VideoIOError(f"{self.path}: the decoder stopped in the middle of a frame")
-                yield frame
-            if self.process.wait() != 0:
-                log.seek(0)
-                reason = last_line(log.read().decode(errors="replace"))
-                raise VideoIOError(f"cannot decode {self.path}: {reason or 'ffmpeg failed'}")
+            if not frames:
+                raise VideoIOError(f"{self.path}: no video frames could be decoded")
+            if len(frames) < 2:
+                raise VideoIOError(f"{self.path}: only 1 video frame; interpolation needs at least 2")
+            first = frames[0]
+            colour = ColourInfo.from_tags(int(first.colorspace), int(first.color_range), int(first.color_primaries),
+                                          int(first.color_trc), first.height)
+            sar = stream.sample_aspect_ratio or stream.codec_context.sample_aspect_ratio
+            nominal = next((Fraction(r) for r in (stream.base_rate, stream.guessed_rate, stream.average_rate)
+                            if r and 0 < r <= MAX_PLAUSIBLE_RATE), None)
+            return colour, first.width, first.height, Fraction(sar) if sar else None, nominal
+
+    def frames(self) -> Iterator[tuple[np.ndarray, Fraction]]:
+        import av
+
+        info, flags = self.info, decoding_flags()
+        period = 1 / self.rate
+        container = av.open(str(self.path))
+        try:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            previous: Fraction | None = None
+            for index, frame in enumerate(container.decode(stream)):
+                if self.stopping:
+                    return
+                if is_rgb_format(frame.format.name):
+                    rgb = frame.to_ndarray(format="rgb24")
+                else:
+                    rgb = frame.reformat(format="rgb24", src_colorspace=info.colour.sws_matrix,
+                                         src_color_range=info.colour.colour_range, interpolation=flags).to_ndarray()
+                if rgb.shape[:2] != (info.height, info.width):
+                    raise VideoIOError(f"{self.path}: frame {index} is {rgb.shape[1]}x{rgb.shape[0]} but the video "
+                                       f"started at {info.width}x{info.height}; size changes are not supported")
+                if not rgb.flags.owndata:
+                    rgb = rgb.copy()
+                if not self.vfr or frame.pts is None or self.first_pts is None:
+                    time = index * period
+                else:
+                    time = (frame.pts - self.first_pts) * self.time_base
+                    if previous is not None and time <= previous:      # a repeated or reordered stamp
+                        time = previous + period
+                previous = time
+                yield rgb, time
+        except av.FFmpegError as error:
+            raise VideoIOError(f"cannot decode {self.path}: {ffmpeg_reason(error)}") from None
+        finally:
+            container.close()
 
     def close(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
+        self.stopping = True
 
 
 class OpenCVSource(FrameSource):
-    """Fallback reader without imageio-ffmpeg: cv2.VideoCapture (rate from CAP_PROP_FPS, no audio)."""
+    """Fallback reader without PyAV: cv2.VideoCapture (rate from CAP_PROP_FPS, no audio, BT.601 assumed)."""
 
     def __init__(self, path: Path, rate_override: Fraction | None = None):
         self.path = path
@@ -282,27 +359,30 @@ class OpenCVSource(FrameSource):
         height, width = frames[0].shape[:2]
         self.info = SourceInfo(path, "video", width, height, rate, count, count / fps if count and fps else None)
 
-    def frames(self) -> Iterator[np.ndarray]:
+    def frames(self) -> Iterator[tuple[np.ndarray, Fraction]]:
         capture = cv2.VideoCapture(str(self.path))
         try:
+            index = 0
             while True:
                 ok, frame = capture.read()
                 if not ok:
                     return
-                yield np.ascontiguousarray(frame[..., ::-1])
+                yield np.ascontiguousarray(frame[..., ::-1]), index / self.info.rate
+                index += 1
         finally:
             capture.release()
 
 
-def open_source(path: Path, ffmpeg: str | None, rate: Fraction | None) -> FrameSource:
-    """A frame folder or a video file. ``rate`` (--input_fps) overrides a video's own rate."""
+def open_source(path: Path, use_pyav: bool, rate: Fraction | None) -> FrameSource:
+    """A frame folder or a video file (through PyAV, or OpenCV without it). ``rate`` (--input_fps) overrides a
+    video's own rate."""
     if not path.exists():
         raise VideoIOError(f"--input {path} does not exist")
     if path.is_dir():
         return FolderSource(path, rate)
     if not os.access(path, os.R_OK):
         raise VideoIOError(f"--input {path} is not readable (permissions)")
-    return FfmpegSource(path, ffmpeg, rate) if ffmpeg else OpenCVSource(path, rate)
+    return AvSource(path, rate) if use_pyav else OpenCVSource(path, rate)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -398,6 +478,11 @@ class FrameSink:
     def abort(self) -> None:
         """Stop and delete everything written so far; safe to call more than once, and after finish."""
 
+    def report(self) -> dict:
+        """After :meth:`finish`: what was written beyond the frames ("output": colour, aspect, start, duration;
+        "audio": the decision and each track), for --report."""
+        return {"output": {}, "audio": {"decision": "none", "tracks": []}}
+
 
 class FolderSink(FrameSink):
     """Numbered PNG frames (00000000.png, ...), encoded by a few threads (cv2.imwrite releases the GIL)."""
@@ -437,110 +522,135 @@ class FolderSink(FrameSink):
         self.temp = None
 
 
-class FfmpegSink(FrameSink):
-    """H.264 (libx264, yuv420p, --crf) through ffmpeg; then the source's audio, stream-copied, when durations match.
+class AvSink(FrameSink):
+    """H.264 (libx264, 4:2:0, --crf) through PyAV, with the source's colour tags, sample aspect ratio and audio.
 
-    audio_from: the source video, when it has audio; its duration decides whether the audio still fits.
+    source: the video the frames come from (its colour conversion, tags, aspect, start and audio are carried over);
+        None for frames from a folder (BT.709 for HD, BT.601 for SD, tv range, square pixels, no audio).
+    keep_audio: whether the source's audio goes in (not when --input_fps changed the video's timing).
     """
 
-    def __init__(self, final: Path, ffmpeg: str, width: int, height: int, rate: Fraction, crf: int,
-                 preset: str = "medium", audio_from: SourceInfo | None = None):
-        self.final, self.ffmpeg, self.rate, self.audio_from = final, ffmpeg, rate, audio_from
+    def __init__(self, final: Path, width: int, height: int, rate: Fraction, crf: int, preset: str = "medium",
+                 source: SourceInfo | None = None, keep_audio: bool = True):
+        import av
+
+        self.final, self.rate, self.source = final, rate, source
         self.temp: Path | None = temporary_name(final)
-        self.muxed: Path | None = None
-        self.log: IO[bytes] = tempfile.TemporaryFile()
         self.notes: list[str] = []
-        filters = []
-        if width % 2 or height % 2:
-            # yuv420p stores chroma per 2x2 block, so libx264 refuses odd sizes: pad one black row/column.
-            filters = ["-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2"]
+        self.audio = None                   # a footage.audio.AudioCopier when the source's audio goes in
+        self.container = None
+        self.colour = (source.colour if source is not None and source.colour is not None
+                       else ColourInfo.from_tags(0, 0, 0, 0, height))
+        self.sample_aspect_ratio = source.sample_aspect_ratio if source is not None else None
+        self.pad = (height % 2, width % 2)
+        if any(self.pad):
+            # 4:2:0 stores chroma per 2x2 block, so libx264 refuses odd sizes: pad one black row/column.
             self.notes.append(f"odd frame size {width}x{height}: padded to {width + width % 2}x{height + height % 2} "
                               f"for yuv420p")
-        command = [ffmpeg, "-hide_banner", "-nostdin", "-loglevel", "error", "-y",
-                   "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}",
-                   "-framerate", f"{rate.numerator}/{rate.denominator}", "-i", "-", *filters,
-                   *SWS_FLAGS, "-c:v", "libx264", "-preset", preset, "-crf", str(crf), "-pix_fmt", "yuv420p",
-                   *self._container_flags(final), str(self.temp)]
+        # The output clock starts at the earlier of the video's and the audio's start, as the source's does.
+        tracks = source.audio if source is not None else ()
+        self.audio_reason = None
+        if tracks and not keep_audio:
+            self.audio_reason = "timing"
+            tracks = ()
+        shift = min([source.start, *(track.start for track in tracks)]) if source is not None else Fraction(0)
+        self.video_start = (source.start - shift) if source is not None else Fraction(0)
+        self.time_base = 1 / (rate * TICKS_PER_FRAME)
+        self.first_tick = round(self.video_start / self.time_base)
+        self.flags = decoding_flags()
+        self.count = 0
+        options = {"movflags": "+faststart"} if final.suffix.lower() in (".mp4", ".mov") else {}
         try:
-            self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stderr=self.log, start_new_session=True)
-        except OSError as error:
-            remove_path(self.temp)
-            raise VideoIOError(f"cannot start ffmpeg ({ffmpeg}): {error.strerror or error}") from None
+            self.container = av.open(str(self.temp), "w", options=options)
+            self.stream = self.container.add_stream("libx264", rate=rate)
+            self.stream.width, self.stream.height = width + width % 2, height + height % 2
+            self.stream.pix_fmt = "yuv420p"
+            self.stream.options = {"crf": str(crf), "preset": preset}
+            context = self.stream.codec_context
+            context.time_base = self.time_base
+            context.colorspace, context.color_range = self.colour.matrix, self.colour.colour_range
+            context.color_primaries, context.color_trc = self.colour.primaries, self.colour.transfer
+            if self.sample_aspect_ratio:
+                context.sample_aspect_ratio = self.sample_aspect_ratio
+            if tracks:
+                from footage.audio import AudioCopier
 
-    @staticmethod
-    def _container_flags(path: Path) -> list[str]:
-        # The index at the front: the file starts playing before it has fully downloaded.
-        return ["-movflags", "+faststart"] if path.suffix.lower() in (".mp4", ".mov") else []
+                self.audio = AudioCopier(source.path, self.container, tracks, shift)
+        except (av.FFmpegError, ValueError) as error:
+            self.abort()
+            raise VideoIOError(f"cannot write {final}: {ffmpeg_reason(error)}") from None
 
-    def _ffmpeg_error(self) -> str:
-        self.log.seek(0)
-        return last_line(self.log.read().decode(errors="replace")) or f"ffmpeg exit status {self.process.returncode}"
+    def _mux(self, packets) -> None:
+        for packet in packets:
+            self.container.mux(packet)
+            if self.audio is not None and packet.dts is not None:
+                self.audio.mux_until(packet.dts * packet.time_base)
 
     def write(self, frame: np.ndarray) -> None:
+        import av
+
+        if any(self.pad):
+            frame = np.pad(frame, ((0, self.pad[0]), (0, self.pad[1]), (0, 0)))
+        video = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+        video = video.reformat(format="yuv420p", dst_colorspace=self.colour.sws_matrix,
+                               dst_color_range=self.colour.colour_range, interpolation=self.flags)
+        video.pts = self.first_tick + self.count * TICKS_PER_FRAME
+        video.time_base = self.time_base
+        self.count += 1
         try:
-            self.process.stdin.write(memoryview(np.ascontiguousarray(frame)).cast("B"))
-        except (BrokenPipeError, ValueError):
-            self.process.wait()
-            raise VideoIOError(f"the encoder stopped while writing {self.final}: {self._ffmpeg_error()}") from None
+            self._mux(self.stream.encode(video))
+        except av.FFmpegError as error:
+            raise VideoIOError(f"the encoder stopped while writing {self.final}: {ffmpeg_reason(error)}") from None
 
     def finish(self, frames_written: int) -> list[str]:
+        import av
+
+        period = 1 / self.rate
+        video_end = self.video_start + frames_written * period
         try:
-            self.process.stdin.close()
-        except BrokenPipeError:
-            pass
-        if self.process.wait() != 0:
-            raise VideoIOError(f"encoding {self.final} failed: {self._ffmpeg_error()}")
-        result = self.temp
-        if self.audio_from is not None:
-            result = self._add_audio(frames_written)
-        replace_into_place(result, self.final)
-        remove_path(self.temp)
-        self.temp = self.muxed = None
-        self.log.close()
+            self._mux(self.stream.encode(None))
+            self.audio_record = {"decision": "none", "tracks": []}
+            if self.audio is not None:
+                notes, self.audio_record = self.audio.finish(video_end, period)
+                for record in self.audio_record["tracks"]:
+                    record["offset_to_video_s"] = round(float(Fraction(record["start_s"]) - self.source.start), 6)
+                self.notes += notes
+            elif self.audio_reason == "timing":
+                reason = (f"the output lasts {float(frames_written * period):.3f} s but {self.source.path} lasts "
+                          f"{self.source.duration:.3f} s (--input_fps changed the video's timing)")
+                self.notes.append(f"audio not copied: {reason}")
+                self.audio_record = {"decision": "dropped", "reason": reason, "tracks": []}
+            self.container.close()
+        except av.FFmpegError as error:
+            raise VideoIOError(f"encoding {self.final} failed: {ffmpeg_reason(error)}") from None
+        self.container = None
+        replace_into_place(self.temp, self.final)
+        self.temp = None
+        self.output_record = {"start_s": float(self.video_start), "duration_s": float(frames_written * period),
+                              "colour": self.colour.as_dict(),
+                              "sample_aspect_ratio": (None if self.sample_aspect_ratio is None
+                                                      else str(self.sample_aspect_ratio))}
         return self.notes
 
-    def _add_audio(self, frames_written: int) -> Path:
-        """Mux the source's audio onto the finished video; the video alone when the durations disagree or the
-        container refuses the codec even after re-encoding to AAC."""
-        source = self.audio_from
-        video_seconds = float(frames_written / self.rate)
-        # Output frames span the input's frames (the last input frame is kept), so a correct output differs from the
-        # container duration by at most a frame or two, plus the audio's own padding: anything beyond means the
-        # timing was changed (--input_fps) and the audio would drift.
-        tolerance = max(2 / float(source.rate), 0.1)
-        if source.duration is not None and abs(video_seconds - source.duration) > tolerance:
-            self.notes.append(f"audio not copied: the output lasts {video_seconds:.3f} s but {source.path} lasts "
-                              f"{source.duration:.3f} s")
-            return self.temp
-        self.muxed = temporary_name(self.final)
-        for audio_codec in (["-c:a", "copy"], ["-c:a", "aac", "-b:a", "192k"]):
-            command = [self.ffmpeg, "-hide_banner", "-nostdin", "-loglevel", "error", "-y", "-i", str(self.temp),
-                       "-i", str(source.path), "-map", "0:v:0", "-map", "1:a", "-c:v", "copy", *audio_codec,
-                       *self._container_flags(self.final), str(self.muxed)]
-            result = subprocess.run(command, capture_output=True, text=True, errors="replace")
-            if result.returncode == 0:
-                if audio_codec[1] != "copy":
-                    self.notes.append(f"audio re-encoded to AAC: {self.final.suffix} cannot hold the source's codec")
-                return self.muxed
-            reason = last_line(result.stderr)
-        self.notes.append(f"audio not copied: {reason}")
-        remove_path(self.muxed)
-        self.muxed = None
-        return self.temp
+    def report(self) -> dict:
+        return {"output": self.output_record, "audio": self.audio_record}
 
     def abort(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
+        if self.audio is not None:
+            self.audio.close()
+            self.audio = None
+        if self.container is not None:
+            try:
+                self.container.close()
+            except Exception:       # noqa: BLE001 - a half-written file is deleted next anyway
+                pass
+            self.container = None
         remove_path(self.temp)
-        remove_path(self.muxed)
-        self.temp = self.muxed = None
-        if not self.log.closed:
-            self.log.close()
+        self.temp = None
 
 
 class OpenCVSink(FrameSink):
-    """Fallback writer without imageio-ffmpeg: cv2.VideoWriter with MPEG-4 part 2 (mp4v); no audio, no --crf."""
+    """Fallback writer without PyAV: cv2.VideoWriter with MPEG-4 part 2 (mp4v); no audio, no --crf, no colour tags."""
 
     def __init__(self, final: Path, width: int, height: int, rate: Fraction):
         self.final = final
