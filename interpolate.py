@@ -8,7 +8,14 @@ Output times. Input frame i sits at time i (in input frames); with ``ratio`` = i
 (1/N for ``--multi N``, input rate / F for ``--fps F``), output frame k sits at time k * ratio. The output frames
 between input frames i and i+1 get t = k * ratio - i in [0, 1); t = 0 is input frame i itself. The last input frame
 is an output frame when it falls on the output grid, so ``--multi N`` gives (n - 1) * N + 1 frames, ``--fps F``
-floor((n - 1) * F / rate) + 1, and the output spans exactly the input's first to last frame.
+floor((n - 1) * F / rate) + 1, and the output spans exactly the input's first to last frame. A variable-frame-rate
+video keeps each frame's timestamp: output frames fall on the output grid between the real times (t from the
+timestamps), and the output lasts as long as the input (the last frame held as long as it was).
+
+Colour, aspect and audio. The source's matrix, range, primaries, transfer and sample aspect ratio are read and
+written to the output (untagged: BT.709 above 576 lines, BT.601 below); its audio is copied with its offset to the
+video kept and trimmed to the video's end. ``--report OUT.json`` records every cut and duplicate, the metadata read
+and written, and the audio decision (README, "What a video editor gets back").
 
 Which model calls. A Phase-3 checkpoint was trained at arbitrary t and gets each t directly (one pass per output
 frame). Phases 1 and 2 were trained only at t = 0.5: when every needed t is k / 2^d (``--multi`` a power of two,
@@ -26,7 +33,7 @@ frame. A pair's verdict needs the next two input frames, which the reader holds 
 Streaming (memory depends on the frame size, never on the video's length)::
 
     reader thread: decode -> cut/duplicate verdict (pinned) --queue--> main: upload, batch pairs, model (bf16 on CUDA)
-        --queue of uint8 frames (async GPU->pinned copies)--> writer thread: ffmpeg / PNG encoders
+        --queue of uint8 frames (async GPU->pinned copies)--> writer thread: PyAV (libx264) / PNG encoders
 
 so decoding, the model and encoding overlap. Output goes to a hidden temporary name and is renamed at the end.
 Errors a user can fix (a missing input, a bad flag, a checkpoint that is not ours, an unwritable output) end with one

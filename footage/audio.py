@@ -32,18 +32,16 @@ class AudioTrack:
                 "end_s": None if self.end is None else round(float(self.end), 6)}
 
 
-def probe_audio(container: av.container.InputContainer) -> tuple[AudioTrack, ...]:
-    """The audio tracks of an open input container, with their start and end times."""
+def probe_audio(container: av.container.InputContainer, packet_ends: dict[int, Fraction]) -> tuple[AudioTrack, ...]:
+    """The audio tracks of an open input container. packet_ends: stream index -> the end of its last packet
+    (seconds), from a pass over the packets; containers such as Matroska give no duration per stream."""
     tracks = []
     for stream in container.streams.audio:
         base = stream.time_base or Fraction(1, stream.rate or 1)
         start = Fraction(stream.start_time) * base if stream.start_time is not None else Fraction(0)
-        if stream.duration is not None:
+        end = packet_ends.get(stream.index)
+        if end is None and stream.duration is not None:
             end = start + Fraction(stream.duration) * base
-        elif container.duration is not None:
-            end = Fraction(container.duration, av.time_base) + Fraction(container.start_time or 0, av.time_base)
-        else:
-            end = None
         tracks.append(AudioTrack(stream.index, stream.codec_context.name, start, end))
     return tuple(tracks)
 

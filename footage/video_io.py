@@ -241,9 +241,17 @@ class AvSource(FrameSource):
             with av.open(str(path)) as container:
                 stream = container.streams.video[0]
                 base = stream.time_base
-                stamps = sorted((packet.pts, packet.duration or 0) for packet in container.demux(stream)
-                                if packet.pts is not None and packet.size)
-                audio = probe_audio(container)
+                stamps, audio_ends = [], {}
+                for packet in container.demux(stream, *container.streams.audio):
+                    if packet.pts is None or not packet.size:
+                        continue
+                    if packet.stream.type == "video":
+                        stamps.append((packet.pts, packet.duration or 0))
+                    else:
+                        end = (packet.pts + (packet.duration or 0)) * packet.time_base
+                        audio_ends[packet.stream.index] = max(end, audio_ends.get(packet.stream.index, end))
+                stamps.sort()
+                audio = probe_audio(container, audio_ends)
         except av.FFmpegError as error:
             raise VideoIOError(f"cannot read video {path}: {ffmpeg_reason(error)}") from None
         self.first_pts, self.time_base = (stamps[0][0] if stamps else None), base
@@ -418,7 +426,7 @@ def prepare_output(path: Path, overwrite: bool) -> str:
 
 
 def temporary_name(final: Path, directory: bool = False) -> Path:
-    """Create and return a hidden, unique, clearly unfinished name beside ``final`` that keeps its extension (ffmpeg
+    """Create and return a hidden, unique, clearly unfinished name beside ``final`` that keeps its extension (the muxer
     picks the container by it): out.mp4 -> .out.mp4.3f9a1c2e.partial.mp4. Created exclusively with the usual
     permissions (the umask's), not mkstemp's owner-only ones, since it becomes the user's output file."""
     for _ in range(100):

@@ -140,7 +140,10 @@ def convert(source_path: Path, output: Path, multi: int = 2, fps: Fraction | Non
 # --------------------------------------------------------------------------------------------------------
 # Colour and geometry
 # --------------------------------------------------------------------------------------------------------
-TAGS_709 = ("-colorspace", "bt709", "-color_primaries", "bt709", "-color_trc", "bt709", "-color_range", "tv")
+# Convert with BT.709 and tag every frame so (setparams: the encoder writes the frames' tags).
+BT709 = ("-vf", "scale=out_color_matrix=bt709:out_range=tv,"
+                "setparams=colorspace=bt709:color_primaries=bt709:color_trc=bt709:range=tv")
+UNTAGGED_709 = ("-vf", "scale=out_color_matrix=bt709:out_range=tv,setparams=colorspace=unknown")
 
 
 @pytest.mark.parametrize("case", ["tagged BT.709", "untagged HD"])
@@ -149,8 +152,8 @@ def test_colour_is_carried_through_and_tagged(tmp_path, case):
     input-frame positions (decoded as its tags say) agree within 1.5 levels on average; the output says BT.709."""
     width, height = (320, 180) if case == "tagged BT.709" else (1024, 584)
     frames = [scene(width, height, i) for i in range(3)]
-    tags = TAGS_709 if case == "tagged BT.709" else ()
-    source = write_clip(tmp_path / "source.mp4", frames, video_args=("-vf", "scale=out_color_matrix=bt709", *tags))
+    source = write_clip(tmp_path / "source.mp4", frames, video_args=BT709 if case == "tagged BT.709" else UNTAGGED_709)
+    assert ("bt709" in header(source).split("Video:")[1].splitlines()[0]) == (case == "tagged BT.709")
     reference = player_frames(source, width, height, matrix="bt709")
     output = tmp_path / "out.mp4"
     convert(source, output)
@@ -165,7 +168,7 @@ def test_the_colour_check_tells_the_matrices_apart(tmp_path):
     """The 1.5-level check above can fail: the same frames decoded with BT.601 instead of BT.709 (what an untagged
     output converted with ffmpeg's default matrix looked like to a player) differ by several levels."""
     frames = [scene(320, 180, 0)]
-    source = write_clip(tmp_path / "709.mp4", frames, video_args=("-vf", "scale=out_color_matrix=bt709", *TAGS_709))
+    source = write_clip(tmp_path / "709.mp4", frames, video_args=BT709)
     as_709, as_601 = player_frames(source, 320, 180, "bt709"), player_frames(source, 320, 180, "bt601")
     assert mean_difference(as_709[0], as_601[0]) > 3
 
@@ -196,6 +199,7 @@ def test_variable_frame_rate_keeps_duration_and_audio(tmp_path):
     source = vfr_clip(tmp_path)
     info = video_io.open_source(source, True, None).info
     assert info.vfr and info.frame_count == 50
+    assert "variable frame rate (VFR" in info.describe()          # the start-up header's input line
     source_video = stream_times(source)["video"]
     output = tmp_path / "out.mp4"
     stats = convert(source, output, fps=Fraction(30))
@@ -239,6 +243,14 @@ def test_slightly_longer_audio_is_trimmed_not_dropped(tmp_path):
     assert any("trimmed" in note for note in stats.notes)
     track, = stats.report["audio"]["tracks"]
     assert track["decision"] == "copied" and track["trimmed_s"] > 0.25
+
+
+def test_slightly_shorter_audio_is_kept(tmp_path):
+    frames = [scene(160, 96, i) for i in range(12)]
+    source = write_clip(tmp_path / "short_audio.mkv", frames, audio_seconds=0.3)
+    stats = convert(source, tmp_path / "out.mkv")
+    assert "audio" in stream_times(tmp_path / "out.mkv")
+    assert any("before the video (kept" in note for note in stats.notes)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -299,7 +311,7 @@ def phase3_checkpoint(tmp_path_factory) -> Path:
 
 def test_report_lists_cuts_duplicates_metadata_and_audio(tmp_path, phase3_checkpoint, capsys):
     frames = [scene(96, 64, i) for i in range(4)] + [scene(96, 64, 3)] + [scene(96, 64, i, seed=9) for i in range(3)]
-    source = write_clip(tmp_path / "clip.mp4", frames, audio_seconds=1 / 3, video_args=TAGS_709)
+    source = write_clip(tmp_path / "clip.mp4", frames, audio_seconds=1 / 3, video_args=BT709)
     output, report_path = tmp_path / "out.mp4", tmp_path / "run.json"
     code = interpolate.main(["--model", str(phase3_checkpoint), "--input", str(source), "--output", str(output),
                              "--report", str(report_path), "--no_progress"])
@@ -313,6 +325,7 @@ def test_report_lists_cuts_duplicates_metadata_and_audio(tmp_path, phase3_checkp
     assert report["input"]["vfr"] is False and report["output"]["frames"] == 15
     assert report["audio"]["decision"] == "kept" and report["audio"]["tracks"][0]["decision"] == "copied"
     assert f"report: {report_path}" in captured.out
+    assert "colour: bt709 matrix (tagged), tv range, primaries bt709, transfer bt709; carried" in captured.out
     # An existing report is never overwritten without --overwrite.
     code = interpolate.main(["--model", str(phase3_checkpoint), "--input", str(source), "--output",
                              str(tmp_path / "again.mp4"), "--report", str(report_path), "--no_progress"])
