@@ -9,6 +9,7 @@ it is kept as it is (players play silence for the rest). Neither drops the track
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -46,6 +47,18 @@ def probe_audio(container: av.container.InputContainer, packet_ends: dict[int, F
     return tuple(tracks)
 
 
+def can_copy(format_name: str, stream: av.audio.stream.AudioStream) -> bool:
+    """Whether a container of ``format_name`` takes ``stream``'s packets as they are: a dry run into memory (the
+    container's codec list alone is too lenient; some refusals only come when the header is written)."""
+    with av.open(io.BytesIO(), "w", format=format_name) as probe:
+        try:
+            probe.add_stream_from_template(stream)
+            probe.start_encoding()
+        except (ValueError, av.FFmpegError):
+            return False
+    return True
+
+
 class AudioCopier:
     """Muxes the source's audio tracks into ``output`` as the video is written (interleaved, one pass).
 
@@ -58,10 +71,9 @@ class AudioCopier:
         self.output, self.tracks, self.shift = output, tracks, shift
         self.routes: dict[int, tuple[av.stream.Stream, av.AudioResampler | None]] = {}
         self.reencoded: list[int] = []
-        supported = output.supported_codecs
         for track in tracks:
             stream = self.input.streams[track.index]
-            if track.codec in supported:
+            if can_copy(output.format.name, stream):
                 self.routes[track.index] = (output.add_stream_from_template(stream), None)
             else:
                 encoder = output.add_stream("aac", rate=stream.rate)

@@ -64,14 +64,14 @@ def scene(width: int, height: int, index: int, seed: int = 0, low: int = 20, hig
 
 
 def write_clip(path: Path, frames: list[np.ndarray], rate: str = "24", video_args: tuple[str, ...] = (),
-               audio_seconds: float | None = None, video_offset: float | None = None,
+               audio_seconds: float | None = None, video_offset: float | None = None, audio_codec: str = "aac",
                encode_args: tuple[str, ...] = ("-c:v", "libx264", "-qp", "0", "-pix_fmt", "yuv420p")) -> Path:
     """Raw RGB frames -> a clip. video_args: filters/tags on the video; audio: a 440 Hz tone of that length."""
     height, width = frames[0].shape[:2]
     offset = ["-itsoffset", str(video_offset)] if video_offset is not None else []
     audio_in = (["-f", "lavfi", "-i", f"sine=frequency=440:sample_rate=48000:duration={audio_seconds}"]
                 if audio_seconds is not None else [])
-    audio_out = ["-c:a", "aac"] if audio_seconds is not None else []
+    audio_out = ["-c:a", audio_codec] if audio_seconds is not None else []
     command = [FFMPEG, "-y", "-loglevel", "error", *offset, "-f", "rawvideo", "-pix_fmt", "rgb24",
                "-s", f"{width}x{height}", "-framerate", rate, "-i", "-", *audio_in, "-map", "0:v",
                *(["-map", "1:a"] if audio_in else []), *video_args, *encode_args, *audio_out, str(path)]
@@ -251,6 +251,18 @@ def test_slightly_shorter_audio_is_kept(tmp_path):
     stats = convert(source, tmp_path / "out.mkv")
     assert "audio" in stream_times(tmp_path / "out.mkv")
     assert any("before the video (kept" in note for note in stats.notes)
+
+
+def test_audio_the_container_cannot_hold_is_reencoded_to_aac(tmp_path):
+    """Opus in a .mkv source, an .avi output (AVI has no Opus): the track comes back as AAC, in sync."""
+    frames = [scene(160, 96, i) for i in range(12)]
+    source = write_clip(tmp_path / "opus.mkv", frames, audio_seconds=0.5, audio_codec="libopus")
+    output = tmp_path / "out.avi"
+    stats = convert(source, output)
+    assert "Audio: aac" in header(output)
+    assert any("re-encoded to AAC" in note for note in stats.notes)
+    times = stream_times(output)
+    assert abs(times["audio"][0] - times["video"][0]) <= 1 / 48 + 0.03      # AAC priming: one packet at most
 
 
 # --------------------------------------------------------------------------------------------------------
