@@ -92,6 +92,8 @@ class SourceInfo:
     start: the first frame's time on the file's clock (seconds), where the audio's start is measured from too.
     colour: the colour tags and the conversion used (video through PyAV only).
     sample_aspect_ratio: pixel width / height (1 = square; 32:27 anamorphic widescreen PAL/NTSC), None if unknown.
+    rotation: display rotation in degrees, counter-clockwise (a phone held upright records 90 or 270); the frames
+        are processed as stored and the output carries the same rotation, so it plays upright too.
     audio: the audio tracks.
     rate_overridden: --input_fps replaced the video's own rate (its timing, and with it the audio's, no longer holds).
     """
@@ -109,6 +111,7 @@ class SourceInfo:
     sample_aspect_ratio: Fraction | None = None
     audio: tuple[AudioTrack, ...] = field(default_factory=tuple)
     rate_overridden: bool = False
+    rotation: int = 0
 
     @property
     def has_audio(self) -> bool:
@@ -123,7 +126,8 @@ class SourceInfo:
         aspect = (f", SAR {self.sample_aspect_ratio.numerator}:{self.sample_aspect_ratio.denominator}"
                   if self.sample_aspect_ratio not in (None, 1) else "")
         audio = f", audio x{len(self.audio)}" if len(self.audio) > 1 else ", audio" if self.audio else ""
-        return f"{self.path} ({self.kind}, {self.width}x{self.height}{aspect}, {count}, {rate}{audio})"
+        rotation = f", shown rotated {self.rotation} degrees" if self.rotation else ""
+        return f"{self.path} ({self.kind}, {self.width}x{self.height}{aspect}{rotation}, {count}, {rate}{audio})"
 
     def as_dict(self) -> dict:
         """The --report record of the input."""
@@ -132,7 +136,7 @@ class SourceInfo:
                 "frame_count": self.frame_count, "duration_s": self.duration, "start_s": float(self.start),
                 "rate_overridden": self.rate_overridden,
                 "sample_aspect_ratio": None if self.sample_aspect_ratio is None else str(self.sample_aspect_ratio),
-                "colour": None if self.colour is None else self.colour.as_dict(),
+                "rotation": self.rotation, "colour": None if self.colour is None else self.colour.as_dict(),
                 "audio": [track.as_dict() for track in self.audio]}
 
 
@@ -237,7 +241,7 @@ class AvSource(FrameSource):
         self.path = path
         self.stopping = False
         try:
-            colour, width, height, sample_aspect_ratio, nominal = self._probe_frames()
+            colour, width, height, sample_aspect_ratio, nominal, rotation = self._probe_frames()
             with av.open(str(path)) as container:
                 stream = container.streams.video[0]
                 base = stream.time_base
@@ -275,10 +279,11 @@ class AvSource(FrameSource):
         start = stamps[0][0] * base if stamps else Fraction(0)
         self.info = SourceInfo(path, "video", width, height, rate, len(times) or None, duration, vfr, start, colour,
                                sample_aspect_ratio, audio,
-                               rate_overridden=rate_override is not None and rate_override != nominal)
+                               rate_overridden=rate_override is not None and rate_override != nominal,
+                               rotation=rotation)
 
-    def _probe_frames(self) -> tuple[ColourInfo, int, int, Fraction | None, Fraction | None]:
-        """Decode two frames: colour tags, size, sample aspect ratio and the stream's nominal rate."""
+    def _probe_frames(self) -> tuple[ColourInfo, int, int, Fraction | None, Fraction | None, int]:
+        """Decode two frames: colour tags, size, sample aspect ratio, the stream's nominal rate, display rotation."""
         import av
 
         with av.open(str(self.path)) as container:
@@ -300,7 +305,8 @@ class AvSource(FrameSource):
             sar = stream.sample_aspect_ratio or stream.codec_context.sample_aspect_ratio
             nominal = next((Fraction(r) for r in (stream.base_rate, stream.guessed_rate, stream.average_rate)
                             if r and 0 < r <= MAX_PLAUSIBLE_RATE), None)
-            return colour, first.width, first.height, Fraction(sar) if sar else None, nominal
+            rotation = round(getattr(first, "rotation", 0) or 0) % 360
+            return colour, first.width, first.height, Fraction(sar) if sar else None, nominal, rotation
 
     def frames(self) -> Iterator[tuple[np.ndarray, Fraction]]:
         import av
@@ -580,6 +586,9 @@ class AvSink(FrameSink):
             context.color_primaries, context.color_trc = self.colour.primaries, self.colour.transfer
             if self.sample_aspect_ratio:
                 context.sample_aspect_ratio = self.sample_aspect_ratio
+            self.rotation = source.rotation if source is not None else 0
+            if self.rotation:
+                self.stream.set_display_rotation(self.rotation)
             if tracks:
                 from footage.audio import AudioCopier
 
@@ -635,7 +644,7 @@ class AvSink(FrameSink):
         replace_into_place(self.temp, self.final)
         self.temp = None
         self.output_record = {"start_s": float(self.video_start), "duration_s": float(frames_written * period),
-                              "colour": self.colour.as_dict(),
+                              "colour": self.colour.as_dict(), "rotation": self.rotation,
                               "sample_aspect_ratio": (None if self.sample_aspect_ratio is None
                                                       else str(self.sample_aspect_ratio))}
         return self.notes

@@ -184,6 +184,20 @@ def test_sample_aspect_ratio_is_kept(tmp_path):
     assert "smpte170m" in header(output).split("Video:")[1].splitlines()[0]      # untagged SD: BT.601, said so
 
 
+def test_display_rotation_is_kept(tmp_path):
+    """A phone's portrait clip: frames stored landscape with a 90-degree display matrix; the output plays upright."""
+    frames = [scene(96, 64, i) for i in range(3)]
+    stored = write_clip(tmp_path / "stored.mp4", frames)
+    source = tmp_path / "portrait.mp4"
+    subprocess.run([FFMPEG, "-y", "-loglevel", "error", "-display_rotation", "90", "-i", str(stored), "-c", "copy",
+                    str(source)], check=True)
+    assert "rotation of 90.00 degrees" in header(source)
+    output = tmp_path / "out.mp4"
+    stats = convert(source, output)
+    assert "rotation of 90.00 degrees" in header(output)
+    assert stats.report["output"]["rotation"] == 90
+
+
 # --------------------------------------------------------------------------------------------------------
 # Timing and audio
 # --------------------------------------------------------------------------------------------------------
