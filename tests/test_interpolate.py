@@ -384,6 +384,8 @@ def bad_case(name: str, clip: dict, checkpoint: Path, tmp_path: Path) -> tuple[l
         return ["--input", clip["folder"], "--model", checkpoint, "--output", tmp_path / "o.gif"], "unknown extension"
     if name == "multi 1":
         return ["--input", clip["folder"], *base, "--multi", 1], "argument --multi: must be an integer >= 2"
+    if name == "cut ratio 1":
+        return ["--input", clip["folder"], *base, "--cut_ratio", 1], "argument --cut_ratio: must be a number above 1"
     if name == "multi with fps":
         return ["--input", clip["folder"], *base, "--multi", 2, "--fps", 60], "not allowed with argument"
     if name == "fps on a folder without a rate":
@@ -404,7 +406,7 @@ VIDEO_CASES = {"unreadable video", "one-frame video"}
 @pytest.mark.parametrize("name", ["missing input", "unreadable video", "empty folder", "frames of different sizes",
                                   "one-frame video", "missing checkpoint", "not a Thesis-VFI checkpoint",
                                   "unwritable output", "existing output", "unknown output extension", "multi 1",
-                                  "multi with fps", "fps on a folder without a rate", "strict t",
+                                  "multi with fps", "cut ratio 1", "fps on a folder without a rate", "strict t",
                                   "compile without CUDA"])
 def test_bad_input_gives_one_line(name, checkpoint, clip, tmp_path, capsys):
     if name in VIDEO_CASES and FFMPEG is None:
