@@ -26,7 +26,7 @@ model never saw it (``--strict_t`` refuses instead).
 Scene cuts and duplicates: a frame between two shots must never be a blend of both, and a repeated frame has no
 motion to interpolate. Both come from ``measures/shots.py`` (the measure ``tools/video_to_vimeo.py`` filters training
 data with): a pair is a cut when its content change (grey correlation and colour histograms, robust to brightness)
-is ``--cut_ratio`` times its neighbours' median or more, a duplicate when no 8x8 block of a <= 448 px copy differs by
+is ``--cut_ratio`` times its neighbours' median or more, a duplicate when no 16x16 block of a <= 448 px copy differs by
 more than ``--duplicate_block`` levels. Either way every output frame between the two is a copy of the earlier input
 frame. A pair's verdict needs the next two input frames, which the reader holds back.
 
@@ -175,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a pair whose content change is this many times its neighbours' median is a scene cut: "
                              "frames copied (default %(default)g; inf never)")
     parser.add_argument("--duplicate_block", type=float, default=ShotSettings.duplicate_block,
-                        help="a pair whose largest 8x8 block difference (0-255, on a <= 448 px copy) is at most this "
+                        help="a pair whose largest 16x16 block difference (0-255, on a <= 448 px copy) is at most this "
                              "is a duplicate: frames copied (default %(default)g; -1 never)")
     parser.add_argument("--strict_t", action="store_true",
                         help="refuse times a Phase-1/2 checkpoint (trained at t=0.5) cannot reach by halving")

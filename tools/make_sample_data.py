@@ -56,7 +56,7 @@ SAMPLE_SETTINGS = dict(
     test_position="start",
     max_triplets=None,
     cut_ratio=3.0,
-    duplicate_block=1.0,
+    duplicate_block=1.5,
     step=1,
 )
 

@@ -21,8 +21,8 @@ frame-difference measure (``measures/shots.py``, which explains it), on the sour
 * scene cut: the pair's content change stands out from its neighbours' (``--cut_ratio``, default 3
   times their median). A triplet whose span k .. k + 2 * stride contains a cut is skipped, because
   its middle frame cannot be interpolated.
-* static / duplicated frame: no 8x8 block of the pair (on a <= 448 px copy) differs by more than
-  ``--duplicate_block`` levels on average (default 1, 0..255 scale). A triplet whose span contains
+* static / duplicated frame: no 16x16 block of the pair (on a <= 448 px copy) differs by more than
+  ``--duplicate_block`` levels on average (default 1.5, 0..255 scale). A triplet whose span contains
   such a pair is skipped: a frozen shot teaches nothing, and a frame repeated by frame-rate
   conversion moves the real time of im2 away from 0.5.
 
@@ -116,7 +116,7 @@ def video_to_vimeo(
     test_fraction: float = 0.1,
     max_triplets: int | None = None,
     cut_ratio: float = 3.0,
-    duplicate_block: float = 1.0,
+    duplicate_block: float = 1.5,
     step: int = 1,
     overwrite: bool = False,
     test_position: str = "end",
@@ -133,7 +133,7 @@ def video_to_vimeo(
             the split then applies to the frames read so far.
         cut_ratio: how far a pair's content change must exceed its neighbours' median to be a cut
             (measures.shots.ShotSettings.cut_ratio).
-        duplicate_block: largest 8x8 block difference (0..255) at or below which a pair is a repeated
+        duplicate_block: largest 16x16 block difference (0..255) at or below which a pair is a repeated
             frame (measures.shots.ShotSettings.duplicate_block; negative: never).
         step: distance between the start frames of consecutive candidate triplets.
         overwrite: replace a data set previously written to out_dir.
@@ -304,9 +304,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cut_ratio", type=float, default=3.0,
                         help="a pair whose content change is this many times its neighbours' median is a "
                              "scene cut (3; inf: never)")
-    parser.add_argument("--duplicate_block", type=float, default=1.0,
-                        help="a pair whose largest 8x8 block difference (0..255) is at most this is a "
-                             "repeated frame (1; -1: never)")
+    parser.add_argument("--duplicate_block", type=float, default=1.5,
+                        help="a pair whose largest 16x16 block difference (0..255) is at most this is a "
+                             "repeated frame (1.5; -1: never)")
     parser.add_argument("--step", type=int, default=1, help="start-frame distance between candidate triplets (1)")
     parser.add_argument("--overwrite", action="store_true", help="replace a data set already in OUT_DIR")
     return parser
