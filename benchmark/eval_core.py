@@ -34,13 +34,13 @@ from typing import Callable, Iterator, Sequence
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
 from checkpoint import CheckpointError, atomic_write_bytes, atomic_write_text, model_from_checkpoint, resolve_checkpoint
 from config import AMP_DTYPES, ConfigError
 from measures.quality import psnr, psnr_uint8, quantize, ssim_matlab, ssim_skimage_uint8, to_uint8
+from model.frames import crop_padding, frame_to_tensor, pad_centred
 from visualize import sample_grid
 
 METRICS = ("matlab", "skimage_uint8")
@@ -60,12 +60,6 @@ def read_rgb_uint8(path: str | Path) -> np.ndarray:
         reason = "file not found" if not Path(path).is_file() else "not a readable image"
         raise BenchmarkError(f"cannot read image {path} ({reason})")
     return np.ascontiguousarray(image[..., ::-1])
-
-
-def frame_to_tensor(frame: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
-    """(H, W, 3) uint8, or float32 already in [0, 1] -> (1, 3, H, W) float32 in [0, 1] on ``device``."""
-    tensor = torch.from_numpy(np.ascontiguousarray(frame)).to(device).permute(2, 0, 1)[None]
-    return tensor.float() / 255 if frame.dtype == np.uint8 else tensor.float()
 
 
 def read_image(path: str | Path) -> torch.Tensor:
@@ -118,31 +112,6 @@ class FrameGeometry:
             parts.append(f"INTER_AREA resize to {self.resize_to[0]}x{self.resize_to[1]} "
                          f"({'float32' if self.resize_float else 'uint8'})")
         return ", ".join(parts) or "native"
-
-
-# --------------------------------------------------------------------------------------------------------
-# Centred padding
-# --------------------------------------------------------------------------------------------------------
-def centred_padding(height: int, width: int, multiple: int) -> tuple[int, int, int, int]:
-    """(left, right, top, bottom) replicate padding that makes H and W multiples of ``multiple``.
-
-    The odd pixel goes right/bottom (the field's InputPadder); where the padding sits changes the prediction
-    near the borders, so matching it matters for matching published numbers.
-    """
-    pad_h, pad_w = (-height) % multiple, (-width) % multiple
-    return pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2
-
-
-def pad_centred(image: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
-    """(B, C, H, W) -> (padded (B, C, H', W'), padding) with H', W' multiples of ``multiple``."""
-    padding = centred_padding(image.shape[-2], image.shape[-1], multiple)
-    return (F.pad(image, padding, mode="replicate") if any(padding) else image), padding
-
-
-def crop_padding(image: torch.Tensor, padding: tuple[int, int, int, int]) -> torch.Tensor:
-    """Inverse of :func:`pad_centred`: (B, C, H', W') -> (B, C, H, W)."""
-    left, right, top, bottom = padding
-    return image[..., top:image.shape[-2] - bottom, left:image.shape[-1] - right]
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -3,4 +3,5 @@
 Modules here import only numpy, torch and OpenCV, never another room of the repository, so any room may use them.
 
 * ``quality``: image quality, PSNR and SSIM (the published VFI protocols, and the batched PSNR of validation).
+* ``shots``: frame-difference scores, shot boundaries (cuts) and duplicate frames.
 """

@@ -24,11 +24,11 @@ if REPO_ROOT not in sys.path:  # plain `pytest` puts tests/ on the path, not the
 
 from benchmark import SNU_FILM, UCF101, TimeTest, Vimeo90K, Xiph, XTest  # noqa: E402
 from benchmark.eval_core import (  # noqa: E402
-    BenchmarkError, Evaluator, FrameGeometry, Protocol, centred_padding, crop_padding, describe_dataset, mean_metrics,
-    pad_centred, read_image,
+    BenchmarkError, Evaluator, FrameGeometry, Protocol, describe_dataset, mean_metrics, read_image,
 )
 from checkpoint import atomic_save  # noqa: E402
 from config import preset  # noqa: E402
+from model.frames import centred_padding, crop_padding, pad_centred  # noqa: E402
 from model import build_model  # noqa: E402
 from visualize import GRID_PADDING  # noqa: E402
 
