@@ -21,9 +21,21 @@ class BackwardWarp(nn.Module):
         self.max_chunk_elements = max_chunk_elements   # see backward_warp: bounds the float32 copy of a feature map
 
     def grid_for(self, height: int, width: int, device: torch.device) -> torch.Tensor:
+        """The identity grid for (height, width), cached in eager code.
+
+        Under ``torch.compile`` the grid is computed inside the graph and never cached: filling the cache from a
+        compiled call is a side effect Dynamo guards on (the dict's keys), so the second call recompiled the whole
+        model (minutes at 1080p; what made ``interpolate.py --compile`` 12x slower than eager on a short clip).
+        While a CUDA graph is being captured nothing is cached either: the new grid would live in the graph's
+        memory pool and hold values only once the graph has been replayed.
+        """
+        if torch.compiler.is_compiling():
+            return base_grid(height, width, device)
         key = (height, width, device)
         grid = self._grids.get(key)
         if grid is None:
+            if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+                return base_grid(height, width, device)
             if len(self._grids) >= self._max_cached:   # bounded: evaluation walks many frame sizes
                 self._grids.pop(next(iter(self._grids)))
             grid = base_grid(height, width, device)
