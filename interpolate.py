@@ -52,11 +52,12 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from benchmark.eval_core import (AMP_DTYPES, BenchmarkError, Evaluator, Protocol, compile_for_inference, describe_run,
+from benchmark.eval_core import (AMP_DTYPES, BenchmarkError, Evaluator, ModelClock, Protocol, describe_run,
                                  frame_to_tensor, positive_float, positive_int, resolve_device)
 from benchmark.metrics import to_uint8
 from checkpoint import CheckpointError, model_from_checkpoint, resolve_checkpoint
 from config import ConfigError, OneLineErrorParser
+from model.inference import GraphUnavailable, InferenceRunner, add_graph_argument
 from video_io import (FfmpegSink, FolderSink, FrameSink, FrameSource, OpenCVSink, SourceInfo,
                       VideoIOError, find_ffmpeg, open_source, prepare_output, snap_rate)
 
@@ -201,17 +202,31 @@ class FrameInterpolator:
         predicted exactly as a benchmark frame is.
     batch_size: model calls (pair, t) per forward pass.
     halving: reach every t by repeated t = 0.5 calls (:func:`halving_rounds`) instead of passing t.
+    runner: how the model runs (:class:`model.inference.InferenceRunner`: CUDA graphs, compiled); default eager.
     """
 
     def __init__(self, model: nn.Module, device: torch.device, amp: str, tta: bool, flow_scale: float,
-                 batch_size: int, halving: bool, fixed_batch: bool = False):
+                 batch_size: int, halving: bool, fixed_batch: bool = False, runner: InferenceRunner | None = None):
         protocol = Protocol("video", flow_scale=flow_scale)
-        self.evaluator = Evaluator(model, protocol, device, amp, tta, flow_scale, progress=False)
+        runner = runner or InferenceRunner(model, "off")
+        self.evaluator = Evaluator(model, protocol, device, amp, tta, flow_scale, progress=False, runner=runner)
+        self.runner = runner
         self.device, self.batch_size, self.halving = device, batch_size, halving
-        # A compiled model is specialised to one batch size: a short last batch would compile it again (minutes at
-        # 4K), so it is filled up with copies of its last request, whose predictions are dropped.
-        self.fixed_batch = fixed_batch
+        # A compiled model or a CUDA graph is specialised to one batch size: a short last batch would compile (minutes
+        # at 4K) or capture again, so it is filled up with copies of its last request, whose predictions are dropped.
+        self.fixed_batch = fixed_batch or runner.graphs_enabled or runner.compiled
         self.model_calls = 0
+        self.clock = ModelClock(device)     # the model's own time per forward pass (GPU time on CUDA)
+
+    def model_rate(self, frames_out: int) -> str:
+        """The output frames/s the model alone would allow: median forward-pass time (the first pass, which
+        captures or compiles, is left out) spread over the output frames it serves."""
+        times = sorted(self.clock.times_ms[1:] or self.clock.times_ms)
+        if not times or not self.model_calls or not frames_out:
+            return "model-only n/a"
+        ms_per_call = times[len(times) // 2] / self.batch_size
+        rate = frames_out / (self.model_calls * ms_per_call / 1000)
+        return f"model-only {rate:.2f} out-frames/s ({ms_per_call:.1f} ms per model call, {self.runner.mode})"
 
     def calls_needed(self, times: Sequence[Fraction]) -> int:
         """Model calls (batch entries) that one pair with these output times costs."""
@@ -252,7 +267,8 @@ class FrameInterpolator:
                 # non-blocking, the main thread keeps queueing work instead.
                 t = t.pin_memory()
             t = t.to(self.device, non_blocking=True)
-            predictions = self.evaluator.predict(img0, img1, t)
+            with self.clock:
+                predictions = self.evaluator.predict(img0, img1, t)
             self.model_calls += len(chunk)
             for (index, time_, *_), prediction in zip(chunk, predictions.split(1)):
                 values[index][time_] = prediction
@@ -578,8 +594,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     parser.add_argument("--tta", action="store_true", help="average with the prediction on flipped inputs (2x time)")
     parser.add_argument("--compile", action="store_true",
-                        help="torch.compile the model (CUDA): 2-2.5 minutes once, then a 4K frame pair takes ~37%% "
-                             "less time (docs/PERF.md, section 4); pays off after about 4,000 4K model calls")
+                        help="torch.compile the model (CUDA) before replaying it as a CUDA graph: minutes of "
+                             "compilation once per frame size (kernels cached across runs), then faster at 4K; "
+                             "see docs/PERF.md, inference section, for when it pays off")
+    add_graph_argument(parser)
     parser.add_argument("--batch", type=positive_int, default=None,
                         help="model calls per forward pass (default: 1 on the CPU; on a GPU about 1080p worth)")
     parser.add_argument("--crf", type=crf_value, default=18, help="H.264 quality, 0 lossless .. 51 (default 18)")
@@ -686,11 +704,15 @@ def run(args: argparse.Namespace) -> RunStats:
     print(f"cuts:   MAD > {args.scene_threshold:g} copies the earlier frame; MAD <= {args.dup_threshold:g} is a "
           f"duplicate (copied)")
 
+    try:
+        runner = InferenceRunner(model, args.cuda_graph, compile=args.compile)
+    except GraphUnavailable as error:
+        raise InterpolateError(str(error)) from None
     if args.compile:
-        compile_for_inference(model)
-        print("compile: torch.compile, the first batch compiles the model (about 2 minutes at 4K)")
-    interpolator = FrameInterpolator(model, device, amp, args.tta, flow_scale, batch, halving,
-                                     fixed_batch=args.compile)
+        print("compile: torch.compile, the first batch compiles the model (minutes at 1080p and 4K)")
+    print(f"run:    {'CUDA graph per frame size' if runner.graphs_enabled else 'eager'}"
+          f"{' of the compiled model' if args.compile else ''} (--cuda_graph {args.cuda_graph})")
+    interpolator = FrameInterpolator(model, device, amp, args.tta, flow_scale, batch, halving, runner=runner)
     sink = make_sink(output_path, kind, info, out_rate, args, ffmpeg)
     settings = StreamSettings(ratio, args.scene_threshold, args.dup_threshold, not args.no_progress, expected)
     try:
@@ -701,7 +723,8 @@ def run(args: argparse.Namespace) -> RunStats:
         print(f"note: {note}")
     if device.type == "cuda":
         print(f"peak GPU memory {torch.cuda.max_memory_allocated(device) / 2 ** 30:.2f} GiB (allocated)")
-    print(f"wrote {output_path} ({stats.model_calls} model calls; {stats.steady_rate()})")
+    print(f"wrote {output_path} ({stats.model_calls} model calls; {stats.steady_rate()}; "
+          f"{interpolator.model_rate(stats.frames_out)})")
     print(stats.summary())
     return stats
 

@@ -188,8 +188,6 @@ class InferenceRunner:
         self.graph_reason = reason              # None: graphs will be recorded
         self.cuda_graph = cuda_graph
         self._said: set[str] = set()
-        if reason is not None and cuda_graph == "auto":
-            self._say(f"inference runs eagerly: {reason}")
 
     # ---------------------------------------------------------------------------------------------------
     @property
