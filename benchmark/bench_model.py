@@ -130,8 +130,13 @@ def measure_inference(model, name: str, args, device: str, execution: str = "eag
     stamp(f"inference {name} ({row['exec']})")
     timing = measure(infer, device, warmup=2, reps=max(3, args.reps // 4))
     height, width, _ = parse_infer_name(name)
-    row.update(ms=round(timing.median_ms, 2), peak_gib=round(timing.peak_gib or 0.0, 3),
-               runtime=runtime_record(timing.median_ms, runner.mode, device, timing.peak_gib, height, width))
+    peak = max(timing.peak_gib or 0.0, runner.capture_peak_gib or 0.0)       # a replay allocates nothing
+    if device == "cuda":
+        torch.cuda.empty_cache()
+        row["reserved_gib"] = round(torch.cuda.memory_reserved() / 2**30, 3)   # weights, inputs, the graph's pool
+    row.update(ms=round(timing.median_ms, 2), peak_gib=round(peak, 3),
+               runtime=runtime_record(timing.median_ms, runner.mode, device, peak if device == "cuda" else None,
+                                      height, width))
     runner.clear()
     return row
 

@@ -413,7 +413,10 @@ class Evaluator:
             bar.set_postfix(psnr=f"{psnr_total / len(records):.3f}")
         summary = mean_metrics(records, self.protocol.average_per_group)
         height, width = cached_inputs[0].shape[-2:] if cached_inputs else (None, None)
-        runtime = runtime_record(clock.median_ms(), self.runner.mode, self.device, clock.peak_gib(), height, width,
+        peak = clock.peak_gib()
+        if peak is not None and self.runner.capture_peak_gib is not None:
+            peak = max(peak, self.runner.capture_peak_gib)           # a replay allocates nothing: count the capture
+        runtime = runtime_record(clock.median_ms(), self.runner.mode, self.device, peak, height, width,
                                  timed_calls=len(clock.times_ms))
         return {**summary, "seconds": time.perf_counter() - start, "runtime": runtime, "samples": records}
 

@@ -118,6 +118,7 @@ class Recorded:
     replay: Callable[[], None]
     output: torch.Tensor
     handle: object = None           # keeps the graph (and its memory pool) alive
+    peak_gib: float | None = None   # peak allocated memory while the call was captured (its pool at full use)
 
 
 class CudaGraphCapture:
@@ -136,10 +137,15 @@ class CudaGraphCapture:
             for _ in range(warmup_calls):
                 call()
         torch.cuda.current_stream().wait_stream(side)
+        torch.cuda.synchronize()
+        # A replay allocates nothing: the graph's memory is what its capture allocated, so the peak that a report
+        # compares with eager's is read over the capture (the warm-up's autotuning workspaces left out).
+        torch.cuda.reset_peak_memory_stats()
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             output = call()
-        return Recorded(replay=graph.replay, output=output, handle=graph)
+        peak = torch.cuda.max_memory_allocated() / 2**30
+        return Recorded(replay=graph.replay, output=output, handle=graph, peak_gib=peak)
 
 
 @dataclass
@@ -201,6 +207,13 @@ class InferenceRunner:
         if self.last_mode == "graphed":
             return f"{base}+graphed" if base else "graphed"
         return base or "eager"
+
+    @property
+    def capture_peak_gib(self) -> float | None:
+        """The largest peak allocated memory seen while capturing a graph still kept (None without graphs). The
+        capture resets CUDA's peak-memory statistics: read a peak of your own before the first graphed call."""
+        peaks = [entry.recorded.peak_gib for entry in self.graphs.values() if entry.recorded.peak_gib is not None]
+        return max(peaks) if peaks else None
 
     def clear(self) -> None:
         """Drop every recorded graph (and with it the graphs' memory pools)."""
