@@ -354,7 +354,11 @@ def main() -> None:
             graphs = args.cuda_graph == "on" or (args.cuda_graph == "auto" and device == "cuda")
             for name in args.infer:
                 for execution in ("eager", "graphed") if graphs else ("eager",):
-                    rows.append(measure_inference(model, name, args, device, execution))
+                    try:
+                        rows.append(measure_inference(model, name, args, device, execution))
+                    except Exception as error:               # e.g. out of memory or a failed capture: record it
+                        rows.append({"kind": "infer", "resolution": name, "exec": execution,
+                                     "error": repr(error)[:300]})
                     print(rows[-1], flush=True)
                 if args.compare_unchunked_warp:
                     warps = [m for m in model.modules() if isinstance(m, BackwardWarp)]
@@ -377,7 +381,7 @@ def main() -> None:
     from model.inference import describe_runtime
     for row in rows:
         if "runtime" in row:
-            print(f"{row['resolution']} flow {row['flow_scale']:g} {row['exec']}: {describe_runtime(row['runtime'])}")
+            print(f"{row['resolution']} {row['exec']}: {describe_runtime(row['runtime'])}")
     if args.json:
         Path(args.json).write_text(json.dumps({"device": device_name, "rows": rows}, indent=2))
 
