@@ -221,7 +221,8 @@ class InferenceRunner:
         self.seen.clear()
 
     def _model_device(self) -> torch.device:
-        parameter = next(iter(self.model.parameters()), None)
+        parameters = getattr(self.model, "parameters", None)        # any object with ``inference`` will do
+        parameter = next(iter(parameters()), None) if callable(parameters) else None
         return parameter.device if parameter is not None else torch.device("cpu")
 
     def _say(self, message: str) -> None:
