@@ -53,7 +53,7 @@ from typing import Sequence
 
 import torch
 
-from benchmark.eval_core import (BenchmarkError, compile_for_inference, describe_run, positive_float,
+from benchmark.eval_core import (BenchmarkError, describe_run, positive_float,
                                  positive_int, resolve_device)
 from checkpoint import CheckpointError, atomic_write_text, model_from_checkpoint, resolve_checkpoint
 from config import AMP_DTYPES, ConfigError, OneLineErrorParser, resolve_amp
@@ -63,6 +63,7 @@ from footage.timeplan import TimePlan, describe_times, is_power_of_two, output_f
 from footage.video_io import (AvSink, FolderSink, FrameSink, OpenCVSink, SourceInfo, VideoIOError, open_source,
                               prepare_output, pyav_available, snap_rate)
 from measures.shots import ShotSettings
+from model.inference import GraphUnavailable, InferenceRunner, add_graph_argument
 
 PROGRAM = "interpolate.py"
 X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
@@ -175,8 +176,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     parser.add_argument("--tta", action="store_true", help="average with the prediction on flipped inputs (2x time)")
     parser.add_argument("--compile", action="store_true",
-                        help="torch.compile the model (CUDA): 2-2.5 minutes once, then a 4K frame pair takes ~37%% "
-                             "less time (docs/PERF.md, section 4); pays off after about 4,000 4K model calls")
+                        help="torch.compile the model (CUDA) before replaying it as a CUDA graph: minutes of "
+                             "compilation once per frame size (kernels cached across runs), then faster at 1080p "
+                             "and above; see docs/PERF.md, inference section, for when it pays off")
+    add_graph_argument(parser)
     parser.add_argument("--batch", type=positive_int, default=None,
                         help="model calls per forward pass (default: 1 on the CPU; on a GPU about 1080p worth)")
     parser.add_argument("--crf", type=crf_value, default=18, help="H.264 quality, 0 lossless .. 51 (default 18)")
@@ -350,11 +353,15 @@ def run(args: argparse.Namespace) -> RunStats:
     print(f"cuts:   a content change >= {args.cut_ratio:g} x its neighbours' median is a cut, a largest block "
           f"difference <= {args.duplicate_block:g} a duplicate: both copy the earlier frame")
 
+    try:
+        runner = InferenceRunner(model, args.cuda_graph, compile=args.compile)
+    except GraphUnavailable as error:
+        raise InterpolateError(str(error)) from None
     if args.compile:
-        compile_for_inference(model)
-        print("compile: torch.compile, the first batch compiles the model (about 2 minutes at 4K)")
-    interpolator = FrameInterpolator(model, device, amp, args.tta, flow_scale, batch, halving,
-                                     fixed_batch=args.compile)
+        print("compile: torch.compile, the first batch compiles the model (minutes at 1080p and 4K)")
+    print(f"run:    {'CUDA graph per frame size' if runner.graphs_enabled else 'eager'}"
+          f"{' of the compiled model' if args.compile else ''} (--cuda_graph {args.cuda_graph})")
+    interpolator = FrameInterpolator(model, device, amp, args.tta, flow_scale, batch, halving, runner=runner)
     sink = make_sink(output_path, kind, info, out_rate, args, use_pyav)
     shots = ShotSettings(cut_ratio=args.cut_ratio, duplicate_block=args.duplicate_block)
     settings = StreamSettings(plan, shots, not args.no_progress, expected)
@@ -366,7 +373,8 @@ def run(args: argparse.Namespace) -> RunStats:
         print(f"note: {note}")
     if device.type == "cuda":
         print(f"peak GPU memory {torch.cuda.max_memory_allocated(device) / 2 ** 30:.2f} GiB (allocated)")
-    print(f"wrote {output_path} ({stats.model_calls} model calls; {stats.steady_rate()})")
+    print(f"wrote {output_path} ({stats.model_calls} model calls; {stats.steady_rate()}; "
+          f"{interpolator.model_rate(stats.frames_out)})")
     if args.report is not None:
         report = run_report(args, info, kind, out_rate, time_text, shots, sink, stats)
         atomic_write_text(args.report, json.dumps(report, indent=2) + "\n")

@@ -41,6 +41,8 @@ from checkpoint import CheckpointError, atomic_write_bytes, atomic_write_text, m
 from config import AMP_DTYPES, ConfigError
 from measures.quality import psnr, psnr_uint8, quantize, ssim_matlab, ssim_skimage_uint8, to_uint8
 from model.frames import crop_padding, frame_to_tensor, pad_centred
+from model.inference import (GraphUnavailable, InferenceRunner, ModelClock, add_graph_argument, describe_runtime,
+                             runtime_record)
 from visualize import sample_grid
 
 METRICS = ("matlab", "skimage_uint8")
@@ -252,13 +254,20 @@ class Evaluator:
         the metrics always run in float64.
     flow_scale: None keeps the protocol's.
     save_images: a folder; one labelled image per sample is written there (see :meth:`save_sample_image`).
+    cuda_graph: "auto" | "on" | "off" (:class:`model.inference.InferenceRunner`): on CUDA, a frame size seen twice is
+        replayed as a CUDA graph from then on; eager on the CPU. ``runner`` replaces the one built from it.
     """
 
     def __init__(self, model: nn.Module, protocol: Protocol, device: torch.device | str = "cpu", amp: str = "fp32",
                  tta: bool = False, flow_scale: float | None = None, progress: bool = True,
-                 save_images: str | Path | None = None):
+                 save_images: str | Path | None = None, cuda_graph: str = "off",
+                 runner: InferenceRunner | None = None):
         if amp not in AMP_DTYPES:
             raise BenchmarkError(f"--amp must be one of {', '.join(AMP_DTYPES)}, got {amp!r}")
+        try:
+            self.runner = runner or InferenceRunner(model, cuda_graph, capture_after=2)
+        except GraphUnavailable as error:
+            raise BenchmarkError(str(error)) from None
         self.model = model
         self.protocol = protocol
         self.device = torch.device(device)
@@ -300,7 +309,7 @@ class Evaluator:
                 flow = crop_padding(output.flow.float(), padding)
                 mask = crop_padding(output.mask.float(), padding)
             else:
-                pred = self.model.inference(padded0, padded1, t=t, flow_scale=self.flow_scale, tta=self.tta)
+                pred = self.runner(padded0, padded1, t, flow_scale=self.flow_scale, tta=self.tta)
         return crop_padding(pred.float(), padding).clamp(0, 1), flow, mask
 
     def predict(self, img0: torch.Tensor, img1: torch.Tensor, t: float) -> torch.Tensor:
@@ -347,6 +356,7 @@ class Evaluator:
         """
         records = []
         start = time.perf_counter()
+        clock = ModelClock(self.device)
         cached_paths, cached_inputs = None, None
         psnr_total = 0.0
         bar = tqdm(samples, desc=description or self.protocol.name, disable=not self.progress, dynamic_ncols=True)
@@ -355,8 +365,9 @@ class Evaluator:
             if cached_paths != (sample.img0, sample.img1):
                 cached_paths = (sample.img0, sample.img1)
                 cached_inputs = tuple(frame_to_tensor(self.load_frame(p), self.device) for p in cached_paths)
-            pred, flow, mask = self.predict_with_panels(*cached_inputs, sample.t,
-                                                        panels=self.save_images is not None)
+            with clock:
+                pred, flow, mask = self.predict_with_panels(*cached_inputs, sample.t,
+                                                            panels=self.save_images is not None)
             gt_frame = self.load_frame(sample.gt)
             value_psnr, value_ssim = self.score(pred, gt_frame)
             blend = ((1 - sample.t) * cached_inputs[0] + sample.t * cached_inputs[1]).clamp(0, 1)
@@ -369,27 +380,13 @@ class Evaluator:
             psnr_total += value_psnr
             bar.set_postfix(psnr=f"{psnr_total / len(records):.3f}")
         summary = mean_metrics(records, self.protocol.average_per_group)
-        return {**summary, "seconds": time.perf_counter() - start, "samples": records}
-
-
-# --------------------------------------------------------------------------------------------------------
-# Command line
-# --------------------------------------------------------------------------------------------------------
-def compile_for_inference(model: nn.Module) -> nn.Module:
-    """Compile ``model`` in place with ``torch.compile`` (Inductor, static shapes) for many calls at one frame size
-    and batch; returns it. ``model.inference`` and ``model(...)`` then run the compiled forward.
-
-    Why: in eager 4K inference about half the time went to memory-bound passes around the cuDNN convolutions (dtype
-    casts, concatenations, PReLU, LayerNorm, layout transposes); Inductor fuses them. Measured on 4K 2x interpolation
-    with the Phase-2 model (docs/PERF.md, section 4): 94.2 -> 59.8 ms on an H100, 4.3 -> 5.4 GiB, after 2-2.5
-    minutes of compilation at the first call and again for every new input shape. The model is one graph:
-    mamba-ssm's Triton SSD kernel enters it as a custom operator (model/ops/ssd.py), and while compiling, the
-    convolution inputs are channel-aligned and RefineNet's row strips are larger (model/ops/conv.py,
-    model/refine.py). Inductor's weight freezing and CUDA graphs were measured too: no faster.
-    """
-    model.eval()
-    model.compile(dynamic=False)
-    return model
+        height, width = cached_inputs[0].shape[-2:] if cached_inputs else (None, None)
+        peak = clock.peak_gib()
+        if peak is not None and self.runner.capture_peak_gib is not None:
+            peak = max(peak, self.runner.capture_peak_gib)           # a replay allocates nothing: count the capture
+        runtime = runtime_record(clock.median_ms(), self.runner.mode, self.device, peak, height, width,
+                                 timed_calls=len(clock.times_ms))
+        return {**summary, "seconds": time.perf_counter() - start, "runtime": runtime, "samples": records}
 
 
 def positive_int(text: str) -> int:
@@ -416,6 +413,7 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
                         help="average with the prediction on H+W-flipped inputs (VFIMamba's TTA)")
     parser.add_argument("--flow_scale", type=positive_float, default=None,
                         help="override the protocol's flow downscale (Phase-1 models have no flow and ignore it)")
+    add_graph_argument(parser)
     parser.add_argument("--out", default=None, help="write a JSON report to this file")
 
 
@@ -524,7 +522,8 @@ def run_benchmark(args: argparse.Namespace, benchmark: str, make_subsets: Callab
 
         report = {"benchmark": benchmark, "dataset": str(root), "model": args.model,
                   "checkpoint": str(checkpoint_path), "phase": cfg.train.phase, "uses_flow": cfg.model.use_flow,
-                  "device": str(device), "amp": args.amp, "tta": args.tta, "limit": args.limit, "results": {}}
+                  "device": str(device), "amp": args.amp, "tta": args.tta, "limit": args.limit, "runtime": {},
+                  "results": {}}
         save_root = getattr(args, "save_images", None)
         for subset in subsets:
             label = subset_label(subset)
@@ -534,7 +533,8 @@ def run_benchmark(args: argparse.Namespace, benchmark: str, make_subsets: Callab
             if save_root is not None:
                 image_dir = Path(save_root) if len(subsets) == 1 else Path(save_root) / safe_file_stem(subset.name)
             evaluator = Evaluator(model, subset.protocol, device, args.amp, args.tta, args.flow_scale,
-                                  progress=not args.no_progress, save_images=image_dir)
+                                  progress=not args.no_progress, save_images=image_dir,
+                                  cuda_graph=getattr(args, "cuda_graph", "off"))
             print(note)
             print(f"{label}: {len(subset.samples)} samples | "
                   + describe_run(args.model, cfg.model.use_flow, device, args.amp, args.tta, evaluator.flow_scale))
@@ -544,6 +544,8 @@ def run_benchmark(args: argparse.Namespace, benchmark: str, make_subsets: Callab
                                               "samples_found": found[subset.name], **result}
             print(f"{label}  PSNR {result['psnr']:.4f} dB  SSIM {result['ssim']:.5f}  "
                   f"({result['count']} samples, {result['seconds']:.1f} s)")
+            print(f"{label}  {describe_runtime(result['runtime'])}")
+            report["runtime"][subset.name] = result["runtime"]
             baseline = "(1-t) I0 + t I1" if any(s.t != 0.5 for s in subset.samples) else "(I0+I1)/2"
             print(f"{label}  frame average {baseline}: PSNR {result['psnr_frame_average']:.4f} dB; the model is "
                   f"{compare_to_baseline(result['psnr'], result['psnr_frame_average'])} it")

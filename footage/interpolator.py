@@ -12,6 +12,7 @@ from torch import nn
 from config import AMP_DTYPES
 from footage.timeplan import halving_rounds
 from model.frames import crop_padding, pad_centred
+from model.inference import InferenceRunner, ModelClock
 
 PAD_MULTIPLE = 32       # centred replicate padding, as the benchmarks' protocols (benchmark.eval_core.Protocol)
 
@@ -25,18 +26,31 @@ class FrameInterpolator:
     amp: "fp32", "bf16" or "fp16" (config.AMP_DTYPES): the model's autocast precision.
     batch_size: model calls (pair, t) per forward pass.
     halving: reach every t by repeated t = 0.5 calls (:func:`halving_rounds`) instead of passing t.
+    runner: how the model runs (:class:`model.inference.InferenceRunner`: CUDA graphs, compiled); default eager.
     """
 
     def __init__(self, model: nn.Module, device: torch.device, amp: str, tta: bool, flow_scale: float,
-                 batch_size: int, halving: bool, fixed_batch: bool = False):
+                 batch_size: int, halving: bool, fixed_batch: bool = False, runner: InferenceRunner | None = None):
         if amp not in AMP_DTYPES:
             raise ValueError(f"amp must be one of {', '.join(AMP_DTYPES)}, got {amp!r}")
         self.model, self.amp_dtype, self.tta, self.flow_scale = model, AMP_DTYPES[amp], tta, flow_scale
         self.device, self.batch_size, self.halving = device, batch_size, halving
-        # A compiled model is specialised to one batch size: a short last batch would compile it again (minutes at
-        # 4K), so it is filled up with copies of its last request, whose predictions are dropped.
-        self.fixed_batch = fixed_batch
+        self.runner = runner or InferenceRunner(model, "off")
+        # A compiled model or a CUDA graph is specialised to one batch size: a short last batch would compile (minutes
+        # at 4K) or capture again, so it is filled up with copies of its last request, whose predictions are dropped.
+        self.fixed_batch = fixed_batch or self.runner.graphs_enabled or self.runner.compiled
         self.model_calls = 0
+        self.clock = ModelClock(device)     # the model's own time per forward pass (GPU time on CUDA)
+
+    def model_rate(self, frames_out: int) -> str:
+        """The output frames/s the model alone would allow: median forward-pass time (the first pass, which
+        captures or compiles, is left out) spread over the output frames it serves."""
+        times = sorted(self.clock.times_ms[1:] or self.clock.times_ms)
+        if not times or not self.model_calls or not frames_out:
+            return "model-only n/a"
+        ms_per_call = times[len(times) // 2] / self.batch_size
+        rate = frames_out / (self.model_calls * ms_per_call / 1000)
+        return f"model-only {rate:.2f} out-frames/s ({ms_per_call:.1f} ms per model call, {self.runner.mode})"
 
     def predict(self, img0: torch.Tensor, img1: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) inputs in [0, 1] and t (B,) -> (B, 3, H, W) float32 prediction clamped to [0, 1]."""
@@ -44,7 +58,7 @@ class FrameInterpolator:
         padded1, _ = pad_centred(img1, PAD_MULTIPLE)
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.amp_dtype,
                                                     enabled=self.amp_dtype is not None):
-            prediction = self.model.inference(padded0, padded1, t=t, flow_scale=self.flow_scale, tta=self.tta)
+            prediction = self.runner(padded0, padded1, t=t, flow_scale=self.flow_scale, tta=self.tta)
         return crop_padding(prediction.float(), padding).clamp(0, 1)
 
     def calls_needed(self, times: Sequence[Fraction]) -> int:
@@ -86,7 +100,8 @@ class FrameInterpolator:
                 # non-blocking, the main thread keeps queueing work instead.
                 t = t.pin_memory()
             t = t.to(self.device, non_blocking=True)
-            predictions = self.predict(img0, img1, t)
+            with self.clock:
+                predictions = self.predict(img0, img1, t)
             self.model_calls += len(chunk)
             for (index, time_, *_), prediction in zip(chunk, predictions.split(1)):
                 values[index][time_] = prediction

@@ -564,10 +564,11 @@ def test_demo_summary_names_a_missing_report(tmp_path, capsys):
     assert str(tmp_path / "none.json") in line
 
 
-def test_compiled_model_predicts_what_the_eager_model_predicts():
+def test_compiled_model_predicts_what_the_eager_model_predicts(tmp_path, monkeypatch):
     """`interpolate.py --compile` (compile_for_inference): the compiled forward runs through `inference` and the
     Evaluator, with the eager prediction's values (CPU Inductor here; measured on the GPU in docs/PERF.md)."""
-    from benchmark.eval_core import Evaluator, Protocol, compile_for_inference
+    from benchmark.eval_core import Evaluator, Protocol
+    from model.inference import compile_for_inference
     from config import preset
     from model import build_model
     torch.manual_seed(0)
@@ -577,6 +578,7 @@ def test_compiled_model_predicts_what_the_eager_model_predicts():
     eager = evaluator.predict(img0, img1, 0.5)
     from torch._dynamo.utils import counters
     counters.clear()
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
     assert compile_for_inference(model) is model
     compiled = evaluator.predict(img0, img1, 0.5)
     assert counters["stats"]["unique_graphs"] >= 1              # Dynamo traced the forward: the compiled path ran
@@ -588,6 +590,7 @@ def test_bench_model_times_eager_and_compiled_inference_on_cpu(tmp_path, monkeyp
     compiled inference row, the compiled one with its compile time and its difference from the eager prediction."""
     from benchmark import bench_model
     out = tmp_path / "rows.json"
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
     monkeypatch.setattr(sys, "argv", ["bench_model.py", "--phase", "1", "--model_size", "tiny", "--batch", "1",
                                       "--size", "32", "--infer", "256", "--compile_infer", "--reps", "1",
                                       "--amp", "fp32", "--device", "cpu", "--json", str(out)])
@@ -595,4 +598,7 @@ def test_bench_model_times_eager_and_compiled_inference_on_cpu(tmp_path, monkeyp
     rows = [row for row in json.loads(out.read_text())["rows"] if row["kind"] == "infer"]
     assert [row["exec"] for row in rows] == ["eager", "compiled"]
     assert all(row["ms"] > 0 and row["resolution"] == "256" for row in rows)
-    assert rows[1]["compile_s"] > 0 and rows[1]["max_abs_diff_vs_eager"] < 1e-4
+    assert rows[1]["first_call_s"] > 0 and rows[1]["max_abs_diff_vs_eager"] < 1e-4
+    assert rows[1]["p999_abs_diff_vs_eager"] <= rows[1]["max_abs_diff_vs_eager"]
+    assert [row["runtime"]["mode"] for row in rows] == ["eager", "compiled"]
+    assert all(row["runtime"]["device"] == "cpu" and row["runtime"]["peak_gib"] is None for row in rows)
