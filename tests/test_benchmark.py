@@ -733,3 +733,63 @@ def test_bench_model_times_eager_and_compiled_inference_on_cpu(tmp_path, monkeyp
     assert [row["exec"] for row in rows] == ["eager", "compiled"]
     assert all(row["ms"] > 0 and row["resolution"] == "256" for row in rows)
     assert rows[1]["compile_s"] > 0 and rows[1]["max_abs_diff_vs_eager"] < 1e-4
+
+
+# --------------------------------------------------------------------------------------------------------
+# Quality by motion and the classical DIS baseline (measures/motion.py through the one core)
+# --------------------------------------------------------------------------------------------------------
+class DisModel:
+    """Stand-in model that *is* the classical baseline: DIS both ways, warped to t, occlusion-aware blend."""
+
+    def inference(self, img0, img1, t=0.5, flow_scale=1.0, tta=False):
+        from measures.motion import interpolate_dis
+        frames = [image[0].permute(1, 2, 0).numpy() for image in (img0, img1)]
+        return torch.from_numpy(interpolate_dis(*frames, t)).permute(2, 0, 1)[None]
+
+
+@pytest.fixture(scope="module")
+def pan_root(tmp_path_factory) -> Path:
+    """4 test triplets of 64x96 frames panning 2 px per frame (conftest.write_vimeo)."""
+    from conftest import write_vimeo
+    return write_vimeo(tmp_path_factory.mktemp("pan"), train=1, test=4)
+
+
+def test_report_gives_motion_per_sample_and_quality_per_motion_bucket(pan_root, checkpoints, tmp_path, capsys):
+    Vimeo90K.main(common_args(pan_root, checkpoints, tmp_path / "r.json"))
+    result = read_report(tmp_path / "r.json")["results"]["test"]
+    # The fixture pans 2 px per frame: I0 -> I1 moves 4 px.
+    assert [r["motion"] for r in result["samples"]] == pytest.approx([4.0] * 4, abs=1.0)
+    assert result["motion_statistic"].startswith("95th percentile of |DIS flow I0->I1| in px")
+    buckets = result["by_motion"]
+    assert [b["bucket"] for b in buckets] == ["<4", "4-16", "16-32", "32-64", ">64"]
+    assert sum(b["count"] for b in buckets) == result["count"] == 4
+    from measures.motion import bucket_of
+    for bucket in buckets:
+        members = [r for r in result["samples"] if bucket_of(r["motion"]) == bucket["bucket"]]
+        assert bucket["count"] == len(members)
+        for key in ("psnr", "ssim", "psnr_frame_average", "psnr_dis"):
+            if members:
+                assert bucket[key] == pytest.approx(np.mean([r[key] for r in members]))
+            else:
+                assert key not in bucket
+    # The classical baseline is in the report and on the console, and beats blending on a clean pan.
+    assert result["psnr_dis"] == pytest.approx(np.mean([r["psnr_dis"] for r in result["samples"]]))
+    assert result["psnr_dis"] > result["psnr_frame_average"] + 3
+    printed = capsys.readouterr().out
+    assert f"classical DIS flow (both ways, warped to t, occlusion-aware blend): PSNR {result['psnr_dis']:.4f}" in printed
+    assert "motion (px)  count" in printed and "DIS flow" in printed
+
+
+def test_dis_baseline_goes_through_the_protocol(pan_root):
+    """A model that *is* the DIS baseline scores exactly the baseline (same frames, geometry and metric)."""
+    samples = Vimeo90K.enumerate_samples(pan_root)
+    result = Evaluator(DisModel(), Vimeo90K.PROTOCOL, progress=False).evaluate(samples)
+    assert all(r["psnr"] == pytest.approx(r["psnr_dis"], abs=1e-9) for r in result["samples"])
+    assert result["psnr"] > result["psnr_frame_average"] + 3
+
+
+def test_no_motion_skips_dis(vimeo_root, checkpoints, tmp_path, capsys):
+    Vimeo90K.main(common_args(vimeo_root, checkpoints, tmp_path / "r.json") + ["--limit", "1", "--no_motion"])
+    result = read_report(tmp_path / "r.json")["results"]["test"]
+    assert "by_motion" not in result and "psnr_dis" not in result and "motion" not in result["samples"][0]
+    assert "classical DIS" not in capsys.readouterr().out
