@@ -1,4 +1,6 @@
-"""Shared measures of frames and footage, the lowest floor of the repository (imports only numpy, torch, cv2).
+"""Measures shared by the tools, the footage pipeline and the benchmarks; this package imports only numpy and cv2
+(and torch where a measure needs it), never another room of the repository.
 
-motion: DIS optical-flow motion statistic, motion buckets and the classical DIS interpolation baseline.
+- ``measures.shots``: frame-difference scores, shot boundaries (cuts) and duplicate frames.
+- ``measures.motion``: DIS optical-flow motion statistic, motion buckets and the classical DIS interpolation baseline.
 """
