@@ -53,6 +53,7 @@ frame. A caller holds at most ``detector.lookahead`` (= ``window``) frames beyon
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections import deque
 from dataclasses import dataclass
@@ -75,7 +76,7 @@ class ShotSettings:
     """Thresholds of the cut and duplicate rules (see the module docstring).
 
     cut_ratio: how far above its neighbours' median change a pair must be to be a cut (PySceneDetect's adaptive
-        detector defaults to 3 against a rolling mean).
+        detector defaults to 3 against a rolling mean); math.inf: no cuts at all.
     min_cut_change: a cut changes at least this much content (0-1), whatever its neighbours.
     lone_cut_change: the content change that makes a cut when a pair has no neighbour to compare with.
     duplicate_block: largest block mean absolute difference (0-255) at or below which a pair is a duplicate;
@@ -264,6 +265,8 @@ class ShotDetector:
         settings = self.settings
         if self._is_duplicate(score):
             return "duplicate"
+        if settings.cut_ratio == math.inf:
+            return "motion"
         if baseline is None:
             return "cut" if score.change >= settings.lone_cut_change else "motion"
         if (score.change >= settings.min_cut_change

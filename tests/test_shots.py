@@ -133,6 +133,7 @@ def test_two_frame_clip_uses_the_lone_rule():
     verdict, = classify_frames([a, b])
     assert verdict.baseline is None and verdict.kind == "cut"
     assert kinds([a, np.roll(a, 1, axis=1)]) == ["motion"]
+    assert kinds([a, b], ShotSettings(cut_ratio=float("inf"))) == ["motion"]      # inf: no cuts, lone or not
 
 
 def test_grey_and_bgr_frames_score_like_rgb():
