@@ -44,7 +44,10 @@ from tqdm import tqdm
 from benchmark.metrics import psnr, psnr_uint8, quantize, ssim_matlab, ssim_skimage_uint8, to_uint8
 from checkpoint import CheckpointError, atomic_write_bytes, atomic_write_text, model_from_checkpoint, resolve_checkpoint
 from config import ConfigError
-from measures.motion import MOTION_STATISTIC, flow_pair, format_bucket_table, interpolate_dis, summarize_by_motion
+from measures.motion import (
+    LARGE_MOTION_PX, MOTION_STATISTIC, flow_pair, format_bucket_table, interpolate_dis, motion_flow_scale,
+    summarize_by_motion,
+)
 from visualize import sample_grid
 
 BASELINE_KEYS = ("psnr_frame_average", "psnr_dis")
@@ -292,11 +295,13 @@ class Evaluator:
     flow_scale: None keeps the protocol's.
     save_images: a folder; one labelled image per sample is written there (see :meth:`save_sample_image`).
     motion: measure each sample's motion and score the classical DIS baseline (CPU, DIS on the scored frames).
+    motion_flow_scale: choose the flow scale per sample from its DIS motion (``measures.motion.motion_flow_scale``:
+        half the protocol's from 32 px on) instead of one scale for all; needs ``motion``.
     """
 
     def __init__(self, model: nn.Module, protocol: Protocol, device: torch.device | str = "cpu", amp: str = "fp32",
                  tta: bool = False, flow_scale: float | None = None, progress: bool = True,
-                 save_images: str | Path | None = None, motion: bool = True):
+                 save_images: str | Path | None = None, motion: bool = True, motion_flow_scale: bool = False):
         if amp not in AMP_DTYPES:
             raise BenchmarkError(f"--amp must be one of {', '.join(AMP_DTYPES)}, got {amp!r}")
         self.model = model
@@ -308,6 +313,9 @@ class Evaluator:
         self.progress = progress
         self.save_images = Path(save_images) if save_images is not None else None
         self.motion = motion
+        if motion_flow_scale and not motion:
+            raise BenchmarkError("--motion_flow_scale chooses the flow scale from the DIS motion: drop --no_motion")
+        self.motion_flow_scale = motion_flow_scale
 
     def load_frame(self, path: Path) -> np.ndarray:
         """(H, W, 3) RGB after the protocol's geometry: uint8, or float32 in [0, 1] (X-TEST 2K)."""
@@ -317,31 +325,33 @@ class Evaluator:
         """Whether the model can hand out its flow and mask (a ThesisModel with a flow estimator)."""
         return bool(getattr(self.model, "use_flow", False)) and callable(self.model)
 
-    def predict_with_panels(self, img0: torch.Tensor, img1: torch.Tensor, t: float, panels: bool = False
+    def predict_with_panels(self, img0: torch.Tensor, img1: torch.Tensor, t: float, panels: bool = False,
+                            flow_scale: float | None = None
                             ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """(prediction, flow or None, mask or None) for (1, 3, H, W) inputs in [0, 1].
 
         The prediction is (1, 3, H, W) float32 clamped to [0, 1]. With ``panels`` and a flow model, one forward pass
         also yields the flow (1, 4, H, W) and blend mask (1, 1, H, W) for :meth:`save_sample_image`; the prediction
         is then computed from the same calls ``model.inference`` makes (forward, plus the flipped pass with TTA),
-        so saving images never changes a score.
+        so saving images never changes a score. ``flow_scale``: None uses the evaluator's.
         """
+        flow_scale = self.flow_scale if flow_scale is None else flow_scale
         padded0, padding = pad_centred(img0, self.protocol.pad_multiple)
         padded1, _ = pad_centred(img1, self.protocol.pad_multiple)
         flow = mask = None
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.amp_dtype,
                                                     enabled=self.amp_dtype is not None):
             if panels and self._shows_flow():
-                output = self.model(padded0, padded1, t, self.flow_scale)
+                output = self.model(padded0, padded1, t, flow_scale)
                 pred = output.pred
                 if self.tta:
                     flipped = self.model.inference(padded0.flip(2, 3), padded1.flip(2, 3), t=t,
-                                                   flow_scale=self.flow_scale, tta=False)
+                                                   flow_scale=flow_scale, tta=False)
                     pred = (pred + flipped.flip(2, 3)) / 2
                 flow = crop_padding(output.flow.float(), padding)
                 mask = crop_padding(output.mask.float(), padding)
             else:
-                pred = self.model.inference(padded0, padded1, t=t, flow_scale=self.flow_scale, tta=self.tta)
+                pred = self.model.inference(padded0, padded1, t=t, flow_scale=flow_scale, tta=self.tta)
         return crop_padding(pred.float(), padding).clamp(0, 1), flow, mask
 
     def predict(self, img0: torch.Tensor, img1: torch.Tensor, t: float) -> torch.Tensor:
@@ -399,8 +409,9 @@ class Evaluator:
                 cached_frames = tuple(self.load_frame(p) for p in cached_paths)
                 cached_inputs = tuple(frame_to_tensor(frame, self.device) for frame in cached_frames)
                 flows = flow_pair(*cached_frames) if self.motion else None
+            flow_scale = motion_flow_scale(flows.motion, self.flow_scale) if self.motion_flow_scale else None
             pred, flow, mask = self.predict_with_panels(*cached_inputs, sample.t,
-                                                        panels=self.save_images is not None)
+                                                        panels=self.save_images is not None, flow_scale=flow_scale)
             gt_frame = self.load_frame(sample.gt)
             value_psnr, value_ssim = self.score(pred, gt_frame)
             blend = ((1 - sample.t) * cached_inputs[0] + sample.t * cached_inputs[1]).clamp(0, 1)
@@ -411,6 +422,8 @@ class Evaluator:
                 classical = interpolate_dis(*cached_frames, sample.t, flows=flows)
                 record["motion"] = round(flows.motion, 3)
                 record["psnr_dis"] = self.score(frame_to_tensor(classical, self.device), gt_frame, with_ssim=False)[0]
+            if flow_scale is not None:
+                record["flow_scale"] = flow_scale
             records.append(record)
             if self.save_images is not None:
                 self.save_sample_image(index, sample, cached_inputs, pred, gt_frame, flow, mask, value_psnr,
@@ -488,6 +501,9 @@ def benchmark_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--no_motion", action="store_true",
                         help="skip the per-sample DIS motion, the classical DIS baseline and the per-motion table "
                              "(DIS runs on the CPU: about 0.2 s a pair at 640x360, seconds at 4K)")
+    parser.add_argument("--motion_flow_scale", action="store_true",
+                        help=f"per sample, halve the flow scale where the DIS motion is at least {LARGE_MOTION_PX:g} px "
+                             f"(measures.motion.motion_flow_scale)")
     return parser
 
 
@@ -593,12 +609,15 @@ def run_benchmark(args: argparse.Namespace, benchmark: str, make_subsets: Callab
                 image_dir = Path(save_root) if len(subsets) == 1 else Path(save_root) / safe_file_stem(subset.name)
             evaluator = Evaluator(model, subset.protocol, device, args.amp, args.tta, args.flow_scale,
                                   progress=not args.no_progress, save_images=image_dir,
-                                  motion=not getattr(args, "no_motion", False))
+                                  motion=not getattr(args, "no_motion", False),
+                                  motion_flow_scale=getattr(args, "motion_flow_scale", False))
             print(note)
             print(f"{label}: {len(subset.samples)} samples | "
-                  + describe_run(args.model, cfg.model.use_flow, device, args.amp, args.tta, evaluator.flow_scale))
+                  + describe_run(args.model, cfg.model.use_flow, device, args.amp, args.tta, evaluator.flow_scale)
+                  + (f", halved where the DIS motion is >= {LARGE_MOTION_PX:g} px" if evaluator.motion_flow_scale else ""))
             result = evaluator.evaluate(subset.samples, subset.name)
             report["results"][subset.name] = {**subset.protocol.settings(), "flow_scale": evaluator.flow_scale,
+                                              "motion_flow_scale": evaluator.motion_flow_scale,
                                               "official": official, "dataset_note": note,
                                               "samples_found": found[subset.name], **result}
             print(f"{label}  PSNR {result['psnr']:.4f} dB  SSIM {result['ssim']:.5f}  "

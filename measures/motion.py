@@ -138,6 +138,19 @@ def format_bucket_table(rows: Sequence[dict], columns: Sequence[tuple[str, str]]
     return "\n".join(lines)
 
 
+LARGE_MOTION_PX = 32.0       # motion from which motion_flow_scale halves the flow estimator's resolution
+
+
+def motion_flow_scale(motion: float, base_scale: float = 1.0, large_motion: float = LARGE_MOTION_PX) -> float:
+    """The flow estimator's downscale for a pair whose motion statistic is ``motion`` px: ``base_scale`` (the
+    protocol's, chosen by resolution) below ``large_motion``, half of it from there on.
+
+    Why: the estimator learns the motion its training crops hold (the corpus's: mostly below 32 px); on frames at
+    half size a 64 px motion is 32 px, back in that range, at the cost of detail, which small motions need more.
+    """
+    return base_scale if motion < large_motion else base_scale / 2
+
+
 # --------------------------------------------------------------------------------------------------------
 # The classical baseline
 # --------------------------------------------------------------------------------------------------------

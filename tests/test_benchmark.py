@@ -793,3 +793,43 @@ def test_no_motion_skips_dis(vimeo_root, checkpoints, tmp_path, capsys):
     result = read_report(tmp_path / "r.json")["results"]["test"]
     assert "by_motion" not in result and "psnr_dis" not in result and "motion" not in result["samples"][0]
     assert "classical DIS" not in capsys.readouterr().out
+
+
+class ScaleRecordingModel(BlendModel):
+    """The blend, recording each call's flow_scale (to check which scale each sample got)."""
+
+    use_flow = True
+
+
+def test_motion_flow_scale_halves_the_scale_for_large_motion_only(pan_root, monkeypatch):
+    from measures import motion
+    samples = Vimeo90K.enumerate_samples(pan_root)                 # ~4 px of motion each
+    model = ScaleRecordingModel()
+    Evaluator(model, Vimeo90K.PROTOCOL, progress=False, motion_flow_scale=True).evaluate(samples)
+    assert [c["flow_scale"] for c in model.calls] == [1.0] * 4
+    monkeypatch.setattr(motion, "LARGE_MOTION_PX", 2.0)           # now every sample counts as large motion
+    monkeypatch.setattr("benchmark.eval_core.motion_flow_scale",
+                        lambda m, base: motion.motion_flow_scale(m, base, large_motion=2.0))
+    model = ScaleRecordingModel()
+    result = Evaluator(model, replace(Vimeo90K.PROTOCOL, flow_scale=0.5), progress=False,
+                       motion_flow_scale=True).evaluate(samples)
+    assert [c["flow_scale"] for c in model.calls] == [0.25] * 4
+    assert [r["flow_scale"] for r in result["samples"]] == [0.25] * 4
+    with pytest.raises(BenchmarkError, match="drop --no_motion"):
+        Evaluator(model, Vimeo90K.PROTOCOL, motion=False, motion_flow_scale=True)
+    assert motion.motion_flow_scale(31.9) == 1.0 and motion.motion_flow_scale(32.0, 0.5) == 0.25
+
+
+def test_corpus_benchmark_names_samples_by_clip(tmp_path, checkpoints, capsys):
+    from benchmark import Corpus
+    from conftest import write_vimeo
+    root = write_vimeo(tmp_path / "corpus", train=1, test=2)
+    with pytest.raises(BenchmarkError, match="corpus.json not found"):
+        Corpus.enumerate_samples(root)
+    (root / "corpus.json").write_text(json.dumps({"triplets": {"00001/0002": ["city", 3, 10],
+                                                               "00001/0003": ["city", 1, 4]}}))
+    report = Corpus.main(common_args(root, checkpoints, tmp_path / "r.json", "tiny_phase2"))
+    result = report["results"]["test"]
+    assert [r["name"] for r in result["samples"]] == ["city s3 f10", "city s1 f4"]
+    assert {r["group"] for r in result["samples"]} == {"city"} and "by_motion" in result
+    assert "Corpus protocol on" in capsys.readouterr().out
