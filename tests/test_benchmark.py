@@ -833,3 +833,23 @@ def test_corpus_benchmark_names_samples_by_clip(tmp_path, checkpoints, capsys):
     assert [r["name"] for r in result["samples"]] == ["city s3 f10", "city s1 f4"]
     assert {r["group"] for r in result["samples"]} == {"city"} and "by_motion" in result
     assert "Corpus protocol on" in capsys.readouterr().out
+
+
+def test_bucket_table_puts_reports_side_by_side_with_seed_means(tmp_path, capsys):
+    from benchmark import bucket_table
+    from measures.motion import summarize_by_motion
+    paths = []
+    for index, offset in enumerate((0.0, 1.0)):
+        records = [{"motion": m, "psnr": 30.0 + offset + i, "ssim": 0.9, "psnr_frame_average": 25.0,
+                    "psnr_dis": 28.0} for i, m in enumerate((2.0, 40.0))]
+        result = {"count": 2, "psnr": 30.5 + offset, "psnr_frame_average": 25.0, "psnr_dis": 28.0,
+                  "by_motion": summarize_by_motion(records, ["psnr", "psnr_frame_average", "psnr_dis"])}
+        paths.append(tmp_path / f"r{index}.json")
+        paths[-1].write_text(json.dumps({"results": {"test": result}}))
+    bucket_table.main([f"base_s0={paths[0]}", f"base_s1={paths[1]}"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "| motion (px) | count | frame avg | DIS flow | base_s0 | base_s1 | base (mean of 2) |"
+    assert lines[2] == "| <4 | 1 | 25.00 | 28.00 | 30.00 | 31.00 | 30.50 |"
+    assert lines[3] == "| 4-16 | 0 | - | - | - | - | - |"
+    assert lines[5] == "| 32-64 | 1 | 25.00 | 28.00 | 31.00 | 32.00 | 31.50 |"
+    assert lines[7] == "| all | 2 | 25.00 | 28.00 | 30.50 | 31.50 | 31.00 |"

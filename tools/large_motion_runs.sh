@@ -15,11 +15,13 @@
 set -euo pipefail
 cache=$1; work=$2; out=$3; epochs=${4:-10}; limit=${5:-360}
 python=${PYTHON:-python3}
-# Smoke tests only (defaults are the experiment): TRAIN_EXTRA="--model_size tiny", STEPS=2, BATCH=2, EVAL_LIMIT=2.
-steps=${STEPS:-100}; batch=${BATCH:-16}; extra=${TRAIN_EXTRA:-}; limit_eval=${EVAL_LIMIT:+--limit $EVAL_LIMIT}
+# Smoke tests only (defaults are the experiment): TRAIN_EXTRA="--model_size tiny", STEPS=2, BATCH=2, CROP=64,
+# EVAL_LIMIT=2, CORPUS_ARGS="--no_bundled --clips DIR --crop 64".
+steps=${STEPS:-100}; batch=${BATCH:-16}; crop=${CROP:-256}; extra=${TRAIN_EXTRA:-}
+limit_eval=${EVAL_LIMIT:+--limit $EVAL_LIMIT}; corpus_args=${CORPUS_ARGS:-}
 mkdir -p "$work" "$out"
 start=$(date +%s)
-$python tools/make_corpus.py --cache "$cache" --out "$work/corpus" --workers 4 | tee "$out/corpus.log"
+$python tools/make_corpus.py --cache "$cache" --out "$work/corpus" --workers 4 $corpus_args | tee "$out/corpus.log"
 # The stride 2-4 view: the same sequences, a training list without stride 1 (the test list is unchanged).
 mkdir -p "$work/corpus_s24"
 ln -sfn "$work/corpus/sequences" "$work/corpus_s24/sequences"
@@ -38,7 +40,7 @@ runs=(base_s0 base_s1 s24_s0 s24_s1)
 for run in "${runs[@]}"; do
     data=$work/corpus; [[ $run == s24_* ]] && data=$work/corpus_s24
     seed=${run##*_s}
-    timeout --signal=INT "$limit" $python train.py --phase 2 --data_path "$data" --batch_size "$batch" --crop_size 256 \
+    timeout --signal=INT "$limit" $python train.py --phase 2 --data_path "$data" --batch_size "$batch" --crop_size "$crop" \
         --lr 2e-4 --warmup_steps 100 --epochs "$epochs" --steps_per_epoch "$steps" --eval_interval 1000 $extra \
         --num_workers 3 --seed "$seed" --exp_name "lm_$run" --ckpt_dir "$work/ckpt" --log_dir "$work/log" \
         --image_every 100000 > "$out/train_$run.log" 2>&1 &
@@ -71,4 +73,8 @@ for run in "${runs[@]}"; do
     [[ -f $out/eval_${run}_mfs.json ]] && mfs+=("${run%_s*}_mfs_s${run##*_s}=$out/eval_${run}_mfs.json")
 done
 for run in "${runs[@]}"; do grep -h "steps/epoch\|done:\|first optimizer" "$out/train_$run.log" | sed "s/^/$run: /" || true; done
-$python benchmark/bucket_table.py "${args[@]}" "${mfs[@]}" | tee "$out/table.md"
+if (( ${#args[@]} )); then
+    $python benchmark/bucket_table.py "${args[@]}" "${mfs[@]}" | tee "$out/table.md"
+else
+    echo "no evaluation reports (see $out/train_*.log and $out/eval_*.log)"
+fi
