@@ -9,9 +9,11 @@
 # WORK: scratch folder (corpus, checkpoints, logs). OUT: reports, training logs and tables.
 # EPOCHS x 100 steps per run (default 10), batch 16, crop 256; a run still going after LIMIT_S seconds
 # (default 360) is stopped and scored from its last saved epoch (the table says how many steps it made).
-# Runs, 2 seeds each: "base" = strides 1-4 (the corpus as built); "s24" = the same corpus without its stride-1
-# training triplets (more of the training signal from large motion). Each run is also scored with
-# --motion_flow_scale (the flow scale halved where the DIS motion is >= 32 px).
+# Runs (RUNS, default "base_s0 base_s1 s24_s0 s24_s1"; the name's prefix picks the variant, its _s<N> the seed):
+#   base: strides 1-4 (the corpus as built), lr 2e-4;
+#   s24:  the same corpus without its stride-1 training triplets (more of the signal from large motion);
+#   lr5:  base with lr 5e-4.
+# With MFS=1 (default) each run is also scored with --motion_flow_scale (flow scale halved from 32 px of motion).
 set -euo pipefail
 cache=$1; work=$2; out=$3; epochs=${4:-10}; limit=${5:-360}
 python=${PYTHON:-python3}
@@ -36,17 +38,24 @@ print(f"stride 2-4 training list: {len(names)} triplets")
 PY
 echo "corpus ready after $(( $(date +%s) - start )) s"
 
-runs=(base_s0 base_s1 s24_s0 s24_s1)
+read -r -a runs <<< "${RUNS:-base_s0 base_s1 s24_s0 s24_s1}"
+mfs_on=${MFS:-1}
 for run in "${runs[@]}"; do
-    data=$work/corpus; [[ $run == s24_* ]] && data=$work/corpus_s24
+    data=$work/corpus; variant=()
+    case ${run%_s*} in
+        base) ;;
+        s24) data=$work/corpus_s24 ;;
+        lr5) variant=(--lr 5e-4) ;;
+        *) echo "unknown variant in run name $run"; exit 2 ;;
+    esac
     seed=${run##*_s}
     timeout --signal=INT "$limit" $python train.py --phase 2 --data_path "$data" --batch_size "$batch" --crop_size "$crop" \
         --lr 2e-4 --warmup_steps 100 --epochs "$epochs" --steps_per_epoch "$steps" --eval_interval 1000 $extra \
         --num_workers 3 --seed "$seed" --exp_name "lm_$run" --ckpt_dir "$work/ckpt" --log_dir "$work/log" \
-        --image_every 100000 > "$out/train_$run.log" 2>&1 &
+        --image_every 100000 "${variant[@]}" > "$out/train_$run.log" 2>&1 &
 done
 wait || true
-echo "training done after $(( $(date +%s) - start )) s (4 runs sharing one GPU)"
+echo "training done after $(( $(date +%s) - start )) s (${#runs[@]} runs sharing one GPU)"
 $python - "$work/ckpt" "${runs[@]}" <<'PY' | tee "$out/steps.txt"
 import sys, torch
 folder, runs = sys.argv[1], sys.argv[2:]
@@ -62,7 +71,7 @@ for run in "${runs[@]}"; do
     [[ -f $work/ckpt/lm_${run}_last.pt ]] || continue
     $python benchmark/Corpus.py --model "lm_${run}_last" --ckpt_dir "$work/ckpt" --path "$work/corpus" \
         --out "$out/eval_$run.json" --no_progress $limit_eval > "$out/eval_$run.log" 2>&1 &
-    $python benchmark/Corpus.py --model "lm_${run}_last" --ckpt_dir "$work/ckpt" --path "$work/corpus" \
+    (( mfs_on )) && $python benchmark/Corpus.py --model "lm_${run}_last" --ckpt_dir "$work/ckpt" --path "$work/corpus" \
         --motion_flow_scale --out "$out/eval_${run}_mfs.json" --no_progress $limit_eval > "$out/eval_${run}_mfs.log" 2>&1 &
 done
 wait || true
