@@ -13,8 +13,8 @@ and averaging: the frame average ``(1 - t) I0 + t I1`` (the plain ``(I0 + I1) / 
 optical flow (OpenCV DIS both ways, warped to t, occlusion-aware blend: ``measures.motion.interpolate_dis``), so a
 report always says whether the model beat blending and whether it beat classical flow. Each sample's motion (95th
 percentile of |DIS flow I0->I1| in px at the evaluated resolution) goes into its record, and the report gives
-PSNR/SSIM per motion bucket (< 4, 4-16, 16-32, 32-64, > 64 px) with counts (``--no_motion`` skips DIS). A run on anything but the official test set says so, and ``--save_images DIR``
-writes a labelled I0 | prediction | ground truth | I1 [| flow | mask] image per sample (docs/DESIGN.md 12).
+PSNR/SSIM per motion bucket (< 4, 4-16, 16-32, 32-64, > 64 px) with counts (``--no_motion`` skips DIS).
+A run on anything but the official test set says so, and ``--save_images DIR`` writes a labelled I0 | prediction | ground truth | I1 [| flow | mask] image per sample (docs/DESIGN.md 12).
 
 A script builds its parser with :func:`benchmark_parser`, then calls :func:`run_benchmark` with a function
 that turns the dataset root into a list of :class:`Subset` (name, protocol, samples). User errors (missing
@@ -502,8 +502,8 @@ def benchmark_parser(description: str) -> argparse.ArgumentParser:
                         help="skip the per-sample DIS motion, the classical DIS baseline and the per-motion table "
                              "(DIS runs on the CPU: about 0.2 s a pair at 640x360, seconds at 4K)")
     parser.add_argument("--motion_flow_scale", action="store_true",
-                        help=f"per sample, halve the flow scale where the DIS motion is at least {LARGE_MOTION_PX:g} px "
-                             f"(measures.motion.motion_flow_scale)")
+                        help=f"per sample, halve the flow scale where the DIS motion is at least "
+                             f"{LARGE_MOTION_PX:g} px (measures.motion.motion_flow_scale)")
     return parser
 
 
@@ -614,7 +614,8 @@ def run_benchmark(args: argparse.Namespace, benchmark: str, make_subsets: Callab
             print(note)
             print(f"{label}: {len(subset.samples)} samples | "
                   + describe_run(args.model, cfg.model.use_flow, device, args.amp, args.tta, evaluator.flow_scale)
-                  + (f", halved where the DIS motion is >= {LARGE_MOTION_PX:g} px" if evaluator.motion_flow_scale else ""))
+                  + (f", halved where the DIS motion is >= {LARGE_MOTION_PX:g} px"
+                     if evaluator.motion_flow_scale else ""))
             result = evaluator.evaluate(subset.samples, subset.name)
             report["results"][subset.name] = {**subset.protocol.settings(), "flow_scale": evaluator.flow_scale,
                                               "motion_flow_scale": evaluator.motion_flow_scale,

@@ -776,7 +776,8 @@ def test_report_gives_motion_per_sample_and_quality_per_motion_bucket(pan_root, 
     assert result["psnr_dis"] == pytest.approx(np.mean([r["psnr_dis"] for r in result["samples"]]))
     assert result["psnr_dis"] > result["psnr_frame_average"] + 3
     printed = capsys.readouterr().out
-    assert f"classical DIS flow (both ways, warped to t, occlusion-aware blend): PSNR {result['psnr_dis']:.4f}" in printed
+    assert (f"classical DIS flow (both ways, warped to t, occlusion-aware blend): PSNR {result['psnr_dis']:.4f}"
+            in printed)
     assert "motion (px)  count" in printed and "DIS flow" in printed
 
 

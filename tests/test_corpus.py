@@ -86,7 +86,8 @@ def test_split_is_by_clip_and_strides_skip_cuts_and_repeats(clips, tmp_path):
     for name, (clip, stride, start) in triplets.items():
         for file_name, frame in zip(("im1.png", "im2.png", "im3.png"), (start, start + stride, start + 2 * stride)):
             assert os.path.samefile(out / "sequences" / name / file_name, out / "frames" / clip / f"{frame:06d}.png")
-    inodes = lambda names: {os.stat(out / "sequences" / n / f).st_ino for n in names for f in ("im1.png", "im3.png")}  # noqa: E731
+    def inodes(names: list[str]) -> set[int]:
+        return {os.stat(out / "sequences" / n / f).st_ino for n in names for f in ("im1.png", "im2.png", "im3.png")}
     assert not inodes(train) & inodes(test)
     assert json.loads((out / "corpus.json").read_text())["counts"] == {"train": len(train), "test": len(test)}
     assert "test clip A" in (out / "README.txt").read_text()

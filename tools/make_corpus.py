@@ -373,7 +373,8 @@ def build_corpus(clips: Sequence[Clip], out_dir: Path, test_clips: Sequence[str]
     for split in ("train", "test"):
         if not lists[split]:
             raise CorpusError(f"the {split} split is empty (clips: {', '.join(names)}; test clips: "
-                              f"{', '.join(test_clips) or 'none'}): choose --test_clips among the clips that were built")
+                              f"{', '.join(test_clips) or 'none'}): choose --test_clips among the clips that were "
+                              f"built")
     write_text_atomically(out_dir / TRAIN_LIST, "".join(n + "\n" for n in lists["train"]))
     write_text_atomically(out_dir / TEST_LIST, "".join(n + "\n" for n in lists["test"]))
     description = {
