@@ -9,9 +9,11 @@ Two questions about a pair of consecutive frames (pair ``i`` = frames ``i`` and 
   ``(structure + histogram) / 2`` in [0, 1]:
 
   - structure = ``(1 - r) / 2`` with ``r`` the correlation coefficient of the two frames' grey copies
-    (channel mean), area-downscaled to at most ``CUT_SIZE`` px on the longer side. Correlation does not change
-    when a shot gets brighter or darker (gain and offset), so a cut between two dark shots scores as high as one
-    between two bright shots, and a flash scores low;
+    (channel mean), area-downscaled to at most ``CUT_SIZE`` px on the longer side, after undoing the pair's global
+    shift (the larger of the correlation as is and after aligning by the phase-correlation peak, on the overlap).
+    Correlation does not change when a shot gets brighter or darker (gain and offset), so a cut between two dark
+    shots scores as high as one between two bright shots, and a flash scores low; the alignment makes a camera
+    pan score low too, so a cut between two pans still stands out;
   - histogram = the mean over channels of half the L1 distance of the two frames' ``HISTOGRAM_BINS``-bin colour
     histograms: motion within a shot keeps the histogram, a new shot usually changes it.
 
@@ -67,6 +69,7 @@ HISTOGRAM_BINS = 16          # per channel
 BLOCK_SIZE = 448             # longer side of the copy the block differences run on (px)
 BLOCK = 8                    # block side on that copy (px): 8 px there is ~34 px of a 1080p frame
 BASELINE_FLOOR = 0.02        # a still shot's neighbours change by ~0; codec noise alone must not make a cut
+MAX_SHIFT = 0.25             # largest global shift (share of the copy's size) the structure measure undoes
 FLAT_STD = 0.5               # grey standard deviation (0-255) below which a frame counts as flat
 KINDS = ("motion", "cut", "duplicate")
 
@@ -187,6 +190,21 @@ def largest_block_difference(a: np.ndarray, b: np.ndarray, block: int = BLOCK) -
     return float((sums / counts.reshape(rows, block, cols, block).sum(axis=(1, 3))).max())
 
 
+def aligned_correlation(a: np.ndarray, b: np.ndarray) -> float:
+    """Correlation coefficient of two (h, w) grey copies after shifting ``b`` by the phase-correlation peak (the
+    pair's global motion), on the overlap; -1 when the peak is beyond MAX_SHIFT of the size (no overlap to trust)."""
+    (dx, dy), _ = cv2.phaseCorrelate(a.astype(np.float64), b.astype(np.float64))
+    dx, dy = round(dx), round(dy)
+    height, width = a.shape
+    if abs(dx) > MAX_SHIFT * width or abs(dy) > MAX_SHIFT * height or (dx, dy) == (0, 0):
+        return -1.0
+    overlap_a = a[max(0, -dy):height - max(0, dy), max(0, -dx):width - max(0, dx)]
+    overlap_b = b[max(0, dy):height - max(0, -dy), max(0, dx):width - max(0, -dx)]
+    overlap_a, overlap_b = overlap_a - overlap_a.mean(), overlap_b - overlap_b.mean()
+    norm = float(np.linalg.norm(overlap_a) * np.linalg.norm(overlap_b))
+    return float((overlap_a * overlap_b).sum()) / norm if norm > 0 else -1.0
+
+
 def pair_score(a: FrameSignature, b: FrameSignature) -> PairScore:
     """The cut and duplicate measures of two consecutive frames' signatures."""
     if a.blocks.shape != b.blocks.shape:
@@ -197,7 +215,8 @@ def pair_score(a: FrameSignature, b: FrameSignature) -> PairScore:
     elif flat_a or flat_b:
         structure = 0.5                     # a flat frame is uncorrelated with a textured one
     else:
-        structure = (1.0 - float(np.clip((a.grey * b.grey).sum(), -1.0, 1.0))) / 2
+        structure = (1.0 - max(float((a.grey * b.grey).sum()), aligned_correlation(a.grey, b.grey))) / 2
+        structure = float(np.clip(structure, 0.0, 1.0))
     histogram = float(np.abs(a.histogram - b.histogram).sum(axis=1).mean() / 2)
     return PairScore((structure + histogram) / 2, structure, histogram, largest_block_difference(a.blocks, b.blocks))
 
