@@ -48,7 +48,7 @@ def test_small_object_on_a_still_background_is_motion_not_a_duplicate():
     assert old_mad(frames[0], frames[1]) < 0.2       # the old rule called this a duplicate
     verdicts = classify_frames(frames)
     assert [v.kind for v in verdicts] == ["motion"] * 5
-    assert min(v.score.largest_block for v in verdicts) > 20 * ShotSettings().duplicate_block
+    assert min(v.score.largest_block for v in verdicts) > 5 * ShotSettings().duplicate_block
 
 
 def test_fast_textured_pan_is_motion_not_a_cut():
