@@ -53,13 +53,26 @@ class FrameCache:
 
         Sizes come from the PNG headers, so the buffer is allocated once; files that are not PNGs are left
         out (they are decoded when loaded). Decoding runs on ``threads`` threads (cv2 releases the GIL).
+        Hard links to one file (tools/make_corpus.py links every triplet's frames to one copy of each frame) are
+        decoded and stored once and found under each of their paths.
         An unreadable file raises :class:`DatasetError` naming it, before any training starts.
         """
         started = time.perf_counter()
         unique = list(dict.fromkeys(os.fspath(p) for p in paths))
         chosen: list[tuple[str, int, int, int]] = []
+        aliases: dict[str, str] = {}                       # a hard link -> the path its frame is stored under
+        by_inode: dict[tuple[int, int], str] = {}
         total = 0
         for path in unique if budget_bytes > 0 else ():
+            try:
+                status = os.stat(path)
+            except OSError:
+                status = None                              # missing: png_header_size names it
+            if status is not None and status.st_nlink > 1:
+                first = by_inode.setdefault((status.st_dev, status.st_ino), path)
+                if first != path:
+                    aliases[path] = first
+                    continue
             size = png_header_size(path)
             if size is None:
                 continue
@@ -86,6 +99,7 @@ class FrameCache:
             for entry in chosen:
                 decode(entry)
         index = {path: (offset, height, width) for path, offset, height, width in chosen}
+        index.update({alias: index[first] for alias, first in aliases.items() if first in index})
         return cls(index, buffer, candidates=len(unique), fill_seconds=time.perf_counter() - started)
 
     def get(self, path: str) -> np.ndarray | None:
@@ -97,6 +111,7 @@ class FrameCache:
         return self._buffer[offset : offset + height * width * 3].reshape(height, width, 3)
 
     def __len__(self) -> int:
+        """Paths served from memory (hard links to one stored frame count once each)."""
         return len(self._index)
 
     @property

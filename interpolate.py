@@ -8,7 +8,14 @@ Output times. Input frame i sits at time i (in input frames); with ``ratio`` = i
 (1/N for ``--multi N``, input rate / F for ``--fps F``), output frame k sits at time k * ratio. The output frames
 between input frames i and i+1 get t = k * ratio - i in [0, 1); t = 0 is input frame i itself. The last input frame
 is an output frame when it falls on the output grid, so ``--multi N`` gives (n - 1) * N + 1 frames, ``--fps F``
-floor((n - 1) * F / rate) + 1, and the output spans exactly the input's first to last frame.
+floor((n - 1) * F / rate) + 1, and the output spans exactly the input's first to last frame. A variable-frame-rate
+video keeps each frame's timestamp: output frames fall on the output grid between the real times (t from the
+timestamps), and the output lasts as long as the input (the last frame held as long as it was).
+
+Colour, aspect and audio. The source's matrix, range, primaries, transfer and sample aspect ratio are read and
+written to the output (untagged: BT.709 above 576 lines, BT.601 below); its audio is copied with its offset to the
+video kept and trimmed to the video's end. ``--report OUT.json`` records every cut and duplicate, the metadata read
+and written, and the audio decision (README, "What a video editor gets back").
 
 Which model calls. A Phase-3 checkpoint was trained at arbitrary t and gets each t directly (one pass per output
 frame). Phases 1 and 2 were trained only at t = 0.5: when every needed t is k / 2^d (``--multi`` a power of two,
@@ -16,17 +23,17 @@ or ``--fps`` a power-of-two multiple of the input rate), t = k / 2^d is the t = 
 (k+1) / 2^d, computed depth by depth ("recursive halving"); any other t is given directly, with a warning that the
 model never saw it (``--strict_t`` refuses instead).
 
-Scene cuts and duplicates: a frame between two shots must never be a blend of both. The measure is the mean
-absolute difference (MAD) of two consecutive input frames, on the 0-255 scale, averaged over pixels and colour
-channels, on copies area-downscaled to at most 448 px on the longer side (the measure ``tools/video_to_vimeo.py``
-filters training data with). Above
-``--scene_threshold`` (default 30) the pair is a cut; at or below ``--dup_threshold`` (default 0.2) it is a duplicate.
-Either way every output frame between the two is a copy of the earlier input frame.
+Scene cuts and duplicates: a frame between two shots must never be a blend of both, and a repeated frame has no
+motion to interpolate. Both come from ``measures/shots.py`` (the measure ``tools/video_to_vimeo.py`` filters training
+data with): a pair is a cut when its content change (grey correlation and colour histograms, robust to brightness)
+is ``--cut_ratio`` times its neighbours' median or more, a duplicate when no 16x16 block of a <= 448 px copy differs by
+more than ``--duplicate_block`` levels. Either way every output frame between the two is a copy of the earlier input
+frame. A pair's verdict needs the next two input frames, which the reader holds back.
 
 Streaming (memory depends on the frame size, never on the video's length)::
 
-    reader thread: decode -> MAD to previous -> (pinned) --queue--> main: upload, batch pairs, model (bf16 on CUDA)
-        --queue of uint8 frames (async GPU->pinned copies)--> writer thread: ffmpeg / PNG encoders
+    reader thread: decode -> cut/duplicate verdict (pinned) --queue--> main: upload, batch pairs, model (bf16 on CUDA)
+        --queue of uint8 frames (async GPU->pinned copies)--> writer thread: PyAV (libx264) / PNG encoders
 
 so decoding, the model and encoding overlap. Output goes to a hidden temporary name and is renamed at the end.
 Errors a user can fix (a missing input, a bad flag, a checkpoint that is not ours, an unwritable output) end with one
@@ -36,32 +43,29 @@ line on stderr and exit status 2; Ctrl-C removes what was written and exits with
 from __future__ import annotations
 
 import argparse
+import json
 import math
-import queue
 import sys
-import threading
-import time
-from dataclasses import dataclass, field
+from dataclasses import asdict
 from fractions import Fraction
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Sequence
 
-import cv2
-import numpy as np
 import torch
-from torch import nn
-from tqdm import tqdm
 
-from benchmark.eval_core import (AMP_DTYPES, BenchmarkError, Evaluator, Protocol, compile_for_inference, describe_run,
-                                 frame_to_tensor, positive_float, positive_int, resolve_device)
-from checkpoint import CheckpointError, model_from_checkpoint, resolve_checkpoint
-from config import ConfigError, OneLineErrorParser, resolve_amp
-from measures.quality import to_uint8
-from video_io import (FfmpegSink, FolderSink, FrameSink, FrameSource, OpenCVSink, SourceInfo,
-                      VideoIOError, find_ffmpeg, open_source, prepare_output, snap_rate)
+from benchmark.eval_core import (BenchmarkError, describe_run, positive_float,
+                                 positive_int, resolve_device)
+from checkpoint import CheckpointError, atomic_write_text, model_from_checkpoint, resolve_checkpoint
+from config import AMP_DTYPES, ConfigError, OneLineErrorParser, resolve_amp
+from footage.interpolator import FrameInterpolator
+from footage.pipeline import RunStats, StreamSettings, run_stream
+from footage.timeplan import TimePlan, describe_times, is_power_of_two, output_frame_count
+from footage.video_io import (AvSink, FolderSink, FrameSink, OpenCVSink, SourceInfo, VideoIOError, open_source,
+                              prepare_output, pyav_available, snap_rate)
+from measures.shots import ShotSettings
+from model.inference import GraphUnavailable, InferenceRunner, add_graph_argument
 
 PROGRAM = "interpolate.py"
-MOTION_MEASURE_SIZE = 448          # longer side of the copy the cut/duplicate measure runs on
 X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
 # Auto batch: about one 1080p frame's worth of pixels per model call; small frames are batched up to this many.
 BATCH_PIXELS = 1920 * 1088
@@ -74,62 +78,6 @@ class InterpolateError(RuntimeError):
 
 # OSError too: a full disk or a vanished folder is the user's to fix, and its message names the file.
 USER_ERRORS = (InterpolateError, VideoIOError, BenchmarkError, CheckpointError, ConfigError, OSError)
-
-
-# --------------------------------------------------------------------------------------------------------
-# Output times
-# --------------------------------------------------------------------------------------------------------
-def pair_times(pair: int, ratio: Fraction) -> list[Fraction]:
-    """Times t in [0, 1) of the output frames from input frame ``pair`` up to (not including) ``pair + 1``.
-
-    ratio: input frames per output frame (1/N for --multi N). Output frame k is at input time k * ratio.
-    """
-    times, k = [], math.ceil(pair / ratio)
-    while k * ratio < pair + 1:
-        times.append(k * ratio - pair)
-        k += 1
-    return times
-
-
-def output_frame_count(frames_in: int, ratio: Fraction) -> int:
-    """Output frames for ``frames_in`` input frames: every k with k * ratio <= frames_in - 1."""
-    return math.floor((frames_in - 1) / ratio) + 1
-
-
-def last_frame_on_grid(frames_in: int, ratio: Fraction) -> bool:
-    """Whether the last input frame is itself an output frame (always for --multi)."""
-    return ((frames_in - 1) / ratio).denominator == 1
-
-
-def is_power_of_two(value: int) -> bool:
-    return value > 0 and value & (value - 1) == 0
-
-
-def halving_rounds(times: Iterable[Fraction]) -> list[list[Fraction]]:
-    """Dyadic times in (0, 1) -> the midpoints to compute at depth 1, 2, ... (one list per depth, sorted).
-
-    t = k / 2^d with k odd is the t = 0.5 interpolation of (k-1) / 2^d and (k+1) / 2^d, which have smaller
-    denominators: they come from earlier depths, or are the input frames (0 and 1). Only the ancestors the requested
-    times need are listed, so --fps 24 -> 48 costs one call per pair, not a whole tree.
-    """
-    needed: set[Fraction] = set()
-    stack = [Fraction(t) for t in times]
-    while stack:
-        t = stack.pop()
-        if t <= 0 or t >= 1 or t in needed:
-            continue
-        if not is_power_of_two(t.denominator):
-            raise ValueError(f"t = {t} is not a dyadic fraction: it cannot be reached by halving")
-        needed.add(t)
-        step = Fraction(1, t.denominator)
-        stack += [t - step, t + step]
-    depth = max((t.denominator.bit_length() - 1 for t in needed), default=0)
-    return [sorted(t for t in needed if t.denominator == 2 ** d) for d in range(1, depth + 1)]
-
-
-def describe_times(values: Sequence[Fraction], limit: int = 4) -> str:
-    shown = ", ".join(str(v) for v in values[:limit])
-    return shown + (", ..." if len(values) > limit else "")
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -152,357 +100,6 @@ def default_batch(height: int, width: int, device: torch.device) -> int:
     if device.type != "cuda":
         return 1
     return max(1, min(MAX_AUTO_BATCH, BATCH_PIXELS // (height * width)))
-
-
-# --------------------------------------------------------------------------------------------------------
-# Cuts and duplicates
-# --------------------------------------------------------------------------------------------------------
-def motion_thumbnail(frame: np.ndarray, size: int = MOTION_MEASURE_SIZE) -> np.ndarray:
-    """(H, W, 3) uint8 -> float32 copy, area-downscaled so its longer side is at most ``size`` (never upscaled)."""
-    height, width = frame.shape[:2]
-    scale = size / max(height, width)
-    if scale < 1:
-        frame = cv2.resize(frame, (max(1, round(width * scale)), max(1, round(height * scale))),
-                           interpolation=cv2.INTER_AREA)
-    return frame.astype(np.float32)
-
-
-def mean_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
-    """Mean absolute difference, 0-255 scale, over pixels and channels."""
-    return float(np.abs(a - b).mean())
-
-
-def classify_pair(mad: float, scene_threshold: float, dup_threshold: float) -> str:
-    """"cut" (MAD > scene_threshold), "duplicate" (MAD <= dup_threshold) or "motion" (interpolate)."""
-    if mad > scene_threshold:
-        return "cut"
-    if mad <= dup_threshold:
-        return "duplicate"
-    return "motion"
-
-
-# --------------------------------------------------------------------------------------------------------
-# The model side: batched, halving for t = 0.5-only checkpoints
-# --------------------------------------------------------------------------------------------------------
-class FrameInterpolator:
-    """Predicts the frames at given times between many frame pairs, a batch of model calls at a time.
-
-    model: anything with ``inference(img0, img1, t, flow_scale, tta)`` (ThesisModel); it runs through the
-        benchmarks' :class:`Evaluator` (centred padding to 32, autocast, crop, clamp), so a video frame is
-        predicted exactly as a benchmark frame is.
-    batch_size: model calls (pair, t) per forward pass.
-    halving: reach every t by repeated t = 0.5 calls (:func:`halving_rounds`) instead of passing t.
-    """
-
-    def __init__(self, model: nn.Module, device: torch.device, amp: str, tta: bool, flow_scale: float,
-                 batch_size: int, halving: bool, fixed_batch: bool = False):
-        protocol = Protocol("video", flow_scale=flow_scale)
-        self.evaluator = Evaluator(model, protocol, device, amp, tta, flow_scale, progress=False)
-        self.device, self.batch_size, self.halving = device, batch_size, halving
-        # A compiled model is specialised to one batch size: a short last batch would compile it again (minutes at
-        # 4K), so it is filled up with copies of its last request, whose predictions are dropped.
-        self.fixed_batch = fixed_batch
-        self.model_calls = 0
-
-    def calls_needed(self, times: Sequence[Fraction]) -> int:
-        """Model calls (batch entries) that one pair with these output times costs."""
-        inner = [t for t in times if t > 0]
-        return sum(len(r) for r in halving_rounds(inner)) if self.halving else len(inner)
-
-    def interpolate(self, pairs: Sequence[tuple[torch.Tensor, torch.Tensor, Sequence[Fraction]]]
-                    ) -> list[dict[Fraction, torch.Tensor]]:
-        """[(img0, img1, times)] with images (1, 3, H, W) in [0, 1] -> per pair {t: (1, 3, H, W) prediction} for
-        every t in (0, 1) of ``times`` (halving also leaves its intermediate times in the dict)."""
-        values: list[dict[Fraction, torch.Tensor]] = [{Fraction(0): a, Fraction(1): b} for a, b, _ in pairs]
-        if self.halving:
-            per_pair = [halving_rounds(t for t in times if t > 0) for _, _, times in pairs]
-            for depth in range(max((len(r) for r in per_pair), default=0)):
-                requests = []
-                for index, rounds in enumerate(per_pair):
-                    if depth < len(rounds):
-                        step = Fraction(1, 2 ** (depth + 1))
-                        requests += [(index, t, values[index][t - step], values[index][t + step], Fraction(1, 2))
-                                     for t in rounds[depth]]
-                self._run(requests, values)
-        else:
-            self._run([(index, t, a, b, t) for index, (a, b, times) in enumerate(pairs) for t in times if t > 0],
-                      values)
-        return values
-
-    def _run(self, requests: list[tuple[int, Fraction, torch.Tensor, torch.Tensor, Fraction]],
-             values: list[dict[Fraction, torch.Tensor]]) -> None:
-        """requests: (pair index, output time, left image, right image, t given to the model)."""
-        for start in range(0, len(requests), self.batch_size):
-            chunk = requests[start:start + self.batch_size]
-            filled = chunk + chunk[-1:] * (self.batch_size - len(chunk)) if self.fixed_batch else chunk
-            img0 = torch.cat([r[2] for r in filled])
-            img1 = torch.cat([r[3] for r in filled])
-            t = torch.tensor([float(r[4]) for r in filled], dtype=torch.float32)
-            if self.device.type == "cuda":
-                # From pageable memory a copy waits for the GPU to finish everything queued before it; pinned and
-                # non-blocking, the main thread keeps queueing work instead.
-                t = t.pin_memory()
-            t = t.to(self.device, non_blocking=True)
-            predictions = self.evaluator.predict(img0, img1, t)
-            self.model_calls += len(chunk)
-            for (index, time_, *_), prediction in zip(chunk, predictions.split(1)):
-                values[index][time_] = prediction
-
-
-# --------------------------------------------------------------------------------------------------------
-# The streaming pipeline
-# --------------------------------------------------------------------------------------------------------
-class Stopped(Exception):
-    """The main thread asked the workers to stop (an error or Ctrl-C elsewhere)."""
-
-
-class Worker(threading.Thread):
-    """A daemon thread that keeps what its function raised, for the main thread to re-raise."""
-
-    def __init__(self, name: str, function: Callable[[], None]):
-        super().__init__(name=name, daemon=True)
-        self.function = function
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            self.function()
-        except BaseException as error:   # noqa: BLE001 - handed to the main thread, which decides
-            self.error = error
-
-
-def put(channel: queue.Queue, item: object, stop: threading.Event, peer: Worker | None = None) -> None:
-    """Blocking put that gives up when told to stop or when the consuming thread has failed."""
-    while True:
-        if stop.is_set():
-            raise Stopped
-        if peer is not None and peer.error is not None:
-            raise peer.error
-        try:
-            channel.put(item, timeout=0.05)
-            return
-        except queue.Full:
-            pass
-
-
-def get(channel: queue.Queue, stop: threading.Event, peer: Worker | None = None) -> object:
-    """Blocking get that gives up when told to stop or when the producing thread has failed."""
-    while True:
-        try:
-            return channel.get(timeout=0.05)
-        except queue.Empty:
-            pass
-        if stop.is_set():
-            raise Stopped
-        if peer is not None and peer.error is not None:
-            raise peer.error
-
-
-END = object()   # end-of-stream marker on both queues
-
-
-@dataclass
-class InputFrame:
-    """One decoded frame. rgb: (H, W, 3) uint8; pinned: the same in page-locked memory (CUDA only, for an
-    asynchronous upload); mad: the cut/duplicate measure against the previous frame (None for the first)."""
-
-    index: int
-    rgb: np.ndarray
-    pinned: torch.Tensor | None
-    mad: float | None
-
-
-@dataclass
-class OutputFrame:
-    """A frame on its way to the writer: a ready array, or a pinned tensor whose GPU->host copy is complete once
-    ``event`` has completed (the writer waits for it, so the main thread never does)."""
-
-    array: np.ndarray | None = None
-    host: torch.Tensor | None = None
-    event: torch.cuda.Event | None = None
-
-    def numpy(self) -> np.ndarray:
-        if self.event is not None:
-            self.event.synchronize()
-        return self.array if self.array is not None else self.host.numpy()
-
-
-@dataclass
-class PairJob:
-    """Input frames i and i+1 and what to output between them."""
-
-    index: int
-    frame0: InputFrame
-    img0: torch.Tensor                  # (1, 3, H, W) float in [0, 1] on the model's device
-    img1: torch.Tensor
-    times: list[Fraction]
-    kind: str                           # "motion", "cut" or "duplicate"
-
-
-@dataclass
-class RunStats:
-    """What a run did: the counts of the final line, and notes from the sink (e.g. why audio was not copied)."""
-
-    frames_in: int = 0
-    frames_out: int = 0
-    cuts: int = 0
-    duplicates: int = 0
-    model_calls: int = 0
-    seconds: float = 0.0
-    first_frame_seconds: float | None = None   # start-up: first batch, cuDNN autotuning, encoder start
-    notes: list[str] = field(default_factory=list)
-
-    def steady_rate(self) -> str:
-        """Output frames/s after the first frame was written: the rate without the one-off start-up."""
-        if self.first_frame_seconds is None or self.frames_out < 2 or self.seconds <= self.first_frame_seconds:
-            return "n/a"
-        return (f"{(self.frames_out - 1) / (self.seconds - self.first_frame_seconds):.2f} out-frames/s after "
-                f"{self.first_frame_seconds:.1f} s of start-up")
-
-    def summary(self) -> str:
-        rate = self.frames_out / self.seconds if self.seconds > 0 else float("nan")
-        return (f"frames in {self.frames_in}, frames out {self.frames_out}, cuts {self.cuts}, "
-                f"duplicates {self.duplicates}, {self.seconds:.1f} s ({rate:.2f} out-frames/s)")
-
-
-@dataclass(frozen=True)
-class StreamSettings:
-    """Everything :func:`run_stream` needs besides the source, sink and model; thresholds on the MAD 0-255 scale."""
-
-    ratio: Fraction                     # input frames per output frame
-    scene_threshold: float = 30.0
-    dup_threshold: float = 0.2
-    progress: bool = True
-    expected_frames: int | None = None  # progress bar total
-
-
-def upload(frame: InputFrame, device: torch.device) -> torch.Tensor:
-    """(1, 3, H, W) float32 in [0, 1] on ``device``. From pinned memory the copy is asynchronous, so the main
-    thread goes on queueing work while it runs (frame_to_tensor copies from pageable memory, synchronously)."""
-    if frame.pinned is None:
-        return frame_to_tensor(frame.rgb, device)
-    image = frame.pinned.to(device, non_blocking=True)
-    return image.permute(2, 0, 1)[None].float().div_(255).contiguous()
-
-
-def to_output(prediction: torch.Tensor) -> OutputFrame:
-    """(1, 3, H, W) float prediction -> an :class:`OutputFrame`; on CUDA the copy to the host is only queued."""
-    image = to_uint8(prediction[0]).permute(1, 2, 0).contiguous()       # (H, W, 3) uint8, still on the device
-    if image.device.type != "cuda":
-        return OutputFrame(array=image.numpy())
-    host = torch.empty(image.shape, dtype=torch.uint8, pin_memory=True)
-    host.copy_(image, non_blocking=True)
-    event = torch.cuda.Event()
-    event.record()
-    return OutputFrame(host=host, event=event)
-
-
-def run_stream(source: FrameSource, sink: FrameSink, interpolator: FrameInterpolator,
-               settings: StreamSettings) -> RunStats:
-    """Read, interpolate and write every frame; returns the counts. On any failure (or Ctrl-C) the source is
-    stopped and the sink aborted before the error propagates, so nothing partial is left behind."""
-    device = interpolator.device
-    pin = device.type == "cuda"
-    info = source.info
-    frame_bytes = info.width * info.height * 3
-    stop = threading.Event()
-    read_queue: queue.Queue = queue.Queue(maxsize=8)
-    # Enough finished frames to ride out encoder hiccups, bounded to about 512 MiB of (pinned) memory.
-    write_queue: queue.Queue = queue.Queue(maxsize=max(4, min(32, (512 << 20) // frame_bytes)))
-    stats = RunStats()
-    bar = tqdm(total=settings.expected_frames, unit="frame", desc="interpolating", disable=not settings.progress,
-               dynamic_ncols=True)
-
-    def read_frames() -> None:
-        previous = None
-        for index, rgb in enumerate(source.frames()):
-            thumbnail = motion_thumbnail(rgb)
-            mad = None if previous is None else mean_abs_diff(thumbnail, previous)
-            pinned = torch.from_numpy(rgb).pin_memory() if pin else None
-            put(read_queue, InputFrame(index, rgb, pinned, mad), stop)
-            previous = thumbnail
-        put(read_queue, END, stop)
-
-    def write_frames() -> None:
-        while True:
-            item = get(write_queue, stop)
-            if item is END:
-                return
-            sink.write(item.numpy())
-            if stats.first_frame_seconds is None:
-                stats.first_frame_seconds = time.perf_counter() - start
-            bar.update(1)
-
-    reader, writer = Worker("reader", read_frames), Worker("writer", write_frames)
-    start = time.perf_counter()
-    reader.start()
-    writer.start()
-
-    def emit(frame: OutputFrame) -> None:
-        put(write_queue, frame, stop, writer)
-        stats.frames_out += 1
-
-    def flush(jobs: list[PairJob]) -> None:
-        motion = [job for job in jobs if job.kind == "motion"]
-        predicted = iter(interpolator.interpolate([(job.img0, job.img1, job.times) for job in motion]))
-        for job in jobs:
-            values = next(predicted) if job.kind == "motion" else {}
-            for t in job.times:
-                # t = 0 is the input frame itself; across a cut or a duplicate every frame copies the earlier one.
-                copy = t == 0 or job.kind != "motion"
-                emit(OutputFrame(array=job.frame0.rgb) if copy else to_output(values[t]))
-        jobs.clear()
-
-    try:
-        with torch.inference_mode():
-            previous: tuple[InputFrame, torch.Tensor] | None = None
-            pending: list[PairJob] = []
-            pending_calls = 0
-            while True:
-                item = get(read_queue, stop, reader)
-                if item is END:
-                    break
-                stats.frames_in += 1
-                image = upload(item, device)
-                if previous is not None:
-                    kind = classify_pair(item.mad, settings.scene_threshold, settings.dup_threshold)
-                    stats.cuts += kind == "cut"
-                    stats.duplicates += kind == "duplicate"
-                    times = pair_times(previous[0].index, settings.ratio)
-                    pending.append(PairJob(previous[0].index, previous[0], previous[1], image, times, kind))
-                    pending_calls += interpolator.calls_needed(times) if kind == "motion" else 0
-                    # Batch consecutive pairs until a forward pass is full; a pair never waits for more than that.
-                    # A compiled model's short batches are filled with copies (FrameInterpolator), so there pairs
-                    # without model calls (cuts, duplicates) do not end a batch early; the cap bounds the frames held.
-                    pair_cap = interpolator.batch_size * (4 if interpolator.fixed_batch else 1)
-                    if pending_calls >= interpolator.batch_size or len(pending) >= pair_cap:
-                        flush(pending)
-                        pending_calls = 0
-                previous = (item, image)
-            flush(pending)
-            if stats.frames_in < 2:
-                raise VideoIOError(f"{info.path}: only {stats.frames_in} frame(s) decoded; interpolation needs 2")
-            if last_frame_on_grid(stats.frames_in, settings.ratio):
-                emit(OutputFrame(array=previous[0].rgb))
-        put(write_queue, END, stop, writer)
-        while writer.is_alive():
-            writer.join(timeout=0.1)
-        if writer.error is not None:
-            raise writer.error
-        stats.notes += sink.finish(stats.frames_out)
-    except BaseException:
-        stop.set()
-        source.close()
-        sink.abort()
-        for worker in (reader, writer):
-            worker.join(timeout=5)
-        raise
-    finally:
-        bar.close()
-    reader.join(timeout=5)
-    stats.model_calls = interpolator.model_calls
-    stats.seconds = time.perf_counter() - start
-    return stats
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -537,6 +134,16 @@ def crf_value(text: str) -> int:
     return value
 
 
+def cut_ratio(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 1:
+        raise argparse.ArgumentTypeError(f"must be a number above 1 (or inf: no cuts), got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineErrorParser(
         prog=PROGRAM, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -556,12 +163,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="rate of a frame folder (needed for --fps or a video output); overrides a video's own")
     parser.add_argument("--flow_scale", type=positive_float, default=None,
                         help="flow downscale (default by frame size: 1.0 up to 1080p, 0.5 up to 2K, 0.25 above)")
-    parser.add_argument("--scene_threshold", type=float, default=30.0,
-                        help="pairs whose MAD (0-255) exceeds this are scene cuts: frames copied (default 30; "
-                             "255 never)")
-    parser.add_argument("--dup_threshold", type=float, default=0.2,
-                        help="pairs whose MAD (0-255) is at most this are duplicates: frames copied (default 0.2; "
-                             "-1 never)")
+    parser.add_argument("--cut_ratio", type=cut_ratio, default=ShotSettings.cut_ratio,
+                        help="a pair whose content change is this many times its neighbours' median is a scene cut: "
+                             "frames copied (default %(default)g; inf never)")
+    parser.add_argument("--duplicate_block", type=float, default=ShotSettings.duplicate_block,
+                        help="a pair whose largest 16x16 block difference (0-255, on a <= 448 px copy) is at most this "
+                             "is a duplicate: frames copied (default %(default)g; -1 never)")
     parser.add_argument("--strict_t", action="store_true",
                         help="refuse times a Phase-1/2 checkpoint (trained at t=0.5) cannot reach by halving")
     parser.add_argument("--amp", choices=["auto", *AMP_DTYPES], default="auto",
@@ -569,14 +176,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     parser.add_argument("--tta", action="store_true", help="average with the prediction on flipped inputs (2x time)")
     parser.add_argument("--compile", action="store_true",
-                        help="torch.compile the model (CUDA): 2-2.5 minutes once, then a 4K frame pair takes ~37%% "
-                             "less time (docs/PERF.md, section 4); pays off after about 4,000 4K model calls")
+                        help="torch.compile the model (CUDA) before replaying it as a CUDA graph: minutes of "
+                             "compilation once per frame size (kernels cached across runs), then faster at 1080p "
+                             "and above; see docs/PERF.md, inference section, for when it pays off")
+    add_graph_argument(parser)
     parser.add_argument("--batch", type=positive_int, default=None,
                         help="model calls per forward pass (default: 1 on the CPU; on a GPU about 1080p worth)")
     parser.add_argument("--crf", type=crf_value, default=18, help="H.264 quality, 0 lossless .. 51 (default 18)")
     parser.add_argument("--preset", choices=X264_PRESETS, default="medium", help="x264 speed preset (default medium)")
     parser.add_argument("--ckpt_dir", default="ckpt", help="folder searched for --model names (default ckpt)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+    parser.add_argument("--report", type=Path, default=None, metavar="OUT.json",
+                        help="write a JSON record of the run: every cut and duplicate (frame indices, scores), the "
+                             "colour, aspect and timing read and written, and what happened to the audio")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output (and --report)")
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
     return parser
 
@@ -600,8 +212,18 @@ def output_ratio(args: argparse.Namespace, info: SourceInfo) -> tuple[Fraction, 
     return Fraction(1, multi), out_rate, f"{multi} x input"
 
 
-def choose_time_strategy(phase: int, ratio: Fraction, strict: bool) -> tuple[bool, str]:
-    """(use halving, one line saying how the output times are reached) for a checkpoint of ``phase``."""
+def choose_time_strategy(phase: int, ratio: Fraction, strict: bool, vfr: bool = False) -> tuple[bool, str]:
+    """(use halving, one line saying how the output times are reached) for a checkpoint of ``phase``. A VFR input's
+    output times fall anywhere between its frames, so they are always given directly."""
+    if vfr:
+        if phase == 3:
+            return False, "Phase-3 checkpoint: each t (from the frames' timestamps, VFR) is given to the model directly"
+        if strict:
+            raise InterpolateError(f"--strict_t: this Phase-{phase} checkpoint was trained only at t = 0.5, and a "
+                                   f"variable-frame-rate input puts output frames at any t; use a Phase-3 checkpoint")
+        warn(f"this Phase-{phase} checkpoint was trained only at t = 0.5; a variable-frame-rate input puts output "
+             f"frames at any t between its frames, given directly (--strict_t refuses)")
+        return False, f"Phase-{phase} checkpoint: t from the frames' timestamps (VFR) given directly"
     steps = ratio.denominator     # every output time is a multiple of 1 / steps
     if steps == 1:
         return False, "every output frame falls on an input frame: no interpolation needed"
@@ -622,32 +244,75 @@ def choose_time_strategy(phase: int, ratio: Fraction, strict: bool) -> tuple[boo
 
 
 def make_sink(path: Path, kind: str, info: SourceInfo, rate: Fraction | None, args: argparse.Namespace,
-              ffmpeg: str | None) -> FrameSink:
-    """A PNG folder, or a video through ffmpeg (audio from a video source) or, without imageio-ffmpeg, OpenCV."""
+              use_pyav: bool) -> FrameSink:
+    """A PNG folder, or a video through PyAV (colour, aspect and audio from a video source) or, without PyAV,
+    OpenCV."""
     if kind == "folder":
         return FolderSink(path)
-    if ffmpeg is None:
+    if not use_pyav:
         return OpenCVSink(path, info.width, info.height, rate)
-    audio = info if info.kind == "video" and info.has_audio else None
-    return FfmpegSink(path, ffmpeg, info.width, info.height, rate, args.crf, args.preset, audio)
+    source = info if info.kind == "video" else None
+    return AvSink(path, info.width, info.height, rate, args.crf, args.preset, source,
+                  keep_audio=not info.rate_overridden)
+
+
+def time_plan(info: SourceInfo, ratio: Fraction, out_rate: Fraction | None) -> TimePlan:
+    """Output frame k at k / out_rate seconds; a VFR video's output lasts as long as the video."""
+    if info.vfr and out_rate is not None:
+        return TimePlan(1 / out_rate, Fraction(info.duration).limit_denominator(10 ** 6))
+    return TimePlan(ratio / (info.rate or 1))
+
+
+def check_report_path(path: Path | None, overwrite: bool) -> None:
+    if path is None:
+        return
+    if path.exists() and (path.is_dir() or not overwrite):
+        raise InterpolateError(f"--report {path} exists; pass --overwrite to replace it" if not path.is_dir()
+                               else f"--report {path} is a folder; give a file name such as run.json")
+    if not path.parent.is_dir():
+        raise InterpolateError(f"--report {path}: the folder {path.parent} does not exist")
+
+
+def run_report(args: argparse.Namespace, info: SourceInfo, kind: str, out_rate: Fraction | None, time_text: str,
+               shots: ShotSettings, sink: FrameSink, stats: RunStats) -> dict:
+    """What --report holds: the input and output metadata, timing, every cut and duplicate, the audio decision."""
+    written = sink.report()
+    audio = written["audio"]
+    if info.has_audio and audio["decision"] == "none":
+        reason = ("a frame folder holds no audio" if kind == "folder" else
+                  "OpenCV writes no audio (PyAV is not installed)")
+        audio = {"decision": "dropped", "reason": reason, "tracks": [t.as_dict() for t in info.audio]}
+    output = {"path": str(args.output), "kind": kind, "rate": None if out_rate is None else str(out_rate),
+              "frames": stats.frames_out, **written["output"]}
+    if kind == "folder":
+        output["colour"] = "RGB PNG"
+    return {"input": info.as_dict(), "output": output,
+            "timing": {"vfr": info.vfr, "times": time_text},
+            "shots": {"settings": asdict(shots), "cuts": [v.as_dict() for v in stats.cuts],
+                      "duplicates": [v.as_dict() for v in stats.duplicates]},
+            "audio": audio, "notes": stats.notes,
+            "summary": {"frames_in": stats.frames_in, "frames_out": stats.frames_out,
+                        "model_calls": stats.model_calls, "seconds": round(stats.seconds, 3)}}
 
 
 def run(args: argparse.Namespace) -> RunStats:
     """Checks (cheap ones first: input, checkpoint name, output), model, then the stream; prints the final line.
     Raises one of USER_ERRORS for anything the user can fix."""
-    ffmpeg = find_ffmpeg()
+    use_pyav = pyav_available()
     input_path, output_path = args.input, args.output
     if output_path.resolve() == input_path.resolve():
         raise InterpolateError(f"--output {output_path} is the --input; choose another path")
     output_is_video = output_path.suffix.lower() != "" and not output_path.is_dir()
-    if ffmpeg is None and (input_path.is_file() or output_is_video):
-        warn("imageio-ffmpeg is not installed: video is read and written with OpenCV (MPEG-4 part 2, no audio, "
-             "--crf ignored); pip install imageio-ffmpeg")
-    source = open_source(input_path, ffmpeg, args.input_fps)
+    if not use_pyav and (input_path.is_file() or output_is_video):
+        warn("PyAV is not installed: video is read and written with OpenCV (MPEG-4 part 2, no audio, no colour "
+             "tags, no frame timestamps, --crf ignored); pip install av")
+    source = open_source(input_path, use_pyav, args.input_fps)
     info = source.info
     checkpoint_path = resolve_checkpoint(args.model, args.ckpt_dir)
     kind = prepare_output(output_path, args.overwrite)
+    check_report_path(args.report, args.overwrite)
     ratio, out_rate, rate_text = output_ratio(args, info)
+    plan = time_plan(info, ratio, out_rate)
     if kind == "video" and out_rate is None:
         raise InterpolateError(f"a video output needs a frame rate: {info.path} is a frame folder, give --input_fps")
 
@@ -658,7 +323,7 @@ def run(args: argparse.Namespace) -> RunStats:
     if amp == "fp16" and device.type != "cuda":   # CPU fp16 autocast: about 27x slower than fp32 (issue 17)
         raise InterpolateError(f"--amp fp16 needs a CUDA device (this run is on {device.type}); use --amp bf16 or fp32")
     model, cfg = model_from_checkpoint(str(checkpoint_path), device=device)
-    halving, time_text = choose_time_strategy(cfg.train.phase, ratio, args.strict_t)
+    halving, time_text = choose_time_strategy(cfg.train.phase, ratio, args.strict_t, info.vfr)
     flow_scale = args.flow_scale or default_flow_scale(info.height, info.width)
     batch = args.batch or default_batch(info.height, info.width, device)
     if device.type == "cuda":
@@ -666,9 +331,18 @@ def run(args: argparse.Namespace) -> RunStats:
         torch.backends.cudnn.benchmark = True
         torch.cuda.reset_peak_memory_stats(device)
 
-    expected = output_frame_count(info.frame_count, ratio) if info.frame_count else None
+    if info.vfr:
+        expected = math.ceil(plan.end / plan.period)
+    else:
+        expected = output_frame_count(info.frame_count, ratio) if info.frame_count else None
+    if info.colour is not None and info.colour.hdr:
+        warn("the input is HDR (PQ/HLG transfer): its tags are carried over, but frames are processed as 8-bit RGB "
+             "of the coded values")
     out_rate_text = f"{float(out_rate):.6g} fps = {rate_text}" if out_rate is not None else rate_text
     print(f"input:  {info.describe()}")
+    if info.colour is not None:
+        print(f"colour: {info.colour.describe()}; " + ("carried to the output" if kind == "video" and use_pyav
+                                                       else "frames written as RGB"))
     print(f"output: {output_path} ({kind}, {out_rate_text}"
           + (f", ~{expected} frames)" if expected else ")"))
     flow_note = ("" if args.flow_scale or not cfg.model.use_flow
@@ -676,16 +350,21 @@ def run(args: argparse.Namespace) -> RunStats:
     print(f"model:  {describe_run(args.model, cfg.model.use_flow, device, amp, args.tta, flow_scale)}{flow_note} | "
           f"batch {batch}")
     print(f"times:  {time_text}")
-    print(f"cuts:   MAD > {args.scene_threshold:g} copies the earlier frame; MAD <= {args.dup_threshold:g} is a "
-          f"duplicate (copied)")
+    print(f"cuts:   a content change >= {args.cut_ratio:g} x its neighbours' median is a cut, a largest block "
+          f"difference <= {args.duplicate_block:g} a duplicate: both copy the earlier frame")
 
+    try:
+        runner = InferenceRunner(model, args.cuda_graph, compile=args.compile)
+    except GraphUnavailable as error:
+        raise InterpolateError(str(error)) from None
     if args.compile:
-        compile_for_inference(model)
-        print("compile: torch.compile, the first batch compiles the model (about 2 minutes at 4K)")
-    interpolator = FrameInterpolator(model, device, amp, args.tta, flow_scale, batch, halving,
-                                     fixed_batch=args.compile)
-    sink = make_sink(output_path, kind, info, out_rate, args, ffmpeg)
-    settings = StreamSettings(ratio, args.scene_threshold, args.dup_threshold, not args.no_progress, expected)
+        print("compile: torch.compile, the first batch compiles the model (minutes at 1080p and 4K)")
+    print(f"run:    {'CUDA graph per frame size' if runner.graphs_enabled else 'eager'}"
+          f"{' of the compiled model' if args.compile else ''} (--cuda_graph {args.cuda_graph})")
+    interpolator = FrameInterpolator(model, device, amp, args.tta, flow_scale, batch, halving, runner=runner)
+    sink = make_sink(output_path, kind, info, out_rate, args, use_pyav)
+    shots = ShotSettings(cut_ratio=args.cut_ratio, duplicate_block=args.duplicate_block)
+    settings = StreamSettings(plan, shots, not args.no_progress, expected)
     try:
         stats = run_stream(source, sink, interpolator, settings)
     finally:
@@ -694,7 +373,12 @@ def run(args: argparse.Namespace) -> RunStats:
         print(f"note: {note}")
     if device.type == "cuda":
         print(f"peak GPU memory {torch.cuda.max_memory_allocated(device) / 2 ** 30:.2f} GiB (allocated)")
-    print(f"wrote {output_path} ({stats.model_calls} model calls; {stats.steady_rate()})")
+    print(f"wrote {output_path} ({stats.model_calls} model calls; {stats.steady_rate()}; "
+          f"{interpolator.model_rate(stats.frames_out)})")
+    if args.report is not None:
+        report = run_report(args, info, kind, out_rate, time_text, shots, sink, stats)
+        atomic_write_text(args.report, json.dumps(report, indent=2) + "\n")
+        print(f"report: {args.report}")
     print(stats.summary())
     return stats
 

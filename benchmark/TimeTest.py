@@ -18,17 +18,22 @@ import argparse
 import re
 import statistics
 import sys
+import time
 from pathlib import Path
+
+PROCESS_START = time.perf_counter()     # before torch is imported: "first output" counts the whole start-up
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file: make the repository importable
 
 import torch  # noqa: E402
 
 from benchmark.eval_core import (  # noqa: E402
-    AMP_DTYPES, add_runtime_arguments, describe_run, exit_on_user_error, positive_int, resolve_device, write_report,
+    AMP_DTYPES, BenchmarkError, add_runtime_arguments, describe_run, exit_on_user_error, positive_int, resolve_device,
+    write_report,
 )
 from benchmark.timing import measure  # noqa: E402
 from checkpoint import model_from_checkpoint  # noqa: E402
+from model.inference import GraphUnavailable, InferenceRunner, describe_runtime, runtime_record  # noqa: E402
 from config import MODEL_SIZES, PHASES, preset  # noqa: E402
 from model import build_model, count_parameters  # noqa: E402
 
@@ -85,23 +90,37 @@ def main(argv: list[str] | None = None) -> dict:
     generator = torch.Generator(device=device).manual_seed(0)
     img0, img1 = (torch.rand(1, 3, height, width, device=device, generator=generator) for _ in range(2))
     amp_dtype = AMP_DTYPES[args.amp]
+    with exit_on_user_error("TimeTest"):
+        try:
+            runner = InferenceRunner(model, args.cuda_graph)
+        except GraphUnavailable as error:
+            raise BenchmarkError(str(error)) from None
 
     def interpolate() -> torch.Tensor:
         with torch.inference_mode(), torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            return model.inference(img0, img1, t=0.5, flow_scale=flow_scale, tta=args.tta)
+            return runner(img0, img1, 0.5, flow_scale=flow_scale, tta=args.tta)
 
+    interpolate()                       # the first output: imports, model, cuDNN autotuning, capture / compilation
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    first_output_s = time.perf_counter() - PROCESS_START
     timing = measure(interpolate, device, args.warmup, args.reps)
     times, peak_gib = timing.times_ms, timing.peak_gib
+    if peak_gib is not None and runner.capture_peak_gib is not None:
+        peak_gib = max(peak_gib, runner.capture_peak_gib)          # a replay allocates nothing: count the capture
     params = count_parameters(model)
     report = {"model": label, "phase": cfg.train.phase, "params": params, "height": height, "width": width,
               "flow_scale": flow_scale, "device": str(device), "amp": args.amp, "tta": args.tta,
               "warmup": args.warmup, "reps": args.reps, "median_ms": statistics.median(times),
-              "min_ms": min(times), "max_ms": max(times), "times_ms": times, "peak_gib": peak_gib}
+              "min_ms": min(times), "max_ms": max(times), "times_ms": times, "peak_gib": peak_gib,
+              "first_output_s": round(first_output_s, 2),
+              "runtime": runtime_record(statistics.median(times), runner.mode, device, peak_gib, height, width)}
     memory = f" | peak {peak_gib:.2f} GiB" if peak_gib is not None else ""
     print(f"TimeTest {height}x{width} | {params / 1e6:.2f}M params | "
           + describe_run(label, cfg.model.use_flow, device, args.amp, args.tta, flow_scale)
           + f" | median {report['median_ms']:.1f} ms (min {report['min_ms']:.1f}, max {report['max_ms']:.1f}, "
           f"{args.reps} reps){memory}")
+    print(f"{describe_runtime(report['runtime'])}; first output {first_output_s:.1f} s after the process started")
     if args.out:
         write_report(report, args.out)
     return report

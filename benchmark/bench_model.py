@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmark.timing import measure  # noqa: E402
 from config import preset  # noqa: E402
 from model import build_model, count_parameters  # noqa: E402
+from model.inference import runtime_record  # noqa: E402
 from model.loss import CompositeLoss  # noqa: E402
 from model.warplayer import BackwardWarp  # noqa: E402
 
@@ -64,42 +65,80 @@ def train_step_fn(model, loss_fn, optimizer, batch, size, amp, phase, device):
     return step
 
 
-def inference_call(model, name: str, args, device: str):
+def parse_infer_name(text: str) -> tuple[int, int, float]:
+    """"1080p" -> (1080, 1920, 0.5): a named resolution with its protocol flow scale; "1080p@1.0" overrides it."""
+    name, _, scale = text.partition("@")
+    if name not in RESOLUTIONS:
+        raise SystemExit(f"bench_model.py: --infer {text}: unknown resolution (choose from {', '.join(RESOLUTIONS)}, "
+                         f"optionally @FLOW_SCALE)")
+    return (*RESOLUTIONS[name], float(scale) if scale else FLOW_SCALE[name])
+
+
+def inference_call(runner, name: str, args, device: str):
     """(a function running one 2x interpolation at a named resolution and returning it as float32, the flow scale):
-    fixed random frames, flow at the protocol's downscale (Phases 2/3), autocast as ``--amp`` says."""
-    height, width = RESOLUTIONS[name]
+    fixed random frames, flow at the protocol's downscale (Phases 2/3), autocast as ``--amp`` says. ``runner``: an
+    :class:`model.inference.InferenceRunner` (eager, graphed or compiled)."""
+    height, width, flow_scale = parse_infer_name(name)
     generator = torch.Generator(device=device).manual_seed(1)
     img0, img1 = (torch.rand(1, 3, height, width, device=device, generator=generator) for _ in range(2))
-    flow_scale = FLOW_SCALE[name] if args.phase > 1 else 1.0
+    flow_scale = flow_scale if args.phase > 1 else 1.0
     dtype = AMP_DTYPES[args.amp]
 
     def infer() -> torch.Tensor:
         with torch.autocast(device, dtype=dtype, enabled=dtype is not None):
-            return model.inference(img0, img1, 0.5, flow_scale=flow_scale).float()
+            return runner(img0, img1, 0.5, flow_scale=flow_scale).float()
     return infer, flow_scale
 
 
-def measure_inference(model, name: str, args, device: str, compile_first: bool = False) -> dict:
-    """Median ms and peak GiB of one 2x interpolation at a named resolution. ``compile_first``: compile the model with
-    :func:`benchmark.eval_core.compile_for_inference` (what ``interpolate.py --compile`` does) and also report the
-    compilation time and the pixel difference from the eager prediction."""
-    infer, flow_scale = inference_call(model, name, args, device)
+def difference_stats(result: torch.Tensor, reference: torch.Tensor) -> dict:
+    """Pixel differences of two predictions in [0, 1]: max, mean and the 99.9th percentile of |a - b|."""
+    difference = (result.float() - reference.float()).abs().flatten()
+    top = max(1, difference.numel() // 1000)        # the 0.1 % largest differences; the smallest of them = p99.9
+    return {"max_abs_diff_vs_eager": float(difference.max()), "mean_abs_diff_vs_eager": float(difference.mean()),
+            "p999_abs_diff_vs_eager": float(difference.topk(top).values.min())}
+
+
+def measure_inference(model, name: str, args, device: str, execution: str = "eager") -> dict:
+    """Median ms and peak GiB of one 2x interpolation at a named resolution.
+
+    execution: "eager", "graphed" (CUDA graph replay), "compiled" or "compiled+graphed" (the model is compiled in
+    place with :func:`model.inference.compile_for_inference`, what ``interpolate.py --compile`` does). Beside eager
+    it also reports the first call's seconds (warm-up and capture, plus compilation) and the pixel differences
+    from the eager prediction.
+    """
+    from model.inference import InferenceRunner
+    reference = None
+    if execution != "eager":           # the eager prediction, taken before the model is compiled in place
+        reference = inference_call(InferenceRunner(model, "off"), name, args, device)[0]()
+    graphed = execution.endswith("graphed")
+    runner = InferenceRunner(model, "on" if graphed else "off", compile=execution.startswith("compiled"))
+    infer, flow_scale = inference_call(runner, name, args, device)
     row = {"kind": "infer", "phase": args.phase, "mode": model.config.backbone_mode, "resolution": name,
-           "flow_scale": flow_scale, "amp": args.amp, "exec": "compiled" if compile_first else "eager"}
-    if compile_first:
-        from benchmark.eval_core import compile_for_inference
-        eager = infer()
-        compile_for_inference(model)
+           "flow_scale": flow_scale, "amp": args.amp, "exec": execution}
+    if reference is not None:
+        if device == "cuda":
+            torch.cuda.synchronize()
         started = time.perf_counter()
-        difference = (infer() - eager).abs()         # the first compiled call compiles
-        row.update(max_abs_diff_vs_eager=float(difference.max()), mean_abs_diff_vs_eager=float(difference.mean()))
-        row["compile_s"] = round(time.perf_counter() - started, 1)      # after the values above waited for the GPU
-        del eager, difference
+        first = infer()                                       # warm-up and capture (and compilation)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        row["first_call_s"] = round(time.perf_counter() - started, 2)
+        row.update(difference_stats(first, reference))
+        del reference, first
     if device == "cuda":
         torch.cuda.empty_cache()
     stamp(f"inference {name} ({row['exec']})")
     timing = measure(infer, device, warmup=2, reps=max(3, args.reps // 4))
-    return {**row, "ms": round(timing.median_ms, 1), "peak_gib": round(timing.peak_gib or 0.0, 3)}
+    height, width, _ = parse_infer_name(name)
+    peak = max(timing.peak_gib or 0.0, runner.capture_peak_gib or 0.0)       # a replay allocates nothing
+    if device == "cuda":
+        torch.cuda.empty_cache()
+        row["reserved_gib"] = round(torch.cuda.memory_reserved() / 2**30, 3)   # weights, inputs, the graph's pool
+    row.update(ms=round(timing.median_ms, 2), peak_gib=round(peak, 3),
+               runtime=runtime_record(timing.median_ms, runner.mode, device, peak if device == "cuda" else None,
+                                      height, width))
+    runner.clear()
+    return row
 
 
 PEER_TRAIN = ((4, "fp32"), (4, "bf16"), (8, "bf16"), (16, "bf16"))
@@ -153,7 +192,9 @@ def peer_table(args, device: str) -> dict:
             if device == "cuda":
                 torch.cuda.empty_cache()
             timing = measure(run, device, warmup=2, reps=5 if label == "4K" else 10)
-            result["infer"][key] = dict(ms=timing.median_ms, peak_gib=timing.peak_gib, flow_scale=scale)
+            result["infer"][key] = dict(ms=timing.median_ms, peak_gib=timing.peak_gib, flow_scale=scale,
+                                        runtime=runtime_record(timing.median_ms, "eager", device, timing.peak_gib,
+                                                               height, width))
         except Exception as error:
             result["errors"][key] = repr(error)[:300]
         print(result["model"], key, result["infer"].get(key, result["errors"].get(key)), flush=True)
@@ -226,13 +267,19 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--amp", choices=list(AMP_DTYPES), default="bf16")
     parser.add_argument("--ssd_backends", nargs="+", default=["auto"], help="e.g. triton torch")
-    parser.add_argument("--infer", nargs="*", default=[], help=f"inference resolutions: {', '.join(RESOLUTIONS)}")
+    parser.add_argument("--infer", nargs="*", default=[],
+                        help=f"inference resolutions: {', '.join(RESOLUTIONS)}, each optionally @FLOW_SCALE "
+                             f"(1080p@1.0)")
     parser.add_argument("--reps", type=int, default=20)
     parser.add_argument("--compile", action="store_true",
                         help="also time the training step with torch.compile on the model and the loss")
     parser.add_argument("--compile_infer", action="store_true",
                         help="after the --infer rows, compile the model for inference (interpolate.py --compile) "
-                             "and time the last --infer resolution again")
+                             "and time the last --infer resolution again (replayed as a CUDA graph unless "
+                             "--cuda_graph off)")
+    parser.add_argument("--cuda_graph", choices=("auto", "on", "off"), default="auto",
+                        help="inference rows: beside each eager row a CUDA-graph row (auto: on CUDA only)")
+    parser.add_argument("--infer_only", action="store_true", help="skip the training-step rows")
     parser.add_argument("--compare_unchunked_warp", action="store_true",
                         help="also measure inference with feature warps done in one float32 pass (the old way)")
     parser.add_argument("--peer_table", action="store_true",
@@ -278,11 +325,13 @@ def main() -> None:
             loss_fn = CompositeLoss(args.phase, vgg_allow_random=True).to(device)
             optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device == "cuda")
             step = train_step_fn(model, loss_fn, optimizer, args.batch, args.size, args.amp, args.phase, device)
-            with sdpa_kernel(flash):
-                step()                                   # raises if any attention call is not flash-eligible
-            stamp("first step done (kernel compilation and autotuning included)")
-            variants = [("eager", step)]
-            if args.compile:
+            variants = []
+            if not args.infer_only:
+                with sdpa_kernel(flash):
+                    step()                               # raises if any attention call is not flash-eligible
+                stamp("first step done (kernel compilation and autotuning included)")
+                variants.append(("eager", step))
+            if args.compile and not args.infer_only:
                 compiled_step = train_step_fn(torch.compile(model), torch.compile(loss_fn), optimizer, args.batch,
                                               args.size, args.amp, args.phase, device)
                 compiled_step()
@@ -302,9 +351,15 @@ def main() -> None:
                 print(row, flush=True)
             del optimizer, step, variants                # free the training state before measuring inference
             model.eval()
+            graphs = args.cuda_graph == "on" or (args.cuda_graph == "auto" and device == "cuda")
             for name in args.infer:
-                rows.append(measure_inference(model, name, args, device))
-                print(rows[-1], flush=True)
+                for execution in ("eager", "graphed") if graphs else ("eager",):
+                    try:
+                        rows.append(measure_inference(model, name, args, device, execution))
+                    except Exception as error:               # e.g. out of memory or a failed capture: record it
+                        rows.append({"kind": "infer", "resolution": name, "exec": execution,
+                                     "error": repr(error)[:300]})
+                    print(rows[-1], flush=True)
                 if args.compare_unchunked_warp:
                     warps = [m for m in model.modules() if isinstance(m, BackwardWarp)]
                     for warp in warps:
@@ -314,14 +369,19 @@ def main() -> None:
                     for warp in warps:
                         warp.max_chunk_elements = 1 << 26
             if args.compile_infer and args.infer:
-                rows.append(measure_inference(model, args.infer[-1], args, device, compile_first=True))
+                execution = "compiled+graphed" if graphs else "compiled"
+                rows.append(measure_inference(model, args.infer[-1], args, device, execution))
                 print(rows[-1], flush=True)
             del model
             if device == "cuda":
                 torch.cuda.empty_cache()
     print(f"\ndevice: {device_name}, torch {torch.__version__}")
     for row in rows:
-        print(" | ".join(f"{k}={v}" for k, v in row.items()))
+        print(" | ".join(f"{k}={v}" for k, v in row.items() if k != "runtime"))
+    from model.inference import describe_runtime
+    for row in rows:
+        if "runtime" in row:
+            print(f"{row['resolution']} {row['exec']}: {describe_runtime(row['runtime'])}")
     if args.json:
         Path(args.json).write_text(json.dumps({"device": device_name, "rows": rows}, indent=2))
 

@@ -8,10 +8,13 @@ everything else lives here, once::
          -> crop back, clamp to [0, 1] -> metrics (quantized or not; ssim_matlab or skimage-style uint8)
          -> per-sample records -> mean (or mean per group, then over groups) -> printed summary + JSON report
 
-Beside the model, every sample is also scored for the frame-average baseline ``(1 - t) I0 + t I1`` (the plain
-``(I0 + I1) / 2`` at t = 0.5) through the same geometry, quantization, metric and averaging, so a report always
-says whether the model beat it. A run on anything but the official test set says so, and ``--save_images DIR``
-writes a labelled I0 | prediction | ground truth | I1 [| flow | mask] image per sample (docs/DESIGN.md 12).
+Beside the model, every sample is also scored for two baselines through the same geometry, quantization, metric
+and averaging: the frame average ``(1 - t) I0 + t I1`` (the plain ``(I0 + I1) / 2`` at t = 0.5) and classical
+optical flow (OpenCV DIS both ways, warped to t, occlusion-aware blend: ``measures.motion.interpolate_dis``), so a
+report always says whether the model beat blending and whether it beat classical flow. Each sample's motion (95th
+percentile of |DIS flow I0->I1| in px at the evaluated resolution) goes into its record, and the report gives
+PSNR/SSIM per motion bucket (< 4, 4-16, 16-32, 32-64, > 64 px) with counts (``--no_motion`` skips DIS).
+A run on anything but the official test set says so, and ``--save_images DIR`` writes a labelled I0 | prediction | ground truth | I1 [| flow | mask] image per sample (docs/DESIGN.md 12).
 
 A script builds its parser with :func:`benchmark_parser`, then calls :func:`run_benchmark` with a function
 that turns the dataset root into a list of :class:`Subset` (name, protocol, samples). User errors (missing
@@ -34,15 +37,23 @@ from typing import Callable, Iterator, Sequence
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
 from checkpoint import CheckpointError, atomic_write_bytes, atomic_write_text, model_from_checkpoint, resolve_checkpoint
 from config import AMP_DTYPES, ConfigError
+from measures.motion import (
+    LARGE_MOTION_PX, MOTION_STATISTIC, flow_pair, format_bucket_table, interpolate_dis, motion_flow_scale,
+    summarize_by_motion,
+)
 from measures.quality import psnr, psnr_uint8, quantize, ssim_matlab, ssim_skimage_uint8, to_uint8
+from model.frames import crop_padding, frame_to_tensor, pad_centred
+from model.inference import (GraphUnavailable, InferenceRunner, ModelClock, add_graph_argument, describe_runtime,
+                             runtime_record)
 from visualize import sample_grid
 
+BASELINE_KEYS = ("psnr_frame_average", "psnr_dis")
+BUCKET_KEYS = ("psnr", "ssim", *BASELINE_KEYS)     # averaged per motion bucket
 METRICS = ("matlab", "skimage_uint8")
 
 
@@ -60,12 +71,6 @@ def read_rgb_uint8(path: str | Path) -> np.ndarray:
         reason = "file not found" if not Path(path).is_file() else "not a readable image"
         raise BenchmarkError(f"cannot read image {path} ({reason})")
     return np.ascontiguousarray(image[..., ::-1])
-
-
-def frame_to_tensor(frame: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
-    """(H, W, 3) uint8, or float32 already in [0, 1] -> (1, 3, H, W) float32 in [0, 1] on ``device``."""
-    tensor = torch.from_numpy(np.ascontiguousarray(frame)).to(device).permute(2, 0, 1)[None]
-    return tensor.float() / 255 if frame.dtype == np.uint8 else tensor.float()
 
 
 def read_image(path: str | Path) -> torch.Tensor:
@@ -118,31 +123,6 @@ class FrameGeometry:
             parts.append(f"INTER_AREA resize to {self.resize_to[0]}x{self.resize_to[1]} "
                          f"({'float32' if self.resize_float else 'uint8'})")
         return ", ".join(parts) or "native"
-
-
-# --------------------------------------------------------------------------------------------------------
-# Centred padding
-# --------------------------------------------------------------------------------------------------------
-def centred_padding(height: int, width: int, multiple: int) -> tuple[int, int, int, int]:
-    """(left, right, top, bottom) replicate padding that makes H and W multiples of ``multiple``.
-
-    The odd pixel goes right/bottom (the field's InputPadder); where the padding sits changes the prediction
-    near the borders, so matching it matters for matching published numbers.
-    """
-    pad_h, pad_w = (-height) % multiple, (-width) % multiple
-    return pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2
-
-
-def pad_centred(image: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
-    """(B, C, H, W) -> (padded (B, C, H', W'), padding) with H', W' multiples of ``multiple``."""
-    padding = centred_padding(image.shape[-2], image.shape[-1], multiple)
-    return (F.pad(image, padding, mode="replicate") if any(padding) else image), padding
-
-
-def crop_padding(image: torch.Tensor, padding: tuple[int, int, int, int]) -> torch.Tensor:
-    """Inverse of :func:`pad_centred`: (B, C, H', W') -> (B, C, H, W)."""
-    left, right, top, bottom = padding
-    return image[..., top:image.shape[-2] - bottom, left:image.shape[-1] - right]
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -242,14 +222,15 @@ def check_frames_exist(samples: Sequence[Sample]) -> None:
 # Evaluation
 # --------------------------------------------------------------------------------------------------------
 def mean_metrics(records: Sequence[dict], average_per_group: bool = False) -> dict:
-    """{"psnr", "ssim", "count"[, "psnr_frame_average"]} over per-sample records {"psnr", "ssim", "group", ...}.
+    """{"psnr", "ssim", "count"[, "psnr_frame_average", "psnr_dis"]} over records {"psnr", "ssim", "group", ...}.
 
-    "psnr_frame_average" is averaged the same way when every record has it. With ``average_per_group`` the means
-    are taken per group first, then over groups (equal weight per scene), and "groups" holds each group's means.
+    Each baseline ("psnr_frame_average", "psnr_dis") is averaged the same way when every record has it. With
+    ``average_per_group`` the means are taken per group first, then over groups (equal weight per scene), and
+    "groups" holds each group's means.
     """
     if not records:
         return {"psnr": math.nan, "ssim": math.nan, "count": 0}
-    keys = ["psnr", "ssim"] + (["psnr_frame_average"] if all("psnr_frame_average" in r for r in records) else [])
+    keys = ["psnr", "ssim"] + [key for key in BASELINE_KEYS if all(key in r for r in records)]
     if not average_per_group:
         return {**{key: float(np.mean([r[key] for r in records])) for key in keys}, "count": len(records)}
     by_group: dict[str, list[dict]] = {}
@@ -283,13 +264,23 @@ class Evaluator:
         the metrics always run in float64.
     flow_scale: None keeps the protocol's.
     save_images: a folder; one labelled image per sample is written there (see :meth:`save_sample_image`).
+    cuda_graph: "auto" | "on" | "off" (:class:`model.inference.InferenceRunner`): on CUDA, a frame size seen twice is
+        replayed as a CUDA graph from then on; eager on the CPU. ``runner`` replaces the one built from it.
+    motion: measure each sample's motion and score the classical DIS baseline (CPU, DIS on the scored frames).
+    motion_flow_scale: choose the flow scale per sample from its DIS motion (``measures.motion.motion_flow_scale``:
+        half the protocol's from 32 px on) instead of one scale for all; needs ``motion``.
     """
 
     def __init__(self, model: nn.Module, protocol: Protocol, device: torch.device | str = "cpu", amp: str = "fp32",
                  tta: bool = False, flow_scale: float | None = None, progress: bool = True,
-                 save_images: str | Path | None = None):
+                 save_images: str | Path | None = None, cuda_graph: str = "off",
+                 runner: InferenceRunner | None = None, motion: bool = True, motion_flow_scale: bool = False):
         if amp not in AMP_DTYPES:
             raise BenchmarkError(f"--amp must be one of {', '.join(AMP_DTYPES)}, got {amp!r}")
+        try:
+            self.runner = runner or InferenceRunner(model, cuda_graph, capture_after=2)
+        except GraphUnavailable as error:
+            raise BenchmarkError(str(error)) from None
         self.model = model
         self.protocol = protocol
         self.device = torch.device(device)
@@ -298,6 +289,10 @@ class Evaluator:
         self.flow_scale = protocol.flow_scale if flow_scale is None else flow_scale
         self.progress = progress
         self.save_images = Path(save_images) if save_images is not None else None
+        self.motion = motion
+        if motion_flow_scale and not motion:
+            raise BenchmarkError("--motion_flow_scale chooses the flow scale from the DIS motion: drop --no_motion")
+        self.motion_flow_scale = motion_flow_scale
 
     def load_frame(self, path: Path) -> np.ndarray:
         """(H, W, 3) RGB after the protocol's geometry: uint8, or float32 in [0, 1] (X-TEST 2K)."""
@@ -307,31 +302,33 @@ class Evaluator:
         """Whether the model can hand out its flow and mask (a ThesisModel with a flow estimator)."""
         return bool(getattr(self.model, "use_flow", False)) and callable(self.model)
 
-    def predict_with_panels(self, img0: torch.Tensor, img1: torch.Tensor, t: float, panels: bool = False
+    def predict_with_panels(self, img0: torch.Tensor, img1: torch.Tensor, t: float, panels: bool = False,
+                            flow_scale: float | None = None
                             ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """(prediction, flow or None, mask or None) for (1, 3, H, W) inputs in [0, 1].
 
         The prediction is (1, 3, H, W) float32 clamped to [0, 1]. With ``panels`` and a flow model, one forward pass
         also yields the flow (1, 4, H, W) and blend mask (1, 1, H, W) for :meth:`save_sample_image`; the prediction
         is then computed from the same calls ``model.inference`` makes (forward, plus the flipped pass with TTA),
-        so saving images never changes a score.
+        so saving images never changes a score. ``flow_scale``: None uses the evaluator's.
         """
+        flow_scale = self.flow_scale if flow_scale is None else flow_scale
         padded0, padding = pad_centred(img0, self.protocol.pad_multiple)
         padded1, _ = pad_centred(img1, self.protocol.pad_multiple)
         flow = mask = None
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.amp_dtype,
                                                     enabled=self.amp_dtype is not None):
             if panels and self._shows_flow():
-                output = self.model(padded0, padded1, t, self.flow_scale)
+                output = self.model(padded0, padded1, t, flow_scale)
                 pred = output.pred
                 if self.tta:
                     flipped = self.model.inference(padded0.flip(2, 3), padded1.flip(2, 3), t=t,
-                                                   flow_scale=self.flow_scale, tta=False)
+                                                   flow_scale=flow_scale, tta=False)
                     pred = (pred + flipped.flip(2, 3)) / 2
                 flow = crop_padding(output.flow.float(), padding)
                 mask = crop_padding(output.mask.float(), padding)
             else:
-                pred = self.model.inference(padded0, padded1, t=t, flow_scale=self.flow_scale, tta=self.tta)
+                pred = self.runner(padded0, padded1, t, flow_scale=flow_scale, tta=self.tta)
         return crop_padding(pred.float(), padding).clamp(0, 1), flow, mask
 
     def predict(self, img0: torch.Tensor, img1: torch.Tensor, t: float) -> torch.Tensor:
@@ -372,55 +369,62 @@ class Evaluator:
     def evaluate(self, samples: Sequence[Sample], description: str = "") -> dict:
         """Per-sample records and their means.
 
-        Returns {"psnr", "ssim", "psnr_frame_average", "count", ["groups"], "seconds", "samples"}; each record holds
-        the sample's "psnr", "ssim" and "psnr_frame_average" (the PSNR of ``(1 - t) I0 + t I1`` under the same
-        protocol).
+        Returns {"psnr", "ssim", "psnr_frame_average", ["psnr_dis"], "count", ["groups"], "seconds", "samples",
+        ["by_motion", "motion_statistic"]}; each record holds the sample's "psnr", "ssim", "psnr_frame_average" (the
+        PSNR of ``(1 - t) I0 + t I1`` under the same protocol) and, with ``motion``, "motion" (px) and "psnr_dis" (the
+        classical DIS baseline's PSNR). "by_motion" lists the buckets of :func:`measures.motion.summarize_by_motion`.
         """
         records = []
         start = time.perf_counter()
-        cached_paths, cached_inputs = None, None
+        clock = ModelClock(self.device)
+        cached_paths, cached_inputs, cached_frames, flows = None, None, None, None
         psnr_total = 0.0
         bar = tqdm(samples, desc=description or self.protocol.name, disable=not self.progress, dynamic_ncols=True)
         for index, sample in enumerate(bar):
             # X-TEST predicts seven targets from one input pair: read (and resize) that pair once.
             if cached_paths != (sample.img0, sample.img1):
                 cached_paths = (sample.img0, sample.img1)
-                cached_inputs = tuple(frame_to_tensor(self.load_frame(p), self.device) for p in cached_paths)
-            pred, flow, mask = self.predict_with_panels(*cached_inputs, sample.t,
-                                                        panels=self.save_images is not None)
+                cached_frames = tuple(self.load_frame(p) for p in cached_paths)
+                cached_inputs = tuple(frame_to_tensor(frame, self.device) for frame in cached_frames)
+                flows = flow_pair(*cached_frames) if self.motion else None
+            flow_scale = motion_flow_scale(flows.motion, self.flow_scale) if self.motion_flow_scale else None
+            with clock:
+                pred, flow, mask = self.predict_with_panels(*cached_inputs, sample.t,
+                                                            panels=self.save_images is not None, flow_scale=flow_scale)
             gt_frame = self.load_frame(sample.gt)
             value_psnr, value_ssim = self.score(pred, gt_frame)
             blend = ((1 - sample.t) * cached_inputs[0] + sample.t * cached_inputs[1]).clamp(0, 1)
             baseline_psnr, _ = self.score(blend, gt_frame, with_ssim=False)
-            records.append({"name": sample.name, "t": sample.t, "group": sample.group,
-                            "psnr": value_psnr, "ssim": value_ssim, "psnr_frame_average": baseline_psnr})
+            record = {"name": sample.name, "t": sample.t, "group": sample.group,
+                      "psnr": value_psnr, "ssim": value_ssim, "psnr_frame_average": baseline_psnr}
+            if flows is not None:
+                classical = interpolate_dis(*cached_frames, sample.t, flows=flows)
+                record["motion"] = round(flows.motion, 3)
+                record["psnr_dis"] = self.score(frame_to_tensor(classical, self.device), gt_frame, with_ssim=False)[0]
+            if flow_scale is not None:
+                record["flow_scale"] = flow_scale
+            records.append(record)
             if self.save_images is not None:
                 self.save_sample_image(index, sample, cached_inputs, pred, gt_frame, flow, mask, value_psnr,
                                        baseline_psnr)
             psnr_total += value_psnr
             bar.set_postfix(psnr=f"{psnr_total / len(records):.3f}")
         summary = mean_metrics(records, self.protocol.average_per_group)
-        return {**summary, "seconds": time.perf_counter() - start, "samples": records}
+        if self.motion:
+            summary["motion_statistic"] = MOTION_STATISTIC
+            summary["by_motion"] = summarize_by_motion(records, BUCKET_KEYS)
+        height, width = cached_inputs[0].shape[-2:] if cached_inputs else (None, None)
+        peak = clock.peak_gib()
+        if peak is not None and self.runner.capture_peak_gib is not None:
+            peak = max(peak, self.runner.capture_peak_gib)           # a replay allocates nothing: count the capture
+        runtime = runtime_record(clock.median_ms(), self.runner.mode, self.device, peak, height, width,
+                                 timed_calls=len(clock.times_ms))
+        return {**summary, "seconds": time.perf_counter() - start, "runtime": runtime, "samples": records}
 
 
 # --------------------------------------------------------------------------------------------------------
 # Command line
 # --------------------------------------------------------------------------------------------------------
-def compile_for_inference(model: nn.Module) -> nn.Module:
-    """Compile ``model`` in place with ``torch.compile`` (Inductor, static shapes) for many calls at one frame size
-    and batch; returns it. ``model.inference`` and ``model(...)`` then run the compiled forward.
-
-    Why: in eager 4K inference about half the time went to memory-bound passes around the cuDNN convolutions (dtype
-    casts, concatenations, PReLU, LayerNorm, layout transposes); Inductor fuses them. Measured on 4K 2x interpolation
-    with the Phase-2 model (docs/PERF.md, section 4): 94.2 -> 59.8 ms on an H100, 4.3 -> 5.4 GiB, after 2-2.5
-    minutes of compilation at the first call and again for every new input shape. The model is one graph:
-    mamba-ssm's Triton SSD kernel enters it as a custom operator (model/ops/ssd.py), and while compiling, the
-    convolution inputs are channel-aligned and RefineNet's row strips are larger (model/ops/conv.py,
-    model/refine.py). Inductor's weight freezing and CUDA graphs were measured too: no faster.
-    """
-    model.eval()
-    model.compile(dynamic=False)
-    return model
 
 
 def positive_int(text: str) -> int:
@@ -447,6 +451,7 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
                         help="average with the prediction on H+W-flipped inputs (VFIMamba's TTA)")
     parser.add_argument("--flow_scale", type=positive_float, default=None,
                         help="override the protocol's flow downscale (Phase-1 models have no flow and ignore it)")
+    add_graph_argument(parser)
     parser.add_argument("--out", default=None, help="write a JSON report to this file")
 
 
@@ -464,6 +469,12 @@ def benchmark_parser(description: str) -> argparse.ArgumentParser:
                              "plus flow t->0 | flow t->1 | mask for models with flow (a sub-folder per subset "
                              "when there are several)")
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
+    parser.add_argument("--no_motion", action="store_true",
+                        help="skip the per-sample DIS motion, the classical DIS baseline and the per-motion table "
+                             "(DIS runs on the CPU: about 0.2 s a pair at 640x360, seconds at 4K)")
+    parser.add_argument("--motion_flow_scale", action="store_true",
+                        help=f"per sample, halve the flow scale where the DIS motion is at least "
+                             f"{LARGE_MOTION_PX:g} px (measures.motion.motion_flow_scale)")
     return parser
 
 
@@ -520,6 +531,9 @@ def describe_dataset(label: str, path_text: str, found: int, official_samples: i
                    f"the official set has {official_samples:,}{partial})")
 
 
+MOTION_COLUMNS = (("psnr", "PSNR"), ("ssim", "SSIM"), ("psnr_frame_average", "frame avg"), ("psnr_dis", "DIS flow"))
+
+
 def compare_to_baseline(model_psnr: float, baseline_psnr: float) -> str:
     """"0.31 dB above" / "0.01 dB below" / "equal to": how the model's PSNR relates to the frame average's."""
     difference = model_psnr - baseline_psnr
@@ -555,7 +569,8 @@ def run_benchmark(args: argparse.Namespace, benchmark: str, make_subsets: Callab
 
         report = {"benchmark": benchmark, "dataset": str(root), "model": args.model,
                   "checkpoint": str(checkpoint_path), "phase": cfg.train.phase, "uses_flow": cfg.model.use_flow,
-                  "device": str(device), "amp": args.amp, "tta": args.tta, "limit": args.limit, "results": {}}
+                  "device": str(device), "amp": args.amp, "tta": args.tta, "limit": args.limit, "runtime": {},
+                  "results": {}}
         save_root = getattr(args, "save_images", None)
         for subset in subsets:
             label = subset_label(subset)
@@ -565,19 +580,34 @@ def run_benchmark(args: argparse.Namespace, benchmark: str, make_subsets: Callab
             if save_root is not None:
                 image_dir = Path(save_root) if len(subsets) == 1 else Path(save_root) / safe_file_stem(subset.name)
             evaluator = Evaluator(model, subset.protocol, device, args.amp, args.tta, args.flow_scale,
-                                  progress=not args.no_progress, save_images=image_dir)
+                                  progress=not args.no_progress, save_images=image_dir,
+                                  cuda_graph=getattr(args, "cuda_graph", "off"),
+                                  motion=not getattr(args, "no_motion", False),
+                                  motion_flow_scale=getattr(args, "motion_flow_scale", False))
             print(note)
             print(f"{label}: {len(subset.samples)} samples | "
-                  + describe_run(args.model, cfg.model.use_flow, device, args.amp, args.tta, evaluator.flow_scale))
+                  + describe_run(args.model, cfg.model.use_flow, device, args.amp, args.tta, evaluator.flow_scale)
+                  + (f", halved where the DIS motion is >= {LARGE_MOTION_PX:g} px"
+                     if evaluator.motion_flow_scale else ""))
             result = evaluator.evaluate(subset.samples, subset.name)
             report["results"][subset.name] = {**subset.protocol.settings(), "flow_scale": evaluator.flow_scale,
+                                              "motion_flow_scale": evaluator.motion_flow_scale,
                                               "official": official, "dataset_note": note,
                                               "samples_found": found[subset.name], **result}
             print(f"{label}  PSNR {result['psnr']:.4f} dB  SSIM {result['ssim']:.5f}  "
                   f"({result['count']} samples, {result['seconds']:.1f} s)")
+            print(f"{label}  {describe_runtime(result['runtime'])}")
+            report["runtime"][subset.name] = result["runtime"]
             baseline = "(1-t) I0 + t I1" if any(s.t != 0.5 for s in subset.samples) else "(I0+I1)/2"
             print(f"{label}  frame average {baseline}: PSNR {result['psnr_frame_average']:.4f} dB; the model is "
                   f"{compare_to_baseline(result['psnr'], result['psnr_frame_average'])} it")
+            if "psnr_dis" in result:
+                print(f"{label}  classical DIS flow (both ways, warped to t, occlusion-aware blend): PSNR "
+                      f"{result['psnr_dis']:.4f} dB; the model is "
+                      f"{compare_to_baseline(result['psnr'], result['psnr_dis'])} it")
+            if "by_motion" in result:
+                print(f"{label}  by motion ({result['motion_statistic']}):")
+                print(format_bucket_table(result["by_motion"], MOTION_COLUMNS))
             if image_dir is not None:
                 print(f"{len(subset.samples)} images written to {image_dir}/")
         if args.out:

@@ -21,16 +21,18 @@ class BackwardWarp(nn.Module):
         self.max_chunk_elements = max_chunk_elements   # see backward_warp: bounds the float32 copy of a feature map
 
     def grid_for(self, height: int, width: int, device: torch.device) -> torch.Tensor:
-        """The identity grid (1, H, W, 2) for (height, width), cached per instance.
+        """The identity grid (1, H, W, 2) for (height, width), cached per instance in eager code.
 
-        While a CUDA graph is being captured (the graphed training step) the cache is neither read nor filled: the
-        graph computes its own grid, in its own memory pool, at every replay. A graph reads its inputs by address,
-        and a cached grid lives outside that pool: once evicted (evaluation at other frame sizes fills the cache)
-        it is freed, its memory can be handed out again, and every later replay would warp with whatever is there.
+        Under ``torch.compile`` the grid is computed inside the graph and never cached: filling the cache from a
+        compiled call is a side effect Dynamo guards on (the dict's keys), so the second call recompiled the whole
+        model (minutes at 1080p; what made ``interpolate.py --compile`` 12x slower than eager on a short clip).
+        While a CUDA graph is being captured (the graphed training step, graphed inference) the cache is neither
+        read nor filled: the graph computes its own grid, in its own memory pool, at every replay. A graph reads its
+        inputs by address, and a cached grid lives outside that pool: once evicted (evaluation at other frame sizes
+        fills the cache) it is freed, its memory can be handed out again, and every later replay would warp with
+        whatever is there.
         """
-        capturing = (not torch.compiler.is_compiling() and torch.cuda.is_available()
-                     and torch.cuda.is_current_stream_capturing())   # not asked while torch.compile traces
-        if capturing:
+        if torch.compiler.is_compiling() or (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()):
             return base_grid(height, width, device)
         key = (height, width, device)
         grid = self._grids.get(key)

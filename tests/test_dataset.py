@@ -594,6 +594,22 @@ def test_video_to_vimeo_builds_a_loadable_set_and_skips_cuts(tmp_path):
     assert not is_complete(str(out))
 
 
+def test_video_to_vimeo_keeps_a_small_object_moving_on_a_still_background(tmp_path):
+    """The mean difference of such frames is tiny (the old rule, MAD < 0.2, dropped every triplet as static); the
+    largest block difference (measures/shots.py) sees the object move."""
+    video = tmp_path / "object.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 25, (640, 360))
+    background = np.random.default_rng(0).integers(60, 180, (360, 640, 3), dtype=np.uint8)
+    for index in range(12):
+        frame = background.copy()
+        frame[100:112, 40 + 6 * index:52 + 6 * index] = (255, 255, 255)
+        writer.write(frame)
+    writer.release()
+    counts = video_to_vimeo(video, tmp_path / "out", size=(160, 90), test_fraction=0.25)
+    assert counts["skipped_static"] == counts["skipped_scene_cut"] == 0
+    assert counts["train"] + counts["test"] + counts["skipped_split_boundary"] == 10
+
+
 def test_video_to_vimeo_can_take_the_test_block_from_the_start(tmp_path):
     video = tmp_path / "clip.avi"
     write_synthetic_video(video)

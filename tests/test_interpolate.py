@@ -21,17 +21,28 @@ from torch import nn
 
 import interpolate
 import train
-import video_io
 from checkpoint import atomic_save
 from config import preset
-from interpolate import FrameInterpolator, halving_rounds, output_frame_count, pair_times
+from footage import video_io
+from footage.interpolator import FrameInterpolator
+from footage.timeplan import halving_rounds, output_frame_count, pair_times
 from model import build_model
 
 REPO = Path(__file__).resolve().parents[1]
 HEIGHT, WIDTH, RATE = 64, 96, 24
 DUPLICATE_PAIR, CUT_PAIR = 3, 4          # pair i = input frames (i, i+1)
-FFMPEG = video_io.find_ffmpeg()
-needs_ffmpeg = pytest.mark.skipif(FFMPEG is None, reason="imageio-ffmpeg is not installed")
+def find_ffmpeg() -> str | None:
+    """The ffmpeg binary the imageio-ffmpeg wheel ships: the tests build their clips with it."""
+    try:
+        import imageio_ffmpeg
+        return imageio_ffmpeg.get_ffmpeg_exe()
+    except (ImportError, RuntimeError):
+        return None
+
+
+FFMPEG = find_ffmpeg()
+needs_ffmpeg = pytest.mark.skipif(FFMPEG is None or not video_io.pyav_available(),
+                                  reason="imageio-ffmpeg (test clips) or PyAV is not installed")
 
 
 def shot_frame(index: int, shot: int) -> np.ndarray:
@@ -278,11 +289,11 @@ def test_phase3_checkpoint_gets_t_directly(phase3_checkpoint, clip, tmp_path, ca
 
 @needs_ffmpeg
 def test_opencv_fallback_without_imageio_ffmpeg(checkpoint, clip, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(interpolate, "find_ffmpeg", lambda: None)
+    monkeypatch.setattr(interpolate, "pyav_available", lambda: False)
     out = tmp_path / "cv.mp4"
     code, stdout, stderr = run_cli(capsys, "--model", checkpoint, "--input", clip["video"], "--output", out)
     assert code == 0, stderr
-    assert stderr.count("imageio-ffmpeg is not installed") == 1
+    assert stderr.count("PyAV is not installed") == 1
     frames, fps = read_video(out)
     assert len(frames) == 15 and fps == pytest.approx(48)
 
@@ -312,7 +323,7 @@ def test_interrupt_leaves_no_output(checkpoint, clip, tmp_path, capsys, monkeypa
     """Ctrl-C in the middle of writing: exit status 130 and nothing in the output folder, not even a temp file."""
     if output_name.endswith(".mp4") and FFMPEG is None:
         pytest.skip("imageio-ffmpeg is not installed")
-    sink_class = video_io.FolderSink if "." not in output_name else video_io.FfmpegSink
+    sink_class = video_io.FolderSink if "." not in output_name else video_io.AvSink
     original = sink_class.write
     written = []
 
@@ -373,6 +384,8 @@ def bad_case(name: str, clip: dict, checkpoint: Path, tmp_path: Path) -> tuple[l
         return ["--input", clip["folder"], "--model", checkpoint, "--output", tmp_path / "o.gif"], "unknown extension"
     if name == "multi 1":
         return ["--input", clip["folder"], *base, "--multi", 1], "argument --multi: must be an integer >= 2"
+    if name == "cut ratio 1":
+        return ["--input", clip["folder"], *base, "--cut_ratio", 1], "argument --cut_ratio: must be a number above 1"
     if name == "multi with fps":
         return ["--input", clip["folder"], *base, "--multi", 2, "--fps", 60], "not allowed with argument"
     if name == "fps on a folder without a rate":
@@ -393,7 +406,7 @@ VIDEO_CASES = {"unreadable video", "one-frame video"}
 @pytest.mark.parametrize("name", ["missing input", "unreadable video", "empty folder", "frames of different sizes",
                                   "one-frame video", "missing checkpoint", "not a Thesis-VFI checkpoint",
                                   "unwritable output", "existing output", "unknown output extension", "multi 1",
-                                  "multi with fps", "fps on a folder without a rate", "strict t",
+                                  "multi with fps", "cut ratio 1", "fps on a folder without a rate", "strict t",
                                   "compile without CUDA"])
 def test_bad_input_gives_one_line(name, checkpoint, clip, tmp_path, capsys):
     if name in VIDEO_CASES and FFMPEG is None:
@@ -420,3 +433,24 @@ def test_command_line_error_has_no_traceback(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [f"interpolate.py: error: --input {tmp_path / 'missing.mp4'} "
                                                   f"does not exist"]
+
+
+def test_footage_imports_no_benchmark_or_training_code():
+    """The layout's rule (docs/DESIGN.md): footage sits below the benchmarks and never reaches training code."""
+    code = ("import sys, footage.pipeline, footage.interpolator, footage.timeplan, footage.video_io; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'benchmark', 'train', 'Trainer', 'dataset'}))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    assert result.stdout.strip() == "[]"
+
+
+def test_interpolator_predicts_as_the_benchmark_evaluator_does():
+    """Same padding (an odd frame size), precision, crop and clamp as benchmark.eval_core.Evaluator."""
+    from benchmark.eval_core import Evaluator, Protocol
+
+    torch.manual_seed(0)
+    model = build_model(preset(3, size="tiny")).eval()
+    img0, img1 = torch.rand(1, 3, 37, 53), torch.rand(1, 3, 37, 53)
+    t = torch.tensor([0.3])
+    interpolator = FrameInterpolator(model, torch.device("cpu"), "fp32", False, 1.0, batch_size=1, halving=False)
+    evaluator = Evaluator(model, Protocol("video", flow_scale=1.0), "cpu", "fp32", False, 1.0, progress=False)
+    assert torch.equal(interpolator.predict(img0, img1, t), evaluator.predict(img0, img1, t))

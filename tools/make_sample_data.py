@@ -56,8 +56,8 @@ SAMPLE_SETTINGS = dict(
     test_fraction=0.25,
     test_position="start",
     max_triplets=None,
-    scene_cut_threshold=30.0,
-    static_threshold=0.2,
+    cut_ratio=3.0,
+    duplicate_block=1.5,
     step=1,
 )
 

@@ -3,7 +3,7 @@
 Usage::
 
     python tools/video_to_vimeo.py VIDEO OUT_DIR [--size 448x256] [--fit crop] [--stride 1] [--test_fraction 0.1]
-        [--max_triplets N] [--scene_cut_threshold 30] [--static_threshold 0.2] [--step 1] [--overwrite]
+        [--max_triplets N] [--cut_ratio 3] [--duplicate_block 1] [--step 1] [--overwrite]
 
 Output (the layout ``dataset.VimeoDataset`` reads)::
 
@@ -18,16 +18,19 @@ to cover ``--size`` and centre-cropped to it (a 640x272 clip at 448x256 becomes 
 says which it did. Start frames k advance by ``step`` (default 1: every frame starts a
 triplet).
 
-Filtering rules, all measured on the resized frames as the mean absolute difference (MAD, 0..255
-scale, averaged over pixels and colour channels) between consecutive *source* frames j and j + 1:
+Filtering rules, on every pair of consecutive *source* frames j and j + 1, with the repository's one
+frame-difference measure (``measures/shots.py``, which explains it), on the source frames:
 
-* scene cut: MAD > scene_cut_threshold (default 30; ordinary motion at 448x256 stays well below
-  10, a cut between two different shots is typically several tens). A triplet whose span
-  k .. k + 2 * stride contains a cut is skipped, because its middle frame cannot be interpolated.
-* static / duplicated frame: MAD < static_threshold (default 0.2; codec noise alone is above that,
-  a repeated frame is below). A triplet whose span contains such a pair is skipped: a frozen shot
-  teaches nothing, and a frame repeated by frame-rate conversion moves the real time of im2 away
-  from 0.5.
+* scene cut: the pair's content change stands out from its neighbours' (``--cut_ratio``, default 3
+  times their median). A triplet whose span k .. k + 2 * stride contains a cut is skipped, because
+  its middle frame cannot be interpolated.
+* static / duplicated frame: no 16x16 block of the pair (on a <= 448 px copy) differs by more than
+  ``--duplicate_block`` levels on average (default 1.5, 0..255 scale). A triplet whose span contains
+  such a pair is skipped: a frozen shot teaches nothing, and a frame repeated by frame-rate
+  conversion moves the real time of im2 away from 0.5.
+
+A pair's verdict needs the next ``ShotSettings.window`` frames too, so a few more frames than a
+triplet spans are held in memory.
 
 Train/test split by contiguous blocks, never by random triplets (neighbouring triplets are near
 duplicates): with N frames processed and test_position "end", frames [0, B) form the training block
@@ -39,7 +42,6 @@ Triplets with frames on both sides of B are dropped, so no source frame appears 
 from __future__ import annotations
 
 import argparse
-import collections
 import json
 import os
 import shutil
@@ -48,6 +50,11 @@ from typing import Sequence
 
 import cv2
 import numpy as np
+
+if __package__ in (None, ""):  # run as a script (python tools/video_to_vimeo.py): make `measures` importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from measures.shots import PairVerdict, ShotDetector, ShotSettings  # noqa: E402
 
 __all__ = ["ConversionError", "video_to_vimeo", "parse_size", "main"]
 
@@ -111,11 +118,6 @@ def describe_fit(source_size: tuple[int, int], size: tuple[int, int], fit: str) 
             f"kept, {cover[0] - width} columns and {cover[1] - height} rows cut (--fit stretch squeezes instead)")
 
 
-def _mean_abs_diff(frame_a: np.ndarray, frame_b: np.ndarray) -> float:
-    """Mean absolute difference of two uint8 (H, W, 3) frames, 0..255 scale."""
-    return float(cv2.absdiff(frame_a, frame_b).mean())
-
-
 def _sequence_name(number: int) -> str:
     """0 -> "00001/0001", 999 -> "00001/1000", 1000 -> "00002/0001"."""
     group, index = divmod(number, SEQUENCES_PER_GROUP)
@@ -154,8 +156,8 @@ def video_to_vimeo(
     stride: int = 1,
     test_fraction: float = 0.1,
     max_triplets: int | None = None,
-    scene_cut_threshold: float = 30.0,
-    static_threshold: float = 0.2,
+    cut_ratio: float = 3.0,
+    duplicate_block: float = 1.5,
     step: int = 1,
     overwrite: bool = False,
     test_position: str = "end",
@@ -171,8 +173,10 @@ def video_to_vimeo(
         test_fraction: share of the video (its last frames) used for the test split, 0 < f < 1.
         max_triplets: stop reading once this many triplets passed the filters (None: whole video);
             the split then applies to the frames read so far.
-        scene_cut_threshold: consecutive-frame MAD above which a scene cut is assumed.
-        static_threshold: consecutive-frame MAD below which frames count as frozen/duplicated.
+        cut_ratio: how far a pair's content change must exceed its neighbours' median to be a cut
+            (measures.shots.ShotSettings.cut_ratio).
+        duplicate_block: largest 16x16 block difference (0..255) at or below which a pair is a repeated
+            frame (measures.shots.ShotSettings.duplicate_block; negative: never).
         step: distance between the start frames of consecutive candidate triplets.
         overwrite: replace a data set previously written to out_dir.
         test_position: "end" (the last frames are the test block) or "start" (the first frames are).
@@ -195,12 +199,12 @@ def video_to_vimeo(
         raise ValueError(f"stride and step must be >= 1, got stride={stride}, step={step}")
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
-    if fit not in FITS:
-        raise ValueError(f"fit must be one of {', '.join(FITS)}, got {fit!r}")
     if test_position not in ("start", "end"):
         raise ValueError(f"test_position must be 'start' or 'end', got {test_position!r}")
     if max_triplets is not None and max_triplets < 2:
         raise ValueError(f"max_triplets must be >= 2 (one train and one test triplet), got {max_triplets}")
+    if fit not in FITS:
+        raise ValueError(f"fit must be one of {', '.join(FITS)}, got {fit!r}")
     if not os.path.isfile(video_path):
         raise ConversionError(f"video file not found: {video_path}")
 
@@ -208,39 +212,35 @@ def video_to_vimeo(
     if not capture.isOpened():
         raise ConversionError(f"cannot open video (unsupported or corrupt): {video_path}")
 
-    span = 2 * stride  # number of consecutive-frame differences inside one triplet
-    window: collections.deque[np.ndarray] = collections.deque(maxlen=span + 1)
-    span_diffs: collections.deque[float] = collections.deque(maxlen=span)
+    span = 2 * stride  # number of consecutive-frame pairs inside one triplet
+    detector = ShotDetector(ShotSettings(cut_ratio=cut_ratio, duplicate_block=duplicate_block))
+    resized_frames: dict[int, np.ndarray] = {}  # frame index -> resized frame, while a triplet may still use it
+    pair_kinds: dict[int, str] = {}  # pair j (frames j, j + 1) -> "cut", "duplicate" or "motion"
     counts = dict.fromkeys(
         ["frames_read", "scene_cuts", "candidates", "skipped_scene_cut", "skipped_static"], 0
     )
     written: list[tuple[str, int]] = []  # (sequence name, start frame)
     sequences_dir = None
-    try:
-        frame_index = -1
-        while True:
-            ok, frame = capture.read()
-            if not ok or frame is None:
-                break
-            frame_index += 1
-            if frame_index == 0:
-                source_size = [int(frame.shape[1]), int(frame.shape[0])]
-            resized = fit_frame(frame, width, height, fit)
-            if window:
-                difference = _mean_abs_diff(window[-1], resized)
-                span_diffs.append(difference)
-                counts["scene_cuts"] += difference > scene_cut_threshold
-            window.append(resized)
-            if len(window) < span + 1:
-                continue
-            start = frame_index - span
-            if start % step:
+
+    def take(verdicts: list[PairVerdict]) -> bool:
+        """Record verdicts; write the triplets they complete. True once max_triplets are written."""
+        nonlocal sequences_dir
+        for verdict in verdicts:
+            pair_kinds[verdict.pair] = verdict.kind
+            counts["scene_cuts"] += verdict.kind == "cut"
+            start = verdict.pair - span + 1  # the triplet whose last pair this is
+            if start < 0 or start % step:
                 continue
             counts["candidates"] += 1
-            if max(span_diffs) > scene_cut_threshold:
+            kinds = [pair_kinds[j] for j in range(start, start + span)]
+            images = [resized_frames[start + k * stride] for k in range(3)]
+            for held in (resized_frames, pair_kinds):  # forget what no later triplet (start > this) can use
+                for index in [index for index in held if index <= start]:
+                    del held[index]
+            if "cut" in kinds:
                 counts["skipped_scene_cut"] += 1
                 continue
-            if min(span_diffs) < static_threshold:
+            if "duplicate" in kinds:
                 counts["skipped_static"] += 1
                 continue
             if sequences_dir is None:  # only touch out_dir once the video proved readable
@@ -248,13 +248,28 @@ def video_to_vimeo(
             name = _sequence_name(len(written))
             folder = os.path.join(sequences_dir, *name.split("/"))
             os.makedirs(folder, exist_ok=True)
-            for file_name, image in zip(FRAME_NAMES, (window[0], window[stride], window[span]), strict=True):
+            for file_name, image in zip(FRAME_NAMES, images, strict=True):
                 path = os.path.join(folder, file_name)
                 if not cv2.imwrite(path, image):
                     raise ConversionError(f"cannot write image: {path}")
             written.append((name, start))
             if max_triplets is not None and len(written) >= max_triplets:
+                return True
+        return False
+
+    try:
+        frame_index = -1
+        done = False
+        while not done:
+            ok, frame = capture.read()
+            if not ok or frame is None:
+                done = take(detector.finish())
                 break
+            frame_index += 1
+            if frame_index == 0:
+                source_size = [int(frame.shape[1]), int(frame.shape[0])]
+            resized_frames[frame_index] = fit_frame(frame, width, height, fit)
+            done = take(detector.push_frame(frame))
         counts["frames_read"] = frame_index + 1
     finally:
         capture.release()
@@ -269,7 +284,7 @@ def video_to_vimeo(
     if not written:
         raise ConversionError(
             f"no usable triplets in {video_path}: {counts['skipped_scene_cut']} span scene cuts, "
-            f"{counts['skipped_static']} are static (check --scene_cut_threshold/--static_threshold)"
+            f"{counts['skipped_static']} are static (check --cut_ratio/--duplicate_block)"
         )
 
     test_frames = int(round(frames_read * test_fraction))
@@ -306,14 +321,14 @@ def video_to_vimeo(
     info = {
         "source_video": os.path.basename(video_path),
         "size": [width, height],
-        "fit": fit,
         "stride": stride,
         "step": step,
         "test_fraction": test_fraction,
         "test_position": test_position,
+        "fit": fit,
         "max_triplets": max_triplets,
-        "scene_cut_threshold": scene_cut_threshold,
-        "static_threshold": static_threshold,
+        "cut_ratio": cut_ratio,
+        "duplicate_block": duplicate_block,
         "counts": counts,
     }
     temporary = os.path.join(out_dir, INFO_FILE + ".tmp")
@@ -338,10 +353,12 @@ def build_arg_parser() -> argparse.ArgumentParser:
     parser.add_argument("--test_position", choices=("start", "end"), default="end",
                         help="take the test block from the start or the end of the video (end)")
     parser.add_argument("--max_triplets", type=int, default=None, help="stop after N kept triplets")
-    parser.add_argument("--scene_cut_threshold", type=float, default=30.0,
-                        help="consecutive-frame mean abs difference (0..255) above which a cut is assumed (30)")
-    parser.add_argument("--static_threshold", type=float, default=0.2,
-                        help="consecutive-frame mean abs difference below which frames count as frozen (0.2)")
+    parser.add_argument("--cut_ratio", type=float, default=3.0,
+                        help="a pair whose content change is this many times its neighbours' median is a "
+                             "scene cut (3; inf: never)")
+    parser.add_argument("--duplicate_block", type=float, default=1.5,
+                        help="a pair whose largest 16x16 block difference (0..255) is at most this is a "
+                             "repeated frame (1.5; -1: never)")
     parser.add_argument("--step", type=int, default=1, help="start-frame distance between candidate triplets (1)")
     parser.add_argument("--overwrite", action="store_true", help="replace a data set already in OUT_DIR")
     return parser
@@ -357,8 +374,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             stride=args.stride,
             test_fraction=args.test_fraction,
             max_triplets=args.max_triplets,
-            scene_cut_threshold=args.scene_cut_threshold,
-            static_threshold=args.static_threshold,
+            cut_ratio=args.cut_ratio,
+            duplicate_block=args.duplicate_block,
             step=args.step,
             test_position=args.test_position,
             overwrite=args.overwrite,
@@ -367,13 +384,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConversionError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    print(describe_fit(tuple(counts["source_size"]), args.size, args.fit))
     print(
         f"{args.out_dir}: {counts['train']} train / {counts['test']} test triplets from "
         f"{counts['frames_read']} frames (skipped: {counts['skipped_scene_cut']} scene cut, "
         f"{counts['skipped_static']} static, {counts['skipped_split_boundary']} on the split boundary; "
         f"{counts['scene_cuts']} cuts detected)"
     )
-    print(describe_fit(tuple(counts["source_size"]), args.size, args.fit))
     return 0
 
 

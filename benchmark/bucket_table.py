@@ -1,0 +1,68 @@
+"""Per-motion-bucket PSNR of several benchmark reports side by side, as a Markdown table.
+
+    python benchmark/bucket_table.py base_s0=r0.json base_s1=r1.json s24_s0=r2.json [--subset test]
+
+Each argument is LABEL=REPORT (a ``--out`` JSON of any benchmark script; the label defaults to the file stem).
+Rows: the motion buckets of measures/motion.py, then "all". Columns: count, the frame average and the classical
+DIS baseline (from the first report: every report of one test set holds the same baselines), then each report's
+PSNR, then the mean over labels that differ only in a trailing ``_s<seed>`` (the mean over seeds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file: make the repository importable
+
+from measures.motion import MOTION_BUCKETS  # noqa: E402
+
+
+def load(argument: str, subset: str) -> tuple[str, dict]:
+    label, _, path = argument.rpartition("=")
+    path = Path(path)
+    if not path.is_file():
+        raise SystemExit(f"bucket_table: error: report not found: {path}")
+    results = json.loads(path.read_text())["results"]
+    if subset not in results:
+        raise SystemExit(f"bucket_table: error: {path} has no subset {subset!r} (it has {', '.join(results)})")
+    if "by_motion" not in results[subset]:
+        raise SystemExit(f"bucket_table: error: {path} has no per-motion results (run without --no_motion)")
+    return label or path.stem, results[subset]
+
+
+def table(reports: list[tuple[str, dict]]) -> str:
+    seed_groups: dict[str, list[str]] = {}
+    for label, _ in reports:
+        seed_groups.setdefault(re.sub(r"_s\d+$", "", label), []).append(label)
+    means = {group: labels for group, labels in seed_groups.items() if len(labels) > 1}
+    header = ["motion (px)", "count", "frame avg", "DIS flow", *[label for label, _ in reports],
+              *[f"{group} (mean of {len(labels)})" for group, labels in means.items()]]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    first = reports[0][1]
+    for index, (bucket, _, _) in enumerate([*MOTION_BUCKETS, ("all", 0, 0)]):
+        rows = {label: (result["by_motion"][index] if bucket != "all" else result) for label, result in reports}
+        base = rows[reports[0][0]]
+        cells = [bucket, str(base["count"] if bucket != "all" else first["count"])]
+        cells += [f"{base[key]:.2f}" if key in base else "-" for key in ("psnr_frame_average", "psnr_dis")]
+        cells += [f"{rows[label]['psnr']:.2f}" if "psnr" in rows[label] else "-" for label, _ in reports]
+        for labels in means.values():
+            values = [rows[label]["psnr"] for label in labels if "psnr" in rows[label]]
+            cells.append(f"{sum(values) / len(values):.2f}" if values else "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("reports", nargs="+", help="LABEL=REPORT.json")
+    parser.add_argument("--subset", default="test", help="which subset of the reports (default test)")
+    args = parser.parse_args(argv)
+    print(table([load(argument, args.subset) for argument in args.reports]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+"""The model side of the footage pipeline: batched model calls for many frame pairs, with recursive halving for
+checkpoints trained only at t = 0.5 (:func:`footage.timeplan.halving_rounds`)."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from config import AMP_DTYPES
+from footage.timeplan import halving_rounds
+from model.frames import crop_padding, pad_centred
+from model.inference import InferenceRunner, ModelClock
+
+PAD_MULTIPLE = 32       # centred replicate padding, as the benchmarks' protocols (benchmark.eval_core.Protocol)
+
+
+class FrameInterpolator:
+    """Predicts the frames at given times between many frame pairs, a batch of model calls at a time.
+
+    model: anything with ``inference(img0, img1, t, flow_scale, tta)`` (ThesisModel); it runs as the benchmarks'
+        ``Evaluator`` runs it (:meth:`predict`: centred padding to 32, autocast, crop, clamp, from model/frames.py),
+        so a video frame is predicted exactly as a benchmark frame is.
+    amp: "fp32", "bf16" or "fp16" (config.AMP_DTYPES): the model's autocast precision.
+    batch_size: model calls (pair, t) per forward pass.
+    halving: reach every t by repeated t = 0.5 calls (:func:`halving_rounds`) instead of passing t.
+    runner: how the model runs (:class:`model.inference.InferenceRunner`: CUDA graphs, compiled); default eager.
+    """
+
+    def __init__(self, model: nn.Module, device: torch.device, amp: str, tta: bool, flow_scale: float,
+                 batch_size: int, halving: bool, fixed_batch: bool = False, runner: InferenceRunner | None = None):
+        if amp not in AMP_DTYPES:
+            raise ValueError(f"amp must be one of {', '.join(AMP_DTYPES)}, got {amp!r}")
+        self.model, self.amp_dtype, self.tta, self.flow_scale = model, AMP_DTYPES[amp], tta, flow_scale
+        self.device, self.batch_size, self.halving = device, batch_size, halving
+        self.runner = runner or InferenceRunner(model, "off")
+        # A compiled model or a CUDA graph is specialised to one batch size: a short last batch would compile (minutes
+        # at 4K) or capture again, so it is filled up with copies of its last request, whose predictions are dropped.
+        self.fixed_batch = fixed_batch or self.runner.graphs_enabled or self.runner.compiled
+        self.model_calls = 0
+        self.clock = ModelClock(device)     # the model's own time per forward pass (GPU time on CUDA)
+
+    def model_rate(self, frames_out: int) -> str:
+        """The output frames/s the model alone would allow: median forward-pass time (the first pass, which
+        captures or compiles, is left out) spread over the output frames it serves."""
+        times = sorted(self.clock.times_ms[1:] or self.clock.times_ms)
+        if not times or not self.model_calls or not frames_out:
+            return "model-only n/a"
+        ms_per_call = times[len(times) // 2] / self.batch_size
+        rate = frames_out / (self.model_calls * ms_per_call / 1000)
+        return f"model-only {rate:.2f} out-frames/s ({ms_per_call:.1f} ms per model call, {self.runner.mode})"
+
+    def predict(self, img0: torch.Tensor, img1: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) inputs in [0, 1] and t (B,) -> (B, 3, H, W) float32 prediction clamped to [0, 1]."""
+        padded0, padding = pad_centred(img0, PAD_MULTIPLE)
+        padded1, _ = pad_centred(img1, PAD_MULTIPLE)
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.amp_dtype,
+                                                    enabled=self.amp_dtype is not None):
+            prediction = self.runner(padded0, padded1, t=t, flow_scale=self.flow_scale, tta=self.tta)
+        return crop_padding(prediction.float(), padding).clamp(0, 1)
+
+    def calls_needed(self, times: Sequence[Fraction]) -> int:
+        """Model calls (batch entries) that one pair with these output times costs."""
+        inner = [t for t in times if t > 0]
+        return sum(len(r) for r in halving_rounds(inner)) if self.halving else len(inner)
+
+    def interpolate(self, pairs: Sequence[tuple[torch.Tensor, torch.Tensor, Sequence[Fraction]]]
+                    ) -> list[dict[Fraction, torch.Tensor]]:
+        """[(img0, img1, times)] with images (1, 3, H, W) in [0, 1] -> per pair {t: (1, 3, H, W) prediction} for
+        every t in (0, 1) of ``times`` (halving also leaves its intermediate times in the dict)."""
+        values: list[dict[Fraction, torch.Tensor]] = [{Fraction(0): a, Fraction(1): b} for a, b, _ in pairs]
+        if self.halving:
+            per_pair = [halving_rounds(t for t in times if t > 0) for _, _, times in pairs]
+            for depth in range(max((len(r) for r in per_pair), default=0)):
+                requests = []
+                for index, rounds in enumerate(per_pair):
+                    if depth < len(rounds):
+                        step = Fraction(1, 2 ** (depth + 1))
+                        requests += [(index, t, values[index][t - step], values[index][t + step], Fraction(1, 2))
+                                     for t in rounds[depth]]
+                self._run(requests, values)
+        else:
+            self._run([(index, t, a, b, t) for index, (a, b, times) in enumerate(pairs) for t in times if t > 0],
+                      values)
+        return values
+
+    def _run(self, requests: list[tuple[int, Fraction, torch.Tensor, torch.Tensor, Fraction]],
+             values: list[dict[Fraction, torch.Tensor]]) -> None:
+        """requests: (pair index, output time, left image, right image, t given to the model)."""
+        for start in range(0, len(requests), self.batch_size):
+            chunk = requests[start:start + self.batch_size]
+            filled = chunk + chunk[-1:] * (self.batch_size - len(chunk)) if self.fixed_batch else chunk
+            img0 = torch.cat([r[2] for r in filled])
+            img1 = torch.cat([r[3] for r in filled])
+            t = torch.tensor([float(r[4]) for r in filled], dtype=torch.float32)
+            if self.device.type == "cuda":
+                # From pageable memory a copy waits for the GPU to finish everything queued before it; pinned and
+                # non-blocking, the main thread keeps queueing work instead.
+                t = t.pin_memory()
+            t = t.to(self.device, non_blocking=True)
+            with self.clock:
+                predictions = self.predict(img0, img1, t)
+            self.model_calls += len(chunk)
+            for (index, time_, *_), prediction in zip(chunk, predictions.split(1)):
+                values[index][time_] = prediction

@@ -1,0 +1,293 @@
+"""The streaming pipeline: a reader thread decodes and classifies frame pairs, the main thread batches pairs through
+the :class:`~footage.interpolator.FrameInterpolator`, a writer thread encodes (memory depends on the frame size,
+never on the video's length)."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Callable
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from footage.interpolator import FrameInterpolator
+from footage.timeplan import TimePlan
+from footage.video_io import FrameSink, FrameSource, VideoIOError
+from measures.shots import PairVerdict, ShotDetector, ShotSettings, frame_signature, pair_score
+from model.frames import frame_to_tensor
+
+
+class Stopped(Exception):
+    """The main thread asked the workers to stop (an error or Ctrl-C elsewhere)."""
+
+
+class Worker(threading.Thread):
+    """A daemon thread that keeps what its function raised, for the main thread to re-raise."""
+
+    def __init__(self, name: str, function: Callable[[], None]):
+        super().__init__(name=name, daemon=True)
+        self.function = function
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.function()
+        except BaseException as error:   # noqa: BLE001 - handed to the main thread, which decides
+            self.error = error
+
+
+def put(channel: queue.Queue, item: object, stop: threading.Event, peer: Worker | None = None) -> None:
+    """Blocking put that gives up when told to stop or when the consuming thread has failed."""
+    while True:
+        if stop.is_set():
+            raise Stopped
+        if peer is not None and peer.error is not None:
+            raise peer.error
+        try:
+            channel.put(item, timeout=0.05)
+            return
+        except queue.Full:
+            pass
+
+
+def get(channel: queue.Queue, stop: threading.Event, peer: Worker | None = None) -> object:
+    """Blocking get that gives up when told to stop or when the producing thread has failed."""
+    while True:
+        try:
+            return channel.get(timeout=0.05)
+        except queue.Empty:
+            pass
+        if stop.is_set():
+            raise Stopped
+        if peer is not None and peer.error is not None:
+            raise peer.error
+
+
+END = object()   # end-of-stream marker on both queues
+
+
+@dataclass
+class InputFrame:
+    """One decoded frame. rgb: (H, W, 3) uint8; time: seconds since the first frame (FrameSource); pinned: the
+    same in page-locked memory (CUDA only, for an asynchronous upload); verdict: what the pair (previous frame, this
+    one) is (None for the first frame)."""
+
+    index: int
+    time: Fraction
+    rgb: np.ndarray
+    pinned: torch.Tensor | None
+    verdict: PairVerdict | None
+
+
+@dataclass
+class OutputFrame:
+    """A frame on its way to the writer: a ready array, or a pinned tensor whose GPU->host copy is complete once
+    ``event`` has completed (the writer waits for it, so the main thread never does)."""
+
+    array: np.ndarray | None = None
+    host: torch.Tensor | None = None
+    event: torch.cuda.Event | None = None
+
+    def numpy(self) -> np.ndarray:
+        if self.event is not None:
+            self.event.synchronize()
+        return self.array if self.array is not None else self.host.numpy()
+
+
+@dataclass
+class PairJob:
+    """Input frames i and i+1 and what to output between them."""
+
+    index: int
+    frame0: InputFrame
+    img0: torch.Tensor                  # (1, 3, H, W) float in [0, 1] on the model's device
+    img1: torch.Tensor
+    times: list[Fraction]
+    kind: str                           # "motion", "cut" or "duplicate"
+
+
+@dataclass
+class RunStats:
+    """What a run did: the counts of the final line, and notes from the sink (e.g. why audio was not copied)."""
+
+    frames_in: int = 0
+    frames_out: int = 0
+    cuts: list[PairVerdict] = field(default_factory=list)          # in pair order
+    duplicates: list[PairVerdict] = field(default_factory=list)
+    model_calls: int = 0
+    seconds: float = 0.0
+    first_frame_seconds: float | None = None   # start-up: first batch, cuDNN autotuning, encoder start
+    notes: list[str] = field(default_factory=list)
+
+    def steady_rate(self) -> str:
+        """Output frames/s after the first frame was written: the rate without the one-off start-up."""
+        if self.first_frame_seconds is None or self.frames_out < 2 or self.seconds <= self.first_frame_seconds:
+            return "n/a"
+        return (f"{(self.frames_out - 1) / (self.seconds - self.first_frame_seconds):.2f} out-frames/s after "
+                f"{self.first_frame_seconds:.1f} s of start-up")
+
+    def summary(self) -> str:
+        rate = self.frames_out / self.seconds if self.seconds > 0 else float("nan")
+        return (f"frames in {self.frames_in}, frames out {self.frames_out}, cuts {len(self.cuts)}, "
+                f"duplicates {len(self.duplicates)}, {self.seconds:.1f} s ({rate:.2f} out-frames/s)")
+
+
+@dataclass(frozen=True)
+class StreamSettings:
+    """Everything :func:`run_stream` needs besides the source, sink and model."""
+
+    plan: TimePlan                      # where the output frames fall
+    shots: ShotSettings = ShotSettings()
+    progress: bool = True
+    expected_frames: int | None = None  # progress bar total
+
+
+def upload(frame: InputFrame, device: torch.device) -> torch.Tensor:
+    """(1, 3, H, W) float32 in [0, 1] on ``device``. From pinned memory the copy is asynchronous, so the main
+    thread goes on queueing work while it runs (frame_to_tensor copies from pageable memory, synchronously)."""
+    if frame.pinned is None:
+        return frame_to_tensor(frame.rgb, device)
+    image = frame.pinned.to(device, non_blocking=True)
+    return image.permute(2, 0, 1)[None].float().div_(255).contiguous()
+
+
+def to_output(prediction: torch.Tensor) -> OutputFrame:
+    """(1, 3, H, W) float prediction -> an :class:`OutputFrame`; on CUDA the copy to the host is only queued."""
+    # (H, W, 3) uint8, still on the device; clamped then rounded (as the benchmarks' to_uint8), never truncated.
+    image = torch.round(prediction[0].clamp(0, 1) * 255).to(torch.uint8).permute(1, 2, 0).contiguous()
+    if image.device.type != "cuda":
+        return OutputFrame(array=image.numpy())
+    host = torch.empty(image.shape, dtype=torch.uint8, pin_memory=True)
+    host.copy_(image, non_blocking=True)
+    event = torch.cuda.Event()
+    event.record()
+    return OutputFrame(host=host, event=event)
+
+
+def run_stream(source: FrameSource, sink: FrameSink, interpolator: FrameInterpolator,
+               settings: StreamSettings) -> RunStats:
+    """Read, interpolate and write every frame; returns the counts. On any failure (or Ctrl-C) the source is
+    stopped and the sink aborted before the error propagates, so nothing partial is left behind."""
+    device = interpolator.device
+    pin = device.type == "cuda"
+    info = source.info
+    frame_bytes = info.width * info.height * 3
+    stop = threading.Event()
+    read_queue: queue.Queue = queue.Queue(maxsize=8)
+    # Enough finished frames to ride out encoder hiccups, bounded to about 512 MiB of (pinned) memory.
+    write_queue: queue.Queue = queue.Queue(maxsize=max(4, min(32, (512 << 20) // frame_bytes)))
+    stats = RunStats()
+    bar = tqdm(total=settings.expected_frames, unit="frame", desc="interpolating", disable=not settings.progress,
+               dynamic_ncols=True)
+
+    def read_frames() -> None:
+        # A frame goes on once the verdict of its pair with the previous frame is known: the detector looks
+        # ``lookahead`` frames ahead, so that many frames wait here.
+        detector = ShotDetector(settings.shots)
+        waiting: deque[InputFrame] = deque()
+        previous = None
+
+        def release(verdicts: list[PairVerdict]) -> None:
+            for verdict in verdicts:
+                frame = waiting.popleft()
+                frame.verdict = verdict
+                put(read_queue, frame, stop)
+
+        for index, (rgb, time_) in enumerate(source.frames()):
+            signature = frame_signature(rgb)
+            frame = InputFrame(index, time_, rgb, torch.from_numpy(rgb).pin_memory() if pin else None, None)
+            if previous is None:
+                put(read_queue, frame, stop)
+            else:
+                waiting.append(frame)
+                release(detector.push_score(pair_score(previous, signature)))
+            previous = signature
+        release(detector.finish())
+        put(read_queue, END, stop)
+
+    def write_frames() -> None:
+        while True:
+            item = get(write_queue, stop)
+            if item is END:
+                return
+            sink.write(item.numpy())
+            if stats.first_frame_seconds is None:
+                stats.first_frame_seconds = time.perf_counter() - start
+            bar.update(1)
+
+    reader, writer = Worker("reader", read_frames), Worker("writer", write_frames)
+    start = time.perf_counter()
+    reader.start()
+    writer.start()
+
+    def emit(frame: OutputFrame) -> None:
+        put(write_queue, frame, stop, writer)
+        stats.frames_out += 1
+
+    def flush(jobs: list[PairJob]) -> None:
+        motion = [job for job in jobs if job.kind == "motion"]
+        predicted = iter(interpolator.interpolate([(job.img0, job.img1, job.times) for job in motion]))
+        for job in jobs:
+            values = next(predicted) if job.kind == "motion" else {}
+            for t in job.times:
+                # t = 0 is the input frame itself; across a cut or a duplicate every frame copies the earlier one.
+                copy = t == 0 or job.kind != "motion"
+                emit(OutputFrame(array=job.frame0.rgb) if copy else to_output(values[t]))
+        jobs.clear()
+
+    try:
+        with torch.inference_mode():
+            previous: tuple[InputFrame, torch.Tensor] | None = None
+            pending: list[PairJob] = []
+            pending_calls = 0
+            while True:
+                item = get(read_queue, stop, reader)
+                if item is END:
+                    break
+                stats.frames_in += 1
+                image = upload(item, device)
+                if previous is not None:
+                    kind = item.verdict.kind
+                    if kind != "motion":
+                        (stats.cuts if kind == "cut" else stats.duplicates).append(item.verdict)
+                    times = settings.plan.times_between(previous[0].time, item.time)
+                    pending.append(PairJob(previous[0].index, previous[0], previous[1], image, times, kind))
+                    pending_calls += interpolator.calls_needed(times) if kind == "motion" else 0
+                    # Batch consecutive pairs until a forward pass is full; a pair never waits for more than that.
+                    # A compiled model's short batches are filled with copies (FrameInterpolator), so there pairs
+                    # without model calls (cuts, duplicates) do not end a batch early; the cap bounds the frames held.
+                    pair_cap = interpolator.batch_size * (4 if interpolator.fixed_batch else 1)
+                    if pending_calls >= interpolator.batch_size or len(pending) >= pair_cap:
+                        flush(pending)
+                        pending_calls = 0
+                previous = (item, image)
+            flush(pending)
+            if stats.frames_in < 2:
+                raise VideoIOError(f"{info.path}: only {stats.frames_in} frame(s) decoded; interpolation needs 2")
+            for _ in range(settings.plan.tail(previous[0].time)):     # on the grid, or held (VFR)
+                emit(OutputFrame(array=previous[0].rgb))
+        put(write_queue, END, stop, writer)
+        while writer.is_alive():
+            writer.join(timeout=0.1)
+        if writer.error is not None:
+            raise writer.error
+        stats.notes += sink.finish(stats.frames_out)
+    except BaseException:
+        stop.set()
+        source.close()
+        sink.abort()
+        for worker in (reader, writer):
+            worker.join(timeout=5)
+        raise
+    finally:
+        bar.close()
+    reader.join(timeout=5)
+    stats.model_calls = interpolator.model_calls
+    stats.seconds = time.perf_counter() - start
+    return stats

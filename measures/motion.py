@@ -1,0 +1,230 @@
+"""How far things move between two frames, and what classical optical flow makes of the frame between them.
+
+Everything here runs OpenCV's DIS optical flow (Kroeger et al., ECCV 2016; ``cv2.DISOpticalFlow``, medium preset)
+on the frames as they are scored, on the CPU, and knows nothing of the model.
+
+* :func:`motion_statistic`: **the 95th percentile of |F_0->1| in pixels at the evaluated resolution**. The mean is
+  dominated by a static background, the maximum by a few bad matches; the 95th percentile is the motion of the
+  fastest twentieth of the frame, which is where interpolation fails.
+* :data:`MOTION_BUCKETS` / :func:`bucket_of` / :func:`summarize_by_motion`: quality per motion bucket
+  (< 4, 4-16, 16-32, 32-64, > 64 px), the stratification the VFI literature asks for.
+* :func:`interpolate_dis`: the classical baseline. DIS flow both ways, flows at t by the linear-motion
+  approximation, both frames backward-warped to t, blended with occlusion-aware weights
+  (:func:`occlusion_aware_weights`, the one rule).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+# (label, lower bound inclusive, upper bound exclusive) in pixels of the evaluated frame.
+MOTION_BUCKETS: tuple[tuple[str, float, float], ...] = (
+    ("<4", 0.0, 4.0),
+    ("4-16", 4.0, 16.0),
+    ("16-32", 16.0, 32.0),
+    ("32-64", 32.0, 64.0),
+    (">64", 64.0, math.inf),
+)
+MOTION_PERCENTILE = 95.0
+MOTION_STATISTIC = "95th percentile of |DIS flow I0->I1| in px at the evaluated resolution"
+DIS_WORK_MAX_SIDE = 2048      # larger frames are downscaled for DIS and the flow scaled back (4K: 2x)
+# Forward-backward consistency (Sundaram et al. 2010): a flow vector is trusted where
+# |F01(x) + F10(x + F01(x))|^2 <= ALPHA (|F01|^2 + |F10(x + F01)|^2) + BETA.
+CONSISTENCY_ALPHA = 0.01
+CONSISTENCY_BETA = 0.5
+OCCLUDED_WEIGHT = 0.05        # what an inconsistent sample still counts (both inconsistent: the time weights rule)
+
+
+def to_gray_uint8(frame: np.ndarray) -> np.ndarray:
+    """(H, W, 3) RGB uint8, or float in [0, 1] -> (H, W) uint8 luma (what DIS reads)."""
+    if frame.ndim != 3 or frame.shape[2] != 3:
+        raise ValueError(f"expected an (H, W, 3) frame, got shape {frame.shape}")
+    if frame.dtype != np.uint8:
+        frame = np.clip(np.rint(frame.astype(np.float32) * 255), 0, 255).astype(np.uint8)
+    return cv2.cvtColor(np.ascontiguousarray(frame), cv2.COLOR_RGB2GRAY)
+
+
+def dis_flow(gray0: np.ndarray, gray1: np.ndarray, work_max_side: int = DIS_WORK_MAX_SIDE) -> np.ndarray:
+    """(H, W) uint8 pair -> (H, W, 2) float32 flow F with gray0(x) ~ gray1(x + F(x)), in pixels of the input.
+
+    Frames whose longer side exceeds ``work_max_side`` are area-downscaled for DIS, and the flow is resized back
+    and multiplied by the scale (DIS is coarse-to-fine already; this bounds the CPU time at 4K).
+    """
+    if gray0.shape != gray1.shape:
+        raise ValueError(f"frames differ in size: {gray0.shape} vs {gray1.shape}")
+    height, width = gray0.shape
+    scale = min(1.0, work_max_side / max(height, width))
+    if scale < 1.0:
+        size = (max(8, round(width * scale)), max(8, round(height * scale)))
+        gray0 = cv2.resize(gray0, size, interpolation=cv2.INTER_AREA)
+        gray1 = cv2.resize(gray1, size, interpolation=cv2.INTER_AREA)
+    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+    flow = dis.calc(gray0, gray1, None)
+    if scale < 1.0:
+        flow = cv2.resize(flow, (width, height), interpolation=cv2.INTER_LINEAR)
+        flow[..., 0] *= width / gray0.shape[1]
+        flow[..., 1] *= height / gray0.shape[0]
+    return flow.astype(np.float32, copy=False)
+
+
+@dataclass(frozen=True)
+class FlowPair:
+    """DIS flow both ways between two frames: forward (H, W, 2) = F_0->1, backward (H, W, 2) = F_1->0."""
+
+    forward: np.ndarray
+    backward: np.ndarray
+
+    @property
+    def motion(self) -> float:
+        return motion_statistic(self.forward)
+
+
+def flow_pair(frame0: np.ndarray, frame1: np.ndarray) -> FlowPair:
+    """(H, W, 3) RGB frames (uint8 or float [0, 1]) -> DIS flow both ways."""
+    gray0, gray1 = to_gray_uint8(frame0), to_gray_uint8(frame1)
+    return FlowPair(dis_flow(gray0, gray1), dis_flow(gray1, gray0))
+
+
+def motion_statistic(flow: np.ndarray, percentile: float = MOTION_PERCENTILE) -> float:
+    """(H, W, 2) flow -> the ``percentile`` of its per-pixel magnitude, in pixels (see the module docstring)."""
+    magnitude = np.hypot(flow[..., 0], flow[..., 1])
+    return float(np.percentile(magnitude, percentile))
+
+
+def frame_motion(frame0: np.ndarray, frame1: np.ndarray) -> float:
+    """The motion statistic of a frame pair (H, W, 3): 95th percentile of |DIS F_0->1| in px."""
+    return motion_statistic(dis_flow(to_gray_uint8(frame0), to_gray_uint8(frame1)))
+
+
+def bucket_of(motion: float) -> str:
+    """The label of the bucket in :data:`MOTION_BUCKETS` that holds ``motion`` (px)."""
+    for label, low, high in MOTION_BUCKETS:
+        if low <= motion < high:
+            return label
+    return MOTION_BUCKETS[-1][0] if motion >= MOTION_BUCKETS[-1][1] else MOTION_BUCKETS[0][0]
+
+
+def summarize_by_motion(records: Sequence[dict], keys: Sequence[str]) -> list[dict]:
+    """Per bucket: {"bucket", "low_px", "high_px", "count", <key>: mean of the records' values...}.
+
+    records: dicts with a "motion" value (px) and the ``keys`` to average; keys missing from a bucket's records
+    (a baseline not computed) are left out of that bucket. Every bucket is listed, empty ones with count 0.
+    """
+    rows = []
+    for label, low, high in MOTION_BUCKETS:
+        members = [r for r in records if r.get("motion") is not None and bucket_of(r["motion"]) == label]
+        row: dict = {"bucket": label, "low_px": low, "high_px": None if math.isinf(high) else high,
+                     "count": len(members)}
+        for key in keys:
+            values = [r[key] for r in members if r.get(key) is not None and math.isfinite(r[key])]
+            if values and len(values) == len(members):
+                row[key] = float(np.mean(values))
+        rows.append(row)
+    return rows
+
+
+def format_bucket_table(rows: Sequence[dict], columns: Sequence[tuple[str, str]]) -> str:
+    """Rows of :func:`summarize_by_motion` as a plain-text table; columns: (key, heading) pairs."""
+    heading = f"{'motion (px)':>12} {'count':>6}" + "".join(f" {title:>12}" for _, title in columns)
+    lines = [heading]
+    for row in rows:
+        cells = "".join(f" {row[key]:12.4f}" if key in row else f" {'-':>12}" for key, _ in columns)
+        lines.append(f"{row['bucket']:>12} {row['count']:6d}{cells}")
+    return "\n".join(lines)
+
+
+LARGE_MOTION_PX = 32.0       # motion from which motion_flow_scale halves the flow estimator's resolution
+
+
+def motion_flow_scale(motion: float, base_scale: float = 1.0, large_motion: float = LARGE_MOTION_PX) -> float:
+    """The flow estimator's downscale for a pair whose motion statistic is ``motion`` px: ``base_scale`` (the
+    protocol's, chosen by resolution) below ``large_motion``, half of it from there on.
+
+    Why: the estimator learns the motion its training crops hold (the corpus's: mostly below 32 px); on frames at
+    half size a 64 px motion is 32 px, back in that range, at the cost of detail, which small motions need more.
+    """
+    return base_scale if motion < large_motion else base_scale / 2
+
+
+# --------------------------------------------------------------------------------------------------------
+# The classical baseline
+# --------------------------------------------------------------------------------------------------------
+def _identity_grid(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    xs, ys = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
+    return xs, ys
+
+
+def backward_warp(image: np.ndarray, flow: np.ndarray) -> np.ndarray:
+    """image sampled at x + flow(x) (bilinear, border replicated): (H, W, C) or (H, W), flow (H, W, 2)."""
+    xs, ys = _identity_grid(*flow.shape[:2])
+    return cv2.remap(image, xs + flow[..., 0], ys + flow[..., 1], interpolation=cv2.INTER_LINEAR,
+                     borderMode=cv2.BORDER_REPLICATE)
+
+
+def flow_consistency_error(flow: np.ndarray, other: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(squared error, squared tolerance), both (H, W): of ``flow`` (H, W, 2) against the reverse flow ``other``.
+
+    error = |flow(x) + other(x + flow(x))|^2, tolerance = ALPHA (|flow|^2 + |other(x + flow)|^2) + BETA: a
+    vector whose round trip does not come back is either occluded in the other frame or wrong.
+    """
+    other_there = backward_warp(other, flow)
+    error = np.sum((flow + other_there) ** 2, axis=-1)
+    tolerance = CONSISTENCY_ALPHA * (np.sum(flow ** 2, axis=-1) + np.sum(other_there ** 2, axis=-1)) + CONSISTENCY_BETA
+    return error, tolerance
+
+
+def occlusion_aware_weights(t: float, trusted0: np.ndarray, trusted1: np.ndarray,
+                            occluded_weight: float = OCCLUDED_WEIGHT) -> tuple[np.ndarray, np.ndarray]:
+    """The blend rule: per-pixel weights (w0, w1), each (H, W), w0 + w1 = 1.
+
+    trusted0 / trusted1: (H, W) in [0, 1], whether the sample fetched from I0 / I1 for this pixel of I_t came
+    through a forward-backward consistent flow vector. Each sample gets its time weight ((1 - t) for I0, t for I1)
+    times 1 where trusted and ``occluded_weight`` where not, then the two are normalized. So an occluded (or
+    mismatched) sample gives way to the other frame's, and where both are trusted, or neither, the weights are
+    the frame average's (1 - t, t).
+    """
+    visible0 = occluded_weight + (1.0 - occluded_weight) * trusted0
+    visible1 = occluded_weight + (1.0 - occluded_weight) * trusted1
+    raw0, raw1 = (1.0 - t) * visible0, t * visible1
+    total = raw0 + raw1
+    neither = total < 1e-6                       # only with occluded_weight 0: fall back to the time weights
+    weight0 = np.where(neither, 1.0 - t, raw0 / np.where(neither, 1.0, total))
+    return weight0.astype(np.float32), (1.0 - weight0).astype(np.float32)
+
+
+def interpolate_dis(frame0: np.ndarray, frame1: np.ndarray, t: float = 0.5,
+                    flows: FlowPair | None = None) -> np.ndarray:
+    """The classical baseline: (H, W, 3) frames (uint8 or float [0, 1]) -> (H, W, 3) float32 frame at ``t`` in [0, 1].
+
+    Flows at t under linear motion (Jiang et al., Super SloMo, eq. 4):
+        F_t->0 = -(1 - t) t F_0->1 + t^2 F_1->0,   F_t->1 = (1 - t)^2 F_0->1 - t (1 - t) F_1->0;
+    I0 and I1 are backward-warped along them, and blended by :func:`occlusion_aware_weights`, where a sample is
+    trusted when the source pixel it was fetched from has a forward-backward consistent DIS vector.
+    ``flows``: a :func:`flow_pair` of the same frames, to reuse (several t per pair).
+    """
+    if frame0.shape != frame1.shape:
+        raise ValueError(f"frames differ in size: {frame0.shape} vs {frame1.shape}")
+    if not 0.0 <= t <= 1.0:
+        raise ValueError(f"t must be in [0, 1], got {t}")
+    flows = flows if flows is not None else flow_pair(frame0, frame1)
+    image0 = frame0.astype(np.float32) / 255 if frame0.dtype == np.uint8 else frame0.astype(np.float32)
+    image1 = frame1.astype(np.float32) / 255 if frame1.dtype == np.uint8 else frame1.astype(np.float32)
+    f01, f10 = flows.forward, flows.backward
+    flow_t0 = -(1 - t) * t * f01 + t * t * f10
+    flow_t1 = (1 - t) ** 2 * f01 - t * (1 - t) * f10
+    error0, tolerance0 = flow_consistency_error(f01, f10)
+    error1, tolerance1 = flow_consistency_error(f10, f01)
+    consistent0 = (error0 <= tolerance0).astype(np.float32)
+    consistent1 = (error1 <= tolerance1).astype(np.float32)
+    trusted0 = backward_warp(consistent0, flow_t0)
+    trusted1 = backward_warp(consistent1, flow_t1)
+    weight0, weight1 = occlusion_aware_weights(t, trusted0, trusted1)
+    warped0 = backward_warp(image0, flow_t0)
+    warped1 = backward_warp(image1, flow_t1)
+    blended = weight0[..., None] * warped0 + weight1[..., None] * warped1
+    return np.clip(blended, 0.0, 1.0).astype(np.float32, copy=False)

@@ -1,0 +1,416 @@
+"""Running a trained model fast: CUDA graphs per input shape, ``torch.compile`` for inference, eager fallback.
+
+Every user of a trained model (``interpolate.py``, the benchmarks, ``benchmark/bench_model.py``) calls
+:class:`InferenceRunner` instead of ``model.inference``::
+
+    runner = InferenceRunner(model, cuda_graph="auto")          # compile=True: compile_for_inference first
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        pred = runner(img0, img1, t, flow_scale=1.0)            # (B, 3, H, W), a fresh tensor each call
+
+Why graphs: one forward of the Phase-2 model is about 1,100 operations, each a kernel launch, so up to 1080p an
+eager call is bound by the host launching kernels, not by the GPU (docs/PERF.md, inference section). A CUDA graph
+records the launches of one call once and replays them with one launch.
+
+How: a graph is recorded per :class:`GraphKey` (device, batch, height, width, input dtype, flow scale, TTA,
+autocast state) once that key has been seen ``capture_after`` times. Recording copies the inputs into static
+buffers, warms up on a side stream (cuDNN/cuBLAS choose their kernels, Triton autotunes, lazy caches fill), then
+captures one call; later calls copy into the same buffers, replay, and clone the static output (the next replay
+overwrites it). ``t`` always travels as a (B,) float32 device tensor: a Python float would be copied from the host
+inside the captured region, which CUDA forbids ("Cannot copy between CPU and CUDA tensors during CUDA graph
+capture"), and a scalar and a per-sample ``t`` then share one graph. At most ``max_graphs`` graphs are kept (least
+recently used evicted, its memory pool freed with it). Where graphs cannot run (a CPU model, ``cuda_graph="off"``,
+a capture that fails) the call runs eagerly, and the reason is logged once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+GRAPH_CHOICES = ("auto", "on", "off")
+DEFAULT_MAX_GRAPHS = 4
+DEFAULT_WARMUP_CALLS = 3
+INDUCTOR_CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
+
+
+class GraphUnavailable(ValueError):
+    """``cuda_graph="on"`` where graphs cannot run (a CPU model, a failed capture); the message says why."""
+
+
+# --------------------------------------------------------------------------------------------------------
+# torch.compile for inference
+# --------------------------------------------------------------------------------------------------------
+def default_compile_cache_dir() -> Path:
+    """Where Inductor keeps compiled kernels across runs unless ``TORCHINDUCTOR_CACHE_DIR`` says otherwise:
+    ``$XDG_CACHE_HOME/thesis_vfi/inductor`` (``~/.cache/thesis_vfi/inductor``)."""
+    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(root) / "thesis_vfi" / "inductor"
+
+
+def compile_for_inference(model: nn.Module, cache_dir: str | os.PathLike | None = None) -> nn.Module:
+    """Compile ``model`` in place with ``torch.compile`` (Inductor, static shapes) for many calls at one frame size
+    and batch; returns it. ``model.inference`` and ``model(...)`` then run the compiled forward.
+
+    Why: in eager 4K inference about half the time went to memory-bound passes around the cuDNN convolutions (dtype
+    casts, concatenations, PReLU, LayerNorm, layout transposes); Inductor fuses them (docs/PERF.md, section 4:
+    94.2 -> 59.8 ms at 4K on an H100, 4.3 -> 5.4 GiB). The model is one graph: mamba-ssm's Triton SSD kernel
+    enters it as a custom operator (model/ops/ssd.py), and while compiling, the convolution inputs are
+    channel-aligned and RefineNet's row strips are larger (model/ops/conv.py, model/refine.py). The first call per
+    input shape compiles (minutes at 4K); Inductor's kernel cache (``cache_dir``, default
+    :func:`default_compile_cache_dir`, or ``TORCHINDUCTOR_CACHE_DIR`` when set) makes a later process with the
+    same shapes skip most of it. Wrap the compiled model in :class:`InferenceRunner` to replay it as a CUDA graph.
+    """
+    if cache_dir is not None or INDUCTOR_CACHE_ENV not in os.environ:
+        # Read by Inductor when it first compiles; the environment is the documented way to choose the folder.
+        os.environ[INDUCTOR_CACHE_ENV] = str(cache_dir or default_compile_cache_dir())
+    model.eval()
+    model.compile(dynamic=False)
+    return model
+
+
+def is_compiled(model: nn.Module) -> bool:
+    """Whether ``model.compile()`` was called on it (its forward runs through Dynamo)."""
+    return getattr(model, "_compiled_call_impl", None) is not None
+
+
+# --------------------------------------------------------------------------------------------------------
+# CUDA graphs
+# --------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class GraphKey:
+    """Everything a recorded graph is specific to. Two calls with equal keys replay the same graph."""
+
+    device: str
+    batch: int
+    height: int
+    width: int
+    dtype: torch.dtype              # of the input images
+    flow_scale: float
+    tta: bool
+    autocast_dtype: torch.dtype | None   # None: autocast off
+
+    def describe(self) -> str:
+        precision = str(self.autocast_dtype).replace("torch.", "") if self.autocast_dtype else "no autocast"
+        return (f"{self.batch}x3x{self.height}x{self.width} {str(self.dtype).replace('torch.', '')}, flow scale "
+                f"{self.flow_scale:g}, {precision}{', TTA' if self.tta else ''}")
+
+
+def autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The autocast dtype in effect for ``device_type`` right now, None when autocast is off."""
+    if not torch.is_autocast_enabled(device_type):
+        return None
+    return torch.get_autocast_dtype(device_type)
+
+
+@dataclass
+class Recorded:
+    """A recorded call: ``replay()`` reruns it on whatever the static buffers hold and refreshes ``output``."""
+
+    replay: Callable[[], None]
+    output: torch.Tensor
+    handle: object = None           # keeps the graph (and its memory pool) alive
+    peak_gib: float | None = None   # peak allocated memory while the call was captured (its pool at full use)
+
+
+class CudaGraphCapture:
+    """How :class:`InferenceRunner` records a call: warm-up on a side stream, then ``torch.cuda.graph``."""
+
+    def unavailable_reason(self, device: torch.device) -> str | None:
+        """None where graphs can run on ``device``, else why not (a sentence fragment)."""
+        if device.type != "cuda":
+            return f"CUDA graphs need a CUDA device (the model is on {device.type})"
+        return None
+
+    def record(self, call: Callable[[], torch.Tensor], warmup_calls: int) -> Recorded:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(warmup_calls):
+                call()
+        torch.cuda.current_stream().wait_stream(side)
+        torch.cuda.synchronize()
+        # A replay allocates nothing: the graph's memory is what its capture allocated, so the peak that a report
+        # compares with eager's is read over the capture (the warm-up's autotuning workspaces left out).
+        torch.cuda.reset_peak_memory_stats()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            output = call()
+        peak = torch.cuda.max_memory_allocated() / 2**30
+        return Recorded(replay=graph.replay, output=output, handle=graph, peak_gib=peak)
+
+
+@dataclass
+class _Entry:
+    img0: torch.Tensor
+    img1: torch.Tensor
+    t: torch.Tensor
+    recorded: Recorded
+
+
+class InferenceRunner:
+    """``runner(img0, img1, t=0.5, flow_scale=1.0, tta=False)`` = ``model.inference(...)``, replayed as a CUDA graph
+    per input shape where possible (module docstring).
+
+    model: anything with ``inference(img0, img1, t, flow_scale=..., tta=...)`` returning (B, 3, H, W).
+    cuda_graph: "auto" (graphs on CUDA, eager elsewhere or when a capture fails), "on" (raise
+        :class:`GraphUnavailable` instead of falling back), "off" (always eager).
+    compile: compile the model in place first (:func:`compile_for_inference`); with graphs, the compiled forward is
+        what gets recorded.
+    capture_after: record a key's graph on its n-th call (1: at once). A data set of many frame sizes keeps the
+        eager path for sizes seen once instead of paying a warm-up and a capture for each.
+    max_graphs: graphs kept at once (least recently used evicted).
+    capture: the recorder (:class:`CudaGraphCapture`); tests pass a stand-in that needs no GPU.
+    """
+
+    def __init__(self, model: nn.Module, cuda_graph: str = "auto", compile: bool = False, capture_after: int = 1,
+                 max_graphs: int = DEFAULT_MAX_GRAPHS, warmup_calls: int = DEFAULT_WARMUP_CALLS,
+                 capture: CudaGraphCapture | None = None):
+        if cuda_graph not in GRAPH_CHOICES:
+            raise ValueError(f"cuda_graph must be one of {', '.join(GRAPH_CHOICES)}, got {cuda_graph!r}")
+        if capture_after < 1 or max_graphs < 1 or warmup_calls < 0:
+            raise ValueError("capture_after and max_graphs must be >= 1 and warmup_calls >= 0")
+        self.model = compile_for_inference(model) if compile else model
+        self.compiled = is_compiled(self.model)
+        self.capture = capture or CudaGraphCapture()
+        self.capture_after, self.max_graphs, self.warmup_calls = capture_after, max_graphs, warmup_calls
+        self.graphs: OrderedDict[GraphKey, _Entry] = OrderedDict()
+        self.seen: OrderedDict[GraphKey, int] = OrderedDict()       # calls per key not yet recorded (bounded)
+        self.failed: set[GraphKey] = set()                          # keys whose capture failed: eager from then on
+        self.counts = {"replays": 0, "eager_calls": 0, "captures": 0, "evictions": 0}
+        self.last_mode = "eager"
+        device = self._model_device()
+        reason = "eager (--cuda_graph off)" if cuda_graph == "off" else self.capture.unavailable_reason(device)
+        if cuda_graph == "on" and reason is not None:
+            raise GraphUnavailable(f"--cuda_graph on is not possible here: {reason}")
+        self.graph_reason = reason              # None: graphs will be recorded
+        self.cuda_graph = cuda_graph
+        self._said: set[str] = set()
+
+    # ---------------------------------------------------------------------------------------------------
+    @property
+    def graphs_enabled(self) -> bool:
+        return self.graph_reason is None
+
+    @property
+    def mode(self) -> str:
+        """"eager", "graphed", "compiled" or "compiled+graphed": what the last call ran."""
+        base = "compiled" if self.compiled else ""
+        if self.last_mode == "graphed":
+            return f"{base}+graphed" if base else "graphed"
+        return base or "eager"
+
+    @property
+    def capture_peak_gib(self) -> float | None:
+        """The largest peak allocated memory seen while capturing a graph still kept (None without graphs). The
+        capture resets CUDA's peak-memory statistics: read a peak of your own before the first graphed call."""
+        peaks = [entry.recorded.peak_gib for entry in self.graphs.values() if entry.recorded.peak_gib is not None]
+        return max(peaks) if peaks else None
+
+    def clear(self) -> None:
+        """Drop every recorded graph (and with it the graphs' memory pools)."""
+        self.graphs.clear()
+        self.seen.clear()
+
+    def _model_device(self) -> torch.device:
+        parameters = getattr(self.model, "parameters", None)        # any object with ``inference`` will do
+        parameter = next(iter(parameters()), None) if callable(parameters) else None
+        return parameter.device if parameter is not None else torch.device("cpu")
+
+    def _say(self, message: str) -> None:
+        if message not in self._said:
+            self._said.add(message)
+            logger.warning(message)
+
+    def key(self, img0: torch.Tensor, flow_scale: float, tta: bool) -> GraphKey:
+        batch, _, height, width = img0.shape
+        return GraphKey(str(img0.device), batch, height, width, img0.dtype, float(flow_scale), bool(tta),
+                        autocast_dtype(img0.device.type))
+
+    # ---------------------------------------------------------------------------------------------------
+    def __call__(self, img0: torch.Tensor, img1: torch.Tensor, t=0.5, flow_scale: float = 1.0,
+                 tta: bool = False) -> torch.Tensor:
+        """(B, 3, H, W) images, ``t`` a float, 0-d, (B,) or (B, 1, 1, 1) -> (B, 3, H, W) prediction."""
+        if img0.dim() != 4 or img0.shape != img1.shape:
+            raise ValueError(f"InferenceRunner expects two (B, 3, H, W) images of equal shape, got "
+                             f"{tuple(img0.shape)} and {tuple(img1.shape)}")
+        with torch.no_grad():
+            if not self.graphs_enabled:
+                return self._eager(img0, img1, t, flow_scale, tta)
+            key = self.key(img0, flow_scale, tta)
+            entry = self.graphs.get(key)
+            if entry is None:
+                if key in self.failed or not self._due(key):
+                    return self._eager(img0, img1, t, flow_scale, tta)
+                entry = self._record(key, img0, img1, t)
+                if entry is None:
+                    return self._eager(img0, img1, t, flow_scale, tta)
+            else:
+                self.graphs.move_to_end(key)
+                self._fill(entry, img0, img1, t)
+            entry.recorded.replay()
+            self.counts["replays"] += 1
+            self.last_mode = "graphed"
+            return entry.recorded.output.clone()
+
+    def _eager(self, img0, img1, t, flow_scale, tta) -> torch.Tensor:
+        self.counts["eager_calls"] += 1
+        self.last_mode = "eager"
+        return self.model.inference(img0, img1, t, flow_scale=flow_scale, tta=tta)
+
+    def _due(self, key: GraphKey) -> bool:
+        """Count a call of a key not yet recorded; True once it has been seen ``capture_after`` times."""
+        calls = self.seen.pop(key, 0) + 1
+        if calls >= self.capture_after:
+            return True
+        self.seen[key] = calls
+        while len(self.seen) > 64:          # a data set of many sizes: remember only the recent ones
+            self.seen.popitem(last=False)
+        return False
+
+    @staticmethod
+    def _timestep_buffer(t, batch: int, device: torch.device) -> torch.Tensor:
+        """(B,) float32 on ``device`` holding ``t`` (float, 0-d, (B,) or (B, 1, 1, 1))."""
+        buffer = torch.empty(batch, dtype=torch.float32, device=device)
+        InferenceRunner._write_timestep(buffer, t)
+        return buffer
+
+    @staticmethod
+    def _write_timestep(buffer: torch.Tensor, t) -> None:
+        if isinstance(t, torch.Tensor):
+            if t.numel() not in (1, buffer.numel()):
+                raise ValueError(f"timestep must be a scalar or have one value per sample (batch "
+                                 f"{buffer.numel()}), got shape {tuple(t.shape)}")
+            buffer.copy_(t.reshape(-1).expand(buffer.numel()), non_blocking=True)
+        else:
+            buffer.fill_(float(t))          # a kernel with the value as its argument: no host-to-device copy
+
+    def _fill(self, entry: _Entry, img0, img1, t) -> None:
+        entry.img0.copy_(img0)
+        entry.img1.copy_(img1)
+        self._write_timestep(entry.t, t)
+
+    def _record(self, key: GraphKey, img0, img1, t) -> _Entry | None:
+        while len(self.graphs) >= self.max_graphs:
+            self.graphs.popitem(last=False)
+            self.counts["evictions"] += 1
+        # Static buffers: ordinary tensors (not inference tensors), so later calls in or out of inference mode
+        # can copy into them.
+        with torch.inference_mode(False):
+            static0, static1 = img0.clone(), img1.clone()
+            static_t = self._timestep_buffer(t, key.batch, img0.device)
+        flow_scale, tta = key.flow_scale, key.tta
+
+        def call() -> torch.Tensor:
+            # Autocast's weight-cast cache must stay off: a cached cast made outside the capture would be read by
+            # the graph after autocast freed it. Same dtype and on/off state as the caller's.
+            with torch.autocast(img0.device.type, dtype=key.autocast_dtype or torch.float32,
+                                enabled=key.autocast_dtype is not None, cache_enabled=False):
+                return self.model.inference(static0, static1, static_t, flow_scale=flow_scale, tta=tta)
+        try:
+            recorded = self.capture.record(call, self.warmup_calls)
+        except Exception as error:          # noqa: BLE001 - any capture failure means: this key runs eagerly
+            if self.cuda_graph == "on":
+                raise GraphUnavailable(f"--cuda_graph on: CUDA graph capture failed for {key.describe()}: "
+                                       f"{type(error).__name__}: {error}") from error
+            self.failed.add(key)
+            self._say(f"CUDA graph capture failed for {key.describe()} ({type(error).__name__}: "
+                      f"{' '.join(str(error).split())[:200]}); that shape runs eagerly")
+            return None
+        entry = _Entry(static0, static1, static_t, recorded)
+        self.graphs[key] = entry
+        self.counts["captures"] += 1
+        return entry
+
+
+def add_graph_argument(parser, default: str = "auto") -> None:
+    """``--cuda_graph auto|on|off`` with the same meaning everywhere (benchmarks, bench_model, interpolate)."""
+    parser.add_argument("--cuda_graph", choices=GRAPH_CHOICES, default=default,
+                        help="replay the model as CUDA graphs, one per input shape (auto: on CUDA, eager on the "
+                             "CPU or where a capture fails; on: fail instead; off: eager). Default " + default)
+
+
+# --------------------------------------------------------------------------------------------------------
+# The runtime record every report carries
+# --------------------------------------------------------------------------------------------------------
+def device_name(device: torch.device | str) -> str:
+    """The card's name ("NVIDIA H200") or "cpu"."""
+    device = torch.device(device)
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def runtime_record(ms_per_frame: float | None, mode: str, device: torch.device | str, peak_gib: float | None,
+                   height: int | None = None, width: int | None = None, **extra) -> dict:
+    """{"ms_per_frame", "mode", "device", "peak_gib", "height", "width", ...}: the model's time per output frame at
+    the data set's resolution, as VFI papers report runtime. peak_gib is None on the CPU."""
+    record = {"ms_per_frame": None if ms_per_frame is None else round(ms_per_frame, 3), "mode": mode,
+              "device": device_name(device), "peak_gib": None if peak_gib is None else round(peak_gib, 3),
+              "height": height, "width": width}
+    record.update(extra)
+    return record
+
+
+def describe_runtime(record: dict) -> str:
+    """One line: "runtime 13.1 ms per output frame at 720x1280 (graphed, NVIDIA H200, peak 2.10 GiB)"."""
+    size = f" at {record['height']}x{record['width']}" if record.get("height") else ""
+    memory = f", peak {record['peak_gib']:.2f} GiB" if record.get("peak_gib") is not None else ""
+    ms = record.get("ms_per_frame")
+    speed = f"{ms:.1f} ms per output frame" if ms is not None else "n/a"
+    return f"runtime {speed}{size} ({record['mode']}, {record['device']}{memory})"
+
+
+class ModelClock:
+    """``with clock:`` around each model call: its milliseconds (CUDA events on a GPU, read once at the end, so
+    timing adds no synchronisation) and the peak allocated memory since the clock was made."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.device = device
+        self.events: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
+        self.host_ms: list[float] = []
+        self._began = 0.0
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats(device)
+
+    def __enter__(self) -> "ModelClock":
+        if self.cuda:
+            self.events.append((torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)))
+            self.events[-1][0].record()
+        else:
+            self._began = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.cuda:
+            self.events[-1][1].record()
+        else:
+            self.host_ms.append((time.perf_counter() - self._began) * 1000)
+
+    @property
+    def times_ms(self) -> list[float]:
+        if not self.cuda:
+            return self.host_ms
+        if self.events:
+            self.events[-1][1].synchronize()
+        return [start.elapsed_time(end) for start, end in self.events]
+
+    def median_ms(self) -> float | None:
+        times = sorted(self.times_ms)
+        return times[len(times) // 2] if times else None
+
+    def peak_gib(self) -> float | None:
+        return torch.cuda.max_memory_allocated(self.device) / 2**30 if self.cuda else None
+
+
+# --------------------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------------------

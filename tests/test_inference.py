@@ -1,0 +1,226 @@
+"""model/inference.py: the CUDA-graph bookkeeping with a stand-in model and recorder (CPU), the compiled model's single
+graph, the runtime record; graphed-vs-eager parity on real model configs (GPU only)."""
+
+from __future__ import annotations
+
+import logging
+from fractions import Fraction
+
+import pytest
+import torch
+from torch import nn
+
+from benchmark.eval_core import Evaluator, Protocol
+from config import preset
+from interpolate import FrameInterpolator
+from model import build_model
+from model.inference import (CudaGraphCapture, GraphUnavailable, InferenceRunner, Recorded, describe_runtime,
+                             runtime_record)
+
+
+class Blend(nn.Module):
+    """Stand-in model: (1 - t) * img0 + t * img1 scaled by a weight and the flow scale; counts its calls."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.tensor(2.0))
+        self.calls = 0
+
+    def inference(self, img0, img1, t=0.5, flow_scale=1.0, tta=False):
+        self.calls += 1
+        t = torch.as_tensor(t, dtype=img0.dtype).reshape(-1, 1, 1, 1)
+        out = ((1 - t) * img0 + t * img1) * self.weight * flow_scale
+        return out + 1 if tta else out
+
+
+class FakeCapture(CudaGraphCapture):
+    """Records without a GPU: warm-up calls, one call whose output tensor stays the static output, and a replay that
+    recomputes from the static buffers into that same tensor (what a CUDA graph replay does)."""
+
+    def __init__(self, fail: bool = False):
+        self.fail = fail
+        self.records = 0
+
+    def unavailable_reason(self, device):
+        return None
+
+    def record(self, call, warmup_calls):
+        self.records += 1
+        if self.fail:
+            raise RuntimeError("operation not permitted when stream is capturing")
+        for _ in range(warmup_calls):
+            call()
+        output = call()
+        return Recorded(replay=lambda: output.copy_(call()), output=output)
+
+
+def images(batch=1, height=8, width=12, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return tuple(torch.rand(batch, 3, height, width, generator=generator) for _ in range(2))
+
+
+def test_one_graph_per_shape_key_replayed_with_the_eager_values():
+    model, capture = Blend(), FakeCapture()
+    runner = InferenceRunner(model, "auto", capture=capture, warmup_calls=2)
+    a, b = images()
+    first = runner(a, b, 0.5)
+    entry = next(iter(runner.graphs.values()))
+    static0 = entry.img0
+    c, d = images(seed=1)
+    second = runner(c, d, 0.25)                          # same key: replayed on the new inputs and t
+    assert capture.records == 1 and runner.counts == {"replays": 2, "eager_calls": 0, "captures": 1, "evictions": 0}
+    assert next(iter(runner.graphs.values())).img0 is static0          # the static buffers are reused
+    assert torch.allclose(first, model.inference(a, b, 0.5)) and torch.allclose(second, model.inference(c, d, 0.25))
+    assert runner.mode == "graphed"
+
+
+def test_returned_prediction_is_not_the_static_output():
+    """The next replay overwrites the static output: a caller keeping a prediction (halving feeds one into the next
+    depth) must get its own tensor."""
+    runner = InferenceRunner(Blend(), "auto", capture=FakeCapture())
+    a, b = images()
+    kept = runner(a, b, 0.5)
+    before = kept.clone()
+    runner(*images(seed=3), 0.5)
+    assert torch.equal(kept, before)
+
+
+def test_keys_separate_shape_batch_flow_scale_tta_and_autocast_but_not_how_t_is_given():
+    capture = FakeCapture()
+    runner = InferenceRunner(Blend(), "auto", capture=capture, max_graphs=16)
+    a, b = images()
+    runner(a, b, 0.5)
+    runner(a, b, torch.tensor(0.5))                      # a 0-d tensor: the same (B,) buffer, the same graph
+    runner(a, b, torch.tensor([0.5]))
+    assert capture.records == 1
+    runner(*images(height=16), 0.5)
+    runner(*images(batch=2), torch.tensor([0.25, 0.75]))
+    runner(a, b, 0.5, flow_scale=0.5)
+    runner(a, b, 0.5, tta=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        runner(a, b, 0.5)
+    assert capture.records == 6 and len(runner.graphs) == 6
+
+
+def test_per_sample_t_reaches_the_graph():
+    model = Blend()
+    runner = InferenceRunner(model, "auto", capture=FakeCapture())
+    a, b = images(batch=2)
+    t = torch.tensor([0.25, 0.75])
+    runner(a, b, t)
+    assert torch.allclose(runner(a, b, t.flip(0)), model.inference(a, b, t.flip(0)))
+    with pytest.raises(ValueError, match="one value per sample"):
+        runner(a, b, torch.tensor([0.1, 0.2, 0.3]))
+
+
+def test_graph_cache_is_bounded_least_recently_used_first():
+    capture = FakeCapture()
+    runner = InferenceRunner(Blend(), "auto", capture=capture, max_graphs=2)
+    runner(*images(height=8), 0.5)
+    runner(*images(height=16), 0.5)
+    runner(*images(height=8), 0.5)                       # 8 is now the most recent
+    runner(*images(height=24), 0.5)                      # evicts 16
+    assert [key.height for key in runner.graphs] == [8, 24]
+    assert runner.counts["evictions"] == 1 and capture.records == 3
+    runner(*images(height=16), 0.5)                      # recorded again
+    assert capture.records == 4 and len(runner.graphs) == 2
+
+
+def test_capture_after_keeps_shapes_seen_once_eager():
+    model, capture = Blend(), FakeCapture()
+    runner = InferenceRunner(model, "auto", capture=capture, capture_after=2, warmup_calls=0)
+    a, b = images()
+    runner(a, b, 0.5)
+    assert capture.records == 0 and runner.counts["eager_calls"] == 1 and runner.mode == "eager"
+    runner(a, b, 0.5)
+    assert capture.records == 1 and runner.mode == "graphed"
+
+
+def test_cpu_model_runs_eagerly_and_on_refuses():
+    model = Blend()
+    runner = InferenceRunner(model, "auto")              # the real recorder: graphs need CUDA
+    a, b = images()
+    assert torch.equal(runner(a, b, 0.5), model.inference(a, b, 0.5))
+    assert not runner.graphs_enabled and runner.mode == "eager" and runner.counts["eager_calls"] == 1
+    with pytest.raises(GraphUnavailable, match="--cuda_graph on is not possible here: CUDA graphs need a CUDA "
+                                               "device"):
+        InferenceRunner(model, "on")
+    assert InferenceRunner(model, "off", capture=FakeCapture()).graph_reason == "eager (--cuda_graph off)"
+    with pytest.raises(ValueError, match="cuda_graph must be one of"):
+        InferenceRunner(model, "yes")
+
+
+def test_failed_capture_falls_back_to_eager_once_and_says_so_once(caplog):
+    model, capture = Blend(), FakeCapture(fail=True)
+    runner = InferenceRunner(model, "auto", capture=capture)
+    a, b = images()
+    with caplog.at_level(logging.WARNING, logger="model.inference"):
+        results = [runner(a, b, 0.5) for _ in range(3)]
+    assert all(torch.equal(r, model.inference(a, b, 0.5)) for r in results)
+    assert capture.records == 1                          # the failed key is not tried again
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 1 and "CUDA graph capture failed for 1x3x8x12" in messages[0]
+    with pytest.raises(GraphUnavailable, match="capture failed"):
+        InferenceRunner(model, "on", capture=FakeCapture(fail=True))(a, b, 0.5)
+
+
+def test_evaluator_and_interpolator_run_through_the_runner_and_report_runtime(tmp_path):
+    model, capture = Blend(), FakeCapture()
+    runner = InferenceRunner(model, "auto", capture=capture)
+    evaluator = Evaluator(model, Protocol("video"), "cpu", "fp32", progress=False, runner=runner)
+    a, b = images(height=32, width=32)
+    assert torch.allclose(evaluator.predict(a, b, 0.5), model.inference(a, b, 0.5).clamp(0, 1))
+    assert capture.records == 1
+    engine = FrameInterpolator(model, torch.device("cpu"), "fp32", False, 1.0, batch_size=2, halving=True,
+                               runner=InferenceRunner(model, "auto", capture=FakeCapture()))
+    assert engine.fixed_batch                            # a graph is specific to its batch: short batches are filled
+    engine.interpolate([(a, b, [Fraction(0), Fraction(1, 2)])])
+    assert "model-only" in engine.model_rate(frames_out=2) and "graphed" in engine.model_rate(frames_out=2)
+
+
+def test_runtime_record_and_line():
+    record = runtime_record(12.3456, "graphed", "cpu", None, 720, 1280, timed_calls=3)
+    assert record == {"ms_per_frame": 12.346, "mode": "graphed", "device": "cpu", "peak_gib": None, "height": 720,
+                      "width": 1280, "timed_calls": 3}
+    assert describe_runtime(record) == "runtime 12.3 ms per output frame at 720x1280 (graphed, cpu)"
+
+
+def test_compiled_model_traces_once_across_calls():
+    """The backward warp's grid cache used to be filled from inside the compiled forward; Dynamo guards on the dict,
+    so the second call recompiled the whole model (minutes at 1080p: interpolate.py --compile ran 12x slower than
+    eager on a 64-frame clip). The Dynamo-only backend keeps this test fast; Inductor sees the same guards."""
+    from torch._dynamo.utils import counters
+    torch.manual_seed(0)
+    model = build_model(preset(2, "tiny")).eval()
+    model.compile(dynamic=False, backend="eager")
+    counters.clear()
+    a, b = images(height=32, width=64)
+    with torch.inference_mode():
+        for t in (0.5, 0.5, 0.5):
+            model.inference(a, b, t)
+    assert counters["stats"]["unique_graphs"] == 1
+
+
+# --------------------------------------------------------------------------------------------------------
+# GPU: graphed vs eager on real model configs
+# --------------------------------------------------------------------------------------------------------
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+@pytest.mark.parametrize("phase", [1, 2])
+@pytest.mark.parametrize("amp", [None, torch.bfloat16])
+def test_graphed_inference_matches_eager_on_the_gpu(phase, amp):
+    torch.manual_seed(0)
+    model = build_model(preset(phase, "small")).cuda().eval()
+    runner = InferenceRunner(model, "on")
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    pairs = [tuple(torch.rand(1, 3, 256, 448, device="cuda", generator=generator) for _ in range(2))
+             for _ in range(2)]
+    with torch.autocast("cuda", dtype=amp or torch.float32, enabled=amp is not None):
+        for img0, img1 in pairs:
+            graphed = runner(img0, img1, 0.5)
+            eager = model.inference(img0, img1, 0.5)
+            difference = (graphed.float() - eager.float()).abs().flatten()
+            p999 = difference.topk(max(1, difference.numel() // 1000)).values.min()
+            assert p999 <= 1 / 255, float(p999)
+            if amp is None:
+                assert torch.allclose(graphed, eager, atol=1e-4), float(difference.max())
+    assert runner.counts["captures"] == 1 and runner.counts["replays"] == 2

