@@ -1,24 +1,22 @@
 """Trainer: owns the model, loss, optimizer, AMP, EMA and every piece of training state.
 
-Reading path of a training step: ``dataset.py`` -> :meth:`Trainer.train_step` -> an executor (``step_graph.py``, eager
-or CUDA graphs) -> ``ThesisModel.forward`` -> ``CompositeLoss`` -> backward; the outcome comes back to
-:meth:`Trainer._settle`, the one place that skips, counts, sets the learning rate and applies the update (optimizer and
-EMA). The learning rate is a pure function of the optimizer step (:func:`lr_at_step`), so resuming has no scheduler to
-restore. The Trainer owns the run's state from start to save: :meth:`Trainer.start` (exact resume, warm start, MaTVLM
-init, refusal to overwrite another run) and :meth:`Trainer.save` (atomic ``_last`` / ``_best``, rank 0 only, every
-rank's RNG). :meth:`Trainer.state_payload` holds everything needed to continue bit for bit: model, optimizer,
-GradScaler, EMA, step, epoch, best metric, config and the RNG states of every rank.
+Reading path of a training step: ``dataset.py`` -> ``loaders.py`` -> :meth:`Trainer.train_step` -> an executor
+(``step_graph.py``, eager or CUDA graphs) -> ``ThesisModel.forward`` -> ``CompositeLoss`` -> backward; the outcome comes
+back to :meth:`Trainer._settle`, the one place that skips, counts, sets the learning rate and applies the update
+(optimizer and EMA). The learning rate is a pure function of the optimizer step (:func:`lr_at_step`), so resuming has no
+scheduler to restore. The Trainer owns the run's state from start to save: :meth:`Trainer.start` (exact resume, warm
+start, MaTVLM init, refusal to overwrite another run) and :meth:`Trainer.save` (atomic ``_last`` / ``_best``, rank 0
+only, every rank's RNG). :meth:`Trainer.state_payload` holds everything needed to continue bit for bit: model,
+optimizer, GradScaler, EMA, step, epoch, best metric, config and the RNG states of every rank.
 """
 
 from __future__ import annotations
 
 import math
-import random
 import warnings
 from contextlib import contextmanager, nullcontext
 from typing import Any, Iterator
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -125,12 +123,6 @@ def portable_optimizer_state(optimizer: torch.optim.Optimizer) -> dict[str, Any]
             group["capturable"] = False
         groups.append(group)
     return {**state, "param_groups": groups}
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def to_float_images(batch: dict[str, torch.Tensor], device: torch.device) -> tuple[torch.Tensor, ...]:
@@ -566,14 +558,18 @@ class Trainer:
 
     def init_from_attention(self, name_or_path: str) -> None:
         """MaTVLM start (docs/DESIGN.md 6): copy a trained ``gated_attn_only`` checkpoint into the hybrid, its
-        attention projections mapped onto the Mamba2 branch (model/matvlm.py)."""
+        attention projections mapped onto the Mamba2 branch (model/matvlm.py). A checkpoint or model the copy does not
+        fit is refused with a :class:`CheckpointError` naming it."""
         self.release_graphs()
-        from model.matvlm import init_hybrid_from_attention, load_attention_source
+        from model.matvlm import MaTVLMIncompatible, init_hybrid_from_attention, load_attention_source
         path = resolve_checkpoint(name_or_path, self.cfg.train.ckpt_dir)
         payload = load_checkpoint(path)
         source_cfg = checkpoint_config(payload, path)
-        source = load_attention_source(source_cfg.model, payload.get("ema") or payload["model"], str(path))
-        report = init_hybrid_from_attention(self.model, source)
+        try:
+            source = load_attention_source(source_cfg.model, payload.get("ema") or payload["model"], str(path))
+            report = init_hybrid_from_attention(self.model, source)
+        except MaTVLMIncompatible as error:
+            raise CheckpointError(str(error)) from None
         # Kept until the caller has compared its validation PSNR with the initialised hybrid's (they must agree).
         self.matvlm_source = source.to(self.device)
         self.reset_ema()

@@ -57,8 +57,15 @@ def run_checkpoint_path(cfg: ExperimentConfig, kind: str) -> Path:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# RNG state (all generators a training step touches), in weights_only-loadable form
+# RNG state (all generators a training step touches): one seed for all, and capture/restore in weights_only form
 # ----------------------------------------------------------------------------------------------------------
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's (CPU and CUDA) default generators from one number."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
 def capture_rng_state() -> dict[str, Any]:
     """This process's torch, CUDA, NumPy and Python generator states (a checkpoint's ``rng`` holds one per rank)."""
     np_state = np.random.get_state()

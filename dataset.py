@@ -1,4 +1,4 @@
-"""Training and evaluation datasets for video frame interpolation, and the pieces of the training data path.
+"""Training and evaluation datasets for video frame interpolation, and their augmentation.
 
 Every dataset returns one dict per sample::
 
@@ -18,17 +18,12 @@ Datasets:
     X4KDataset    X4K1000FPS training clips (``train/<type>/<clip>/0000.png ..``), arbitrary t.
     MixedDataset  Deterministic A:B interleaving of a Vimeo and an X4K dataset (Phase 3).
 
-Data path (used by ``train.make_loaders``):
-    FrameCache / enable_frame_cache   decoded frames held in memory, filled once before the workers fork.
-    EpochSeededSampler + EpochSeededDataset   persistent workers whose random streams restart every epoch
-                  from (seed, rank, epoch), so a run resumed at an epoch boundary draws what it would have.
-    default_num_workers               the default worker count, capped at the CPU cores of one rank.
-    SameSizeBatchSampler + item_frame_sizes   validation batches of one frame size each (full frames of mixed
-                  sizes stack, on any number of ranks).
+The training data path is in ``frame_cache.py`` (decoded frames held in memory) and ``loaders.py`` (samplers,
+worker seeding, the loaders ``train.py`` iterates over).
 
 Randomness only comes from torch's default generator (``torch.randint`` / ``torch.randperm``). In the main
 process it is the caller's (``torch.manual_seed``); in DataLoader workers it is seeded per worker, by the
-DataLoader or, for persistent workers, by :class:`EpochSeededDataset` at each epoch.
+DataLoader or, for persistent workers, by ``loaders.EpochSeededDataset`` at each epoch.
 
 Bad input raises :class:`DatasetError` with a one-line message naming the file or folder at fault.
 Cheap checks (folders, list files, every frame's size against the crop, read from the PNG headers) happen
@@ -38,18 +33,16 @@ in ``__init__``; unreadable images are found when loaded or when the frame cache
 from __future__ import annotations
 
 import os
-import random
 import re
 import struct
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Iterator, NamedTuple, Sequence
+from typing import NamedTuple, Sequence
 
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler, Subset, get_worker_info
+from torch.utils.data import Dataset, Subset
 
 __all__ = [
     "DatasetError",
@@ -63,14 +56,9 @@ __all__ = [
     "X4KDataset",
     "MixedDataset",
     "image_size",
-    "FrameCache",
-    "enable_frame_cache",
-    "frame_cache_budget",
-    "EpochSeededSampler",
-    "SameSizeBatchSampler",
-    "item_frame_sizes",
-    "EpochSeededDataset",
-    "default_num_workers",
+    "read_bgr",
+    "png_header_size",
+    "triplet_parts",
     "VIMEO_TRAIN_LIST",
     "VIMEO_TEST_LIST",
     "VIMEO_FRAME_NAMES",
@@ -255,7 +243,7 @@ def augmented_sample(frames: Sequence[np.ndarray], t: float, params: Augmentatio
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def _read_bgr(path: str) -> np.ndarray:
+def read_bgr(path: str) -> np.ndarray:
     """Decode an image file as cv2 does: BGR uint8 of shape (H, W, 3)."""
     bgr = cv2.imread(path, cv2.IMREAD_COLOR)
     if bgr is None:
@@ -265,7 +253,7 @@ def _read_bgr(path: str) -> np.ndarray:
     return bgr
 
 
-def _png_header_size(path: str) -> tuple[int, int] | None:
+def png_header_size(path: str) -> tuple[int, int] | None:
     """(height, width) from a PNG's IHDR chunk (its first 24 bytes), or None when the file is not a PNG."""
     try:
         with open(path, "rb") as handle:
@@ -282,8 +270,8 @@ def _png_header_size(path: str) -> tuple[int, int] | None:
 
 def image_size(path: str) -> tuple[int, int]:
     """(height, width) of an image file: read from the header of a PNG (no decoding), else by decoding it."""
-    size = _png_header_size(path)
-    return size if size is not None else _read_bgr(path).shape[:2]
+    size = png_header_size(path)
+    return size if size is not None else read_bgr(path).shape[:2]
 
 
 def _validate_crop_size(crop_size: int | None) -> int | None:
@@ -294,116 +282,16 @@ def _validate_crop_size(crop_size: int | None) -> int | None:
     return int(crop_size)
 
 
-class FrameCache:
-    """Decoded frames in memory: one flat read-only uint8 buffer, looked up by file path.
-
-    Frames are kept exactly as :func:`cv2.imread` returns them (BGR, (H, W, 3)), so a dataset that reads from
-    the cache yields the same samples, bit for bit, as one that decodes the files. Fill it in the main process
-    before DataLoader workers start: forked workers share its pages copy-on-write and never write to them
-    (the buffer is read-only), so N workers cost one copy. With the "spawn"/"forkserver" start methods every
-    worker would receive its own copy instead, so ``train.make_loaders`` forks the training loader's workers when
-    it builds a cache (also where the default start method is another, as from Python 3.14 on Linux).
-
-    Args:
-        index: path -> (offset into buffer, height, width).
-        buffer: the frames, flat, uint8.
-        candidates: distinct frames the cache was asked to hold (the ones that fit are in ``index``).
-        fill_seconds: wall time spent decoding.
-    """
-
-    def __init__(self, index: dict[str, tuple[int, int, int]], buffer: np.ndarray, candidates: int,
-                 fill_seconds: float = 0.0):
-        self._index = index
-        self._buffer = buffer
-        self._buffer.flags.writeable = False  # a stray in-place edit would corrupt every later sample
-        self.candidates = candidates
-        self.fill_seconds = fill_seconds
-
-    @classmethod
-    def fill(cls, paths: Sequence[str], budget_bytes: int, threads: int = 1) -> "FrameCache":
-        """Decode ``paths`` (each distinct path once, in order) until the next frame would exceed the budget.
-
-        Sizes come from the PNG headers, so the buffer is allocated once; files that are not PNGs are left
-        out (they are decoded when loaded). Decoding runs on ``threads`` threads (cv2 releases the GIL).
-        Hard links to one file (tools/make_corpus.py links every triplet's frames to one copy of each frame) are
-        decoded and stored once and found under each of their paths.
-        An unreadable file raises :class:`DatasetError` naming it, before any training starts.
-        """
-        started = time.perf_counter()
-        unique = list(dict.fromkeys(os.fspath(p) for p in paths))
-        chosen: list[tuple[str, int, int, int]] = []
-        aliases: dict[str, str] = {}                       # a hard link -> the path its frame is stored under
-        by_inode: dict[tuple[int, int], str] = {}
-        total = 0
-        for path in unique if budget_bytes > 0 else ():
-            try:
-                status = os.stat(path)
-            except OSError:
-                status = None                              # missing: _png_header_size names it
-            if status is not None and status.st_nlink > 1:
-                first = by_inode.setdefault((status.st_dev, status.st_ino), path)
-                if first != path:
-                    aliases[path] = first
-                    continue
-            size = _png_header_size(path)
-            if size is None:
-                continue
-            nbytes = size[0] * size[1] * 3
-            if total + nbytes > budget_bytes:
-                break
-            chosen.append((path, total, size[0], size[1]))
-            total += nbytes
-        buffer = np.empty(total, dtype=np.uint8)
-
-        def decode(entry: tuple[str, int, int, int]) -> None:
-            path, offset, height, width = entry
-            bgr = _read_bgr(path)
-            if bgr.shape != (height, width, 3):
-                raise DatasetError(f"decoded size {bgr.shape[1]}x{bgr.shape[0]} differs from the PNG header's "
-                                   f"{width}x{height}: {path}")
-            buffer[offset : offset + bgr.size] = bgr.reshape(-1)
-
-        if len(chosen) > 1 and threads > 1:
-            with ThreadPoolExecutor(max_workers=threads) as pool:
-                for _ in pool.map(decode, chosen):  # re-raises the first failure
-                    pass
-        else:
-            for entry in chosen:
-                decode(entry)
-        index = {path: (offset, height, width) for path, offset, height, width in chosen}
-        index.update({alias: index[first] for alias, first in aliases.items() if first in index})
-        return cls(index, buffer, candidates=len(unique), fill_seconds=time.perf_counter() - started)
-
-    def get(self, path: str) -> np.ndarray | None:
-        """The cached BGR frame (H, W, 3) of ``path`` (a read-only view), or None if it is not cached."""
-        entry = self._index.get(path)
-        if entry is None:
-            return None
-        offset, height, width = entry
-        return self._buffer[offset : offset + height * width * 3].reshape(height, width, 3)
-
-    def __len__(self) -> int:
-        """Paths served from memory (hard links to one stored frame count once each)."""
-        return len(self._index)
-
-    @property
-    def nbytes(self) -> int:
-        return int(self._buffer.nbytes)
-
-    def describe(self) -> str:
-        return (f"{len(self)} of {self.candidates} frames, {self.nbytes / 2**30:.2f} GiB, "
-                f"decoded in {self.fill_seconds:.1f} s")
-
-
 class _TripletDataset(Dataset):
     """Common tail of every dataset: size checks, augmentation, conversion to tensors.
 
-    ``frame_cache`` (None by default) serves decoded frames from memory; see :func:`enable_frame_cache`.
+    ``frame_cache`` (None by default) serves decoded frames from memory: a ``frame_cache.FrameCache``, attached by
+    ``frame_cache.enable_frame_cache`` (anything with ``get(path) -> BGR (H, W, 3) uint8 or None``).
     """
 
     crop_size: int | None
     augment: bool
-    frame_cache: FrameCache | None = None
+    frame_cache = None
 
     def frame_paths(self) -> list[str]:
         """Every frame file a sample may read, in a stable order (what a frame cache should hold)."""
@@ -418,7 +306,7 @@ class _TripletDataset(Dataset):
         # Threads: on a cold or network disk the open() calls, not the 24-byte reads, take the time.
         chunks = [paths[i:i + 1024] for i in range(0, len(paths), 1024)]
         with ThreadPoolExecutor(max_workers=min(8, len(chunks) or 1)) as pool:
-            sizes = [size for chunk in pool.map(lambda part: [_png_header_size(p) for p in part], chunks)
+            sizes = [size for chunk in pool.map(lambda part: [png_header_size(p) for p in part], chunks)
                      for size in chunk]
         too_small = [(path, size) for path, size in zip(paths, sizes)
                      if size is not None and min(size) < self.crop_size]
@@ -435,7 +323,7 @@ class _TripletDataset(Dataset):
         """RGB uint8 (H, W, 3) of one frame, from the cache when it holds it (a view; never written to)."""
         bgr = self.frame_cache.get(path) if self.frame_cache is not None else None
         if bgr is None:
-            bgr = _read_bgr(path)
+            bgr = read_bgr(path)
         return bgr[..., ::-1]  # a view; the copy happens once, in augmented_sample
 
     def _load_sample(self, paths: Sequence[str], t: float, folder: str) -> dict[str, torch.Tensor]:
@@ -800,181 +688,12 @@ class MixedDataset(Dataset):
         return f"MixedDataset(ratio={self.ratio[0]}:{self.ratio[1]}, len={len(self)}, {self.vimeo!r}, {self.x4k!r})"
 
 
-# --------------------------------------------------------------------------------------------------------
-# Phase-3 curriculum: the X4K frame gap the training loop allows at each epoch (set_max_gap above applies it)
-# --------------------------------------------------------------------------------------------------------
-CURRICULUM_GAPS = (2, 4, 8, 16, 32)
-
-
-def curriculum_max_gap(epoch: int, transition_epoch: int, enabled: bool, gaps: tuple[int, ...] = CURRICULUM_GAPS) -> int:
-    """Largest X4K frame gap allowed at ``epoch`` (0-based).
-
-    VFIMamba's curriculum (docs/DESIGN.md 1.6): keep Vimeo90K throughout and add X-TRAIN with growing motion. The
-    exact published schedule is unverified; ours raises the cap through ``gaps`` in equal steps of
-    ``transition_epoch / (len(gaps) - 1)`` epochs, so the full range is reached at ``transition_epoch``
-    (``--curriculum_T``). Without the curriculum: the full range from the start.
-    """
-    if not enabled:
-        return gaps[-1]
-    stage = min(len(gaps) - 1, (epoch * (len(gaps) - 1)) // max(1, transition_epoch))
-    return gaps[stage]
-
-
 # --------------------------------------------------------------------------------------------------
-# The training data path: frame cache, per-epoch worker seeds, worker count
+# The Vimeo/X4K parts of a (mixed, subset) dataset: what a frame cache fills from
 # --------------------------------------------------------------------------------------------------
-def _triplet_parts(dataset: Dataset) -> list[_TripletDataset]:
+def triplet_parts(dataset: Dataset) -> list[_TripletDataset]:
     """The Vimeo/X4K datasets inside ``dataset`` (through MixedDataset and Subset wrappers)."""
     dataset = _unwrap(dataset)
     if isinstance(dataset, MixedDataset):
-        return _triplet_parts(dataset.vimeo) + _triplet_parts(dataset.x4k)
+        return triplet_parts(dataset.vimeo) + triplet_parts(dataset.x4k)
     return [dataset] if isinstance(dataset, _TripletDataset) else []
-
-
-def enable_frame_cache(dataset: Dataset, budget_bytes: int, threads: int = 1) -> FrameCache:
-    """Decode the frames of every Vimeo/X4K part of ``dataset`` into one :class:`FrameCache` and attach it.
-
-    Frames are taken in the parts' order (Vimeo before X4K in a MixedDataset) until ``budget_bytes`` is
-    reached; the rest are decoded when loaded, as without a cache. Samples are identical either way.
-    Call it in the main process before the DataLoader's workers start.
-    """
-    parts = _triplet_parts(dataset)
-    cache = FrameCache.fill([path for part in parts for path in part.frame_paths()], budget_bytes, threads)
-    for part in parts:
-        part.frame_cache = cache if len(cache) else None
-    return cache
-
-
-def _available_memory_bytes() -> int:
-    """MemAvailable from /proc/meminfo (Linux); 0 where it cannot be read (then nothing is cached)."""
-    try:
-        with open("/proc/meminfo", "r", encoding="ascii") as handle:
-            for line in handle:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
-
-
-def frame_cache_budget(local_world_size: int = 1, cap_bytes: int = 8 * 2**30, fraction: float = 0.25) -> int:
-    """Bytes of decoded frames one rank may cache: min(cap, fraction of available memory), split over the ranks
-    of this machine (each rank holds its own copy).
-
-    The 8 GiB cap bounds the start-up cost: filling it takes about 5 s on 16 cores with 1280x720 PNGs
-    (about 25 ms per frame per core) and holds a small set (a few hundred triplets at 720p, ~24k frames of
-    448x256) whole; larger sets are cached in part.
-    """
-    budget = min(cap_bytes, int(fraction * _available_memory_bytes()))
-    return max(0, budget // max(1, local_world_size))
-
-
-def item_frame_sizes(dataset: Dataset) -> list[tuple[int, int]]:
-    """(height, width) of every item's frames, read from the first frame's header (a Vimeo-layout set, or a Subset
-    of one): what :class:`SameSizeBatchSampler` groups by. The frames of one item share a size (checked on load)."""
-    indices = list(range(len(dataset)))
-    while isinstance(dataset, Subset):
-        indices = [dataset.indices[i] for i in indices]
-        dataset = dataset.dataset
-    if not hasattr(dataset, "frame_path"):
-        raise TypeError(f"{type(dataset).__name__} has no frame_path(index, frame): cannot read its frame sizes")
-    return [image_size(dataset.frame_path(index, 0)) for index in indices]
-
-
-class SameSizeBatchSampler(Sampler[list[int]]):
-    """Batches of at most ``batch_size`` of ``indices`` whose frames share one size, so the default collate can stack
-    them whatever mix of sizes the set holds (a validation list of 176x144 and 640x272 clips). Sizes in order of first
-    appearance, indices in their given order within a size; every index exactly once.
-
-    Args:
-        indices: the dataset indices to batch (a rank's shard), in order.
-        sizes: (height, width) of every item of the dataset (:func:`item_frame_sizes`), indexed by dataset index.
-        batch_size: the most items per batch.
-    """
-
-    def __init__(self, indices: Sequence[int], sizes: Sequence[tuple[int, int]], batch_size: int):
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        groups: dict[tuple[int, int], list[int]] = {}
-        for index in indices:
-            groups.setdefault(tuple(sizes[index]), []).append(int(index))
-        self.batches = [group[i:i + batch_size] for group in groups.values() for i in range(0, len(group), batch_size)]
-
-    def __iter__(self) -> Iterator[list[int]]:
-        return iter(self.batches)
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-
-class EpochSeededSampler(Sampler[tuple[int, int]]):
-    """Wraps an index sampler and yields ``(epoch_seed, index)``; pair it with :class:`EpochSeededDataset`.
-
-    ``epoch_seed`` is a pure function of (seed, rank, epoch), the epoch being the wrapped sampler's ``epoch``
-    (``DistributedSampler.set_epoch``) or, for a sampler without one, the number of iterations begun. It rides
-    with every index, so it reaches persistent workers in step with the indices themselves: samples of an
-    abandoned epoch still queued in a worker keep their old seed.
-    """
-
-    def __init__(self, sampler: Sampler[int], seed: int, rank: int = 0):
-        self.sampler = sampler
-        self.seed = int(seed)
-        self.rank = int(rank)
-        self._iterations = 0
-
-    def epoch_seed(self, epoch: int) -> int:
-        """A seed below 2**62 (room to add a worker id) for ``epoch``."""
-        words = np.random.SeedSequence([self.seed % 2**63, self.rank, int(epoch)]).generate_state(2, np.uint32)
-        return (int(words[0]) << 30) ^ int(words[1])
-
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        epoch = getattr(self.sampler, "epoch", self._iterations)
-        self._iterations += 1
-        seed = self.epoch_seed(epoch)
-        for index in self.sampler:
-            yield seed, int(index)
-
-    def __len__(self) -> int:
-        return len(self.sampler)  # type: ignore[arg-type]
-
-
-class EpochSeededDataset(Dataset):
-    """Takes ``(epoch_seed, index)`` keys; in a DataLoader worker, reseeds torch's default generator (and
-    Python's ``random``) with ``epoch_seed + worker_id`` at the first sample of each epoch.
-
-    That restarts every worker's random stream at every epoch exactly as non-persistent workers would be
-    seeded, but from (seed, rank, epoch) rather than from the main process's generator: persistent workers,
-    a different worker count's start-up, or a run resumed at an epoch boundary all draw the same augmentations
-    for the same (worker, epoch). Only for use inside DataLoader workers (in the main process it would reseed
-    the caller's generator).
-    """
-
-    def __init__(self, dataset: Dataset):
-        self.dataset = dataset
-        self._current_seed: int | None = None  # per worker process: each holds its own copy of this object
-
-    def __len__(self) -> int:
-        return len(self.dataset)  # type: ignore[arg-type]
-
-    def __getitem__(self, key: tuple[int, int]) -> dict:
-        seed, index = key
-        if seed != self._current_seed:
-            info = get_worker_info()
-            if info is None:
-                raise RuntimeError("EpochSeededDataset reseeds DataLoader workers; use the plain dataset with "
-                                   "num_workers=0")
-            torch.manual_seed(seed + info.id)
-            random.seed(seed + info.id)
-            self._current_seed = seed
-        return self.dataset[index]
-
-
-def default_num_workers(preferred: int, local_world_size: int = 1) -> tuple[int, int]:
-    """``(workers, cores per rank)``: ``preferred`` capped at the CPU cores this process may run on, shared
-    evenly by the ranks on this machine (more workers than cores only adds switching, and PyTorch warns)."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
-    per_rank = max(1, cores // max(1, local_world_size))
-    return min(preferred, per_rank), per_rank

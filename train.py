@@ -27,33 +27,17 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, DistributedSampler, Sampler, Subset
 
-from checkpoint import CheckpointError, atomic_write_text, resolve_checkpoint, run_checkpoint_path, run_name
-from config import DEFAULT_NUM_WORKERS, ConfigError, ExperimentConfig, parse_train_argv
-from dataset import DatasetError, EpochSeededDataset, EpochSeededSampler, MixedDataset, SameSizeBatchSampler, \
-    VimeoDataset, X4KDataset, curriculum_max_gap, default_num_workers, enable_frame_cache, frame_cache_budget, \
-    item_frame_sizes
+from checkpoint import CheckpointError, atomic_write_text, resolve_checkpoint, run_checkpoint_path, run_name, \
+    seed_everything
+from config import ConfigError, ExperimentConfig, parse_train_argv
+from dataset import DatasetError
 from distributed import DistributedContext, init_distributed, shutdown_distributed
-from model.matvlm import MaTVLMIncompatible
-from Trainer import Trainer, TrainingDiverged, seed_everything
+from loaders import STOP_SIGNALS, build_datasets, curriculum_max_gap, make_loaders
+from Trainer import Trainer, TrainingDiverged
 from visualize import sample_grid
 
 LOSS_TAGS = ("loss_lap", "loss_ter", "loss_vgg", "loss_flow_smooth", "loss_inter", "loss_total")   # total last
-
-
-class ShardSampler(Sampler[int]):
-    """Rank r evaluates indices r, r + W, r + 2W, ...: every sample exactly once over all ranks (unlike
-    DistributedSampler, which pads with duplicates and would bias the averaged metric)."""
-
-    def __init__(self, length: int, rank: int, world_size: int):
-        self.indices = list(range(rank, length, world_size))
-
-    def __iter__(self):
-        return iter(self.indices)
-
-    def __len__(self) -> int:
-        return len(self.indices)
 
 
 class NullWriter:
@@ -75,7 +59,7 @@ class StopSignals:
     training loop) a signal raises KeyboardInterrupt at once, as by default, so start-up stops without waiting.
     """
 
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    SIGNALS = STOP_SIGNALS
     REPEAT_GRACE_S = 2.0
 
     def __init__(self, ctx: DistributedContext):
@@ -133,13 +117,6 @@ class StopSignals:
         else:
             self.stop_signal = self.received
         return self.stop_signal != 0
-
-
-def ignore_stop_signals(worker_id: int) -> None:
-    """DataLoader worker start: Ctrl-C reaches the whole process group; the main process decides when to stop and
-    shuts the workers down itself, so a worker must not die of the signal in the middle of a batch."""
-    for number in StopSignals.SIGNALS:
-        signal.signal(number, signal.SIG_IGN)
 
 
 class Progress:
@@ -200,81 +177,6 @@ def resume_command(argv: list[str], resume_name: str, ctx: DistributedContext) -
     if nodes == 1:
         return shlex.join([*launcher, *flags])
     return f"{shlex.join(launcher)} <your --rdzv flags, as before> {shlex.join(flags)}"
-
-
-def build_datasets(cfg: ExperimentConfig):
-    """(train set, validation set, the X4K part or None). Raises DatasetError before any training starts."""
-    data, train = cfg.data, cfg.train
-    vimeo = VimeoDataset(data.data_path, "train", crop_size=data.crop_size, augment=True)
-    val = VimeoDataset(data.data_path, "test")
-    x4k = None
-    if train.phase == 3:
-        x4k = X4KDataset(data.x4k_path, crop_size=data.crop_size, augment=True,
-                         max_gap=curriculum_max_gap(0, train.curriculum_T, train.curriculum))
-        train_set = MixedDataset(vimeo, x4k, data.mixed_ratio)
-    else:
-        train_set = vimeo
-    if train.dry_run:
-        val = Subset(val, range(min(len(val), 8)))
-    return train_set, val, x4k
-
-
-def make_loaders(cfg: ExperimentConfig, ctx: DistributedContext, train_set, val_set, cache_bytes: int | None = None):
-    """(train loader, its DistributedSampler for set_epoch, validation loader).
-
-    Training workers are persistent (no re-fork and re-prime every epoch): the Phase-3 gap reaches them through
-    shared memory (X4KDataset.max_gap) and their random streams restart each epoch from (seed, rank, epoch)
-    (EpochSeededSampler/EpochSeededDataset), so resuming at an epoch boundary draws the same samples. Frames of
-    the training set are decoded once into an in-memory cache up to ``cache_bytes`` per rank (default:
-    dataset.frame_cache_budget; none in dry runs); batches are the same with or without it.
-    """
-    data = cfg.data
-    log = print if ctx.is_main else (lambda *a, **k: None)
-    pin = ctx.device.type == "cuda"
-    local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    capped, cores_per_rank = default_num_workers(DEFAULT_NUM_WORKERS, local_world_size)
-    if cfg.train.dry_run and ctx.device.type == "cpu":
-        workers = 0
-    elif data.num_workers is None:
-        workers = capped
-        if capped < DEFAULT_NUM_WORKERS:
-            log(f"DataLoader: {capped} workers per process (the default {DEFAULT_NUM_WORKERS}, capped at the "
-                f"{cores_per_rank} CPU cores available per process; --num_workers overrides)")
-    else:
-        workers = data.num_workers
-    sampler = DistributedSampler(train_set, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
-                                 seed=cfg.train.seed, drop_last=True)
-    if len(sampler) < data.batch_size:
-        raise ConfigError(f"--batch_size {data.batch_size} is larger than the {len(sampler)} training samples per "
-                          f"rank in {data.data_path}")
-    if cache_bytes is None:
-        cache_bytes = 0 if cfg.train.dry_run else frame_cache_budget(local_world_size)
-    # Workers share the cache copy-on-write only when forked; spawned ones would each unpickle a copy. Python 3.14
-    # starts workers with "forkserver" by default on Linux, so the training loader asks for "fork" where it exists.
-    fork = "fork" in torch.multiprocessing.get_all_start_methods()
-    cached = cache_bytes > 0 and (workers == 0 or fork)
-    if cached:
-        cache = enable_frame_cache(train_set, cache_bytes, threads=cores_per_rank)
-        if len(cache):
-            log(f"decoded-frame cache: {cache.describe()}")
-    elif cache_bytes > 0:
-        log("decoded-frame cache: off (this platform cannot fork DataLoader workers, and only forked workers share "
-            "one copy); frames are decoded per sample")
-    if workers > 0:
-        context = "fork" if cached and torch.multiprocessing.get_start_method() != "fork" else None
-        train_loader = DataLoader(EpochSeededDataset(train_set), batch_size=data.batch_size,
-                                  sampler=EpochSeededSampler(sampler, cfg.train.seed, ctx.rank), num_workers=workers,
-                                  pin_memory=pin, drop_last=True, persistent_workers=True,
-                                  multiprocessing_context=context, worker_init_fn=ignore_stop_signals)
-    else:
-        train_loader = DataLoader(train_set, batch_size=data.batch_size, sampler=sampler, pin_memory=pin,
-                                  drop_last=True)
-    # Validation frames keep their size (no crop): a batch holds one size only, so a list mixing sizes stacks.
-    val_batches = SameSizeBatchSampler(ShardSampler(len(val_set), ctx.rank, ctx.world_size).indices,
-                                       item_frame_sizes(val_set), max(1, min(data.batch_size, 4)))
-    val_loader = DataLoader(val_set, batch_sampler=val_batches, num_workers=workers, pin_memory=pin,
-                            worker_init_fn=ignore_stop_signals if workers > 0 else None)
-    return train_loader, sampler, val_loader
 
 
 def one_line(error: BaseException) -> str:
@@ -574,7 +476,7 @@ def main(argv: list[str] | None = None) -> int:
             sys.stderr.write(f"train.py: interrupted during start-up; {where}\n" if not stop.armed
                              else f"train.py: stopped at once by a second signal; {where}\n")
         return 130
-    except (ConfigError, DatasetError, CheckpointError, MaTVLMIncompatible, TrainingDiverged, FileNotFoundError) as error:
+    except (ConfigError, DatasetError, CheckpointError, TrainingDiverged, FileNotFoundError) as error:
         if ctx.is_main:
             sys.stderr.write(f"train.py: error: {one_line(error)}\n")
         return 2

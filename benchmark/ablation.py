@@ -1,7 +1,7 @@
 """The ablation table: train every variant the same way through train.py, then tabulate what each component is worth.
 
-Each run is ``train.main(argv)`` in this process, so a row is exactly what ``python train.py ...`` would have
-produced: same data, same optimizer, schedule and loss, same validation on the data set's test list. Every variant
+Each run is ``python train.py ...`` in a child process of its own, so a row is exactly what that command produces:
+same data, same optimizer, schedule and loss, same validation on the data set's test list. Every variant
 gets the same steps, batch, crop and seeds. Runs live in a private folder beside the table (``<out dir>/runs/ckpt``
 and ``<out dir>/runs/log``), named ``ablation_<variant>_s<seed>``, so nothing of the user's is touched; a finished
 run (its ``summary.json`` present, same configuration; for ``hybrid_matvlm`` also the same source checkpoint, by path
@@ -34,12 +34,12 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import gc
 import hashlib
 import json
 import math
 import os
 import shlex
+import signal
 import statistics
 import subprocess
 import sys
@@ -55,6 +55,7 @@ import torch  # noqa: E402
 from checkpoint import atomic_write_text  # noqa: E402
 from config import ABLATIONS, ConfigError, config_from_argv  # noqa: E402
 
+TRAIN_SCRIPT = Path(__file__).resolve().parents[1] / "train.py"
 INTER_WEIGHT = 0.5          # the conventional deep-supervision weight (RIFE, EMA-VFI, VFIMamba)
 SUMMARY_KEYS = ("experiment", "phase", "params", "steps", "epochs", "best_psnr", "last_val",
                 "train_samples_per_sec", "peak_gpu_mem_gib", "wall_seconds", "config")
@@ -249,11 +250,27 @@ def finished_summary(run: Run, log_dir: Path, steps: int) -> dict[str, Any] | No
                         f"{log_dir / run.experiment} and its checkpoints, or choose another --out")
 
 
-def execute(run: Run, ckpt_dir: Path, log_dir: Path, steps: int, log=print, progress: bool = True) -> dict[str, Any]:
-    """Run train.main for ``run`` (or reuse / continue it) and return its summary. ``progress`` False passes
-    ``--no_progress`` on. Raises :class:`Interrupted` when Ctrl-C / SIGTERM stopped the run."""
-    import train
+def run_train(argv: Sequence[str]) -> int:
+    """``python train.py argv`` in a child process (this interpreter, the same environment and working folder); its
+    exit status. Ctrl-C or SIGTERM reaching this process while it runs is passed on to it, and this process waits:
+    train.py stops after the current step, saves, and exits 130 (a repeat within its grace period is ignored, so a
+    Ctrl-C that reached both processes counts once)."""
+    child = subprocess.Popen([sys.executable, str(TRAIN_SCRIPT), *argv])
 
+    def pass_on(number: int, frame) -> None:
+        child.send_signal(number)
+
+    previous = {number: signal.signal(number, pass_on) for number in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return child.wait()
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+def execute(run: Run, ckpt_dir: Path, log_dir: Path, steps: int, log=print, progress: bool = True) -> dict[str, Any]:
+    """Run train.py for ``run`` (or reuse / continue it) and return its summary. ``progress`` False passes
+    ``--no_progress`` on. Raises :class:`Interrupted` when Ctrl-C / SIGTERM stopped the run."""
     done = finished_summary(run, log_dir, steps)
     if done is not None:
         log(f"ablation: reusing the finished run {run.experiment}")
@@ -272,14 +289,7 @@ def execute(run: Run, ckpt_dir: Path, log_dir: Path, steps: int, log=print, prog
         if not Path(source).is_file():
             raise AblationError(f"run {run.experiment}: its MaTVLM source {source} does not exist")
         atomic_write_text(source_record_path(run, log_dir), json.dumps(file_identity(source), indent=2))
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()    # the summary's peak is this run's, not an earlier run's
-    try:
-        status = train.main(argv)
-    except SystemExit as error:               # a flag train.py refused (its one line is already on stderr)
-        status = error.code
+    status = run_train(argv)                  # a fresh process: its peak GPU memory is this run's alone
     if status == 130:
         raise Interrupted(run.experiment)
     if status != 0:

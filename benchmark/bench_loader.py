@@ -1,6 +1,6 @@
 """Samples/s of the training DataLoader exactly as ``train.py`` builds it (CPU only; no model runs).
 
-The data sets come from ``train.build_datasets`` and the loaders from ``train.make_loaders``, so the numbers
+The data sets come from ``loaders.build_datasets`` and the loaders from ``loaders.make_loaders``, so the numbers
 include worker start-up, the decoded-frame cache, augmentation, collation and (on a CUDA machine) pinned
 memory and the copy to the GPU. Epochs roll over as in training (``set_epoch``, the Phase-3 curriculum gap),
 so persistent-worker and epoch-boundary costs are counted. Prints one line; ``--json`` writes it as well.
@@ -32,9 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from checkpoint import atomic_write_text  # noqa: E402
 from config import ConfigError, config_from_argv  # noqa: E402
-from dataset import DatasetError, curriculum_max_gap  # noqa: E402
+from dataset import DatasetError  # noqa: E402
 from distributed import DistributedContext  # noqa: E402
-from train import build_datasets, make_loaders  # noqa: E402
+from loaders import build_datasets, curriculum_max_gap, make_loaders  # noqa: E402
 
 
 def write_synthetic_x4k(root: str, clips: int, frames: int, size: int, seed: int = 0) -> None:

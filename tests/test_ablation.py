@@ -1,4 +1,5 @@
-"""benchmark/ablation.py: each variant trained through train.main, rows read from the runs' summary.json."""
+"""benchmark/ablation.py: each variant trained by train.py in a child process, rows read from the runs'
+summary.json."""
 
 from __future__ import annotations
 
@@ -132,7 +133,9 @@ def attention_source(path, seed: int, step: int):
 
 
 def test_matvlm_row_is_reused_only_from_the_same_source_and_states_its_total_steps(vimeo_root, tmp_path, monkeypatch,
-                                                                                    capsys):
+                                                                                    capfd):
+    """capfd, not capsys: train.py runs in a child process, whose output reaches the file descriptors only."""
+    capsys = capfd
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     source_a = attention_source(tmp_path / "a.pt", seed=1, step=7)
     source_b = attention_source(tmp_path / "b.pt", seed=2, step=7)
@@ -145,6 +148,7 @@ def test_matvlm_row_is_reused_only_from_the_same_source_and_states_its_total_ste
     assert ablation.main(args(source_a)) == 0
     printed = capsys.readouterr().out
     assert "\r" not in printed and "ablation: run 1/1: ablation_hybrid_matvlm_s0" in printed
+    assert "done: 2 steps" in printed                                # train.py's own lines were captured too
     row = json.loads((out.parent / "table.json").read_text())["rows"][0]
     assert row["total_steps"] == 9                                   # its own 2 + the source's 7
     table = out.read_text()
@@ -159,3 +163,39 @@ def test_matvlm_row_is_reused_only_from_the_same_source_and_states_its_total_ste
         err = capsys.readouterr().err.strip().splitlines()
         assert error.value.code == 2 and len(err) == 1, err
         assert "ablation_hybrid_matvlm_s0 was started from" in err[0] and "sha256" in err[0], err[0]
+
+
+def test_a_stop_signal_reaches_the_training_process_and_the_driver_waits_for_it(tmp_path, monkeypatch):
+    """SIGTERM sent to the ablation driver alone (a job scheduler) is passed on to train.py's process, and the driver
+    waits until that process has saved and exited (130) instead of leaving it behind or killing it mid-save."""
+    import os
+    import signal
+    import threading
+    import time
+
+    fake_train = tmp_path / "fake_train.py"          # stands in for train.py: stops after its "step" on SIGTERM
+    fake_train.write_text(
+        "import pathlib, signal, sys, time\n"
+        "got = []\n"
+        "signal.signal(signal.SIGTERM, lambda number, frame: got.append(number))\n"
+        "pathlib.Path(sys.argv[1]).write_text('ready')\n"
+        "deadline = time.monotonic() + 60\n"          # never outlives a failed test for long
+        "while not got and time.monotonic() < deadline:\n"
+        "    time.sleep(0.01)\n"
+        "time.sleep(0.3)\n"
+        "pathlib.Path(sys.argv[2]).write_text('saved')\n"
+        "sys.exit(130)\n")
+    monkeypatch.setattr(ablation, "TRAIN_SCRIPT", fake_train)
+    ready, saved = tmp_path / "ready", tmp_path / "saved"
+
+    def stop_the_driver_once_training_runs():
+        deadline = time.monotonic() + 60
+        while not ready.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    before = signal.getsignal(signal.SIGTERM)
+    threading.Thread(target=stop_the_driver_once_training_runs, daemon=True).start()
+    assert ablation.run_train([str(ready), str(saved)]) == 130
+    assert saved.read_text() == "saved"
+    assert signal.getsignal(signal.SIGTERM) is before               # the driver's own handlers are back

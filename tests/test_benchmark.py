@@ -534,7 +534,7 @@ def test_demo_summary_line_reports_untrained_trained_and_frame_average(tmp_path,
     """The demo's closing line: data set and size, untrained -> trained PSNR, frame average."""
     from conftest import write_vimeo
     from tools import demo_summary
-    from Trainer import seed_everything
+    from checkpoint import seed_everything
 
     root = write_vimeo(tmp_path / "set", train=3, test=2, height=32, width=64)
     cfg = preset(1, "tiny")

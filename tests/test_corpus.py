@@ -17,8 +17,8 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
-import dataset  # noqa: E402
 from dataset import VimeoDataset  # noqa: E402
+from frame_cache import enable_frame_cache  # noqa: E402
 from tools.make_corpus import Clip, CorpusError, build_corpus, main, triplet_starts  # noqa: E402
 
 HEIGHT, WIDTH = 96, 128
@@ -93,7 +93,7 @@ def test_split_is_by_clip_and_strides_skip_cuts_and_repeats(clips, tmp_path):
     assert "test clip A" in (out / "README.txt").read_text()
     # The training code reads it, and its frame cache decodes each linked frame once.
     data = VimeoDataset(str(out), "train", crop_size=64, augment=True)
-    cache = dataset.enable_frame_cache(data, budget_bytes=2**30)
+    cache = enable_frame_cache(data, budget_bytes=2**30)
     distinct = {os.stat(p).st_ino for p in data.frame_paths()}
     assert cache.nbytes == len(distinct) * HEIGHT * WIDTH * 3 and len(cache) == cache.candidates == 3 * len(train)
     torch.manual_seed(0)

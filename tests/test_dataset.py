@@ -17,6 +17,7 @@ if REPO_ROOT not in sys.path:  # plain `pytest` puts tests/ on the path, not the
     sys.path.insert(0, REPO_ROOT)
 
 import dataset  # noqa: E402
+import loaders  # noqa: E402
 from dataset import (  # noqa: E402
     AugmentationParams,
     DatasetError,
@@ -27,6 +28,7 @@ from dataset import (  # noqa: E402
     draw_augmentation,
     sample_indices,
 )
+from frame_cache import enable_frame_cache  # noqa: E402
 from config import parse_mixed_ratio  # noqa: E402  (one implementation, shared with the CLI)
 from tools.make_sample_data import is_complete  # noqa: E402
 from tools.video_to_vimeo import ConversionError, video_to_vimeo  # noqa: E402
@@ -791,7 +793,7 @@ def test_uint8_samples_match_the_pre_change_loader(vimeo_root, x4k_root, cached)
     root, _ = vimeo_root
     vimeo = VimeoDataset(root, crop_size=CROP)
     if cached:
-        dataset.enable_frame_cache(vimeo, budget_bytes=2**30)
+        enable_frame_cache(vimeo, budget_bytes=2**30)
         assert vimeo.frame_cache is not None and len(vimeo.frame_cache) == 12
     order = [0, 3, 1, 1, 2, 0, 3, 2] * 8  # 64 draws: every rotation, flip, swap and channel order occurs
     torch.manual_seed(21)
@@ -810,7 +812,7 @@ def test_uint8_samples_match_the_pre_change_loader(vimeo_root, x4k_root, cached)
     x4k_dir, _ = x4k_root
     x4k = X4KDataset(x4k_dir, crop_size=CROP, max_gap=6)
     if cached:
-        dataset.enable_frame_cache(x4k, budget_bytes=2**30)
+        enable_frame_cache(x4k, budget_bytes=2**30)
         assert len(x4k.frame_cache) == 26
     torch.manual_seed(5)
     new = [x4k[i % 3] for i in range(30)]
@@ -845,9 +847,9 @@ def test_frame_cache_holds_each_file_once_within_budget_and_is_read_only(tmp_pat
     (tmp_path / "tri_trainlist.txt").write_text("\n".join(names) + "\n")
     data = VimeoDataset(str(tmp_path), crop_size=CROP)
     frame_bytes = VIMEO_H * VIMEO_W * 3
-    cache = dataset.enable_frame_cache(data, budget_bytes=9 * frame_bytes)
+    cache = enable_frame_cache(data, budget_bytes=9 * frame_bytes)
     assert (len(cache), cache.candidates, cache.nbytes) == (9, 9, 9 * frame_bytes)
-    partial = dataset.enable_frame_cache(data, budget_bytes=4 * frame_bytes + 5)
+    partial = enable_frame_cache(data, budget_bytes=4 * frame_bytes + 5)
     assert (len(partial), partial.candidates) == (4, 9)  # the first four distinct frames, in list order
     assert partial.get(data.frame_path(0, 0)) is not None and partial.get(data.frame_path(3, 0)) is None
     assert partial.get(data.frame_path(1, 1)) is None
@@ -860,7 +862,7 @@ def test_frame_cache_holds_each_file_once_within_budget_and_is_read_only(tmp_pat
     data.frame_cache = None
     torch.manual_seed(2)
     assert_same_samples(with_partial, [data[i] for i in range(5) for _ in range(3)])
-    assert dataset.enable_frame_cache(data, budget_bytes=0).nbytes == 0 and data.frame_cache is None
+    assert enable_frame_cache(data, budget_bytes=0).nbytes == 0 and data.frame_cache is None
 
 
 def test_frame_cache_fill_names_an_unreadable_frame(vimeo_root):
@@ -872,15 +874,15 @@ def test_frame_cache_fill_names_an_unreadable_frame(vimeo_root):
         handle.write(header + b"garbage" * 20)
     data = VimeoDataset(root, crop_size=CROP)
     with pytest.raises(DatasetError) as error:
-        dataset.enable_frame_cache(data, budget_bytes=2**30, threads=2)
+        enable_frame_cache(data, budget_bytes=2**30, threads=2)
     assert_one_line_error(error, bad)
 
 
 def make_training_loader(data, workers, seed=0, persistent=True, rank=0):
-    """The training loader as train.make_loaders builds it, over a plain dataset."""
+    """The training loader as loaders.make_loaders builds it, over a plain dataset."""
     sampler = torch.utils.data.DistributedSampler(data, num_replicas=1, rank=0, shuffle=True, seed=seed)
-    loader = DataLoader(dataset.EpochSeededDataset(data), batch_size=3,
-                        sampler=dataset.EpochSeededSampler(sampler, seed, rank), num_workers=workers,
+    loader = DataLoader(loaders.EpochSeededDataset(data), batch_size=3,
+                        sampler=loaders.EpochSeededSampler(sampler, seed, rank), num_workers=workers,
                         persistent_workers=persistent, drop_last=True)
     return loader, sampler
 
@@ -922,7 +924,6 @@ def test_persistent_workers_see_the_curriculum_gap_and_restart_their_streams_eac
 
 
 def test_cached_training_loader_gives_the_same_batches_as_the_uncached_one(tmp_path):
-    import train
     from config import config_from_argv
     from distributed import DistributedContext
 
@@ -933,8 +934,8 @@ def test_cached_training_loader_gives_the_same_batches_as_the_uncached_one(tmp_p
     ctx = DistributedContext(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
     runs = []
     for cache_bytes in (0, 2**30):
-        train_set, val_set, _ = train.build_datasets(cfg)
-        loader, sampler, _ = train.make_loaders(cfg, ctx, train_set, val_set, cache_bytes=cache_bytes)
+        train_set, val_set, _ = loaders.build_datasets(cfg)
+        loader, sampler, _ = loaders.make_loaders(cfg, ctx, train_set, val_set, cache_bytes=cache_bytes)
         assert (train_set.frame_cache is not None) == (cache_bytes > 0)
         assert loader.persistent_workers and loader.num_workers == 2
         runs.append([batch for epoch in range(2) for batch in epoch_batches(loader, sampler, epoch)])
@@ -944,7 +945,6 @@ def test_cached_training_loader_gives_the_same_batches_as_the_uncached_one(tmp_p
 def test_cache_stays_on_when_the_default_start_method_is_not_fork(tmp_path, monkeypatch):
     """Python 3.14 starts workers with "forkserver" by default on Linux: the training loader then forks its workers
     itself, so they still share the one cached copy instead of decoding every sample."""
-    import train
     from config import config_from_argv
     from distributed import DistributedContext
 
@@ -954,8 +954,8 @@ def test_cache_stays_on_when_the_default_start_method_is_not_fork(tmp_path, monk
                             "--batch_size", "2", "--num_workers", "2"])
     ctx = DistributedContext(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
     monkeypatch.setattr(torch.multiprocessing, "get_start_method", lambda allow_none=False: "forkserver")
-    train_set, val_set, _ = train.build_datasets(cfg)
-    loader, sampler, _ = train.make_loaders(cfg, ctx, train_set, val_set, cache_bytes=2**30)
+    train_set, val_set, _ = loaders.build_datasets(cfg)
+    loader, sampler, _ = loaders.make_loaders(cfg, ctx, train_set, val_set, cache_bytes=2**30)
     assert train_set.frame_cache is not None and len(train_set.frame_cache) == 12
     assert loader.multiprocessing_context.get_start_method() == "fork"
     assert len(list(epoch_batches(loader, sampler, 0))) == 2
@@ -983,7 +983,7 @@ def test_resume_with_persistent_workers_and_the_cache_is_bit_identical(vimeo_roo
 
 
 def test_epoch_seeded_dataset_refuses_the_main_process(vimeo_root):
-    data = dataset.EpochSeededDataset(VimeoDataset(vimeo_root[0], crop_size=CROP))
+    data = loaders.EpochSeededDataset(VimeoDataset(vimeo_root[0], crop_size=CROP))
     with pytest.raises(RuntimeError, match="num_workers=0"):
         data[(123, 0)]
 
@@ -993,16 +993,15 @@ def test_epoch_seeded_dataset_refuses_the_main_process(vimeo_root):
 # ------------------------------------------------------------------------------------------------
 def test_default_num_workers_is_capped_at_the_cores_per_rank(monkeypatch):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(6)), raising=False)
-    assert dataset.default_num_workers(8) == (6, 6)
-    assert dataset.default_num_workers(8, local_world_size=4) == (1, 1)
-    assert dataset.default_num_workers(8, local_world_size=8) == (1, 1)  # never zero: one per rank at least
+    assert loaders.default_num_workers(8) == (6, 6)
+    assert loaders.default_num_workers(8, local_world_size=4) == (1, 1)
+    assert loaders.default_num_workers(8, local_world_size=8) == (1, 1)  # never zero: one per rank at least
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
-    assert dataset.default_num_workers(8, local_world_size=2) == (8, 32)
+    assert loaders.default_num_workers(8, local_world_size=2) == (8, 32)
 
 
 @pytest.mark.filterwarnings("ignore:This DataLoader will create")  # 5 workers on 2 cores, as asked
 def test_train_loader_caps_only_the_default_worker_count_and_says_so_once(vimeo_root, monkeypatch, capsys):
-    import train
     from config import config_from_argv
     from distributed import DistributedContext
 
@@ -1012,18 +1011,18 @@ def test_train_loader_caps_only_the_default_worker_count_and_says_so_once(vimeo_
     base = ["--data_path", vimeo_root[0], "--model_size", "tiny", "--crop_size", "32", "--batch_size", "2"]
     cfg = config_from_argv(base)
     assert cfg.data.num_workers is None  # "default", resolved per machine
-    loader, _, val_loader = train.make_loaders(cfg, ctx, *train.build_datasets(cfg)[:2], cache_bytes=0)
+    loader, _, val_loader = loaders.make_loaders(cfg, ctx, *loaders.build_datasets(cfg)[:2], cache_bytes=0)
     assert loader.num_workers == 2 and val_loader.num_workers == 2
     out = capsys.readouterr().out
     assert out.count("DataLoader:") == 1 and "2 workers" in out and "2 CPU cores" in out, out
 
     cfg = config_from_argv(base + ["--num_workers", "5"])  # given explicitly: respected as given
-    loader, _, _ = train.make_loaders(cfg, ctx, *train.build_datasets(cfg)[:2], cache_bytes=0)
+    loader, _, _ = loaders.make_loaders(cfg, ctx, *loaders.build_datasets(cfg)[:2], cache_bytes=0)
     assert loader.num_workers == 5 and "DataLoader:" not in capsys.readouterr().out
 
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # two ranks on this machine share its cores
     cfg = config_from_argv(base)
-    loader, _, _ = train.make_loaders(cfg, ctx, *train.build_datasets(cfg)[:2], cache_bytes=0)
+    loader, _, _ = loaders.make_loaders(cfg, ctx, *loaders.build_datasets(cfg)[:2], cache_bytes=0)
     assert loader.num_workers == 1 and "1 workers" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         config_from_argv(base + ["--num_workers", "-1"])

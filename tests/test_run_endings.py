@@ -17,7 +17,8 @@ import torch
 import train
 from checkpoint import load_checkpoint
 from conftest import moving_pattern, write_vimeo
-from dataset import SameSizeBatchSampler, VimeoDataset, item_frame_sizes
+from dataset import VimeoDataset
+from loaders import SameSizeBatchSampler, item_frame_sizes
 from torch.utils.data import Subset
 
 REPO = Path(__file__).resolve().parents[1]

@@ -16,7 +16,7 @@ import torch
 import train
 from checkpoint import load_checkpoint, model_from_checkpoint
 from config import config_from_argv
-from dataset import CURRICULUM_GAPS, curriculum_max_gap
+from loaders import CURRICULUM_GAPS, curriculum_max_gap
 from model.loss import CompositeLoss
 from visualize import sample_grid
 from Trainer import lr_at_step, parameter_groups

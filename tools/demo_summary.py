@@ -28,9 +28,8 @@ import torch  # noqa: E402
 
 from benchmark import Vimeo90K  # noqa: E402
 from benchmark.eval_core import BenchmarkError, Evaluator, Subset, exit_on_user_error  # noqa: E402
-from checkpoint import checkpoint_config, load_checkpoint  # noqa: E402
+from checkpoint import checkpoint_config, load_checkpoint, seed_everything  # noqa: E402
 from model import build_model  # noqa: E402
-from Trainer import seed_everything  # noqa: E402
 
 
 def count_lines(path: Path) -> int:
