@@ -28,7 +28,7 @@ from dataset import (  # noqa: E402
     draw_augmentation,
     sample_indices,
 )
-from frame_cache import enable_frame_cache  # noqa: E402
+from loaders import enable_frame_cache  # noqa: E402
 from config import parse_mixed_ratio  # noqa: E402  (one implementation, shared with the CLI)
 from tools.make_sample_data import is_complete  # noqa: E402
 from tools.video_to_vimeo import ConversionError, video_to_vimeo  # noqa: E402
