@@ -34,8 +34,8 @@ from config import ConfigError, ExperimentConfig, parse_train_argv
 from dataset import DatasetError
 from distributed import DistributedContext, init_distributed, shutdown_distributed
 from loaders import STOP_SIGNALS, build_datasets, curriculum_max_gap, make_loaders
+from measures.visualize import sample_grid
 from Trainer import Trainer, TrainingDiverged
-from visualize import sample_grid
 
 LOSS_TAGS = ("loss_lap", "loss_ter", "loss_vgg", "loss_flow_smooth", "loss_inter", "loss_total")   # total last
 

@@ -47,10 +47,10 @@ from measures.motion import (
     summarize_by_motion,
 )
 from measures.quality import psnr, psnr_uint8, quantize, ssim_matlab, ssim_skimage_uint8, to_uint8
+from measures.visualize import sample_grid
 from model.frames import crop_padding, frame_to_tensor, pad_centred
 from model.inference import (GraphUnavailable, InferenceRunner, ModelClock, add_graph_argument, describe_runtime,
                              runtime_record)
-from visualize import sample_grid
 
 BASELINE_KEYS = ("psnr_frame_average", "psnr_dis")
 BUCKET_KEYS = ("psnr", "ssim", *BASELINE_KEYS)     # averaged per motion bucket

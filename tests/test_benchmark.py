@@ -28,9 +28,9 @@ from benchmark.eval_core import (  # noqa: E402
 )
 from checkpoint import atomic_save  # noqa: E402
 from config import preset  # noqa: E402
+from measures.visualize import GRID_PADDING  # noqa: E402
 from model.frames import centred_padding, crop_padding, pad_centred  # noqa: E402
 from model import build_model  # noqa: E402
-from visualize import GRID_PADDING  # noqa: E402
 
 FRAME_H, FRAME_W = 24, 40   # not multiples of 16 or 32, so padding and cropping are exercised
 
