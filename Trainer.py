@@ -29,7 +29,7 @@ from distributed import DistributedContext, pack_flat, unpack_flat
 from measures.quality import batch_psnr
 from model import build_model
 from model.loss import CompositeLoss, LossWeights
-from step_graph import EagerTrainStep, GraphedTrainStep, StepOutcome, StepParts, graph_eligibility
+from step_graph import WARMUP_STEPS, EagerTrainStep, GraphedTrainStep, StepOutcome, StepParts, graph_eligibility
 
 
 class TrainingDiverged(RuntimeError):
@@ -174,6 +174,7 @@ class Trainer:
                                                             use_scaler, cfg.train.grad_accum)
         if cfg.train.cuda_graph == "on" and not self.graph_mode:
             raise ConfigError(f"--cuda_graph on is not possible here: {self.step_mode}")
+        self.steps_before_capture = WARMUP_STEPS   # eager steps a graphed run takes before it captures the step
         # Graphed steps on several processes average the gradients themselves (step_graph.py), without DDP: DDP keeps
         # every parameter's gradient-accumulation node alive, bound to the stream it was built on, and a backward
         # captured on another stream would then have to join the legacy default stream, which a capture forbids.

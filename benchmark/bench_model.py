@@ -210,7 +210,6 @@ def trainer_step_table(args, device: str) -> dict:
     holds the activations), so the peak of the timed replays alone would hide them.
     """
     from distributed import DistributedContext
-    from step_graph import WARMUP_STEPS
     from Trainer import Trainer
     cuda = device == "cuda"
     # As train.py runs: cuDNN autotuning off (the rows in docs/PERF.md of 2026-11-28 were timed with it on, and their
@@ -237,7 +236,7 @@ def trainer_step_table(args, device: str) -> dict:
                 if cuda:
                     torch.cuda.empty_cache()
                     torch.cuda.reset_peak_memory_stats()
-                for _ in range(WARMUP_STEPS + 2):                  # eager warm-up, capture, first replays
+                for _ in range(trainer.steps_before_capture + 2):  # eager warm-up, capture, first replays
                     trainer.train_step(sample)
                 warm_peak = None
                 if cuda:
