@@ -22,7 +22,7 @@ import random
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -31,7 +31,6 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, S
 from config import DEFAULT_NUM_WORKERS, ConfigError, ExperimentConfig
 from dataset import (DatasetError, MixedDataset, VimeoDataset, X4KDataset, image_size, png_header_size, read_bgr,
                      triplet_parts)
-from distributed import DistributedContext
 
 __all__ = [
     "CURRICULUM_GAPS",
@@ -369,8 +368,11 @@ def build_datasets(cfg: ExperimentConfig):
     return train_set, val, x4k
 
 
-def make_loaders(cfg: ExperimentConfig, ctx: DistributedContext, train_set, val_set, cache_bytes: int | None = None):
-    """(train loader, its DistributedSampler for set_epoch, validation loader).
+def make_loaders(cfg: ExperimentConfig, train_set, val_set, device: torch.device, rank: int = 0, world_size: int = 1,
+                 log: Callable[..., None] = print, cache_bytes: int | None = None):
+    """(train loader, its DistributedSampler for set_epoch, validation loader) of process ``rank`` of ``world_size``,
+    batches pinned for ``device`` when it is a GPU; ``log`` reports the worker count and the cache (pass a no-op on
+    every rank but the first).
 
     Training workers are persistent (no re-fork and re-prime every epoch): the Phase-3 gap reaches them through
     shared memory (X4KDataset.max_gap) and their random streams restart each epoch from (seed, rank, epoch)
@@ -379,11 +381,10 @@ def make_loaders(cfg: ExperimentConfig, ctx: DistributedContext, train_set, val_
     :func:`frame_cache_budget`; none in dry runs); batches are the same with or without it.
     """
     data = cfg.data
-    log = print if ctx.is_main else (lambda *a, **k: None)
-    pin = ctx.device.type == "cuda"
+    pin = device.type == "cuda"
     local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     capped, cores_per_rank = default_num_workers(DEFAULT_NUM_WORKERS, local_world_size)
-    if cfg.train.dry_run and ctx.device.type == "cpu":
+    if cfg.train.dry_run and device.type == "cpu":
         workers = 0
     elif data.num_workers is None:
         workers = capped
@@ -392,7 +393,7 @@ def make_loaders(cfg: ExperimentConfig, ctx: DistributedContext, train_set, val_
                 f"{cores_per_rank} CPU cores available per process; --num_workers overrides)")
     else:
         workers = data.num_workers
-    sampler = DistributedSampler(train_set, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
+    sampler = DistributedSampler(train_set, num_replicas=world_size, rank=rank, shuffle=True,
                                  seed=cfg.train.seed, drop_last=True)
     if len(sampler) < data.batch_size:
         raise ConfigError(f"--batch_size {data.batch_size} is larger than the {len(sampler)} training samples per "
@@ -413,14 +414,14 @@ def make_loaders(cfg: ExperimentConfig, ctx: DistributedContext, train_set, val_
     if workers > 0:
         context = "fork" if cached and torch.multiprocessing.get_start_method() != "fork" else None
         train_loader = DataLoader(EpochSeededDataset(train_set), batch_size=data.batch_size,
-                                  sampler=EpochSeededSampler(sampler, cfg.train.seed, ctx.rank), num_workers=workers,
+                                  sampler=EpochSeededSampler(sampler, cfg.train.seed, rank), num_workers=workers,
                                   pin_memory=pin, drop_last=True, persistent_workers=True,
                                   multiprocessing_context=context, worker_init_fn=ignore_stop_signals)
     else:
         train_loader = DataLoader(train_set, batch_size=data.batch_size, sampler=sampler, pin_memory=pin,
                                   drop_last=True)
     # Validation frames keep their size (no crop): a batch holds one size only, so a list mixing sizes stacks.
-    val_batches = SameSizeBatchSampler(ShardSampler(len(val_set), ctx.rank, ctx.world_size).indices,
+    val_batches = SameSizeBatchSampler(ShardSampler(len(val_set), rank, world_size).indices,
                                        item_frame_sizes(val_set), max(1, min(data.batch_size, 4)))
     val_loader = DataLoader(val_set, batch_sampler=val_batches, num_workers=workers, pin_memory=pin,
                             worker_init_fn=ignore_stop_signals if workers > 0 else None)

@@ -266,7 +266,8 @@ def run(cfg: ExperimentConfig, ctx: DistributedContext, argv: list[str] | None =
     # cudnn.benchmark stays off: on an H200 its per-shape autotuning added about a minute to the first epoch of
     # a fresh process (docs/PERF.md) and no step-time gain was measured for this model.
     train_set, val_set, x4k = build_datasets(cfg)
-    train_loader, sampler, val_loader = make_loaders(cfg, ctx, train_set, val_set)
+    train_loader, sampler, val_loader = make_loaders(cfg, train_set, val_set, ctx.device, ctx.rank, ctx.world_size,
+                                                     log=log)
     micro_per_epoch = len(train_loader)
     if micro_per_epoch < train.grad_accum:
         # Refused rather than stepping on the partial window: its gradient would be the sum of fewer micro-batches
