@@ -136,8 +136,16 @@ def to_float_images(batch: dict[str, torch.Tensor], device: torch.device) -> tup
 class Trainer:
     """Owns the training state. ``steps_per_epoch`` counts optimizer steps (micro-batches / grad_accum)."""
 
+    @classmethod
+    def single_process(cls, cfg: ExperimentConfig, device: torch.device | str, steps_per_epoch: int,
+                       total_epochs: int | None = None, log=print) -> "Trainer":
+        """The Trainer of a run of one process on ``device`` (what plain ``python train.py`` builds): for the
+        benchmarks and tests that drive training steps themselves."""
+        return cls(cfg, DistributedContext(0, 0, 1, torch.device(device)), steps_per_epoch, total_epochs, log=log)
+
     def __init__(self, cfg: ExperimentConfig, ctx: DistributedContext, steps_per_epoch: int,
                  total_epochs: int | None = None, log=print):
+        """``ctx``: this process's place in the run (``train.py`` gets it from ``distributed.init_distributed``)."""
         self.cfg, self.ctx, self.log = cfg, ctx, log
         self.device = ctx.device
         self.model = build_model(cfg.model).to(self.device)
