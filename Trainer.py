@@ -29,7 +29,7 @@ from distributed import DistributedContext, pack_flat, unpack_flat
 from measures.quality import batch_psnr
 from model import build_model
 from model.loss import CompositeLoss, LossWeights
-from step_graph import EagerTrainStep, GraphedTrainStep, StepOutcome, StepParts, graph_eligibility
+from step_graph import WARMUP_STEPS, EagerTrainStep, GraphedTrainStep, StepOutcome, StepParts, graph_eligibility
 
 
 class TrainingDiverged(RuntimeError):
@@ -136,8 +136,16 @@ def to_float_images(batch: dict[str, torch.Tensor], device: torch.device) -> tup
 class Trainer:
     """Owns the training state. ``steps_per_epoch`` counts optimizer steps (micro-batches / grad_accum)."""
 
+    @classmethod
+    def single_process(cls, cfg: ExperimentConfig, device: torch.device | str, steps_per_epoch: int,
+                       total_epochs: int | None = None, log=print) -> "Trainer":
+        """The Trainer of a run of one process on ``device`` (what plain ``python train.py`` builds): for the
+        benchmarks and tests that drive training steps themselves."""
+        return cls(cfg, DistributedContext(0, 0, 1, torch.device(device)), steps_per_epoch, total_epochs, log=log)
+
     def __init__(self, cfg: ExperimentConfig, ctx: DistributedContext, steps_per_epoch: int,
                  total_epochs: int | None = None, log=print):
+        """``ctx``: this process's place in the run (``train.py`` gets it from ``distributed.init_distributed``)."""
         self.cfg, self.ctx, self.log = cfg, ctx, log
         self.device = ctx.device
         self.model = build_model(cfg.model).to(self.device)
@@ -174,6 +182,7 @@ class Trainer:
                                                             use_scaler, cfg.train.grad_accum)
         if cfg.train.cuda_graph == "on" and not self.graph_mode:
             raise ConfigError(f"--cuda_graph on is not possible here: {self.step_mode}")
+        self.steps_before_capture = WARMUP_STEPS   # eager steps a graphed run takes before it captures the step
         # Graphed steps on several processes average the gradients themselves (step_graph.py), without DDP: DDP keeps
         # every parameter's gradient-accumulation node alive, bound to the stream it was built on, and a backward
         # captured on another stream would then have to join the legacy default stream, which a capture forbids.

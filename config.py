@@ -327,6 +327,36 @@ class OneLineErrorParser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (a bad value is reported in one line naming the flag)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a float > 0."""
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def resolve_device(text: str | None) -> torch.device:
+    """``--device``: the named torch device, or cuda when available else cpu; ConfigError for a bad name."""
+    if text is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise ConfigError(f"--device {text!r} is not a torch device") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {text}: CUDA is not available on this machine")
+    return device
+
+
+
 def parse_mixed_ratio(text: str) -> tuple[int, int]:
     """"2:1" -> (2, 1); anything else -> ConfigError naming --mixed_ratio."""
     parts = text.split(":")

@@ -18,8 +18,8 @@ Datasets:
     X4KDataset    X4K1000FPS training clips (``train/<type>/<clip>/0000.png ..``), arbitrary t.
     MixedDataset  Deterministic A:B interleaving of a Vimeo and an X4K dataset (Phase 3).
 
-The training data path is in ``frame_cache.py`` (decoded frames held in memory) and ``loaders.py`` (samplers,
-worker seeding, the loaders ``train.py`` iterates over).
+The training data path is in ``loaders.py`` (decoded frames held in memory, samplers, worker seeding, the loaders
+``train.py`` iterates over).
 
 Randomness only comes from torch's default generator (``torch.randint`` / ``torch.randperm``). In the main
 process it is the caller's (``torch.manual_seed``); in DataLoader workers it is seeded per worker, by the
@@ -285,8 +285,8 @@ def _validate_crop_size(crop_size: int | None) -> int | None:
 class _TripletDataset(Dataset):
     """Common tail of every dataset: size checks, augmentation, conversion to tensors.
 
-    ``frame_cache`` (None by default) serves decoded frames from memory: a ``frame_cache.FrameCache``, attached by
-    ``frame_cache.enable_frame_cache`` (anything with ``get(path) -> BGR (H, W, 3) uint8 or None``).
+    ``frame_cache`` (None by default) serves decoded frames from memory: a ``loaders.FrameCache``, attached by
+    ``loaders.enable_frame_cache`` (anything with ``get(path) -> BGR (H, W, 3) uint8 or None``).
     """
 
     crop_size: int | None

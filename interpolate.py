@@ -53,17 +53,16 @@ from typing import Sequence
 
 import torch
 
-from benchmark.eval_core import (BenchmarkError, describe_run, positive_float,
-                                 positive_int, resolve_device)
 from checkpoint import CheckpointError, atomic_write_text, model_from_checkpoint, resolve_checkpoint
-from config import AMP_DTYPES, ConfigError, OneLineErrorParser, resolve_amp
+from config import (AMP_DTYPES, ConfigError, OneLineErrorParser, positive_float, positive_int, resolve_amp,
+                    resolve_device)
 from footage.interpolator import FrameInterpolator
 from footage.pipeline import RunStats, StreamSettings, run_stream
 from footage.timeplan import TimePlan, describe_times, is_power_of_two, output_frame_count
 from footage.video_io import (AvSink, FolderSink, FrameSink, OpenCVSink, SourceInfo, VideoIOError, open_source,
                               prepare_output, pyav_available, snap_rate)
 from measures.shots import ShotSettings
-from model.inference import GraphUnavailable, InferenceRunner, add_graph_argument
+from model.inference import GraphUnavailable, InferenceRunner, add_graph_argument, describe_run
 
 PROGRAM = "interpolate.py"
 X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
@@ -77,7 +76,7 @@ class InterpolateError(RuntimeError):
 
 
 # OSError too: a full disk or a vanished folder is the user's to fix, and its message names the file.
-USER_ERRORS = (InterpolateError, VideoIOError, BenchmarkError, CheckpointError, ConfigError, OSError)
+USER_ERRORS = (InterpolateError, VideoIOError, CheckpointError, ConfigError, OSError)
 
 
 # --------------------------------------------------------------------------------------------------------

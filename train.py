@@ -34,8 +34,8 @@ from config import ConfigError, ExperimentConfig, parse_train_argv
 from dataset import DatasetError
 from distributed import DistributedContext, init_distributed, shutdown_distributed
 from loaders import STOP_SIGNALS, build_datasets, curriculum_max_gap, make_loaders
+from measures.visualize import sample_grid
 from Trainer import Trainer, TrainingDiverged
-from visualize import sample_grid
 
 LOSS_TAGS = ("loss_lap", "loss_ter", "loss_vgg", "loss_flow_smooth", "loss_inter", "loss_total")   # total last
 
@@ -266,7 +266,8 @@ def run(cfg: ExperimentConfig, ctx: DistributedContext, argv: list[str] | None =
     # cudnn.benchmark stays off: on an H200 its per-shape autotuning added about a minute to the first epoch of
     # a fresh process (docs/PERF.md) and no step-time gain was measured for this model.
     train_set, val_set, x4k = build_datasets(cfg)
-    train_loader, sampler, val_loader = make_loaders(cfg, ctx, train_set, val_set)
+    train_loader, sampler, val_loader = make_loaders(cfg, train_set, val_set, ctx.device, ctx.rank, ctx.world_size,
+                                                     log=log)
     micro_per_epoch = len(train_loader)
     if micro_per_epoch < train.grad_accum:
         # Refused rather than stepping on the partial window: its gradient would be the sum of fewer micro-batches

@@ -28,13 +28,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file: m
 import torch  # noqa: E402
 
 from benchmark.eval_core import (  # noqa: E402
-    AMP_DTYPES, BenchmarkError, add_runtime_arguments, describe_run, exit_on_user_error, positive_int, resolve_device,
-    write_report,
+    AMP_DTYPES, BenchmarkError, add_runtime_arguments, exit_on_user_error, write_report,
 )
 from benchmark.timing import measure  # noqa: E402
 from checkpoint import model_from_checkpoint  # noqa: E402
-from model.inference import GraphUnavailable, InferenceRunner, describe_runtime, runtime_record  # noqa: E402
-from config import MODEL_SIZES, PHASES, preset  # noqa: E402
+from model.inference import (  # noqa: E402
+    GraphUnavailable, InferenceRunner, describe_run, describe_runtime, runtime_record,
+)
+from config import MODEL_SIZES, PHASES, positive_int, preset, resolve_device  # noqa: E402
 from model import build_model, count_parameters  # noqa: E402
 
 RESOLUTIONS = {"256": (256, 256), "720p": (720, 1280), "1080p": (1080, 1920), "2k": (1080, 2048), "4k": (2160, 3840)}

@@ -33,7 +33,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from checkpoint import atomic_write_text  # noqa: E402
 from config import ConfigError, config_from_argv  # noqa: E402
 from dataset import DatasetError  # noqa: E402
-from distributed import DistributedContext  # noqa: E402
 from loaders import build_datasets, curriculum_max_gap, make_loaders  # noqa: E402
 
 
@@ -98,12 +97,11 @@ def main(argv: list[str] | None = None) -> int:
             train_argv += ["--curriculum", "--curriculum_T", "8"]
     cfg = config_from_argv(train_argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    ctx = DistributedContext(rank=0, local_rank=0, world_size=1, device=device)
     try:
         started = time.perf_counter()
         train_set, val_set, x4k = build_datasets(cfg)
         extra = {} if args.cache_gib is None else {"cache_bytes": int(args.cache_gib * 2**30)}
-        loader, sampler, _ = make_loaders(cfg, ctx, train_set, val_set, **extra)
+        loader, sampler, _ = make_loaders(cfg, train_set, val_set, device, **extra)
         setup_s = time.perf_counter() - started
 
         total = args.warmup + args.batches

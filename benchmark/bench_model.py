@@ -209,8 +209,6 @@ def trainer_step_table(args, device: str) -> dict:
     Peak memory of the graphed step is read over its capture too: replays allocate nothing (the graph's pool
     holds the activations), so the peak of the timed replays alone would hide them.
     """
-    from distributed import DistributedContext
-    from step_graph import WARMUP_STEPS
     from Trainer import Trainer
     cuda = device == "cuda"
     # As train.py runs: cuDNN autotuning off (the rows in docs/PERF.md of 2026-11-28 were timed with it on, and their
@@ -229,15 +227,14 @@ def trainer_step_table(args, device: str) -> dict:
                 cfg = replace(cfg, train=replace(cfg.train, amp=precision, cuda_graph=mode if cuda else "auto",
                                                  warmup_steps=10))
                 torch.manual_seed(0)
-                trainer = Trainer(cfg, DistributedContext(0, 0, 1, torch.device(device)), steps_per_epoch=1000,
-                                  log=lambda *a: None)
+                trainer = Trainer.single_process(cfg, device, steps_per_epoch=1000, log=lambda *a: None)
                 frames = [pin(torch.randint(0, 256, (batch, 3, args.size, args.size), dtype=torch.uint8))
                           for _ in range(3)]
                 sample = {"img0": frames[0], "gt": frames[1], "img1": frames[2], "t": pin(torch.full((batch,), 0.5))}
                 if cuda:
                     torch.cuda.empty_cache()
                     torch.cuda.reset_peak_memory_stats()
-                for _ in range(WARMUP_STEPS + 2):                  # eager warm-up, capture, first replays
+                for _ in range(trainer.steps_before_capture + 2):  # eager warm-up, capture, first replays
                     trainer.train_step(sample)
                 warm_peak = None
                 if cuda:

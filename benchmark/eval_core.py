@@ -41,16 +41,16 @@ from torch import nn
 from tqdm import tqdm
 
 from checkpoint import CheckpointError, atomic_write_bytes, atomic_write_text, model_from_checkpoint, resolve_checkpoint
-from config import AMP_DTYPES, ConfigError
+from config import AMP_DTYPES, ConfigError, positive_float, positive_int, resolve_device
 from measures.motion import (
     LARGE_MOTION_PX, MOTION_STATISTIC, flow_pair, format_bucket_table, interpolate_dis, motion_flow_scale,
     summarize_by_motion,
 )
 from measures.quality import psnr, psnr_uint8, quantize, ssim_matlab, ssim_skimage_uint8, to_uint8
+from measures.visualize import sample_grid
 from model.frames import crop_padding, frame_to_tensor, pad_centred
-from model.inference import (GraphUnavailable, InferenceRunner, ModelClock, add_graph_argument, describe_runtime,
-                             runtime_record)
-from visualize import sample_grid
+from model.inference import (GraphUnavailable, InferenceRunner, ModelClock, add_graph_argument, describe_run,
+                             describe_runtime, runtime_record)
 
 BASELINE_KEYS = ("psnr_frame_average", "psnr_dis")
 BUCKET_KEYS = ("psnr", "ssim", *BASELINE_KEYS)     # averaged per motion bucket
@@ -427,20 +427,6 @@ class Evaluator:
 # --------------------------------------------------------------------------------------------------------
 
 
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-    return value
-
-
 def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
     """Options every entry point shares, benchmarks and TimeTest alike."""
     parser.add_argument("--ckpt_dir", default="ckpt", help="folder searched for --model names (default ckpt)")
@@ -476,18 +462,6 @@ def benchmark_parser(description: str) -> argparse.ArgumentParser:
                         help=f"per sample, halve the flow scale where the DIS motion is at least "
                              f"{LARGE_MOTION_PX:g} px (measures.motion.motion_flow_scale)")
     return parser
-
-
-def resolve_device(text: str | None) -> torch.device:
-    if text is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(text)
-    except RuntimeError:
-        raise BenchmarkError(f"--device {text!r} is not a torch device") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise BenchmarkError(f"--device {text}: CUDA is not available on this machine")
-    return device
 
 
 @contextlib.contextmanager
@@ -540,13 +514,6 @@ def compare_to_baseline(model_psnr: float, baseline_psnr: float) -> str:
     if not math.isfinite(difference) or abs(difference) < 5e-5:
         return "equal to"
     return f"{abs(difference):.4f} dB {'above' if difference > 0 else 'below'}"
-
-
-def describe_run(model_name: str, uses_flow: bool, device: torch.device, amp: str, tta: bool,
-                 flow_scale: float) -> str:
-    """One line of what ran: model, device, precision, TTA, and whether flow_scale had any effect."""
-    flow = f"flow_scale {flow_scale:g}" if uses_flow else "flow_scale n/a (no flow estimator)"
-    return f"model {model_name} | {device} {amp} | TTA {'on' if tta else 'off'} | {flow}"
 
 
 def run_benchmark(args: argparse.Namespace, benchmark: str, make_subsets: Callable[[Path], list[Subset]]) -> dict:

@@ -368,6 +368,13 @@ def describe_runtime(record: dict) -> str:
     return f"runtime {speed}{size} ({record['mode']}, {record['device']}{memory})"
 
 
+def describe_run(model_name: str, uses_flow: bool, device: torch.device, amp: str, tta: bool,
+                 flow_scale: float) -> str:
+    """One line of what ran: model, device, precision, TTA, and whether flow_scale had any effect."""
+    flow = f"flow_scale {flow_scale:g}" if uses_flow else "flow_scale n/a (no flow estimator)"
+    return f"model {model_name} | {device} {amp} | TTA {'on' if tta else 'off'} | {flow}"
+
+
 class ModelClock:
     """``with clock:`` around each model call: its milliseconds (CUDA events on a GPU, read once at the end, so
     timing adds no synchronisation) and the peak allocated memory since the clock was made."""

@@ -27,10 +27,10 @@ from benchmark.eval_core import (  # noqa: E402
     BenchmarkError, Evaluator, FrameGeometry, Protocol, describe_dataset, mean_metrics, read_image,
 )
 from checkpoint import atomic_save  # noqa: E402
-from config import preset  # noqa: E402
+from config import OneLineErrorParser, positive_float, positive_int, preset  # noqa: E402
+from measures.visualize import GRID_PADDING  # noqa: E402
 from model.frames import centred_padding, crop_padding, pad_centred  # noqa: E402
 from model import build_model  # noqa: E402
-from visualize import GRID_PADDING  # noqa: E402
 
 FRAME_H, FRAME_W = 24, 40   # not multiples of 16 or 32, so padding and cropping are exercised
 
@@ -424,6 +424,26 @@ def test_missing_checkpoint(vimeo_root, checkpoints, tmp_path, capsys):
                        capsys)
     assert "no_such_run" in line
     assert not (tmp_path / "r.json").exists()
+
+
+def test_bad_device_and_counts_are_one_line_naming_the_flag(vimeo_root, checkpoints, tmp_path, capsys):
+    """config.resolve_device (shared with interpolate.py) raises ConfigError; every entry point prints it in one line."""
+    line = run_failing(Vimeo90K.main, common_args(vimeo_root, checkpoints, tmp_path / "r.json")
+                       + ["--device", "no_such_device"], capsys)           # the last --device wins
+    assert "--device 'no_such_device' is not a torch device" in line
+    line = run_failing(TimeTest.main, ["--model", "tiny_phase1", "--ckpt_dir", str(checkpoints), "--device", "nope"],
+                       capsys)
+    assert "--device 'nope' is not a torch device" in line
+    parser = OneLineErrorParser(prog="x")
+    parser.add_argument("--reps", type=positive_int)
+    parser.add_argument("--scale", type=positive_float)
+    assert parser.parse_args(["--reps", "3", "--scale", "0.5"]).reps == 3
+    for argv, message in ((["--reps", "0"], "must be a positive integer, got 0"),
+                          (["--scale", "-1"], "must be positive, got -1")):
+        with pytest.raises(SystemExit) as exit_info:
+            parser.parse_args(argv)
+        assert exit_info.value.code == 2
+        assert message in capsys.readouterr().err
 
 
 def test_missing_frame_is_named_before_loading(tmp_path, checkpoints, capsys):

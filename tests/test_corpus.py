@@ -18,7 +18,7 @@ if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
 from dataset import VimeoDataset  # noqa: E402
-from frame_cache import enable_frame_cache  # noqa: E402
+from loaders import enable_frame_cache  # noqa: E402
 from tools.make_corpus import Clip, CorpusError, build_corpus, main, triplet_starts  # noqa: E402
 
 HEIGHT, WIDTH = 96, 128

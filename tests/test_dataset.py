@@ -28,7 +28,7 @@ from dataset import (  # noqa: E402
     draw_augmentation,
     sample_indices,
 )
-from frame_cache import enable_frame_cache  # noqa: E402
+from loaders import enable_frame_cache  # noqa: E402
 from config import parse_mixed_ratio  # noqa: E402  (one implementation, shared with the CLI)
 from tools.make_sample_data import is_complete  # noqa: E402
 from tools.video_to_vimeo import ConversionError, video_to_vimeo  # noqa: E402
@@ -925,17 +925,15 @@ def test_persistent_workers_see_the_curriculum_gap_and_restart_their_streams_eac
 
 def test_cached_training_loader_gives_the_same_batches_as_the_uncached_one(tmp_path):
     from config import config_from_argv
-    from distributed import DistributedContext
 
     names = tuple(f"00001/{i:04d}" for i in range(1, 9))
     write_vimeo(str(tmp_path / "vimeo"), train=names, test=("00002/0001",))
     cfg = config_from_argv(["--data_path", str(tmp_path / "vimeo"), "--model_size", "tiny", "--crop_size", "32",
                             "--batch_size", "2", "--num_workers", "2"])
-    ctx = DistributedContext(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
     runs = []
     for cache_bytes in (0, 2**30):
         train_set, val_set, _ = loaders.build_datasets(cfg)
-        loader, sampler, _ = loaders.make_loaders(cfg, ctx, train_set, val_set, cache_bytes=cache_bytes)
+        loader, sampler, _ = loaders.make_loaders(cfg, train_set, val_set, torch.device("cpu"), cache_bytes=cache_bytes)
         assert (train_set.frame_cache is not None) == (cache_bytes > 0)
         assert loader.persistent_workers and loader.num_workers == 2
         runs.append([batch for epoch in range(2) for batch in epoch_batches(loader, sampler, epoch)])
@@ -946,16 +944,14 @@ def test_cache_stays_on_when_the_default_start_method_is_not_fork(tmp_path, monk
     """Python 3.14 starts workers with "forkserver" by default on Linux: the training loader then forks its workers
     itself, so they still share the one cached copy instead of decoding every sample."""
     from config import config_from_argv
-    from distributed import DistributedContext
 
     names = tuple(f"00001/{i:04d}" for i in range(1, 5))
     write_vimeo(str(tmp_path / "vimeo"), train=names, test=("00002/0001",))
     cfg = config_from_argv(["--data_path", str(tmp_path / "vimeo"), "--model_size", "tiny", "--crop_size", "32",
                             "--batch_size", "2", "--num_workers", "2"])
-    ctx = DistributedContext(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
     monkeypatch.setattr(torch.multiprocessing, "get_start_method", lambda allow_none=False: "forkserver")
     train_set, val_set, _ = loaders.build_datasets(cfg)
-    loader, sampler, _ = loaders.make_loaders(cfg, ctx, train_set, val_set, cache_bytes=2**30)
+    loader, sampler, _ = loaders.make_loaders(cfg, train_set, val_set, torch.device("cpu"), cache_bytes=2**30)
     assert train_set.frame_cache is not None and len(train_set.frame_cache) == 12
     assert loader.multiprocessing_context.get_start_method() == "fork"
     assert len(list(epoch_batches(loader, sampler, 0))) == 2
@@ -1003,26 +999,25 @@ def test_default_num_workers_is_capped_at_the_cores_per_rank(monkeypatch):
 @pytest.mark.filterwarnings("ignore:This DataLoader will create")  # 5 workers on 2 cores, as asked
 def test_train_loader_caps_only_the_default_worker_count_and_says_so_once(vimeo_root, monkeypatch, capsys):
     from config import config_from_argv
-    from distributed import DistributedContext
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
-    ctx = DistributedContext(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
     base = ["--data_path", vimeo_root[0], "--model_size", "tiny", "--crop_size", "32", "--batch_size", "2"]
     cfg = config_from_argv(base)
     assert cfg.data.num_workers is None  # "default", resolved per machine
-    loader, _, val_loader = loaders.make_loaders(cfg, ctx, *loaders.build_datasets(cfg)[:2], cache_bytes=0)
+    loader, _, val_loader = loaders.make_loaders(cfg, *loaders.build_datasets(cfg)[:2], torch.device("cpu"),
+                                                 cache_bytes=0)
     assert loader.num_workers == 2 and val_loader.num_workers == 2
     out = capsys.readouterr().out
     assert out.count("DataLoader:") == 1 and "2 workers" in out and "2 CPU cores" in out, out
 
     cfg = config_from_argv(base + ["--num_workers", "5"])  # given explicitly: respected as given
-    loader, _, _ = loaders.make_loaders(cfg, ctx, *loaders.build_datasets(cfg)[:2], cache_bytes=0)
+    loader, _, _ = loaders.make_loaders(cfg, *loaders.build_datasets(cfg)[:2], torch.device("cpu"), cache_bytes=0)
     assert loader.num_workers == 5 and "DataLoader:" not in capsys.readouterr().out
 
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # two ranks on this machine share its cores
     cfg = config_from_argv(base)
-    loader, _, _ = loaders.make_loaders(cfg, ctx, *loaders.build_datasets(cfg)[:2], cache_bytes=0)
+    loader, _, _ = loaders.make_loaders(cfg, *loaders.build_datasets(cfg)[:2], torch.device("cpu"), cache_bytes=0)
     assert loader.num_workers == 1 and "1 workers" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         config_from_argv(base + ["--num_workers", "-1"])

@@ -82,7 +82,7 @@ def test_checkpointed_optimizer_state_is_portable_while_graphs_hold_the_lr_on_de
 
 def test_set_lr_fills_a_device_lr_in_place():
     cfg = preset(1, "tiny")
-    trainer = Trainer(cfg, DistributedContext(0, 0, 1, torch.device("cpu")), steps_per_epoch=4, log=lambda *a: None)
+    trainer = Trainer.single_process(cfg, "cpu", steps_per_epoch=4, log=lambda *a: None)
     lr = torch.tensor(0.0)
     for group in trainer.optimizer.param_groups:
         group["lr"] = lr
@@ -113,7 +113,7 @@ def test_multi_tensor_ema_update_equals_the_per_tensor_lerp():
 def test_reset_ema_keeps_the_shadow_tensors_a_captured_update_writes():
     cfg = preset(1, "tiny")
     cfg = replace(cfg, train=replace(cfg.train, ema_decay=0.9))
-    trainer = Trainer(cfg, DistributedContext(0, 0, 1, torch.device("cpu")), steps_per_epoch=4, log=lambda *a: None)
+    trainer = Trainer.single_process(cfg, "cpu", steps_per_epoch=4, log=lambda *a: None)
     tensors = dict(trainer.ema.shadow)
     with torch.no_grad():
         for p in trainer.model.parameters():
@@ -330,7 +330,7 @@ def test_droppath_mask_recorder_sees_new_masks_at_each_eager_step():
     cfg = preset(1, "tiny")
     cfg = replace(cfg, model=replace(cfg.model, drop_path=0.5))
     torch.manual_seed(0)
-    trainer = Trainer(cfg, DistributedContext(0, 0, 1, torch.device("cpu")), steps_per_epoch=4, log=lambda *a: None)
+    trainer = Trainer.single_process(cfg, "cpu", steps_per_epoch=4, log=lambda *a: None)
     modules, kept = record_droppath_masks(trainer)
     assert modules
     first, second = masks_of_each_step(trainer, cuda_batches(2, size=32, batch=8, pin=False), modules, kept)

@@ -17,8 +17,8 @@ import train
 from checkpoint import load_checkpoint, model_from_checkpoint
 from config import config_from_argv
 from loaders import CURRICULUM_GAPS, curriculum_max_gap
+from measures.visualize import sample_grid
 from model.loss import CompositeLoss
-from visualize import sample_grid
 from Trainer import lr_at_step, parameter_groups
 
 REPO = Path(__file__).resolve().parents[1]

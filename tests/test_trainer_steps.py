@@ -13,7 +13,6 @@ import Trainer as trainer_module
 import train
 from checkpoint import atomic_save, load_checkpoint, model_from_checkpoint
 from config import preset
-from distributed import DistributedContext
 from model.loss import CompositeLoss
 from Trainer import Trainer
 
@@ -32,7 +31,7 @@ def fp16_trainer(monkeypatch) -> Trainer:
     cfg = preset(1, "tiny")
     cfg = replace(cfg, train=replace(cfg.train, ema_decay=0.5, warmup_steps=4, lr=1e-3))
     torch.manual_seed(0)
-    trainer = Trainer(cfg, DistributedContext(0, 0, 1, torch.device("cpu")), steps_per_epoch=10, log=lambda *a: None)
+    trainer = Trainer.single_process(cfg, "cpu", steps_per_epoch=10, log=lambda *a: None)
     assert trainer.scaler.is_enabled()
     return trainer
 
@@ -105,7 +104,7 @@ def plain_trainer(**train_overrides) -> tuple[Trainer, list[str]]:
     cfg = replace(cfg, train=replace(cfg.train, ema_decay=0.5, warmup_steps=4, lr=1e-3, **train_overrides))
     torch.manual_seed(0)
     messages = []
-    trainer = Trainer(cfg, DistributedContext(0, 0, 1, torch.device("cpu")), steps_per_epoch=10, log=messages.append)
+    trainer = Trainer.single_process(cfg, "cpu", steps_per_epoch=10, log=messages.append)
     return trainer, messages
 
 

@@ -12,7 +12,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
-from visualize import GRID_PADDING, flow_to_rgb, panel_names, sample_grid  # noqa: E402
+from measures.visualize import GRID_PADDING, flow_to_rgb, panel_names, sample_grid  # noqa: E402
 
 H, W = 32, 48
 

@@ -28,8 +28,7 @@ import torch  # noqa: E402
 
 from benchmark import Vimeo90K  # noqa: E402
 from benchmark.eval_core import BenchmarkError, Evaluator, Subset, exit_on_user_error  # noqa: E402
-from checkpoint import checkpoint_config, load_checkpoint, seed_everything  # noqa: E402
-from model import build_model  # noqa: E402
+from checkpoint import starting_model_from_checkpoint  # noqa: E402
 
 
 def count_lines(path: Path) -> int:
@@ -47,9 +46,7 @@ def frame_size(samples: Subset) -> str:
 
 def untrained_psnr(checkpoint: Path, subset: Subset, device: torch.device) -> float:
     """Mean PSNR of the checkpoint's architecture with the weights its run started from (seeded like train.py)."""
-    cfg = checkpoint_config(load_checkpoint(checkpoint), checkpoint)
-    seed_everything(cfg.train.seed)      # train.py seeds, then builds the model before drawing anything else
-    model = build_model(cfg.model).to(device).eval()
+    model, _ = starting_model_from_checkpoint(str(checkpoint), device)
     return Evaluator(model, subset.protocol, device, progress=False).evaluate(subset.samples)["psnr"]
 
 
