@@ -36,7 +36,8 @@ Streaming (memory depends on the frame size, never on the video's length)::
         batch pairs, model (bf16 on CUDA) --queue of uint8 frames (async GPU->pinned copies)--> writer thread
         -> encode threads (PNG; RGB->Y'CbCr then libx264's own threads)
 
-so decoding, the model and encoding overlap, and several frames are decoded and encoded at once (``--io_workers``). Output goes to a hidden temporary name and is renamed at the end.
+so decoding, the model and encoding overlap, and several frames are decoded and encoded at once (``--io_workers``).
+Output goes to a hidden temporary name and is renamed at the end.
 Errors a user can fix (a missing input, a bad flag, a checkpoint that is not ours, an unwritable output) end with one
 line on stderr and exit status 2; Ctrl-C removes what was written and exits with 130.
 """
