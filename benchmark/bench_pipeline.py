@@ -12,7 +12,10 @@ holds none of the CPU) and returns its first input. Everything else is interpola
     folder       a PNG folder in, a PNG folder out
     mp4          a PNG folder in, H.264 out (libx264, --preset, --crf)
 
-once per --io_workers value ("1" is the serial layout: one decode thread, one PNG or Y'CbCr thread, libx264 on one
+Then (``--stages``, on by default) each I/O stage alone: milliseconds per frame on one thread and on N threads, so
+the cores a GPU's rate needs can be read off without a GPU.
+
+The runs go once per --io_workers value ("1" is the serial layout: one decode thread, one PNG or Y'CbCr thread, libx264 on one
 thread; "auto" is interpolate.py's default). The table gives output frames/s, the ratio to the model-only rate
 (interpolate.py's target: >= 0.9) and the CPU time the run spent per output frame, which says how many cores a
 rate needs: at R output frames/s the pipeline needs about R x (CPU ms per frame) / 1000 cores. Runs in one process,
@@ -40,7 +43,8 @@ from footage.interpolator import FrameInterpolator  # noqa: E402
 from footage.pipeline import StreamSettings, run_stream  # noqa: E402
 from footage.timeplan import TimePlan  # noqa: E402
 from footage.video_io import (AvSink, FolderSink, FrameSink, FrameSource, SourceInfo, default_io_workers,  # noqa: E402
-                              open_source, pyav_available)
+                              open_source, pyav_available, read_rgb_uint8)
+from measures.shots import frame_signature  # noqa: E402
 
 INPUT_RATE = Fraction(24)
 
@@ -112,6 +116,51 @@ def run_once(source: FrameSource, sink: FrameSink, model_seconds: float, workers
             "calls": stats.model_calls}
 
 
+def per_frame_ms(function, items: list, threads: int) -> float:
+    """Wall milliseconds per item of ``function`` over ``items`` on ``threads`` threads (throughput, not latency)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(function, items[:threads]))               # warm-up: imports, first allocations
+        start = time.perf_counter()
+        list(pool.map(function, items))
+        return 1000 * (time.perf_counter() - start) / len(items)
+
+
+def stage_table(folder: Path, frames: list[np.ndarray], scratch: Path, threads: int, preset: str, crf: int) -> None:
+    """Each I/O stage alone, on 1 and on ``threads`` threads: ms per frame."""
+    files = sorted(folder.iterdir())
+    height, width = frames[0].shape[:2]
+    out = scratch / "stage_png"
+    out.mkdir()
+    stages = [("PNG decode (input)", read_rgb_uint8, files),
+              ("cut measure signature", frame_signature, frames),
+              ("PNG encode (output)", lambda item: FolderSink._write_png(out / f"{item[0]}.png", item[1]),
+               list(enumerate(frames)))]
+    if pyav_available():
+        sink = AvSink(scratch / "stage.mp4", width, height, 2 * INPUT_RATE, crf, preset, None, workers=1)
+        stages.append(("RGB -> Y'CbCr 4:2:0 (output)", lambda frame: sink._to_yuv(frame, 0), frames))
+    print(f"\n| stage (one {width}x{height} frame) | ms per frame, 1 thread | ms per frame, {threads} threads |")
+    print("|---|---:|---:|")
+    for name, function, items in stages:
+        print(f"| {name} | {per_frame_ms(function, items, 1):.1f} | {per_frame_ms(function, items, threads):.1f} |",
+              flush=True)
+    if pyav_available():
+        yuv = [sink._to_yuv(frame, index) for index, frame in enumerate(frames)]
+        sink.abort()
+        for label, encoder_threads in (("1 thread", 1), ("x264 auto threads", 0)):
+            encoder = AvSink(scratch / f"x264_{encoder_threads}.mp4", width, height, 2 * INPUT_RATE, crf, preset,
+                             None, workers=1, encoder_threads=encoder_threads)
+            start = time.perf_counter()
+            for index, frame in enumerate(yuv):
+                frame.pts = index * 100
+                encoder._mux(encoder.stream.encode(frame))
+            encoder._mux(encoder.stream.encode(None))
+            elapsed = 1000 * (time.perf_counter() - start) / len(yuv)
+            encoder.abort()
+            print(f"| libx264 --preset {preset} --crf {crf}, {label} | {elapsed:.1f} | |", flush=True)
+
+
 def worker_values(text: str) -> list[int | None]:
     values = []
     for part in text.split(","):
@@ -146,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--outputs", default="folder,mp4", help="folder, mp4 or both (default folder,mp4)")
     parser.add_argument("--preset", default="medium", help="x264 preset for mp4 (default medium, interpolate.py's)")
     parser.add_argument("--crf", type=int, default=18, help="x264 crf for mp4 (default 18, interpolate.py's)")
+    parser.add_argument("--no_stages", action="store_true", help="leave out the per-stage table")
     args = parser.parse_args(argv)
     if args.frames < 4:
         parser.error("--frames must be at least 4")
@@ -190,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
                 rate = result["frames"] / result["seconds"]
                 print(f"{output} io_workers {workers or 'auto'}: {rate:.2f} out-frames/s "
                       f"({rate / model_rate:.2f} of model-only)", flush=True)
+        if not args.no_stages:
+            stage_table(folder, frames, Path(scratch), default_io_workers(), args.preset, args.crf)
 
     print(f"\n| run | io_workers | out frames | seconds | out-frames/s | / model-only | CPU ms per out frame |")
     print("|---|---|---:|---:|---:|---:|---:|")

@@ -340,9 +340,11 @@ def run_stream(source: FrameSource, sink: FrameSink, interpolator: FrameInterpol
     except BaseException:
         stop.set()
         source.close()
-        sink.abort()
+        # The workers stop within a frame; the sink is aborted after the writer has left it, so no encoder call
+        # runs while the encoder is being closed and no file is begun in a folder being deleted.
         for worker in (reader, writer):
             worker.join(timeout=5)
+        sink.abort()
         raise
     finally:
         bar.close()
