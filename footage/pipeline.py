@@ -105,9 +105,6 @@ def ordered_map(pool: ThreadPoolExecutor, function: Callable[[Item], Result], it
     finally:
         for future in pending:
             future.cancel()
-        close = getattr(iterator, "close", None)
-        if close is not None:               # a generator (a video's decoder) lets go of its file now, not at GC
-            close()
 
 
 @dataclass
@@ -256,7 +253,8 @@ def run_stream(source: FrameSource, sink: FrameSink, interpolator: FrameInterpol
                 put(read_queue, frame, stop)
 
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
-            decoded = ordered_map(pool, decode, enumerate(source.frame_jobs()), decode_window(workers, frame_bytes))
+            jobs = source.frame_jobs()
+            decoded = ordered_map(pool, decode, enumerate(jobs), decode_window(workers, frame_bytes))
             try:
                 for frame, signature in decoded:
                     if previous is None:
@@ -267,6 +265,8 @@ def run_stream(source: FrameSource, sink: FrameSink, interpolator: FrameInterpol
                     previous = signature
             finally:
                 decoded.close()             # cancels decodes not yet started when the run stops early
+                # A video's decoder lets go of its file now, not at garbage collection.
+                getattr(jobs, "close", lambda: None)()
         release(detector.finish())
         put(read_queue, END, stop)
 

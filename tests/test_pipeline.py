@@ -326,3 +326,26 @@ def test_io_workers_flag_reaches_the_sinks(tmp_path):
         sink.abort()
     with pytest.raises(SystemExit):
         interpolate.build_parser().parse_args(["--model", "m", "--input", "i", "--output", "o", "--io_workers", "0"])
+
+
+def test_a_failed_run_closes_the_source_generator(tmp_path, monkeypatch):
+    """When decoding fails part-way, the source's generator (a video's open container) is closed at once."""
+    closed = []
+
+    class ClosingSource(CountingSource):
+        def frame_jobs(self):
+            try:
+                for index, frame in enumerate(self.list):
+                    if index == 6:
+                        yield (lambda: (_ for _ in ()).throw(video_io.VideoIOError("frame 6 is corrupt"))), index / RATE
+                    else:
+                        yield (lambda frame=frame: frame.copy()), index / RATE
+            finally:
+                closed.append(True)
+
+    out_parent = tmp_path / "outs"
+    out_parent.mkdir()
+    with pytest.raises(video_io.VideoIOError, match="frame 6 is corrupt"):
+        run(ClosingSource(moving_frames(40)), video_io.FolderSink(out_parent / "out", workers=2), 2)
+    assert closed == [True]
+    assert leftovers(out_parent) == []
