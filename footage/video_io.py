@@ -420,7 +420,7 @@ class OpenCVSource(FrameSource):
                 ok, frame = capture.read()
                 if not ok:
                     return
-                yield np.ascontiguousarray(frame[..., ::-1]), index / self.info.rate
+                yield cv2.cvtColor(frame, cv2.COLOR_BGR2RGB), index / self.info.rate
                 index += 1
         finally:
             capture.release()
@@ -772,7 +772,7 @@ class OpenCVSink(FrameSink):
             raise VideoIOError(f"OpenCV cannot write a {final.suffix} video ({final}); install imageio-ffmpeg")
 
     def write(self, frame: np.ndarray) -> None:
-        self.writer.write(np.ascontiguousarray(frame[..., ::-1]))
+        self.writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
 
     def finish(self, frames_written: int) -> list[str]:
         self.writer.release()

@@ -349,3 +349,19 @@ def test_a_failed_run_closes_the_source_generator(tmp_path, monkeypatch):
         run(ClosingSource(moving_frames(40)), video_io.FolderSink(out_parent / "out", workers=2), 2)
     assert closed == [True]
     assert leftovers(out_parent) == []
+
+
+def test_opencv_fallback_keeps_the_channel_order(tmp_path):
+    """Without PyAV: RGB frames written by OpenCVSink and read by OpenCVSource keep red red and blue blue."""
+    red = np.zeros((48, 64, 3), np.uint8)
+    red[..., 0] = 200
+    blue = np.zeros((48, 64, 3), np.uint8)
+    blue[..., 2] = 200
+    sink = video_io.OpenCVSink(tmp_path / "cv.mp4", 64, 48, RATE)
+    for frame in (red, red, blue, blue):
+        sink.write(frame)
+    sink.finish(4)
+    frames = [frame for frame, _ in video_io.OpenCVSource(tmp_path / "cv.mp4").frames()]
+    assert len(frames) == 4
+    assert frames[0][..., 0].mean() > 150 > 50 > frames[0][..., 2].mean()
+    assert frames[3][..., 2].mean() > 150 > 50 > frames[3][..., 0].mean()
