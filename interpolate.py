@@ -62,8 +62,8 @@ from config import AMP_DTYPES, ConfigError, OneLineErrorParser, resolve_amp
 from footage.interpolator import FrameInterpolator
 from footage.pipeline import RunStats, StreamSettings, run_stream
 from footage.timeplan import TimePlan, describe_times, is_power_of_two, output_frame_count
-from footage.video_io import (AvSink, FolderSink, FrameSink, OpenCVSink, SourceInfo, VideoIOError, open_source,
-                              prepare_output, pyav_available, snap_rate)
+from footage.video_io import (AvSink, FolderSink, FrameSink, OpenCVSink, SourceInfo, VideoIOError, default_io_workers,
+                              open_source, prepare_output, pyav_available, snap_rate)
 from measures.shots import ShotSettings
 from model.inference import GraphUnavailable, InferenceRunner, add_graph_argument
 
@@ -367,6 +367,15 @@ def run(args: argparse.Namespace) -> RunStats:
         print("compile: torch.compile, the first batch compiles the model (minutes at 1080p and 4K)")
     print(f"run:    {'CUDA graph per frame size' if runner.graphs_enabled else 'eager'}"
           f"{' of the compiled model' if args.compile else ''} (--cuda_graph {args.cuda_graph})")
+    workers = args.io_workers or default_io_workers()
+    if kind == "folder":
+        encoding = f"{workers} writing PNGs"
+    elif use_pyav:
+        encoding = (f"{workers} converting to Y'CbCr, libx264 on "
+                    f"{args.io_workers if args.io_workers else 'its own count of'} threads")
+    else:
+        encoding = "1 encoding (OpenCV)"
+    print(f"io:     {workers} threads decoding, {encoding} (--io_workers)")
     interpolator = FrameInterpolator(model, device, amp, args.tta, flow_scale, batch, halving, runner=runner)
     sink = make_sink(output_path, kind, info, out_rate, args, use_pyav)
     shots = ShotSettings(cut_ratio=args.cut_ratio, duplicate_block=args.duplicate_block)
