@@ -49,6 +49,7 @@ if TYPE_CHECKING:                   # footage.audio needs PyAV, which the OpenCV
 FRAME_SUFFIXES = (".png", ".jpg", ".jpeg")
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".avi")
 OUTPUT_FRAME_PATTERN = "{:08d}.png"          # 0-based output frame index; sorts by name up to 10^8 frames
+PNG_OPTIONS = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_HUFFMAN_ONLY]
 # A "rate" above this is a container time base that leaked through (a stream that declares no rate), not a rate.
 MAX_PLAUSIBLE_RATE = 1000
 # A stream is constant-rate when every timestamp lies within this fraction of a frame of the rate's grid.
@@ -563,8 +564,10 @@ class FolderSink(FrameSink):
     @staticmethod
     def _write_png(path: Path, frame: np.ndarray) -> None:
         # Compression level 1: several times faster than the default and only slightly larger (still lossless).
+        # Huffman coding only, after PNG's usual per-row filters (string matching finds little in filtered camera
+        # frames): measured on 8 real frames upscaled to 1080p, 92 -> 77 ms per frame and 1.84 -> 1.67 MB.
         try:
-            written = cv2.imwrite(str(path), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 1])
+            written = cv2.imwrite(str(path), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), PNG_OPTIONS)
         except cv2.error as error:
             raise VideoIOError(f"cannot write {path}: {str(error).strip().splitlines()[-1]}") from None
         if not written:
