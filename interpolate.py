@@ -32,10 +32,12 @@ frame. A pair's verdict needs the next two input frames, which the reader holds 
 
 Streaming (memory depends on the frame size, never on the video's length)::
 
-    reader thread: decode -> cut/duplicate verdict (pinned) --queue--> main: upload, batch pairs, model (bf16 on CUDA)
-        --queue of uint8 frames (async GPU->pinned copies)--> writer thread: PyAV (libx264) / PNG encoders
+    decode threads (PNG / RGB conversion, pinned) -> reader thread: cut/duplicate verdict --queue--> main: upload,
+        batch pairs, model (bf16 on CUDA) --queue of uint8 frames (async GPU->pinned copies)--> writer thread
+        -> encode threads (PNG; RGB->Y'CbCr then libx264's own threads)
 
-so decoding, the model and encoding overlap. Output goes to a hidden temporary name and is renamed at the end.
+so decoding, the model and encoding overlap, and several frames are decoded and encoded at once (``--io_workers``).
+Output goes to a hidden temporary name and is renamed at the end.
 Errors a user can fix (a missing input, a bad flag, a checkpoint that is not ours, an unwritable output) end with one
 line on stderr and exit status 2; Ctrl-C removes what was written and exits with 130.
 """
@@ -59,8 +61,8 @@ from config import (AMP_DTYPES, ConfigError, OneLineErrorParser, positive_float,
 from footage.interpolator import FrameInterpolator
 from footage.pipeline import RunStats, StreamSettings, run_stream
 from footage.timeplan import TimePlan, describe_times, is_power_of_two, output_frame_count
-from footage.video_io import (AvSink, FolderSink, FrameSink, OpenCVSink, SourceInfo, VideoIOError, open_source,
-                              prepare_output, pyav_available, snap_rate)
+from footage.video_io import (AvSink, FolderSink, FrameSink, OpenCVSink, SourceInfo, VideoIOError, default_io_workers,
+                              open_source, prepare_output, pyav_available, snap_rate)
 from measures.shots import ShotSettings
 from model.inference import GraphUnavailable, InferenceRunner, add_graph_argument, describe_run
 
@@ -181,6 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_graph_argument(parser)
     parser.add_argument("--batch", type=positive_int, default=None,
                         help="model calls per forward pass (default: 1 on the CPU; on a GPU about 1080p worth)")
+    parser.add_argument("--io_workers", type=positive_int, default=None,
+                        help="threads decoding the input and threads encoding the output, each (default: half the "
+                             "CPUs, 2 to 8; also libx264's thread count, which otherwise follows the CPUs)")
     parser.add_argument("--crf", type=crf_value, default=18, help="H.264 quality, 0 lossless .. 51 (default 18)")
     parser.add_argument("--preset", choices=X264_PRESETS, default="medium", help="x264 speed preset (default medium)")
     parser.add_argument("--ckpt_dir", default="ckpt", help="folder searched for --model names (default ckpt)")
@@ -247,12 +252,13 @@ def make_sink(path: Path, kind: str, info: SourceInfo, rate: Fraction | None, ar
     """A PNG folder, or a video through PyAV (colour, aspect and audio from a video source) or, without PyAV,
     OpenCV."""
     if kind == "folder":
-        return FolderSink(path)
+        return FolderSink(path, workers=args.io_workers)
     if not use_pyav:
         return OpenCVSink(path, info.width, info.height, rate)
     source = info if info.kind == "video" else None
+    # --io_workers also caps x264's own threads; without it x264 picks its count from the CPUs.
     return AvSink(path, info.width, info.height, rate, args.crf, args.preset, source,
-                  keep_audio=not info.rate_overridden)
+                  keep_audio=not info.rate_overridden, workers=args.io_workers, encoder_threads=args.io_workers or 0)
 
 
 def time_plan(info: SourceInfo, ratio: Fraction, out_rate: Fraction | None) -> TimePlan:
@@ -360,10 +366,19 @@ def run(args: argparse.Namespace) -> RunStats:
         print("compile: torch.compile, the first batch compiles the model (minutes at 1080p and 4K)")
     print(f"run:    {'CUDA graph per frame size' if runner.graphs_enabled else 'eager'}"
           f"{' of the compiled model' if args.compile else ''} (--cuda_graph {args.cuda_graph})")
+    workers = args.io_workers or default_io_workers()
+    if kind == "folder":
+        encoding = f"{workers} writing PNGs"
+    elif use_pyav:
+        encoding = (f"{workers} converting to Y'CbCr, libx264 on "
+                    f"{args.io_workers if args.io_workers else 'its own count of'} threads")
+    else:
+        encoding = "1 encoding (OpenCV)"
+    print(f"io:     {workers} threads decoding, {encoding} (--io_workers)")
     interpolator = FrameInterpolator(model, device, amp, args.tta, flow_scale, batch, halving, runner=runner)
     sink = make_sink(output_path, kind, info, out_rate, args, use_pyav)
     shots = ShotSettings(cut_ratio=args.cut_ratio, duplicate_block=args.duplicate_block)
-    settings = StreamSettings(plan, shots, not args.no_progress, expected)
+    settings = StreamSettings(plan, shots, not args.no_progress, expected, io_workers=args.io_workers)
     try:
         stats = run_stream(source, sink, interpolator, settings)
     finally:

@@ -1,6 +1,11 @@
-"""The streaming pipeline: a reader thread decodes and classifies frame pairs, the main thread batches pairs through
-the :class:`~footage.interpolator.FrameInterpolator`, a writer thread encodes (memory depends on the frame size,
-never on the video's length)."""
+"""The streaming pipeline: a reader thread classifies frame pairs while a pool of decode threads decodes the frames
+ahead of it (in order), the main thread batches pairs through the :class:`~footage.interpolator.FrameInterpolator`, a
+writer thread hands frames to the sink, which encodes on its own threads (memory depends on the frame size, never on
+the video's length: every queue and pool is bounded).
+
+    decode pool (io_workers: PNG decode or swscale, frame signature, pinning) --in order--> reader: cut verdicts
+        --queue--> main: upload, model --queue (async GPU->pinned copies)--> writer --> sink's encode threads
+"""
 
 from __future__ import annotations
 
@@ -8,9 +13,10 @@ import queue
 import threading
 import time
 from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Callable
+from typing import Callable, Iterable, Iterator, TypeVar
 
 import numpy as np
 import torch
@@ -18,8 +24,8 @@ from tqdm import tqdm
 
 from footage.interpolator import FrameInterpolator
 from footage.timeplan import TimePlan
-from footage.video_io import FrameSink, FrameSource, VideoIOError
-from measures.shots import PairVerdict, ShotDetector, ShotSettings, frame_signature, pair_score
+from footage.video_io import FrameSink, FrameSource, VideoIOError, default_io_workers
+from measures.shots import FrameSignature, PairVerdict, ShotDetector, ShotSettings, frame_signature, pair_score
 from model.frames import frame_to_tensor
 
 
@@ -70,6 +76,35 @@ def get(channel: queue.Queue, stop: threading.Event, peer: Worker | None = None)
 
 
 END = object()   # end-of-stream marker on both queues
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+
+def ordered_map(pool: ThreadPoolExecutor, function: Callable[[Item], Result], items: Iterable[Item],
+                window: int) -> Iterator[Result]:
+    """``map(function, items)`` on the pool's threads, in the items' order, with at most ``window`` items submitted
+    and not yet yielded (so memory stays bounded however far ahead the pool could run). ``items`` is advanced on the
+    calling thread. A failure is raised where its item's result would have been yielded: the items before it come
+    out first, exactly as a serial loop would. Closing the iterator early cancels what has not started."""
+    pending: deque[Future] = deque()
+    iterator = iter(items)
+    exhausted = False
+    try:
+        while True:
+            while not exhausted and len(pending) < window:
+                try:
+                    item = next(iterator)
+                except StopIteration:
+                    exhausted = True
+                    break
+                pending.append(pool.submit(function, item))
+            if not pending:
+                return
+            yield pending.popleft().result()
+    finally:
+        for future in pending:
+            future.cancel()
 
 
 @dataclass
@@ -146,6 +181,13 @@ class StreamSettings:
     shots: ShotSettings = ShotSettings()
     progress: bool = True
     expected_frames: int | None = None  # progress bar total
+    io_workers: int | None = None       # decode threads (None: footage.video_io.default_io_workers())
+
+
+def decode_window(workers: int, frame_bytes: int) -> int:
+    """Frames decoded ahead of the reader: two per decode thread (one being decoded, one ready), fewer for very large
+    frames (about 256 MiB at most), never fewer than one per thread."""
+    return max(workers, min(2 * workers, (256 << 20) // frame_bytes))
 
 
 def upload(frame: InputFrame, device: torch.device) -> torch.Tensor:
@@ -186,6 +228,17 @@ def run_stream(source: FrameSource, sink: FrameSink, interpolator: FrameInterpol
     bar = tqdm(total=settings.expected_frames, unit="frame", desc="interpolating", disable=not settings.progress,
                dynamic_ncols=True)
 
+    workers = settings.io_workers or default_io_workers()
+
+    def decode(job: tuple[int, tuple[Callable[[], np.ndarray], Fraction]]) -> tuple[InputFrame, FrameSignature]:
+        # On a decode thread: everything a frame needs that does not depend on its neighbours.
+        index, (finish_decoding, time_) = job
+        if stop.is_set():
+            raise Stopped
+        rgb = finish_decoding()
+        pinned = torch.from_numpy(rgb).pin_memory() if pin else None
+        return InputFrame(index, time_, rgb, pinned, None), frame_signature(rgb)
+
     def read_frames() -> None:
         # A frame goes on once the verdict of its pair with the previous frame is known: the detector looks
         # ``lookahead`` frames ahead, so that many frames wait here.
@@ -199,15 +252,21 @@ def run_stream(source: FrameSource, sink: FrameSink, interpolator: FrameInterpol
                 frame.verdict = verdict
                 put(read_queue, frame, stop)
 
-        for index, (rgb, time_) in enumerate(source.frames()):
-            signature = frame_signature(rgb)
-            frame = InputFrame(index, time_, rgb, torch.from_numpy(rgb).pin_memory() if pin else None, None)
-            if previous is None:
-                put(read_queue, frame, stop)
-            else:
-                waiting.append(frame)
-                release(detector.push_score(pair_score(previous, signature)))
-            previous = signature
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
+            jobs = source.frame_jobs()
+            decoded = ordered_map(pool, decode, enumerate(jobs), decode_window(workers, frame_bytes))
+            try:
+                for frame, signature in decoded:
+                    if previous is None:
+                        put(read_queue, frame, stop)
+                    else:
+                        waiting.append(frame)
+                        release(detector.push_score(pair_score(previous, signature)))
+                    previous = signature
+            finally:
+                decoded.close()             # cancels decodes not yet started when the run stops early
+                # A video's decoder lets go of its file now, not at garbage collection.
+                getattr(jobs, "close", lambda: None)()
         release(detector.finish())
         put(read_queue, END, stop)
 
@@ -281,9 +340,11 @@ def run_stream(source: FrameSource, sink: FrameSink, interpolator: FrameInterpol
     except BaseException:
         stop.set()
         source.close()
-        sink.abort()
+        # The workers stop within a frame; the sink is aborted after the writer has left it, so no encoder call
+        # runs while the encoder is being closed and no file is begun in a folder being deleted.
         for worker in (reader, writer):
             worker.join(timeout=5)
+        sink.abort()
         raise
     finally:
         bar.close()

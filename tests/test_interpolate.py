@@ -454,3 +454,15 @@ def test_interpolator_predicts_as_the_benchmark_evaluator_does():
     interpolator = FrameInterpolator(model, torch.device("cpu"), "fp32", False, 1.0, batch_size=1, halving=False)
     evaluator = Evaluator(model, Protocol("video", flow_scale=1.0), "cpu", "fp32", False, 1.0, progress=False)
     assert torch.equal(interpolator.predict(img0, img1, t), evaluator.predict(img0, img1, t))
+
+
+def test_io_workers_are_reported_and_change_nothing_in_the_output(checkpoint, clip, tmp_path, capsys):
+    outputs = {}
+    for workers in (1, 3):
+        out = tmp_path / f"out{workers}"
+        code, stdout, stderr = run_cli(capsys, "--model", checkpoint, "--input", clip["folder"], "--output", out,
+                                       "--io_workers", workers)
+        assert code == 0, stderr
+        assert f"io:     {workers} threads decoding, {workers} writing PNGs (--io_workers)" in stdout
+        outputs[workers] = [(out / name).read_bytes() for name in sorted(p.name for p in out.iterdir())]
+    assert len(outputs[1]) == 15 and outputs[1] == outputs[3]
