@@ -375,7 +375,7 @@ def run(args: argparse.Namespace) -> RunStats:
     else:
         encoding = "1 encoding (OpenCV)"
     print(f"io:     {workers} threads decoding, {encoding} (--io_workers)")
-    interpolator = FrameInterpolator(model, device, amp, args.tta, flow_scale, batch, halving, runner=runner)
+    interpolator = FrameInterpolator(model, device, AMP_DTYPES[amp], args.tta, flow_scale, batch, halving, runner=runner)
     sink = make_sink(output_path, kind, info, out_rate, args, use_pyav)
     shots = ShotSettings(cut_ratio=args.cut_ratio, duplicate_block=args.duplicate_block)
     settings = StreamSettings(plan, shots, not args.no_progress, expected, io_workers=args.io_workers)

@@ -106,7 +106,7 @@ def make_frames(count: int, width: int, height: int, seed: int = 0) -> list[np.n
 
 def run_once(source: FrameSource, sink: FrameSink, model_seconds: float, workers: int | None) -> dict:
     """One pass through run_stream; wall seconds, CPU seconds of the process, output frames."""
-    interpolator = FrameInterpolator(FixedTimeModel(model_seconds), torch.device("cpu"), "fp32", False, 1.0,
+    interpolator = FrameInterpolator(FixedTimeModel(model_seconds), torch.device("cpu"), None, False, 1.0,
                                      batch_size=1, halving=False)
     plan = TimePlan(Fraction(1, 2) / INPUT_RATE)
     cpu = time.process_time()

@@ -9,7 +9,6 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from config import AMP_DTYPES
 from footage.timeplan import halving_rounds
 from model.frames import crop_padding, pad_centred
 from model.inference import InferenceRunner, ModelClock
@@ -23,17 +22,19 @@ class FrameInterpolator:
     model: anything with ``inference(img0, img1, t, flow_scale, tta)`` (ThesisModel); it runs as the benchmarks'
         ``Evaluator`` runs it (:meth:`predict`: centred padding to 32, autocast, crop, clamp, from model/frames.py),
         so a video frame is predicted exactly as a benchmark frame is.
-    amp: "fp32", "bf16" or "fp16" (config.AMP_DTYPES): the model's autocast precision.
+    amp_dtype: the model's autocast precision (torch.bfloat16 or torch.float16), None for plain fp32
+        (``config.AMP_DTYPES`` maps the ``--amp`` names to it).
     batch_size: model calls (pair, t) per forward pass.
     halving: reach every t by repeated t = 0.5 calls (:func:`halving_rounds`) instead of passing t.
     runner: how the model runs (:class:`model.inference.InferenceRunner`: CUDA graphs, compiled); default eager.
     """
 
-    def __init__(self, model: nn.Module, device: torch.device, amp: str, tta: bool, flow_scale: float,
-                 batch_size: int, halving: bool, fixed_batch: bool = False, runner: InferenceRunner | None = None):
-        if amp not in AMP_DTYPES:
-            raise ValueError(f"amp must be one of {', '.join(AMP_DTYPES)}, got {amp!r}")
-        self.model, self.amp_dtype, self.tta, self.flow_scale = model, AMP_DTYPES[amp], tta, flow_scale
+    def __init__(self, model: nn.Module, device: torch.device, amp_dtype: torch.dtype | None, tta: bool,
+                 flow_scale: float, batch_size: int, halving: bool, fixed_batch: bool = False,
+                 runner: InferenceRunner | None = None):
+        if amp_dtype not in (None, torch.bfloat16, torch.float16):
+            raise ValueError(f"amp_dtype must be None, torch.bfloat16 or torch.float16, got {amp_dtype!r}")
+        self.model, self.amp_dtype, self.tta, self.flow_scale = model, amp_dtype, tta, flow_scale
         self.device, self.batch_size, self.halving = device, batch_size, halving
         self.runner = runner or InferenceRunner(model, "off")
         # A compiled model or a CUDA graph is specialised to one batch size: a short last batch would compile (minutes

@@ -128,7 +128,7 @@ def convert(source_path: Path, output: Path, multi: int = 2, fps: Fraction | Non
                                else None)
     else:
         sink = video_io.FolderSink(output)
-    engine = FrameInterpolator(LinearBlend(), torch.device("cpu"), "fp32", False, 1.0, batch_size=4, halving=False)
+    engine = FrameInterpolator(LinearBlend(), torch.device("cpu"), None, False, 1.0, batch_size=4, halving=False)
     try:
         stats = run_stream(source, sink, engine, StreamSettings(plan, progress=False))
     finally:

@@ -171,7 +171,7 @@ def test_evaluator_and_interpolator_run_through_the_runner_and_report_runtime(tm
     a, b = images(height=32, width=32)
     assert torch.allclose(evaluator.predict(a, b, 0.5), model.inference(a, b, 0.5).clamp(0, 1))
     assert capture.records == 1
-    engine = FrameInterpolator(model, torch.device("cpu"), "fp32", False, 1.0, batch_size=2, halving=True,
+    engine = FrameInterpolator(model, torch.device("cpu"), None, False, 1.0, batch_size=2, halving=True,
                                runner=InferenceRunner(model, "auto", capture=FakeCapture()))
     assert engine.fixed_batch                            # a graph is specific to its batch: short batches are filled
     engine.interpolate([(a, b, [Fraction(0), Fraction(1, 2)])])

@@ -183,7 +183,7 @@ def test_interpolator_puts_each_time_where_it_belongs(halving, times, model_ts):
     """With a linear oracle every output must be the exact blend at its t, whether reached by halving (the model
     only ever sees t = 0.5) or given directly; calls are batched across pairs."""
     oracle = LinearBlend()
-    engine = FrameInterpolator(oracle, torch.device("cpu"), "fp32", False, 1.0, batch_size=3, halving=halving)
+    engine = FrameInterpolator(oracle, torch.device("cpu"), None, False, 1.0, batch_size=3, halving=halving)
     pairs = [(torch.full((1, 3, 8, 8), float(a)), torch.full((1, 3, 8, 8), float(b)), times)
              for a, b in ((0.0, 1.0), (0.2, 0.6))]
     results = engine.interpolate(pairs)
@@ -203,9 +203,9 @@ def test_fixed_batch_fills_the_last_batch_and_drops_the_extra_predictions():
     times = [Fraction(k, 4) for k in range(4)]                 # 3 calls per pair, 2 pairs: batches of 4 and 2
     pairs = [(torch.full((1, 3, 8, 8), float(a)), torch.full((1, 3, 8, 8), float(b)), times)
              for a, b in ((0.0, 1.0), (0.2, 0.6))]
-    fixed = FrameInterpolator(oracle, torch.device("cpu"), "fp32", False, 1.0, batch_size=4, halving=False,
+    fixed = FrameInterpolator(oracle, torch.device("cpu"), None, False, 1.0, batch_size=4, halving=False,
                               fixed_batch=True)
-    plain = FrameInterpolator(reference, torch.device("cpu"), "fp32", False, 1.0, batch_size=4, halving=False)
+    plain = FrameInterpolator(reference, torch.device("cpu"), None, False, 1.0, batch_size=4, halving=False)
     got, expected = fixed.interpolate(pairs), plain.interpolate(pairs)
     assert oracle.batches == [4, 4] and reference.batches == [4, 2]
     assert fixed.model_calls == plain.model_calls == 6
@@ -451,7 +451,7 @@ def test_interpolator_predicts_as_the_benchmark_evaluator_does():
     model = build_model(preset(3, size="tiny")).eval()
     img0, img1 = torch.rand(1, 3, 37, 53), torch.rand(1, 3, 37, 53)
     t = torch.tensor([0.3])
-    interpolator = FrameInterpolator(model, torch.device("cpu"), "fp32", False, 1.0, batch_size=1, halving=False)
+    interpolator = FrameInterpolator(model, torch.device("cpu"), None, False, 1.0, batch_size=1, halving=False)
     evaluator = Evaluator(model, Protocol("video", flow_scale=1.0), "cpu", "fp32", False, 1.0, progress=False)
     assert torch.equal(interpolator.predict(img0, img1, t), evaluator.predict(img0, img1, t))
 

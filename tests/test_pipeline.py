@@ -47,7 +47,7 @@ def save_folder(folder: Path, frames: list[np.ndarray]) -> Path:
 
 
 def run(source: video_io.FrameSource, sink: video_io.FrameSink, workers: int | None):
-    engine = FrameInterpolator(LinearBlend(), torch.device("cpu"), "fp32", False, 1.0, batch_size=2, halving=False)
+    engine = FrameInterpolator(LinearBlend(), torch.device("cpu"), None, False, 1.0, batch_size=2, halving=False)
     plan = TimePlan(Fraction(1, 2) / (source.info.rate or 1))
     return run_stream(source, sink, engine, StreamSettings(plan, progress=False, io_workers=workers))
 
