@@ -37,7 +37,7 @@ demo: sample-data
 		--warmup_steps 10 --lr 1e-3 --num_workers 0 --log_every 5
 	$(PY) benchmark/Vimeo90K.py --model demo_phase1_best --path data/sample_vimeo --device cpu --no_progress \
 		--out log/demo_phase1/benchmark.json --save_images log/demo_phase1/images
-	$(PY) tools/demo_summary.py --report log/demo_phase1/benchmark.json --name "Big Buck Bunny sample"
+	$(PY) benchmark/demo_summary.py --report log/demo_phase1/benchmark.json --name "Big Buck Bunny sample"
 
 clean-demo:
 	rm -rf ckpt/demo_phase1_* log/demo_phase1

@@ -304,7 +304,7 @@ def starting_model_from_checkpoint(name_or_path: str, device: str | torch.device
                                    ckpt_dir: str | os.PathLike = "ckpt") -> tuple[nn.Module, ExperimentConfig]:
     """The model a checkpoint's run started from, in eval mode: its saved config's architecture built right after
     :func:`seed_everything` with the run's seed, as a training run builds it (the untrained baseline of
-    ``tools/demo_summary.py``). The checkpoint's weights are not loaded; the saved SSD kernel choice is kept."""
+    ``benchmark/demo_summary.py``). The checkpoint's weights are not loaded; the saved SSD kernel choice is kept."""
     from model import build_model
 
     path = resolve_checkpoint(name_or_path, ckpt_dir)

@@ -2,7 +2,7 @@
 
 ``make demo`` ends with it::
 
-    python tools/demo_summary.py --report log/demo_phase1/benchmark.json --name "Big Buck Bunny sample"
+    python benchmark/demo_summary.py --report log/demo_phase1/benchmark.json --name "Big Buck Bunny sample"
     demo: Big Buck Bunny sample (75 train / 20 test triplets, 448x256): PSNR untrained 25.064 dB -> trained
           25.443 dB; frame average 25.436 dB (trained: 0.006 dB above it)
 

@@ -553,7 +553,7 @@ def test_save_images_uses_one_folder_per_subset(snu_root, checkpoints, tmp_path)
 def test_demo_summary_line_reports_untrained_trained_and_frame_average(tmp_path, capsys):
     """The demo's closing line: data set and size, untrained -> trained PSNR, frame average."""
     from conftest import write_vimeo
-    from tools import demo_summary
+    from benchmark import demo_summary
     from checkpoint import seed_everything
 
     root = write_vimeo(tmp_path / "set", train=3, test=2, height=32, width=64)
@@ -578,7 +578,7 @@ def test_demo_summary_line_reports_untrained_trained_and_frame_average(tmp_path,
 
 
 def test_demo_summary_names_a_missing_report(tmp_path, capsys):
-    from tools import demo_summary
+    from benchmark import demo_summary
 
     line = run_failing(demo_summary.main, ["--report", str(tmp_path / "none.json")], capsys)
     assert str(tmp_path / "none.json") in line
