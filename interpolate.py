@@ -78,7 +78,8 @@ class InterpolateError(RuntimeError):
 
 
 # OSError too: a full disk or a vanished folder is the user's to fix, and its message names the file.
-USER_ERRORS = (InterpolateError, VideoIOError, CheckpointError, ConfigError, OSError)
+# GraphUnavailable: --cuda_graph on and the first batch's capture failed (the message says which shape and why).
+USER_ERRORS = (InterpolateError, VideoIOError, CheckpointError, ConfigError, GraphUnavailable, OSError)
 
 
 # --------------------------------------------------------------------------------------------------------
