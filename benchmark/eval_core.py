@@ -469,7 +469,8 @@ def exit_on_user_error(program: str) -> Iterator[None]:
     """Turn the errors a user can fix into one line on stderr and exit status 2 (no stack trace)."""
     try:
         yield
-    except (BenchmarkError, CheckpointError, ConfigError) as error:
+    # GraphUnavailable: --cuda_graph on and a capture failed mid-run (the message names the shape and the reason).
+    except (BenchmarkError, CheckpointError, ConfigError, GraphUnavailable) as error:
         message = " ".join(str(error).split())
         print(f"{program}: error: {message}", file=sys.stderr)
         raise SystemExit(2) from None
