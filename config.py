@@ -356,7 +356,6 @@ def resolve_device(text: str | None) -> torch.device:
     return device
 
 
-
 def parse_mixed_ratio(text: str) -> tuple[int, int]:
     """"2:1" -> (2, 1); anything else -> ConfigError naming --mixed_ratio."""
     parts = text.split(":")

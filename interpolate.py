@@ -78,7 +78,8 @@ class InterpolateError(RuntimeError):
 
 
 # OSError too: a full disk or a vanished folder is the user's to fix, and its message names the file.
-USER_ERRORS = (InterpolateError, VideoIOError, CheckpointError, ConfigError, OSError)
+# GraphUnavailable: --cuda_graph on and the first batch's capture failed (the message says which shape and why).
+USER_ERRORS = (InterpolateError, VideoIOError, CheckpointError, ConfigError, GraphUnavailable, OSError)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -268,9 +269,13 @@ def time_plan(info: SourceInfo, ratio: Fraction, out_rate: Fraction | None) -> T
     return TimePlan(ratio / (info.rate or 1))
 
 
-def check_report_path(path: Path | None, overwrite: bool) -> None:
+def check_report_path(path: Path | None, overwrite: bool, input_path: Path, output_path: Path) -> None:
     if path is None:
         return
+    # Written last and atomically, a report on either path would replace the video (--overwrite does not mean that).
+    for flag, other in (("--input", input_path), ("--output", output_path)):
+        if path.resolve() == other.resolve():
+            raise InterpolateError(f"--report {path} is the {flag}; give the report a file name of its own")
     if path.exists() and (path.is_dir() or not overwrite):
         raise InterpolateError(f"--report {path} exists; pass --overwrite to replace it" if not path.is_dir()
                                else f"--report {path} is a folder; give a file name such as run.json")
@@ -315,7 +320,7 @@ def run(args: argparse.Namespace) -> RunStats:
     info = source.info
     checkpoint_path = resolve_checkpoint(args.model, args.ckpt_dir)
     kind = prepare_output(output_path, args.overwrite)
-    check_report_path(args.report, args.overwrite)
+    check_report_path(args.report, args.overwrite, input_path, output_path)
     ratio, out_rate, rate_text = output_ratio(args, info)
     plan = time_plan(info, ratio, out_rate)
     if kind == "video" and out_rate is None:

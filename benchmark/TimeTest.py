@@ -101,7 +101,8 @@ def main(argv: list[str] | None = None) -> dict:
         with torch.inference_mode(), torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             return runner(img0, img1, 0.5, flow_scale=flow_scale, tta=args.tta)
 
-    interpolate()                       # the first output: imports, model, cuDNN autotuning, capture / compilation
+    with exit_on_user_error("TimeTest"):     # the first call records the graph: --cuda_graph on can fail here
+        interpolate()                   # the first output: imports, model, cuDNN autotuning, capture / compilation
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     first_output_s = time.perf_counter() - PROCESS_START

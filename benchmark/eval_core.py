@@ -14,7 +14,8 @@ optical flow (OpenCV DIS both ways, warped to t, occlusion-aware blend: ``measur
 report always says whether the model beat blending and whether it beat classical flow. Each sample's motion (95th
 percentile of |DIS flow I0->I1| in px at the evaluated resolution) goes into its record, and the report gives
 PSNR/SSIM per motion bucket (< 4, 4-16, 16-32, 32-64, > 64 px) with counts (``--no_motion`` skips DIS).
-A run on anything but the official test set says so, and ``--save_images DIR`` writes a labelled I0 | prediction | ground truth | I1 [| flow | mask] image per sample (docs/DESIGN.md 12).
+A run on anything but the official test set says so, and ``--save_images DIR`` writes a labelled
+I0 | prediction | ground truth | I1 [| flow | mask] image per sample (docs/DESIGN.md 12).
 
 A script builds its parser with :func:`benchmark_parser`, then calls :func:`run_benchmark` with a function
 that turns the dataset root into a list of :class:`Subset` (name, protocol, samples). User errors (missing
@@ -425,8 +426,6 @@ class Evaluator:
 # --------------------------------------------------------------------------------------------------------
 # Command line
 # --------------------------------------------------------------------------------------------------------
-
-
 def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
     """Options every entry point shares, benchmarks and TimeTest alike."""
     parser.add_argument("--ckpt_dir", default="ckpt", help="folder searched for --model names (default ckpt)")
@@ -469,7 +468,8 @@ def exit_on_user_error(program: str) -> Iterator[None]:
     """Turn the errors a user can fix into one line on stderr and exit status 2 (no stack trace)."""
     try:
         yield
-    except (BenchmarkError, CheckpointError, ConfigError) as error:
+    # GraphUnavailable: --cuda_graph on and a capture failed mid-run (the message names the shape and the reason).
+    except (BenchmarkError, CheckpointError, ConfigError, GraphUnavailable) as error:
         message = " ".join(str(error).split())
         print(f"{program}: error: {message}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -29,11 +29,6 @@ def output_frame_count(frames_in: int, ratio: Fraction) -> int:
     return math.floor((frames_in - 1) / ratio) + 1
 
 
-def last_frame_on_grid(frames_in: int, ratio: Fraction) -> bool:
-    """Whether the last input frame is itself an output frame (always for --multi)."""
-    return ((frames_in - 1) / ratio).denominator == 1
-
-
 def is_power_of_two(value: int) -> bool:
     return value > 0 and value & (value - 1) == 0
 
@@ -94,7 +89,3 @@ class TimePlan:
         if self.end is None:
             return int(k * self.period == last)
         return max(0, math.ceil(self.end / self.period) - k)
-
-    def frame_count(self, last: Fraction) -> int:
-        """Output frames of a run whose last input frame is at ``last``."""
-        return math.ceil(last / self.period) + self.tail(last)

@@ -394,20 +394,26 @@ def bad_case(name: str, clip: dict, checkpoint: Path, tmp_path: Path) -> tuple[l
     if name == "compile without CUDA":
         return ["--input", clip["folder"], "--model", checkpoint, "--output", tmp_path / "o", "--input_fps", 24,
                 "--compile", "--device", "cpu"], "--compile needs a CUDA device"
+    if name == "report is the output":
+        return ["--input", clip["folder"], *base, "--input_fps", 24, "--report", out], \
+            f"--report {out} is the --output"
+    if name == "report is the input":
+        return ["--input", write_video(tmp_path / "in.mp4", clip["frames"][:3], audio=False), *base, "--overwrite",
+                "--report", tmp_path / "in.mp4"], "is the --input"
     if name == "strict t":
         return ["--input", clip["folder"], "--model", checkpoint, "--output", tmp_path / "o", "--multi", 3,
                 "--strict_t"], "--strict_t: this Phase-1 checkpoint"
     raise AssertionError(name)
 
 
-VIDEO_CASES = {"unreadable video", "one-frame video"}
+VIDEO_CASES = {"unreadable video", "one-frame video", "report is the input"}
 
 
 @pytest.mark.parametrize("name", ["missing input", "unreadable video", "empty folder", "frames of different sizes",
                                   "one-frame video", "missing checkpoint", "not a Thesis-VFI checkpoint",
                                   "unwritable output", "existing output", "unknown output extension", "multi 1",
                                   "multi with fps", "cut ratio 1", "fps on a folder without a rate", "strict t",
-                                  "compile without CUDA"])
+                                  "compile without CUDA", "report is the output", "report is the input"])
 def test_bad_input_gives_one_line(name, checkpoint, clip, tmp_path, capsys):
     if name in VIDEO_CASES and FFMPEG is None:
         pytest.skip("imageio-ffmpeg is not installed")
@@ -424,6 +430,29 @@ def test_bad_input_gives_one_line(name, checkpoint, clip, tmp_path, capsys):
     assert expected in lines[0]
     assert "wrote" not in captured.out
     assert sorted(p.name for p in tmp_path.iterdir()) == before          # nothing written, no temporary left
+
+
+def test_failed_capture_under_cuda_graph_on_gives_one_line(checkpoint, clip, tmp_path, capsys, monkeypatch):
+    """--cuda_graph on, and the capture of the first batch fails (on a GPU: an op that cannot be captured): exit
+    status 2 with the runner's one line, and nothing written; not a traceback from inside the stream."""
+    import model.inference
+
+    class FailingCapture(model.inference.CudaGraphCapture):
+        def unavailable_reason(self, device):
+            return None                                 # as on a GPU: graphs look possible until the capture
+
+        def record(self, call, warmup_calls):
+            raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(model.inference, "CudaGraphCapture", FailingCapture)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    code, stdout, stderr = run_cli(capsys, "--model", checkpoint, "--input", clip["folder"], "--output",
+                                   tmp_path / "o", "--cuda_graph", "on", "--device", "cpu")
+    lines = stderr.strip().splitlines()
+    assert code == 2
+    assert len(lines) == 1 and lines[0].startswith("interpolate.py: error: --cuda_graph on: CUDA graph capture "
+                                                   "failed"), stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
 def test_command_line_error_has_no_traceback(tmp_path):

@@ -156,8 +156,8 @@ def video_to_vimeo(
     stride: int = 1,
     test_fraction: float = 0.1,
     max_triplets: int | None = None,
-    cut_ratio: float = 3.0,
-    duplicate_block: float = 1.5,
+    cut_ratio: float = ShotSettings.cut_ratio,
+    duplicate_block: float = ShotSettings.duplicate_block,
     step: int = 1,
     overwrite: bool = False,
     test_position: str = "end",
@@ -353,12 +353,12 @@ def build_arg_parser() -> argparse.ArgumentParser:
     parser.add_argument("--test_position", choices=("start", "end"), default="end",
                         help="take the test block from the start or the end of the video (end)")
     parser.add_argument("--max_triplets", type=int, default=None, help="stop after N kept triplets")
-    parser.add_argument("--cut_ratio", type=float, default=3.0,
+    parser.add_argument("--cut_ratio", type=float, default=ShotSettings.cut_ratio,
                         help="a pair whose content change is this many times its neighbours' median is a "
-                             "scene cut (3; inf: never)")
-    parser.add_argument("--duplicate_block", type=float, default=1.5,
+                             "scene cut (%(default)g; inf: never)")
+    parser.add_argument("--duplicate_block", type=float, default=ShotSettings.duplicate_block,
                         help="a pair whose largest 16x16 block difference (0..255) is at most this is a "
-                             "repeated frame (1.5; -1: never)")
+                             "repeated frame (%(default)g; -1: never)")
     parser.add_argument("--step", type=int, default=1, help="start-frame distance between candidate triplets (1)")
     parser.add_argument("--overwrite", action="store_true", help="replace a data set already in OUT_DIR")
     return parser
