@@ -419,7 +419,7 @@ class Evaluator:
         if peak is not None and self.runner.capture_peak_gib is not None:
             peak = max(peak, self.runner.capture_peak_gib)           # a replay allocates nothing: count the capture
         runtime = runtime_record(clock.median_ms(), self.runner.mode, self.device, peak, height, width,
-                                 timed_calls=len(clock.times_ms))
+                                 timed_calls=clock.calls)
         return {**summary, "seconds": time.perf_counter() - start, "runtime": runtime, "samples": records}
 
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -41,6 +41,7 @@ GRAPH_CHOICES = ("auto", "on", "off")
 DEFAULT_MAX_GRAPHS = 4
 DEFAULT_WARMUP_CALLS = 3
 INDUCTOR_CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
+KEPT_TIMINGS = 4096          # model-call times a ModelClock keeps (the most recent ones)
 
 
 class GraphUnavailable(ValueError):
@@ -376,39 +377,57 @@ def describe_run(model_name: str, uses_flow: bool, device: torch.device, amp: st
 
 
 class ModelClock:
-    """``with clock:`` around each model call: its milliseconds (CUDA events on a GPU, read once at the end, so
-    timing adds no synchronisation) and the peak allocated memory since the clock was made."""
+    """``with clock:`` around each model call: its milliseconds (CUDA events on a GPU, read back without waiting,
+    so timing adds no synchronisation) and the peak allocated memory since the clock was made.
 
-    def __init__(self, device: torch.device):
+    keep: how many of the most recent calls' times are kept (``times_ms``). A clock lives as long as a video, so its
+    memory must not grow with the video's length: finished event pairs are folded into plain numbers at the next
+    call, and only the last ``keep`` of those stay (plenty for a stable median). ``calls`` counts every call.
+    """
+
+    def __init__(self, device: torch.device, keep: int = KEPT_TIMINGS):
         self.cuda = device.type == "cuda"
         self.device = device
-        self.events: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
-        self.host_ms: list[float] = []
+        self.pending: deque[tuple[torch.cuda.Event, torch.cuda.Event]] = deque()   # recorded, not yet read back
+        self.recent_ms: deque[float] = deque(maxlen=keep)
+        self.calls = 0
         self._began = 0.0
         if self.cuda:
             torch.cuda.reset_peak_memory_stats(device)
 
     def __enter__(self) -> "ModelClock":
         if self.cuda:
-            self.events.append((torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)))
-            self.events[-1][0].record()
+            self._read_finished(wait=False)
+            self.pending.append((torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)))
+            self.pending[-1][0].record()
         else:
             self._began = time.perf_counter()
         return self
 
     def __exit__(self, *exc) -> None:
+        self.calls += 1
         if self.cuda:
-            self.events[-1][1].record()
+            self.pending[-1][1].record()
         else:
-            self.host_ms.append((time.perf_counter() - self._began) * 1000)
+            self.recent_ms.append((time.perf_counter() - self._began) * 1000)
+
+    def _read_finished(self, wait: bool) -> None:
+        """Fold event pairs whose end has been reached into ``recent_ms``, oldest first (``wait``: all of them)."""
+        while self.pending:
+            start, end = self.pending[0]
+            if wait:
+                end.synchronize()
+            elif not end.query():
+                break
+            self.recent_ms.append(start.elapsed_time(end))
+            self.pending.popleft()
 
     @property
     def times_ms(self) -> list[float]:
-        if not self.cuda:
-            return self.host_ms
-        if self.events:
-            self.events[-1][1].synchronize()
-        return [start.elapsed_time(end) for start, end in self.events]
+        """The most recent calls' milliseconds, oldest first (at most ``keep``)."""
+        if self.cuda:
+            self._read_finished(wait=True)
+        return list(self.recent_ms)
 
     def median_ms(self) -> float | None:
         times = sorted(self.times_ms)

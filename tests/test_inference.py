@@ -185,6 +185,18 @@ def test_runtime_record_and_line():
     assert describe_runtime(record) == "runtime 12.3 ms per output frame at 720x1280 (graphed, cpu)"
 
 
+def test_model_clock_keeps_the_most_recent_times_and_counts_every_call():
+    """A clock lives as long as a video: it counts every call but keeps only the last ``keep`` times."""
+    from model.inference import ModelClock
+    clock = ModelClock(torch.device("cpu"), keep=3)
+    for _ in range(5):
+        with clock:
+            pass
+    assert clock.calls == 5
+    assert len(clock.times_ms) == 3 and all(value >= 0 for value in clock.times_ms)
+    assert clock.median_ms() == sorted(clock.times_ms)[1]
+
+
 def test_compiled_model_traces_once_across_calls():
     """The backward warp's grid cache used to be filled from inside the compiled forward; Dynamo guards on the dict,
     so the second call recompiled the whole model (minutes at 1080p: interpolate.py --compile ran 12x slower than
