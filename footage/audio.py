@@ -68,6 +68,18 @@ class AudioCopier:
     def __init__(self, source: Path, output: av.container.OutputContainer, tracks: tuple[AudioTrack, ...],
                  shift: Fraction):
         self.input = av.open(str(source))
+        try:
+            self._add_streams(output, tracks, shift)
+        except BaseException:
+            self.input.close()          # the caller never gets this object to close: close the source here
+            raise
+        self.packets = self.input.demux(*[self.input.streams[track.index] for track in tracks])
+        self.pending: av.Packet | None = None
+        self.exhausted = False
+
+    def _add_streams(self, output: av.container.OutputContainer, tracks: tuple[AudioTrack, ...],
+                     shift: Fraction) -> None:
+        """One output stream per track: a copy where the container takes the packets, else AAC."""
         self.output, self.tracks, self.shift = output, tracks, shift
         self.routes: dict[int, tuple[av.stream.Stream, av.AudioResampler | None]] = {}
         self.reencoded: list[int] = []
@@ -82,9 +94,6 @@ class AudioCopier:
                 resampler = av.AudioResampler(format="fltp", layout=stream.layout.name, rate=stream.rate)
                 self.routes[track.index] = (encoder, resampler)
                 self.reencoded.append(track.index)
-        self.packets = self.input.demux(*[self.input.streams[track.index] for track in tracks])
-        self.pending: av.Packet | None = None
-        self.exhausted = False
 
     def _output_time(self, packet: av.Packet) -> Fraction:
         return Fraction(packet.pts) * packet.time_base - self.shift

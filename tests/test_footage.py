@@ -356,3 +356,22 @@ def test_report_lists_cuts_duplicates_metadata_and_audio(tmp_path, phase3_checkp
     code = interpolate.main(["--model", str(phase3_checkpoint), "--input", str(source), "--output",
                              str(tmp_path / "again.mp4"), "--report", str(report_path), "--no_progress"])
     assert code == 2 and "--report" in capsys.readouterr().err
+
+
+def test_audio_copier_closes_its_source_when_setting_up_fails(monkeypatch):
+    """A failure while adding the output streams must not leave the source file open (no caller can close it)."""
+    import types
+    from fractions import Fraction
+    from footage import audio
+    closed = []
+
+    class SourceWithoutTheTrack:
+        streams: dict = {}
+
+        def close(self):
+            closed.append(True)
+
+    monkeypatch.setattr(audio.av, "open", lambda *args, **kwargs: SourceWithoutTheTrack())
+    with pytest.raises(KeyError):
+        audio.AudioCopier(Path("clip.mp4"), output=None, tracks=(types.SimpleNamespace(index=1),), shift=Fraction(0))
+    assert closed == [True]
