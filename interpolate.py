@@ -63,7 +63,7 @@ from footage.pipeline import RunStats, StreamSettings, run_stream
 from footage.timeplan import TimePlan, describe_times, is_power_of_two, output_frame_count
 from footage.video_io import (AvSink, FolderSink, FrameSink, OpenCVSink, SourceInfo, VideoIOError, default_io_workers,
                               open_source, prepare_output, pyav_available, snap_rate)
-from measures.shots import ShotSettings
+from measures.shots import ShotSettings, add_shot_arguments
 from model.inference import GraphUnavailable, InferenceRunner, add_graph_argument, describe_run
 
 PROGRAM = "interpolate.py"
@@ -136,16 +136,6 @@ def crf_value(text: str) -> int:
     return value
 
 
-def cut_ratio(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if not value > 1:
-        raise argparse.ArgumentTypeError(f"must be a number above 1 (or inf: no cuts), got {text}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineErrorParser(
         prog=PROGRAM, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -165,12 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="rate of a frame folder (needed for --fps or a video output); overrides a video's own")
     parser.add_argument("--flow_scale", type=positive_float, default=None,
                         help="flow downscale (default by frame size: 1.0 up to 1080p, 0.5 up to 2K, 0.25 above)")
-    parser.add_argument("--cut_ratio", type=cut_ratio, default=ShotSettings.cut_ratio,
-                        help="a pair whose content change is this many times its neighbours' median is a scene cut: "
-                             "frames copied (default %(default)g; inf never)")
-    parser.add_argument("--duplicate_block", type=float, default=ShotSettings.duplicate_block,
-                        help="a pair whose largest 16x16 block difference (0-255, on a <= 448 px copy) is at most this "
-                             "is a duplicate: frames copied (default %(default)g; -1 never)")
+    add_shot_arguments(parser, "frames copied")
     parser.add_argument("--strict_t", action="store_true",
                         help="refuse times a Phase-1/2 checkpoint (trained at t=0.5) cannot reach by halving")
     parser.add_argument("--amp", choices=["auto", *AMP_DTYPES], default="auto",

@@ -57,6 +57,7 @@ frame. A caller holds at most ``detector.lookahead`` (= ``window``) frames beyon
 
 from __future__ import annotations
 
+import argparse
 import math
 import statistics
 from collections import deque
@@ -100,6 +101,30 @@ class ShotSettings:
             raise ValueError(f"window must be >= 1, got {self.window}")
         if self.cut_ratio <= 1:
             raise ValueError(f"cut_ratio must be above 1, got {self.cut_ratio}")
+
+
+def cut_ratio_argument(text: str) -> float:
+    """argparse type of ``--cut_ratio``: a number above 1, or inf (no cuts)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 1:
+        raise argparse.ArgumentTypeError(f"must be a number above 1 (or inf: no cuts), got {text}")
+    return value
+
+
+def add_shot_arguments(parser: argparse.ArgumentParser, action: str) -> None:
+    """``--cut_ratio`` and ``--duplicate_block``, as every command that finds cuts and duplicates takes them.
+
+    action: what the command does with such a pair, for the help text (e.g. "frames copied")."""
+    parser.add_argument("--cut_ratio", type=cut_ratio_argument, default=ShotSettings.cut_ratio,
+                        help="a pair whose content change is this many times its neighbours' median is a scene cut: "
+                             f"{action} (default %(default)g; inf: never)")
+    parser.add_argument("--duplicate_block", type=float, default=ShotSettings.duplicate_block,
+                        help=f"a pair whose largest {BLOCK}x{BLOCK} block difference (0-255, on a <= "
+                             f"{BLOCK_SIZE} px copy) is at most this is a duplicate: {action} "
+                             "(default %(default)g; -1: never)")
 
 
 @dataclass(frozen=True)

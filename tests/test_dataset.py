@@ -1049,3 +1049,13 @@ def test_video_to_vimeo_keeps_the_aspect_ratio_by_default(tmp_path, capsys):
     assert "aspect ratio NOT kept (--fit stretch)" in capsys.readouterr().out
     _, (square_h, square_w) = square_shape(tmp_path / "stretch")
     assert abs(square_w - 48) <= 2 and abs(square_h - 64) <= 2
+
+
+def test_video_to_vimeo_takes_the_shot_flags_as_interpolate_does(tmp_path, capsys):
+    """--cut_ratio and --duplicate_block come from measures.shots.add_shot_arguments: a cut ratio of 1 or below
+    (every pair a cut) is refused before any video is read, as in interpolate.py."""
+    with pytest.raises(SystemExit) as exit_info:
+        video_to_vimeo_main([str(tmp_path / "any.mp4"), str(tmp_path / "out"), "--cut_ratio", "1"])
+    assert exit_info.value.code == 2
+    assert "argument --cut_ratio: must be a number above 1" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -54,7 +54,7 @@ import numpy as np
 if __package__ in (None, ""):  # run as a script (python tools/video_to_vimeo.py): make `measures` importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from measures.shots import PairVerdict, ShotDetector, ShotSettings  # noqa: E402
+from measures.shots import PairVerdict, ShotDetector, ShotSettings, add_shot_arguments  # noqa: E402
 
 __all__ = ["ConversionError", "video_to_vimeo", "parse_size", "main"]
 
@@ -353,12 +353,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
     parser.add_argument("--test_position", choices=("start", "end"), default="end",
                         help="take the test block from the start or the end of the video (end)")
     parser.add_argument("--max_triplets", type=int, default=None, help="stop after N kept triplets")
-    parser.add_argument("--cut_ratio", type=float, default=ShotSettings.cut_ratio,
-                        help="a pair whose content change is this many times its neighbours' median is a "
-                             "scene cut (%(default)g; inf: never)")
-    parser.add_argument("--duplicate_block", type=float, default=ShotSettings.duplicate_block,
-                        help="a pair whose largest 16x16 block difference (0..255) is at most this is a "
-                             "repeated frame (%(default)g; -1: never)")
+    add_shot_arguments(parser, "triplets spanning it skipped")
     parser.add_argument("--step", type=int, default=1, help="start-frame distance between candidate triplets (1)")
     parser.add_argument("--overwrite", action="store_true", help="replace a data set already in OUT_DIR")
     return parser
