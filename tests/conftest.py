@@ -36,3 +36,19 @@ def write_vimeo(root: Path, train: int, test: int, height: int = 64, width: int 
 def vimeo_root(tmp_path_factory) -> Path:
     """8 training and 4 test triplets of 64x96 frames panning by 2 px per frame."""
     return write_vimeo(tmp_path_factory.mktemp("vimeo_triplet"), train=8, test=4)
+
+
+@pytest.fixture
+def failing_graph_capture(monkeypatch):
+    """Every CUDA graph capture fails as it would on a GPU with an op that cannot be captured, while graphs look
+    possible until then (so the CPU runs the path a failed GPU capture takes)."""
+    import model.inference
+
+    class FailingCapture(model.inference.CudaGraphCapture):
+        def unavailable_reason(self, device):
+            return None
+
+        def record(self, call, warmup_calls):
+            raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(model.inference, "CudaGraphCapture", FailingCapture)

@@ -446,19 +446,10 @@ def test_bad_device_and_counts_are_one_line_naming_the_flag(vimeo_root, checkpoi
         assert message in capsys.readouterr().err
 
 
-def test_failed_capture_under_cuda_graph_on_is_one_line(vimeo_root, checkpoints, tmp_path, capsys, monkeypatch):
+def test_failed_capture_under_cuda_graph_on_is_one_line(vimeo_root, checkpoints, tmp_path, capsys,
+                                                         failing_graph_capture):
     """--cuda_graph on, and the capture fails when it happens (a frame size's second sample in the benchmarks, the
     first call in TimeTest): one line and exit status 2, no report written, not a traceback."""
-    import model.inference
-
-    class FailingCapture(model.inference.CudaGraphCapture):
-        def unavailable_reason(self, device):
-            return None                                 # as on a GPU: graphs look possible until the capture
-
-        def record(self, call, warmup_calls):
-            raise RuntimeError("operation not permitted when stream is capturing")
-
-    monkeypatch.setattr(model.inference, "CudaGraphCapture", FailingCapture)
     line = run_failing(Vimeo90K.main, common_args(vimeo_root, checkpoints, tmp_path / "r.json")
                        + ["--limit", "2", "--no_motion", "--cuda_graph", "on"], capsys)
     assert "--cuda_graph on: CUDA graph capture failed" in line

@@ -432,19 +432,10 @@ def test_bad_input_gives_one_line(name, checkpoint, clip, tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == before          # nothing written, no temporary left
 
 
-def test_failed_capture_under_cuda_graph_on_gives_one_line(checkpoint, clip, tmp_path, capsys, monkeypatch):
+def test_failed_capture_under_cuda_graph_on_gives_one_line(checkpoint, clip, tmp_path, capsys,
+                                                          failing_graph_capture):
     """--cuda_graph on, and the capture of the first batch fails (on a GPU: an op that cannot be captured): exit
     status 2 with the runner's one line, and nothing written; not a traceback from inside the stream."""
-    import model.inference
-
-    class FailingCapture(model.inference.CudaGraphCapture):
-        def unavailable_reason(self, device):
-            return None                                 # as on a GPU: graphs look possible until the capture
-
-        def record(self, call, warmup_calls):
-            raise RuntimeError("operation not permitted when stream is capturing")
-
-    monkeypatch.setattr(model.inference, "CudaGraphCapture", FailingCapture)
     before = sorted(p.name for p in tmp_path.iterdir())
     code, stdout, stderr = run_cli(capsys, "--model", checkpoint, "--input", clip["folder"], "--output",
                                    tmp_path / "o", "--cuda_graph", "on", "--device", "cpu")
