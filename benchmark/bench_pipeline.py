@@ -42,8 +42,9 @@ from footage.interpolator import FrameInterpolator  # noqa: E402
 from footage.pipeline import StreamSettings, run_stream  # noqa: E402
 from footage.timeplan import TimePlan  # noqa: E402
 from footage.video_io import (AvSink, FolderSink, FrameSink, FrameSource, SourceInfo, default_io_workers,  # noqa: E402
-                              open_source, pyav_available, read_rgb_uint8)
+                              open_source, pyav_available)
 from measures.shots import frame_signature  # noqa: E402
+from model.frames import read_rgb_uint8  # noqa: E402
 
 INPUT_RATE = Fraction(24)
 

@@ -49,7 +49,7 @@ from measures.motion import (
 )
 from measures.quality import psnr, psnr_uint8, quantize, ssim_matlab, ssim_skimage_uint8, to_uint8
 from measures.visualize import sample_grid
-from model.frames import crop_padding, frame_to_tensor, pad_centred
+from model.frames import crop_padding, frame_to_tensor, pad_centred, read_rgb_uint8
 from model.inference import (GraphUnavailable, InferenceRunner, ModelClock, add_graph_argument, describe_run,
                              describe_runtime, runtime_record)
 
@@ -65,18 +65,9 @@ class BenchmarkError(RuntimeError):
 # --------------------------------------------------------------------------------------------------------
 # Reading frames and protocol geometry
 # --------------------------------------------------------------------------------------------------------
-def read_rgb_uint8(path: str | Path) -> np.ndarray:
-    """(H, W, 3) uint8 RGB. cv2 reads BGR; the model was trained on RGB, so the channels are reversed here."""
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        reason = "file not found" if not Path(path).is_file() else "not a readable image"
-        raise BenchmarkError(f"cannot read image {path} ({reason})")
-    return np.ascontiguousarray(image[..., ::-1])
-
-
 def read_image(path: str | Path) -> torch.Tensor:
     """(3, H, W) float32 RGB in [0, 1]; :class:`BenchmarkError` naming the file when it cannot be read."""
-    return frame_to_tensor(read_rgb_uint8(path))[0]
+    return frame_to_tensor(read_rgb_uint8(path, BenchmarkError))[0]
 
 
 def resize_area(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -297,7 +288,7 @@ class Evaluator:
 
     def load_frame(self, path: Path) -> np.ndarray:
         """(H, W, 3) RGB after the protocol's geometry: uint8, or float32 in [0, 1] (X-TEST 2K)."""
-        return self.protocol.geometry.apply(read_rgb_uint8(path))
+        return self.protocol.geometry.apply(read_rgb_uint8(path, BenchmarkError))
 
     def _shows_flow(self) -> bool:
         """Whether the model can hand out its flow and mask (a ThesisModel with a flow estimator)."""

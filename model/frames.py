@@ -9,9 +9,25 @@ pipeline), so a video frame is predicted exactly as a benchmark frame is::
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+def read_rgb_uint8(path: str | Path, error: type[Exception] = OSError) -> np.ndarray:
+    """(H, W, 3) uint8 RGB of one image file (cv2 reads BGR; the model works in RGB).
+
+    error: the exception raised, naming the file, when it is missing or not a readable image (each caller's own
+    one-line error class)."""
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        reason = "file not found" if not Path(path).is_file() else "not a readable image"
+        raise error(f"cannot read image {path} ({reason})")
+    # cvtColor swaps the channels exactly, like image[..., ::-1], at a tenth of numpy's time and without the GIL.
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
 
 def frame_to_tensor(frame: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
     """(H, W, 3) uint8, or float32 already in [0, 1] -> (1, 3, H, W) float32 in [0, 1] on ``device``."""
