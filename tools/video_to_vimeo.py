@@ -124,10 +124,12 @@ def _sequence_name(number: int) -> str:
     return f"{group + 1:05d}/{index + 1:04d}"
 
 
-def _write_lines_atomically(path: str, lines: Sequence[str]) -> None:
-    temporary = path + ".tmp"
+def write_text_atomically(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path``, then rename it into place: a reader sees the old file or
+    the whole new one, never half of it (the tools' one writer; tools/make_corpus.py uses it too)."""
+    temporary = f"{os.fspath(path)}.tmp"
     with open(temporary, "w", encoding="utf-8") as handle:
-        handle.write("".join(line + "\n" for line in lines))
+        handle.write(text)
     os.replace(temporary, path)
 
 
@@ -316,8 +318,8 @@ def video_to_vimeo(
     for name in dropped:
         shutil.rmtree(os.path.join(sequences_dir, *name.split("/")))
 
-    _write_lines_atomically(os.path.join(out_dir, TRAIN_LIST), train_names)
-    _write_lines_atomically(os.path.join(out_dir, TEST_LIST), test_names)
+    write_text_atomically(os.path.join(out_dir, TRAIN_LIST), "".join(name + "\n" for name in train_names))
+    write_text_atomically(os.path.join(out_dir, TEST_LIST), "".join(name + "\n" for name in test_names))
     info = {
         "source_video": os.path.basename(video_path),
         "size": [width, height],
@@ -331,10 +333,7 @@ def video_to_vimeo(
         "duplicate_block": duplicate_block,
         "counts": counts,
     }
-    temporary = os.path.join(out_dir, INFO_FILE + ".tmp")
-    with open(temporary, "w", encoding="utf-8") as handle:
-        json.dump(info, handle, indent=2)
-    os.replace(temporary, os.path.join(out_dir, INFO_FILE))  # marks the data set as complete
+    write_text_atomically(os.path.join(out_dir, INFO_FILE), json.dumps(info, indent=2))  # marks the set as complete
     return counts
 
 
