@@ -153,7 +153,8 @@ class Trainer:
             warnings.simplefilter("always")
             self.loss_fn = CompositeLoss(cfg.train.phase,
                                          LossWeights(lap=cfg.loss.lap, ter=cfg.loss.ter, vgg=cfg.loss.vgg,
-                                                     flow_smooth=cfg.loss.flow_smooth, inter=cfg.loss.inter),
+                                                     flow_smooth=cfg.loss.flow_smooth, inter=cfg.loss.inter,
+                                                     flow_teacher=cfg.loss.flow_teacher),
                                          vgg_weights_path=cfg.loss.vgg_weights).to(self.device)
         for warning in caught:
             log(f"warning: {warning.message}")
@@ -341,11 +342,15 @@ class Trainer:
 
     # The pieces of a step, lent to the executors (step_graph.StepParts): none of them counts or decides.
     def float_inputs(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
-        return to_float_images(batch, self.device)
+        """(img0, gt, img1, t), plus the (B, 4, H, W) float32 teacher flow when the batch carries one."""
+        inputs = to_float_images(batch, self.device)
+        if "flow_teacher" in batch:
+            inputs += (batch["flow_teacher"].to(self.device, non_blocking=True).float(),)
+        return inputs
 
     def forward_loss(self, img0: torch.Tensor, gt: torch.Tensor, img1: torch.Tensor, t: torch.Tensor,
-                     cache_casts: bool = True, module: nn.Module | None = None
-                     ) -> tuple[torch.Tensor, dict[str, torch.Tensor], Any]:
+                     flow_teacher: torch.Tensor | None = None, cache_casts: bool = True,
+                     module: nn.Module | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor], Any]:
         """(total loss, {term: value}, InterpolationOutput) under the run's autocast. ``cache_casts=False`` for
         CUDA-graph capture, where autocast's cache of casted weights must not outlive the captured region.
         ``module`` replaces ``self.wrapped`` (the graph capture passes the plain model)."""
@@ -353,7 +358,9 @@ class Trainer:
             output = (self.wrapped if module is None else module)(img0, img1, t)
             # The blends cost three full-size images per flow block: built only when the term reads them.
             blends = output.intermediate_blends() if self.loss_fn.deep_supervision_enabled else None
-            total, logs = self.loss_fn(output.pred, gt, flow=output.flow, intermediate=blends)
+            total, logs = self.loss_fn(output.pred, gt, flow=output.flow, intermediate=blends,
+                                       teacher_flow=flow_teacher, frames=(img0, img1),
+                                       warped=(output.warped0, output.warped1) if output.flow is not None else None)
         return total, logs, output
 
     def clip_gradients(self) -> torch.Tensor:

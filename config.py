@@ -134,6 +134,7 @@ class LossConfig:
     vgg: float = 0.005
     flow_smooth: float = 0.1
     inter: float = 0.0                 # deep supervision of the flow blocks' blends (phases 2/3); 0 = off
+    flow_teacher: float = 0.0          # DIS flow pseudo-labels where they warp better (phases 2/3); 0 = off
     vgg_weights: str | None = None
 
 
@@ -220,6 +221,11 @@ class ExperimentConfig:
             raise ConfigError(f"--lr must be positive, got {t.lr}")
         if not 0.0 <= self.loss.inter < float("inf"):
             raise ConfigError(f"--inter_weight must be a finite number >= 0, got {self.loss.inter}")
+        if not 0.0 <= self.loss.flow_teacher < float("inf"):
+            raise ConfigError(f"--flow_teacher must be a finite number >= 0, got {self.loss.flow_teacher}")
+        if self.loss.flow_teacher > 0 and t.phase == 1:
+            raise ConfigError("--flow_teacher supervises the flow estimator, which phase 1 does not have: use it "
+                              "with --phase 2 or 3")
         if d.num_workers is not None and d.num_workers < 0:
             raise ConfigError(f"--num_workers must be >= 0, got {d.num_workers}")
         if d.crop_size < 32 or d.crop_size % 32:
@@ -422,6 +428,10 @@ def build_arg_parser() -> argparse.ArgumentParser:
     extra.add_argument("--inter_weight", type=float, default=None,
                        help="phases 2/3: weight of the deep supervision sum_i Lap(I_hat_i) on the flow blocks' "
                             "blends (default 0 = off; RIFE/EMA-VFI use 0.5)")
+    extra.add_argument("--flow_teacher", type=float, default=None,
+                       help="phases 2/3: weight of the flow-teacher term, which pulls the estimated flow towards "
+                            "OpenCV DIS flows from the middle frame where those warp better (default 0 = off; "
+                            "docs/LARGE_MOTION.md)")
     extra.add_argument("--vgg_weights", type=str, default=None,
                        help="local VGG19 weights file for the perceptual loss (or env THESIS_VGG_WEIGHTS)")
     extra.add_argument("--ckpt_dir", type=str, default=None, help="checkpoint folder (default ckpt)")
@@ -441,7 +451,7 @@ _FLAG_FIELDS: dict[str, tuple[str, str]] = {
     "crop_size": ("data", "crop_size"), "num_workers": ("data", "num_workers"),
     "backbone_mode": ("model", "backbone_mode"), "use_mhc": ("model", "use_mhc"), "use_ecab": ("model", "use_ecab"),
     "ssd_backend": ("model", "ssm_backend"), "vgg_weights": ("loss", "vgg_weights"),
-    "inter_weight": ("loss", "inter"),
+    "inter_weight": ("loss", "inter"), "flow_teacher": ("loss", "flow_teacher"),
 }
 _NOT_FIELDS = {"phase", "model_size", "ablation", "mixed_ratio", "no_progress"}   # not part of a run's config
 

@@ -44,6 +44,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset
 
+from measures.motion import teacher_flows
+
 __all__ = [
     "DatasetError",
     "AugmentationParams",
@@ -287,11 +289,17 @@ class _TripletDataset(Dataset):
 
     ``frame_cache`` (None by default) serves decoded frames from memory: a ``loaders.FrameCache``, attached by
     ``loaders.enable_frame_cache`` (anything with ``get(path) -> BGR (H, W, 3) uint8 or None``).
+
+    ``teacher_flow`` (False by default; the training loader sets it for ``--flow_teacher``): each item also holds
+    ``"flow_teacher"``, float32 (4, h, w), the DIS flows from the augmented middle frame to both augmented inputs
+    (:func:`measures.motion.teacher_flows`). Computed after the augmentation, so crops, flips, rotations and the
+    temporal swap need no vector bookkeeping.
     """
 
     crop_size: int | None
     augment: bool
     frame_cache = None
+    teacher_flow = False
 
     def frame_paths(self) -> list[str]:
         """Every frame file a sample may read, in a stable order (what a frame cache should hold)."""
@@ -344,7 +352,11 @@ class _TripletDataset(Dataset):
             params = draw_augmentation(height, width, self.crop_size)
         else:
             params = center_crop_params(height, width, self.crop_size)
-        return augmented_sample(frames, t, params)
+        sample = augmented_sample(frames, t, params)
+        if self.teacher_flow:
+            img0, gt, img1 = (sample[key].permute(1, 2, 0).numpy() for key in ("img0", "gt", "img1"))
+            sample["flow_teacher"] = torch.from_numpy(teacher_flows(img0, gt, img1))
+        return sample
 
 
 # --------------------------------------------------------------------------------------------------

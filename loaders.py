@@ -24,6 +24,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterator, Sequence
 
+import cv2
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset, get_worker_info
@@ -346,9 +347,13 @@ class ShardSampler(Sampler[int]):
 
 def ignore_stop_signals(worker_id: int) -> None:
     """DataLoader worker start: Ctrl-C reaches the whole process group; the main process decides when to stop and
-    shuts the workers down itself, so a worker must not die of the signal in the middle of a batch."""
+    shuts the workers down itself, so a worker must not die of the signal in the middle of a batch.
+
+    Also one OpenCV thread per worker: the workers are the parallelism, and OpenCV's own pool (every core per
+    process) would oversubscribe the CPU several times over when they decode or run DIS (``--flow_teacher``)."""
     for number in STOP_SIGNALS:
         signal.signal(number, signal.SIG_IGN)
+    cv2.setNumThreads(1)
 
 
 def build_datasets(cfg: ExperimentConfig):
@@ -363,6 +368,11 @@ def build_datasets(cfg: ExperimentConfig):
         train_set = MixedDataset(vimeo, x4k, data.mixed_ratio)
     else:
         train_set = vimeo
+    if cfg.loss.flow_teacher > 0:
+        # DIS pseudo-labels for the flow-teacher loss term, computed by the workers (training items only).
+        for dataset in (vimeo, x4k):
+            if dataset is not None:
+                dataset.teacher_flow = True
     if train.dry_run:
         val = Subset(val, range(min(len(val), 8)))
     return train_set, val, x4k

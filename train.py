@@ -37,7 +37,8 @@ from loaders import STOP_SIGNALS, build_datasets, curriculum_max_gap, make_loade
 from measures.visualize import sample_grid
 from Trainer import Trainer, TrainingDiverged
 
-LOSS_TAGS = ("loss_lap", "loss_ter", "loss_vgg", "loss_flow_smooth", "loss_inter", "loss_total")   # total last
+LOSS_TAGS = ("loss_lap", "loss_ter", "loss_vgg", "loss_flow_smooth", "loss_inter", "loss_flow_teacher",
+             "loss_total")   # total last
 
 
 class NullWriter:
@@ -371,7 +372,7 @@ def run(cfg: ExperimentConfig, ctx: DistributedContext, argv: list[str] | None =
             # The captured step's tensors are overwritten by the next replay: keep a copy for the epoch-end grid.
             last_train = detached_copy(result) if trainer.graph_mode else result
             if ctx.is_main and (step % train.image_every == 0 or step == 1):
-                img0, gt, img1, _ = result["inputs"]
+                img0, gt, img1 = result["inputs"][:3]
                 writer.add_image("train/I0_pred_gt_I1", image_grid(img0, gt, img1, result["output"]), step)
                 last_train_grid = step
             if stop.agreed():                  # Ctrl-C / SIGTERM on any rank: every rank stops after this step
@@ -397,7 +398,7 @@ def run(cfg: ExperimentConfig, ctx: DistributedContext, argv: list[str] | None =
                 writer.add_image("val/I0_pred_gt_I1", image_grid(img0, gt, img1, out), trainer.step)
             if ctx.is_main and last_train is not None and last_train_grid != trainer.step:
                 # The training grid at each evaluation too, beside the validation grid of the same step.
-                img0, gt, img1, _ = last_train["inputs"]
+                img0, gt, img1 = last_train["inputs"][:3]
                 writer.add_image("train/I0_pred_gt_I1", image_grid(img0, gt, img1, last_train["output"]), trainer.step)
                 last_train_grid = trainer.step
             log(f"epoch {trainer.epoch}: val PSNR {result['psnr']:.3f} dB (frame average {result['psnr_frame_average']:.3f}), "

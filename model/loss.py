@@ -15,6 +15,8 @@ Components:
 * :class:`VGGPerceptualLoss` -- RIFE's VGG19 perceptual loss; weights only from local files, never downloaded
   (finding, checking and loading them: model/vgg19.py).
 * :class:`FlowSmoothnessLoss` -- edge-aware flow smoothness (ARFlow form), gated by the edges of I_t.
+* :class:`FlowTeacherLoss` -- pulls the estimated flow towards a teacher flow (OpenCV DIS from the middle frame)
+  where the teacher warps the inputs better than the model does (docs/LARGE_MOTION.md).
 * :class:`CompositeLoss` -- the phase-aware weighted sum, with :class:`LossWeights` from the SPEC table, plus
   the optional deep supervision of the flow blocks' intermediate blends (docs/DESIGN.md 8.6).
 """
@@ -31,12 +33,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .ops.warp import backward_warp
 from .vgg19 import VGGWeightsUnavailable, frozen_vgg19_trunk
 
 __all__ = [
     "LOSS_LOG_KEYS",
     "CompositeLoss",
     "FlowSmoothnessLoss",
+    "FlowTeacherLoss",
     "LaplacianLoss",
     "LossWeights",
     "TernaryLoss",
@@ -367,12 +371,82 @@ class FlowSmoothnessLoss(nn.Module):
                           + (weight_y[..., 1:, :] * flow_dyy.abs()).mean())
 
 
+class FlowTeacherLoss(nn.Module):
+    """Distil a teacher flow into the estimated one, only where the teacher is the better warp.
+
+    Why: trained from scratch for minutes, the flow estimator learns motion slowly (after 900 steps the model was
+    still at the frame average in every motion bucket, docs/LARGE_MOTION.md), while a classical optical flow
+    computed from the ground-truth middle frame already warps the inputs well. IFRNet distils a pre-trained
+    flow network's flow; RIFE distils a privileged teacher block that sees the middle frame. Here the teacher is
+    OpenCV's DIS run from the middle frame to each input (:func:`measures.motion.teacher_flows`: no weights, no
+    download) and, as in RIFE, it teaches only where its warp is better, so the term fades where the model has
+    overtaken it (occlusions, where DIS is wrong, included)::
+
+        e_T,k = mean_c |warp(I_k, T_k) - I_t|,   e_S,k = mean_c |warp(I_k, F_k) - I_t|   (detached)
+        trusted_k = [e_T,k + margin < e_S,k]
+        loss = sum_k mean( trusted_k * sqrt(|F_k - T_k|^2 + epsilon^2) )          k = 0, 1
+
+    with F_0, F_1 = the model's F_t->0, F_t->1 and T_k the teacher's. A Charbonnier endpoint error in pixels:
+    robust to the teacher's outliers, and its gradient does not vanish as the error shrinks.
+
+    Args:
+        margin: how much better (mean absolute error over channels, images in [0, 1]) the teacher's warp must be
+            at a pixel to teach there (RIFE: 0.01).
+        epsilon: Charbonnier constant in pixels.
+    """
+
+    def __init__(self, margin: float = 0.01, epsilon: float = 0.01):
+        super().__init__()
+        if not (margin >= 0.0 and epsilon > 0.0):
+            raise ValueError(f"FlowTeacherLoss needs margin >= 0 and epsilon > 0, got {margin}, {epsilon}")
+        self.margin = float(margin)
+        self.epsilon = float(epsilon)
+
+    def extra_repr(self) -> str:
+        return f"margin={self.margin}, epsilon={self.epsilon}"
+
+    def trusted(self, teacher: torch.Tensor, frames: tuple[torch.Tensor, torch.Tensor], gt: torch.Tensor,
+                warped: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """(B, 2, H, W) float32 in {0, 1}: where each side's teacher warp beats the model's (channel 0: frame 0)."""
+        masks = []
+        for side, (frame, model_warp) in enumerate(zip(frames, warped)):
+            teacher_warp = backward_warp(frame.float(), teacher[:, 2 * side:2 * side + 2])
+            teacher_error = (teacher_warp - gt).abs().mean(dim=1, keepdim=True)
+            model_error = (model_warp.detach().float() - gt).abs().mean(dim=1, keepdim=True)
+            masks.append((teacher_error + self.margin < model_error).float())
+        return torch.cat(masks, dim=1)
+
+    def forward(self, flow: torch.Tensor, teacher: torch.Tensor, frames: tuple[torch.Tensor, torch.Tensor],
+                gt: torch.Tensor, warped: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """flow, teacher: (B, 4, H, W) pixels [F_t->0, F_t->1]; frames: (I0, I1) and gt: (B, 3, H, W) in [0, 1];
+        warped: the model's (warp(I0, F_t->0), warp(I1, F_t->1)) when already computed (else warped here).
+
+        Returns a 0-dim float32 loss (pixels).
+        """
+        if flow.shape != teacher.shape or flow.dim() != 4 or flow.shape[1] != 4:
+            raise ValueError(f"FlowTeacherLoss expects flow and teacher of one shape (B, 4, H, W), got "
+                             f"{tuple(flow.shape)} and {tuple(teacher.shape)}")
+        if gt.shape[0] != flow.shape[0] or gt.shape[-2:] != flow.shape[-2:]:
+            raise ValueError(f"FlowTeacherLoss: the flow {tuple(flow.shape)} must lie on the middle frame's grid "
+                             f"{tuple(gt.shape)} (train with flow_scale 1)")
+        with _autocast_off(flow):
+            flow, teacher, gt = flow.float(), teacher.float(), gt.float()
+            if warped is None:
+                warped = tuple(backward_warp(frame.float(), flow[:, 2 * side:2 * side + 2])
+                               for side, frame in enumerate(frames))
+            trusted = self.trusted(teacher, frames, gt, warped)
+            difference = (flow - teacher).reshape(flow.shape[0], 2, 2, *flow.shape[-2:])   # (B, side, xy, H, W)
+            endpoint = torch.sqrt(difference.pow(2).sum(dim=2) + self.epsilon ** 2)         # (B, side, H, W)
+            return (trusted * endpoint).mean() * 2          # a sum over the two sides of their means
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Composite (docs/DESIGN.md 8.6, SPEC "Loss Function Design")
 # ----------------------------------------------------------------------------------------------------------------
 
 # The SPEC's five TensorBoard tags (without "loss/"), plus loss_inter for the deep-supervision term.
-LOSS_LOG_KEYS = ("loss_lap", "loss_ter", "loss_vgg", "loss_flow_smooth", "loss_inter", "loss_total")
+LOSS_LOG_KEYS = ("loss_lap", "loss_ter", "loss_vgg", "loss_flow_smooth", "loss_inter", "loss_flow_teacher",
+                 "loss_total")
 
 
 @dataclass(frozen=True)
@@ -382,6 +456,8 @@ class LossWeights:
     ``inter`` weights the deep supervision ``sum_i Lap(I_hat_i, gt)`` over the flow blocks' intermediate blends
     (docs/DESIGN.md 8.6; RIFE, EMA-VFI and VFIMamba use 0.5). It is 0 (off) by default until the ablation
     (benchmark/ablation.py, ``hybrid_inter``) measures whether it helps this model.
+
+    ``flow_teacher`` weights :class:`FlowTeacherLoss` (DIS pseudo-labels, phases 2 and 3); 0 (off) by default.
     """
 
     lap: float = 1.0
@@ -389,6 +465,7 @@ class LossWeights:
     vgg: float = 0.005
     flow_smooth: float = 0.1
     inter: float = 0.0
+    flow_teacher: float = 0.0
 
     def __post_init__(self) -> None:
         for field in fields(self):
@@ -448,16 +525,23 @@ class CompositeLoss(nn.Module):
         self.vgg_enabled: bool = perceptual is not None
         self.flow_smoothness_enabled: bool = phase >= 2 and weights.flow_smooth > 0
         self.deep_supervision_enabled: bool = phase >= 2 and weights.inter > 0
+        self.flow_teacher_enabled: bool = phase >= 2 and weights.flow_teacher > 0
+        self.flow_teacher = FlowTeacherLoss()
 
     def extra_repr(self) -> str:
         return (f"phase={self.phase}, weights={self.weights}, vgg_enabled={self.vgg_enabled}, "
                 f"flow_smoothness_enabled={self.flow_smoothness_enabled}, "
-                f"deep_supervision_enabled={self.deep_supervision_enabled}")
+                f"deep_supervision_enabled={self.deep_supervision_enabled}, "
+                f"flow_teacher_enabled={self.flow_teacher_enabled}")
 
     def forward(self, pred: torch.Tensor, gt: torch.Tensor, flow: torch.Tensor | None = None,
-                intermediate: Sequence[torch.Tensor] | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                intermediate: Sequence[torch.Tensor] | None = None, teacher_flow: torch.Tensor | None = None,
+                frames: tuple[torch.Tensor, torch.Tensor] | None = None,
+                warped: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """pred, gt: (B, 3, H, W) RGB in [0, 1]; flow: (B, 4, h, w) pixels [F_t->0, F_t->1] (phases 2, 3);
-        intermediate: the flow blocks' blends, each (B, 3, H, W) like ``gt`` (phases 2, 3 with ``inter`` > 0).
+        intermediate: the flow blocks' blends, each (B, 3, H, W) like ``gt`` (phases 2, 3 with ``inter`` > 0);
+        teacher_flow (B, 4, H, W), frames (I0, I1) and optionally the model's warps (W0, W1): the flow-teacher term
+        (phases 2, 3 with ``flow_teacher`` > 0).
 
         Returns (weighted total, logs); see the class docstring.
         """
@@ -474,6 +558,11 @@ class CompositeLoss(nn.Module):
                     raise ValueError(f"CompositeLoss: intermediate blend {index} has shape {tuple(blend.shape)}, "
                                      f"gt {tuple(gt.shape)} (deep supervision needs flow_scale 1)")
 
+        if self.flow_teacher_enabled and (teacher_flow is None or frames is None or flow is None):
+            raise ValueError(f"CompositeLoss(flow_teacher={self.weights.flow_teacher}) needs teacher_flow (B, 4, H, W) "
+                             "and frames=(img0, img1): the training items carry 'flow_teacher' when the dataset's "
+                             "teacher_flow is set (loaders.build_datasets does it for --flow_teacher)")
+
         active: list[tuple[str, float, torch.Tensor]] = []
         if self.weights.lap > 0:
             active.append(("loss_lap", self.weights.lap, self.laplacian(pred, gt)))
@@ -487,6 +576,9 @@ class CompositeLoss(nn.Module):
         if self.deep_supervision_enabled:
             inter = torch.stack([self.laplacian(blend, gt) for blend in intermediate]).sum()
             active.append(("loss_inter", self.weights.inter, inter))
+        if self.flow_teacher_enabled:
+            active.append(("loss_flow_teacher", self.weights.flow_teacher,
+                           self.flow_teacher(flow, teacher_flow, frames, gt, warped)))
 
         def zero() -> torch.Tensor:
             return torch.zeros((), device=pred.device, dtype=torch.float32)

@@ -139,6 +139,23 @@ def test_vimeo_train_items_have_expected_shapes_and_types(vimeo_root):
         assert item["t"].item() == 0.5
 
 
+def test_teacher_flow_items_carry_dis_flows_of_the_augmented_frames(vimeo_root, monkeypatch):
+    """With teacher_flow set, an item also holds (4, h, w) float32 DIS flows computed from the frames as augmented
+    (so a temporal swap, flip or rotation needs no vector bookkeeping): exactly teacher_flows of the item's own
+    img0, gt, img1."""
+    from measures.motion import teacher_flows
+    root, _ = vimeo_root
+    monkeypatch.setattr(dataset, "draw_augmentation", fixed_augmentation(
+        top=3, left=5, flip_horizontal=True, flip_vertical=False, rot90=1, swap_time=True, channel_order=(2, 0, 1)))
+    data = VimeoDataset(root, crop_size=CROP)
+    assert "flow_teacher" not in data[0]
+    data.teacher_flow = True
+    item = data[0]
+    assert item["flow_teacher"].dtype == torch.float32 and item["flow_teacher"].shape == (4, CROP, CROP)
+    frames = [item[key].permute(1, 2, 0).numpy() for key in ("img0", "gt", "img1")]
+    assert torch.equal(item["flow_teacher"], torch.from_numpy(teacher_flows(*frames)))
+
+
 def test_vimeo_test_split_is_full_frame_rgb_and_deterministic(vimeo_root):
     root, frames = vimeo_root
     data = VimeoDataset(root, split="test")  # default crop/augment must be ignored for test

@@ -13,11 +13,13 @@ from model.loss import (
     LOSS_LOG_KEYS,
     CompositeLoss,
     FlowSmoothnessLoss,
+    FlowTeacherLoss,
     LaplacianLoss,
     LossWeights,
     TernaryLoss,
     VGGPerceptualLoss,
 )
+from model.ops.warp import backward_warp
 from model.vgg19 import VGG19_HUB_FILENAME, VGG_WEIGHTS_ENV_VAR, VGGWeightsUnavailable
 
 SHAPES = [(2, 3, 64, 64), (1, 3, 45, 67)]
@@ -385,11 +387,12 @@ def test_composite_phase2_total_is_weighted_sum(composite_phase2, shape):
     flow = torch.randn(shape[0], 4, shape[2], shape[3], requires_grad=True)
     total, logs = composite_phase2(pred, gt, flow)
     assert composite_phase2.vgg_enabled
-    assert set(logs) == set(LOSS_LOG_KEYS) and len(logs) == 6
+    assert set(logs) == set(LOSS_LOG_KEYS) and len(logs) == 7
     assert all(value.dim() == 0 and value.dtype == torch.float32 and not value.requires_grad
                for value in logs.values())
-    assert all(logs[key].item() > 0 for key in LOSS_LOG_KEYS if key != "loss_inter")
-    assert logs["loss_inter"].item() == 0.0                       # deep supervision is off by default
+    off_by_default = ("loss_inter", "loss_flow_teacher")
+    assert all(logs[key].item() > 0 for key in LOSS_LOG_KEYS if key not in off_by_default)
+    assert all(logs[key].item() == 0.0 for key in off_by_default)   # deep supervision and the teacher are off
     # The dict holds unweighted terms: they equal the individual losses.
     assert logs["loss_lap"].item() == pytest.approx(LaplacianLoss()(pred, gt).item(), rel=1e-6)
     assert logs["loss_flow_smooth"].item() == pytest.approx(FlowSmoothnessLoss()(flow, gt).item(), rel=1e-6)
@@ -447,8 +450,9 @@ def test_composite_under_bf16_autocast_computes_in_float32(composite_phase2):
 
 
 def test_spec_log_keys_stay_and_loss_inter_is_added():
-    assert LOSS_LOG_KEYS == ("loss_lap", "loss_ter", "loss_vgg", "loss_flow_smooth", "loss_inter", "loss_total")
-    assert LossWeights().inter == 0.0
+    assert LOSS_LOG_KEYS == ("loss_lap", "loss_ter", "loss_vgg", "loss_flow_smooth", "loss_inter",
+                             "loss_flow_teacher", "loss_total")
+    assert LossWeights().inter == 0.0 and LossWeights().flow_teacher == 0.0
 
 
 def test_deep_supervision_off_by_default_and_in_phase_1(no_vgg_weights):
@@ -501,3 +505,51 @@ def test_deep_supervision_gradient_reaches_every_flow_block_and_not_the_refinene
         assert sum(float(g.abs().sum()) for g in grads) > 0, f"no gradient reaches flow block {index}"
     # The blends do not pass through the RefineNet: only the final prediction trains it.
     assert all(p.grad is None or float(p.grad.abs().sum()) == 0 for p in model.refine.parameters())
+
+
+# ------------------------------------------------------------------------------------------------ flow teacher
+
+
+def _shifted_triplet(shift: int = 3, size: int = 32, seed: int = 7):
+    """Smooth texture moving right by ``shift`` px per half step: img0, gt, img1 and the true flows at t."""
+    generator = torch.Generator().manual_seed(seed)
+    base = F.avg_pool2d(torch.rand(1, 3, size + 4 * shift, size + 4 * shift, generator=generator), 5, 1, 2)
+    crop = lambda offset: base[..., 2 * shift:2 * shift + size, offset:offset + size].contiguous()  # noqa: E731
+    img0, gt, img1 = crop(2 * shift), crop(shift), crop(0)        # content moves right: gt(p) = img0(p - shift)
+    true_flow = torch.zeros(1, 4, size, size)
+    true_flow[:, 0] = -shift                                      # F_t->0 = -shift in x
+    true_flow[:, 2] = shift                                       # F_t->1 = +shift in x
+    return img0, gt, img1, true_flow
+
+
+def test_flow_teacher_teaches_where_the_teacher_warps_better_and_only_there():
+    img0, gt, img1, true_flow = _shifted_triplet()
+    teacher = FlowTeacherLoss()
+    zero_flow = torch.zeros_like(true_flow)
+    # The teacher is right, the model's zero flow is wrong: the term is about the endpoint error (3 px per side).
+    mask = teacher.trusted(true_flow, (img0, img1), gt, (img0, img1))
+    assert mask[..., 4:-4, 4:-4].mean() > 0.9
+    loss = teacher(zero_flow, true_flow, (img0, img1), gt)
+    assert 3.0 < loss.item() < 6.5
+    # The roles reversed (the model is right, the teacher wrong): nothing to learn from it, except in the border
+    # columns whose content came from outside the frame (there the right flow's warp is wrong too).
+    true_warps = (backward_warp(img0, true_flow[:, :2]), backward_warp(img1, true_flow[:, 2:]))
+    assert teacher.trusted(zero_flow, (img0, img1), gt, true_warps)[..., 4:-4, 4:-4].sum() == 0
+    assert teacher(true_flow, zero_flow, (img0, img1), gt).item() < 0.05 * loss.item()
+    # Its gradient pulls the model's flow towards the teacher's.
+    flow = zero_flow.clone().requires_grad_(True)
+    teacher(flow, true_flow, (img0, img1), gt).backward()
+    assert flow.grad[:, 0][..., 4:-4, 4:-4].mean() > 0 and flow.grad[:, 2][..., 4:-4, 4:-4].mean() < 0
+
+
+def test_composite_adds_the_flow_teacher_term_and_demands_its_inputs():
+    img0, gt, img1, true_flow = _shifted_triplet()
+    composite = CompositeLoss(2, LossWeights(vgg=0.0, flow_teacher=0.5))
+    flow = torch.zeros_like(true_flow)
+    total, logs = composite(gt, gt, flow=flow, teacher_flow=true_flow, frames=(img0, img1))
+    expected = FlowTeacherLoss()(flow, true_flow, (img0, img1), gt)
+    assert logs["loss_flow_teacher"].item() == pytest.approx(expected.item(), rel=1e-6)
+    assert total.item() == pytest.approx(logs["loss_flow_smooth"].item() * 0.1 + 0.5 * expected.item(), rel=1e-5)
+    with pytest.raises(ValueError, match="teacher_flow"):
+        composite(gt, gt, flow=flow)
+    assert not CompositeLoss(1, LossWeights(vgg=0.0, flow_teacher=0.5)).flow_teacher_enabled   # no flow in phase 1

@@ -19,7 +19,7 @@ if REPO_ROOT not in sys.path:
 
 from measures.motion import (  # noqa: E402
     MOTION_BUCKETS, bucket_of, flow_pair, frame_motion, interpolate_dis, motion_statistic, occlusion_aware_weights,
-    summarize_by_motion,
+    summarize_by_motion, teacher_flows,
 )
 
 HEIGHT, WIDTH = 160, 224
@@ -106,3 +106,16 @@ def test_bad_input_is_refused_with_the_shapes():
         interpolate_dis(np.zeros((8, 8, 3), np.uint8), np.zeros((8, 9, 3), np.uint8))
     with pytest.raises(ValueError, match=r"\(H, W, 3\)"):
         frame_motion(np.zeros((8, 8), np.uint8), np.zeros((8, 8), np.uint8))
+
+
+@pytest.mark.parametrize("dx, dy", [(6, 0), (4, -6)])
+def test_teacher_flows_point_from_the_middle_frame_to_each_input(dx, dy):
+    """(4, H, W) = [F_t->0, F_t->1] in the model's convention: middle(p) ~ frame_k(p + F_t->k(p))."""
+    image = texture(1)
+    frame0, middle, frame1 = view(image, -dx, -dy), view(image, 0, 0), view(image, dx, dy)
+    flows = teacher_flows(frame0, middle, frame1)
+    assert flows.shape == (4, HEIGHT, WIDTH) and flows.dtype == np.float32
+    inner = (slice(None), slice(16, -16), slice(16, -16))
+    median = np.median(flows[inner].reshape(4, -1), axis=1)
+    # frame0 is the window moved by (-dx, -dy): middle(p) = frame0(p + (dx, dy)); frame1 the other way.
+    assert median == pytest.approx([dx, dy, -dx, -dy], abs=0.5)

@@ -155,6 +155,8 @@ def test_missing_checkpoint_and_dataset_give_one_line_errors(vimeo_root, tmp_pat
     (["--phase", "3"], "--x4k_path"),
     (["--freeze_backbone", "5"], "--freeze_backbone"),
     (["--crop_size", "100"], "--crop_size"),
+    (["--flow_teacher", "0.01"], "--flow_teacher"),            # phase 1 has no flow to teach
+    (["--phase", "2", "--flow_teacher", "-1"], "--flow_teacher"),
 ])
 def test_nonsense_flags_exit_with_one_line(vimeo_root, tmp_path, capsys, flags, fragment):
     with pytest.raises(SystemExit) as stop:
@@ -189,8 +191,8 @@ def test_flags_override_the_phase_preset(vimeo_root):
 def test_nonfinite_loss_is_skipped_loudly_then_stops(vimeo_root, tmp_path, capsys, monkeypatch):
     original = CompositeLoss.forward
 
-    def poisoned(self, pred, gt, flow=None, intermediate=None):
-        total, logs = original(self, pred, gt, flow, intermediate)
+    def poisoned(self, pred, gt, *args, **kwargs):
+        total, logs = original(self, pred, gt, *args, **kwargs)
         return total * float("nan"), logs
     monkeypatch.setattr(CompositeLoss, "forward", poisoned)
     rc = train.main(base_args(vimeo_root, tmp_path, "nan", "--epochs", "1", "--batch_size", "1"))   # 8 steps
@@ -238,6 +240,21 @@ def test_ddp_two_processes_on_cpu(vimeo_root, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- pure pieces
+def test_phase2_run_with_the_flow_teacher_logs_its_term(vimeo_root, tmp_path):
+    """--flow_teacher: the training items carry DIS flows, the term is computed and logged (> 0 for an untrained
+    flow on moving content), and the resolved config records the weight."""
+    name = "teacher"
+    assert train.main(base_args(vimeo_root, tmp_path, name, "--phase", "2", "--epochs", "1", "--steps_per_epoch",
+                                "2", "--flow_teacher", "0.01")) == 0
+    payload = load_checkpoint(tmp_path / "ckpt" / f"{name}_last.pt")
+    assert payload["config"]["loss"]["flow_teacher"] == 0.01
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(tmp_path / "log" / name))
+    events.Reload()
+    values = [event.value for event in events.Scalars("loss/loss_flow_teacher")]
+    assert values and all(math.isfinite(v) for v in values) and max(values) > 0
+
+
 def test_learning_rate_schedule():
     lr = [lr_at_step(s, 2e-4, 10, 110, 0.1) for s in range(120)]
     assert lr[0] == pytest.approx(2e-5) and lr[9] == pytest.approx(2e-4)
