@@ -185,13 +185,17 @@ def test_runtime_record_and_line():
     assert describe_runtime(record) == "runtime 12.3 ms per output frame at 720x1280 (graphed, cpu)"
 
 
-def test_model_clock_keeps_the_most_recent_times_and_counts_every_call():
-    """A clock lives as long as a video: it counts every call but keeps only the last ``keep`` times."""
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="the CUDA-event path needs a CUDA device"))])
+def test_model_clock_keeps_the_most_recent_times_and_counts_every_call(device):
+    """A clock lives as long as a video: it counts every call but keeps only the last ``keep`` times. On CUDA the
+    times come from events read back without waiting, so the last calls may still be pending until read."""
     from model.inference import ModelClock
-    clock = ModelClock(torch.device("cpu"), keep=3)
+    clock = ModelClock(torch.device(device), keep=3)
+    work = torch.ones(256, 256, device=device)
     for _ in range(5):
         with clock:
-            pass
+            work = work @ work / 256
     assert clock.calls == 5
     assert len(clock.times_ms) == 3 and all(value >= 0 for value in clock.times_ms)
     assert clock.median_ms() == sorted(clock.times_ms)[1]

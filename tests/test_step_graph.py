@@ -176,9 +176,10 @@ def test_graphed_ddp_step_follows_the_eager_ddp_step(tmp_path):
 
 
 def cuda_trainer(phase: int, cuda_graph: str, seed: int = 0, ctx: DistributedContext | None = None,
-                 drop_path: float = 0.0, **train_overrides) -> Trainer:
+                 drop_path: float = 0.0, flow_teacher: float = 0.0, **train_overrides) -> Trainer:
     cfg = preset(phase, "small")
     cfg = replace(cfg, model=replace(cfg.model, drop_path=drop_path),   # default none: runs comparable step by step
+                  loss=replace(cfg.loss, flow_teacher=flow_teacher),
                   train=replace(cfg.train, cuda_graph=cuda_graph, ema_decay=0.99, warmup_steps=2, lr=2e-4,
                                      amp="bf16", **train_overrides))
     torch.manual_seed(seed)
@@ -195,6 +196,17 @@ def cuda_batches(count: int, size: int = 64, batch: int = 4, seed: int = 0, pin:
                   for _ in range(3)]
         sample = {"img0": frames[0], "gt": frames[1], "img1": frames[2], "t": torch.full((batch,), 0.5)}
         out.append({key: value.pin_memory() for key, value in sample.items()} if pin else sample)
+    return out
+
+
+def with_teacher_flows(batches: list[dict[str, torch.Tensor]], seed: int = 1) -> list[dict[str, torch.Tensor]]:
+    """The batches plus a "flow_teacher" (B, 4, H, W) float32 of a few pixels, as the loader adds for --flow_teacher."""
+    generator = torch.Generator().manual_seed(seed)
+    out = []
+    for batch in batches:
+        batch_size, _, height, width = batch["img0"].shape
+        flows = 3 * torch.randn(batch_size, 4, height, width, generator=generator)
+        out.append({**batch, "flow_teacher": flows.pin_memory() if batch["img0"].is_pinned() else flows})
     return out
 
 
@@ -239,6 +251,22 @@ def test_graphed_step_follows_the_eager_step(phase):
     # The captured AdamW counted every step (its per-parameter step lives on the device).
     steps = {float(state["step"]) for state in graphed.optimizer.state.values()}
     assert steps == {float(len(batches))}
+
+
+@needs_cuda
+def test_graphed_step_with_the_flow_teacher_follows_the_eager_step():
+    """--flow_teacher adds a float32 (B, 4, H, W) tensor to the batch: the captured step copies it into its own
+    static buffer and computes the teacher term as the eager step does."""
+    batches = with_teacher_flows(cuda_batches(WARMUP_STEPS + 4))
+    eager_a, eager_b, graphed = (cuda_trainer(2, mode, flow_teacher=0.01) for mode in ("off", "off", "on"))
+    losses_a, losses_b, losses_g = (run_steps(t, batches) for t in (eager_a, eager_b, graphed))
+    assert graphed._executor.captures == 1
+    teacher_term = float(graphed.train_step(batches[0])["logs"]["loss_flow_teacher"])
+    assert teacher_term > 0
+    loss_noise = max(abs(x - y) for x, y in zip(losses_a, losses_b))
+    loss_drift = max(abs(x - y) for x, y in zip(losses_a, losses_g))
+    assert loss_drift <= max(10 * loss_noise, 1e-5)
+    assert relative_difference(eager_a, graphed) <= max(10 * relative_difference(eager_a, eager_b), 1e-5)
 
 
 @needs_cuda
