@@ -7,7 +7,7 @@
     default_num_workers              the default worker count, capped at the CPU cores of one rank.
     ShardSampler, SameSizeBatchSampler + item_frame_sizes   validation: every sample once over all ranks, in
                   batches of one frame size each (full frames of mixed sizes stack, on any number of ranks).
-    ignore_stop_signals              DataLoader workers leave Ctrl-C / SIGTERM to the main process.
+    start_worker                     worker start: Ctrl-C / SIGTERM left to the main process; one OpenCV thread.
     FrameCache            one flat read-only uint8 buffer of BGR frames, looked up by file path.
     enable_frame_cache    fill one cache from every Vimeo/X4K part of a training set and attach it to them.
     frame_cache_budget    how many bytes one rank may cache (a share of the available memory, capped).
@@ -43,7 +43,7 @@ __all__ = [
     "EpochSeededDataset",
     "default_num_workers",
     "STOP_SIGNALS",
-    "ignore_stop_signals",
+    "start_worker",
     "build_datasets",
     "make_loaders",
     "FrameCache",
@@ -345,7 +345,7 @@ class ShardSampler(Sampler[int]):
         return len(self.indices)
 
 
-def ignore_stop_signals(worker_id: int) -> None:
+def start_worker(worker_id: int) -> None:
     """DataLoader worker start: Ctrl-C reaches the whole process group; the main process decides when to stop and
     shuts the workers down itself, so a worker must not die of the signal in the middle of a batch.
 
@@ -426,7 +426,7 @@ def make_loaders(cfg: ExperimentConfig, train_set, val_set, device: torch.device
         train_loader = DataLoader(EpochSeededDataset(train_set), batch_size=data.batch_size,
                                   sampler=EpochSeededSampler(sampler, cfg.train.seed, rank), num_workers=workers,
                                   pin_memory=pin, drop_last=True, persistent_workers=True,
-                                  multiprocessing_context=context, worker_init_fn=ignore_stop_signals)
+                                  multiprocessing_context=context, worker_init_fn=start_worker)
     else:
         train_loader = DataLoader(train_set, batch_size=data.batch_size, sampler=sampler, pin_memory=pin,
                                   drop_last=True)
@@ -434,5 +434,5 @@ def make_loaders(cfg: ExperimentConfig, train_set, val_set, device: torch.device
     val_batches = SameSizeBatchSampler(ShardSampler(len(val_set), rank, world_size).indices,
                                        item_frame_sizes(val_set), max(1, min(data.batch_size, 4)))
     val_loader = DataLoader(val_set, batch_sampler=val_batches, num_workers=workers, pin_memory=pin,
-                            worker_init_fn=ignore_stop_signals if workers > 0 else None)
+                            worker_init_fn=start_worker if workers > 0 else None)
     return train_loader, sampler, val_loader
