@@ -64,7 +64,8 @@ from footage.timeplan import TimePlan, describe_times, is_power_of_two, output_f
 from footage.video_io import (AvSink, FolderSink, FrameSink, OpenCVSink, SourceInfo, VideoIOError, default_io_workers,
                               open_source, prepare_output, pyav_available, snap_rate)
 from measures.shots import ShotSettings, add_shot_arguments
-from model.inference import GraphUnavailable, InferenceRunner, add_graph_argument, describe_run
+from model.inference import (GraphUnavailable, InferenceRunner, add_graph_argument, compile_report,
+                             describe_compile_report, describe_run)
 
 PROGRAM = "interpolate.py"
 X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
@@ -377,6 +378,8 @@ def run(args: argparse.Namespace) -> RunStats:
         print(f"note: {note}")
     if device.type == "cuda":
         print(f"peak GPU memory {torch.cuda.max_memory_allocated(device) / 2 ** 30:.2f} GiB (allocated)")
+    if args.compile:
+        print(describe_compile_report(compile_report()))
     print(f"wrote {output_path} ({stats.model_calls} model calls; {stats.steady_rate()}; "
           f"{interpolator.model_rate(stats.frames_out)})")
     if args.report is not None:

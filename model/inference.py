@@ -79,6 +79,37 @@ def compile_for_inference(model: nn.Module, cache_dir: str | os.PathLike | None 
     return model
 
 
+def compile_report() -> dict:
+    """What this process's compilations did, for a report: Inductor's FX graph cache and AOTAutograd's cache (hits,
+    misses, bypasses), the cache folder, and the slowest compile phases in seconds (Dynamo's timers, summed).
+
+    Why: a second process with the cache folder filled should skip Inductor's code generation and kernel builds
+    (hits, no misses); a miss or bypass there, or a large ``PyCodeCache.load_by_key_path`` / ``async_compile``
+    phase on a hit (kernels rebuilt from source), says where a slow warm start spends its time.
+    """
+    from torch._dynamo.utils import counters
+    try:
+        from torch._dynamo.utils import compilation_time_metrics
+    except ImportError:                         # pragma: no cover - a torch without Dynamo's timers
+        compilation_time_metrics = {}
+    inductor, aot = counters["inductor"], counters["aot_autograd"]
+    phases = sorted(((name, sum(times)) for name, times in compilation_time_metrics.items()),
+                    key=lambda item: -item[1])
+    return {"cache_dir": os.environ.get(INDUCTOR_CACHE_ENV),
+            "fx_graph_cache": {state: int(inductor[f"fxgraph_cache_{state}"]) for state in ("hit", "miss", "bypass")},
+            "aot_autograd_cache": {state: int(aot[f"autograd_cache_{state}"]) for state in ("hit", "miss", "bypass")},
+            "slowest_phases_s": {name: round(seconds, 2) for name, seconds in phases[:6]}}
+
+
+def describe_compile_report(report: dict) -> str:
+    """One line: ``compile cache DIR: FX graph 1 hit, 0 miss, 0 bypass; AOTAutograd ...; slowest: NAME 12.3 s, ...``."""
+    def counts(name: str) -> str:
+        return ", ".join(f"{number} {state}" for state, number in report[name].items())
+    slowest = ", ".join(f"{name} {seconds:g} s" for name, seconds in list(report["slowest_phases_s"].items())[:4])
+    return (f"compile cache {report['cache_dir']}: FX graph {counts('fx_graph_cache')}; AOTAutograd "
+            f"{counts('aot_autograd_cache')}" + (f"; slowest: {slowest}" if slowest else ""))
+
+
 def is_compiled(model: nn.Module) -> bool:
     """Whether ``model.compile()`` was called on it (its forward runs through Dynamo)."""
     return getattr(model, "_compiled_call_impl", None) is not None

@@ -633,6 +633,8 @@ def test_bench_model_times_eager_and_compiled_inference_on_cpu(tmp_path, monkeyp
     assert all(row["ms"] > 0 and row["resolution"] == "256" for row in rows)
     assert rows[1]["first_call_s"] > 0 and rows[1]["max_abs_diff_vs_eager"] < 1e-4
     assert rows[1]["p999_abs_diff_vs_eager"] <= rows[1]["max_abs_diff_vs_eager"]
+    assert rows[1]["compile"]["cache_dir"] == str(tmp_path / "inductor")          # what Inductor's caches did
+    assert sum(rows[1]["compile"]["fx_graph_cache"].values()) >= 1 and "compile" not in rows[0]
     assert [row["runtime"]["mode"] for row in rows] == ["eager", "compiled"]
     assert all(row["runtime"]["device"] == "cpu" and row["runtime"]["peak_gib"] is None for row in rows)
 
