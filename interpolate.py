@@ -62,7 +62,7 @@ from footage.interpolator import FrameInterpolator
 from footage.pipeline import RunStats, StreamSettings, run_stream
 from footage.timeplan import TimePlan, describe_times, is_power_of_two, output_frame_count
 from footage.video_io import (AvSink, FolderSink, FrameSink, OpenCVSink, SourceInfo, VideoIOError, default_io_workers,
-                              open_source, prepare_output, pyav_available, snap_rate)
+                              default_png_writers, open_source, prepare_output, pyav_available, snap_rate)
 from measures.shots import ShotSettings, add_shot_arguments
 from model.inference import (GraphUnavailable, InferenceRunner, add_graph_argument, compile_report,
                              describe_compile_report, describe_run)
@@ -172,7 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="model calls per forward pass (default: 1 on the CPU; on a GPU about 1080p worth)")
     parser.add_argument("--io_workers", type=positive_int, default=None,
                         help="threads decoding the input and threads encoding the output, each (default: half the "
-                             "CPUs, 2 to 8; also libx264's thread count, which otherwise follows the CPUs)")
+                             "CPUs, 2 to 8, and for PNG output all CPUs but a quarter, 2 to 16, as PNG encoding costs "
+                             "several times decoding; also libx264's thread count, which otherwise follows the CPUs)")
     parser.add_argument("--crf", type=crf_value, default=18, help="H.264 quality, 0 lossless .. 51 (default 18)")
     parser.add_argument("--preset", choices=X264_PRESETS, default="medium", help="x264 speed preset (default medium)")
     parser.add_argument("--ckpt_dir", default="ckpt", help="folder searched for --model names (default ckpt)")
@@ -359,7 +360,7 @@ def run(args: argparse.Namespace) -> RunStats:
           f"{' of the compiled model' if args.compile else ''} (--cuda_graph {args.cuda_graph})")
     workers = args.io_workers or default_io_workers()
     if kind == "folder":
-        encoding = f"{workers} writing PNGs"
+        encoding = f"{args.io_workers or default_png_writers()} writing PNGs"
     elif use_pyav:
         encoding = (f"{workers} converting to Y'CbCr, libx264 on "
                     f"{args.io_workers if args.io_workers else 'its own count of'} threads")
