@@ -740,6 +740,26 @@ def test_corpus_benchmark_names_samples_by_clip(tmp_path, checkpoints, capsys):
     assert "Corpus protocol on" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("content,message", [
+    (None, "report not found"),
+    ("{\"results\": ", "is not valid JSON (Expecting value at line 1"),
+    ("[1, 2]", "is not a benchmark report"),
+    ("{\"results\": {\"val\": {}}}", "has no subset 'test' (it has val)"),
+    ("{\"results\": {\"test\": {\"count\": 2}}}", "has no per-motion results for 'test'"),
+    ("{\"results\": {\"test\": {\"count\": 2, \"by_motion\": [1]}}}", "buckets with counts (a report of another version?)"),
+])
+def test_bucket_table_names_the_report_it_cannot_use_in_one_line(tmp_path, content, message):
+    from benchmark import bucket_table
+    path = tmp_path / "report.json"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(SystemExit) as exit_info:
+        bucket_table.main([f"base={path}"])
+    text = str(exit_info.value)
+    assert text.startswith("bucket_table: error: ") and str(path) in text and "\n" not in text
+    assert message in text
+
+
 def test_bucket_table_puts_reports_side_by_side_with_seed_means(tmp_path, capsys):
     from benchmark import bucket_table
     from measures.motion import summarize_by_motion
