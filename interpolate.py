@@ -62,7 +62,8 @@ from footage.interpolator import FrameInterpolator
 from footage.pipeline import RunStats, StreamSettings, run_stream
 from footage.timeplan import TimePlan, describe_times, is_power_of_two, output_frame_count
 from footage.video_io import (AvSink, FolderSink, FrameSink, OpenCVSink, SourceInfo, VideoIOError, default_io_workers,
-                              default_png_writers, open_source, prepare_output, pyav_available, snap_rate)
+                              check_output, create_output_parents, default_png_writers, open_source, pyav_available,
+                              snap_rate)
 from measures.shots import ShotSettings, add_shot_arguments
 from model.inference import (GraphUnavailable, InferenceRunner, add_graph_argument, compile_report,
                              describe_compile_report, describe_run)
@@ -306,7 +307,7 @@ def run(args: argparse.Namespace) -> RunStats:
     source = open_source(input_path, use_pyav, args.input_fps)
     info = source.info
     checkpoint_path = resolve_checkpoint(args.model, args.ckpt_dir)
-    kind = prepare_output(output_path, args.overwrite)
+    kind = check_output(output_path, args.overwrite)            # its missing folders are made after every check
     check_report_path(args.report, args.overwrite, input_path, output_path)
     ratio, out_rate, rate_text = output_ratio(args, info)
     plan = time_plan(info, ratio, out_rate)
@@ -368,6 +369,7 @@ def run(args: argparse.Namespace) -> RunStats:
         encoding = "1 encoding (OpenCV)"
     print(f"io:     {workers} threads decoding, {encoding} (--io_workers)")
     interpolator = FrameInterpolator(model, device, AMP_DTYPES[amp], args.tta, flow_scale, batch, halving, runner=runner)
+    create_output_parents(output_path)
     sink = make_sink(output_path, kind, info, out_rate, args, use_pyav)
     shots = ShotSettings(cut_ratio=args.cut_ratio, duplicate_block=args.duplicate_block)
     settings = StreamSettings(plan, shots, not args.no_progress, expected, io_workers=args.io_workers)

@@ -467,23 +467,34 @@ def output_kind(path: Path) -> str:
                        f"video, or a path without extension for a folder of PNG frames")
 
 
-def prepare_output(path: Path, overwrite: bool) -> str:
-    """Check that ``path`` can be written (creating its parent folders) before any work; returns its kind."""
+def check_output(path: Path, overwrite: bool) -> str:
+    """Check that ``path`` can be written, before any work and without creating anything; returns its kind.
+
+    Missing parent folders are made by :func:`create_output_parents` once every other check has passed, so a refused
+    command leaves no empty folders behind. Writability is probed in the nearest folder that exists.
+    """
     kind = output_kind(path)
     if path.exists() and not overwrite and not (path.is_dir() and not any(path.iterdir())):
         raise VideoIOError(f"--output {path} exists; pass --overwrite to replace it")
     if path.exists() and kind == "video" and not path.is_file():
         raise VideoIOError(f"--output {path} exists and is not a file")
-    blocking = next((p for p in path.parents if p.exists()), None)
-    if blocking is not None and not blocking.is_dir():
-        raise VideoIOError(f"cannot write --output {path}: {blocking} is a file, not a folder")
+    existing = next((p for p in path.parents if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise VideoIOError(f"cannot write --output {path}: {existing} is a file, not a folder")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path.parent):
+        with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as error:
         raise VideoIOError(f"cannot write --output {path}: {error.strerror or error}") from None
     return kind
+
+
+def create_output_parents(path: Path) -> None:
+    """Make the folders above ``path`` that :func:`check_output` found missing (just before the output is written)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise VideoIOError(f"cannot write --output {path}: {error.strerror or error}") from None
 
 
 def temporary_name(final: Path, directory: bool = False) -> Path:
