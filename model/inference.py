@@ -58,6 +58,23 @@ def default_compile_cache_dir() -> Path:
     return Path(root) / "thesis_vfi" / "inductor"
 
 
+def inductor_cache_dir_chosen_by_user() -> bool:
+    """Whether ``TORCHINDUCTOR_CACHE_DIR`` names a folder other than torch's own default (``/tmp/torchinductor_USER``).
+
+    Why not just "is it set": importing ``torch._dynamo`` (which timm's import of torchvision does, so ``import model``
+    does) sets the variable to torch's default as a side effect, so by the time a model is compiled it is always set.
+    """
+    value = os.environ.get(INDUCTOR_CACHE_ENV)
+    if not value:
+        return False
+    try:
+        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+        torch_default = default_cache_dir()
+    except Exception:                        # noqa: BLE001 - another torch layout: treat any value as the user's
+        return True
+    return os.path.abspath(value) != os.path.abspath(torch_default)
+
+
 def compile_for_inference(model: nn.Module, cache_dir: str | os.PathLike | None = None) -> nn.Module:
     """Compile ``model`` in place with ``torch.compile`` (Inductor, static shapes) for many calls at one frame size
     and batch; returns it. ``model.inference`` and ``model(...)`` then run the compiled forward.
@@ -71,8 +88,9 @@ def compile_for_inference(model: nn.Module, cache_dir: str | os.PathLike | None 
     :func:`default_compile_cache_dir`, or ``TORCHINDUCTOR_CACHE_DIR`` when set) makes a later process with the
     same shapes skip most of it. Wrap the compiled model in :class:`InferenceRunner` to replay it as a CUDA graph.
     """
-    if cache_dir is not None or INDUCTOR_CACHE_ENV not in os.environ:
-        # Read by Inductor when it first compiles; the environment is the documented way to choose the folder.
+    if cache_dir is not None or not inductor_cache_dir_chosen_by_user():
+        # Read by Inductor whenever it looks up or stores a graph; the environment is the documented way to choose the
+        # folder. Torch's own default, which its import sets, lives in /tmp: lost on a reboot or a fresh machine.
         os.environ[INDUCTOR_CACHE_ENV] = str(cache_dir or default_compile_cache_dir())
     model.eval()
     model.compile(dynamic=False)

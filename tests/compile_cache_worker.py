@@ -10,7 +10,8 @@ stood in for by the PyTorch scan, as in tests/test_ops.py), so the graph holds t
 and a backward warp with its float32 region), which builds in seconds rather than minutes on a CPU; ``model``
 compiles the whole model (what docs/PERF.md's CPU figures used).
 
-Usage: ``compile_cache_worker.py {part,model} CACHE_DIR OUT.json``.
+Usage: ``compile_cache_worker.py {part,model} CACHE_DIR OUT.json``; CACHE_DIR ``default`` compiles with
+:func:`model.inference.compile_for_inference`'s own choice of folder.
 """
 
 from __future__ import annotations
@@ -52,7 +53,8 @@ class ModelPart(nn.Module):
         return self.warp(self.stage(features), flow)
 
 
-def main(what: str, cache_dir: str, out: str) -> None:
+def main(what: str, cache_dir: str | None, out: str) -> None:
+    cache_dir = None if cache_dir == "default" else cache_dir
     ssd_module.load_triton_ssd = lambda: (stand_in_kernel, "stand-in for the test")
     ssd_module.resolve_backend = lambda backend, device: "triton"
     torch.manual_seed(0)
