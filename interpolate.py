@@ -62,9 +62,11 @@ from footage.interpolator import FrameInterpolator
 from footage.pipeline import RunStats, StreamSettings, run_stream
 from footage.timeplan import TimePlan, describe_times, is_power_of_two, output_frame_count
 from footage.video_io import (AvSink, FolderSink, FrameSink, OpenCVSink, SourceInfo, VideoIOError, default_io_workers,
-                              open_source, prepare_output, pyav_available, snap_rate)
+                              check_output, create_output_parents, default_png_writers, open_source, pyav_available,
+                              snap_rate)
 from measures.shots import ShotSettings, add_shot_arguments
-from model.inference import GraphUnavailable, InferenceRunner, add_graph_argument, describe_run
+from model.inference import (GraphUnavailable, InferenceRunner, add_graph_argument, compile_report,
+                             describe_compile_report, describe_run)
 
 PROGRAM = "interpolate.py"
 X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
@@ -171,7 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="model calls per forward pass (default: 1 on the CPU; on a GPU about 1080p worth)")
     parser.add_argument("--io_workers", type=positive_int, default=None,
                         help="threads decoding the input and threads encoding the output, each (default: half the "
-                             "CPUs, 2 to 8; also libx264's thread count, which otherwise follows the CPUs)")
+                             "CPUs, 2 to 8, and for PNG output all CPUs but a quarter, 2 to 16, as PNG encoding costs "
+                             "several times decoding; also libx264's thread count, which otherwise follows the CPUs)")
     parser.add_argument("--crf", type=crf_value, default=18, help="H.264 quality, 0 lossless .. 51 (default 18)")
     parser.add_argument("--preset", choices=X264_PRESETS, default="medium", help="x264 speed preset (default medium)")
     parser.add_argument("--ckpt_dir", default="ckpt", help="folder searched for --model names (default ckpt)")
@@ -304,7 +307,7 @@ def run(args: argparse.Namespace) -> RunStats:
     source = open_source(input_path, use_pyav, args.input_fps)
     info = source.info
     checkpoint_path = resolve_checkpoint(args.model, args.ckpt_dir)
-    kind = prepare_output(output_path, args.overwrite)
+    kind = check_output(output_path, args.overwrite)            # its missing folders are made after every check
     check_report_path(args.report, args.overwrite, input_path, output_path)
     ratio, out_rate, rate_text = output_ratio(args, info)
     plan = time_plan(info, ratio, out_rate)
@@ -358,7 +361,7 @@ def run(args: argparse.Namespace) -> RunStats:
           f"{' of the compiled model' if args.compile else ''} (--cuda_graph {args.cuda_graph})")
     workers = args.io_workers or default_io_workers()
     if kind == "folder":
-        encoding = f"{workers} writing PNGs"
+        encoding = f"{args.io_workers or default_png_writers()} writing PNGs"
     elif use_pyav:
         encoding = (f"{workers} converting to Y'CbCr, libx264 on "
                     f"{args.io_workers if args.io_workers else 'its own count of'} threads")
@@ -366,6 +369,7 @@ def run(args: argparse.Namespace) -> RunStats:
         encoding = "1 encoding (OpenCV)"
     print(f"io:     {workers} threads decoding, {encoding} (--io_workers)")
     interpolator = FrameInterpolator(model, device, AMP_DTYPES[amp], args.tta, flow_scale, batch, halving, runner=runner)
+    create_output_parents(output_path)
     sink = make_sink(output_path, kind, info, out_rate, args, use_pyav)
     shots = ShotSettings(cut_ratio=args.cut_ratio, duplicate_block=args.duplicate_block)
     settings = StreamSettings(plan, shots, not args.no_progress, expected, io_workers=args.io_workers)
@@ -377,6 +381,8 @@ def run(args: argparse.Namespace) -> RunStats:
         print(f"note: {note}")
     if device.type == "cuda":
         print(f"peak GPU memory {torch.cuda.max_memory_allocated(device) / 2 ** 30:.2f} GiB (allocated)")
+    if args.compile:
+        print(describe_compile_report(compile_report()))
     print(f"wrote {output_path} ({stats.model_calls} model calls; {stats.steady_rate()}; "
           f"{interpolator.model_rate(stats.frames_out)})")
     if args.report is not None:

@@ -123,6 +123,10 @@ def measure_inference(model, name: str, args, device: str, execution: str = "eag
         if device == "cuda":
             torch.cuda.synchronize()
         row["first_call_s"] = round(time.perf_counter() - started, 2)
+        if runner.compiled:         # what Inductor's caches did: a warm start should show hits only
+            from model.inference import compile_report, describe_compile_report
+            row["compile"] = compile_report()
+            print(describe_compile_report(row["compile"]), flush=True)
         row.update(difference_stats(first, reference))
         del reference, first
     if device == "cuda":

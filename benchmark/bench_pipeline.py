@@ -13,7 +13,7 @@ holds none of the CPU) and returns its first input. Everything else is interpola
     mp4          a PNG folder in, H.264 out (libx264, --preset, --crf)
 
 The runs go once per --io_workers value ("1" is the serial layout: one decode thread, one PNG or Y'CbCr thread,
-libx264 on one thread; "auto" is interpolate.py's default). Then (unless --no_stages) each I/O stage alone:
+libx264 on one thread; "auto" is interpolate.py's default: half the CPUs decoding, all but a quarter writing PNGs). Then (unless --no_stages) each I/O stage alone:
 milliseconds per frame on one thread and on N threads, so the cores a GPU's rate needs can be read off without a
 GPU. ``--outputs ""`` runs only the model-only pass and the stages. The table gives output frames/s, the ratio to the model-only rate
 (interpolate.py's target: >= 0.9) and the CPU time the run spent per output frame, which says how many cores a
@@ -42,7 +42,7 @@ from footage.interpolator import FrameInterpolator  # noqa: E402
 from footage.pipeline import StreamSettings, run_stream  # noqa: E402
 from footage.timeplan import TimePlan  # noqa: E402
 from footage.video_io import (AvSink, FolderSink, FrameSink, FrameSource, SourceInfo, default_io_workers,  # noqa: E402
-                              open_source, pyav_available)
+                              default_png_writers, open_source, pyav_available)
 from measures.shots import frame_signature  # noqa: E402
 from model.frames import read_rgb_uint8  # noqa: E402
 
@@ -210,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     seconds = args.model_ms / 1000
     print(f"{args.frames} frames {width}x{height}, 2x, stand-in model {args.model_ms:g} ms per call, "
           f"CPUs {os.cpu_count()}, "
-          f"io_workers auto = {default_io_workers()}, torch threads {torch.get_num_threads()}")
+          f"io_workers auto = {default_io_workers()} (PNG writers {default_png_writers()}), "
+          f"torch threads {torch.get_num_threads()}")
     frames = make_frames(args.frames, width, height)
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench_pipeline.") as scratch:

@@ -21,17 +21,36 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file: m
 from measures.motion import MOTION_BUCKETS  # noqa: E402
 
 
+def fail(message: str) -> SystemExit:
+    return SystemExit(f"bucket_table: error: {message}")
+
+
 def load(argument: str, subset: str) -> tuple[str, dict]:
+    """LABEL=REPORT -> (label, the report's results for ``subset``); a one-line error naming the file otherwise."""
     label, _, path = argument.rpartition("=")
     path = Path(path)
     if not path.is_file():
-        raise SystemExit(f"bucket_table: error: report not found: {path}")
-    results = json.loads(path.read_text())["results"]
+        raise fail(f"report not found: {path}")
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise fail(f"{path} is not valid JSON ({error.msg} at line {error.lineno}, column {error.colno})") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise fail(f"cannot read {path}: {error}") from None
+    results = report.get("results") if isinstance(report, dict) else None
+    if not isinstance(results, dict):
+        raise fail(f"{path} is not a benchmark report (no \"results\" object)")
     if subset not in results:
-        raise SystemExit(f"bucket_table: error: {path} has no subset {subset!r} (it has {', '.join(results)})")
-    if "by_motion" not in results[subset]:
-        raise SystemExit(f"bucket_table: error: {path} has no per-motion results (run without --no_motion)")
-    return label or path.stem, results[subset]
+        raise fail(f"{path} has no subset {subset!r} (it has {', '.join(results) or 'none'})")
+    result = results[subset]
+    if not isinstance(result, dict) or "by_motion" not in result:
+        raise fail(f"{path} has no per-motion results for {subset!r} (run without --no_motion)")
+    buckets = result["by_motion"]
+    if (not isinstance(buckets, list) or len(buckets) != len(MOTION_BUCKETS) or "count" not in result
+            or not all(isinstance(bucket, dict) and "count" in bucket for bucket in buckets)):
+        raise fail(f"{path}: the per-motion results for {subset!r} are not {len(MOTION_BUCKETS)} buckets with counts "
+                   "(a report of another version?)")
+    return label or path.stem, result
 
 
 def table(reports: list[tuple[str, dict]]) -> str:

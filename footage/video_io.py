@@ -63,16 +63,37 @@ class VideoIOError(RuntimeError):
     """A file or folder that cannot be read or written as asked; one line naming the path."""
 
 
-def default_io_workers() -> int:
-    """Threads for each I/O stage (decoding input frames, encoding output frames) when --io_workers is not given:
-    half the CPUs this process may use, at least 2 and at most 8. A 1080p PNG takes a core tens of milliseconds
-    to decode or encode, so a GPU at 60-80 output frames/s needs several of each; beyond 8 the stage is no longer
-    the limit and only memory grows (every thread holds a frame or two)."""
+MAX_PNG_WRITERS = 16
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on."""
     try:
-        cpus = len(os.sched_getaffinity(0))
+        return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):          # not on Linux
-        cpus = os.cpu_count() or 1
-    return max(2, min(8, cpus // 2))
+        return os.cpu_count() or 1
+
+
+def default_io_workers() -> int:
+    """Threads decoding input frames (and converting output frames to Y'CbCr for H.264) when --io_workers is not
+    given: half the CPUs this process may use, at least 2 and at most 8. A 1080p PNG takes a core tens of
+    milliseconds to decode, so a GPU at 60-80 output frames/s needs several; beyond 8 the stage is no longer the
+    limit and only memory grows (every thread holds a frame or two). PNG output has its own count,
+    :func:`default_png_writers`."""
+    return max(2, min(8, usable_cpus() // 2))
+
+
+def default_png_writers() -> int:
+    """Threads writing output PNGs when --io_workers is not given: every CPU but a quarter (at least 2, for decoding
+    the input and the thread launching the model), at least 2 and at most :data:`MAX_PNG_WRITERS`.
+
+    Why more than the decoders: at 2x a 1080p output frame costs 80-165 ms of PNG encoding on one core against about
+    35 ms of decoding (half an input frame), so at 78 output frames/s (the graphed model on an H200) the writers need
+    about 10 cores. Half the CPUs (8 on the 16-core GPU host) held that run to 53% of the model-only rate
+    (docs/PERF.md, section 10); 16 cores now give 12 writers. The cap bounds memory: each writer holds at most two
+    frames (:class:`FolderSink`), 16 writers about 200 MB at 1080p."""
+    cpus = usable_cpus()
+    return max(2, min(MAX_PNG_WRITERS, cpus - max(2, cpus // 4)))
 
 
 def pyav_available() -> bool:
@@ -446,23 +467,34 @@ def output_kind(path: Path) -> str:
                        f"video, or a path without extension for a folder of PNG frames")
 
 
-def prepare_output(path: Path, overwrite: bool) -> str:
-    """Check that ``path`` can be written (creating its parent folders) before any work; returns its kind."""
+def check_output(path: Path, overwrite: bool) -> str:
+    """Check that ``path`` can be written, before any work and without creating anything; returns its kind.
+
+    Missing parent folders are made by :func:`create_output_parents` once every other check has passed, so a refused
+    command leaves no empty folders behind. Writability is probed in the nearest folder that exists.
+    """
     kind = output_kind(path)
     if path.exists() and not overwrite and not (path.is_dir() and not any(path.iterdir())):
         raise VideoIOError(f"--output {path} exists; pass --overwrite to replace it")
     if path.exists() and kind == "video" and not path.is_file():
         raise VideoIOError(f"--output {path} exists and is not a file")
-    blocking = next((p for p in path.parents if p.exists()), None)
-    if blocking is not None and not blocking.is_dir():
-        raise VideoIOError(f"cannot write --output {path}: {blocking} is a file, not a folder")
+    existing = next((p for p in path.parents if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise VideoIOError(f"cannot write --output {path}: {existing} is a file, not a folder")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path.parent):
+        with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as error:
         raise VideoIOError(f"cannot write --output {path}: {error.strerror or error}") from None
     return kind
+
+
+def create_output_parents(path: Path) -> None:
+    """Make the folders above ``path`` that :func:`check_output` found missing (just before the output is written)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise VideoIOError(f"cannot write --output {path}: {error.strerror or error}") from None
 
 
 def temporary_name(final: Path, directory: bool = False) -> Path:
@@ -539,12 +571,12 @@ class FolderSink(FrameSink):
     which becomes the output only in :meth:`finish`. The first failed write is raised by the next :meth:`write` or by
     :meth:`finish` (never lost), and :meth:`abort` stops the threads before it deletes the folder.
 
-    workers: encoding threads (default :func:`default_io_workers`). At most ``2 * workers`` frames wait or are being
+    workers: encoding threads (default :func:`default_png_writers`). At most ``2 * workers`` frames wait or are being
     encoded at a time, so memory stays bounded when encoding is the slowest stage.
     """
 
     def __init__(self, final: Path, workers: int | None = None):
-        workers = workers or default_io_workers()
+        workers = workers or default_png_writers()
         self.final = final
         self.temp: Path | None = temporary_name(final, directory=True)
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="png")

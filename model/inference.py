@@ -58,6 +58,23 @@ def default_compile_cache_dir() -> Path:
     return Path(root) / "thesis_vfi" / "inductor"
 
 
+def inductor_cache_dir_chosen_by_user() -> bool:
+    """Whether ``TORCHINDUCTOR_CACHE_DIR`` names a folder other than torch's own default (``/tmp/torchinductor_USER``).
+
+    Why not just "is it set": importing ``torch._dynamo`` (which timm's import of torchvision does, so ``import model``
+    does) sets the variable to torch's default as a side effect, so by the time a model is compiled it is always set.
+    """
+    value = os.environ.get(INDUCTOR_CACHE_ENV)
+    if not value:
+        return False
+    try:
+        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+        torch_default = default_cache_dir()
+    except Exception:                        # noqa: BLE001 - another torch layout: treat any value as the user's
+        return True
+    return os.path.abspath(value) != os.path.abspath(torch_default)
+
+
 def compile_for_inference(model: nn.Module, cache_dir: str | os.PathLike | None = None) -> nn.Module:
     """Compile ``model`` in place with ``torch.compile`` (Inductor, static shapes) for many calls at one frame size
     and batch; returns it. ``model.inference`` and ``model(...)`` then run the compiled forward.
@@ -71,12 +88,44 @@ def compile_for_inference(model: nn.Module, cache_dir: str | os.PathLike | None 
     :func:`default_compile_cache_dir`, or ``TORCHINDUCTOR_CACHE_DIR`` when set) makes a later process with the
     same shapes skip most of it. Wrap the compiled model in :class:`InferenceRunner` to replay it as a CUDA graph.
     """
-    if cache_dir is not None or INDUCTOR_CACHE_ENV not in os.environ:
-        # Read by Inductor when it first compiles; the environment is the documented way to choose the folder.
+    if cache_dir is not None or not inductor_cache_dir_chosen_by_user():
+        # Read by Inductor whenever it looks up or stores a graph; the environment is the documented way to choose the
+        # folder. Torch's own default, which its import sets, lives in /tmp: lost on a reboot or a fresh machine.
         os.environ[INDUCTOR_CACHE_ENV] = str(cache_dir or default_compile_cache_dir())
     model.eval()
     model.compile(dynamic=False)
     return model
+
+
+def compile_report() -> dict:
+    """What this process's compilations did, for a report: Inductor's FX graph cache and AOTAutograd's cache (hits,
+    misses, bypasses), the cache folder, and the slowest compile phases in seconds (Dynamo's timers, summed).
+
+    Why: a second process with the cache folder filled should skip Inductor's code generation and kernel builds
+    (hits, no misses); a miss or bypass there, or a large ``PyCodeCache.load_by_key_path`` / ``async_compile``
+    phase on a hit (kernels rebuilt from source), says where a slow warm start spends its time.
+    """
+    from torch._dynamo.utils import counters
+    try:
+        from torch._dynamo.utils import compilation_time_metrics
+    except ImportError:                         # pragma: no cover - a torch without Dynamo's timers
+        compilation_time_metrics = {}
+    inductor, aot = counters["inductor"], counters["aot_autograd"]
+    phases = sorted(((name, sum(times)) for name, times in compilation_time_metrics.items()),
+                    key=lambda item: -item[1])
+    return {"cache_dir": os.environ.get(INDUCTOR_CACHE_ENV),
+            "fx_graph_cache": {state: int(inductor[f"fxgraph_cache_{state}"]) for state in ("hit", "miss", "bypass")},
+            "aot_autograd_cache": {state: int(aot[f"autograd_cache_{state}"]) for state in ("hit", "miss", "bypass")},
+            "slowest_phases_s": {name: round(seconds, 2) for name, seconds in phases[:6]}}
+
+
+def describe_compile_report(report: dict) -> str:
+    """One line: ``compile cache DIR: FX graph 1 hit, 0 miss, 0 bypass; AOTAutograd ...; slowest: NAME 12.3 s, ...``."""
+    def counts(name: str) -> str:
+        return ", ".join(f"{number} {state}" for state, number in report[name].items())
+    slowest = ", ".join(f"{name} {seconds:g} s" for name, seconds in list(report["slowest_phases_s"].items())[:4])
+    return (f"compile cache {report['cache_dir']}: FX graph {counts('fx_graph_cache')}; AOTAutograd "
+            f"{counts('aot_autograd_cache')}" + (f"; slowest: {slowest}" if slowest else ""))
 
 
 def is_compiled(model: nn.Module) -> bool:

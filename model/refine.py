@@ -76,7 +76,8 @@ class RefineNet(nn.Module):
         image_channels: channels of the full-resolution image inputs (6 in Phase 1, 17 with flow).
         use_context: also take two warped ContextNet pyramids at 1/2, 1/4, 1/8.
         context_channels: ContextNet widths (c, 2c, 4c) at 1/2, 1/4, 1/8, per frame.
-    forward(features, image_inputs, timestep, context=None) -> (mask_logit (B,1,H,W), residual (B,3,H,W)).
+    forward(features, image_inputs, timestep, context=None) -> (mask_logit (B,1,H,W), residual (B,3,H,W)), both
+    float32 (also under autocast).
     """
 
     def __init__(self, feature_channels: list[int], decoder_channels: tuple[int, ...], image_channels: int = 6,
@@ -142,7 +143,11 @@ class RefineNet(nn.Module):
                 state = decoder(state, [s.to(skip.dtype) for s in skips])
                 if tail is not None:
                     state = tail(state)
-        return state[:, :1], 2.0 * torch.sigmoid(state[:, 1:4]) - 1.0
+        # The head leaves in float32 whatever autocast made it: a bf16 sigmoid rounds the residual to steps of up to
+        # 1/256, and with it the prediction (bf16 eager sat 0.04 dB from the compiled model, which keeps float32
+        # inside its fused blend; docs/PERF.md section 10). Four channels: the cast costs next to nothing.
+        head = state.float()
+        return head[:, :1], 2.0 * torch.sigmoid(head[:, 1:4]) - 1.0
 
     def _strip_rows(self, channels: int, skip: torch.Tensor, state: torch.Tensor) -> int | None:
         """Rows per strip for a level with ``channels`` concatenated input channels, or None for one pass."""

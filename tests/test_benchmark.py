@@ -633,6 +633,8 @@ def test_bench_model_times_eager_and_compiled_inference_on_cpu(tmp_path, monkeyp
     assert all(row["ms"] > 0 and row["resolution"] == "256" for row in rows)
     assert rows[1]["first_call_s"] > 0 and rows[1]["max_abs_diff_vs_eager"] < 1e-4
     assert rows[1]["p999_abs_diff_vs_eager"] <= rows[1]["max_abs_diff_vs_eager"]
+    assert rows[1]["compile"]["cache_dir"] == str(tmp_path / "inductor")          # what Inductor's caches did
+    assert sum(rows[1]["compile"]["fx_graph_cache"].values()) >= 1 and "compile" not in rows[0]
     assert [row["runtime"]["mode"] for row in rows] == ["eager", "compiled"]
     assert all(row["runtime"]["device"] == "cpu" and row["runtime"]["peak_gib"] is None for row in rows)
 
@@ -736,6 +738,26 @@ def test_corpus_benchmark_names_samples_by_clip(tmp_path, checkpoints, capsys):
     assert [r["name"] for r in result["samples"]] == ["city s3 f10", "city s1 f4"]
     assert {r["group"] for r in result["samples"]} == {"city"} and "by_motion" in result
     assert "Corpus protocol on" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("content,message", [
+    (None, "report not found"),
+    ("{\"results\": ", "is not valid JSON (Expecting value at line 1"),
+    ("[1, 2]", "is not a benchmark report"),
+    ("{\"results\": {\"val\": {}}}", "has no subset 'test' (it has val)"),
+    ("{\"results\": {\"test\": {\"count\": 2}}}", "has no per-motion results for 'test'"),
+    ("{\"results\": {\"test\": {\"count\": 2, \"by_motion\": [1]}}}", "buckets with counts (a report of another version?)"),
+])
+def test_bucket_table_names_the_report_it_cannot_use_in_one_line(tmp_path, content, message):
+    from benchmark import bucket_table
+    path = tmp_path / "report.json"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(SystemExit) as exit_info:
+        bucket_table.main([f"base={path}"])
+    text = str(exit_info.value)
+    assert text.startswith("bucket_table: error: ") and str(path) in text and "\n" not in text
+    assert message in text
 
 
 def test_bucket_table_puts_reports_side_by_side_with_seed_means(tmp_path, capsys):

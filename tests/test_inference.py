@@ -3,8 +3,13 @@ graph, the runtime record; graphed-vs-eager parity on real model configs (GPU on
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import subprocess
+import sys
 from fractions import Fraction
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,8 +19,8 @@ from benchmark.eval_core import Evaluator, Protocol
 from config import preset
 from interpolate import FrameInterpolator
 from model import build_model
-from model.inference import (CudaGraphCapture, GraphUnavailable, InferenceRunner, Recorded, describe_runtime,
-                             runtime_record)
+from model.inference import (CudaGraphCapture, GraphUnavailable, InferenceRunner, Recorded, compile_for_inference,
+                             describe_compile_report, describe_runtime, runtime_record)
 
 
 class Blend(nn.Module):
@@ -215,6 +220,54 @@ def test_compiled_model_traces_once_across_calls():
         for t in (0.5, 0.5, 0.5):
             model.inference(a, b, t)
     assert counters["stats"]["unique_graphs"] == 1
+
+
+COMPILE_CACHE_WORKER = Path(__file__).with_name("compile_cache_worker.py")
+
+
+def compile_in_fresh_process(home: Path, out: Path) -> dict:
+    """Run tests/compile_cache_worker.py (a model part through the SSD custom operator, bf16 autocast) in a new
+    Python process whose cache home (XDG_CACHE_HOME) is ``home`` and which sets no Inductor or Triton variable, so
+    :func:`compile_for_inference` chooses the folder; returns the worker's :func:`compile_report`."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("TORCHINDUCTOR_", "TRITON_"))}
+    env["XDG_CACHE_HOME"] = str(home)
+    done = subprocess.run([sys.executable, str(COMPILE_CACHE_WORKER), "part", "default", str(out)], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+def test_a_second_process_compiles_from_the_default_cache_folder(tmp_path):
+    """A second process must reuse the first one's compiled graph from the documented folder
+    (``$XDG_CACHE_HOME/thesis_vfi/inductor``): Inductor's FX graph cache and AOTAutograd's cache both hit, nothing
+    missed or bypassed. The folder used to be torch's /tmp default instead (importing torch._dynamo sets
+    TORCHINDUCTOR_CACHE_DIR, and compile_for_inference kept any value that was set), lost with the machine. A graph the
+    caches refuse (an op they cannot hash) or whose key changes per process (a value baked in at trace time) would
+    compile again at every start, minutes at 1080p (docs/PERF.md, section 10). The graph holds the custom SSD
+    operator as a GPU run's does."""
+    folder = tmp_path / "home" / "thesis_vfi" / "inductor"
+    first = compile_in_fresh_process(tmp_path / "home", tmp_path / "first.json")
+    second = compile_in_fresh_process(tmp_path / "home", tmp_path / "second.json")
+    assert first["operator_calls"] > 0 and second["operator_calls"] > 0       # the operator is in the graph
+    assert first["cache_dir"] == second["cache_dir"] == str(folder) and any(folder.iterdir())
+    assert first["fx_graph_cache"] == {"hit": 0, "miss": 1, "bypass": 0}
+    assert second["fx_graph_cache"] == {"hit": 1, "miss": 0, "bypass": 0}
+    assert second["aot_autograd_cache"] == {"hit": 1, "miss": 0, "bypass": 0}
+    line = describe_compile_report(second)
+    assert "FX graph 1 hit, 0 miss, 0 bypass" in line and str(folder) in line
+
+
+def test_compile_keeps_a_cache_folder_the_user_chose_and_replaces_torchs_default(tmp_path, monkeypatch):
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
+    compile_for_inference(nn.Linear(2, 2))                       # compiles lazily: nothing runs here
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "mine")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default_cache_dir())      # what importing torch._dynamo sets
+    compile_for_inference(nn.Linear(2, 2))
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "home" / "thesis_vfi" / "inductor")
+    compile_for_inference(nn.Linear(2, 2), cache_dir=tmp_path / "given")
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "given")
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -432,6 +432,29 @@ def test_bad_input_gives_one_line(name, checkpoint, clip, tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == before          # nothing written, no temporary left
 
 
+@pytest.mark.parametrize("extra,output_name,expected", [
+    (["--compile", "--device", "cpu"], "frames", "--compile needs a CUDA device"),
+    ([], "out.mp4", "a video output needs a frame rate"),
+    (["--multi", 3, "--strict_t"], "frames", "--strict_t: this Phase-1 checkpoint"),
+    (["--amp", "fp16", "--device", "cpu"], "frames", "--amp fp16 needs a CUDA device"),
+])
+def test_a_refused_command_leaves_no_output_folders(checkpoint, clip, tmp_path, capsys, extra, output_name, expected):
+    """The output's missing parent folders are made only after every check: a refusal that comes late (a flag, the
+    checkpoint's phase) used to leave the empty folders behind."""
+    code, _, stderr = run_cli(capsys, "--model", checkpoint, "--input", clip["folder"], "--output",
+                              tmp_path / "new" / "deeper" / output_name, *extra)
+    assert code == 2 and expected in stderr
+    assert not (tmp_path / "new").exists()
+
+
+def test_missing_output_folders_are_made_for_a_run(checkpoint, clip, tmp_path, capsys):
+    code, _, stderr = run_cli(capsys, "--model", checkpoint, "--input", clip["folder"], "--output",
+                              tmp_path / "new" / "deeper" / "frames")
+    assert code == 0, stderr
+    assert len(list((tmp_path / "new" / "deeper" / "frames").iterdir())) == 15
+    assert sorted(p.name for p in (tmp_path / "new" / "deeper").iterdir()) == ["frames"]    # no temporary left
+
+
 def test_failed_capture_under_cuda_graph_on_gives_one_line(checkpoint, clip, tmp_path, capsys,
                                                           failing_graph_capture):
     """--cuda_graph on, and the capture of the first batch fails (on a GPU: an op that cannot be captured): exit

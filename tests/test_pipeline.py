@@ -328,6 +328,25 @@ def test_io_workers_flag_reaches_the_sinks(tmp_path):
         interpolate.build_parser().parse_args(["--model", "m", "--input", "i", "--output", "o", "--io_workers", "0"])
 
 
+@pytest.mark.parametrize("cpus,decoders,writers", [(2, 2, 2), (4, 2, 2), (8, 4, 6), (16, 8, 12), (64, 8, 16)])
+def test_png_output_gets_more_writer_threads_than_decoding_by_default(tmp_path, monkeypatch, cpus, decoders, writers):
+    """Without --io_workers, PNG output is written by all CPUs but a quarter (2 to 16): encoding a 1080p PNG costs
+    several times decoding one, and half the CPUs (8 writers on the 16-core GPU host) held interpolate.py to 53% of the
+    model-only rate (docs/PERF.md, section 10). Decoding keeps half the CPUs (2 to 8); writes in flight stay bounded
+    at two per writer."""
+    import interpolate
+
+    monkeypatch.setattr(video_io.os, "sched_getaffinity", lambda pid: set(range(cpus)), raising=False)
+    assert (video_io.default_io_workers(), video_io.default_png_writers()) == (decoders, writers)
+    args = interpolate.build_parser().parse_args(["--model", "m", "--input", "i", "--output", "o"])
+    info = video_io.SourceInfo(Path("i"), "folder", 64, 48, RATE, 2)
+    sink = interpolate.make_sink(tmp_path / "frames", "folder", info, RATE, args, True)
+    try:
+        assert sink.pool._max_workers == writers and sink.max_in_flight == 2 * writers
+    finally:
+        sink.abort()
+
+
 def test_a_failed_run_closes_the_source_generator(tmp_path, monkeypatch):
     """When decoding fails part-way, the source's generator (a video's open container) is closed at once."""
     closed = []
