@@ -15,6 +15,12 @@
 #   loader    train.py's own steady samples/s (graphed, 320 steps of b16) on the 720p set (Phase 2) and on an
 #             X4K-layout 2160x2160 fixture (Phase 3); the bare DataLoader on both
 #   interp    interpolate.py 4x on the clip upscaled to 1080p, with the checkpoint of `start`
+#   inference docs/PERF.md section 10 (issue 21): ours eager and graphed at 256, 720p, 1080p (flow 1.0) and 4K (flow
+#             0.25); compiled+graphed at 720p and 1080p twice in two processes (the second reads Inductor's cache:
+#             the warm start); the footage pipeline's stages (bench_pipeline.py) and interpolate.py 1080p 2x to PNG
+#             and to H.264 with the checkpoint of `start`. Peers: stage `peers`, in the same call
+#   motion    docs/LARGE_MOTION.md: the corpus, then base and flow-teacher runs (two seeds each) sharing the GPU for
+#             10 minutes, scored per motion bucket (tools/large_motion_runs.sh; needs data/cache from make_corpus.py)
 #   ablation  benchmark/ablation.py on every visible GPU (--gpus when more than one): every Phase-1 variant,
 #             ABL_STEPS (default 1500) steps at batch 16, seeds 0 and 1; then Phase 2 hybrid vs hybrid_inter
 #             (ABL2_STEPS, default 1500, steps; seeds 0 and 1)
@@ -27,7 +33,7 @@
 # Every stage has a time limit, so one slow stage cannot eat a whole GPU session.
 set -uo pipefail
 out=${1:-perf_out}; shift || true
-stages=${*:-setup start kernels infer4k peers loader interp ablation scaling}
+stages=${*:-setup start kernels infer4k peers loader interp inference motion ablation scaling}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=4
 if ls .whl/*.whl >/dev/null 2>&1; then
@@ -92,6 +98,33 @@ if want interp; then
     -c:v libx264 -crf 16 -pix_fmt yuv420p -an /tmp/bbb1080.mp4
   stage 240 python3 interpolate.py --model perf_p2_last --input /tmp/bbb1080.mp4 --output /tmp/bbb1080_4x.mp4 \
     --multi 4 --no_progress --overwrite
+fi
+if want inference; then
+  stage 300 python3 benchmark/bench_model.py --phase 2 --infer 256@1.0 720p@1.0 1080p@1.0 4k@0.25 --infer_only \
+    --cuda_graph on --json "$out/infer_graphed.json"
+  for run in cold warm; do    # the second process finds the first one's graphs in Inductor's cache
+    stage 420 python3 benchmark/bench_model.py --phase 2 --infer 720p@1.0 1080p@1.0 --infer_only --compile_infer \
+      --cuda_graph on --json "$out/infer_compiled_$run.json"
+  done
+  stage 240 python3 benchmark/bench_pipeline.py --model_ms 13 --frames 96 --outputs folder,mp4 --io_workers 8,auto,16
+  python3 - <<'PY'
+import cv2, os
+os.makedirs("/tmp/frames1080", exist_ok=True)
+video = cv2.VideoCapture("data/cache/bigbuckbunny.mp4")
+for index in range(96):
+    ok, frame = video.read()
+    if not ok:
+        break
+    cv2.imwrite(f"/tmp/frames1080/{index:05d}.png", cv2.resize(frame, (1920, 1080), interpolation=cv2.INTER_LANCZOS4))
+PY
+  stage 180 python3 interpolate.py --model perf_p2_last --input /tmp/frames1080 --output /tmp/out1080_png --multi 2 \
+    --no_progress --overwrite
+  stage 180 python3 interpolate.py --model perf_p2_last --input /tmp/frames1080 --output /tmp/out1080.mp4 --multi 2 \
+    --input_fps 24 --no_progress --overwrite
+fi
+if want motion; then
+  RUNS="base_s0 base_s1 teach_s0 teach_s1" MFS=0 stage 1500 tools/large_motion_runs.sh data/cache /tmp/lm/work \
+    "$out/motion" 20 600
 fi
 if want ablation; then
   common="--data_path data/sample_vimeo --batch_size 16 --crop_size 256 --num_workers 8"
