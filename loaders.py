@@ -7,7 +7,7 @@
     default_num_workers              the default worker count, capped at the CPU cores of one rank.
     ShardSampler, SameSizeBatchSampler + item_frame_sizes   validation: every sample once over all ranks, in
                   batches of one frame size each (full frames of mixed sizes stack, on any number of ranks).
-    start_worker                     worker start: Ctrl-C / SIGTERM left to the main process; one OpenCV thread.
+    start_worker                     worker start: Ctrl-C / SIGTERM are left to the main process.
     FrameCache            one flat read-only uint8 buffer of BGR frames, looked up by file path.
     enable_frame_cache    fill one cache from every Vimeo/X4K part of a training set and attach it to them.
     frame_cache_budget    how many bytes one rank may cache (a share of the available memory, capped).
@@ -24,7 +24,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterator, Sequence
 
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset, get_worker_info
@@ -349,11 +348,11 @@ def start_worker(worker_id: int) -> None:
     """DataLoader worker start: Ctrl-C reaches the whole process group; the main process decides when to stop and
     shuts the workers down itself, so a worker must not die of the signal in the middle of a batch.
 
-    Also one OpenCV thread per worker: the workers are the parallelism, and OpenCV's own pool (every core per
-    process) would oversubscribe the CPU several times over when they decode or run DIS (``--flow_teacher``)."""
+    It must not call ``cv2.setNumThreads``: in a forked worker that deadlocks when the parent's OpenCV thread pool
+    had been running (the frame cache decodes with OpenCV before the workers fork); measured here, a worker that
+    called it hung in its first DIS flow, while one that did not ran."""
     for number in STOP_SIGNALS:
         signal.signal(number, signal.SIG_IGN)
-    cv2.setNumThreads(1)
 
 
 def build_datasets(cfg: ExperimentConfig):

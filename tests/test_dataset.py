@@ -156,6 +156,26 @@ def test_teacher_flow_items_carry_dis_flows_of_the_augmented_frames(vimeo_root, 
     assert torch.equal(item["flow_teacher"], torch.from_numpy(teacher_flows(*frames)))
 
 
+def test_teacher_flows_in_forked_workers_after_the_parent_used_opencv_threads(vimeo_root):
+    """DIS runs in forked DataLoader workers. When the parent process had used OpenCV's thread pool before the fork
+    (any earlier blur or resize, here one big blur), a worker start that called ``cv2.setNumThreads`` deadlocked in the
+    worker's first DIS call. Run in a child process with a timeout, so a hang fails this test instead of the suite."""
+    import subprocess
+    root, _ = vimeo_root
+    script = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import cv2, numpy as np, torch\n"
+        "import loaders; from dataset import VimeoDataset\n"
+        "cv2.GaussianBlur(np.random.rand(1500, 1500, 3).astype(np.float32), (31, 31), 5)\n"
+        "data = VimeoDataset(sys.argv[2], crop_size=32); data.teacher_flow = True\n"
+        "loader = torch.utils.data.DataLoader(data, batch_size=2, num_workers=1, worker_init_fn=loaders.start_worker,\n"
+        "                                     multiprocessing_context='fork')\n"
+        "print(tuple(next(iter(loader))['flow_teacher'].shape))\n")
+    result = subprocess.run([sys.executable, "-c", script, REPO_ROOT, str(root)], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().endswith("(2, 4, 32, 32)")
+
+
 def test_vimeo_test_split_is_full_frame_rgb_and_deterministic(vimeo_root):
     root, frames = vimeo_root
     data = VimeoDataset(root, split="test")  # default crop/augment must be ignored for test
