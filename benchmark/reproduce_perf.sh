@@ -19,8 +19,9 @@
 #             0.25); compiled+graphed at 720p and 1080p twice in two processes (the second reads Inductor's cache:
 #             the warm start); the footage pipeline's stages (bench_pipeline.py) and interpolate.py 1080p 2x to PNG
 #             and to H.264 with the checkpoint of `start`. Peers: stage `peers`, in the same call
-#   motion    docs/LARGE_MOTION.md: the corpus, then base and flow-teacher runs (two seeds each) sharing the GPU for
-#             10 minutes, scored per motion bucket (tools/large_motion_runs.sh; needs data/cache from make_corpus.py)
+#   motion    docs/LARGE_MOTION.md: the corpus, then four runs sharing the GPU for 10 minutes (base; the flow teacher
+#             at weight 0.01 with seeds 0 and 1; at 0.05), scored per motion bucket (tools/large_motion_runs.sh;
+#             needs data/cache from make_corpus.py; the base's seed spread was measured in the first round)
 #   ablation  benchmark/ablation.py on every visible GPU (--gpus when more than one): every Phase-1 variant,
 #             ABL_STEPS (default 1500) steps at batch 16, seeds 0 and 1; then Phase 2 hybrid vs hybrid_inter
 #             (ABL2_STEPS, default 1500, steps; seeds 0 and 1)
@@ -123,7 +124,7 @@ PY
     --input_fps 24 --no_progress --overwrite
 fi
 if want motion; then
-  RUNS="base_s0 base_s1 teach_s0 teach_s1" MFS=0 stage 1500 tools/large_motion_runs.sh data/cache /tmp/lm/work \
+  RUNS="base_s0 teach_s0 teach_s1 teach0.05_s0" MFS=0 stage 1500 tools/large_motion_runs.sh data/cache /tmp/lm/work \
     "$out/motion" 20 600
 fi
 if want ablation; then

@@ -13,7 +13,7 @@
 #   base: strides 1-4 (the corpus as built), lr 2e-4;
 #   s24:  the same corpus without its stride-1 training triplets (more of the signal from large motion);
 #   lr5:  base with lr 5e-4;
-#   teach: base with the DIS flow teacher (--flow_teacher 0.01).
+#   teach: base with the DIS flow teacher (--flow_teacher 0.01); teach<W> (e.g. teach0.05) with weight W.
 # With MFS=1 (default) each run is also scored with --motion_flow_scale (flow scale halved from 32 px of motion).
 set -euo pipefail
 cache=$1; work=$2; out=$3; epochs=${4:-10}; limit=${5:-360}
@@ -48,6 +48,7 @@ for run in "${runs[@]}"; do
         s24) data=$work/corpus_s24 ;;
         lr5) variant=(--lr 5e-4) ;;
         teach) variant=(--flow_teacher 0.01) ;;
+        teach[0-9]*) variant=(--flow_teacher "${run%_s*}"); variant[1]=${variant[1]#teach} ;;
         *) echo "unknown variant in run name $run"; exit 2 ;;
     esac
     seed=${run##*_s}
