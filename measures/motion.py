@@ -101,7 +101,8 @@ def teacher_flows(frame0: np.ndarray, middle: np.ndarray, frame1: np.ndarray) ->
     Frames are (H, W, 3) uint8 (or float in [0, 1]), the three of one training sample after augmentation. The
     layout is the model's (model/flow.py): ``middle(p) ~ frame0(p + F_t->0(p))``, so the flows are exactly what
     the model's estimator must predict to backward-warp the inputs to the middle frame. Two DIS calls (medium
-    preset): about 3-6 ms at 256x256 on one core, computed by the data loader's workers.
+    preset): with the grey conversions about 16 ms of one core per 256x256 sample (``benchmark/bench_loader.py
+    --flow_teacher``), computed by the data loader's workers.
     """
     gray_middle = to_gray_uint8(middle)
     to0 = dis_flow(gray_middle, to_gray_uint8(frame0))
