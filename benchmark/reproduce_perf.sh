@@ -15,7 +15,7 @@
 #   loader    train.py's own steady samples/s (graphed, 320 steps of b16) on the 720p set (Phase 2) and on an
 #             X4K-layout 2160x2160 fixture (Phase 3); the bare DataLoader on both
 #   interp    interpolate.py 4x on the clip upscaled to 1080p, with the checkpoint of `start`
-#   inference docs/PERF.md section 10 (issue 21): ours eager and graphed at 256, 720p, 1080p (flow 1.0) and 4K (flow
+#   inference docs/PERF.md section 10 (issue 21): the GPU tests of the step graph and of inference; ours eager and graphed at 256, 720p, 1080p (flow 1.0) and 4K (flow
 #             0.25); compiled+graphed at 720p and 1080p twice in two processes (the second reads Inductor's cache:
 #             the warm start); the footage pipeline's stages (bench_pipeline.py) and interpolate.py 1080p 2x to PNG
 #             and to H.264 with the checkpoint of `start`. Peers: stage `peers`, in the same call
@@ -101,6 +101,7 @@ if want interp; then
     --multi 4 --no_progress --overwrite
 fi
 if want inference; then
+  stage 300 python3 -m pytest -q -p no:cacheprovider -rs tests/test_step_graph.py tests/test_inference.py   # GPU tests
   stage 300 python3 benchmark/bench_model.py --phase 2 --infer 256@1.0 720p@1.0 1080p@1.0 4k@0.25 --infer_only \
     --cuda_graph on --json "$out/infer_graphed.json"
   for run in cold warm; do    # the second process finds the first one's graphs in Inductor's cache
