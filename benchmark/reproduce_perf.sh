@@ -15,10 +15,11 @@
 #   loader    train.py's own steady samples/s (graphed, 320 steps of b16) on the 720p set (Phase 2) and on an
 #             X4K-layout 2160x2160 fixture (Phase 3); the bare DataLoader on both
 #   interp    interpolate.py 4x on the clip upscaled to 1080p, with the checkpoint of `start`
-#   inference docs/PERF.md section 10 (issue 21): the GPU tests of the step graph and of inference; ours eager and graphed at 256, 720p, 1080p (flow 1.0) and 4K (flow
-#             0.25); compiled+graphed at 720p and 1080p twice in two processes (the second reads Inductor's cache:
-#             the warm start); the footage pipeline's stages (bench_pipeline.py) and interpolate.py 1080p 2x to PNG
-#             and to H.264 with the checkpoint of `start`. Peers: stage `peers`, in the same call
+#   inference docs/PERF.md section 10 (issue 21): the GPU tests of the step graph and of inference; ours eager
+#             and graphed at 256, 720p, 1080p (flow 1.0) and 4K (flow 0.25); compiled+graphed at 720p and 1080p twice
+#             in two processes (the second reads Inductor's cache: the warm start); the footage pipeline's stages
+#             (bench_pipeline.py) and interpolate.py 1080p 2x to PNG and to H.264 with the checkpoint of `start`.
+#             Peers: stage `peers`, in the same call
 #   motion    docs/LARGE_MOTION.md: the corpus, then four runs sharing the GPU for 10 minutes (base; the flow teacher
 #             at weight 0.01 with seeds 0 and 1; at 0.05), scored per motion bucket (tools/large_motion_runs.sh;
 #             needs data/cache from make_corpus.py; the base's seed spread was measured in the first round)
