@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import warnings
 from contextlib import contextmanager, nullcontext
+from dataclasses import fields
 from typing import Any, Iterator
 
 import torch
@@ -151,10 +152,9 @@ class Trainer:
         self.model = build_model(cfg.model).to(self.device)
         with warnings.catch_warnings(record=True) as caught:   # say it once, through rank 0's log
             warnings.simplefilter("always")
-            self.loss_fn = CompositeLoss(cfg.train.phase,
-                                         LossWeights(lap=cfg.loss.lap, ter=cfg.loss.ter, vgg=cfg.loss.vgg,
-                                                     flow_smooth=cfg.loss.flow_smooth, inter=cfg.loss.inter,
-                                                     flow_teacher=cfg.loss.flow_teacher),
+            # Every weight by name from the run's LossConfig (a test keeps the two field lists and defaults equal).
+            weights = LossWeights(**{field.name: getattr(cfg.loss, field.name) for field in fields(LossWeights)})
+            self.loss_fn = CompositeLoss(cfg.train.phase, weights,
                                          vgg_weights_path=cfg.loss.vgg_weights).to(self.device)
         for warning in caught:
             log(f"warning: {warning.message}")

@@ -35,10 +35,10 @@ from dataset import DatasetError
 from distributed import DistributedContext, init_distributed, shutdown_distributed
 from loaders import STOP_SIGNALS, build_datasets, curriculum_max_gap, make_loaders
 from measures.visualize import sample_grid
+from model.loss import LOSS_LOG_KEYS
 from Trainer import Trainer, TrainingDiverged
 
-LOSS_TAGS = ("loss_lap", "loss_ter", "loss_vgg", "loss_flow_smooth", "loss_inter", "loss_flow_teacher",
-             "loss_total")   # total last
+LOSS_TAGS = LOSS_LOG_KEYS   # the loss terms every step logs, total last: one list for the loss and its logging
 
 
 class NullWriter:

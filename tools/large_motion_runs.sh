@@ -48,7 +48,7 @@ for run in "${runs[@]}"; do
         s24) data=$work/corpus_s24 ;;
         lr5) variant=(--lr 5e-4) ;;
         teach) variant=(--flow_teacher 0.01) ;;
-        teach[0-9]*) variant=(--flow_teacher "${run%_s*}"); variant[1]=${variant[1]#teach} ;;
+        teach[0-9]*) weight=${run%_s*}; variant=(--flow_teacher "${weight#teach}") ;;
         *) echo "unknown variant in run name $run"; exit 2 ;;
     esac
     seed=${run##*_s}
