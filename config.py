@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
@@ -347,6 +348,15 @@ def positive_float(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be positive, got {text}")
     return value
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity on Linux, else the machine's count): what worker and thread
+    defaults are sized by (loaders.default_num_workers, footage.video_io's I/O threads)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):          # not on Linux
+        return os.cpu_count() or 1
 
 
 def resolve_device(text: str | None) -> torch.device:

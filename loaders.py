@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset, get_worker_info
 
-from config import DEFAULT_NUM_WORKERS, ConfigError, ExperimentConfig
+from config import DEFAULT_NUM_WORKERS, ConfigError, ExperimentConfig, usable_cpus
 from dataset import (DatasetError, MixedDataset, VimeoDataset, X4KDataset, image_size, png_header_size, read_bgr,
                      triplet_parts)
 
@@ -319,11 +319,7 @@ class EpochSeededDataset(Dataset):
 def default_num_workers(preferred: int, local_world_size: int = 1) -> tuple[int, int]:
     """``(workers, cores per rank)``: ``preferred`` capped at the CPU cores this process may run on, shared
     evenly by the ranks on this machine (more workers than cores only adds switching, and PyTorch warns)."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
-    per_rank = max(1, cores // max(1, local_world_size))
+    per_rank = max(1, usable_cpus() // max(1, local_world_size))
     return min(preferred, per_rank), per_rank
 
 

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Callable, Iterator
 import cv2
 import numpy as np
 
+from config import usable_cpus
 from footage.colour import ColourInfo
 from model.frames import read_rgb_uint8
 
@@ -64,14 +65,6 @@ class VideoIOError(RuntimeError):
 
 
 MAX_PNG_WRITERS = 16
-
-
-def usable_cpus() -> int:
-    """The CPUs this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):          # not on Linux
-        return os.cpu_count() or 1
 
 
 def default_io_workers() -> int:
