@@ -312,6 +312,50 @@ def test_chunked_half_precision_warp_matches_one_pass():
     torch.testing.assert_close(chunked, whole, rtol=0, atol=0)
 
 
+def _dynamo_graph_calls(function, *inputs) -> tuple[torch.Tensor, list[str]]:
+    """Run ``function`` under torch.compile with a backend that records Dynamo's graph: (output, call targets)."""
+    calls: list[str] = []
+
+    def record(graph_module, example_inputs):
+        calls.extend(str(node.target) for node in graph_module.graph.nodes if node.op == "call_function")
+        return graph_module.forward
+
+    torch._dynamo.reset()
+    return torch.compile(function, backend=record, fullgraph=True)(*inputs), calls
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_compiled_inference_warp_keeps_atens_grid_sample_as_one_opaque_call(dtype):
+    """Compiled without gradients, the warp's sampling is the custom operator (ATen's kernel inside the graph, not
+    Inductor's decomposition: docs/PERF.md 10.1) and gives the eager result exactly; with gradients it stays
+    F.grid_sample, which has autograd."""
+    image, flow = torch.rand(2, 5, 9, 11).to(dtype), torch.randn(2, 2, 9, 11) * 3
+    eager = backward_warp(image, flow, max_chunk_elements=2 * 9 * 11 * 2)
+    with torch.no_grad():
+        compiled, calls = _dynamo_graph_calls(lambda a, b: backward_warp(a, b, max_chunk_elements=2 * 9 * 11 * 2),
+                                              image, flow)
+    assert sum("border_grid_sample_inference" in call for call in calls) == (1 if dtype == torch.float32 else 3)
+    assert not any("grid_sample" in call and "border" not in call for call in calls)
+    torch.testing.assert_close(compiled, eager, rtol=0, atol=0)
+
+    image.requires_grad_(True)
+    trained, calls = _dynamo_graph_calls(backward_warp, image, flow)
+    assert not any("border_grid_sample_inference" in call for call in calls)
+    trained.float().sum().backward()
+    assert image.grad is not None and image.grad.abs().sum() > 0
+
+
+def test_the_opaque_warp_compiles_with_inductor_to_the_eager_result():
+    """Inductor lowers the custom operator as a call to its implementation; the fake's contiguous output is what the
+    implementation returns, also for a channels-last input (Inductor's layout choice around convolutions)."""
+    image = torch.rand(1, 4, 8, 10).to(memory_format=torch.channels_last)
+    flow = torch.randn(1, 2, 8, 10) * 2
+    torch._dynamo.reset()
+    with torch.no_grad():
+        compiled = torch.compile(lambda a, b: backward_warp(a, b) * 2 + 1, fullgraph=True)(image, flow)
+    torch.testing.assert_close(compiled, backward_warp(image, flow) * 2 + 1, rtol=1e-6, atol=1e-6)
+
+
 def test_backward_warp_module_caches_per_size_and_device():
     warp = BackwardWarp()
     image = torch.rand(1, 3, 5, 7)
