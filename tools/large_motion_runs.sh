@@ -52,7 +52,12 @@ for run in "${runs[@]}"; do
         *) echo "unknown variant in run name $run"; exit 2 ;;
     esac
     seed=${run##*_s}
-    timeout --signal=INT "$limit" $python train.py --phase 2 --data_path "$data" --batch_size "$batch" --crop_size "$crop" \
+    # One OpenCV thread per process (read when each process first uses OpenCV's pool: no cv2.setNumThreads call,
+    # which deadlocks in a forked worker, loaders.start_worker) and a lower priority: several runs' loader workers
+    # compute DIS flows and augment at once, and at OpenCV's default (a pool as wide as the machine in every worker)
+    # 4 runs x 3 workers ask for 12 x 16 threads on a 16-core host. Whatever else runs there (the GPU machine's own
+    # agent, the evaluation) keeps its share. The training itself is GPU-bound and loses nothing measurable.
+    OPENCV_FOR_THREADS_NUM=1 timeout --signal=INT "$limit" nice -n 10 $python train.py --phase 2 --data_path "$data" --batch_size "$batch" --crop_size "$crop" \
         --lr 2e-4 --warmup_steps 100 --epochs "$epochs" --steps_per_epoch "$steps" --eval_interval 1000 $extra \
         --num_workers 3 --seed "$seed" --exp_name "lm_$run" --ckpt_dir "$work/ckpt" --log_dir "$work/log" \
         --image_every 100000 "${variant[@]}" > "$out/train_$run.log" 2>&1 &
