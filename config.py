@@ -82,6 +82,11 @@ class ModelConfig:
     # Phase 2/3 flow pipeline.
     use_flow: bool = False
     flow_widths: tuple[int, ...] = (240, 150, 90)
+    # Working scale of each flow block, coarse to fine (RIFE_m: 4, 2, 1; block k's trunk runs at 1/(4 s_k) of the frame).
+    # (8, 4, 2) does a quarter of the flow estimator's arithmetic (391 -> 98 GFLOP at 1080p, docs/PERF.md 10.2) and
+    # gives each block's first grid exactly the backbone level it reads (1/16, 1/8, 1/4); its quality is measured by
+    # the fs842 runs of docs/LARGE_MOTION.md, not assumed.
+    flow_scales: tuple[int, ...] = (4, 2, 1)
     flow_res_layers: int = 8
     flow_use_features: bool = True
     context_channels: int = 16
@@ -113,6 +118,13 @@ class ModelConfig:
             raise ConfigError(f"mHC needs at least 2 streams, got {self.mhc_streams}")
         if len(self.refine_channels) != 4:
             raise ConfigError("refine_channels needs four entries (scales 1, 1/2, 1/4, 1/8)")
+        if len(self.flow_widths) != 3 or len(self.flow_scales) != 3:
+            raise ConfigError("flow_widths and --flow_scales need three entries (one per flow block: the blocks read "
+                              "the backbone's 1/16, 1/8 and 1/4 features)")
+        if any(not isinstance(s, int) or s < 1 for s in self.flow_scales) or \
+                any(coarse < fine for coarse, fine in zip(self.flow_scales, self.flow_scales[1:])):
+            raise ConfigError(f"--flow_scales must be positive integers from coarse to fine (e.g. 4 2 1 or 8 4 2), "
+                              f"got {' '.join(map(str, self.flow_scales))}")
 
 
 DEFAULT_NUM_WORKERS = 8               # the spec's default; a machine with fewer cores per rank gets fewer
@@ -442,6 +454,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
                        help="phases 2/3: weight of the flow-teacher term, which pulls the estimated flow towards "
                             "OpenCV DIS flows from the middle frame where those warp better (default 0 = off; "
                             "docs/LARGE_MOTION.md)")
+    extra.add_argument("--flow_scales", type=positive_int, nargs=3, default=None, metavar="S",
+                       help="phases 2/3: working scale of the three flow blocks, coarse to fine (default 4 2 1 as in "
+                            "RIFE_m; 8 4 2 does a quarter of the flow arithmetic, docs/PERF.md 10.2)")
     extra.add_argument("--vgg_weights", type=str, default=None,
                        help="local VGG19 weights file for the perceptual loss (or env THESIS_VGG_WEIGHTS)")
     extra.add_argument("--ckpt_dir", type=str, default=None, help="checkpoint folder (default ckpt)")
@@ -462,6 +477,7 @@ _FLAG_FIELDS: dict[str, tuple[str, str]] = {
     "backbone_mode": ("model", "backbone_mode"), "use_mhc": ("model", "use_mhc"), "use_ecab": ("model", "use_ecab"),
     "ssd_backend": ("model", "ssm_backend"), "vgg_weights": ("loss", "vgg_weights"),
     "inter_weight": ("loss", "inter"), "flow_teacher": ("loss", "flow_teacher"),
+    "flow_scales": ("model", "flow_scales"),
 }
 _NOT_FIELDS = {"phase", "model_size", "ablation", "mixed_ratio", "no_progress"}   # not part of a run's config
 
@@ -474,7 +490,7 @@ def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
         if value is None or name in _NOT_FIELDS:
             continue
         section, field_name = _FLAG_FIELDS.get(name, ("train", name))
-        sections[section][field_name] = value
+        sections[section][field_name] = tuple(value) if isinstance(value, list) else value
     if args.mixed_ratio is not None:
         sections["data"]["mixed_ratio"] = parse_mixed_ratio(args.mixed_ratio)
     cfg = ExperimentConfig(model=replace(cfg.model, **sections["model"]), data=replace(cfg.data, **sections["data"]),

@@ -114,7 +114,8 @@ def measure_inference(model, name: str, args, device: str, execution: str = "eag
     runner = InferenceRunner(model, "on" if graphed else "off", compile=execution.startswith("compiled"))
     infer, flow_scale = inference_call(runner, name, args, device)
     row = {"kind": "infer", "phase": args.phase, "mode": model.config.backbone_mode, "resolution": name,
-           "flow_scale": flow_scale, "amp": args.amp, "exec": execution}
+           "flow_scale": flow_scale, "flow_blocks": "x".join(map(str, model.config.flow_scales)) if model.config.use_flow else "-", "amp": args.amp,
+           "exec": execution}
     if reference is not None:
         if device == "cuda":
             torch.cuda.synchronize()
@@ -271,6 +272,8 @@ def main() -> None:
     parser.add_argument("--infer", nargs="*", default=[],
                         help=f"inference resolutions: {', '.join(RESOLUTIONS)}, each optionally @FLOW_SCALE "
                              f"(1080p@1.0)")
+    parser.add_argument("--flow_scales", type=int, nargs=3, default=None, metavar="S",
+                        help="the flow blocks' working scales, as train.py's flag (default: the preset's 4 2 1)")
     parser.add_argument("--reps", type=int, default=20)
     parser.add_argument("--compile", action="store_true",
                         help="also time the training step with torch.compile on the model and the loss")
@@ -320,6 +323,8 @@ def main() -> None:
             if mode == "gated_attn_only" and backend != args.ssd_backends[0]:
                 continue   # no SSM in this mode
             cfg = replace(preset(args.phase, args.model_size).model, backbone_mode=mode, ssm_backend=backend)
+            if args.flow_scales:
+                cfg = replace(cfg, flow_scales=tuple(args.flow_scales))
             torch.manual_seed(0)
             stamp(f"building phase {args.phase} {mode} (ssd {backend})")
             model = build_model(cfg).to(device).train()

@@ -16,12 +16,14 @@
 #             X4K-layout 2160x2160 fixture (Phase 3); the bare DataLoader on both
 #   interp    interpolate.py 4x on the clip upscaled to 1080p, with the checkpoint of `start`
 #   inference docs/PERF.md section 10 (issue 21): the GPU tests of the step graph and of inference; ours eager
-#             and graphed at 256, 720p, 1080p (flow 1.0) and 4K (flow 0.25); compiled+graphed at 720p and 1080p twice
+#             and graphed at 256, 720p, 1080p (flow 1.0) and 4K (flow 0.25), and at 720p and 1080p with --flow_scales
+#             8 4 2; compiled+graphed at 720p and 1080p twice
 #             in two processes (the second reads Inductor's cache: the warm start); the footage pipeline's stages
 #             (bench_pipeline.py) and interpolate.py 1080p 2x to PNG and to H.264 with the checkpoint of `start`.
 #             Peers: stage `peers`, in the same call
 #   motion    docs/LARGE_MOTION.md: the corpus, then four runs sharing the GPU for 10 minutes (base; the flow teacher
-#             at weight 0.01 with seeds 0 and 1; at 0.05), scored per motion bucket (tools/large_motion_runs.sh;
+#             at weight 0.01 with seeds 0 and 1; the flow blocks at scales 8 4 2, a quarter of the flow arithmetic),
+#             scored per motion bucket (tools/large_motion_runs.sh;
 #             needs data/cache from make_corpus.py; the base's seed spread was measured in the first round)
 #   ablation  benchmark/ablation.py on every visible GPU (--gpus when more than one): every Phase-1 variant,
 #             ABL_STEPS (default 1500) steps at batch 16, seeds 0 and 1; then Phase 2 hybrid vs hybrid_inter
@@ -105,6 +107,10 @@ if want inference; then
   stage 300 python3 -m pytest -q -p no:cacheprovider -rs tests/test_step_graph.py tests/test_inference.py   # GPU tests
   stage 300 python3 benchmark/bench_model.py --phase 2 --infer 256@1.0 720p@1.0 1080p@1.0 4k@0.25 --infer_only \
     --cuda_graph on --json "$out/infer_graphed.json"
+  # The same with the flow blocks one octave coarser (--flow_scales 8 4 2; docs/PERF.md 10.2): its quality is the
+  # motion stage's fs842 run
+  stage 240 python3 benchmark/bench_model.py --phase 2 --flow_scales 8 4 2 --infer 720p@1.0 1080p@1.0 --infer_only \
+    --cuda_graph on --json "$out/infer_graphed_fs842.json"
   for run in cold warm; do    # the second process finds the first one's graphs in Inductor's cache
     stage 420 python3 benchmark/bench_model.py --phase 2 --infer 720p@1.0 1080p@1.0 --infer_only --compile_infer \
       --cuda_graph on --json "$out/infer_compiled_$run.json"
@@ -126,7 +132,7 @@ PY
     --input_fps 24 --no_progress --overwrite
 fi
 if want motion; then
-  RUNS="base_s0 teach_s0 teach_s1 teach0.05_s0" MFS=0 stage 1500 tools/large_motion_runs.sh data/cache /tmp/lm/work \
+  RUNS="base_s0 teach_s0 teach_s1 fs842_s0" MFS=0 stage 1500 tools/large_motion_runs.sh data/cache /tmp/lm/work \
     "$out/motion" 20 600
 fi
 if want ablation; then

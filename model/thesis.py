@@ -90,7 +90,8 @@ class ThesisModel(nn.Module):
             # Block 0 (coarsest) sees the 1/16 features, block 1 the 1/8, block 2 the 1/4 (VFIMamba feeds its
             # motion heads the backbone's coarse features).
             feature_channels = tuple(channels[k] for k in (4, 3, 2)) if cfg.flow_use_features else (0, 0, 0)
-            self.flow_estimator = OpticalFlowEstimator(widths=tuple(cfg.flow_widths), num_res_layers=cfg.flow_res_layers,
+            self.flow_estimator = OpticalFlowEstimator(widths=tuple(cfg.flow_widths), scales=tuple(cfg.flow_scales),
+                                                       num_res_layers=cfg.flow_res_layers,
                                                        feature_channels=feature_channels)
             self.context = ContextNet(base_channels=cfg.context_channels)
             context_channels = tuple(cfg.context_channels * 2 ** k for k in range(3))

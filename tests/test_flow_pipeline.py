@@ -90,3 +90,31 @@ def test_dry_run_phase2_and_phase3_log_flow_smoothness(vimeo_root, tmp_path, pha
     if phase == 3:
         assert events.Scalars("curriculum/max_gap")[0].value == 2
     assert load_checkpoint(tmp_path / "ckpt" / f"dry{phase}_dryrun_last.pt")["config"]["train"]["phase"] == phase
+
+
+def test_coarser_flow_scales_do_a_quarter_of_the_flow_arithmetic_and_still_interpolate():
+    """--flow_scales 8 4 2 (config.ModelConfig.flow_scales): every block one octave coarser, so each block's trunk
+    has a quarter of the pixels (docs/PERF.md 10.2); the model still returns full-size outputs at an odd size and
+    trains (gradients reach the flow blocks)."""
+    from dataclasses import replace
+    from torch.utils.flop_counter import FlopCounterMode
+
+    def flow_gflop(model) -> float:
+        counter = FlopCounterMode(display=False)
+        with torch.no_grad(), counter:
+            model(torch.rand(1, 3, 128, 128), torch.rand(1, 3, 128, 128), 0.5)
+        return sum(counter.get_flop_counts()["ThesisModel.flow_estimator"].values()) / 1e9
+
+    torch.manual_seed(0)
+    fine = build_model(preset(2, "tiny")).eval()
+    torch.manual_seed(0)
+    coarse = build_model(replace(preset(2, "tiny").model, flow_scales=(8, 4, 2))).eval()
+    assert coarse.flow_estimator.scales == (8, 4, 2) and fine.flow_estimator.scales == (4, 2, 1)
+    assert 0.2 < flow_gflop(coarse) / flow_gflop(fine) < 0.3
+
+    img0, img1 = torch.rand(2, 3, 70, 90), torch.rand(2, 3, 70, 90)
+    coarse.train()
+    out = coarse(img0, img1, 0.5)
+    assert out.pred.shape == (2, 3, 70, 90) and out.flow.shape == (2, 4, 70, 90)
+    out.pred.mean().backward()
+    assert all(p.grad is not None for p in coarse.flow_estimator.blocks[0].parameters())

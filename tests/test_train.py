@@ -15,7 +15,7 @@ import torch
 
 import train
 from checkpoint import load_checkpoint, model_from_checkpoint
-from config import config_from_argv
+from config import ExperimentConfig, config_from_argv
 from loaders import CURRICULUM_GAPS, curriculum_max_gap
 from measures.visualize import sample_grid
 from model.loss import CompositeLoss
@@ -157,6 +157,9 @@ def test_missing_checkpoint_and_dataset_give_one_line_errors(vimeo_root, tmp_pat
     (["--crop_size", "100"], "--crop_size"),
     (["--flow_teacher", "0.01"], "--flow_teacher"),            # phase 1 has no flow to teach
     (["--phase", "2", "--flow_teacher", "-1"], "--flow_teacher"),
+    (["--phase", "2", "--flow_scales", "1", "2", "4"], "--flow_scales"),       # fine to coarse
+    (["--phase", "2", "--flow_scales", "4", "2"], "--flow_scales"),            # one per block
+    (["--phase", "2", "--flow_scales", "4", "2", "0"], "--flow_scales"),
 ])
 def test_nonsense_flags_exit_with_one_line(vimeo_root, tmp_path, capsys, flags, fragment):
     with pytest.raises(SystemExit) as stop:
@@ -186,6 +189,13 @@ def test_flags_override_the_phase_preset(vimeo_root):
     cfg = config_from_argv(["--data_path", str(vimeo_root)])
     assert (cfg.train.lr, cfg.train.epochs, cfg.data.batch_size, cfg.data.crop_size) == (2e-4, 300, 8, 256)
     assert cfg.loss.flow_smooth == 0.0          # phase 1 has no flow
+    assert cfg.model.flow_scales == (4, 2, 1)
+    cfg = config_from_argv(["--data_path", str(vimeo_root), "--phase", "2", "--flow_scales", "8", "4", "2"])
+    assert cfg.model.flow_scales == (8, 4, 2)      # a tuple, as a saved config rebuilds it: resume compares them
+    assert ExperimentConfig.from_dict(cfg.to_dict()) == cfg
+    saved_before_the_field = cfg.to_dict()
+    del saved_before_the_field["model"]["flow_scales"]
+    assert ExperimentConfig.from_dict(saved_before_the_field).model.flow_scales == (4, 2, 1)
 
 
 def test_nonfinite_loss_is_skipped_loudly_then_stops(vimeo_root, tmp_path, capsys, monkeypatch):

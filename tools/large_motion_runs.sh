@@ -13,7 +13,9 @@
 #   base: strides 1-4 (the corpus as built), lr 2e-4;
 #   s24:  the same corpus without its stride-1 training triplets (more of the signal from large motion);
 #   lr5:  base with lr 5e-4;
-#   teach: base with the DIS flow teacher (--flow_teacher 0.01); teach<W> (e.g. teach0.05) with weight W.
+#   teach: base with the DIS flow teacher (--flow_teacher 0.01); teach<W> (e.g. teach0.05) with weight W;
+#   fs842: base with the flow blocks one octave coarser (--flow_scales 8 4 2: a quarter of the flow arithmetic,
+#          docs/PERF.md 10.2); fs842teach: the same with the teacher at 0.01.
 # With MFS=1 (default) each run is also scored with --motion_flow_scale (flow scale halved from 32 px of motion).
 set -euo pipefail
 cache=$1; work=$2; out=$3; epochs=${4:-10}; limit=${5:-360}
@@ -49,6 +51,8 @@ for run in "${runs[@]}"; do
         lr5) variant=(--lr 5e-4) ;;
         teach) variant=(--flow_teacher 0.01) ;;
         teach[0-9]*) weight=${run%_s*}; variant=(--flow_teacher "${weight#teach}") ;;
+        fs842) variant=(--flow_scales 8 4 2) ;;
+        fs842teach) variant=(--flow_scales 8 4 2 --flow_teacher 0.01) ;;
         *) echo "unknown variant in run name $run"; exit 2 ;;
     esac
     seed=${run##*_s}
