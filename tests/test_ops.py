@@ -358,17 +358,18 @@ def test_the_opaque_warp_compiles_with_inductor_to_the_eager_result():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the CUDA kernels need a GPU")
 def test_compiled_warp_on_the_gpu_is_atens_result_exactly():
-    """On CUDA the opaque operator runs ATen's CUDA kernel inside the Inductor graph: the compiled warp of a bf16
-    feature map and of a float32 image equals eager bit for bit."""
+    """On CUDA the opaque operator runs ATen's CUDA kernel inside the Inductor graph: the compiled warp of a float32
+    image and of a bf16 feature map equals eager up to the grid arithmetic's rounding (Triton may fuse the
+    flow-to-grid multiply and add into one FMA): 1e-5 in float32, one bf16 step in bf16."""
     generator = torch.Generator(device="cuda").manual_seed(0)
     image = torch.rand(2, 16, 72, 128, device="cuda", generator=generator)
     flow = torch.randn(2, 2, 72, 128, device="cuda", generator=generator) * 5
     torch._dynamo.reset()
     compiled = torch.compile(backward_warp, fullgraph=True)
     with torch.no_grad():
-        for dtype in (torch.float32, torch.bfloat16):
+        for dtype, tolerance in ((torch.float32, 1e-5), (torch.bfloat16, 2 ** -7)):
             torch.testing.assert_close(compiled(image.to(dtype), flow), backward_warp(image.to(dtype), flow),
-                                       rtol=0, atol=0)
+                                       rtol=0, atol=tolerance)
 
 
 def test_backward_warp_module_caches_per_size_and_device():
