@@ -130,6 +130,9 @@ PY
     --no_progress --overwrite
   stage 180 python3 interpolate.py --model perf_p2_last --input /tmp/frames1080 --output /tmp/out1080.mp4 --multi 2 \
     --input_fps 24 --no_progress --overwrite
+  # x264 at `medium` makes about 4 frames/s of 1080p per core here (docs/PERF.md 10): whether 16 cores keep up
+  stage 180 python3 interpolate.py --model perf_p2_last --input /tmp/frames1080 --output /tmp/out1080f.mp4 --multi 2 \
+    --input_fps 24 --preset faster --no_progress --overwrite
 fi
 if want motion; then
   RUNS="base_s0 teach_s0 teach_s1 fs842_s0" MFS=0 stage 1500 tools/large_motion_runs.sh data/cache /tmp/lm/work \
