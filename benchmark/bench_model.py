@@ -22,6 +22,7 @@ of the timed calls, cudnn.benchmark on. Run the peers' own code the same way in 
 from __future__ import annotations
 
 import argparse
+import copy
 import faulthandler
 import gc
 import json
@@ -98,23 +99,30 @@ def difference_stats(result: torch.Tensor, reference: torch.Tensor) -> dict:
             "p999_abs_diff_vs_eager": float(difference.topk(top).values.min())}
 
 
-def measure_inference(model, name: str, args, device: str, execution: str = "eager") -> dict:
+def measure_inference(model, name: str, args, device: str, execution: str = "eager",
+                      align_channels: bool = True) -> dict:
     """Median ms and peak GiB of one 2x interpolation at a named resolution.
 
     execution: "eager", "graphed" (CUDA graph replay), "compiled" or "compiled+graphed" (the model is compiled in
-    place with :func:`model.inference.compile_for_inference`, what ``interpolate.py --compile`` does). Beside eager
-    it also reports the first call's seconds (warm-up and capture, plus compilation) and the pixel differences
-    from the eager prediction.
+    place with :func:`model.inference.compile_for_inference`, what ``interpolate.py --compile`` does, with the
+    flow estimator's channels aligned or not as ``align_channels`` says; the row records which). Beside eager it
+    also reports the first call's seconds (warm-up and capture, plus compilation) and the pixel differences from
+    the eager prediction.
     """
-    from model.inference import InferenceRunner
+    from model.inference import InferenceRunner, compile_for_inference
     reference = None
     if execution != "eager":           # the eager prediction, taken before the model is compiled in place
         reference = inference_call(InferenceRunner(model, "off"), name, args, device)[0]()
     graphed = execution.endswith("graphed")
-    runner = InferenceRunner(model, "on" if graphed else "off", compile=execution.startswith("compiled"))
+    compiled = execution.startswith("compiled")
+    if compiled:
+        compile_for_inference(model, align_channels=align_channels)
+    runner = InferenceRunner(model, "on" if graphed else "off")
     infer, flow_scale = inference_call(runner, name, args, device)
     row = {"kind": "infer", "phase": args.phase, "mode": model.config.backbone_mode, "resolution": name,
            "flow_scale": flow_scale, "amp": args.amp, "exec": execution}
+    if compiled:
+        row["align_channels"] = align_channels
     if reference is not None:
         if device == "cuda":
             torch.cuda.synchronize()
@@ -131,7 +139,7 @@ def measure_inference(model, name: str, args, device: str, execution: str = "eag
         del reference, first
     if device == "cuda":
         torch.cuda.empty_cache()
-    stamp(f"inference {name} ({row['exec']})")
+    stamp(f"inference {name} ({describe_execution(row)})")
     timing = measure(infer, device, warmup=2, reps=max(3, args.reps // 4))
     height, width, _ = parse_infer_name(name)
     peak = max(timing.peak_gib or 0.0, runner.capture_peak_gib or 0.0)       # a replay allocates nothing
@@ -143,6 +151,35 @@ def measure_inference(model, name: str, args, device: str, execution: str = "eag
                                       height, width))
     runner.clear()
     return row
+
+
+def describe_execution(row: dict) -> str:
+    """"compiled+graphed, channels aligned" for a row's ``exec`` and ``align_channels``."""
+    if "align_channels" not in row:
+        return row["exec"]
+    return f"{row['exec']}, channels {'aligned' if row['align_channels'] else 'as trained'}"
+
+
+def parse_align_channels(text: str) -> tuple[bool, ...]:
+    """"on,off" -> (True, False): the compiled rows' channel-alignment settings, in the order to run them."""
+    names = [name.strip() for name in text.split(",")]
+    if not names or any(name not in ("on", "off") for name in names) or len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"{text!r}: give on, off, or both separated by a comma (on,off)")
+    return tuple(name == "on" for name in names)
+
+
+def reset_compilation() -> None:
+    """Forget the compiled code and the compile counters of earlier rows, so that the next compiled row compiles from
+    scratch and its ``compile`` record counts its own compilation only (kernels already built on disk stay in
+    Inductor's cache)."""
+    from torch._dynamo.utils import counters
+    torch.compiler.reset()
+    counters.clear()
+    try:
+        from torch._dynamo.utils import compilation_time_metrics
+        compilation_time_metrics.clear()
+    except ImportError:                          # pragma: no cover - a torch without Dynamo's timers
+        pass
 
 
 PEER_TRAIN = ((4, "fp32"), (4, "bf16"), (8, "bf16"), (16, "bf16"))
@@ -278,6 +315,10 @@ def main() -> None:
                         help="after the --infer rows, compile the model for inference (interpolate.py --compile) "
                              "and time the last --infer resolution again (replayed as a CUDA graph unless "
                              "--cuda_graph off)")
+    parser.add_argument("--align_channels", type=parse_align_channels, default=(True,),
+                        help="--compile_infer rows: with the flow estimator's trunk zero-padded to channel counts in "
+                             "multiples of 8 (on, the default, as interpolate.py --compile runs), without (off), or "
+                             "both in this process (on,off: one row each, each on a copy of the model)")
     parser.add_argument("--cuda_graph", choices=("auto", "on", "off"), default="auto",
                         help="inference rows: beside each eager row a CUDA-graph row (auto: on CUDA only)")
     parser.add_argument("--infer_only", action="store_true", help="skip the training-step rows")
@@ -371,8 +412,15 @@ def main() -> None:
                         warp.max_chunk_elements = 1 << 26
             if args.compile_infer and args.infer:
                 execution = "compiled+graphed" if graphs else "compiled"
-                rows.append(measure_inference(model, args.infer[-1], args, device, execution))
-                print(rows[-1], flush=True)
+                for index, align in enumerate(args.align_channels):
+                    # Each setting compiles (and aligns) a copy of its own, so that every row starts from the same
+                    # unaligned, uncompiled weights; a lone setting compiles the model itself, as before.
+                    candidate = copy.deepcopy(model) if len(args.align_channels) > 1 else model
+                    if index:
+                        reset_compilation()
+                    rows.append(measure_inference(candidate, args.infer[-1], args, device, execution, align))
+                    print(rows[-1], flush=True)
+                    del candidate
             del model
             if device == "cuda":
                 torch.cuda.empty_cache()
@@ -382,7 +430,7 @@ def main() -> None:
     from model.inference import describe_runtime
     for row in rows:
         if "runtime" in row:
-            print(f"{row['resolution']} {row['exec']}: {describe_runtime(row['runtime'])}")
+            print(f"{row['resolution']} {describe_execution(row)}: {describe_runtime(row['runtime'])}")
     if args.json:
         Path(args.json).write_text(json.dumps({"device": device_name, "rows": rows}, indent=2))
 

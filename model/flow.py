@@ -126,7 +126,9 @@ class FlowBlock(nn.Module):
             if features.shape[1] != 2 * self.feature_channels or features.shape[-2:] != x.shape[-2:]:
                 raise ValueError(f"FlowBlock features must be (B, {2 * self.feature_channels}, "
                                  f"{x.shape[-2]}, {x.shape[-1]}), got {tuple(features.shape)}")
-            stage2_parts = [x, self.feature_projection(features.to(compute_dtype))]
+            # The projection's input is the caller's concatenation of both frames' features: compiled, its
+            # channels are padded inside that concatenation when they are not a multiple of 8.
+            stage2_parts = [x, run_conv_prelu(self.feature_projection, [features.to(compute_dtype)])]
         else:
             stage2_parts = [x]
         x = run_conv_prelu(self.stage2, stage2_parts)   # compiled: an unaligned 2 x 75 becomes 152 in the concat
@@ -152,8 +154,8 @@ class FlowBlock(nn.Module):
         ``cat(stage1, feature projection)`` with each half padded on its own (real channels at 0..h-1 and
         hp..hp+h-1 of 2 * hp, h = half width, hp = h aligned); the ConvTranspose2d head gets zero input rows (its
         weight is (in, out, k, k)) and keeps its 5 outputs. Stage1's image-space input (7 or 18 channels) and the
-        feature projection's input keep their counts: their producers are concatenations, which
-        :func:`model.backbone.run_conv_prelu` pads at run time under ``torch.compile``.
+        feature projection's input (both frames' features) keep their counts: their producers are concatenations
+        outside the trunk, which :func:`model.backbone.run_conv_prelu` pads at run time under ``torch.compile``.
 
         The aligned block's ``state_dict`` has shapes no checkpoint has: ``state_dict()`` and
         ``load_state_dict()`` on it raise :class:`AlignedForInferenceError`. ``width`` and ``in_channels`` keep
