@@ -10,6 +10,8 @@ Examples:
     python benchmark/bench_model.py --phase 1 --modes hybrid mamba2_only gated_attn_only --batch 4 --size 256
     python benchmark/bench_model.py --phase 2 --batch 4 --size 256 --infer 1080p 2k 4k
     python benchmark/bench_model.py --phase 2 --peer_table --json ours_p2.json
+    python benchmark/bench_model.py --phase 2 --infer 1080p@1.0 --infer_only --compile_infer --align_channels on,off \
+        --kernel_profile
 
 ``--peer_table`` prints the rows of the side-by-side comparison with other VFI models (RIFE, EMA-VFI) under one
 definition for every model: a training step (forward, the training loss as the trainer builds it with the VGG
@@ -35,7 +37,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmark.timing import measure  # noqa: E402
+from benchmark.timing import kernel_profile, measure  # noqa: E402
 from config import preset  # noqa: E402
 from model import build_model, count_parameters  # noqa: E402
 from model.inference import runtime_record  # noqa: E402
@@ -45,6 +47,8 @@ from model.warplayer import BackwardWarp  # noqa: E402
 RESOLUTIONS = {"256": (256, 256), "720p": (720, 1280), "1080p": (1080, 1920), "2k": (1080, 2048), "4k": (2160, 3840)}
 FLOW_SCALE = {"256": 1.0, "720p": 1.0, "1080p": 0.5, "2k": 0.5, "4k": 0.25}
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
+# cuDNN's channel-padding pass before a convolution, and its layout conversions (names as cuDNN 9 gives them).
+KERNEL_PATTERNS = ("Padding", "nchwToNhwc", "nhwcToNchw")
 
 
 def stamp(message: str) -> None:
@@ -107,7 +111,8 @@ def measure_inference(model, name: str, args, device: str, execution: str = "eag
     place with :func:`model.inference.compile_for_inference`, what ``interpolate.py --compile`` does, with the
     flow estimator's channels aligned or not as ``align_channels`` says; the row records which). Beside eager it
     also reports the first call's seconds (warm-up and capture, plus compilation) and the pixel differences from
-    the eager prediction.
+    the eager prediction. With ``--kernel_profile`` a compiled row also lists the kernels of the compiled model
+    called without a CUDA graph (``kernels``: :func:`benchmark.timing.kernel_profile`).
     """
     from model.inference import InferenceRunner, compile_for_inference
     reference = None
@@ -150,6 +155,13 @@ def measure_inference(model, name: str, args, device: str, execution: str = "eag
                runtime=runtime_record(timing.median_ms, runner.mode, device, peak if device == "cuda" else None,
                                       height, width))
     runner.clear()
+    if compiled and getattr(args, "kernel_profile", None) is not None:
+        # The same compiled code, launched kernel by kernel: a graph replay may not be listed kernel by kernel.
+        unrecorded = inference_call(InferenceRunner(model, "off"), name, args, device)[0]
+        row["kernels"] = kernel_profile(unrecorded, device, args.kernel_profile or KERNEL_PATTERNS)
+        for pattern, found in row["kernels"]["matching"].items():
+            print(f"kernels matching {pattern!r}: {found['per_call']:g} per call, {found['ms_per_call']:g} ms",
+                  flush=True)
     return row
 
 
@@ -319,6 +331,11 @@ def main() -> None:
                         help="--compile_infer rows: with the flow estimator's trunk zero-padded to channel counts in "
                              "multiples of 8 (on, the default, as interpolate.py --compile runs), without (off), or "
                              "both in this process (on,off: one row each, each on a copy of the model)")
+    parser.add_argument("--kernel_profile", nargs="*", default=None, metavar="PATTERN",
+                        help="--compile_infer rows: also profile 3 calls of the compiled model without a CUDA graph "
+                             "and record how many kernels whose name contains each PATTERN ran and their GPU ms "
+                             f"(default: {' '.join(KERNEL_PATTERNS)}: cuDNN's channel padding and layout passes), "
+                             "and the slowest kernels")
     parser.add_argument("--cuda_graph", choices=("auto", "on", "off"), default="auto",
                         help="inference rows: beside each eager row a CUDA-graph row (auto: on CUDA only)")
     parser.add_argument("--infer_only", action="store_true", help="skip the training-step rows")

@@ -643,7 +643,8 @@ def test_bench_model_times_eager_and_compiled_inference_on_cpu(tmp_path, monkeyp
 
 def test_bench_model_times_compiled_rows_with_and_without_channel_alignment(tmp_path, monkeypatch):
     """`--compile_infer --align_channels off,on`: one compiled row per setting, each on its own copy of the model
-    (so both start from the trained widths) and each saying which it was; both predict what eager predicts. The
+    (so both start from the trained widths) and each saying which it was; both predict what eager predicts; with
+    --kernel_profile each lists what ran (on the CPU: operators, here the convolutions). The
     compilation itself is replaced by a stand-in that runs the module eagerly (Inductor on this CPU takes minutes);
     the stand-in records the flow blocks' alignment of each model it was given."""
     from benchmark import bench_model
@@ -658,13 +659,17 @@ def test_bench_model_times_compiled_rows_with_and_without_channel_alignment(tmp_
     out = tmp_path / "rows.json"
     monkeypatch.setattr(sys, "argv", ["bench_model.py", "--phase", "2", "--model_size", "tiny", "--infer", "256@1.0",
                                       "--infer_only", "--compile_infer", "--align_channels", "off,on", "--reps", "1",
-                                      "--amp", "fp32", "--device", "cpu", "--json", str(out)])
+                                      "--amp", "fp32", "--device", "cpu", "--kernel_profile", "aten::conv2d",
+                                      "--json", str(out)])
     bench_model.main()
     rows = [row for row in json.loads(out.read_text())["rows"] if row["kind"] == "infer"]
     assert [(row["exec"], row.get("align_channels")) for row in rows] == [
         ("eager", None), ("compiled", False), ("compiled", True)]
     assert compiled_models == [[None, None, None], [8, 8, 8]]
     assert all(row["max_abs_diff_vs_eager"] < 1e-5 and row["runtime"]["mode"] == "compiled" for row in rows[1:])
+    # --kernel_profile (on the CPU: operators): the same number of convolutions runs, aligned or not
+    convolutions = [row["kernels"]["matching"]["aten::conv2d"]["per_call"] for row in rows[1:]]
+    assert convolutions[0] == convolutions[1] > 20 and "kernels" not in rows[0]
     assert bench_model.parse_align_channels("on, off") == (True, False)
     for wrong in ("yes", "on,on", ""):
         with pytest.raises(argparse.ArgumentTypeError, match="give on, off, or both"):
