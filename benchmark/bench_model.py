@@ -95,6 +95,25 @@ def inference_call(runner, name: str, args, device: str):
     return infer, flow_scale
 
 
+def graph_like_call(model, name: str, args, device: str):
+    """The call that :class:`model.inference.InferenceRunner` records into a CUDA graph at a named resolution (``t``
+    a (B,) float32 device tensor, autocast's weight-cast cache off, gradients off), as a function run without a
+    graph. Dynamo guards on those conditions, so a compiled model runs the code its graph recorded instead of
+    compiling again for a float ``t``."""
+    height, width, flow_scale = parse_infer_name(name)
+    generator = torch.Generator(device=device).manual_seed(1)
+    img0, img1 = (torch.rand(1, 3, height, width, device=device, generator=generator) for _ in range(2))
+    t = torch.full((1,), 0.5, device=device)
+    flow_scale = flow_scale if args.phase > 1 else 1.0
+    dtype = AMP_DTYPES[args.amp]
+
+    def call() -> torch.Tensor:
+        with torch.no_grad(), torch.autocast(device, dtype=dtype or torch.float32, enabled=dtype is not None,
+                                             cache_enabled=False):
+            return model.inference(img0, img1, t, flow_scale=flow_scale)
+    return call
+
+
 def difference_stats(result: torch.Tensor, reference: torch.Tensor) -> dict:
     """Pixel differences of two predictions in [0, 1]: max, mean and the 99.9th percentile of |a - b|."""
     difference = (result.float() - reference.float()).abs().flatten()
@@ -156,9 +175,10 @@ def measure_inference(model, name: str, args, device: str, execution: str = "eag
                                       height, width))
     runner.clear()
     if compiled and getattr(args, "kernel_profile", None) is not None:
-        # The same compiled code, launched kernel by kernel: a graph replay may not be listed kernel by kernel.
-        unrecorded = inference_call(InferenceRunner(model, "off"), name, args, device)[0]
-        row["kernels"] = kernel_profile(unrecorded, device, args.kernel_profile or KERNEL_PATTERNS)
+        # A graph replay may not be listed kernel by kernel: a graphed row profiles the call its graph recorded, run
+        # without the graph (the same compiled code); an ungraphed row profiles its own call.
+        profiled = graph_like_call(model, name, args, device) if graphed else infer
+        row["kernels"] = kernel_profile(profiled, device, args.kernel_profile or KERNEL_PATTERNS)
         for pattern, found in row["kernels"]["matching"].items():
             print(f"kernels matching {pattern!r}: {found['per_call']:g} per call, {found['ms_per_call']:g} ms",
                   flush=True)

@@ -670,6 +670,15 @@ def test_bench_model_times_compiled_rows_with_and_without_channel_alignment(tmp_
     # --kernel_profile (on the CPU: operators): the same number of convolutions runs, aligned or not
     convolutions = [row["kernels"]["matching"]["aten::conv2d"]["per_call"] for row in rows[1:]]
     assert convolutions[0] == convolutions[1] > 20 and "kernels" not in rows[0]
+    # A graphed row profiles the call its graph recorded (t a device tensor, autocast's cache off), run ungraphed.
+    from model import build_model
+    from model.inference import InferenceRunner
+    torch.manual_seed(0)
+    model = build_model(preset(2, "tiny").model).eval()
+    settings = argparse.Namespace(phase=2, amp="fp32")
+    recorded_like = bench_model.graph_like_call(model, "256@1.0", settings, "cpu")()
+    plain = bench_model.inference_call(InferenceRunner(model, "off"), "256@1.0", settings, "cpu")[0]()
+    assert recorded_like.shape == (1, 3, 256, 256) and torch.equal(recorded_like.float(), plain)
     assert bench_model.parse_align_channels("on, off") == (True, False)
     for wrong in ("yes", "on,on", ""):
         with pytest.raises(argparse.ArgumentTypeError, match="give on, off, or both"):
