@@ -169,7 +169,10 @@ class FlowBlock(nn.Module):
         half_width = self.width // 2
         half_layout = aligned_layout([half_width], multiple)
         width_layout = aligned_layout([self.width], multiple)
-        as_is = lambda channels: aligned_layout([channels], 1)          # noqa: E731 - a layout that pads nothing
+
+        def as_is(channels: int) -> ChannelLayout:          # a map from outside the trunk keeps its channels
+            return aligned_layout([channels], 1)
+
         with torch.no_grad():
             _spread_conv_prelu(self.stage1, as_is(self.in_channels), half_layout)
             if self.feature_projection is not None:
