@@ -10,6 +10,8 @@ Examples:
     python benchmark/bench_model.py --phase 1 --modes hybrid mamba2_only gated_attn_only --batch 4 --size 256
     python benchmark/bench_model.py --phase 2 --batch 4 --size 256 --infer 1080p 2k 4k
     python benchmark/bench_model.py --phase 2 --peer_table --json ours_p2.json
+    python benchmark/bench_model.py --phase 2 --infer 1080p@1.0 --infer_only --compile_infer --align_channels on,off \
+        --kernel_profile
 
 ``--peer_table`` prints the rows of the side-by-side comparison with other VFI models (RIFE, EMA-VFI) under one
 definition for every model: a training step (forward, the training loss as the trainer builds it with the VGG
@@ -22,6 +24,7 @@ of the timed calls, cudnn.benchmark on. Run the peers' own code the same way in 
 from __future__ import annotations
 
 import argparse
+import copy
 import faulthandler
 import gc
 import json
@@ -34,7 +37,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmark.timing import measure  # noqa: E402
+from benchmark.timing import kernel_profile, measure  # noqa: E402
 from config import preset  # noqa: E402
 from model import build_model, count_parameters  # noqa: E402
 from model.inference import runtime_record  # noqa: E402
@@ -44,6 +47,8 @@ from model.warplayer import BackwardWarp  # noqa: E402
 RESOLUTIONS = {"256": (256, 256), "720p": (720, 1280), "1080p": (1080, 1920), "2k": (1080, 2048), "4k": (2160, 3840)}
 FLOW_SCALE = {"256": 1.0, "720p": 1.0, "1080p": 0.5, "2k": 0.5, "4k": 0.25}
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
+# cuDNN's channel-padding pass before a convolution, and its layout conversions (names as cuDNN 9 gives them).
+KERNEL_PATTERNS = ("Padding", "nchwToNhwc", "nhwcToNchw")
 
 
 def stamp(message: str) -> None:
@@ -90,6 +95,25 @@ def inference_call(runner, name: str, args, device: str):
     return infer, flow_scale
 
 
+def graph_like_call(model, name: str, args, device: str):
+    """The call that :class:`model.inference.InferenceRunner` records into a CUDA graph at a named resolution (``t``
+    a (B,) float32 device tensor, autocast's weight-cast cache off, gradients off), as a function run without a
+    graph. Dynamo guards on those conditions, so a compiled model runs the code its graph recorded instead of
+    compiling again for a float ``t``."""
+    height, width, flow_scale = parse_infer_name(name)
+    generator = torch.Generator(device=device).manual_seed(1)
+    img0, img1 = (torch.rand(1, 3, height, width, device=device, generator=generator) for _ in range(2))
+    t = torch.full((1,), 0.5, device=device)
+    flow_scale = flow_scale if args.phase > 1 else 1.0
+    dtype = AMP_DTYPES[args.amp]
+
+    def call() -> torch.Tensor:
+        with torch.no_grad(), torch.autocast(device, dtype=dtype or torch.float32, enabled=dtype is not None,
+                                             cache_enabled=False):
+            return model.inference(img0, img1, t, flow_scale=flow_scale)
+    return call
+
+
 def difference_stats(result: torch.Tensor, reference: torch.Tensor) -> dict:
     """Pixel differences of two predictions in [0, 1]: max, mean and the 99.9th percentile of |a - b|."""
     difference = (result.float() - reference.float()).abs().flatten()
@@ -98,24 +122,32 @@ def difference_stats(result: torch.Tensor, reference: torch.Tensor) -> dict:
             "p999_abs_diff_vs_eager": float(difference.topk(top).values.min())}
 
 
-def measure_inference(model, name: str, args, device: str, execution: str = "eager") -> dict:
+def measure_inference(model, name: str, args, device: str, execution: str = "eager",
+                      align_channels: bool = True) -> dict:
     """Median ms and peak GiB of one 2x interpolation at a named resolution.
 
     execution: "eager", "graphed" (CUDA graph replay), "compiled" or "compiled+graphed" (the model is compiled in
-    place with :func:`model.inference.compile_for_inference`, what ``interpolate.py --compile`` does). Beside eager
-    it also reports the first call's seconds (warm-up and capture, plus compilation) and the pixel differences
-    from the eager prediction.
+    place with :func:`model.inference.compile_for_inference`, what ``interpolate.py --compile`` does, with the
+    flow estimator's channels aligned or not as ``align_channels`` says; the row records which). Beside eager it
+    also reports the first call's seconds (warm-up and capture, plus compilation) and the pixel differences from
+    the eager prediction. With ``--kernel_profile`` a compiled row also lists the kernels of the compiled model
+    called without a CUDA graph (``kernels``: :func:`benchmark.timing.kernel_profile`).
     """
-    from model.inference import InferenceRunner
+    from model.inference import InferenceRunner, compile_for_inference
     reference = None
     if execution != "eager":           # the eager prediction, taken before the model is compiled in place
         reference = inference_call(InferenceRunner(model, "off"), name, args, device)[0]()
     graphed = execution.endswith("graphed")
-    runner = InferenceRunner(model, "on" if graphed else "off", compile=execution.startswith("compiled"))
+    compiled = execution.startswith("compiled")
+    if compiled:
+        compile_for_inference(model, align_channels=align_channels)
+    runner = InferenceRunner(model, "on" if graphed else "off")
     infer, flow_scale = inference_call(runner, name, args, device)
     row = {"kind": "infer", "phase": args.phase, "mode": model.config.backbone_mode, "resolution": name,
-           "flow_scale": flow_scale, "flow_blocks": "x".join(map(str, model.config.flow_scales)) if model.config.use_flow else "-", "amp": args.amp,
-           "exec": execution}
+           "flow_scale": flow_scale, "flow_blocks": "x".join(map(str, model.config.flow_scales)) if model.config.use_flow
+           else "-", "amp": args.amp, "exec": execution}
+    if compiled:
+        row["align_channels"] = align_channels
     if reference is not None:
         if device == "cuda":
             torch.cuda.synchronize()
@@ -132,7 +164,7 @@ def measure_inference(model, name: str, args, device: str, execution: str = "eag
         del reference, first
     if device == "cuda":
         torch.cuda.empty_cache()
-    stamp(f"inference {name} ({row['exec']})")
+    stamp(f"inference {name} ({describe_execution(row)})")
     timing = measure(infer, device, warmup=2, reps=max(3, args.reps // 4))
     height, width, _ = parse_infer_name(name)
     peak = max(timing.peak_gib or 0.0, runner.capture_peak_gib or 0.0)       # a replay allocates nothing
@@ -143,7 +175,44 @@ def measure_inference(model, name: str, args, device: str, execution: str = "eag
                runtime=runtime_record(timing.median_ms, runner.mode, device, peak if device == "cuda" else None,
                                       height, width))
     runner.clear()
+    if compiled and getattr(args, "kernel_profile", None) is not None:
+        # A graph replay may not be listed kernel by kernel: a graphed row profiles the call its graph recorded, run
+        # without the graph (the same compiled code); an ungraphed row profiles its own call.
+        profiled = graph_like_call(model, name, args, device) if graphed else infer
+        row["kernels"] = kernel_profile(profiled, device, args.kernel_profile or KERNEL_PATTERNS)
+        for pattern, found in row["kernels"]["matching"].items():
+            print(f"kernels matching {pattern!r}: {found['per_call']:g} per call, {found['ms_per_call']:g} ms",
+                  flush=True)
     return row
+
+
+def describe_execution(row: dict) -> str:
+    """"compiled+graphed, channels aligned" for a row's ``exec`` and ``align_channels``."""
+    if "align_channels" not in row:
+        return row["exec"]
+    return f"{row['exec']}, channels {'aligned' if row['align_channels'] else 'as trained'}"
+
+
+def parse_align_channels(text: str) -> tuple[bool, ...]:
+    """"on,off" -> (True, False): the compiled rows' channel-alignment settings, in the order to run them."""
+    names = [name.strip() for name in text.split(",")]
+    if not names or any(name not in ("on", "off") for name in names) or len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"{text!r}: give on, off, or both separated by a comma (on,off)")
+    return tuple(name == "on" for name in names)
+
+
+def reset_compilation() -> None:
+    """Forget the compiled code and the compile counters of earlier rows, so that the next compiled row compiles from
+    scratch and its ``compile`` record counts its own compilation only (kernels already built on disk stay in
+    Inductor's cache)."""
+    from torch._dynamo.utils import counters
+    torch.compiler.reset()
+    counters.clear()
+    try:
+        from torch._dynamo.utils import compilation_time_metrics
+        compilation_time_metrics.clear()
+    except ImportError:                          # pragma: no cover - a torch without Dynamo's timers
+        pass
 
 
 PEER_TRAIN = ((4, "fp32"), (4, "bf16"), (8, "bf16"), (16, "bf16"))
@@ -281,6 +350,15 @@ def main() -> None:
                         help="after the --infer rows, compile the model for inference (interpolate.py --compile) "
                              "and time the last --infer resolution again (replayed as a CUDA graph unless "
                              "--cuda_graph off)")
+    parser.add_argument("--align_channels", type=parse_align_channels, default=(True,),
+                        help="--compile_infer rows: with the flow estimator's trunk zero-padded to channel counts in "
+                             "multiples of 8 (on, the default, as interpolate.py --compile runs), without (off), or "
+                             "both in this process (on,off: one row each, each on a copy of the model)")
+    parser.add_argument("--kernel_profile", nargs="*", default=None, metavar="PATTERN",
+                        help="--compile_infer rows: also profile 3 calls of the compiled model without a CUDA graph "
+                             "and record how many kernels whose name contains each PATTERN ran and their GPU ms "
+                             f"(default: {' '.join(KERNEL_PATTERNS)}: cuDNN's channel padding and layout passes), "
+                             "and the slowest kernels")
     parser.add_argument("--cuda_graph", choices=("auto", "on", "off"), default="auto",
                         help="inference rows: beside each eager row a CUDA-graph row (auto: on CUDA only)")
     parser.add_argument("--infer_only", action="store_true", help="skip the training-step rows")
@@ -376,8 +454,15 @@ def main() -> None:
                         warp.max_chunk_elements = 1 << 26
             if args.compile_infer and args.infer:
                 execution = "compiled+graphed" if graphs else "compiled"
-                rows.append(measure_inference(model, args.infer[-1], args, device, execution))
-                print(rows[-1], flush=True)
+                for index, align in enumerate(args.align_channels):
+                    # Each setting compiles (and aligns) a copy of its own, so that every row starts from the same
+                    # unaligned, uncompiled weights; a lone setting compiles the model itself, as before.
+                    candidate = copy.deepcopy(model) if len(args.align_channels) > 1 else model
+                    if index:
+                        reset_compilation()
+                    rows.append(measure_inference(candidate, args.infer[-1], args, device, execution, align))
+                    print(rows[-1], flush=True)
+                    del candidate
             del model
             if device == "cuda":
                 torch.cuda.empty_cache()
@@ -387,7 +472,7 @@ def main() -> None:
     from model.inference import describe_runtime
     for row in rows:
         if "runtime" in row:
-            print(f"{row['resolution']} {row['exec']}: {describe_runtime(row['runtime'])}")
+            print(f"{row['resolution']} {describe_execution(row)}: {describe_runtime(row['runtime'])}")
     if args.json:
         Path(args.json).write_text(json.dumps({"device": device_name, "rows": rows}, indent=2))
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
@@ -43,3 +43,46 @@ def measure(call: Callable[[], object], device: torch.device | str, warmup: int 
             call()
             times.append((time.perf_counter() - began) * 1000)
     return Timing(times, torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None)
+
+
+def kernel_profile(call: Callable[[], object], device: torch.device | str, patterns: Sequence[str], calls: int = 3,
+                   top: int = 12) -> dict:
+    """What ``calls`` calls run, under ``torch.profiler``, per call: the GPU activities (kernels, copies) and their
+    device ms, in all and for those whose name contains each of ``patterns`` (case-insensitive), plus the ``top``
+    names by time. One untimed call first (compilation, autotuning and caches stay outside).
+
+    Why: a timing says how much a change saved, a kernel list says what: e.g. whether cuDNN's channel-padding pass
+    (``nhwcAddPaddingKernel``) still runs before a convolution. Run it on a call that is not a CUDA-graph replay,
+    whose kernels the profiler may not list one by one. On a CPU it lists operators instead (nested: an
+    ``aten::conv2d`` holds the calls it makes, so "all" counts some time twice): a smoke test of the script only.
+    Returns ``{"calls", "all": {"per_call", "ms_per_call"}, "matching": {pattern: {"per_call", "ms_per_call",
+    "names"}}, "top": [{"name", "per_call", "ms_per_call"}, ...]}``.
+    """
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+    device = torch.device(device)
+    cuda = device.type == "cuda"
+    call()
+    if cuda:
+        torch.cuda.synchronize(device)
+    with profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as profiler:
+        for _ in range(calls):
+            call()
+        if cuda:
+            torch.cuda.synchronize(device)
+    wanted = DeviceType.CUDA if cuda else DeviceType.CPU
+    per_name: dict[str, list[float]] = {}
+    for event in profiler.events():
+        if event.device_type == wanted:
+            per_name.setdefault(event.name, []).append(event.time_range.elapsed_us() / 1000)
+
+    def summary(names: list[str]) -> dict:
+        return {"per_call": round(sum(len(per_name[name]) for name in names) / calls, 2),
+                "ms_per_call": round(sum(sum(per_name[name]) for name in names) / calls, 4)}
+    matching = {}
+    for pattern in patterns:
+        names = sorted(name for name in per_name if pattern.lower() in name.lower())
+        matching[pattern] = dict(summary(names), names=[name[:160] for name in names])
+    slowest = sorted(per_name, key=lambda name: -sum(per_name[name]))[:top]
+    return {"calls": calls, "all": summary(list(per_name)), "matching": matching,
+            "top": [dict(summary([name]), name=name[:160]) for name in slowest]}

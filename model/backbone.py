@@ -39,22 +39,29 @@ def conv_prelu(in_channels: int, out_channels: int, stride: int = 1) -> nn.Seque
     return nn.Sequential(nn.Conv2d(in_channels, out_channels, 3, stride, 1), nn.PReLU(out_channels))
 
 
-def run_conv_prelu_stack(stack: nn.Sequential, parts: Sequence[torch.Tensor]) -> torch.Tensor:
-    """``stack(torch.cat(parts, 1))`` for a Sequential whose first entry is a conv + PReLU pair (:func:`conv_prelu`).
+def run_conv_prelu(pair: nn.Sequential, parts: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``pair(torch.cat(parts, 1))`` for one conv + PReLU pair (:func:`conv_prelu`).
 
-    In compiled inference (``interpolate.py --compile``) the first convolution pads its input channels to a
-    multiple of 8 inside the concatenation (:func:`model.ops.conv.channel_aligned_conv2d`; same result, no cuDNN
-    padding pass): 63.0 -> 61.2 ms for 4K on an H100. Eager code keeps the plain concatenation: there the zero
-    channels are one more memory pass, not fused, and the same 4K call went 94.2 -> 97.0 ms; training keeps it
-    too (the training-step figures in docs/PERF.md were measured that way).
+    In compiled inference (``interpolate.py --compile``) the convolution pads its input channels to a multiple of 8
+    inside the concatenation (:func:`model.ops.conv.channel_aligned_conv2d`; same result, no cuDNN padding pass):
+    63.0 -> 61.2 ms for 4K on an H100. Eager code keeps the plain concatenation: there the zero channels are one
+    more memory pass, not fused, and the same 4K call went 94.2 -> 97.0 ms; training keeps it too (the
+    training-step figures in docs/PERF.md were measured that way).
+    parts: maps (N, C_i, H, W) of one size; returns (N, C_out, H', W').
+    """
+    if torch.compiler.is_compiling() and not torch.is_grad_enabled():
+        conv, prelu = pair
+        return prelu(channel_aligned_conv2d(parts, conv.weight, conv.bias, conv.stride, conv.padding))
+    return pair(parts[0] if len(parts) == 1 else torch.cat(list(parts), dim=1))
+
+
+def run_conv_prelu_stack(stack: nn.Sequential, parts: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``stack(torch.cat(parts, 1))`` for a Sequential whose first entry is a conv + PReLU pair (:func:`conv_prelu`),
+    the first pair run by :func:`run_conv_prelu` (aligned input channels in compiled inference).
     parts: maps (N, C_i, H, W) of one size; returns what ``stack`` returns.
     """
     first, *rest = stack
-    if torch.compiler.is_compiling() and not torch.is_grad_enabled():
-        conv, prelu = first
-        x = prelu(channel_aligned_conv2d(parts, conv.weight, conv.bias, conv.stride, conv.padding))
-    else:
-        x = first(parts[0] if len(parts) == 1 else torch.cat(list(parts), dim=1))
+    x = run_conv_prelu(first, parts)
     for layer in rest:
         x = layer(x)
     return x

@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .backbone import conv_prelu
+from .backbone import conv_prelu, run_conv_prelu
+from .ops.conv import ChannelLayout, aligned_layout, spread_channels, spread_conv_weight
 from .ops.warp import resize_flow
 from .warplayer import BackwardWarp
 
@@ -68,6 +69,7 @@ class FlowBlock(nn.Module):
         self.in_channels = in_channels
         self.width = width
         self.feature_channels = feature_channels
+        self.channel_multiple: int | None = None       # set by align_channels_ (compiled inference only)
         half_width = width // 2
 
         self.stage1 = conv_prelu(in_channels, half_width, stride=2)
@@ -104,16 +106,19 @@ class FlowBlock(nn.Module):
             raise ValueError(f"FlowBlock at scale {scale} needs H, W divisible by {4 * scale}, got {height}x{width}")
         low_size = (height // scale, width // scale)
 
-        x = resize_bilinear(inputs, low_size)
+        parts = [resize_bilinear(inputs, low_size)]
         if flow is not None:
             # Flow is appended last (RIFE order) and expressed in the working grid's pixels.
-            x = torch.cat([x, resize_flow(flow.float(), low_size)], dim=1)
-        if x.shape[1] != self.in_channels:
-            raise ValueError(f"FlowBlock expects {self.in_channels} input channels, got {x.shape[1]}")
-        # Mixed inputs (e.g. fp32 flow with half images) promote in torch.cat; match the weights so that a
-        # .half()/.bfloat16() module also works without autocast (under autocast the convs recast anyway).
+            parts.append(resize_flow(flow.float(), low_size))
+        channels = sum(part.shape[1] for part in parts)
+        if channels != self.in_channels:
+            raise ValueError(f"FlowBlock expects {self.in_channels} input channels, got {channels}")
+        # Mixed inputs (e.g. fp32 flow with half images) are cast to the weights' dtype, so that a
+        # .half()/.bfloat16() module also works without autocast (under autocast the convs recast anyway). Casting
+        # each part gives the values that casting their (promoted) concatenation gave; run_conv_prelu concatenates
+        # them, with the channels padded to a multiple of 8 inside the concatenation when compiled (7 -> 8, 18 -> 24).
         compute_dtype = self.stage1[0].weight.dtype
-        x = self.stage1(x.to(compute_dtype))
+        x = run_conv_prelu(self.stage1, [part.to(compute_dtype) for part in parts])
 
         if self.feature_projection is not None:
             if features is None:
@@ -121,9 +126,12 @@ class FlowBlock(nn.Module):
             if features.shape[1] != 2 * self.feature_channels or features.shape[-2:] != x.shape[-2:]:
                 raise ValueError(f"FlowBlock features must be (B, {2 * self.feature_channels}, "
                                  f"{x.shape[-2]}, {x.shape[-1]}), got {tuple(features.shape)}")
-            x = torch.cat([x, self.feature_projection(features.to(compute_dtype))], dim=1)
-
-        x = self.stage2(x)
+            # The projection's input is the caller's concatenation of both frames' features: compiled, its
+            # channels are padded inside that concatenation when they are not a multiple of 8.
+            stage2_parts = [x, run_conv_prelu(self.feature_projection, [features.to(compute_dtype)])]
+        else:
+            stage2_parts = [x]
+        x = run_conv_prelu(self.stage2, stage2_parts)   # compiled: an unaligned 2 x 75 becomes 152 in the concat
         if len(self.residual_stack) > 0:
             x = self.residual_stack(x) + x
         out = self.head(x).float()                       # (B, 5, H / (2s), W / (2s))
@@ -131,6 +139,106 @@ class FlowBlock(nn.Module):
         delta_flow = out[:, :4] * (2 * scale)            # head pixels are 2s full-resolution pixels
         delta_mask_logit = out[:, 4:5]
         return delta_flow, delta_mask_logit
+
+    def align_channels_(self, multiple: int = 8) -> "FlowBlock":
+        """Zero-pad the trunk in place so that every map inside the block has a multiple of ``multiple`` channels;
+        the block computes the same function. For compiled inference only (:func:`align_flow_channels_`).
+
+        Why: cuDNN's tensor-core kernels take channel counts in multiples of 8 (bf16) and pad any other count with
+        an extra copy of the input before each convolution; RIFE's widths 240 / 150 / 90 give 150- and 90-wide
+        trunks and 75- / 45-wide halves. A consumer's input cannot be aligned at run time without a copy when its
+        producer emits an odd count, so the producers are widened: ``width // 2`` -> next multiple (stage1 and the
+        feature projection), ``width`` -> next multiple (stage2, the residual stack). The new output channels get
+        zero weight rows and zero bias, so they are 0, PReLU keeps them 0 (whatever its slope), the residual sum
+        keeps them 0, and their consumers get zero weight columns at the same positions: stage2's input is
+        ``cat(stage1, feature projection)`` with each half padded on its own (real channels at 0..h-1 and
+        hp..hp+h-1 of 2 * hp, h = half width, hp = h aligned); the ConvTranspose2d head gets zero input rows (its
+        weight is (in, out, k, k)) and keeps its 5 outputs. Stage1's image-space input (7 or 18 channels) and the
+        feature projection's input (both frames' features) keep their counts: their producers are concatenations
+        outside the trunk, which :func:`model.backbone.run_conv_prelu` pads at run time under ``torch.compile``.
+
+        The aligned block's ``state_dict`` has shapes no checkpoint has: ``state_dict()`` and
+        ``load_state_dict()`` on it raise :class:`AlignedForInferenceError`. ``width`` and ``in_channels`` keep
+        the trained values; the conv modules' ``in_channels`` / ``out_channels`` follow their new weights.
+        Returns ``self``; a block already aligned to ``multiple`` is left as it is.
+        """
+        if self.channel_multiple is not None:
+            if self.channel_multiple != multiple:
+                raise ValueError(f"FlowBlock is already aligned to {self.channel_multiple} channels, not {multiple}")
+            return self
+        half_width = self.width // 2
+        half_layout = aligned_layout([half_width], multiple)
+        width_layout = aligned_layout([self.width], multiple)
+
+        def as_is(channels: int) -> ChannelLayout:          # a map from outside the trunk keeps its channels
+            return aligned_layout([channels], 1)
+
+        with torch.no_grad():
+            _spread_conv_prelu(self.stage1, as_is(self.in_channels), half_layout)
+            if self.feature_projection is not None:
+                _spread_conv_prelu(self.feature_projection, as_is(2 * self.feature_channels), half_layout)
+                stage2_layout = aligned_layout([half_width, half_width], multiple)
+            else:
+                stage2_layout = half_layout
+            _spread_conv_prelu(self.stage2, stage2_layout, width_layout)
+            for pair in self.residual_stack:
+                _spread_conv_prelu(pair, width_layout, width_layout)
+            _spread_conv(self.head, width_layout, as_is(self.head.out_channels))
+        self.channel_multiple = multiple
+        self.register_state_dict_pre_hook(_refuse_aligned_state_dict)
+        self.register_load_state_dict_pre_hook(_refuse_aligned_load)
+        return self
+
+
+class AlignedForInferenceError(RuntimeError):
+    """A channel-aligned flow block (:meth:`FlowBlock.align_channels_`) was asked for, or given, a state_dict."""
+
+
+def _aligned_message(prefix: str) -> str:
+    name = prefix.rstrip(".") or "this FlowBlock"
+    return (f"{name} was channel-aligned for compiled inference (model.inference.compile_for_inference): its weights "
+            f"are zero-padded to shapes no checkpoint has; save or load the model before compiling it for inference")
+
+
+def _refuse_aligned_state_dict(module: nn.Module, prefix: str, keep_vars: bool) -> None:
+    raise AlignedForInferenceError(_aligned_message(prefix))
+
+
+def _refuse_aligned_load(module: nn.Module, state_dict, prefix: str, *args) -> None:
+    raise AlignedForInferenceError(_aligned_message(prefix))
+
+
+def _spread_conv(conv: nn.Conv2d | nn.ConvTranspose2d, in_layout: ChannelLayout, out_layout: ChannelLayout) -> None:
+    """Replace an ungrouped conv's weight and bias by their zero-padded versions (model.ops.conv.spread_conv_weight)
+    and update its ``in_channels`` / ``out_channels``."""
+    if conv.groups != 1:
+        raise ValueError(f"channel alignment handles ungrouped convolutions only, got groups={conv.groups}")
+    weight, bias = spread_conv_weight(conv.weight, conv.bias, in_layout, out_layout,
+                                      transposed=isinstance(conv, nn.ConvTranspose2d))
+    conv.weight = nn.Parameter(weight, requires_grad=conv.weight.requires_grad)
+    if bias is not None:
+        conv.bias = nn.Parameter(bias, requires_grad=conv.bias.requires_grad)
+    conv.in_channels, conv.out_channels = in_layout.size, out_layout.size
+
+
+def _spread_conv_prelu(pair: nn.Sequential, in_layout: ChannelLayout, out_layout: ChannelLayout) -> None:
+    """:func:`_spread_conv` on a conv + PReLU pair; the PReLU's per-channel slopes follow the conv's outputs (the
+    new channels' slopes are 0 and multiply zeros)."""
+    conv, prelu = pair
+    _spread_conv(conv, in_layout, out_layout)
+    if prelu.num_parameters > 1:
+        prelu.weight = nn.Parameter(spread_channels(prelu.weight, 0, out_layout),
+                                    requires_grad=prelu.weight.requires_grad)
+        prelu.num_parameters = out_layout.size
+
+
+def align_flow_channels_(model: nn.Module, multiple: int = 8) -> int:
+    """:meth:`FlowBlock.align_channels_` on every FlowBlock inside ``model`` (in place); returns how many there are
+    (0 for a model without a flow estimator, which is left as it is). Inference only: see the method."""
+    blocks = [module for module in model.modules() if isinstance(module, FlowBlock)]
+    for block in blocks:
+        block.align_channels_(multiple)
+    return len(blocks)
 
 
 class FlowOutput(NamedTuple):

@@ -35,6 +35,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .flow import align_flow_channels_
+
 logger = logging.getLogger(__name__)
 
 GRAPH_CHOICES = ("auto", "on", "off")
@@ -75,7 +77,8 @@ def inductor_cache_dir_chosen_by_user() -> bool:
     return os.path.abspath(value) != os.path.abspath(torch_default)
 
 
-def compile_for_inference(model: nn.Module, cache_dir: str | os.PathLike | None = None) -> nn.Module:
+def compile_for_inference(model: nn.Module, cache_dir: str | os.PathLike | None = None,
+                          align_channels: bool = True) -> nn.Module:
     """Compile ``model`` in place with ``torch.compile`` (Inductor, static shapes) for many calls at one frame size
     and batch; returns it. ``model.inference`` and ``model(...)`` then run the compiled forward.
 
@@ -87,12 +90,29 @@ def compile_for_inference(model: nn.Module, cache_dir: str | os.PathLike | None 
     input shape compiles (minutes at 4K); Inductor's kernel cache (``cache_dir``, default
     :func:`default_compile_cache_dir`, or ``TORCHINDUCTOR_CACHE_DIR`` when set) makes a later process with the
     same shapes skip most of it. Wrap the compiled model in :class:`InferenceRunner` to replay it as a CUDA graph.
+
+    ``align_channels`` (default on): first zero-pad the flow estimator's trunk to channel counts in multiples of 8
+    (:func:`model.flow.align_flow_channels_`; 150 / 90 -> 152 / 96, halves 75 / 45 -> 80 / 48, exact: the function
+    is unchanged). Why: cuDNN's bf16 tensor-core kernels pad any other channel count with an extra copy of the
+    input before the convolution; at 1080p (flow 1.0, H200) that padding pass took 1.46 ms of the compiled call's
+    18.1 ms (87 calls, docs/PERF.md 10.1). Prediction: most of those 1.46 ms go, the convolutions' own time stays
+    (cuDNN computed on padded widths already), unless that pass is in fact run for every convolution whatever its
+    channels, which the 87 calls (about one per convolution call, aligned ones included) leave open; docs/PERF.md
+    10.3 says how to measure it. A model without a flow estimator is left as it is.
+
+    In place, like the compilation itself: the caller's model becomes the aligned one (no second copy of the
+    weights on the GPU), and nothing saves a model after compiling it. So that nothing can: an aligned flow block's
+    ``state_dict()`` and ``load_state_dict()`` raise :class:`model.flow.AlignedForInferenceError` (its shapes match
+    no checkpoint). Load a checkpoint before calling this; to keep an unaligned model too, pass a
+    ``copy.deepcopy`` of it. Eager inference and training of an unaligned model are unchanged bit for bit.
     """
     if cache_dir is not None or not inductor_cache_dir_chosen_by_user():
         # Read by Inductor whenever it looks up or stores a graph; the environment is the documented way to choose the
         # folder. Torch's own default, which its import sets, lives in /tmp: lost on a reboot or a fresh machine.
         os.environ[INDUCTOR_CACHE_ENV] = str(cache_dir or default_compile_cache_dir())
     model.eval()
+    if align_channels:
+        align_flow_channels_(model)
     model.compile(dynamic=False)
     return model
 

@@ -6,6 +6,7 @@ CPU only; every dataset is a handful of small PNGs written to tmp_path.
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -637,6 +638,51 @@ def test_bench_model_times_eager_and_compiled_inference_on_cpu(tmp_path, monkeyp
     assert sum(rows[1]["compile"]["fx_graph_cache"].values()) >= 1 and "compile" not in rows[0]
     assert [row["runtime"]["mode"] for row in rows] == ["eager", "compiled"]
     assert all(row["runtime"]["device"] == "cpu" and row["runtime"]["peak_gib"] is None for row in rows)
+    assert rows[1]["align_channels"] is True and "align_channels" not in rows[0]       # the default: aligned
+
+
+def test_bench_model_times_compiled_rows_with_and_without_channel_alignment(tmp_path, monkeypatch):
+    """`--compile_infer --align_channels off,on`: one compiled row per setting, each on its own copy of the model
+    (so both start from the trained widths) and each saying which it was; both predict what eager predicts; with
+    --kernel_profile each lists what ran (on the CPU: operators, here the convolutions). The
+    compilation itself is replaced by a stand-in that runs the module eagerly (Inductor on this CPU takes minutes);
+    the stand-in records the flow blocks' alignment of each model it was given."""
+    from benchmark import bench_model
+    compiled_models = []
+
+    def compile_eagerly(module, *args, **kwargs):
+        compiled_models.append([block.channel_multiple for block in module.flow_estimator.blocks])
+        module._compiled_call_impl = module._call_impl            # what is_compiled() looks for
+
+    monkeypatch.setattr(torch.nn.Module, "compile", compile_eagerly)
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    out = tmp_path / "rows.json"
+    monkeypatch.setattr(sys, "argv", ["bench_model.py", "--phase", "2", "--model_size", "tiny", "--infer", "256@1.0",
+                                      "--infer_only", "--compile_infer", "--align_channels", "off,on", "--reps", "1",
+                                      "--amp", "fp32", "--device", "cpu", "--kernel_profile", "aten::conv2d",
+                                      "--json", str(out)])
+    bench_model.main()
+    rows = [row for row in json.loads(out.read_text())["rows"] if row["kind"] == "infer"]
+    assert [(row["exec"], row.get("align_channels")) for row in rows] == [
+        ("eager", None), ("compiled", False), ("compiled", True)]
+    assert compiled_models == [[None, None, None], [8, 8, 8]]
+    assert all(row["max_abs_diff_vs_eager"] < 1e-5 and row["runtime"]["mode"] == "compiled" for row in rows[1:])
+    # --kernel_profile (on the CPU: operators): the same number of convolutions runs, aligned or not
+    convolutions = [row["kernels"]["matching"]["aten::conv2d"]["per_call"] for row in rows[1:]]
+    assert convolutions[0] == convolutions[1] > 20 and "kernels" not in rows[0]
+    # A graphed row profiles the call its graph recorded (t a device tensor, autocast's cache off), run ungraphed.
+    from model import build_model
+    from model.inference import InferenceRunner
+    torch.manual_seed(0)
+    model = build_model(preset(2, "tiny").model).eval()
+    settings = argparse.Namespace(phase=2, amp="fp32")
+    recorded_like = bench_model.graph_like_call(model, "256@1.0", settings, "cpu")()
+    plain = bench_model.inference_call(InferenceRunner(model, "off"), "256@1.0", settings, "cpu")[0]()
+    assert recorded_like.shape == (1, 3, 256, 256) and torch.equal(recorded_like.float(), plain)
+    assert bench_model.parse_align_channels("on, off") == (True, False)
+    for wrong in ("yes", "on,on", ""):
+        with pytest.raises(argparse.ArgumentTypeError, match="give on, off, or both"):
+            bench_model.parse_align_channels(wrong)
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from model.context import ContextNet
-from model.flow import FlowOutput, OpticalFlowEstimator
+from model.flow import FlowBlock, FlowOutput, OpticalFlowEstimator
 from model.ops.warp import backward_warp
 
 TINY = dict(widths=(16, 12, 8), scales=(4, 2, 1), num_res_layers=1)
@@ -251,3 +251,135 @@ def test_context_rejects_mismatched_flow():
     context = ContextNet(base_channels=4, levels=2)
     with pytest.raises(ValueError):
         context(torch.rand(1, 3, 32, 32), torch.zeros(1, 2, 16, 16))
+
+
+# --------------------------------------------------------------------------------------------------------
+# Channel alignment for compiled inference (FlowBlock.align_channels_)
+# --------------------------------------------------------------------------------------------------------
+ODD = dict(widths=(24, 14, 10), scales=(4, 2, 1), num_res_layers=2)     # halves 12, 7, 5: two odd ones
+
+
+def randomise_biases_and_slopes(module: torch.nn.Module, seed: int = 5) -> None:
+    """Non-zero biases and distinct PReLU slopes everywhere, so that a zero placed at a wrong position shows."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in module.named_parameters():
+            if parameter.dim() == 1:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.3)
+
+
+def aligned_copy(module: torch.nn.Module) -> torch.nn.Module:
+    import copy
+    from model.flow import align_flow_channels_
+    aligned = copy.deepcopy(module)
+    assert align_flow_channels_(aligned) == sum(isinstance(m, FlowBlock) for m in module.modules())
+    return aligned
+
+
+def assert_convs_aligned(module: torch.nn.Module) -> None:
+    """Every conv's channel counts are multiples of 8 (weights and attributes alike), except the inputs from outside
+    the trunk (stage1's image-space input, the feature projection's 2 x feature channels) and the head's 5 outputs."""
+    for name, conv in module.named_modules():
+        if not isinstance(conv, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
+            continue
+        in_dim, out_dim = (0, 1) if isinstance(conv, torch.nn.ConvTranspose2d) else (1, 0)
+        assert (conv.weight.shape[in_dim], conv.weight.shape[out_dim]) == (conv.in_channels, conv.out_channels), name
+        assert conv.in_channels % 8 == 0 or name.endswith(("stage1.0", "feature_projection.0")), name
+        assert conv.out_channels % 8 == 0 or (name.endswith("head") and conv.out_channels == 5), name
+
+
+@pytest.mark.parametrize("feature_channels", [(0, 0, 0), (0, 3, 5)])
+def test_aligned_estimator_computes_what_the_original_computes(feature_channels):
+    """Odd trunk widths and odd halves, with and without the feature projection: every output (flow, mask, warps,
+    per-block intermediates) equals the original's in float32, and every trunk conv is 8-aligned."""
+    torch.manual_seed(0)
+    estimator = OpticalFlowEstimator(**ODD, feature_channels=feature_channels).eval()
+    randomise_biases_and_slopes(estimator)
+    aligned = aligned_copy(estimator)
+    assert_convs_aligned(aligned)
+    # stage2 reads the half width (12, 7, 5 -> 16, 8, 8), with features twice that.
+    assert [block.stage2[0].in_channels for block in aligned.blocks] == (
+        [16, 8, 8] if feature_channels == (0, 0, 0) else [16, 16, 16])
+    assert [block.residual_stack[0][0].out_channels for block in aligned.blocks] == [24, 16, 16]
+    img0, img1 = make_frames(40, 56)
+    features = make_features(2, 3, [(5, 7), (10, 14), (20, 28)]) if any(feature_channels) else None
+    if features is not None:     # block 2 takes 5 channels per frame
+        generator = torch.Generator().manual_seed(9)
+        features[2] = (torch.randn(2, 5, 20, 28, generator=generator), torch.randn(2, 5, 20, 28, generator=generator))
+    with torch.no_grad():
+        expected = estimator(img0, img1, 0.3, features=features)
+        got = aligned(img0, img1, 0.3, features=features)
+    assert expected.flow.abs().mean() > 0.1            # a non-trivial flow: the trunk's values reach the output
+    for want, have in zip(torch.utils._pytree.tree_leaves(expected), torch.utils._pytree.tree_leaves(got)):
+        torch.testing.assert_close(have, want, rtol=1e-5, atol=1e-5)
+
+
+def test_stage2_zero_columns_follow_each_half_of_its_input(monkeypatch):
+    """stage2 reads cat(stage1, feature projection), each half widened 7 -> 8 by its own producer: the zero weight
+    columns sit at 7 and 15, not at 14 and 15. The parity check above fails if they are put after the concatenation
+    instead (shown here by aligning with that wrong layout)."""
+    import copy
+
+    import model.flow as flow_module
+    torch.manual_seed(1)
+    block = FlowBlock(18, 14, feature_channels=3, num_res_layers=1).eval()
+    randomise_biases_and_slopes(block)
+    aligned = copy.deepcopy(block).align_channels_()
+    weight, original = aligned.stage2[0].weight, block.stage2[0].weight
+    assert weight.shape == (16, 16, 3, 3)
+    assert torch.equal(weight[:14, :7], original[:, :7]) and torch.equal(weight[:14, 8:15], original[:, 7:])
+    assert not weight[:, [7, 15]].any() and not weight[14:].any()
+    inputs, flow = torch.rand(2, 14, 16, 24), torch.randn(2, 4, 16, 24)
+    features = torch.randn(2, 6, 4, 6)
+    extra_channels = {}           # every widened map's added channels, which must be exact zeros
+    for name, real in (("stage1", 7), ("feature_projection", 7), ("stage2", 14), ("residual_stack", 14)):
+        def keep_extra(module, args, out, name=name, real=real) -> None:
+            extra_channels[name] = out[:, real:]
+        getattr(aligned, name).register_forward_hook(keep_extra)
+    with torch.no_grad():
+        expected = block(inputs, flow, 2, features)
+        torch.testing.assert_close(aligned(inputs, flow, 2, features), expected, rtol=1e-5, atol=1e-5)
+    assert {name: tuple(extra.shape[:2]) for name, extra in extra_channels.items()} == {
+        "stage1": (2, 1), "feature_projection": (2, 1), "stage2": (2, 2), "residual_stack": (2, 2)}
+    assert not any(extra.any() for extra in extra_channels.values())
+
+    plain_layout = flow_module.aligned_layout
+    monkeypatch.setattr(flow_module, "aligned_layout",       # the zero columns after the concatenation: wrong
+                        lambda group_sizes, multiple=8: plain_layout([sum(group_sizes)], multiple))
+    misplaced = copy.deepcopy(block).align_channels_()
+    with torch.no_grad():
+        assert not torch.allclose(misplaced(inputs, flow, 2, features)[0], expected[0], rtol=1e-3, atol=1e-3)
+
+
+def test_aligned_block_refuses_checkpoints_and_aligns_once():
+    """Its shapes match no checkpoint: saving or loading one says so instead of writing or reading wrong shapes."""
+    from model.flow import AlignedForInferenceError
+    estimator = OpticalFlowEstimator(**ODD)
+    state = estimator.state_dict()
+    aligned = aligned_copy(estimator)
+    with pytest.raises(AlignedForInferenceError, match="blocks.0 was channel-aligned for compiled inference"):
+        aligned.state_dict()
+    with pytest.raises(AlignedForInferenceError, match="save or load the model before compiling it"):
+        aligned.load_state_dict(state)
+    block = aligned.blocks[1]
+    weight = block.stage2[0].weight
+    assert block.align_channels_(8) is block and block.stage2[0].weight is weight      # already aligned: as it is
+    with pytest.raises(ValueError, match="already aligned to 8 channels, not 16"):
+        block.align_channels_(16)
+    assert block.width == 14 and block.in_channels == 18                                # the trained values
+
+
+def test_compiled_aligned_block_matches_eager():
+    """The compiled path of FlowBlock.forward (run_conv_prelu pads stage1's 18 input channels to 24 inside the
+    concatenation; stage2's halves arrive aligned) traced by Dynamo, run without Inductor to stay fast."""
+    torch.manual_seed(2)
+    block = FlowBlock(18, 10, feature_channels=3, num_res_layers=1).eval()
+    randomise_biases_and_slopes(block)
+    inputs, flow, features = torch.rand(1, 14, 16, 16), torch.randn(1, 4, 16, 16), torch.randn(1, 6, 8, 8)
+    with torch.no_grad():
+        expected = block(inputs, flow, 1, features)
+        compiled = torch.compile(block.align_channels_(), backend="eager", dynamic=False)
+        got = compiled(inputs, flow, 1, features)
+    torch._dynamo.reset()
+    for want, have in zip(expected, got):
+        torch.testing.assert_close(have, want, rtol=1e-5, atol=1e-5)

@@ -222,6 +222,50 @@ def test_compiled_model_traces_once_across_calls():
     assert counters["stats"]["unique_graphs"] == 1
 
 
+@pytest.mark.parametrize("flow_widths", [None, (24, 14, 10)])
+def test_channel_aligned_phase2_model_predicts_what_the_original_predicts(flow_widths):
+    """The aligned flow estimator inside a whole tiny Phase-2 model (backbone features into every block): the same
+    prediction in float32, with the preset's widths (halves 12, 8, 6) and with odd halves (12, 7, 5)."""
+    import copy
+    from dataclasses import replace
+
+    from model.flow import align_flow_channels_
+    torch.manual_seed(0)
+    cfg = preset(2, "tiny").model
+    model = build_model(replace(cfg, flow_widths=flow_widths) if flow_widths else cfg).eval()
+    aligned = copy.deepcopy(model)
+    assert align_flow_channels_(aligned) == 3
+    assert [block.residual_stack[0][0].in_channels for block in aligned.flow_estimator.blocks] == [24, 16, 16]
+    a, b = images(batch=2, height=36, width=52)
+    with torch.no_grad():
+        for t, flow_scale in ((0.5, 1.0), (0.3, 0.5)):
+            torch.testing.assert_close(aligned.inference(a, b, t, flow_scale=flow_scale),
+                                       model.inference(a, b, t, flow_scale=flow_scale), rtol=1e-5, atol=1e-5)
+
+
+def test_compile_for_inference_aligns_the_flow_estimator_in_place_unless_asked_not_to(tmp_path, monkeypatch):
+    """In place, as documented: the model given is the one compiled and aligned (its weights replaced by padded ones,
+    so its state_dict refuses); align_channels=False leaves the weights as trained; a model without flow blocks is
+    compiled as before. Compilation is lazy, so nothing is compiled here."""
+    from model.flow import AlignedForInferenceError
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    torch.manual_seed(0)
+    model = build_model(preset(2, "tiny")).train()
+    trained = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    plain = build_model(preset(2, "tiny"))
+    plain.load_state_dict(trained)
+    assert compile_for_inference(plain, align_channels=False) is plain
+    assert all(torch.equal(plain.state_dict()[name], tensor) for name, tensor in trained.items())
+    assert compile_for_inference(model) is model and not model.training
+    blocks = model.flow_estimator.blocks
+    assert [block.channel_multiple for block in blocks] == [8, 8, 8]
+    assert [block.stage1[0].weight.shape[0] for block in blocks] == [16, 8, 8]            # halves 12, 8, 6
+    assert torch.equal(blocks[2].stage1[0].weight[:6], trained["flow_estimator.blocks.2.stage1.0.weight"])
+    with pytest.raises(AlignedForInferenceError, match="flow_estimator.blocks.0 was channel-aligned"):
+        model.state_dict()
+    assert compile_for_inference(nn.Linear(2, 2)).weight.shape == (2, 2)
+
+
 COMPILE_CACHE_WORKER = Path(__file__).with_name("compile_cache_worker.py")
 
 

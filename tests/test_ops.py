@@ -214,6 +214,33 @@ def test_channel_aligned_conv2d_equals_the_plain_convolution():
         channel_aligned_conv2d([torch.zeros(1, 11, 4, 4)], torch.zeros(2, 12, 3, 3), None)
 
 
+def test_spread_conv_weight_places_real_channels_by_layout_and_zeros_elsewhere():
+    """Each group of a concatenation padded on its own (75 + 75 -> 80 + 80); a widened conv on maps whose extra
+    channels hold anything gives the original outputs at the real positions and exact zeros elsewhere, in the
+    Conv2d (out, in) and ConvTranspose2d (in, out) weight layouts."""
+    from model.ops.conv import aligned_layout, spread_channels, spread_conv_weight
+    layout = aligned_layout([75, 75])
+    assert layout.size == 160 and layout.positions == tuple(range(75)) + tuple(range(80, 155))
+    assert aligned_layout([7], 1) == (tuple(range(7)), 7) and aligned_layout([16, 3], 8).size == 24
+    with pytest.raises(ValueError, match="layout of 3 channels"):
+        spread_channels(torch.zeros(2, 4), 1, aligned_layout([3]))
+    torch.manual_seed(0)
+    in_layout, out_layout = aligned_layout([3, 5]), aligned_layout([6])
+    maps = torch.randn(2, 8, 9, 7, dtype=torch.float64)
+    widened = spread_channels(maps, 1, in_layout)
+    junk = torch.randn_like(widened)
+    junk[:, list(in_layout.positions)] = 0
+    for transposed in (False, True):
+        conv = torch.nn.functional.conv_transpose2d if transposed else torch.nn.functional.conv2d
+        weight = torch.randn(*((8, 6) if transposed else (6, 8)), 3, 3, dtype=torch.float64)
+        bias = torch.randn(6, dtype=torch.float64)
+        wide_weight, wide_bias = spread_conv_weight(weight, bias, in_layout, out_layout, transposed=transposed)
+        assert wide_weight.shape == ((16, 8) if transposed else (8, 16)) + (3, 3) and wide_bias.shape == (8,)
+        out = conv(widened + junk, wide_weight, wide_bias, 1, 1)    # the extra input channels are ignored
+        torch.testing.assert_close(out[:, :6], conv(maps, weight, bias, 1, 1), rtol=1e-12, atol=1e-12)
+        assert torch.equal(out[:, 6:], torch.zeros_like(out[:, 6:]))
+
+
 def test_model_package_imports_without_mamba_ssm():
     kernel, note = ssd_module.load_triton_ssd()
     assert kernel is None or callable(kernel)
