@@ -17,9 +17,9 @@
 #   interp    interpolate.py 4x on the clip upscaled to 1080p, with the checkpoint of `start`
 #   inference docs/PERF.md section 10 (issue 21): the GPU tests of the step graph and of inference; ours eager
 #             and graphed at 256, 720p, 1080p (flow 1.0) and 4K (flow 0.25), and at 720p and 1080p with --flow_scales
-#             8 4 2; compiled+graphed at 720p and 1080p twice
-#             in two processes (the second reads Inductor's cache: the warm start); the footage pipeline's stages
-#             (bench_pipeline.py) and interpolate.py 1080p 2x to PNG and to H.264 with the checkpoint of `start`.
+#             8 4 2; compiled+graphed at 1080p with and without channel alignment, then again in a second process
+#             (it reads Inductor's cache: the warm start); the footage pipeline's stages (bench_pipeline.py) and
+#             interpolate.py 1080p 2x to PNG and to H.264 (x264 medium and faster) with the checkpoint of `start`.
 #             Peers: stage `peers`, in the same call
 #   motion    docs/LARGE_MOTION.md: the corpus, then four runs sharing the GPU for 10 minutes (base; the flow teacher
 #             at weight 0.01 with seeds 0 and 1; the flow blocks at scales 8 4 2, a quarter of the flow arithmetic),
@@ -111,10 +111,12 @@ if want inference; then
   # motion stage's fs842 run
   stage 240 python3 benchmark/bench_model.py --phase 2 --flow_scales 8 4 2 --infer 720p@1.0 1080p@1.0 --infer_only \
     --cuda_graph on --json "$out/infer_graphed_fs842.json"
-  for run in cold warm; do    # the second process finds the first one's graphs in Inductor's cache
-    stage 420 python3 benchmark/bench_model.py --phase 2 --infer 720p@1.0 1080p@1.0 --infer_only --compile_infer \
-      --cuda_graph on --json "$out/infer_compiled_$run.json"
-  done
+  # Cold: the compiled 1080p rows with the flow estimator's channel alignment and without (docs/PERF.md 10.3), each
+  # compiled from scratch in one process; warm: a second process finds the aligned graph in Inductor's cache
+  stage 540 python3 benchmark/bench_model.py --phase 2 --infer 720p@1.0 1080p@1.0 --infer_only --compile_infer \
+    --cuda_graph on --align_channels on,off --json "$out/infer_compiled_cold.json"
+  stage 420 python3 benchmark/bench_model.py --phase 2 --infer 720p@1.0 1080p@1.0 --infer_only --compile_infer \
+    --cuda_graph on --align_channels on --json "$out/infer_compiled_warm.json"
   stage 240 python3 benchmark/bench_pipeline.py --model_ms 13 --frames 96 --outputs folder,mp4 --io_workers 8,auto,16
   python3 - <<'PY'
 import cv2, os
