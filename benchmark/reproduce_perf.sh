@@ -104,7 +104,8 @@ if want interp; then
     --multi 4 --no_progress --overwrite
 fi
 if want inference; then
-  stage 300 python3 -m pytest -q -p no:cacheprovider -rs tests/test_step_graph.py tests/test_inference.py   # GPU tests
+  stage 300 python3 -m pytest -q -p no:cacheprovider -rs tests/test_step_graph.py tests/test_inference.py \
+    tests/test_ops.py   # GPU tests (and the CPU ones of those files)
   stage 300 python3 benchmark/bench_model.py --phase 2 --infer 256@1.0 720p@1.0 1080p@1.0 4k@0.25 --infer_only \
     --cuda_graph on --json "$out/infer_graphed.json"
   # The same with the flow blocks one octave coarser (--flow_scales 8 4 2; docs/PERF.md 10.2): its quality is the
