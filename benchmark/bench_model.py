@@ -37,7 +37,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmark.timing import kernel_profile, measure  # noqa: E402
+from benchmark.timing import count_gflop, kernel_profile, measure  # noqa: E402
 from config import preset  # noqa: E402
 from model import build_model, count_parameters  # noqa: E402
 from model.inference import runtime_record  # noqa: E402
@@ -183,6 +183,19 @@ def measure_inference(model, name: str, args, device: str, execution: str = "eag
         for pattern, found in row["kernels"]["matching"].items():
             print(f"kernels matching {pattern!r}: {found['per_call']:g} per call, {found['ms_per_call']:g} ms",
                   flush=True)
+    return row
+
+
+MODEL_PARTS = ("backbone", "flow_estimator", "context", "refine")      # ThesisModel's children, as --flops splits them
+
+
+def with_rate(row: dict, arithmetic: dict | None) -> dict:
+    """``row`` with ``gflop``, ``gflop_parts`` and ``tflop_per_s`` (arithmetic over the median time) when
+    ``arithmetic`` (:func:`benchmark.timing.count_gflop`'s record for the row's resolution) is given."""
+    if arithmetic and row.get("ms"):
+        row.update(gflop=round(arithmetic["total"], 1),
+                   gflop_parts={part: round(value, 1) for part, value in arithmetic["parts"].items()},
+                   tflop_per_s=round(arithmetic["total"] / row["ms"], 2))
     return row
 
 
@@ -354,6 +367,9 @@ def main() -> None:
                         help="--compile_infer rows: with the flow estimator's trunk zero-padded to channel counts in "
                              "multiples of 8 (on, the default, as interpolate.py --compile runs), without (off), or "
                              "both in this process (on,off: one row each, each on a copy of the model)")
+    parser.add_argument("--flops", action="store_true",
+                        help="inference rows also give the call's arithmetic (GFLOP, per part of the model: "
+                             "benchmark.timing.count_gflop) and the rate it ran at (TFLOP/s)")
     parser.add_argument("--kernel_profile", nargs="*", default=None, metavar="PATTERN",
                         help="--compile_infer rows: also profile 3 calls of the compiled model without a CUDA graph "
                              "and record how many kernels whose name contains each PATTERN ran and their GPU ms "
@@ -436,10 +452,16 @@ def main() -> None:
             del optimizer, step, variants                # free the training state before measuring inference
             model.eval()
             graphs = args.cuda_graph == "on" or (args.cuda_graph == "auto" and device == "cuda")
+            from model.inference import InferenceRunner
+            arithmetic = {}                    # resolution -> count_gflop's record (--flops)
             for name in args.infer:
+                if args.flops:
+                    arithmetic[name] = count_gflop(inference_call(InferenceRunner(model, "off"), name, args, device)[0],
+                                                   model, MODEL_PARTS)
                 for execution in ("eager", "graphed") if graphs else ("eager",):
                     try:
-                        rows.append(measure_inference(model, name, args, device, execution))
+                        rows.append(with_rate(measure_inference(model, name, args, device, execution),
+                                              arithmetic.get(name)))
                     except Exception as error:               # e.g. out of memory or a failed capture: record it
                         rows.append({"kind": "infer", "resolution": name, "exec": execution,
                                      "error": repr(error)[:300]})
@@ -460,7 +482,8 @@ def main() -> None:
                     candidate = copy.deepcopy(model) if len(args.align_channels) > 1 else model
                     if index:
                         reset_compilation()
-                    rows.append(measure_inference(candidate, args.infer[-1], args, device, execution, align))
+                    rows.append(with_rate(measure_inference(candidate, args.infer[-1], args, device, execution, align),
+                                          arithmetic.get(args.infer[-1])))
                     print(rows[-1], flush=True)
                     del candidate
             del model

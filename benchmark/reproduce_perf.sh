@@ -107,11 +107,11 @@ if want inference; then
   stage 300 python3 -m pytest -q -p no:cacheprovider -rs tests/test_step_graph.py tests/test_inference.py \
     tests/test_ops.py   # GPU tests (and the CPU ones of those files)
   stage 300 python3 benchmark/bench_model.py --phase 2 --infer 256@1.0 720p@1.0 1080p@1.0 4k@0.25 --infer_only \
-    --cuda_graph on --json "$out/infer_graphed.json"
+    --cuda_graph on --flops --json "$out/infer_graphed.json"
   # The same with the flow blocks one octave coarser (--flow_scales 8 4 2; docs/PERF.md 10.2): its quality is the
   # motion stage's fs842 run
   stage 240 python3 benchmark/bench_model.py --phase 2 --flow_scales 8 4 2 --infer 720p@1.0 1080p@1.0 --infer_only \
-    --cuda_graph on --json "$out/infer_graphed_fs842.json"
+    --cuda_graph on --flops --json "$out/infer_graphed_fs842.json"
   # Cold: the compiled 1080p rows with the flow estimator's channel alignment and without (docs/PERF.md 10.3), each
   # compiled from scratch in one process; warm: a second process finds the aligned graph in Inductor's cache
   stage 540 python3 benchmark/bench_model.py --phase 2 --infer 720p@1.0 1080p@1.0 --infer_only --compile_infer \

@@ -86,3 +86,31 @@ def kernel_profile(call: Callable[[], object], device: torch.device | str, patte
     slowest = sorted(per_name, key=lambda name: -sum(per_name[name]))[:top]
     return {"calls": calls, "all": summary(list(per_name)), "matching": matching,
             "top": [dict(summary([name]), name=name[:160]) for name in slowest]}
+
+
+def count_gflop(call: Callable[[], object], model: torch.nn.Module, parts: Sequence[str]) -> dict:
+    """Arithmetic of one ``call`` of ``model``: ``{"total": GFLOP, "parts": {name: GFLOP}}`` for each child module
+    named in ``parts`` (``torch.utils.flop_counter``: matrix products and convolutions, 2 FLOP per multiply-add).
+
+    The Mamba2 branches run their SSD scan with the PyTorch chunked reference while counting (the fused Triton
+    kernel is opaque to the counter), so a model counts the same on every device; the result is a property of the
+    model and the frame size, reported beside the time as VFI papers do (and as docs/PERF.md 10.2 uses it: GFLOP over
+    milliseconds is the rate a change of kernels moves). Restores each branch's backend afterwards.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    branches = [module for module in model.modules() if hasattr(module, "backend") and hasattr(module, "chunk_size")]
+    saved = [branch.backend for branch in branches]
+    counter = FlopCounterMode(display=False)
+    try:
+        for branch in branches:
+            branch.backend = "torch"
+        with torch.no_grad(), counter:
+            call()
+    finally:
+        for branch, backend in zip(branches, saved):
+            branch.backend = backend
+    counts = counter.get_flop_counts()
+    root = type(model).__name__
+    return {"total": counter.get_total_flops() / 1e9,
+            "parts": {part: sum(counts.get(f"{root}.{part}", {}).values()) / 1e9 for part in parts}}

@@ -824,3 +824,32 @@ def test_bucket_table_puts_reports_side_by_side_with_seed_means(tmp_path, capsys
     assert lines[3] == "| 4-16 | 0 | - | - | - | - | - |"
     assert lines[5] == "| 32-64 | 1 | 25.00 | 28.00 | 31.00 | 32.00 | 31.50 |"
     assert lines[7] == "| all | 2 | 25.00 | 28.00 | 30.50 | 31.50 | 31.00 |"
+
+
+def test_count_gflop_splits_by_part_scales_with_pixels_and_restores_the_ssd_backend():
+    """bench_model.py --flops: the count uses the SSD reference while counting (the Triton kernel is opaque to the
+    counter, so a GPU count would miss the scan) and puts each branch's backend back; arithmetic is a property of the
+    model and the size: twice the pixels, about twice the GFLOP; the parts add up to the total."""
+    from benchmark.timing import count_gflop
+    from model.mamba_branch import InterleavedMamba2
+
+    torch.manual_seed(0)
+    model = build_model(preset(2, "tiny")).eval()
+    branches = [m for m in model.modules() if isinstance(m, InterleavedMamba2)]
+    assert branches
+    for branch in branches:
+        branch.backend = "auto"
+    seen = []
+    hook = branches[0].register_forward_pre_hook(lambda module, inputs: seen.append(module.backend))
+
+    def record(height, width):
+        frames = torch.rand(2, 1, 3, height, width)
+        return count_gflop(lambda: model.inference(frames[0], frames[1], 0.5), model,
+                           ("backbone", "flow_estimator", "context", "refine"))
+
+    small, large = record(64, 64), record(64, 128)
+    hook.remove()
+    assert seen == ["torch", "torch"] and all(branch.backend == "auto" for branch in branches)
+    assert small["parts"]["flow_estimator"] > 0 and small["parts"]["backbone"] > 0
+    assert abs(sum(small["parts"].values()) - small["total"]) <= 0.01 * small["total"]
+    assert 1.8 < large["total"] / small["total"] < 2.2
