@@ -17,7 +17,7 @@
 #   interp    interpolate.py 4x on the clip upscaled to 1080p, with the checkpoint of `start`
 #   inference docs/PERF.md section 10 (issue 21): the GPU tests of the step graph and of inference; ours eager
 #             and graphed at 256, 720p, 1080p (flow 1.0) and 4K (flow 0.25), and at 720p and 1080p with --flow_scales
-#             8 4 2; compiled+graphed at 1080p with and without channel alignment, then again in a second process
+#             8 4 2 (1080p also compiled+graphed); compiled+graphed at 1080p with and without channel alignment, then again in a second process
 #             (it reads Inductor's cache: the warm start); the footage pipeline's stages (bench_pipeline.py) and
 #             interpolate.py 1080p 2x to PNG and to H.264 (x264 medium and faster) with the checkpoint of `start`.
 #             Peers: stage `peers`, in the same call
@@ -110,8 +110,8 @@ if want inference; then
     --cuda_graph on --flops --json "$out/infer_graphed.json"
   # The same with the flow blocks one octave coarser (--flow_scales 8 4 2; docs/PERF.md 10.2): its quality is the
   # motion stage's fs842 run
-  stage 240 python3 benchmark/bench_model.py --phase 2 --flow_scales 8 4 2 --infer 720p@1.0 1080p@1.0 --infer_only \
-    --cuda_graph on --flops --json "$out/infer_graphed_fs842.json"
+  stage 420 python3 benchmark/bench_model.py --phase 2 --flow_scales 8 4 2 --infer 720p@1.0 1080p@1.0 --infer_only \
+    --cuda_graph on --flops --compile_infer --json "$out/infer_graphed_fs842.json"
   # Cold: the compiled 1080p rows with the flow estimator's channel alignment and without (docs/PERF.md 10.3), each
   # compiled from scratch in one process; warm: a second process finds the aligned graph in Inductor's cache
   stage 540 python3 benchmark/bench_model.py --phase 2 --infer 720p@1.0 1080p@1.0 --infer_only --compile_infer \
