@@ -17,9 +17,9 @@
 #   interp    interpolate.py 4x on the clip upscaled to 1080p, with the checkpoint of `start`
 #   inference docs/PERF.md section 10 (issue 21): the GPU tests of the step graph and of inference; ours eager
 #             and graphed at 256, 720p, 1080p (flow 1.0) and 4K (flow 0.25), and at 720p and 1080p with --flow_scales
-#             8 4 2 (1080p also compiled+graphed); compiled+graphed at 1080p with and without channel alignment, then again in a second process
-#             (it reads Inductor's cache: the warm start); the footage pipeline's stages (bench_pipeline.py) and
-#             interpolate.py 1080p 2x to PNG and to H.264 (x264 medium and faster) with the checkpoint of `start`.
+#             8 4 2 (1080p also compiled+graphed); compiled+graphed at 1080p with and without channel alignment,
+#             then again in a second process (it reads Inductor's cache: the warm start); the footage pipeline's
+#             stages (bench_pipeline.py) and interpolate.py 1080p 2x to PNG and to H.264 (x264 medium and faster) with the checkpoint of `start`.
 #             Peers: stage `peers`, in the same call
 #   motion    docs/LARGE_MOTION.md: the corpus, then four runs sharing the GPU for 10 minutes (base; the flow teacher
 #             at weight 0.01 with seeds 0 and 1; the flow blocks at scales 8 4 2, a quarter of the flow arithmetic),
