@@ -26,7 +26,7 @@ from checkpoint import CHECKPOINT_FORMAT, RUNTIME_MODEL_FIELDS, CheckpointError,
     checkpoint_config, config_differences, load_checkpoint, load_matching_weights, partial_start_problem, \
     resolve_checkpoint, restore_rng_state, run_checkpoint_path, run_name, summarize_weight_report
 from config import AMP_DTYPES, ConfigError, ExperimentConfig, resolve_amp
-from distributed import DistributedContext, pack_flat, unpack_flat
+from distributed import DistributedContext, pack_flat, unpack_flat, wrap_ddp
 from measures.quality import batch_psnr
 from model import build_model
 from model.loss import CompositeLoss, LossWeights
@@ -207,7 +207,7 @@ class Trainer:
         if not self.ctx.enabled or self.averages_gradients:
             return self.model
         device_ids = [self.ctx.local_rank] if self.device.type == "cuda" else None
-        return DistributedDataParallel(self.model, device_ids=device_ids, broadcast_buffers=False)
+        return wrap_ddp(self.model, device_ids)
 
     def set_backbone_frozen(self, frozen: bool) -> None:
         """Freeze (or release) the backbone. DDP registers gradient hooks for the parameters that require grad

@@ -7,12 +7,14 @@ every metric is all-reduced before it is logged.
 
 from __future__ import annotations
 
+import inspect
 import os
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 
 def pack_flat(tensors: list[torch.Tensor], dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -104,3 +106,16 @@ def init_distributed(prefer_cuda: bool = True) -> DistributedContext:
 def shutdown_distributed() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def wrap_ddp(module: torch.nn.Module, device_ids: list[int] | None) -> DistributedDataParallel:
+    """``module`` in DistributedDataParallel without a buffer broadcast before every forward.
+
+    The model has no buffers today (a broadcast would be an empty collective per step, and one more thing inside the
+    graphed step to keep consistent), so no synchronisation is needed at any point. torch 2.14 renamed the switch:
+    ``broadcast_buffers`` still works there but prints a FutureWarning at every DDP start, and torch 2.11 (the GPU
+    machines) knows only that name. So: ``forward_sync_buffers=False`` where it exists, else ``broadcast_buffers=False``.
+    """
+    renamed = "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters
+    option = {"forward_sync_buffers": False} if renamed else {"broadcast_buffers": False}
+    return DistributedDataParallel(module, device_ids=device_ids, **option)

@@ -26,12 +26,12 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmark.timing import measure  # noqa: E402
 from config import preset  # noqa: E402
+from distributed import wrap_ddp  # noqa: E402
 from model import build_model  # noqa: E402
 from model.mamba_branch import InterleavedMamba2  # noqa: E402
 
@@ -59,8 +59,7 @@ def build_step(layout: int, args, device: torch.device):
     model = build_model(preset(args.phase, args.model_size).model)
     set_conv_layout(model, channels_last=layout == 1)
     model = model.to(device)
-    ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                  broadcast_buffers=False)
+    ddp = wrap_ddp(model, [device.index] if device.type == "cuda" else None)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     generator = torch.Generator(device=device).manual_seed(1)
     img0, gt, img1 = (torch.rand(args.batch, 3, args.size, args.size, device=device, generator=generator)

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from torch.nn.parallel import DistributedDataParallel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from config import preset        # noqa: E402
+from distributed import wrap_ddp  # noqa: E402
 from model import build_model    # noqa: E402
 
 os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[1])
@@ -24,7 +24,7 @@ with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
     for phase in (1, 2):
         torch.manual_seed(0)
-        model = DistributedDataParallel(build_model(preset(phase, "tiny").model))
+        model = wrap_ddp(build_model(preset(phase, "tiny").model), None)   # as the Trainer wraps it
         img0, img1 = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
         model(img0, img1, 0.5).pred.square().mean().backward()
 dist.destroy_process_group()
