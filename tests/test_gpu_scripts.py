@@ -1,0 +1,123 @@
+"""The GPU session's scripts, checked on the CPU: every command `benchmark/reproduce_perf.sh` would run names a script
+that exists and flags that script accepts.
+
+Why: device time is scarce and a session's commands run unattended; a renamed flag or a typo in a command added
+without a GPU (as several were) would cost a whole stage. The script runs here with its commands stubbed out: bash
+functions named python3, torchrun, timeout, nvidia-smi (four GPUs, so every stage and branch runs) and
+tools/large_motion_runs.sh record each invocation instead of running it; then each recorded command's arguments go
+through that script's own argparse parser (stopped right after parsing), and each run name of the large-motion
+stage through the case list of tools/large_motion_runs.sh and train.py's parser.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import runpy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SEPARATOR = "\x1f"
+
+STUBS = r"""
+record() { local IFS=$'\x1f'; printf '%s\n' "$*" >> "$STUB_LOG"; }
+python3() { record python3 "$@"; [[ "${1:-}" == "-" ]] && cat > /dev/null; return 0; }
+torchrun() { record torchrun "$@"; }
+timeout() { while [[ "${1:-}" == -* ]]; do shift; done; shift; "$@"; }
+nvidia-smi() { if [[ "${1:-}" == -L ]]; then printf 'GPU 0\nGPU 1\nGPU 2\nGPU 3\n'; else echo "stub GPU, 1 MiB"; fi; }
+tools/large_motion_runs.sh() { record large_motion_runs "${RUNS:-}" "$@"; }
+"""
+
+
+class ParsedOnly(Exception):
+    """Raised right after a script's parser accepted its arguments: nothing else of the script runs."""
+
+
+@pytest.fixture(scope="module")
+def invocations(tmp_path_factory) -> list[list[str]]:
+    """Every command reproduce_perf.sh runs with all its stages (in an empty folder: its rm/cp touch nothing here)."""
+    folder = tmp_path_factory.mktemp("reproduce")
+    log = folder / "commands.txt"
+    wrapper = folder / "wrapper.sh"
+    wrapper.write_text(STUBS + f'\nsource "{REPO / "benchmark" / "reproduce_perf.sh"}" "$@"\n')
+    result = subprocess.run(["bash", str(wrapper), str(folder / "out")], cwd=folder, capture_output=True, text=True,
+                            timeout=120, env=dict(os.environ, STUB_LOG=str(log)))
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    return [line.split(SEPARATOR) for line in log.read_text().splitlines()]
+
+
+def script_and_args(command: list[str]) -> tuple[str, list[str]] | None:
+    """(our script's path, its arguments) for a python3 or torchrun command that runs a repository script."""
+    for index, word in enumerate(command[1:], start=1):
+        if word.endswith(".py"):
+            return word, command[index + 1:]
+        if not word.startswith("-"):
+            return None           # python3 -, python3 -c CODE, python3 -m MODULE: not a script of ours
+    return None
+
+
+def parse_only(script: str, args: list[str], monkeypatch) -> None:
+    """Run ``script`` as __main__ with ``args`` until its argparse parser has parsed them; a rejected flag fails."""
+    original = argparse.ArgumentParser.parse_args       # (our scripts all call parse_args, which refuses extras)
+
+    def parse_then_stop(self, *positional, **keywords):
+        original(self, *positional, **keywords)
+        raise ParsedOnly
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_then_stop)
+    monkeypatch.setattr(sys, "argv", [script, *args])
+    monkeypatch.chdir(REPO)
+    with pytest.raises(ParsedOnly):
+        runpy.run_path(str(REPO / script), run_name="__main__")
+
+
+def test_every_stage_and_branch_ran_under_the_stubs(invocations):
+    scripts = {found[0] for command in invocations if (found := script_and_args(command))}
+    assert {"train.py", "interpolate.py", "benchmark/bench_model.py", "benchmark/bench_loader.py",
+            "benchmark/bench_pipeline.py", "benchmark/check_kernels.py", "benchmark/ablation.py",
+            "tools/make_sample_data.py", "tools/video_to_vimeo.py"} <= scripts
+    assert any(command[0] == "torchrun" for command in invocations)            # the scaling stage (4 stub GPUs)
+    assert any(command[0] == "large_motion_runs" for command in invocations)   # the motion stage
+
+
+def test_every_command_names_an_existing_script_and_flags_it_accepts(invocations, monkeypatch, capsys):
+    checked = 0
+    for command in invocations:
+        found = script_and_args(command)
+        if found is None or found[0].startswith(("/", "..")) or "$" in found[0]:
+            continue              # the peers' timing script lives outside the repository
+        script, args = found
+        assert (REPO / script).is_file(), f"{script} (in: {' '.join(command)})"
+        try:
+            parse_only(script, args, monkeypatch)
+        except SystemExit as stop:
+            pytest.fail(f"{script} refused its arguments ({stop.code}): {' '.join(args)}\n{capsys.readouterr().err}")
+        checked += 1
+    assert checked >= 25
+
+
+def test_the_test_files_the_gpu_stage_runs_exist(invocations):
+    runs = [command for command in invocations if command[:3] == ["python3", "-m", "pytest"]]
+    assert runs
+    for command in runs:
+        for word in command[3:]:
+            if word.startswith("tests/"):
+                assert (REPO / word).is_file(), word
+
+
+def test_every_large_motion_run_name_is_a_variant_whose_flags_train_py_accepts(invocations, monkeypatch):
+    source = (REPO / "tools" / "large_motion_runs.sh").read_text()
+    case_block = re.search(r"\n(\s*case \$\{run%_s\*\} in\n.*?\n\s*esac)\n", source, re.S).group(1)
+    names = [name for command in invocations if command[0] == "large_motion_runs" for name in command[1].split()]
+    assert names
+    for name in names:
+        snippet = f'run="$1"; work=/w; data=/w/corpus; variant=()\n{case_block}\nprintf "%s\\n" "${{variant[@]}}"'
+        result = subprocess.run(["bash", "-c", snippet, "_", name], capture_output=True, text=True, timeout=30)
+        assert result.returncode == 0, f"run name {name}: {result.stdout.strip()}"
+        assert re.fullmatch(r"s\d+", name.rsplit("_", 1)[1]), f"run name {name} has no _s<seed> suffix"
+        parse_only("train.py", ["--phase", "2", "--data_path", "/w/corpus", *result.stdout.split()], monkeypatch)
