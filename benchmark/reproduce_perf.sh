@@ -34,7 +34,8 @@
 # Needs: torch, triton, timm, einops, opencv, tensorboard, tqdm; the mamba-ssm wheel
 # (its Triton kernels; no CUDA extension needed) and imageio-ffmpeg, installed or as wheels in .whl/;
 # data/cache/bigbuckbunny.mp4 (python tools/make_sample_data.py fetches it once).
-# Every stage has a time limit, so one slow stage cannot eat a whole GPU session.
+# Every stage has a time limit, so one slow stage cannot eat a whole GPU session. Its commands are checked on the CPU
+# (tests/test_gpu_scripts.py: each names an existing script and flags that script accepts).
 set -uo pipefail
 out=${1:-perf_out}; shift || true
 stages=${*:-setup start kernels infer4k peers loader interp inference motion ablation scaling}
