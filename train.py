@@ -38,7 +38,6 @@ from measures.visualize import sample_grid
 from model.loss import LOSS_LOG_KEYS
 from Trainer import Trainer, TrainingDiverged
 
-LOSS_TAGS = LOSS_LOG_KEYS   # the loss terms every step logs, total last: one list for the loss and its logging
 
 
 class NullWriter:
@@ -334,7 +333,7 @@ def run(cfg: ExperimentConfig, ctx: DistributedContext, argv: list[str] | None =
             writer.add_scalar("curriculum/max_gap", gap, trainer.step)
         sampler.set_epoch(epoch)
         trainer.train_mode()
-        sums = torch.zeros(len(LOSS_TAGS) + 1, dtype=torch.float64, device=ctx.device)   # loss terms, count
+        sums = torch.zeros(len(LOSS_LOG_KEYS) + 1, dtype=torch.float64, device=ctx.device)   # loss terms, count
         progress.start_epoch(epoch, total_epochs, steps_per_epoch)
         started, samples, last_train, epoch_step = time.perf_counter(), 0, None, 0
         for micro, batch in enumerate(train_loader):
@@ -351,7 +350,7 @@ def run(cfg: ExperimentConfig, ctx: DistributedContext, argv: list[str] | None =
                 log(f"first optimizer step {first_step_at - run_started:.1f} s after start (data set, model, "
                     "kernel compilation and autotuning included)")
             if not result["skipped"]:
-                sums += torch.stack([result["logs"][k].double().to(ctx.device) for k in LOSS_TAGS]
+                sums += torch.stack([result["logs"][k].double().to(ctx.device) for k in LOSS_LOG_KEYS]
                                     + [torch.ones((), dtype=torch.float64, device=ctx.device)])
             if not result["stepped"]:
                 continue
@@ -360,7 +359,7 @@ def run(cfg: ExperimentConfig, ctx: DistributedContext, argv: list[str] | None =
             if step % train.log_every == 0 or step == 1:
                 reduced = ctx.all_reduce_sum(sums.clone())
                 count = max(1.0, reduced[-1].item())
-                for tag, value in zip(LOSS_TAGS, reduced[:-1].tolist()):
+                for tag, value in zip(LOSS_LOG_KEYS, reduced[:-1].tolist()):
                     writer.add_scalar(f"loss/{tag}", value / count, step)
                 elapsed = time.perf_counter() - started
                 writer.add_scalar("train/lr", trainer.current_lr(), step)

@@ -32,7 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from checkpoint import atomic_write_text  # noqa: E402
-from config import ConfigError, config_from_argv  # noqa: E402
+from config import ConfigError, config_from_argv, usable_cpus  # noqa: E402
 from dataset import DatasetError  # noqa: E402
 from loaders import build_datasets, curriculum_max_gap, make_loaders  # noqa: E402
 
@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         "batch_size": args.batch_size, "crop_size": args.crop_size, "num_workers": workers,
         "flow_teacher": args.flow_teacher,
         "persistent_workers": bool(getattr(loader, "persistent_workers", False)),
-        "cache_gib": args.cache_gib, "cpu_cores": len(os.sched_getaffinity(0)), "device": device.type,
+        "cache_gib": args.cache_gib, "cpu_cores": usable_cpus(), "device": device.type,
         "setup_s": round(setup_s, 2), "first_batch_s": round(first_batch_s or 0.0, 2), "epochs_begun": epoch,
         "samples_per_s": round(rate, 1), "batches": args.batches,
     }

@@ -79,14 +79,20 @@ def parse_infer_name(text: str) -> tuple[int, int, float]:
     return (*RESOLUTIONS[name], float(scale) if scale else FLOW_SCALE[name])
 
 
-def inference_call(runner, name: str, args, device: str):
-    """(a function running one 2x interpolation at a named resolution and returning it as float32, the flow scale):
-    fixed random frames, flow at the protocol's downscale (Phases 2/3), autocast as ``--amp`` says. ``runner``: an
-    :class:`model.inference.InferenceRunner` (eager, graphed or compiled)."""
+def benchmark_frames(name: str, args, device: str) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """(img0, img1, flow scale) of a named resolution: fixed random frames (B=1), flow at the protocol's downscale
+    in Phases 2/3 (Phase 1 has no flow: 1.0). Every inference row of a resolution times these same frames."""
     height, width, flow_scale = parse_infer_name(name)
     generator = torch.Generator(device=device).manual_seed(1)
     img0, img1 = (torch.rand(1, 3, height, width, device=device, generator=generator) for _ in range(2))
-    flow_scale = flow_scale if args.phase > 1 else 1.0
+    return img0, img1, flow_scale if args.phase > 1 else 1.0
+
+
+def inference_call(runner, name: str, args, device: str):
+    """(a function running one 2x interpolation at a named resolution and returning it as float32, the flow scale):
+    :func:`benchmark_frames`, autocast as ``--amp`` says. ``runner``: an
+    :class:`model.inference.InferenceRunner` (eager, graphed or compiled)."""
+    img0, img1, flow_scale = benchmark_frames(name, args, device)
     dtype = AMP_DTYPES[args.amp]
 
     def infer() -> torch.Tensor:
@@ -100,11 +106,8 @@ def graph_like_call(model, name: str, args, device: str):
     a (B,) float32 device tensor, autocast's weight-cast cache off, gradients off), as a function run without a
     graph. Dynamo guards on those conditions, so a compiled model runs the code its graph recorded instead of
     compiling again for a float ``t``."""
-    height, width, flow_scale = parse_infer_name(name)
-    generator = torch.Generator(device=device).manual_seed(1)
-    img0, img1 = (torch.rand(1, 3, height, width, device=device, generator=generator) for _ in range(2))
+    img0, img1, flow_scale = benchmark_frames(name, args, device)
     t = torch.full((1,), 0.5, device=device)
-    flow_scale = flow_scale if args.phase > 1 else 1.0
     dtype = AMP_DTYPES[args.amp]
 
     def call() -> torch.Tensor:

@@ -13,10 +13,11 @@ holds none of the CPU) and returns its first input. Everything else is interpola
     mp4          a PNG folder in, H.264 out (libx264, --preset, --crf)
 
 The runs go once per --io_workers value ("1" is the serial layout: one decode thread, one PNG or Y'CbCr thread,
-libx264 on one thread; "auto" is interpolate.py's default: half the CPUs decoding, all but a quarter writing PNGs). Then (unless --no_stages) each I/O stage alone:
-milliseconds per frame on one thread and on N threads, so the cores a GPU's rate needs can be read off without a
-GPU. ``--outputs ""`` runs only the model-only pass and the stages. The table gives output frames/s, the ratio to the model-only rate
-(interpolate.py's target: >= 0.9) and the CPU time the run spent per output frame, which says how many cores a
+libx264 on one thread; "auto" is interpolate.py's default: half the CPUs decoding, all but a quarter writing
+PNGs). Then (unless --no_stages) each I/O stage alone: milliseconds per frame on one thread and on N threads, so the
+cores a GPU's rate needs can be read off without a GPU. ``--outputs ""`` runs only the model-only pass and the
+stages. The table gives output frames/s, the ratio to the model-only rate (interpolate.py's target: >= 0.9) and the
+CPU time the run spent per output frame, which says how many cores a
 rate needs: at R output frames/s the pipeline needs about R x (CPU ms per frame) / 1000 cores. Runs in one process,
 one after another; nothing is written outside a temporary folder.
 """

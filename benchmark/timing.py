@@ -99,7 +99,8 @@ def count_gflop(call: Callable[[], object], model: torch.nn.Module, parts: Seque
     """
     from torch.utils.flop_counter import FlopCounterMode
 
-    branches = [module for module in model.modules() if hasattr(module, "backend") and hasattr(module, "chunk_size")]
+    from model.mamba_branch import InterleavedMamba2
+    branches = [module for module in model.modules() if isinstance(module, InterleavedMamba2)]
     saved = [branch.backend for branch in branches]
     counter = FlopCounterMode(display=False)
     try:

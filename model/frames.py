@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+
 def read_rgb_uint8(path: str | Path, error: type[Exception] = OSError) -> np.ndarray:
     """(H, W, 3) uint8 RGB of one image file (cv2 reads BGR; the model works in RGB).
 
