@@ -24,6 +24,7 @@ import torch
 
 BACKBONE_MODES = ("hybrid", "mamba2_only", "gated_attn_only")
 ATTENTION_GATES = ("headwise", "elementwise", "none")
+FLOW_PRIORS = ("none", "dis")                 # where the flow estimator starts (ModelConfig.flow_prior)
 PHASES = (1, 2, 3)
 # Autocast precision by ``--amp`` name; None = plain fp32 (no autocast). "auto" resolves to one of them.
 AMP_DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -89,6 +90,10 @@ class ModelConfig:
     flow_scales: tuple[int, ...] = (4, 2, 1)
     flow_res_layers: int = 8
     flow_use_features: bool = True
+    # "dis": the flow estimator starts from OpenCV DIS flows between the two inputs (computed on the CPU by the
+    # caller: the data loader, the benchmarks, interpolate.py) and its blocks refine them; "none": from zero (RIFE).
+    # Why: classical flow beats every learned model trained for minutes on fast motion (docs/LARGE_MOTION.md).
+    flow_prior: str = "none"
     context_channels: int = 16
 
     @property
@@ -125,6 +130,11 @@ class ModelConfig:
                 any(coarse < fine for coarse, fine in zip(self.flow_scales, self.flow_scales[1:])):
             raise ConfigError(f"--flow_scales must be positive integers from coarse to fine (e.g. 4 2 1 or 8 4 2), "
                               f"got {' '.join(map(str, self.flow_scales))}")
+        if self.flow_prior not in FLOW_PRIORS:
+            raise ConfigError(f"--flow_prior must be one of {', '.join(FLOW_PRIORS)}, got {self.flow_prior!r}")
+        if self.flow_prior != "none" and not self.use_flow:
+            raise ConfigError(f"--flow_prior {self.flow_prior} starts the flow estimator, which phase 1 does not "
+                              "have: use it with --phase 2 or 3")
 
 
 DEFAULT_NUM_WORKERS = 8               # the spec's default; a machine with fewer cores per rank gets fewer
@@ -457,6 +467,10 @@ def build_arg_parser() -> argparse.ArgumentParser:
     extra.add_argument("--flow_scales", type=positive_int, nargs=3, default=None, metavar="S",
                        help="phases 2/3: working scale of the three flow blocks, coarse to fine (default 4 2 1 as in "
                             "RIFE_m; 8 4 2 does a quarter of the flow arithmetic, docs/PERF.md 10.2)")
+    extra.add_argument("--flow_prior", type=str, default=None, choices=FLOW_PRIORS,
+                       help="phases 2/3: dis starts the flow estimator from OpenCV DIS flows between the two inputs "
+                            "(computed on the CPU by the data loader, the benchmarks and interpolate.py), which its "
+                            "blocks refine; none (default) starts from zero as RIFE does (docs/LARGE_MOTION.md)")
     extra.add_argument("--vgg_weights", type=str, default=None,
                        help="local VGG19 weights file for the perceptual loss (or env THESIS_VGG_WEIGHTS)")
     extra.add_argument("--ckpt_dir", type=str, default=None, help="checkpoint folder (default ckpt)")
@@ -477,7 +491,7 @@ _FLAG_FIELDS: dict[str, tuple[str, str]] = {
     "backbone_mode": ("model", "backbone_mode"), "use_mhc": ("model", "use_mhc"), "use_ecab": ("model", "use_ecab"),
     "ssd_backend": ("model", "ssm_backend"), "vgg_weights": ("loss", "vgg_weights"),
     "inter_weight": ("loss", "inter"), "flow_teacher": ("loss", "flow_teacher"),
-    "flow_scales": ("model", "flow_scales"),
+    "flow_scales": ("model", "flow_scales"), "flow_prior": ("model", "flow_prior"),
 }
 _NOT_FIELDS = {"phase", "model_size", "ablation", "mixed_ratio", "no_progress"}   # not part of a run's config
 

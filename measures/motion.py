@@ -10,6 +10,8 @@ on the frames as they are scored, on the CPU, and knows nothing of the model.
   (< 4, 4-16, 16-32, 32-64, > 64 px), the stratification the VFI literature asks for.
 * :func:`teacher_flows`: DIS flows from the middle frame to both inputs, the pseudo-labels of the training loss's
   flow-teacher term (``--flow_teacher``, model/loss.py :class:`FlowTeacherLoss`).
+* :func:`prior_pair_flows`: DIS flows both ways between the two inputs, where a ``--flow_prior dis`` model's flow
+  estimator starts (model/ops/prior.py); no middle frame is needed, so they exist at test time too.
 * :func:`interpolate_dis`: the classical baseline. DIS flow both ways, flows at t by the linear-motion
   approximation, both frames backward-warped to t, blended with occlusion-aware weights
   (:func:`occlusion_aware_weights`, the one rule).
@@ -36,6 +38,9 @@ MOTION_BUCKETS: tuple[tuple[str, float, float], ...] = (
 MOTION_PERCENTILE = 95.0
 MOTION_STATISTIC = "95th percentile of |DIS flow I0->I1| in px at the evaluated resolution"
 DIS_WORK_MAX_SIDE = 2048      # larger frames are downscaled for DIS and the flow scaled back (4K: 2x)
+# The flow prior's DIS runs on at most 1024 px (1080p at 960x540, 4K at 1024x576): two medium-preset calls then cost
+# about 93 ms of one core for a 1080p pair instead of 390 (2-core CI machine), and the estimator refines the detail.
+PRIOR_WORK_MAX_SIDE = 1024
 # Forward-backward consistency (Sundaram et al. 2010): a flow vector is trusted where
 # |F01(x) + F10(x + F01(x))|^2 <= ALPHA (|F01|^2 + |F10(x + F01)|^2) + BETA.
 CONSISTENCY_ALPHA = 0.01
@@ -89,10 +94,32 @@ class FlowPair:
         return motion_statistic(self.forward)
 
 
-def flow_pair(frame0: np.ndarray, frame1: np.ndarray) -> FlowPair:
-    """(H, W, 3) RGB frames (uint8 or float [0, 1]) -> DIS flow both ways."""
+    def stacked(self) -> np.ndarray:
+        """(4, H, W) float32 = [F_0->1 (x, y), F_1->0 (x, y)]: the layout of a model's ``flow_prior`` input."""
+        return np.ascontiguousarray(np.concatenate([self.forward, self.backward], axis=2).transpose(2, 0, 1),
+                                    dtype=np.float32)
+
+
+def flow_pair(frame0: np.ndarray, frame1: np.ndarray, work_max_side: int = DIS_WORK_MAX_SIDE) -> FlowPair:
+    """(H, W, 3) RGB frames (uint8 or float [0, 1]) -> DIS flow both ways (DIS on at most ``work_max_side`` px)."""
     gray0, gray1 = to_gray_uint8(frame0), to_gray_uint8(frame1)
-    return FlowPair(dis_flow(gray0, gray1), dis_flow(gray1, gray0))
+    return FlowPair(dis_flow(gray0, gray1, work_max_side), dis_flow(gray1, gray0, work_max_side))
+
+
+def prior_pair_flows(frame0: np.ndarray, frame1: np.ndarray) -> np.ndarray:
+    """The flow prior of a frame pair: (H, W, 3) RGB frames (uint8 or float [0, 1]) -> (4, H, W) float32
+    [F_0->1, F_1->0] in pixels of the frames (DIS medium on at most :data:`PRIOR_WORK_MAX_SIDE` px).
+
+    What a ``--flow_prior dis`` model takes as ``flow_prior`` (model/thesis.py); the data loader computes it on the
+    augmented inputs of each training sample, the benchmarks and interpolate.py on every pair they interpolate.
+    """
+    return flow_pair(frame0, frame1, PRIOR_WORK_MAX_SIDE).stacked()
+
+
+def prior_from_pair(flows: FlowPair, height: int, width: int) -> np.ndarray | None:
+    """The prior of a pair whose :func:`flow_pair` (default work size) is already known, when it is the same
+    computation (the frame fits in :data:`PRIOR_WORK_MAX_SIDE`, so neither was downscaled); else None."""
+    return flows.stacked() if max(height, width) <= PRIOR_WORK_MAX_SIDE else None
 
 
 def teacher_flows(frame0: np.ndarray, middle: np.ndarray, frame1: np.ndarray) -> np.ndarray:

@@ -280,17 +280,22 @@ class OpticalFlowEstimator(nn.Module):
     4 in its two stride-2 convs), and every output is cropped back. Replicate padding makes the cropped warps
     identical to warping the unpadded frames with the border-padded warp.
 
+    With a prior (``prior=True``, ``--flow_prior dis``): ``forward`` takes an ``initial_flow`` (the classical flows
+    at t, model/ops/prior.py) and the first block too is a refinement block (18 channels): the estimate starts
+    there, with a mask logit of 0 (the two warps weighted equally), instead of at zero.
+
     Args:
         widths: trunk width per block (RIFE: 240, 150, 90).
         scales: integer working scale per block, coarse to fine (RIFE: 4, 2, 1).
         num_res_layers: conv layers in each block's residual stack (RIFE: 8).
         feature_channels: per-frame channels of the optional backbone feature maps fed to each block (0 = none).
+        prior: whether ``forward`` starts from a given ``initial_flow`` (then required) instead of zero.
     """
 
     image_channels = 3
 
     def __init__(self, widths: Sequence[int] = (240, 150, 90), scales: Sequence[int] = (4, 2, 1),
-                 num_res_layers: int = 8, feature_channels: Sequence[int] = (0, 0, 0)):
+                 num_res_layers: int = 8, feature_channels: Sequence[int] = (0, 0, 0), prior: bool = False):
         super().__init__()
         if not (len(widths) == len(scales) == len(feature_channels)) or len(widths) == 0:
             raise ValueError("widths, scales and feature_channels need one (equal, non-zero) entry per block, got "
@@ -300,11 +305,12 @@ class OpticalFlowEstimator(nn.Module):
         self.scales = tuple(int(s) for s in scales)
         self.feature_channels = tuple(int(c) for c in feature_channels)
         self.pad_multiple = math.lcm(*(4 * s for s in self.scales))
+        self.prior = prior
 
         first_in = 2 * self.image_channels + 1                        # img0, img1, t          = 7
         later_in = 4 * self.image_channels + 2 + 4                    # + warp0, warp1, mask, flow = 18
         self.blocks = nn.ModuleList([
-            FlowBlock(first_in if index == 0 else later_in, width, channels, num_res_layers)
+            FlowBlock(first_in if index == 0 and not prior else later_in, width, channels, num_res_layers)
             for index, (width, channels) in enumerate(zip(widths, self.feature_channels))
         ])
         self.warp = BackwardWarp()
@@ -364,7 +370,8 @@ class OpticalFlowEstimator(nn.Module):
         return aligned
 
     def forward(self, img0: torch.Tensor, img1: torch.Tensor, t: float | torch.Tensor,
-                scale_factor: float = 1.0, features: Sequence[FeaturePair | None] | None = None) -> FlowOutput:
+                scale_factor: float = 1.0, features: Sequence[FeaturePair | None] | None = None,
+                initial_flow: torch.Tensor | None = None) -> FlowOutput:
         """Estimate the flows from the frame at time ``t`` to both inputs.
 
         Args:
@@ -374,6 +381,8 @@ class OpticalFlowEstimator(nn.Module):
                 upsample the flow / mask to (H, W).
             features: optional list with one ``(f0, f1)`` pair of per-frame maps (B, C_k, h_k, w_k) per block, at
                 any resolution covering the whole frame; used only by blocks with ``feature_channels[k] > 0``.
+            initial_flow: (B, 4, H, W) flows at ``t`` in input pixels to start from; required iff built with
+                ``prior=True``.
         Returns:
             :class:`FlowOutput` (flow and mask at (H, W) in float32; warps in the input dtype).
         """
@@ -382,6 +391,13 @@ class OpticalFlowEstimator(nn.Module):
         if not scale_factor > 0:
             raise ValueError(f"scale_factor must be positive, got {scale_factor}")
         batch, _, height, width = img0.shape
+        if self.prior != (initial_flow is not None):
+            raise ValueError("this flow estimator was built with a prior (--flow_prior): pass initial_flow"
+                             if self.prior else "this flow estimator has no prior (--flow_prior none): initial_flow "
+                             "must be None")
+        if initial_flow is not None and initial_flow.shape != (batch, 4, height, width):
+            raise ValueError(f"initial_flow must be (B, 4, H, W) = ({batch}, 4, {height}, {width}), got "
+                             f"{tuple(initial_flow.shape)}")
 
         work_size = (max(1, round(height * scale_factor)), max(1, round(width * scale_factor)))
         work0, work1 = resize_bilinear(img0, work_size), resize_bilinear(img1, work_size)
@@ -401,9 +417,16 @@ class OpticalFlowEstimator(nn.Module):
         flow: torch.Tensor | None = None
         mask_logit: torch.Tensor | None = None
         warped0 = warped1 = None
+        if initial_flow is not None:
+            flow = resize_flow(initial_flow.float(), work_size)
+            if pad_h or pad_w:
+                flow = F.pad(flow, (0, pad_w, 0, pad_h), mode="replicate")
+            mask_logit = flow.new_zeros(batch, 1, *padded_size)
+            warped0 = self.warp(work0, flow[:, 0:2])
+            warped1 = self.warp(work1, flow[:, 2:4])
         intermediate: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         for index, (block, scale) in enumerate(zip(self.blocks, self.scales)):
-            if index == 0:
+            if flow is None:
                 block_input = torch.cat([work0, work1, t_map], dim=1)
             else:
                 block_input = torch.cat([work0, work1, t_map, warped0, warped1,

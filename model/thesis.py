@@ -20,6 +20,10 @@ Inputs are (B, 3, H, W) in [0, 1] of any size: they are replicate-padded to the 
 and the outputs cropped back. ``t`` is a float, a 0-d tensor, or a per-sample tensor (B,) / (B, 1, 1, 1).
 For high-resolution inference, ``flow_scale`` < 1 estimates flow on downscaled frames (0.5 for 2K, 0.25 for
 4K) while the backbone and RefineNet run at full resolution.
+
+With ``--flow_prior dis`` (ModelConfig.flow_prior) every call also takes ``flow_prior``: the pair's classical
+flows both ways, (B, 4, H, W) = [F_0->1, F_1->0] in pixels (``measures.motion.prior_pair_flows``, computed on the
+CPU by the caller); the estimator starts from their flows at t (model/ops/prior.py) and refines them.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from torch import nn
 
 from .backbone import HybridBackbone
 from .ops.pairs import split_frames
+from .ops.prior import flip_flows, flows_at_t
 from .ops.warp import resize_flow
 from .refine import RefineNet
 from .warplayer import BackwardWarp
@@ -75,7 +80,7 @@ def as_timestep(t, batch: int, device: torch.device, dtype: torch.dtype = torch.
 
 
 class ThesisModel(nn.Module):
-    """forward(img0, img1, t=0.5, flow_scale=1.0) -> :class:`InterpolationOutput`."""
+    """forward(img0, img1, t=0.5, flow_scale=1.0, flow_prior=None) -> :class:`InterpolationOutput`."""
 
     def __init__(self, cfg):
         super().__init__()
@@ -92,7 +97,8 @@ class ThesisModel(nn.Module):
             feature_channels = tuple(channels[k] for k in (4, 3, 2)) if cfg.flow_use_features else (0, 0, 0)
             self.flow_estimator = OpticalFlowEstimator(widths=tuple(cfg.flow_widths), scales=tuple(cfg.flow_scales),
                                                        num_res_layers=cfg.flow_res_layers,
-                                                       feature_channels=feature_channels)
+                                                       feature_channels=feature_channels,
+                                                       prior=cfg.flow_prior != "none")
             self.context = ContextNet(base_channels=cfg.context_channels)
             context_channels = tuple(cfg.context_channels * 2 ** k for k in range(3))
             self.refine = RefineNet(channels, cfg.refine_channels, image_channels=17, use_context=True,
@@ -110,13 +116,28 @@ class ThesisModel(nn.Module):
         pad_h, pad_w = (-height) % m, (-width) % m
         return F.pad(image, (0, pad_w, 0, pad_h), mode="replicate") if pad_h or pad_w else image
 
-    def forward(self, img0: torch.Tensor, img1: torch.Tensor, t=0.5, flow_scale: float = 1.0) -> InterpolationOutput:
+    @property
+    def needs_flow_prior(self) -> bool:
+        """Whether every call needs the pair's classical flows (``flow_prior``): a ``--flow_prior dis`` model."""
+        return self.use_flow and self.config.flow_prior != "none"
+
+    def forward(self, img0: torch.Tensor, img1: torch.Tensor, t=0.5, flow_scale: float = 1.0,
+                flow_prior: torch.Tensor | None = None) -> InterpolationOutput:
         if img0.dim() != 4 or img0.shape[1] != 3 or img0.shape != img1.shape:
             raise ValueError(f"ThesisModel expects two (B, 3, H, W) images of equal shape, got "
                              f"{tuple(img0.shape)} and {tuple(img1.shape)}")
         height, width = img0.shape[-2:]
+        if self.needs_flow_prior != (flow_prior is not None):
+            raise ValueError(f"this model was built with --flow_prior {self.config.flow_prior}: pass flow_prior, the "
+                             "pair's DIS flows (B, 4, H, W) (measures.motion.prior_pair_flows)"
+                             if self.needs_flow_prior else
+                             "this model has no flow prior (--flow_prior none): flow_prior must be None")
+        if flow_prior is not None and flow_prior.shape != (img0.shape[0], 4, height, width):
+            raise ValueError(f"flow_prior must be (B, 4, H, W) = ({img0.shape[0]}, 4, {height}, {width}), got "
+                             f"{tuple(flow_prior.shape)}")
         timestep = as_timestep(t, img0.shape[0], img0.device)
-        out = self._forward_padded(self._pad(img0), self._pad(img1), timestep, flow_scale)
+        prior = None if flow_prior is None else self._pad(flow_prior.to(img0.device, torch.float32))
+        out = self._forward_padded(self._pad(img0), self._pad(img1), timestep, flow_scale, prior)
         if out.pred.shape[-2:] != (height, width):
             crop = lambda x: x[..., :height, :width] if x is not None else None   # noqa: E731
             out = InterpolationOutput(crop(out.pred), crop(out.mask), crop(out.residual), crop(out.flow),
@@ -124,7 +145,7 @@ class ThesisModel(nn.Module):
                                       [tuple(crop(x) for x in step) for step in out.intermediate])
         return out
 
-    def _forward_padded(self, img0, img1, timestep, flow_scale) -> InterpolationOutput:
+    def _forward_padded(self, img0, img1, timestep, flow_scale, flow_prior=None) -> InterpolationOutput:
         features = self.backbone(img0, img1)
         if not self.use_flow:
             mask_logit, residual = self.refine(features, (img0, img1), timestep)
@@ -134,7 +155,8 @@ class ThesisModel(nn.Module):
 
         flow_features = [split_frames(features[k]) for k in (4, 3, 2)]
         estimate = self.flow_estimator(img0, img1, timestep, scale_factor=flow_scale,
-                                       features=flow_features if self.config.flow_use_features else None)
+                                       features=flow_features if self.config.flow_use_features else None,
+                                       initial_flow=None if flow_prior is None else flows_at_t(flow_prior, timestep))
         flow, warped0, warped1 = estimate.flow, estimate.warped0, estimate.warped1
         del flow_features
         for index, level in enumerate(features):   # replaced in place: the unwarped map is freed at once (4K memory)
@@ -152,11 +174,12 @@ class ThesisModel(nn.Module):
 
     @torch.no_grad()
     def inference(self, img0: torch.Tensor, img1: torch.Tensor, t=0.5, flow_scale: float = 1.0,
-                  tta: bool = False) -> torch.Tensor:
+                  tta: bool = False, flow_prior: torch.Tensor | None = None) -> torch.Tensor:
         """Prediction only, (B, 3, H, W). ``tta`` averages with the prediction on H+W-flipped inputs."""
-        pred = self(img0, img1, t, flow_scale).pred
+        pred = self(img0, img1, t, flow_scale, flow_prior).pred
         if tta:
-            flipped = self(img0.flip(2, 3), img1.flip(2, 3), t, flow_scale).pred.flip(2, 3)
+            flipped_prior = None if flow_prior is None else flip_flows(flow_prior)
+            flipped = self(img0.flip(2, 3), img1.flip(2, 3), t, flow_scale, flipped_prior).pred.flip(2, 3)
             pred = (pred + flipped) / 2
         return pred
 

@@ -27,7 +27,7 @@ def test_zero_flow_and_even_mask_reduce_to_the_average_plus_residual(monkeypatch
     model = tiny_phase2_model()
     img0, img1 = torch.rand(2, 3, 40, 56) * 0.5, torch.rand(2, 3, 40, 56) * 0.5   # sums stay inside [0, 1]
 
-    def still(img0, img1, t, scale_factor=1.0, features=None):
+    def still(img0, img1, t, scale_factor=1.0, features=None, initial_flow=None):
         zeros = torch.zeros(img0.shape[0], 1, *img0.shape[-2:])
         return FlowOutput(torch.zeros(img0.shape[0], 4, *img0.shape[-2:]), zeros, img0, img1, [])
     monkeypatch.setattr(model.flow_estimator, "forward", still)
