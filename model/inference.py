@@ -168,11 +168,12 @@ class GraphKey:
     flow_scale: float
     tta: bool
     autocast_dtype: torch.dtype | None   # None: autocast off
+    with_prior: bool = False             # the call passes a flow prior (a --flow_prior model): one more buffer
 
     def describe(self) -> str:
         precision = str(self.autocast_dtype).replace("torch.", "") if self.autocast_dtype else "no autocast"
         return (f"{self.batch}x3x{self.height}x{self.width} {str(self.dtype).replace('torch.', '')}, flow scale "
-                f"{self.flow_scale:g}, {precision}{', TTA' if self.tta else ''}")
+                f"{self.flow_scale:g}, {precision}{', TTA' if self.tta else ''}{', flow prior' if self.with_prior else ''}")
 
 
 def autocast_dtype(device_type: str) -> torch.dtype | None:
@@ -225,13 +226,16 @@ class _Entry:
     img1: torch.Tensor
     t: torch.Tensor
     recorded: Recorded
+    flow_prior: torch.Tensor | None = None
 
 
 class InferenceRunner:
-    """``runner(img0, img1, t=0.5, flow_scale=1.0, tta=False)`` = ``model.inference(...)``, replayed as a CUDA graph
-    per input shape where possible (module docstring).
+    """``runner(img0, img1, t=0.5, flow_scale=1.0, tta=False, flow_prior=None)`` = ``model.inference(...)``, replayed
+    as a CUDA graph per input shape where possible (module docstring).
 
-    model: anything with ``inference(img0, img1, t, flow_scale=..., tta=...)`` returning (B, 3, H, W).
+    model: anything with ``inference(img0, img1, t, flow_scale=..., tta=...)`` returning (B, 3, H, W), and a
+        ``flow_prior=`` keyword where calls pass one (a ``--flow_prior dis`` model; it is then one more static
+        buffer of the graph).
     cuda_graph: "auto" (graphs on CUDA, eager elsewhere or when a capture fails), "on" (raise
         :class:`GraphUnavailable` instead of falling back), "off" (always eager).
     compile: compile the model in place first (:func:`compile_for_inference`); with graphs, the compiled forward is
@@ -301,41 +305,45 @@ class InferenceRunner:
             self._said.add(message)
             logger.warning(message)
 
-    def key(self, img0: torch.Tensor, flow_scale: float, tta: bool) -> GraphKey:
+    def key(self, img0: torch.Tensor, flow_scale: float, tta: bool, with_prior: bool = False) -> GraphKey:
         batch, _, height, width = img0.shape
         return GraphKey(str(img0.device), batch, height, width, img0.dtype, float(flow_scale), bool(tta),
-                        autocast_dtype(img0.device.type))
+                        autocast_dtype(img0.device.type), with_prior)
 
     # ---------------------------------------------------------------------------------------------------
     def __call__(self, img0: torch.Tensor, img1: torch.Tensor, t=0.5, flow_scale: float = 1.0,
-                 tta: bool = False) -> torch.Tensor:
-        """(B, 3, H, W) images, ``t`` a float, 0-d, (B,) or (B, 1, 1, 1) -> (B, 3, H, W) prediction."""
+                 tta: bool = False, flow_prior: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, 3, H, W) images, ``t`` a float, 0-d, (B,) or (B, 1, 1, 1), ``flow_prior`` None or the pair's flows
+        (B, 4, H, W) (a ``--flow_prior`` model) -> (B, 3, H, W) prediction."""
         if img0.dim() != 4 or img0.shape != img1.shape:
             raise ValueError(f"InferenceRunner expects two (B, 3, H, W) images of equal shape, got "
                              f"{tuple(img0.shape)} and {tuple(img1.shape)}")
+        if flow_prior is not None and flow_prior.shape != (img0.shape[0], 4, *img0.shape[-2:]):
+            raise ValueError(f"flow_prior must be (B, 4, H, W) = ({img0.shape[0]}, 4, {img0.shape[2]}, "
+                             f"{img0.shape[3]}), got {tuple(flow_prior.shape)}")
         with torch.no_grad():
             if not self.graphs_enabled:
-                return self._eager(img0, img1, t, flow_scale, tta)
-            key = self.key(img0, flow_scale, tta)
+                return self._eager(img0, img1, t, flow_scale, tta, flow_prior)
+            key = self.key(img0, flow_scale, tta, flow_prior is not None)
             entry = self.graphs.get(key)
             if entry is None:
                 if key in self.failed or not self._due(key):
-                    return self._eager(img0, img1, t, flow_scale, tta)
-                entry = self._record(key, img0, img1, t)
+                    return self._eager(img0, img1, t, flow_scale, tta, flow_prior)
+                entry = self._record(key, img0, img1, t, flow_prior)
                 if entry is None:
-                    return self._eager(img0, img1, t, flow_scale, tta)
+                    return self._eager(img0, img1, t, flow_scale, tta, flow_prior)
             else:
                 self.graphs.move_to_end(key)
-                self._fill(entry, img0, img1, t)
+                self._fill(entry, img0, img1, t, flow_prior)
             entry.recorded.replay()
             self.counts["replays"] += 1
             self.last_mode = "graphed"
             return entry.recorded.output.clone()
 
-    def _eager(self, img0, img1, t, flow_scale, tta) -> torch.Tensor:
+    def _eager(self, img0, img1, t, flow_scale, tta, flow_prior=None) -> torch.Tensor:
         self.counts["eager_calls"] += 1
         self.last_mode = "eager"
-        return self.model.inference(img0, img1, t, flow_scale=flow_scale, tta=tta)
+        return self.model.inference(img0, img1, t, flow_scale=flow_scale, tta=tta, **_prior_keyword(flow_prior))
 
     def _due(self, key: GraphKey) -> bool:
         """Count a call of a key not yet recorded; True once it has been seen ``capture_after`` times."""
@@ -364,12 +372,14 @@ class InferenceRunner:
         else:
             buffer.fill_(float(t))          # a kernel with the value as its argument: no host-to-device copy
 
-    def _fill(self, entry: _Entry, img0, img1, t) -> None:
+    def _fill(self, entry: _Entry, img0, img1, t, flow_prior=None) -> None:
         entry.img0.copy_(img0)
         entry.img1.copy_(img1)
         self._write_timestep(entry.t, t)
+        if flow_prior is not None:
+            entry.flow_prior.copy_(flow_prior, non_blocking=True)
 
-    def _record(self, key: GraphKey, img0, img1, t) -> _Entry | None:
+    def _record(self, key: GraphKey, img0, img1, t, flow_prior=None) -> _Entry | None:
         while len(self.graphs) >= self.max_graphs:
             self.graphs.popitem(last=False)
             self.counts["evictions"] += 1
@@ -378,6 +388,7 @@ class InferenceRunner:
         with torch.inference_mode(False):
             static0, static1 = img0.clone(), img1.clone()
             static_t = self._timestep_buffer(t, key.batch, img0.device)
+            static_prior = None if flow_prior is None else flow_prior.to(img0.device, torch.float32, copy=True)
         flow_scale, tta = key.flow_scale, key.tta
 
         def call() -> torch.Tensor:
@@ -385,7 +396,8 @@ class InferenceRunner:
             # the graph after autocast freed it. Same dtype and on/off state as the caller's.
             with torch.autocast(img0.device.type, dtype=key.autocast_dtype or torch.float32,
                                 enabled=key.autocast_dtype is not None, cache_enabled=False):
-                return self.model.inference(static0, static1, static_t, flow_scale=flow_scale, tta=tta)
+                return self.model.inference(static0, static1, static_t, flow_scale=flow_scale, tta=tta,
+                                            **_prior_keyword(static_prior))
         try:
             recorded = self.capture.record(call, self.warmup_calls)
         except Exception as error:          # noqa: BLE001 - any capture failure means: this key runs eagerly
@@ -396,10 +408,16 @@ class InferenceRunner:
             self._say(f"CUDA graph capture failed for {key.describe()} ({type(error).__name__}: "
                       f"{' '.join(str(error).split())[:200]}); that shape runs eagerly")
             return None
-        entry = _Entry(static0, static1, static_t, recorded)
+        entry = _Entry(static0, static1, static_t, recorded, static_prior)
         self.graphs[key] = entry
         self.counts["captures"] += 1
         return entry
+
+
+def _prior_keyword(flow_prior: torch.Tensor | None) -> dict:
+    """``flow_prior=`` for the model's ``inference`` only when there is one: models without a prior (and the tests'
+    stand-ins) keep their plain signature."""
+    return {} if flow_prior is None else {"flow_prior": flow_prior}
 
 
 def add_graph_argument(parser, default: str = "auto") -> None:

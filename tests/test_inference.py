@@ -107,6 +107,30 @@ def test_keys_separate_shape_batch_flow_scale_tta_and_autocast_but_not_how_t_is_
     assert capture.records == 6 and len(runner.graphs) == 6
 
 
+class PriorShift(Blend):
+    """Stand-in for a --flow_prior model: adds the mean of the prior's first channel to the blend."""
+
+    def inference(self, img0, img1, t=0.5, flow_scale=1.0, tta=False, flow_prior=None):
+        assert flow_prior is not None, "a prior model is always called with its prior"
+        return super().inference(img0, img1, t, flow_scale, tta) + flow_prior[:, :1].mean(dim=(2, 3), keepdim=True)
+
+
+def test_a_flow_prior_is_a_static_buffer_of_its_own_graph_refilled_per_call():
+    model, capture = PriorShift(), FakeCapture()
+    runner = InferenceRunner(model, "auto", capture=capture, max_graphs=4)
+    a, b = images()
+    first, second = torch.zeros(1, 4, 8, 12), torch.full((1, 4, 8, 12), 3.0)
+    assert torch.allclose(runner(a, b, 0.5, flow_prior=first), model.inference(a, b, 0.5, flow_prior=first))
+    assert torch.allclose(runner(a, b, 0.5, flow_prior=second), model.inference(a, b, 0.5, flow_prior=second))
+    assert capture.records == 1 and runner.counts["replays"] == 2
+    assert next(iter(runner.graphs.values())).flow_prior is not second          # copied in, not aliased
+    assert runner.key(a, 1.0, False, True) != runner.key(a, 1.0, False, False)
+    with pytest.raises(ValueError, match=r"flow_prior must be \(B, 4, H, W\) = \(1, 4, 8, 12\)"):
+        runner(a, b, 0.5, flow_prior=torch.zeros(1, 2, 8, 12))
+    eager = InferenceRunner(model, "off")
+    assert torch.allclose(eager(a, b, 0.5, flow_prior=second), model.inference(a, b, 0.5, flow_prior=second))
+
+
 def test_per_sample_t_reaches_the_graph():
     model = Blend()
     runner = InferenceRunner(model, "auto", capture=FakeCapture())
