@@ -9,7 +9,9 @@ Every dataset returns one dict per sample::
         "t":    float32 tensor (),        # time of gt between img0 (0) and img1 (1)
     }
 
-Vimeo90K test items also carry ``"name": str`` (e.g. ``"00001/0001"``); the default collate turns it
+With ``teacher_flow`` set (``--flow_teacher``) an item also carries ``"flow_teacher"``, and with ``flow_prior`` set
+(``--flow_prior dis``) ``"flow_prior"``: float32 (4, h, w) each, DIS flows of the augmented frames (see
+:class:`_TripletDataset`). Vimeo90K test items also carry ``"name": str`` (e.g. ``"00001/0001"``); the default collate turns it
 into a list of strings. Frames stay uint8 so DataLoader transfers are small; the trainer converts them
 to float on the device.
 
@@ -44,7 +46,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset
 
-from measures.motion import teacher_flows
+from measures.motion import prior_pair_flows, teacher_flows
 
 __all__ = [
     "DatasetError",
@@ -294,12 +296,19 @@ class _TripletDataset(Dataset):
     ``"flow_teacher"``, float32 (4, h, w), the DIS flows from the augmented middle frame to both augmented inputs
     (:func:`measures.motion.teacher_flows`). Computed after the augmentation, so crops, flips, rotations and the
     temporal swap need no vector bookkeeping.
+
+    ``flow_prior`` (False by default; ``loaders.build_datasets`` sets it on the training and validation sets for
+    ``--flow_prior dis``): each item also holds ``"flow_prior"``, float32 (4, h, w) = [F_0->1, F_1->0], the DIS flows
+    both ways between the augmented inputs (:func:`measures.motion.prior_pair_flows`), where a prior model's flow
+    estimator starts. Also computed after the augmentation, for the same reason; it reads no middle frame, so the
+    validation items (full frames) get it exactly as a benchmark computes it.
     """
 
     crop_size: int | None
     augment: bool
     frame_cache = None
     teacher_flow = False
+    flow_prior = False
 
     def frame_paths(self) -> list[str]:
         """Every frame file a sample may read, in a stable order (what a frame cache should hold)."""
@@ -353,9 +362,12 @@ class _TripletDataset(Dataset):
         else:
             params = center_crop_params(height, width, self.crop_size)
         sample = augmented_sample(frames, t, params)
-        if self.teacher_flow:
+        if self.teacher_flow or self.flow_prior:
             img0, gt, img1 = (sample[key].permute(1, 2, 0).numpy() for key in ("img0", "gt", "img1"))
-            sample["flow_teacher"] = torch.from_numpy(teacher_flows(img0, gt, img1))
+            if self.teacher_flow:
+                sample["flow_teacher"] = torch.from_numpy(teacher_flows(img0, gt, img1))
+            if self.flow_prior:
+                sample["flow_prior"] = torch.from_numpy(prior_pair_flows(img0, img1))
         return sample
 
 

@@ -368,6 +368,12 @@ def build_datasets(cfg: ExperimentConfig):
         for dataset in (vimeo, x4k):
             if dataset is not None:
                 dataset.teacher_flow = True
+    if cfg.model.flow_prior == "dis":
+        # The pair's DIS flows both ways, where the prior model's flow estimator starts: every training and validation
+        # item needs them (the model refuses a call without), so every part of both sets computes them.
+        for dataset in (vimeo, x4k, val):
+            if dataset is not None:
+                dataset.flow_prior = True
     if train.dry_run:
         val = Subset(val, range(min(len(val), 8)))
     return train_set, val, x4k

@@ -156,6 +156,49 @@ def test_teacher_flow_items_carry_dis_flows_of_the_augmented_frames(vimeo_root, 
     assert torch.equal(item["flow_teacher"], torch.from_numpy(teacher_flows(*frames)))
 
 
+def test_flow_prior_items_carry_dis_flows_between_the_augmented_inputs(vimeo_root, monkeypatch):
+    """With flow_prior set (--flow_prior dis), an item also holds the (4, h, w) float32 pair flows both ways,
+    computed from the inputs as augmented (crop, flips, rotation, temporal swap: no vector bookkeeping): exactly
+    prior_pair_flows of the item's own img0 and img1. Without the switch the item has no prior."""
+    from measures.motion import prior_pair_flows
+    root, _ = vimeo_root
+    monkeypatch.setattr(dataset, "draw_augmentation", fixed_augmentation(
+        top=3, left=5, flip_horizontal=True, flip_vertical=True, rot90=3, swap_time=True, channel_order=(1, 2, 0)))
+    data = VimeoDataset(root, crop_size=CROP)
+    assert "flow_prior" not in data[0]
+    data.flow_prior = True
+    item = data[0]
+    assert item["flow_prior"].dtype == torch.float32 and item["flow_prior"].shape == (4, CROP, CROP)
+    img0, img1 = (item[key].permute(1, 2, 0).numpy() for key in ("img0", "img1"))
+    assert torch.equal(item["flow_prior"], torch.from_numpy(prior_pair_flows(img0, img1)))
+    assert "flow_teacher" not in item                      # the two switches are independent
+    data.teacher_flow = True
+    both = data[0]
+    assert torch.equal(both["flow_prior"], item["flow_prior"]) and both["flow_teacher"].shape == (4, CROP, CROP)
+
+
+def test_flow_prior_reaches_every_training_and_validation_part(vimeo_root, x4k_root, monkeypatch):
+    """loaders.build_datasets with --flow_prior dis: the Vimeo and X4K parts of a phase-3 mix and the validation set
+    (full frames) all carry the prior of their own inputs, so every batch holds one; without the flag none does."""
+    from config import config_from_argv
+    from measures.motion import prior_pair_flows
+    argv = ["--data_path", vimeo_root[0], "--x4k_path", x4k_root[0], "--phase", "3", "--crop_size", "32",
+            "--model_size", "tiny"]                                    # a multiple of 32, as train.py asks
+    train_set, val_set, x4k = loaders.build_datasets(config_from_argv(argv + ["--flow_prior", "dis"]))
+    vimeo_index = next(i for i in range(len(train_set)) if train_set.locate(i)[0] == "vimeo")
+    x4k_index = next(i for i in range(len(train_set)) if train_set.locate(i)[0] == "x4k")
+    for item in (train_set[vimeo_index], train_set[x4k_index], val_set[0]):
+        height, width = item["img0"].shape[-2:]
+        assert item["flow_prior"].shape == (4, height, width)
+        img0, img1 = (item[key].permute(1, 2, 0).numpy() for key in ("img0", "img1"))
+        assert torch.equal(item["flow_prior"], torch.from_numpy(prior_pair_flows(img0, img1)))
+    assert val_set[0]["flow_prior"].shape == (4, VIMEO_H, VIMEO_W)
+    batch = next(iter(DataLoader(train_set, batch_size=len(train_set))))
+    assert batch["flow_prior"].shape == (len(train_set), 4, 32, 32)
+    train_set, val_set, _ = loaders.build_datasets(config_from_argv(argv))
+    assert not any("flow_prior" in item for item in (train_set[vimeo_index], train_set[x4k_index], val_set[0]))
+
+
 def test_teacher_flows_in_forked_workers_after_the_parent_used_opencv_threads(vimeo_root):
     """DIS runs in forked DataLoader workers. When the parent process had used OpenCV's thread pool before the fork
     (any earlier blur or resize, here one big blur), a worker start that called ``cv2.setNumThreads`` deadlocked in the
