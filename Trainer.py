@@ -16,14 +16,14 @@ import math
 import warnings
 from contextlib import contextmanager, nullcontext
 from dataclasses import fields
-from typing import Any, Iterator
+from typing import Any, Iterator, NamedTuple
 
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from checkpoint import CHECKPOINT_FORMAT, RUNTIME_MODEL_FIELDS, CheckpointError, atomic_save, capture_rng_state, \
-    checkpoint_config, config_differences, load_checkpoint, load_matching_weights, partial_start_problem, \
+    checkpoint_config, config_differences, describe_model_differences, load_checkpoint, load_matching_weights, partial_start_problem, \
     resolve_checkpoint, restore_rng_state, run_checkpoint_path, run_name, summarize_weight_report
 from config import AMP_DTYPES, ConfigError, ExperimentConfig, resolve_amp
 from distributed import DistributedContext, pack_flat, unpack_flat, wrap_ddp
@@ -132,6 +132,32 @@ def to_float_images(batch: dict[str, torch.Tensor], device: torch.device) -> tup
         return x.to(device, non_blocking=True).float().div_(255.0)
     return convert(batch["img0"]), convert(batch["gt"]), convert(batch["img1"]), \
         batch["t"].to(device, non_blocking=True).float().reshape(-1)
+
+
+class StepInputs(NamedTuple):
+    """A training batch on the device, as one step reads it (:meth:`Trainer.float_inputs`): the frames (B, 3, H, W)
+    float in [0, 1], ``t`` (B,) float32, and the optional extras the loader adds, each (B, 4, H, W) float32 in pixels
+    or None: ``flow_teacher`` (``--flow_teacher``: DIS flows from the middle frame, a loss target) and ``flow_prior``
+    (``--flow_prior dis``: DIS flows between the inputs, a model input). Named, because two optional extras cannot be
+    told apart by position; a tuple still, so ``forward_loss(*inputs)`` takes them in order."""
+    img0: torch.Tensor
+    gt: torch.Tensor
+    img1: torch.Tensor
+    t: torch.Tensor
+    flow_teacher: torch.Tensor | None = None
+    flow_prior: torch.Tensor | None = None
+
+
+def prior_keyword(flow_prior: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """``flow_prior=`` for a model call only when there is one: a model without a prior (and a stand-in) keeps the
+    plain ``(img0, img1, t)`` signature."""
+    return {} if flow_prior is None else {"flow_prior": flow_prior}
+
+
+def batch_flow_prior(batch: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor | None:
+    """The batch's (B, 4, H, W) float32 flow prior on ``device``, or None when the loader added none."""
+    prior = batch.get("flow_prior")
+    return None if prior is None else prior.to(device, non_blocking=True).float()
 
 
 class Trainer:
@@ -245,7 +271,7 @@ class Trainer:
         """One micro-batch: forward, loss, backward; every ``grad_accum`` micro-batches an optimizer step.
 
         Returns ``{"logs": {term: float tensor}, "stepped": bool, "skipped": bool, "output": InterpolationOutput,
-        "inputs": (img0, gt, img1, t)}``. An executor computes the step (step_graph.py): on CUDA (one process or
+        "inputs": StepInputs}``. An executor computes the step (step_graph.py): on CUDA (one process or
         several) it is replayed from CUDA graphs (same arithmetic, its tensors valid until the next call),
         elsewhere it runs eagerly (:meth:`compute_step_eagerly`). What follows from it is decided here alone
         (:meth:`_settle`), for both.
@@ -341,21 +367,24 @@ class Trainer:
                            window_finite=window_finite, grad_norm=grad_norm)
 
     # The pieces of a step, lent to the executors (step_graph.StepParts): none of them counts or decides.
-    def float_inputs(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
-        """(img0, gt, img1, t), plus the (B, 4, H, W) float32 teacher flow when the batch carries one."""
-        inputs = to_float_images(batch, self.device)
-        if "flow_teacher" in batch:
-            inputs += (batch["flow_teacher"].to(self.device, non_blocking=True).float(),)
-        return inputs
+    def float_inputs(self, batch: dict[str, torch.Tensor]) -> StepInputs:
+        """The batch on the device as :class:`StepInputs`: the teacher flow and the flow prior where the batch
+        carries them (a graphed step passes its static buffers, so each replay reads the batch copied into them)."""
+        teacher = batch.get("flow_teacher")
+        return StepInputs(*to_float_images(batch, self.device),
+                          flow_teacher=None if teacher is None else teacher.to(self.device, non_blocking=True).float(),
+                          flow_prior=batch_flow_prior(batch, self.device))
 
     def forward_loss(self, img0: torch.Tensor, gt: torch.Tensor, img1: torch.Tensor, t: torch.Tensor,
-                     flow_teacher: torch.Tensor | None = None, cache_casts: bool = True,
-                     module: nn.Module | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor], Any]:
-        """(total loss, {term: value}, InterpolationOutput) under the run's autocast. ``cache_casts=False`` for
-        CUDA-graph capture, where autocast's cache of casted weights must not outlive the captured region.
-        ``module`` replaces ``self.wrapped`` (the graph capture passes the plain model)."""
+                     flow_teacher: torch.Tensor | None = None, flow_prior: torch.Tensor | None = None,
+                     cache_casts: bool = True, module: nn.Module | None = None
+                     ) -> tuple[torch.Tensor, dict[str, torch.Tensor], Any]:
+        """(total loss, {term: value}, InterpolationOutput) under the run's autocast; the arguments are
+        :class:`StepInputs`' fields in order. ``cache_casts=False`` for CUDA-graph capture, where autocast's cache
+        of casted weights must not outlive the captured region. ``module`` replaces ``self.wrapped`` (the graph
+        capture passes the plain model)."""
         with self.autocast(cache_casts):
-            output = (self.wrapped if module is None else module)(img0, img1, t)
+            output = (self.wrapped if module is None else module)(img0, img1, t, **prior_keyword(flow_prior))
             # The blends cost three full-size images per flow block: built only when the term reads them.
             blends = output.intermediate_blends() if self.loss_fn.deep_supervision_enabled else None
             total, logs = self.loss_fn(output.pred, gt, flow=output.flow, intermediate=blends,
@@ -429,7 +458,7 @@ class Trainer:
             for batch in loader:
                 img0, gt, img1, t = to_float_images(batch, self.device)
                 with self.autocast():
-                    output = target(img0, img1, t)
+                    output = target(img0, img1, t, **prior_keyword(batch_flow_prior(batch, self.device)))
                 pred = output.pred.float()
                 sums[0] += batch_psnr(pred, gt).sum().double()
                 if ssim_fn is not None:
@@ -534,8 +563,8 @@ class Trainer:
         differences = config_differences(saved.model, self.cfg.model, ignore=RUNTIME_MODEL_FIELDS)
         if differences:
             raise CheckpointError(f"{path} was trained with another model config (differs in: "
-                                  f"{', '.join(differences)}); resume it with the same flags, or start a new "
-                                  "--exp_name to warm-start from it")
+                                  f"{describe_model_differences(saved.model, self.cfg.model, differences)}); resume "
+                                  "it with the same flags, or start a new --exp_name to warm-start from it")
         self.model.load_state_dict(payload["model"])
         if self.ema is not None and payload.get("ema"):
             self.ema.load_state_dict(payload["ema"])
@@ -569,6 +598,14 @@ class Trainer:
                                   "or pass --allow_partial_init if a partial start is intended")
         if problem:
             self.log(f"warning: partial warm start from {path} (--allow_partial_init): {problem}")
+        saved_model = checkpoint_config(payload, path).model
+        saved_prior = saved_model.flow_prior
+        if saved_prior != self.cfg.model.flow_prior and saved_model.use_flow and self.cfg.model.use_flow:
+            # The one expected reshape: a prior adds the flow and the warps to the first flow block's input.
+            fresh = [name.split(" ")[0] for name in report["skipped"] if name.startswith("flow_estimator.blocks.0.")]
+            self.log(f"warm start from {path}: it was trained with --flow_prior {saved_prior}, this run has "
+                     f"--flow_prior {self.cfg.model.flow_prior}, so the first flow block's input layer "
+                     f"({', '.join(fresh) or 'none'}) starts fresh (its input channels differ); the rest loads")
         self.reset_ema()
         return report
 
@@ -581,6 +618,10 @@ class Trainer:
         path = resolve_checkpoint(name_or_path, self.cfg.train.ckpt_dir)
         payload = load_checkpoint(path)
         source_cfg = checkpoint_config(payload, path)
+        if source_cfg.model.flow_prior != self.cfg.model.flow_prior:
+            # The start must reproduce its source's output, and the two would not read the same inputs.
+            raise CheckpointError(f"--init_from_attn {path} was trained with --flow_prior {source_cfg.model.flow_prior},"
+                                  f" this run has --flow_prior {self.cfg.model.flow_prior}: use the same --flow_prior")
         try:
             source = load_attention_source(source_cfg.model, payload.get("ema") or payload["model"], str(path))
             report = init_hybrid_from_attention(self.model, source)

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from config import MODEL_SIZES, ExperimentConfig, ModelConfig
+from config import MODEL_SIZES, ExperimentConfig, ModelConfig, model_field_flag
 
 CHECKPOINT_FORMAT = 1
 
@@ -202,6 +202,15 @@ def config_differences(a: Any, b: Any, ignore: tuple[str, ...] = ()) -> list[str
         elif va != vb:
             out.append(key)
     return out
+
+
+def describe_model_differences(saved: ModelConfig, current: ModelConfig, names: list[str]) -> str:
+    """``names`` (from :func:`config_differences`) for a user: each by its train.py flag where it has one, with the
+    checkpoint's value and this run's, e.g. ``--flow_prior (checkpoint none, this run dis)``."""
+    def shown(value: Any) -> str:
+        return " ".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
+    return ", ".join(f"{model_field_flag(name) or name} (checkpoint {shown(getattr(saved, name, None))}, this run "
+                     f"{shown(getattr(current, name, None))})" for name in names)
 
 
 def load_matching_weights(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, list[str]]:

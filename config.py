@@ -496,6 +496,13 @@ _FLAG_FIELDS: dict[str, tuple[str, str]] = {
 _NOT_FIELDS = {"phase", "model_size", "ablation", "mixed_ratio", "no_progress"}   # not part of a run's config
 
 
+def model_field_flag(name: str) -> str | None:
+    """The train.py flag that sets ModelConfig field ``name`` (``"flow_prior"`` -> ``"--flow_prior"``), or None for a
+    field only a preset sets (widths, depths): what an error about a saved model config names."""
+    flags = [flag for flag, (section, field_name) in _FLAG_FIELDS.items() if (section, field_name) == ("model", name)]
+    return f"--{flags[0]}" if flags else None
+
+
 def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
     """Preset for (phase, model_size, ablation), then every flag the user gave overrides its field."""
     cfg = preset(args.phase, args.model_size, args.ablation)

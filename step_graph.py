@@ -74,7 +74,8 @@ class StepOutcome:
     """
     logs: dict[str, torch.Tensor]          # loss terms, 0-dim tensors ("loss_total", ...)
     output: Any                            # the model's InterpolationOutput (pred (B, 3, H, W), ...)
-    inputs: tuple[torch.Tensor, ...]       # (img0, gt, img1) float (B, 3, H, W) in [0, 1], t (B,)
+    inputs: tuple[torch.Tensor, ...]       # the owner's float_inputs: (img0, gt, img1) float (B, 3, H, W) in
+                                           # [0, 1], t (B,), then its optional extras (Trainer.StepInputs)
     loss_finite: bool                      # this micro-batch's loss was finite (on every rank)
     update_due: bool                       # it closes an accumulation window: apply or skip the update now
     window_finite: bool                    # every loss of that window was finite (meaningful when update_due)
@@ -89,7 +90,9 @@ class StepParts:
     optimizer: torch.optim.Optimizer       # its gradients are dropped and its state checked before a capture
     device: torch.device
     world_size: int                        # > 1: the captured step averages the gradients itself (module docstring)
-    float_inputs: Callable[[Batch], tuple[torch.Tensor, ...]]           # uint8 batch -> (img0, gt, img1, t)
+    # uint8 batch -> (img0, gt, img1, t, extras...): every tensor the batch carries (a flow teacher, a flow prior) is
+    # copied into a static buffer of its own, so what float_inputs reads from the batch a replay reads afresh.
+    float_inputs: Callable[[Batch], tuple[torch.Tensor, ...]]
     forward_loss: Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor], Any]]   # -> (total, logs, output)
     clip_gradients: Callable[[], torch.Tensor]                          # -> norm before clipping (no sync)
     compute_eagerly: Callable[[Batch], StepOutcome]                     # the reference computation of a step

@@ -265,6 +265,77 @@ def test_phase2_run_with_the_flow_teacher_logs_its_term(vimeo_root, tmp_path):
     assert values and all(math.isfinite(v) for v in values) and max(values) > 0
 
 
+def test_phase2_run_with_the_flow_prior_trains_validates_and_resumes_exactly(vimeo_root, tmp_path, capsys):
+    """--flow_prior dis end to end: the loader gives every training and validation batch its DIS pair flows, the
+    model (whose first flow block then reads 18 channels) takes them in the training step and in validation, the
+    run writes its checkpoints, and a run stopped after epoch 1 and resumed ends bit-identical to a straight one."""
+    common = ("--phase", "2", "--epochs", "2", "--steps_per_epoch", "2", "--ema_decay", "0.9", "--flow_prior", "dis")
+    assert train.main(base_args(vimeo_root, tmp_path, "prior", *common)) == 0
+    assert train.main(base_args(vimeo_root, tmp_path, "prior_cut", *common, "--stop_after_epoch", "1")) == 0
+    assert train.main(base_args(vimeo_root, tmp_path, "prior_cut", *common, "--resume", "prior_cut_last")) == 0
+    out = capsys.readouterr().out
+    assert len(re.findall(r"epoch \d: val PSNR .* on 4 samples", out)) == 4         # 2 + 1 + 1 evaluations
+    straight = load_checkpoint(tmp_path / "ckpt" / "prior_last.pt")
+    resumed = load_checkpoint(tmp_path / "ckpt" / "prior_cut_last.pt")
+    assert (tmp_path / "ckpt" / "prior_best.pt").exists()
+    assert straight["config"]["model"]["flow_prior"] == "dis" and straight["step"] == resumed["step"] == 4
+    assert straight["model"]["flow_estimator.blocks.0.stage1.0.weight"].shape[1] == 18    # the prior's input layer
+    for part in ("model", "ema"):
+        for key, value in straight[part].items():
+            assert torch.equal(value, resumed[part][key]), (part, key)
+    assert straight["metrics"]["psnr"] == resumed["metrics"]["psnr"]
+    model, _ = model_from_checkpoint(str(tmp_path / "ckpt" / "prior_best.pt"))
+    assert model.needs_flow_prior
+
+
+def test_resuming_with_another_flow_prior_is_refused_naming_the_flag(vimeo_root, tmp_path, capsys):
+    """A run trained without the prior cannot continue with one (the first flow block has other inputs), nor the
+    other way round: one line naming --flow_prior and both values."""
+    common = ("--phase", "2", "--epochs", "2", "--steps_per_epoch", "1")
+    assert train.main(base_args(vimeo_root, tmp_path, "noprior", *common, "--stop_after_epoch", "1")) == 0
+    capsys.readouterr()
+    rc = train.main(base_args(vimeo_root, tmp_path, "noprior", *common, "--flow_prior", "dis", "--resume",
+                              "noprior_last"))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1, err
+    assert "another model config" in err[0] and "--flow_prior (checkpoint none, this run dis)" in err[0], err[0]
+
+
+def test_warm_start_of_a_prior_model_from_a_run_without_says_what_starts_fresh(vimeo_root, tmp_path):
+    """A prior model warm-started from a phase-2 checkpoint without one: every tensor loads but the first flow
+    block's input convolution (7 -> 18 input channels), and the log says so naming --flow_prior."""
+    from checkpoint import atomic_save
+    from Trainer import Trainer
+    source_cfg = config_from_argv(base_args(vimeo_root, tmp_path, "source", "--phase", "2"))
+    source = Trainer.single_process(source_cfg, "cpu", steps_per_epoch=1, log=lambda *a: None)
+    atomic_save(source.state_payload([]), tmp_path / "source.pt")
+    lines = []
+    cfg = config_from_argv(base_args(vimeo_root, tmp_path, "target", "--phase", "2", "--flow_prior", "dis",
+                                     "--resume", str(tmp_path / "source.pt")))
+    target = Trainer.single_process(cfg, "cpu", steps_per_epoch=1, log=lines.append)
+    target.start()
+    fresh = "flow_estimator.blocks.0.stage1.0.weight"
+    note = next(line for line in lines if "--flow_prior none, this run has --flow_prior dis" in line)
+    assert fresh in note and "starts fresh" in note
+    before, after = source.model.state_dict(), target.model.state_dict()
+    assert before[fresh].shape[1] + 11 == after[fresh].shape[1]
+    assert all(torch.equal(before[k], after[k]) for k in after if k != fresh)
+
+
+def test_matvlm_start_across_flow_priors_is_refused(vimeo_root, tmp_path):
+    """--init_from_attn must reproduce its source's output; a source without the prior reads other inputs."""
+    from checkpoint import CheckpointError, atomic_save
+    from Trainer import Trainer
+    source_cfg = config_from_argv(base_args(vimeo_root, tmp_path, "attn", "--phase", "2", "--ablation", "hybrid_matvlm",
+                                            "--backbone_mode", "gated_attn_only"))
+    source = Trainer.single_process(source_cfg, "cpu", steps_per_epoch=1, log=lambda *a: None)
+    atomic_save(source.state_payload([]), tmp_path / "attn.pt")
+    cfg = config_from_argv(base_args(vimeo_root, tmp_path, "hybrid", "--phase", "2", "--ablation", "hybrid_matvlm",
+                                     "--flow_prior", "dis", "--init_from_attn", str(tmp_path / "attn.pt")))
+    with pytest.raises(CheckpointError, match="--flow_prior none, this run has --flow_prior dis"):
+        Trainer.single_process(cfg, "cpu", steps_per_epoch=1, log=lambda *a: None).start()
+
+
 def test_learning_rate_schedule():
     lr = [lr_at_step(s, 2e-4, 10, 110, 0.1) for s in range(120)]
     assert lr[0] == pytest.approx(2e-5) and lr[9] == pytest.approx(2e-4)
