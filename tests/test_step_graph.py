@@ -176,9 +176,11 @@ def test_graphed_ddp_step_follows_the_eager_ddp_step(tmp_path):
 
 
 def cuda_trainer(phase: int, cuda_graph: str, seed: int = 0, ctx: DistributedContext | None = None,
-                 drop_path: float = 0.0, flow_teacher: float = 0.0, **train_overrides) -> Trainer:
+                 drop_path: float = 0.0, flow_teacher: float = 0.0, flow_prior: str = "none",
+                 **train_overrides) -> Trainer:
     cfg = preset(phase, "small")
-    cfg = replace(cfg, model=replace(cfg.model, drop_path=drop_path),   # default none: runs comparable step by step
+    cfg = replace(cfg, model=replace(cfg.model, drop_path=drop_path,   # default none: runs comparable step by step
+                                     flow_prior=flow_prior),
                   loss=replace(cfg.loss, flow_teacher=flow_teacher),
                   train=replace(cfg.train, cuda_graph=cuda_graph, ema_decay=0.99, warmup_steps=2, lr=2e-4,
                                      amp="bf16", **train_overrides))
@@ -207,6 +209,17 @@ def with_teacher_flows(batches: list[dict[str, torch.Tensor]], seed: int = 1) ->
         batch_size, _, height, width = batch["img0"].shape
         flows = 3 * torch.randn(batch_size, 4, height, width, generator=generator)
         out.append({**batch, "flow_teacher": flows.pin_memory() if batch["img0"].is_pinned() else flows})
+    return out
+
+
+def with_prior_flows(batches: list[dict[str, torch.Tensor]], seed: int = 2) -> list[dict[str, torch.Tensor]]:
+    """The batches plus a "flow_prior" (B, 4, H, W) float32 of a few pixels, as the loader adds for --flow_prior dis."""
+    generator = torch.Generator().manual_seed(seed)
+    out = []
+    for batch in batches:
+        batch_size, _, height, width = batch["img0"].shape
+        flows = 3 * torch.randn(batch_size, 4, height, width, generator=generator)
+        out.append({**batch, "flow_prior": flows.pin_memory() if batch["img0"].is_pinned() else flows})
     return out
 
 
@@ -263,6 +276,24 @@ def test_graphed_step_with_the_flow_teacher_follows_the_eager_step():
     assert graphed._executor.captures == 1
     teacher_term = float(graphed.train_step(batches[0])["logs"]["loss_flow_teacher"])
     assert teacher_term > 0
+    loss_noise = max(abs(x - y) for x, y in zip(losses_a, losses_b))
+    loss_drift = max(abs(x - y) for x, y in zip(losses_a, losses_g))
+    assert loss_drift <= max(10 * loss_noise, 1e-5)
+    assert relative_difference(eager_a, graphed) <= max(10 * relative_difference(eager_a, eager_b), 1e-5)
+
+
+@needs_cuda
+def test_graphed_step_of_a_prior_model_follows_the_eager_step():
+    """--flow_prior dis adds the pair's flows (B, 4, H, W) float32 to the batch, a model input: the captured step
+    copies them into a static buffer of their own, so each replay starts the flow estimator from the new batch's
+    prior, as the eager step does (every batch has another random prior: a graph that kept the captured one would
+    drift from the eager run far beyond the eager-eager noise)."""
+    batches = with_prior_flows(cuda_batches(WARMUP_STEPS + 4))
+    eager_a, eager_b, graphed = (cuda_trainer(2, mode, flow_prior="dis") for mode in ("off", "off", "on"))
+    assert graphed.model.needs_flow_prior and graphed.graph_mode
+    losses_a, losses_b, losses_g = (run_steps(t, batches) for t in (eager_a, eager_b, graphed))
+    assert graphed._executor.captures == 1
+    assert "flow_prior" in graphed._executor.static_batch
     loss_noise = max(abs(x - y) for x, y in zip(losses_a, losses_b))
     loss_drift = max(abs(x - y) for x, y in zip(losses_a, losses_g))
     assert loss_drift <= max(10 * loss_noise, 1e-5)
