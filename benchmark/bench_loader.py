@@ -14,6 +14,7 @@ Examples:
     python benchmark/bench_loader.py --make_x4k /tmp/x4k_768 --clips 4 --frames 33 --size 768   # a fixture
     python benchmark/bench_loader.py --phase 3 --data_path data/sample_vimeo --x4k_path /tmp/x4k_768
     python benchmark/bench_loader.py --data_path data/corpus --flow_teacher     # what --flow_teacher costs
+    python benchmark/bench_loader.py --data_path data/corpus --flow_prior       # what --flow_prior dis costs
 """
 
 from __future__ import annotations
@@ -73,6 +74,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--curriculum", action="store_true", help="phase 3: change the X4K gap every epoch")
     p.add_argument("--flow_teacher", action="store_true",
                    help="items also carry DIS teacher flows, as for train.py --flow_teacher (phases 2/3)")
+    p.add_argument("--flow_prior", action="store_true",
+                   help="items also carry the DIS pair flows of a prior model, as for train.py --flow_prior dis "
+                        "(phases 2/3)")
     p.add_argument("--json", default=None, help="also write the result to this JSON file")
     p.add_argument("--make_x4k", default=None, metavar="DIR", help="write a synthetic X4K fixture and exit")
     p.add_argument("--clips", type=int, default=4)
@@ -96,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
         train_argv += ["--num_workers", str(args.num_workers)]
     if args.flow_teacher:
         train_argv += ["--flow_teacher", "0.01"]          # any weight > 0: the loader only asks whether it is on
+    if args.flow_prior:
+        train_argv += ["--flow_prior", "dis"]
     if args.x4k_path:
         train_argv += ["--x4k_path", args.x4k_path]
         if args.curriculum:
@@ -138,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "data_path": os.path.abspath(args.data_path), "x4k_path": args.x4k_path, "phase": args.phase,
         "batch_size": args.batch_size, "crop_size": args.crop_size, "num_workers": workers,
-        "flow_teacher": args.flow_teacher,
+        "flow_teacher": args.flow_teacher, "flow_prior": args.flow_prior,
         "persistent_workers": bool(getattr(loader, "persistent_workers", False)),
         "cache_gib": args.cache_gib, "cpu_cores": usable_cpus(), "device": device.type,
         "setup_s": round(setup_s, 2), "first_batch_s": round(first_batch_s or 0.0, 2), "epochs_begun": epoch,
@@ -146,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(f"bench_loader: {Path(args.data_path).name}{' + ' + Path(args.x4k_path).name if args.x4k_path else ''} "
           f"| phase {args.phase} | batch {args.batch_size} | crop {args.crop_size}"
-          f"{' | DIS teacher flows' if args.flow_teacher else ''} | {workers} workers"
+          f"{' | DIS teacher flows' if args.flow_teacher else ''}{' | DIS prior flows' if args.flow_prior else ''} "
+          f"| {workers} workers"
           f"{' (persistent)' if result['persistent_workers'] else ''} | {result['cpu_cores']} cores | "
           f"setup {setup_s:.1f} s, first batch {result['first_batch_s']:.1f} s | "
           f"{rate:.1f} samples/s over {args.batches} batches ({epoch} epochs begun)", flush=True)
