@@ -21,10 +21,12 @@
 #             then again in a second process (it reads Inductor's cache: the warm start); the footage pipeline's
 #             stages (bench_pipeline.py) and interpolate.py 1080p 2x to PNG and to H.264 (x264 medium and faster) with the checkpoint of `start`.
 #             Peers: stage `peers`, in the same call
-#   motion    docs/LARGE_MOTION.md: the corpus, then four runs sharing the GPU for 10 minutes (base; the flow teacher
-#             at weight 0.01 with seeds 0 and 1; the flow blocks at scales 8 4 2, a quarter of the flow arithmetic),
-#             scored per motion bucket (tools/large_motion_runs.sh;
-#             needs data/cache from make_corpus.py; the base's seed spread was measured in the first round)
+#   motion    docs/LARGE_MOTION.md: the corpus, then four runs sharing the GPU for 10 minutes (base; the classical
+#             flow prior, --flow_prior dis, with seeds 0 and 1; the flow teacher at weight 0.01), scored per motion
+#             bucket (tools/large_motion_runs.sh; needs data/cache from make_corpus.py; the base's seed spread was
+#             measured in the first round). The script's other variants (fs842: the flow blocks at scales 8 4 2;
+#             priorteach: the prior with the teacher) run the same way in a later call, e.g.
+#             RUNS="fs842_s0 priorteach_s0" MFS=0 tools/large_motion_runs.sh data/cache /tmp/lm/work OUT 20 600
 #   ablation  benchmark/ablation.py on every visible GPU (--gpus when more than one): every Phase-1 variant,
 #             ABL_STEPS (default 1500) steps at batch 16, seeds 0 and 1; then Phase 2 hybrid vs hybrid_inter
 #             (ABL2_STEPS, default 1500, steps; seeds 0 and 1)
@@ -109,8 +111,8 @@ if want inference; then
     tests/test_ops.py   # GPU tests (and the CPU ones of those files)
   stage 300 python3 benchmark/bench_model.py --phase 2 --infer 256@1.0 720p@1.0 1080p@1.0 4k@0.25 --infer_only \
     --cuda_graph on --flops --json "$out/infer_graphed.json"
-  # The same with the flow blocks one octave coarser (--flow_scales 8 4 2; docs/PERF.md 10.2): its quality is the
-  # motion stage's fs842 run
+  # The same with the flow blocks one octave coarser (--flow_scales 8 4 2; docs/PERF.md 10.2): its quality is
+  # tools/large_motion_runs.sh's fs842 run
   stage 420 python3 benchmark/bench_model.py --phase 2 --flow_scales 8 4 2 --infer 720p@1.0 1080p@1.0 --infer_only \
     --cuda_graph on --flops --compile_infer --json "$out/infer_graphed_fs842.json"
   # Cold: the compiled 1080p rows with the flow estimator's channel alignment and without (docs/PERF.md 10.3), each
@@ -139,7 +141,7 @@ PY
     --input_fps 24 --preset faster --no_progress --overwrite
 fi
 if want motion; then
-  RUNS="base_s0 teach_s0 teach_s1 fs842_s0" MFS=0 stage 1500 tools/large_motion_runs.sh data/cache /tmp/lm/work \
+  RUNS="base_s0 prior_s0 prior_s1 teach_s0" MFS=0 stage 1500 tools/large_motion_runs.sh data/cache /tmp/lm/work \
     "$out/motion" 20 600
 fi
 if want ablation; then

@@ -15,7 +15,10 @@
 #   lr5:  base with lr 5e-4;
 #   teach: base with the DIS flow teacher (--flow_teacher 0.01); teach<W> (e.g. teach0.05) with weight W;
 #   fs842: base with the flow blocks one octave coarser (--flow_scales 8 4 2: a quarter of the flow arithmetic,
-#          docs/PERF.md 10.2); fs842teach: the same with the teacher at 0.01.
+#          docs/PERF.md 10.2); fs842teach: the same with the teacher at 0.01;
+#   prior: base with the classical flow prior (--flow_prior dis: the flow estimator starts from the pair's DIS flows,
+#          which the loader's workers compute, about 13 ms of one core per 256x256 sample); priorteach: the prior
+#          and the teacher at 0.01 (twice that loader cost).
 # With MFS=1 (default) each run is also scored with --motion_flow_scale (flow scale halved from 32 px of motion).
 set -euo pipefail
 cache=$1; work=$2; out=$3; epochs=${4:-10}; limit=${5:-360}
@@ -53,6 +56,8 @@ for run in "${runs[@]}"; do
         teach[0-9]*) weight=${run%_s*}; variant=(--flow_teacher "${weight#teach}") ;;
         fs842) variant=(--flow_scales 8 4 2) ;;
         fs842teach) variant=(--flow_scales 8 4 2 --flow_teacher 0.01) ;;
+        prior) variant=(--flow_prior dis) ;;
+        priorteach) variant=(--flow_prior dis --flow_teacher 0.01) ;;
         *) echo "unknown variant in run name $run"; exit 2 ;;
     esac
     seed=${run##*_s}
