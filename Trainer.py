@@ -23,8 +23,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from checkpoint import CHECKPOINT_FORMAT, RUNTIME_MODEL_FIELDS, CheckpointError, atomic_save, capture_rng_state, \
-    checkpoint_config, config_differences, describe_model_differences, load_checkpoint, load_matching_weights, partial_start_problem, \
-    resolve_checkpoint, restore_rng_state, run_checkpoint_path, run_name, summarize_weight_report
+    checkpoint_config, config_differences, describe_model_differences, load_checkpoint, load_matching_weights, \
+    partial_start_problem, resolve_checkpoint, restore_rng_state, run_checkpoint_path, run_name, summarize_weight_report
 from config import AMP_DTYPES, ConfigError, ExperimentConfig, resolve_amp
 from distributed import DistributedContext, pack_flat, unpack_flat, wrap_ddp
 from measures.quality import batch_psnr
@@ -620,8 +620,9 @@ class Trainer:
         source_cfg = checkpoint_config(payload, path)
         if source_cfg.model.flow_prior != self.cfg.model.flow_prior:
             # The start must reproduce its source's output, and the two would not read the same inputs.
-            raise CheckpointError(f"--init_from_attn {path} was trained with --flow_prior {source_cfg.model.flow_prior},"
-                                  f" this run has --flow_prior {self.cfg.model.flow_prior}: use the same --flow_prior")
+            raise CheckpointError(f"--init_from_attn {path} was trained with --flow_prior "
+                                  f"{source_cfg.model.flow_prior}, this run has --flow_prior "
+                                  f"{self.cfg.model.flow_prior}: use the same --flow_prior")
         try:
             source = load_attention_source(source_cfg.model, payload.get("ema") or payload["model"], str(path))
             report = init_hybrid_from_attention(self.model, source)

@@ -11,8 +11,8 @@ Every dataset returns one dict per sample::
 
 With ``teacher_flow`` set (``--flow_teacher``) an item also carries ``"flow_teacher"``, and with ``flow_prior`` set
 (``--flow_prior dis``) ``"flow_prior"``: float32 (4, h, w) each, DIS flows of the augmented frames (see
-:class:`_TripletDataset`). Vimeo90K test items also carry ``"name": str`` (e.g. ``"00001/0001"``); the default collate turns it
-into a list of strings. Frames stay uint8 so DataLoader transfers are small; the trainer converts them
+:class:`_TripletDataset`). Vimeo90K test items also carry ``"name": str`` (e.g. ``"00001/0001"``); the default
+collate turns it into a list of strings. Frames stay uint8 so DataLoader transfers are small; the trainer converts them
 to float on the device.
 
 Datasets:
