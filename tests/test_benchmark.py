@@ -52,8 +52,9 @@ def pattern(offset: int = 0, seed: int | None = None) -> np.ndarray:
     return ((x * 3 + y * 5 + c * 11) % 56 + offset).astype(np.uint8)
 
 
-def save_checkpoint(path: Path, phase: int) -> Path:
+def save_checkpoint(path: Path, phase: int, flow_prior: str = "none") -> Path:
     cfg = preset(phase, "tiny")
+    cfg = replace(cfg, model=replace(cfg.model, flow_prior=flow_prior))
     atomic_save({"format": 1, "config": cfg.to_dict(), "model": build_model(cfg.model).state_dict(), "ema": None},
                 path)
     return path
@@ -64,6 +65,7 @@ def checkpoints(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("ckpt")
     save_checkpoint(folder / "tiny_phase1.pt", 1)
     save_checkpoint(folder / "tiny_phase2.pt", 2)
+    save_checkpoint(folder / "tiny_phase2_prior.pt", 2, flow_prior="dis")
     return folder
 
 
@@ -853,3 +855,145 @@ def test_count_gflop_splits_by_part_scales_with_pixels_and_restores_the_ssd_back
     assert small["parts"]["flow_estimator"] > 0 and small["parts"]["backbone"] > 0
     assert abs(sum(small["parts"].values()) - small["total"]) <= 0.01 * small["total"]
     assert 1.8 < large["total"] / small["total"] < 2.2
+
+
+# --------------------------------------------------------------------------------------------------------
+# A model with a classical flow prior (--flow_prior dis): each pair's DIS flows, padded and flipped like the frames
+# --------------------------------------------------------------------------------------------------------
+class PriorRecordingModel(BlendModel):
+    """The blend, as a stand-in for a --flow_prior model (or, with ``needs=False``, a model without one): records
+    the prior of every call (None when it got none)."""
+
+    def __init__(self, needs: bool = True):
+        super().__init__()
+        self.needs_flow_prior = needs
+        self.priors = []
+
+    def inference(self, img0, img1, t=0.5, flow_scale=1.0, tta=False, flow_prior=None):
+        self.priors.append(None if flow_prior is None else flow_prior.clone())
+        return super().inference(img0, img1, t, flow_scale, tta)
+
+
+def expected_prior(sample, protocol: Protocol) -> torch.Tensor:
+    """(1, 4, H', W'): measures.motion.prior_pair_flows of the sample's frames as evaluated (read as RGB, the
+    protocol's geometry), centred-replicate padded to the protocol's multiple as the images are."""
+    from measures.motion import prior_pair_flows
+    from model.frames import read_rgb_uint8
+    frames = [protocol.geometry.apply(read_rgb_uint8(path, BenchmarkError)) for path in (sample.img0, sample.img1)]
+    return pad_centred(torch.from_numpy(prior_pair_flows(*frames))[None], protocol.pad_multiple)[0]
+
+
+@pytest.fixture
+def dis_calls(monkeypatch) -> dict:
+    """Counts the evaluator's DIS computations: motion flows (flow_pair) and priors computed for themselves."""
+    from benchmark import eval_core
+    calls = {"flow_pair": 0, "prior_pair_flows": 0}
+
+    def counted(name):
+        original = getattr(eval_core, name)
+
+        def call(*args, **kwargs):
+            calls[name] += 1
+            return original(*args, **kwargs)
+        monkeypatch.setattr(eval_core, name, call)
+    counted("flow_pair")
+    counted("prior_pair_flows")
+    return calls
+
+
+@pytest.mark.parametrize("motion", [True, False])
+def test_each_pair_gets_its_own_prior_padded_like_the_images(vimeo_root, dis_calls, motion):
+    """With the motion statistic on, the prior is its flows (frames under 1024 px: the same DIS); with --no_motion it
+    is computed for itself; either way it equals prior_pair_flows of the pair as evaluated, padded from 24x40 to
+    32x64 as the images are, and its CPU cost is in the runtime record."""
+    samples = Vimeo90K.enumerate_samples(vimeo_root)                 # three pairs of different noise
+    model = PriorRecordingModel()
+    result = Evaluator(model, Vimeo90K.PROTOCOL, progress=False, motion=motion).evaluate(samples)
+    assert [tuple(prior.shape) for prior in model.priors] == [(1, 4, 32, 64)] * 3
+    for prior, sample in zip(model.priors, samples):
+        assert torch.equal(prior, expected_prior(sample, Vimeo90K.PROTOCOL))
+    assert not torch.equal(model.priors[0], model.priors[1])
+    assert dis_calls == ({"flow_pair": 3, "prior_pair_flows": 0} if motion else {"flow_pair": 0, "prior_pair_flows": 3})
+    runtime = result["runtime"]
+    assert runtime["prior_pairs"] == 3 and runtime["prior_ms_per_pair"] > 0
+    assert ("motion" in result["samples"][0]) is motion
+
+
+def test_frames_over_the_prior_size_get_a_prior_of_their_own(vimeo_root, dis_calls, monkeypatch):
+    """Above measures.motion.PRIOR_WORK_MAX_SIDE (1024 px; here 16) the motion flows (DIS on up to 2048 px) are not
+    the prior: the prior's own DIS runs on the downscaled frames, once per pair beside the motion's."""
+    from measures import motion
+    monkeypatch.setattr(motion, "PRIOR_WORK_MAX_SIDE", 16)
+    samples = Vimeo90K.enumerate_samples(vimeo_root)[:2]
+    model = PriorRecordingModel()
+    Evaluator(model, Vimeo90K.PROTOCOL, progress=False).evaluate(samples)
+    assert dis_calls == {"flow_pair": 2, "prior_pair_flows": 2}
+    for prior, sample in zip(model.priors, samples):
+        assert torch.equal(prior, expected_prior(sample, Vimeo90K.PROTOCOL))      # the downscaled DIS
+
+
+@pytest.mark.parametrize("motion", [True, False])
+def test_xtest_computes_one_prior_per_pair_for_its_seven_targets(xtest_root, dis_calls, motion):
+    protocol = XTest.PROTOCOLS["4k"]
+    samples = XTest.enumerate_samples(xtest_root)                    # 2 scenes x 7 targets
+    model = PriorRecordingModel()
+    result = Evaluator(model, protocol, progress=False, motion=motion).evaluate(samples)
+    assert sum(dis_calls.values()) == 2
+    assert len(model.priors) == 14 and [c["t"] for c in model.calls[:7]] == [k / 8 for k in range(1, 8)]
+    for prior, sample in zip(model.priors, samples):
+        assert torch.equal(prior, expected_prior(sample, protocol))
+    assert result["runtime"]["prior_pairs"] == 2
+
+
+def test_tta_passes_the_prior_as_is_for_the_model_to_flip(vimeo_root):
+    """Through the runner, model.inference(tta=True) flips the prior itself (tests/test_prior.py): the evaluator
+    hands it the unflipped prior once."""
+    samples = Vimeo90K.enumerate_samples(vimeo_root)[:1]
+    model = PriorRecordingModel()
+    Evaluator(model, Vimeo90K.PROTOCOL, tta=True, progress=False).evaluate(samples)
+    assert [c["tta"] for c in model.calls] == [True]
+    assert torch.equal(model.priors[0], expected_prior(samples[0], Vimeo90K.PROTOCOL))
+
+
+def test_a_model_without_a_prior_gets_none_and_no_prior_cost(vimeo_root, dis_calls):
+    samples = Vimeo90K.enumerate_samples(vimeo_root)[:2]
+    model = PriorRecordingModel(needs=False)
+    result = Evaluator(model, Vimeo90K.PROTOCOL, progress=False).evaluate(samples)
+    assert model.priors == [None, None] and dis_calls == {"flow_pair": 2, "prior_pair_flows": 0}
+    assert not any(key.startswith("prior") for key in result["runtime"])
+    Evaluator(model, Vimeo90K.PROTOCOL, progress=False, motion=False).evaluate(samples)
+    assert dis_calls == {"flow_pair": 2, "prior_pair_flows": 0}
+
+
+@pytest.mark.parametrize("extra", [[], ["--no_motion"]])
+def test_prior_model_end_to_end_reports_the_priors_cpu_cost(vimeo_root, checkpoints, tmp_path, capsys, extra):
+    Vimeo90K.main(common_args(vimeo_root, checkpoints, tmp_path / "r.json", "tiny_phase2_prior") + ["--limit", "2"]
+                  + extra)
+    report = read_report(tmp_path / "r.json")
+    runtime = report["results"]["test"]["runtime"]
+    assert report["flow_prior"] == "dis" and runtime["prior_pairs"] == 2 and runtime["prior_ms_per_pair"] > 0
+    assert report["runtime"]["test"] == runtime
+    printed = capsys.readouterr().out
+    assert (f"ms per output frame at 24x40 (eager, cpu); + DIS flow prior {runtime['prior_ms_per_pair']:.1f} ms per "
+            f"input pair on one CPU core (not in the model's time)") in printed
+    assert ("by_motion" in report["results"]["test"]) is not extra
+
+
+def test_model_without_prior_reports_no_prior_cost(vimeo_root, checkpoints, tmp_path, capsys):
+    Vimeo90K.main(common_args(vimeo_root, checkpoints, tmp_path / "r.json", "tiny_phase2") + ["--limit", "1"])
+    report = read_report(tmp_path / "r.json")
+    assert report["flow_prior"] == "none" and "prior_ms_per_pair" not in report["results"]["test"]["runtime"]
+    assert "flow prior" not in capsys.readouterr().out
+
+
+def test_prior_model_with_tta_scores_the_same_with_and_without_image_panels(snu_root, checkpoints, tmp_path):
+    """--save_images runs the model's forward and the flipped pass itself (for the flow panels): the flipped pass must
+    get the flipped prior, as model.inference(tta=True) gives it, or the scores would differ from the plain run."""
+    options = ["--split", "easy", "--limit", "2", "--tta"]
+    SNU_FILM.main(common_args(snu_root, checkpoints, tmp_path / "plain.json", "tiny_phase2_prior") + options)
+    SNU_FILM.main(common_args(snu_root, checkpoints, tmp_path / "saved.json", "tiny_phase2_prior") + options
+                  + ["--save_images", str(tmp_path / "img")])
+    plain = read_report(tmp_path / "plain.json")["results"]["easy"]
+    saved = read_report(tmp_path / "saved.json")["results"]["easy"]
+    assert [r["psnr"] for r in saved["samples"]] == pytest.approx([r["psnr"] for r in plain["samples"]], abs=1e-9)
+    assert len(saved_images(tmp_path / "img")) == 2

@@ -212,6 +212,12 @@ def test_runtime_record_and_line():
     assert record == {"ms_per_frame": 12.346, "mode": "graphed", "device": "cpu", "peak_gib": None, "height": 720,
                       "width": 1280, "timed_calls": 3}
     assert describe_runtime(record) == "runtime 12.3 ms per output frame at 720x1280 (graphed, cpu)"
+    # A --flow_prior model: the prior's CPU cost per input pair, beside (never inside) the model's ms.
+    record = runtime_record(12.3456, "graphed", "cpu", None, 720, 1280, prior_ms_per_pair=45.6789, prior_pairs=3)
+    assert record["prior_ms_per_pair"] == 45.679 and record["prior_pairs"] == 3 and record["ms_per_frame"] == 12.346
+    assert describe_runtime(record) == ("runtime 12.3 ms per output frame at 720x1280 (graphed, cpu); + DIS flow prior "
+                                        "45.7 ms per input pair on one CPU core (not in the model's time)")
+    assert "prior_ms_per_pair" not in runtime_record(1.0, "eager", "cpu", None, prior_ms_per_pair=None)
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
