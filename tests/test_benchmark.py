@@ -997,3 +997,74 @@ def test_prior_model_with_tta_scores_the_same_with_and_without_image_panels(snu_
     saved = read_report(tmp_path / "saved.json")["results"]["easy"]
     assert [r["psnr"] for r in saved["samples"]] == pytest.approx([r["psnr"] for r in plain["samples"]], abs=1e-9)
     assert len(saved_images(tmp_path / "img")) == 2
+
+
+def test_timetest_runs_a_prior_model_and_reports_the_priors_cpu_cost(checkpoints, tmp_path, capsys):
+    report = TimeTest.main(["--phase", "2", "--model_size", "tiny", "--flow_prior", "dis", "--resolution", "32x48",
+                            "--warmup", "1", "--reps", "2", "--device", "cpu", "--out", str(tmp_path / "t.json")])
+    saved = json.loads((tmp_path / "t.json").read_text())
+    assert saved["flow_prior"] == "dis" and len(saved["prior_times_ms"]) == 3 and saved["prior_ms_per_pair"] > 0
+    assert saved["runtime"]["prior_ms_per_pair"] == pytest.approx(saved["prior_ms_per_pair"], abs=1e-3)
+    assert "+ DIS flow prior" in capsys.readouterr().out and "flow prior dis" in report["model"]
+    report = TimeTest.main(["--model", "tiny_phase2_prior", "--ckpt_dir", str(checkpoints), "--resolution", "16x16",
+                            "--warmup", "1", "--reps", "1", "--device", "cpu"])
+    assert report["flow_prior"] == "dis" and report["runtime"]["prior_ms_per_pair"] > 0
+    report = TimeTest.main(["--phase", "2", "--model_size", "tiny", "--resolution", "16x16", "--warmup", "1",
+                            "--reps", "1", "--device", "cpu"])
+    assert report["flow_prior"] == "none" and "prior_ms_per_pair" not in report["runtime"]
+
+
+def test_timetest_flow_prior_errors_are_one_line(checkpoints, capsys):
+    line = run_failing(TimeTest.main, ["--phase", "1", "--flow_prior", "dis", "--device", "cpu"], capsys)
+    assert "--flow_prior dis" in line and "phase 1" in line
+    line = run_failing(TimeTest.main, ["--model", "tiny_phase2_prior", "--ckpt_dir", str(checkpoints),
+                                       "--flow_prior", "dis", "--device", "cpu"], capsys)
+    assert "--flow_prior" in line and "checkpoint" in line
+
+
+def test_bench_model_times_a_prior_model_with_the_priors_cpu_cost_and_arithmetic(tmp_path, monkeypatch):
+    """`bench_model.py --flow_prior dis`: a training row (each sample's prior an input) and an inference row that gives
+    the DIS prior's CPU ms per pair beside the model's ms, and its GFLOP: the first flow block reads 18 channels
+    instead of 7, a little more arithmetic than the same model without a prior."""
+    from benchmark import bench_model
+    rows = {}
+    for prior in ("dis", "none"):
+        out = tmp_path / f"{prior}.json"
+        monkeypatch.setattr(sys, "argv", ["bench_model.py", "--phase", "2", "--model_size", "tiny", "--batch", "2",
+                                          "--size", "32", "--infer", "256@1.0", "--flops", "--reps", "1",
+                                          "--amp", "fp32", "--device", "cpu", "--flow_prior", prior,
+                                          "--json", str(out)])
+        bench_model.main()
+        rows[prior] = json.loads(out.read_text())["rows"]
+    train, infer = rows["dis"]
+    assert train["kind"] == "train" and train["flow_prior"] == "dis" and train["step_ms"] > 0
+    assert infer["kind"] == "infer" and "error" not in infer and infer["flow_prior"] == "dis"
+    assert infer["prior_ms"] > 0 and infer["runtime"]["prior_ms_per_pair"] == pytest.approx(infer["prior_ms"], abs=0.01)
+    plain = rows["none"][1]
+    assert "prior_ms" not in plain and "prior_ms_per_pair" not in plain["runtime"] and "flow_prior" not in rows["none"][0]
+    assert infer["gflop"] > 0 and "tflop_per_s" in infer
+    # The graph-like call (what a CUDA graph records) takes the prior too, and predicts what the runner predicts.
+    from benchmark.timing import count_gflop
+    from model.inference import InferenceRunner
+    torch.manual_seed(0)
+    cfg = preset(2, "tiny").model
+    model = build_model(replace(cfg, flow_prior="dis")).eval()
+    settings = argparse.Namespace(phase=2, amp="fp32")
+    recorded_like = bench_model.graph_like_call(model, "256@1.0", settings, "cpu")()
+    prior_call = bench_model.inference_call(InferenceRunner(model, "off"), "256@1.0", settings, "cpu")[0]
+    assert torch.equal(recorded_like.float(), prior_call())
+    plain_model = build_model(cfg).eval()
+    plain_call = bench_model.inference_call(InferenceRunner(plain_model, "off"), "256@1.0", settings, "cpu")[0]
+    with_prior = count_gflop(prior_call, model, bench_model.MODEL_PARTS)["parts"]["flow_estimator"]
+    without = count_gflop(plain_call, plain_model, bench_model.MODEL_PARTS)["parts"]["flow_estimator"]
+    assert without < with_prior < 1.1 * without
+
+
+@pytest.mark.parametrize("flags", [["--phase", "1"], ["--phase", "2", "--peer_table"],
+                                   ["--phase", "2", "--trainer_step"]])
+def test_bench_model_refuses_a_prior_where_it_has_no_meaning(flags, monkeypatch, capsys):
+    from benchmark import bench_model
+    monkeypatch.setattr(sys, "argv", ["bench_model.py", *flags, "--flow_prior", "dis", "--device", "cpu"])
+    with pytest.raises(SystemExit) as exit_info:
+        bench_model.main()
+    assert exit_info.value.code == 2 and "--flow_prior dis: for phases 2/3" in capsys.readouterr().err

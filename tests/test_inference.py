@@ -370,6 +370,30 @@ def test_graphed_inference_matches_eager_on_the_gpu(phase, amp):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+@pytest.mark.parametrize("tta", [False, True])
+def test_graphed_inference_with_a_flow_prior_matches_eager_on_the_gpu(tta):
+    """A --flow_prior dis model (tiny phase 2): the prior is one more static buffer of the graph, refilled per replay
+    (model/inference.py); two pairs with different priors replay one graph and each predicts what eager predicts with
+    its own prior (TTA: the model flips the prior inside the recorded call). float32, as the other parity tests."""
+    from dataclasses import replace
+    torch.manual_seed(0)
+    cfg = preset(2, "tiny")
+    model = build_model(replace(cfg.model, flow_prior="dis")).cuda().eval()
+    runner = InferenceRunner(model, "on")
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    for scale in (1.0, 6.0):                       # a prior of a few px, then a larger one: each must reach the graph
+        img0, img1 = (torch.rand(1, 3, 128, 192, device="cuda", generator=generator) for _ in range(2))
+        prior = torch.randn(1, 4, 128, 192, device="cuda", generator=generator) * scale
+        graphed = runner(img0, img1, 0.5, tta=tta, flow_prior=prior)
+        eager = model.inference(img0, img1, 0.5, tta=tta, flow_prior=prior)
+        difference = (graphed - eager).abs()
+        assert torch.allclose(graphed, eager, atol=1e-4), float(difference.max())
+        assert not torch.allclose(graphed, model.inference(img0, img1, 0.5, tta=tta, flow_prior=prior * 0),
+                                  atol=1e-3)          # the prior matters to the prediction
+    assert runner.counts["captures"] == 1 and runner.counts["replays"] == 2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
 def test_compiled_and_graphed_inference_matches_eager_on_the_gpu():
     """The compiled path as interpolate.py --compile runs it on CUDA: the flow estimator channel-aligned, the warps'
     opaque grid_sample, the SSD custom operator, Inductor, replayed as a CUDA graph, against eager inference of the
