@@ -136,7 +136,8 @@ def main(argv: list[str] | None = None) -> dict:
         peak_gib = max(peak_gib, runner.capture_peak_gib)          # a replay allocates nothing: count the capture
     params = count_parameters(model)
     report = {"model": label, "phase": cfg.train.phase, "params": params, "height": height, "width": width,
-              "flow_scale": flow_scale, "flow_prior": cfg.model.flow_prior, "device": str(device), "amp": args.amp, "tta": args.tta,
+              "flow_scale": flow_scale, "flow_prior": cfg.model.flow_prior, "device": str(device), "amp": args.amp,
+              "tta": args.tta,
               "warmup": args.warmup, "reps": args.reps, "median_ms": statistics.median(times),
               "min_ms": min(times), "max_ms": max(times), "times_ms": times, "peak_gib": peak_gib,
               "first_output_s": round(first_output_s, 2),

@@ -4,7 +4,8 @@ Every benchmark script only says *which* frames form a sample and *which* protoc
 everything else lives here, once::
 
     path -> read (cv2, BGR -> RGB) -> FrameGeometry (2K resize / 4K crop) -> [0, 1] tensor (1, 3, H, W)
-         -> centred replicate padding to the protocol's multiple -> model.inference(img0, img1, t, flow_scale, tta)
+         -> centred replicate padding to the protocol's multiple
+         -> model.inference(img0, img1, t, flow_scale, tta[, flow_prior: the pair's DIS flows, padded alike])
          -> crop back, clamp to [0, 1] -> metrics (quantized or not; ssim_matlab or skimage-style uint8)
          -> per-sample records -> mean (or mean per group, then over groups) -> printed summary + JSON report
 
@@ -596,7 +597,8 @@ def run_benchmark(args: argparse.Namespace, benchmark: str, make_subsets: Callab
             print(f"{label}: {len(subset.samples)} samples | "
                   + describe_run(args.model, cfg.model.use_flow, device, args.amp, args.tta, evaluator.flow_scale)
                   + (f", halved where the DIS motion is >= {LARGE_MOTION_PX:g} px"
-                     if evaluator.motion_flow_scale else ""))
+                     if evaluator.motion_flow_scale else "")
+                  + (" | flow prior: DIS of each pair on the CPU" if evaluator.needs_prior else ""))
             result = evaluator.evaluate(subset.samples, subset.name)
             report["results"][subset.name] = {**subset.protocol.settings(), "flow_scale": evaluator.flow_scale,
                                               "motion_flow_scale": evaluator.motion_flow_scale,
