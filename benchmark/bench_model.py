@@ -10,6 +10,7 @@ Examples:
     python benchmark/bench_model.py --phase 1 --modes hybrid mamba2_only gated_attn_only --batch 4 --size 256
     python benchmark/bench_model.py --phase 2 --batch 4 --size 256 --infer 1080p 2k 4k
     python benchmark/bench_model.py --phase 2 --peer_table --json ours_p2.json
+    python benchmark/bench_model.py --phase 2 --flow_prior dis --infer 720p@1.0 1080p@1.0 --infer_only --flops
     python benchmark/bench_model.py --phase 2 --infer 1080p@1.0 --infer_only --compile_infer --align_channels on,off \
         --kernel_profile
 
@@ -19,6 +20,13 @@ term as configured -- off without local weights -- backward, AdamW with default 
 b4 fp32, b4 bf16, b8 bf16 and b16 bf16, then 2x inference in bf16 at 256, 720p, 1080p (flow at full resolution),
 2K (flow 0.5) and 4K (flow 0.25); median of 10 CUDA-event timings after 3 warm-up calls (5 at 4K), peak memory
 of the timed calls, cudnn.benchmark on. Run the peers' own code the same way in the same session to compare.
+
+``--flow_prior dis`` builds the model with a classical flow prior (train.py's flag): every call then takes the
+pair's DIS flows, here those of the benchmark's random frames (``benchmark.timing.prior_of_tensors``: DIS costs the
+same on noise as on real frames), computed before the timed calls and never inside the model's ms. Each inference
+row gives the prior's own CPU cost per pair at its resolution (``prior_ms``: median of 3 DIS computations on one
+OpenCV thread, medium preset on at most 1024 px), and a training step gets each sample's prior as an input, as the
+data loader supplies it. Not with ``--peer_table`` or ``--trainer_step``.
 """
 
 from __future__ import annotations
@@ -37,8 +45,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmark.timing import count_gflop, kernel_profile, measure  # noqa: E402
-from config import preset  # noqa: E402
+from benchmark.timing import PRIOR_TIMING_CALLS, count_gflop, kernel_profile, measure, prior_of_tensors  # noqa: E402
+from config import FLOW_PRIORS, preset  # noqa: E402
 from model import build_model, count_parameters  # noqa: E402
 from model.inference import runtime_record  # noqa: E402
 from model.loss import CompositeLoss  # noqa: E402
@@ -55,14 +63,25 @@ def stamp(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
+def needs_prior(model) -> bool:
+    """Whether ``model`` (or the model a compiled wrapper holds) takes a flow prior in every call."""
+    return bool(getattr(model, "needs_flow_prior", False))
+
+
+def frames_prior(img0: torch.Tensor, img1: torch.Tensor) -> torch.Tensor:
+    """(B, 4, H, W) DIS flow prior of a batch of random frame pairs (one computation per pair, not timed)."""
+    return torch.cat([prior_of_tensors(a[None], b[None], calls=1)[0] for a, b in zip(img0, img1)])
+
+
 def train_step_fn(model, loss_fn, optimizer, batch, size, amp, phase, device):
     g = torch.Generator(device=device).manual_seed(0)
     img0, gt, img1 = (torch.rand(batch, 3, size, size, device=device, generator=g) for _ in range(3))
     t = torch.full((batch,), 0.5, device=device)
+    prior = {"flow_prior": frames_prior(img0, img1)} if needs_prior(model) else {}   # the loader's work, untimed
 
     def step():
         with torch.autocast(device, dtype=AMP_DTYPES[amp], enabled=AMP_DTYPES[amp] is not None):
-            out = model(img0, img1, t)
+            out = model(img0, img1, t, **prior)
             total, _ = loss_fn(out.pred, gt, flow=out.flow if phase > 1 else None)
         total.backward()
         optimizer.step()
@@ -90,14 +109,16 @@ def benchmark_frames(name: str, args, device: str) -> tuple[torch.Tensor, torch.
 
 def inference_call(runner, name: str, args, device: str):
     """(a function running one 2x interpolation at a named resolution and returning it as float32, the flow scale):
-    :func:`benchmark_frames`, autocast as ``--amp`` says. ``runner``: an
+    :func:`benchmark_frames`, autocast as ``--amp`` says, and for a model with a flow prior the frames' DIS flows
+    (computed here, once: never inside the timed function). ``runner``: an
     :class:`model.inference.InferenceRunner` (eager, graphed or compiled)."""
     img0, img1, flow_scale = benchmark_frames(name, args, device)
+    prior = prior_of_tensors(img0, img1, calls=1)[0] if needs_prior(runner.model) else None
     dtype = AMP_DTYPES[args.amp]
 
     def infer() -> torch.Tensor:
         with torch.autocast(device, dtype=dtype, enabled=dtype is not None):
-            return runner(img0, img1, 0.5, flow_scale=flow_scale).float()
+            return runner(img0, img1, 0.5, flow_scale=flow_scale, flow_prior=prior).float()
     return infer, flow_scale
 
 
@@ -108,12 +129,13 @@ def graph_like_call(model, name: str, args, device: str):
     compiling again for a float ``t``."""
     img0, img1, flow_scale = benchmark_frames(name, args, device)
     t = torch.full((1,), 0.5, device=device)
+    prior = {"flow_prior": prior_of_tensors(img0, img1, calls=1)[0]} if needs_prior(model) else {}
     dtype = AMP_DTYPES[args.amp]
 
     def call() -> torch.Tensor:
         with torch.no_grad(), torch.autocast(device, dtype=dtype or torch.float32, enabled=dtype is not None,
                                              cache_enabled=False):
-            return model.inference(img0, img1, t, flow_scale=flow_scale)
+            return model.inference(img0, img1, t, flow_scale=flow_scale, **prior)
     return call
 
 
@@ -151,6 +173,12 @@ def measure_inference(model, name: str, args, device: str, execution: str = "eag
            else "-", "amp": args.amp, "exec": execution}
     if compiled:
         row["align_channels"] = align_channels
+    prior_ms = None
+    if needs_prior(model):
+        # The prior's own CPU cost per pair at this resolution (one OpenCV thread), beside the model's ms.
+        prior_times = prior_of_tensors(*benchmark_frames(name, args, device)[:2], calls=PRIOR_TIMING_CALLS)[1]
+        prior_ms = sorted(prior_times)[len(prior_times) // 2]
+        row.update(flow_prior=model.config.flow_prior, prior_ms=round(prior_ms, 2))
     if reference is not None:
         if device == "cuda":
             torch.cuda.synchronize()
@@ -176,7 +204,7 @@ def measure_inference(model, name: str, args, device: str, execution: str = "eag
         row["reserved_gib"] = round(torch.cuda.memory_reserved() / 2**30, 3)   # weights, inputs, the graph's pool
     row.update(ms=round(timing.median_ms, 2), peak_gib=round(peak, 3),
                runtime=runtime_record(timing.median_ms, runner.mode, device, peak if device == "cuda" else None,
-                                      height, width))
+                                      height, width, prior_ms_per_pair=prior_ms))
     runner.clear()
     if compiled and getattr(args, "kernel_profile", None) is not None:
         # A graph replay may not be listed kernel by kernel: a graphed row profiles the call its graph recorded, run
@@ -359,6 +387,10 @@ def main() -> None:
                              f"(1080p@1.0)")
     parser.add_argument("--flow_scales", type=int, nargs=3, default=None, metavar="S",
                         help="the flow blocks' working scales, as train.py's flag (default: the preset's 4 2 1)")
+    parser.add_argument("--flow_prior", choices=FLOW_PRIORS, default="none",
+                        help="phases 2/3: build the model with this flow prior, as train.py's flag (dis: the flow "
+                             "estimator starts from the pair's DIS flows; each inference row then also gives the "
+                             "prior's CPU ms per pair, prior_ms)")
     parser.add_argument("--reps", type=int, default=20)
     parser.add_argument("--compile", action="store_true",
                         help="also time the training step with torch.compile on the model and the loss")
@@ -397,6 +429,9 @@ def main() -> None:
                         help="cpu runs are smoke tests of this script, not measurements")
     parser.add_argument("--watchdog", type=float, default=0, help="dump all stacks every N s (debug hangs)")
     args = parser.parse_args()
+    if args.flow_prior != "none" and (args.phase == 1 or args.peer_table or args.trainer_step):
+        parser.error(f"--flow_prior {args.flow_prior}: for phases 2/3 and the --infer / training rows only (not "
+                     "--phase 1, --peer_table or --trainer_step)")
     if args.watchdog:
         faulthandler.dump_traceback_later(args.watchdog, repeat=True)
     device = args.device
@@ -422,8 +457,10 @@ def main() -> None:
             cfg = replace(preset(args.phase, args.model_size).model, backbone_mode=mode, ssm_backend=backend)
             if args.flow_scales:
                 cfg = replace(cfg, flow_scales=tuple(args.flow_scales))
+            cfg = replace(cfg, flow_prior=args.flow_prior)
             torch.manual_seed(0)
-            stamp(f"building phase {args.phase} {mode} (ssd {backend})")
+            stamp(f"building phase {args.phase} {mode} (ssd {backend})"
+                  + (f", flow prior {args.flow_prior}" if args.flow_prior != "none" else ""))
             model = build_model(cfg).to(device).train()
             loss_fn = CompositeLoss(args.phase, vgg_allow_random=True).to(device)
             optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device == "cuda")
@@ -450,6 +487,8 @@ def main() -> None:
                        "params_M": round(count_parameters(model) / 1e6, 3), "batch": args.batch, "size": args.size,
                        "amp": args.amp, "step_ms": round(ms, 2), "samples_per_s": round(args.batch * 1000 / ms, 1),
                        "peak_gib": round(gib, 3), "flash_eligible": device == "cuda"}
+                if args.flow_prior != "none":
+                    row["flow_prior"] = args.flow_prior
                 rows.append(row)
                 print(row, flush=True)
             del optimizer, step, variants                # free the training state before measuring inference

@@ -4,7 +4,8 @@ Every benchmark script only says *which* frames form a sample and *which* protoc
 everything else lives here, once::
 
     path -> read (cv2, BGR -> RGB) -> FrameGeometry (2K resize / 4K crop) -> [0, 1] tensor (1, 3, H, W)
-         -> centred replicate padding to the protocol's multiple -> model.inference(img0, img1, t, flow_scale, tta)
+         -> centred replicate padding to the protocol's multiple
+         -> model.inference(img0, img1, t, flow_scale, tta[, flow_prior: the pair's DIS flows, padded alike])
          -> crop back, clamp to [0, 1] -> metrics (quantized or not; ssim_matlab or skimage-style uint8)
          -> per-sample records -> mean (or mean per group, then over groups) -> printed summary + JSON report
 
@@ -14,6 +15,13 @@ optical flow (OpenCV DIS both ways, warped to t, occlusion-aware blend: ``measur
 report always says whether the model beat blending and whether it beat classical flow. Each sample's motion (95th
 percentile of |DIS flow I0->I1| in px at the evaluated resolution) goes into its record, and the report gives
 PSNR/SSIM per motion bucket (< 4, 4-16, 16-32, 32-64, > 64 px) with counts (``--no_motion`` skips DIS).
+
+A model with a classical flow prior (``--flow_prior dis``, ``model.needs_flow_prior``) gets each pair's DIS flows
+both ways (``measures.motion``): the motion statistic's flows where they are the same computation
+(``prior_from_pair``: frames up to 1024 px), else ``prior_pair_flows`` of the frames as the model sees them (after
+the protocol's geometry; also under ``--no_motion``); once per input pair (X-TEST's seven targets share one),
+padded like the images, flipped with them under TTA. Its DIS runs on the CPU before the model call, timed on one
+OpenCV thread: the runtime record gives it per pair (``prior_ms_per_pair``) beside the model's ms per frame.
 A run on anything but the official test set says so, and ``--save_images DIR`` writes a labelled
 I0 | prediction | ground truth | I1 [| flow | mask] image per sample (docs/DESIGN.md 12).
 
@@ -43,15 +51,17 @@ from tqdm import tqdm
 
 from checkpoint import CheckpointError, atomic_write_bytes, atomic_write_text, model_from_checkpoint, resolve_checkpoint
 from config import AMP_DTYPES, ConfigError, positive_float, positive_int, resolve_device
+from benchmark.timing import timed_on_one_core
 from measures.motion import (
-    LARGE_MOTION_PX, MOTION_STATISTIC, flow_pair, format_bucket_table, interpolate_dis, motion_flow_scale,
-    summarize_by_motion,
+    LARGE_MOTION_PX, MOTION_STATISTIC, FlowPair, flow_pair, format_bucket_table, interpolate_dis, motion_flow_scale,
+    prior_from_pair, prior_pair_flows, summarize_by_motion,
 )
 from measures.quality import psnr, psnr_uint8, quantize, ssim_matlab, ssim_skimage_uint8, to_uint8
 from measures.visualize import sample_grid
 from model.frames import crop_padding, frame_to_tensor, pad_centred, read_rgb_uint8
 from model.inference import (GraphUnavailable, InferenceRunner, ModelClock, add_graph_argument, describe_run,
                              describe_runtime, runtime_record)
+from model.ops.prior import flip_flows
 
 BASELINE_KEYS = ("psnr_frame_average", "psnr_dis")
 BUCKET_KEYS = ("psnr", "ssim", *BASELINE_KEYS)     # averaged per motion bucket
@@ -251,7 +261,9 @@ def write_png_atomically(image: torch.Tensor, path: Path) -> None:
 class Evaluator:
     """Runs a model over samples under one protocol.
 
-    model: anything with ``inference(img0, img1, t, flow_scale, tta) -> (B, 3, H, W)`` in [0, 1] (ThesisModel).
+    model: anything with ``inference(img0, img1, t, flow_scale, tta) -> (B, 3, H, W)`` in [0, 1] (ThesisModel); one
+        whose ``needs_flow_prior`` is true also takes ``flow_prior=`` (B, 4, H, W), the pair's DIS flows (see the
+        module docstring), and never runs without it.
     amp: "fp32" (default: the published numbers are fp32), "bf16" or "fp16" autocast for the model only;
         the metrics always run in float64.
     flow_scale: None keeps the protocol's.
@@ -285,6 +297,7 @@ class Evaluator:
         if motion_flow_scale and not motion:
             raise BenchmarkError("--motion_flow_scale chooses the flow scale from the DIS motion: drop --no_motion")
         self.motion_flow_scale = motion_flow_scale
+        self.needs_prior = bool(getattr(model, "needs_flow_prior", False))
 
     def load_frame(self, path: Path) -> np.ndarray:
         """(H, W, 3) RGB after the protocol's geometry: uint8, or float32 in [0, 1] (X-TEST 2K)."""
@@ -295,37 +308,66 @@ class Evaluator:
         return bool(getattr(self.model, "use_flow", False)) and callable(self.model)
 
     def predict_with_panels(self, img0: torch.Tensor, img1: torch.Tensor, t: float, panels: bool = False,
-                            flow_scale: float | None = None
+                            flow_scale: float | None = None, flow_prior: torch.Tensor | None = None
                             ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """(prediction, flow or None, mask or None) for (1, 3, H, W) inputs in [0, 1].
 
         The prediction is (1, 3, H, W) float32 clamped to [0, 1]. With ``panels`` and a flow model, one forward pass
         also yields the flow (1, 4, H, W) and blend mask (1, 1, H, W) for :meth:`save_sample_image`; the prediction
         is then computed from the same calls ``model.inference`` makes (forward, plus the flipped pass with TTA),
-        so saving images never changes a score. ``flow_scale``: None uses the evaluator's.
+        so saving images never changes a score. ``flow_scale``: None uses the evaluator's. ``flow_prior``: the
+        pair's (1, 4, H, W) DIS flows for a model that needs them (:meth:`pair_prior`), padded like the images.
         """
         flow_scale = self.flow_scale if flow_scale is None else flow_scale
+        if self.needs_prior and flow_prior is None:
+            raise BenchmarkError("this model was trained with --flow_prior dis: every pair needs its DIS flows "
+                                 "(Evaluator.pair_prior)")
         padded0, padding = pad_centred(img0, self.protocol.pad_multiple)
         padded1, _ = pad_centred(img1, self.protocol.pad_multiple)
+        padded_prior = None if flow_prior is None else pad_centred(flow_prior, self.protocol.pad_multiple)[0]
+        prior = {} if padded_prior is None else {"flow_prior": padded_prior}
         flow = mask = None
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.amp_dtype,
                                                     enabled=self.amp_dtype is not None):
             if panels and self._shows_flow():
-                output = self.model(padded0, padded1, t, flow_scale)
+                output = self.model(padded0, padded1, t, flow_scale, **prior)
                 pred = output.pred
-                if self.tta:
+                if self.tta:       # the flipped pass of model.inference: frames and prior flipped alike
+                    flipped_prior = {} if padded_prior is None else {"flow_prior": flip_flows(padded_prior)}
                     flipped = self.model.inference(padded0.flip(2, 3), padded1.flip(2, 3), t=t,
-                                                   flow_scale=flow_scale, tta=False)
+                                                   flow_scale=flow_scale, tta=False, **flipped_prior)
                     pred = (pred + flipped.flip(2, 3)) / 2
                 flow = crop_padding(output.flow.float(), padding)
                 mask = crop_padding(output.mask.float(), padding)
             else:
-                pred = self.runner(padded0, padded1, t, flow_scale=flow_scale, tta=self.tta)
+                pred = self.runner(padded0, padded1, t, flow_scale=flow_scale, tta=self.tta, flow_prior=padded_prior)
         return crop_padding(pred.float(), padding).clamp(0, 1), flow, mask
 
-    def predict(self, img0: torch.Tensor, img1: torch.Tensor, t: float) -> torch.Tensor:
+    def predict(self, img0: torch.Tensor, img1: torch.Tensor, t: float,
+                flow_prior: torch.Tensor | None = None) -> torch.Tensor:
         """(1, 3, H, W) inputs in [0, 1] -> (1, 3, H, W) float32 prediction, clamped to [0, 1]."""
-        return self.predict_with_panels(img0, img1, t)[0]
+        return self.predict_with_panels(img0, img1, t, flow_prior=flow_prior)[0]
+
+    def pair_flows(self, frame0: np.ndarray, frame1: np.ndarray
+                   ) -> tuple[FlowPair | None, np.ndarray | None, float | None]:
+        """(the motion statistic's DIS flows or None, the model's flow prior or None, the prior's ms or None) of one
+        input pair, frames (H, W, 3) after the protocol's geometry.
+
+        Flows when ``motion`` is on; a prior (4, H, W) only for a model that needs one: the motion flows themselves
+        where ``measures.motion.prior_from_pair`` says they are the same computation, else ``prior_pair_flows``
+        (frames over 1024 px, or ``--no_motion``). Its ms: the wall time of the DIS that produced it on one OpenCV
+        thread (the reused motion flows' too: that DIS is then the prior's cost).
+        """
+        if not self.needs_prior:
+            return (flow_pair(frame0, frame1) if self.motion else None), None, None
+        height, width = frame0.shape[:2]
+        flows, prior, prior_ms = None, None, None
+        if self.motion:
+            flows, prior_ms = timed_on_one_core(lambda: flow_pair(frame0, frame1))
+            prior = prior_from_pair(flows, height, width)
+        if prior is None:
+            prior, prior_ms = timed_on_one_core(lambda: prior_pair_flows(frame0, frame1))
+        return flows, prior, prior_ms
 
     def score(self, pred: torch.Tensor, gt_frame: np.ndarray, with_ssim: bool = True) -> tuple[float, float]:
         """(PSNR, SSIM) of a (1, 3, H, W) prediction against the (H, W, 3) ground-truth frame (SSIM nan if skipped)."""
@@ -369,7 +411,8 @@ class Evaluator:
         records = []
         start = time.perf_counter()
         clock = ModelClock(self.device)
-        cached_paths, cached_inputs, cached_frames, flows = None, None, None, None
+        cached_paths, cached_inputs, cached_frames, flows, prior = None, None, None, None, None
+        prior_ms: list[float] = []                 # the DIS prior's ms of each input pair (a prior model only)
         psnr_total = 0.0
         bar = tqdm(samples, desc=description or self.protocol.name, disable=not self.progress, dynamic_ncols=True)
         for index, sample in enumerate(bar):
@@ -378,11 +421,15 @@ class Evaluator:
                 cached_paths = (sample.img0, sample.img1)
                 cached_frames = tuple(self.load_frame(p) for p in cached_paths)
                 cached_inputs = tuple(frame_to_tensor(frame, self.device) for frame in cached_frames)
-                flows = flow_pair(*cached_frames) if self.motion else None
+                flows, pair_prior, ms = self.pair_flows(*cached_frames)
+                prior = None if pair_prior is None else torch.from_numpy(pair_prior)[None].to(self.device)
+                if ms is not None:
+                    prior_ms.append(ms)
             flow_scale = motion_flow_scale(flows.motion, self.flow_scale) if self.motion_flow_scale else None
             with clock:
                 pred, flow, mask = self.predict_with_panels(*cached_inputs, sample.t,
-                                                            panels=self.save_images is not None, flow_scale=flow_scale)
+                                                            panels=self.save_images is not None, flow_scale=flow_scale,
+                                                            flow_prior=prior)
             gt_frame = self.load_frame(sample.gt)
             value_psnr, value_ssim = self.score(pred, gt_frame)
             blend = ((1 - sample.t) * cached_inputs[0] + sample.t * cached_inputs[1]).clamp(0, 1)
@@ -409,8 +456,11 @@ class Evaluator:
         peak = clock.peak_gib()
         if peak is not None and self.runner.capture_peak_gib is not None:
             peak = max(peak, self.runner.capture_peak_gib)           # a replay allocates nothing: count the capture
+        prior_cost = {}
+        if prior_ms:
+            prior_cost = {"prior_ms_per_pair": float(np.median(prior_ms)), "prior_pairs": len(prior_ms)}
         runtime = runtime_record(clock.median_ms(), self.runner.mode, self.device, peak, height, width,
-                                 timed_calls=clock.calls)
+                                 timed_calls=clock.calls, **prior_cost)
         return {**summary, "seconds": time.perf_counter() - start, "runtime": runtime, "samples": records}
 
 
@@ -527,6 +577,7 @@ def run_benchmark(args: argparse.Namespace, benchmark: str, make_subsets: Callab
 
         report = {"benchmark": benchmark, "dataset": str(root), "model": args.model,
                   "checkpoint": str(checkpoint_path), "phase": cfg.train.phase, "uses_flow": cfg.model.use_flow,
+                  "flow_prior": cfg.model.flow_prior,
                   "device": str(device), "amp": args.amp, "tta": args.tta, "limit": args.limit, "runtime": {},
                   "results": {}}
         save_root = getattr(args, "save_images", None)
@@ -546,7 +597,8 @@ def run_benchmark(args: argparse.Namespace, benchmark: str, make_subsets: Callab
             print(f"{label}: {len(subset.samples)} samples | "
                   + describe_run(args.model, cfg.model.use_flow, device, args.amp, args.tta, evaluator.flow_scale)
                   + (f", halved where the DIS motion is >= {LARGE_MOTION_PX:g} px"
-                     if evaluator.motion_flow_scale else ""))
+                     if evaluator.motion_flow_scale else "")
+                  + (" | flow prior: DIS of each pair on the CPU" if evaluator.needs_prior else ""))
             result = evaluator.evaluate(subset.samples, subset.name)
             report["results"][subset.name] = {**subset.protocol.settings(), "flow_scale": evaluator.flow_scale,
                                               "motion_flow_scale": evaluator.motion_flow_scale,
@@ -555,6 +607,10 @@ def run_benchmark(args: argparse.Namespace, benchmark: str, make_subsets: Callab
             print(f"{label}  PSNR {result['psnr']:.4f} dB  SSIM {result['ssim']:.5f}  "
                   f"({result['count']} samples, {result['seconds']:.1f} s)")
             print(f"{label}  {describe_runtime(result['runtime'])}")
+            if "prior_ms_per_pair" in result["runtime"]:
+                print(f"{label}  the flow prior's DIS ran here before each pair's model call, on the CPU "
+                      f"({result['runtime']['prior_pairs']} pairs); interpolate.py runs it on other cores beside "
+                      f"the GPU")
             report["runtime"][subset.name] = result["runtime"]
             baseline = "(1-t) I0 + t I1" if any(s.t != 0.5 for s in subset.samples) else "(I0+I1)/2"
             print(f"{label}  frame average {baseline}: PSNR {result['psnr_frame_average']:.4f} dB; the model is "

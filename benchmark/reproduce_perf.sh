@@ -17,7 +17,8 @@
 #   interp    interpolate.py 4x on the clip upscaled to 1080p, with the checkpoint of `start`
 #   inference docs/PERF.md section 10 (issue 21): the GPU tests of the step graph and of inference; ours eager
 #             and graphed at 256, 720p, 1080p (flow 1.0) and 4K (flow 0.25), and at 720p and 1080p with --flow_scales
-#             8 4 2 (1080p also compiled+graphed); compiled+graphed at 1080p with and without channel alignment,
+#             8 4 2 (1080p also compiled+graphed), and at 720p and 1080p with --flow_prior dis (the DIS prior's CPU
+#             cost beside); compiled+graphed at 1080p with and without channel alignment,
 #             then again in a second process (it reads Inductor's cache: the warm start); the footage pipeline's
 #             stages (bench_pipeline.py) and interpolate.py 1080p 2x to PNG and to H.264 (x264 medium and faster) with the checkpoint of `start`.
 #             Peers: stage `peers`, in the same call
@@ -111,6 +112,10 @@ if want inference; then
     tests/test_ops.py   # GPU tests (and the CPU ones of those files)
   stage 300 python3 benchmark/bench_model.py --phase 2 --infer 256@1.0 720p@1.0 1080p@1.0 4k@0.25 --infer_only \
     --cuda_graph on --flops --json "$out/infer_graphed.json"
+  # A model with the classical flow prior (--flow_prior dis): eager and graphed at 720p and 1080p, its GFLOP, and the
+  # DIS prior's CPU ms per pair at each (one core, prior_ms; docs/PERF.md 10.4)
+  stage 300 python3 benchmark/bench_model.py --phase 2 --flow_prior dis --infer 720p@1.0 1080p@1.0 --infer_only \
+    --cuda_graph on --flops --json "$out/infer_graphed_prior.json"
   # The same with the flow blocks one octave coarser (--flow_scales 8 4 2; docs/PERF.md 10.2): its quality is
   # tools/large_motion_runs.sh's fs842 run
   stage 420 python3 benchmark/bench_model.py --phase 2 --flow_scales 8 4 2 --infer 720p@1.0 1080p@1.0 --infer_only \

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
+import cv2
+import numpy as np
 import torch
+
+from measures.motion import prior_pair_flows
+
+PRIOR_TIMING_CALLS = 3         # DIS prior computations timed per resolution by TimeTest and bench_model (median)
 
 
 @dataclass(frozen=True)
@@ -43,6 +50,50 @@ def measure(call: Callable[[], object], device: torch.device | str, warmup: int 
             call()
             times.append((time.perf_counter() - began) * 1000)
     return Timing(times, torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None)
+
+
+@contextlib.contextmanager
+def one_opencv_thread() -> Iterator[None]:
+    """OpenCV's thread pool limited to one thread inside the block, restored after it.
+
+    Why: a flow prior's DIS cost is reported per pair on one CPU core, the unit in which a pipeline that runs DIS on
+    other cores beside the GPU (interpolate.py) needs it; OpenCV would otherwise spread one DIS call over every core
+    (about 1.4x faster on two cores at 256x448, hardly faster at 720p, here). The flows are the same either way
+    (checked at 256x448 and 720p: identical arrays)."""
+    previous = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(previous)
+
+
+def timed_on_one_core(call: Callable[[], object]) -> tuple[object, float]:
+    """(``call()``, its wall milliseconds) with OpenCV on one thread (:func:`one_opencv_thread`)."""
+    with one_opencv_thread():
+        began = time.perf_counter()
+        result = call()
+        return result, (time.perf_counter() - began) * 1000
+
+
+def prior_of_tensors(img0: torch.Tensor, img1: torch.Tensor,
+                     calls: int = PRIOR_TIMING_CALLS) -> tuple[torch.Tensor, list[float]]:
+    """The DIS flow prior of a (1, 3, H, W) pair in [0, 1] on any device, and what it costs on the CPU.
+
+    Returns ((1, 4, H, W) float32 ``measures.motion.prior_pair_flows`` on the frames' device, the wall milliseconds of
+    each of ``calls`` computations on one core). For the timing tools (TimeTest, bench_model), whose frames are
+    random: DIS does the same work per patch and pyramid level whatever the content (146 ms on uniform noise, 147 on a
+    textured shift, one core at 720p here), so the cost is a real pair's; the flows themselves mean nothing, and the
+    model's time does not depend on their values. The frames' copy to the host is not timed.
+    """
+    if img0.dim() != 4 or img0.shape[0] != 1 or img0.shape != img1.shape:
+        raise ValueError(f"expected two (1, 3, H, W) frames, got {tuple(img0.shape)} and {tuple(img1.shape)}")
+    frames = [image[0].detach().float().permute(1, 2, 0).cpu().numpy() for image in (img0, img1)]
+    times, prior = [], None
+    for _ in range(max(1, calls)):
+        prior, ms = timed_on_one_core(lambda: prior_pair_flows(*frames))
+        times.append(ms)
+    return torch.from_numpy(np.ascontiguousarray(prior))[None].to(img0.device), times
 
 
 def kernel_profile(call: Callable[[], object], device: torch.device | str, patterns: Sequence[str], calls: int = 3,

@@ -437,23 +437,34 @@ def device_name(device: torch.device | str) -> str:
 
 
 def runtime_record(ms_per_frame: float | None, mode: str, device: torch.device | str, peak_gib: float | None,
-                   height: int | None = None, width: int | None = None, **extra) -> dict:
+                   height: int | None = None, width: int | None = None, prior_ms_per_pair: float | None = None,
+                   **extra) -> dict:
     """{"ms_per_frame", "mode", "device", "peak_gib", "height", "width", ...}: the model's time per output frame at
-    the data set's resolution, as VFI papers report runtime. peak_gib is None on the CPU."""
+    the data set's resolution, as VFI papers report runtime. peak_gib is None on the CPU.
+
+    prior_ms_per_pair: a ``--flow_prior dis`` model's classical flows, computed on the CPU before the model call: the
+    DIS wall ms per input pair on one core (the model's ms never include it). Absent from the record when None (a
+    model without a prior)."""
     record = {"ms_per_frame": None if ms_per_frame is None else round(ms_per_frame, 3), "mode": mode,
               "device": device_name(device), "peak_gib": None if peak_gib is None else round(peak_gib, 3),
               "height": height, "width": width}
+    if prior_ms_per_pair is not None:
+        record["prior_ms_per_pair"] = round(prior_ms_per_pair, 3)
     record.update(extra)
     return record
 
 
 def describe_runtime(record: dict) -> str:
-    """One line: "runtime 13.1 ms per output frame at 720x1280 (graphed, NVIDIA H200, peak 2.10 GiB)"."""
+    """One line: "runtime 13.1 ms per output frame at 720x1280 (graphed, NVIDIA H200, peak 2.10 GiB)", and for a
+    model with a flow prior "; + DIS flow prior 45.0 ms per input pair on one CPU core (not in the model's time)"."""
     size = f" at {record['height']}x{record['width']}" if record.get("height") else ""
     memory = f", peak {record['peak_gib']:.2f} GiB" if record.get("peak_gib") is not None else ""
     ms = record.get("ms_per_frame")
     speed = f"{ms:.1f} ms per output frame" if ms is not None else "n/a"
-    return f"runtime {speed}{size} ({record['mode']}, {record['device']}{memory})"
+    prior = record.get("prior_ms_per_pair")
+    prior_text = (f"; + DIS flow prior {prior:.1f} ms per input pair on one CPU core (not in the model's time)"
+                  if prior is not None else "")
+    return f"runtime {speed}{size} ({record['mode']}, {record['device']}{memory}){prior_text}"
 
 
 def describe_run(model_name: str, uses_flow: bool, device: torch.device, amp: str, tta: bool,

@@ -52,8 +52,9 @@ def pattern(offset: int = 0, seed: int | None = None) -> np.ndarray:
     return ((x * 3 + y * 5 + c * 11) % 56 + offset).astype(np.uint8)
 
 
-def save_checkpoint(path: Path, phase: int) -> Path:
+def save_checkpoint(path: Path, phase: int, flow_prior: str = "none") -> Path:
     cfg = preset(phase, "tiny")
+    cfg = replace(cfg, model=replace(cfg.model, flow_prior=flow_prior))
     atomic_save({"format": 1, "config": cfg.to_dict(), "model": build_model(cfg.model).state_dict(), "ema": None},
                 path)
     return path
@@ -64,6 +65,7 @@ def checkpoints(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("ckpt")
     save_checkpoint(folder / "tiny_phase1.pt", 1)
     save_checkpoint(folder / "tiny_phase2.pt", 2)
+    save_checkpoint(folder / "tiny_phase2_prior.pt", 2, flow_prior="dis")
     return folder
 
 
@@ -853,3 +855,217 @@ def test_count_gflop_splits_by_part_scales_with_pixels_and_restores_the_ssd_back
     assert small["parts"]["flow_estimator"] > 0 and small["parts"]["backbone"] > 0
     assert abs(sum(small["parts"].values()) - small["total"]) <= 0.01 * small["total"]
     assert 1.8 < large["total"] / small["total"] < 2.2
+
+
+# --------------------------------------------------------------------------------------------------------
+# A model with a classical flow prior (--flow_prior dis): each pair's DIS flows, padded and flipped like the frames
+# --------------------------------------------------------------------------------------------------------
+class PriorRecordingModel(BlendModel):
+    """The blend, as a stand-in for a --flow_prior model (or, with ``needs=False``, a model without one): records
+    the prior of every call (None when it got none)."""
+
+    def __init__(self, needs: bool = True):
+        super().__init__()
+        self.needs_flow_prior = needs
+        self.priors = []
+
+    def inference(self, img0, img1, t=0.5, flow_scale=1.0, tta=False, flow_prior=None):
+        self.priors.append(None if flow_prior is None else flow_prior.clone())
+        return super().inference(img0, img1, t, flow_scale, tta)
+
+
+def expected_prior(sample, protocol: Protocol) -> torch.Tensor:
+    """(1, 4, H', W'): measures.motion.prior_pair_flows of the sample's frames as evaluated (read as RGB, the
+    protocol's geometry), centred-replicate padded to the protocol's multiple as the images are."""
+    from measures.motion import prior_pair_flows
+    from model.frames import read_rgb_uint8
+    frames = [protocol.geometry.apply(read_rgb_uint8(path, BenchmarkError)) for path in (sample.img0, sample.img1)]
+    return pad_centred(torch.from_numpy(prior_pair_flows(*frames))[None], protocol.pad_multiple)[0]
+
+
+@pytest.fixture
+def dis_calls(monkeypatch) -> dict:
+    """Counts the evaluator's DIS computations: motion flows (flow_pair) and priors computed for themselves."""
+    from benchmark import eval_core
+    calls = {"flow_pair": 0, "prior_pair_flows": 0}
+
+    def counted(name):
+        original = getattr(eval_core, name)
+
+        def call(*args, **kwargs):
+            calls[name] += 1
+            return original(*args, **kwargs)
+        monkeypatch.setattr(eval_core, name, call)
+    counted("flow_pair")
+    counted("prior_pair_flows")
+    return calls
+
+
+@pytest.mark.parametrize("motion", [True, False])
+def test_each_pair_gets_its_own_prior_padded_like_the_images(vimeo_root, dis_calls, motion):
+    """With the motion statistic on, the prior is its flows (frames under 1024 px: the same DIS); with --no_motion it
+    is computed for itself; either way it equals prior_pair_flows of the pair as evaluated, padded from 24x40 to
+    32x64 as the images are, and its CPU cost is in the runtime record."""
+    samples = Vimeo90K.enumerate_samples(vimeo_root)                 # three pairs of different noise
+    model = PriorRecordingModel()
+    result = Evaluator(model, Vimeo90K.PROTOCOL, progress=False, motion=motion).evaluate(samples)
+    assert [tuple(prior.shape) for prior in model.priors] == [(1, 4, 32, 64)] * 3
+    for prior, sample in zip(model.priors, samples):
+        assert torch.equal(prior, expected_prior(sample, Vimeo90K.PROTOCOL))
+    assert not torch.equal(model.priors[0], model.priors[1])
+    assert dis_calls == ({"flow_pair": 3, "prior_pair_flows": 0} if motion else {"flow_pair": 0, "prior_pair_flows": 3})
+    runtime = result["runtime"]
+    assert runtime["prior_pairs"] == 3 and runtime["prior_ms_per_pair"] > 0
+    assert ("motion" in result["samples"][0]) is motion
+
+
+def test_frames_over_the_prior_size_get_a_prior_of_their_own(vimeo_root, dis_calls, monkeypatch):
+    """Above measures.motion.PRIOR_WORK_MAX_SIDE (1024 px; here 16) the motion flows (DIS on up to 2048 px) are not
+    the prior: the prior's own DIS runs on the downscaled frames, once per pair beside the motion's."""
+    from measures import motion
+    monkeypatch.setattr(motion, "PRIOR_WORK_MAX_SIDE", 16)
+    samples = Vimeo90K.enumerate_samples(vimeo_root)[:2]
+    model = PriorRecordingModel()
+    Evaluator(model, Vimeo90K.PROTOCOL, progress=False).evaluate(samples)
+    assert dis_calls == {"flow_pair": 2, "prior_pair_flows": 2}
+    for prior, sample in zip(model.priors, samples):
+        assert torch.equal(prior, expected_prior(sample, Vimeo90K.PROTOCOL))      # the downscaled DIS
+
+
+@pytest.mark.parametrize("motion", [True, False])
+def test_xtest_computes_one_prior_per_pair_for_its_seven_targets(xtest_root, dis_calls, motion):
+    protocol = XTest.PROTOCOLS["4k"]
+    samples = XTest.enumerate_samples(xtest_root)                    # 2 scenes x 7 targets
+    model = PriorRecordingModel()
+    result = Evaluator(model, protocol, progress=False, motion=motion).evaluate(samples)
+    assert sum(dis_calls.values()) == 2
+    assert len(model.priors) == 14 and [c["t"] for c in model.calls[:7]] == [k / 8 for k in range(1, 8)]
+    for prior, sample in zip(model.priors, samples):
+        assert torch.equal(prior, expected_prior(sample, protocol))
+    assert result["runtime"]["prior_pairs"] == 2
+
+
+def test_tta_passes_the_prior_as_is_for_the_model_to_flip(vimeo_root):
+    """Through the runner, model.inference(tta=True) flips the prior itself (tests/test_prior.py): the evaluator
+    hands it the unflipped prior once."""
+    samples = Vimeo90K.enumerate_samples(vimeo_root)[:1]
+    model = PriorRecordingModel()
+    Evaluator(model, Vimeo90K.PROTOCOL, tta=True, progress=False).evaluate(samples)
+    assert [c["tta"] for c in model.calls] == [True]
+    assert torch.equal(model.priors[0], expected_prior(samples[0], Vimeo90K.PROTOCOL))
+
+
+def test_a_model_without_a_prior_gets_none_and_no_prior_cost(vimeo_root, dis_calls):
+    samples = Vimeo90K.enumerate_samples(vimeo_root)[:2]
+    model = PriorRecordingModel(needs=False)
+    result = Evaluator(model, Vimeo90K.PROTOCOL, progress=False).evaluate(samples)
+    assert model.priors == [None, None] and dis_calls == {"flow_pair": 2, "prior_pair_flows": 0}
+    assert not any(key.startswith("prior") for key in result["runtime"])
+    Evaluator(model, Vimeo90K.PROTOCOL, progress=False, motion=False).evaluate(samples)
+    assert dis_calls == {"flow_pair": 2, "prior_pair_flows": 0}
+
+
+@pytest.mark.parametrize("extra", [[], ["--no_motion"]])
+def test_prior_model_end_to_end_reports_the_priors_cpu_cost(vimeo_root, checkpoints, tmp_path, capsys, extra):
+    Vimeo90K.main(common_args(vimeo_root, checkpoints, tmp_path / "r.json", "tiny_phase2_prior") + ["--limit", "2"]
+                  + extra)
+    report = read_report(tmp_path / "r.json")
+    runtime = report["results"]["test"]["runtime"]
+    assert report["flow_prior"] == "dis" and runtime["prior_pairs"] == 2 and runtime["prior_ms_per_pair"] > 0
+    assert report["runtime"]["test"] == runtime
+    printed = capsys.readouterr().out
+    assert (f"ms per output frame at 24x40 (eager, cpu); + DIS flow prior {runtime['prior_ms_per_pair']:.1f} ms per "
+            f"input pair on one CPU core (not in the model's time)") in printed
+    assert ("by_motion" in report["results"]["test"]) is not extra
+
+
+def test_model_without_prior_reports_no_prior_cost(vimeo_root, checkpoints, tmp_path, capsys):
+    Vimeo90K.main(common_args(vimeo_root, checkpoints, tmp_path / "r.json", "tiny_phase2") + ["--limit", "1"])
+    report = read_report(tmp_path / "r.json")
+    assert report["flow_prior"] == "none" and "prior_ms_per_pair" not in report["results"]["test"]["runtime"]
+    assert "flow prior" not in capsys.readouterr().out
+
+
+def test_prior_model_with_tta_scores_the_same_with_and_without_image_panels(snu_root, checkpoints, tmp_path):
+    """--save_images runs the model's forward and the flipped pass itself (for the flow panels): the flipped pass must
+    get the flipped prior, as model.inference(tta=True) gives it, or the scores would differ from the plain run."""
+    options = ["--split", "easy", "--limit", "2", "--tta"]
+    SNU_FILM.main(common_args(snu_root, checkpoints, tmp_path / "plain.json", "tiny_phase2_prior") + options)
+    SNU_FILM.main(common_args(snu_root, checkpoints, tmp_path / "saved.json", "tiny_phase2_prior") + options
+                  + ["--save_images", str(tmp_path / "img")])
+    plain = read_report(tmp_path / "plain.json")["results"]["easy"]
+    saved = read_report(tmp_path / "saved.json")["results"]["easy"]
+    assert [r["psnr"] for r in saved["samples"]] == pytest.approx([r["psnr"] for r in plain["samples"]], abs=1e-9)
+    assert len(saved_images(tmp_path / "img")) == 2
+
+
+def test_timetest_runs_a_prior_model_and_reports_the_priors_cpu_cost(checkpoints, tmp_path, capsys):
+    report = TimeTest.main(["--phase", "2", "--model_size", "tiny", "--flow_prior", "dis", "--resolution", "32x48",
+                            "--warmup", "1", "--reps", "2", "--device", "cpu", "--out", str(tmp_path / "t.json")])
+    saved = json.loads((tmp_path / "t.json").read_text())
+    assert saved["flow_prior"] == "dis" and len(saved["prior_times_ms"]) == 3 and saved["prior_ms_per_pair"] > 0
+    assert saved["runtime"]["prior_ms_per_pair"] == pytest.approx(saved["prior_ms_per_pair"], abs=1e-3)
+    assert "+ DIS flow prior" in capsys.readouterr().out and "flow prior dis" in report["model"]
+    report = TimeTest.main(["--model", "tiny_phase2_prior", "--ckpt_dir", str(checkpoints), "--resolution", "16x16",
+                            "--warmup", "1", "--reps", "1", "--device", "cpu"])
+    assert report["flow_prior"] == "dis" and report["runtime"]["prior_ms_per_pair"] > 0
+    report = TimeTest.main(["--phase", "2", "--model_size", "tiny", "--resolution", "16x16", "--warmup", "1",
+                            "--reps", "1", "--device", "cpu"])
+    assert report["flow_prior"] == "none" and "prior_ms_per_pair" not in report["runtime"]
+
+
+def test_timetest_flow_prior_errors_are_one_line(checkpoints, capsys):
+    line = run_failing(TimeTest.main, ["--phase", "1", "--flow_prior", "dis", "--device", "cpu"], capsys)
+    assert "--flow_prior dis" in line and "phase 1" in line
+    line = run_failing(TimeTest.main, ["--model", "tiny_phase2_prior", "--ckpt_dir", str(checkpoints),
+                                       "--flow_prior", "dis", "--device", "cpu"], capsys)
+    assert "--flow_prior" in line and "checkpoint" in line
+
+
+def test_bench_model_times_a_prior_model_with_the_priors_cpu_cost_and_arithmetic(tmp_path, monkeypatch):
+    """`bench_model.py --flow_prior dis`: a training row (each sample's prior an input) and an inference row that gives
+    the DIS prior's CPU ms per pair beside the model's ms, and its GFLOP: the first flow block reads 18 channels
+    instead of 7, a little more arithmetic than the same model without a prior."""
+    from benchmark import bench_model
+    rows = {}
+    for prior in ("dis", "none"):
+        out = tmp_path / f"{prior}.json"
+        monkeypatch.setattr(sys, "argv", ["bench_model.py", "--phase", "2", "--model_size", "tiny", "--batch", "2",
+                                          "--size", "32", "--infer", "256@1.0", "--flops", "--reps", "1",
+                                          "--amp", "fp32", "--device", "cpu", "--flow_prior", prior,
+                                          "--json", str(out)])
+        bench_model.main()
+        rows[prior] = json.loads(out.read_text())["rows"]
+    train, infer = rows["dis"]
+    assert train["kind"] == "train" and train["flow_prior"] == "dis" and train["step_ms"] > 0
+    assert infer["kind"] == "infer" and "error" not in infer and infer["flow_prior"] == "dis"
+    assert infer["prior_ms"] > 0 and infer["runtime"]["prior_ms_per_pair"] == pytest.approx(infer["prior_ms"], abs=0.01)
+    plain = rows["none"][1]
+    assert "prior_ms" not in plain and "prior_ms_per_pair" not in plain["runtime"]
+    assert "flow_prior" not in rows["none"][0]
+    assert infer["gflop"] > 0 and "tflop_per_s" in infer
+    # The graph-like call (what a CUDA graph records) takes the prior too, and predicts what the runner predicts.
+    from benchmark.timing import count_gflop
+    from model.inference import InferenceRunner
+    torch.manual_seed(0)
+    cfg = preset(2, "tiny").model
+    model = build_model(replace(cfg, flow_prior="dis")).eval()
+    settings = argparse.Namespace(phase=2, amp="fp32")
+    recorded_like = bench_model.graph_like_call(model, "256@1.0", settings, "cpu")()
+    prior_call = bench_model.inference_call(InferenceRunner(model, "off"), "256@1.0", settings, "cpu")[0]
+    assert torch.equal(recorded_like.float(), prior_call())
+    plain_model = build_model(cfg).eval()
+    plain_call = bench_model.inference_call(InferenceRunner(plain_model, "off"), "256@1.0", settings, "cpu")[0]
+    with_prior = count_gflop(prior_call, model, bench_model.MODEL_PARTS)["parts"]["flow_estimator"]
+    without = count_gflop(plain_call, plain_model, bench_model.MODEL_PARTS)["parts"]["flow_estimator"]
+    assert without < with_prior < 1.1 * without
+
+
+@pytest.mark.parametrize("flags", [["--phase", "1"], ["--phase", "2", "--peer_table"],
+                                   ["--phase", "2", "--trainer_step"]])
+def test_bench_model_refuses_a_prior_where_it_has_no_meaning(flags, monkeypatch, capsys):
+    from benchmark import bench_model
+    monkeypatch.setattr(sys, "argv", ["bench_model.py", *flags, "--flow_prior", "dis", "--device", "cpu"])
+    with pytest.raises(SystemExit) as exit_info:
+        bench_model.main()
+    assert exit_info.value.code == 2 and "--flow_prior dis: for phases 2/3" in capsys.readouterr().err

@@ -212,6 +212,12 @@ def test_runtime_record_and_line():
     assert record == {"ms_per_frame": 12.346, "mode": "graphed", "device": "cpu", "peak_gib": None, "height": 720,
                       "width": 1280, "timed_calls": 3}
     assert describe_runtime(record) == "runtime 12.3 ms per output frame at 720x1280 (graphed, cpu)"
+    # A --flow_prior model: the prior's CPU cost per input pair, beside (never inside) the model's ms.
+    record = runtime_record(12.3456, "graphed", "cpu", None, 720, 1280, prior_ms_per_pair=45.6789, prior_pairs=3)
+    assert record["prior_ms_per_pair"] == 45.679 and record["prior_pairs"] == 3 and record["ms_per_frame"] == 12.346
+    assert describe_runtime(record) == ("runtime 12.3 ms per output frame at 720x1280 (graphed, cpu); + DIS flow prior "
+                                        "45.7 ms per input pair on one CPU core (not in the model's time)")
+    assert "prior_ms_per_pair" not in runtime_record(1.0, "eager", "cpu", None, prior_ms_per_pair=None)
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
@@ -360,6 +366,30 @@ def test_graphed_inference_matches_eager_on_the_gpu(phase, amp):
             assert p999 <= 1 / 255, float(p999)
             if amp is None:
                 assert torch.allclose(graphed, eager, atol=1e-4), float(difference.max())
+    assert runner.counts["captures"] == 1 and runner.counts["replays"] == 2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+@pytest.mark.parametrize("tta", [False, True])
+def test_graphed_inference_with_a_flow_prior_matches_eager_on_the_gpu(tta):
+    """A --flow_prior dis model (tiny phase 2): the prior is one more static buffer of the graph, refilled per replay
+    (model/inference.py); two pairs with different priors replay one graph and each predicts what eager predicts with
+    its own prior (TTA: the model flips the prior inside the recorded call). float32, as the other parity tests."""
+    from dataclasses import replace
+    torch.manual_seed(0)
+    cfg = preset(2, "tiny")
+    model = build_model(replace(cfg.model, flow_prior="dis")).cuda().eval()
+    runner = InferenceRunner(model, "on")
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    for scale in (1.0, 6.0):                       # a prior of a few px, then a larger one: each must reach the graph
+        img0, img1 = (torch.rand(1, 3, 128, 192, device="cuda", generator=generator) for _ in range(2))
+        prior = torch.randn(1, 4, 128, 192, device="cuda", generator=generator) * scale
+        graphed = runner(img0, img1, 0.5, tta=tta, flow_prior=prior)
+        eager = model.inference(img0, img1, 0.5, tta=tta, flow_prior=prior)
+        difference = (graphed - eager).abs()
+        assert torch.allclose(graphed, eager, atol=1e-4), float(difference.max())
+        assert not torch.allclose(graphed, model.inference(img0, img1, 0.5, tta=tta, flow_prior=prior * 0),
+                                  atol=1e-3)          # the prior matters to the prediction
     assert runner.counts["captures"] == 1 and runner.counts["replays"] == 2
 
 
