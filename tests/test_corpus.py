@@ -168,18 +168,22 @@ def test_without_apt_get_the_tool_says_so_and_uses_what_it_has(clips, tmp_path, 
 def test_large_motion_script_trains_scores_and_tables_each_variant(clips, tmp_path):
     """tools/large_motion_runs.sh end to end at smoke size (the GPU experiment of docs/LARGE_MOTION.md, whose loss in a
     GPU session costs the whole measurement): corpus from own clips, two variants trained side by side, each scored
-    per motion bucket, one table. The fs842 run's checkpoint carries its flow scales."""
+    per motion bucket, one table. The fs842 run's checkpoint carries its flow scales; the prior run trains and is
+    scored with its DIS prior (benchmark/Corpus.py through the evaluation core), the way the GPU session will."""
     import subprocess
 
     root = Path(__file__).resolve().parents[1]
     env = dict(os.environ, PYTHON=sys.executable, TRAIN_EXTRA="--model_size tiny", STEPS="2", BATCH="2", CROP="64",
-               EVAL_LIMIT="2", MFS="0", RUNS="base_s0 fs842_s0",
+               EVAL_LIMIT="2", MFS="0", RUNS="base_s0 fs842_s0 prior_s0",
                CORPUS_ARGS=f"--no_bundled --clips {clips[0].path.parent} --crop 64 --strides 1,2 --test_clips plain")
     work, out = tmp_path / "work", tmp_path / "out"
     result = subprocess.run(["bash", str(root / "tools" / "large_motion_runs.sh"), str(tmp_path / "cache"), str(work),
                              str(out), "1", "300"], cwd=root, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     header = next(line for line in (out / "table.md").read_text().splitlines() if line.startswith("| motion"))
-    assert "base_s0" in header and "fs842_s0" in header and "DIS flow" in header
+    assert "base_s0" in header and "fs842_s0" in header and "prior_s0" in header and "DIS flow" in header
     saved = torch.load(work / "ckpt" / "lm_fs842_s0_last.pt", map_location="cpu", weights_only=True)["config"]
     assert tuple(saved["model"]["flow_scales"]) == (8, 4, 2)
+    report = json.loads((out / "eval_prior_s0.json").read_text())
+    assert report["flow_prior"] == "dis"
+    assert all(runtime["prior_ms_per_pair"] > 0 for runtime in report["runtime"].values()) and report["runtime"]
