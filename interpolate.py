@@ -374,8 +374,8 @@ def run(args: argparse.Namespace) -> RunStats:
     print(f"io:     {workers} threads decoding, {encoding} (--io_workers)")
     interpolator = FrameInterpolator(model, device, AMP_DTYPES[amp], args.tta, flow_scale, batch, halving, runner=runner)
     if interpolator.needs_prior:
-        print(f"prior:  --flow_prior {cfg.model.flow_prior} checkpoint: each interpolated pair's DIS flows on {workers} "
-              f"threads beside the model (cuts and duplicates need none; --io_workers)")
+        print(f"prior:  --flow_prior {cfg.model.flow_prior} checkpoint: each interpolated pair's DIS flows on "
+              f"{workers} threads beside the model (cuts and duplicates need none; --io_workers)")
     create_output_parents(output_path)
     sink = make_sink(output_path, kind, info, out_rate, args, use_pyav)
     shots = ShotSettings(cut_ratio=args.cut_ratio, duplicate_block=args.duplicate_block)

@@ -133,11 +133,13 @@ class InputFrame:
 
 @dataclass
 class PriorResult:
-    """A pair's flow prior as the prior pool hands it over: flows (1, 4, H, W) float32 (pinned on CUDA) and the
-    milliseconds the DIS call took on its thread."""
+    """A pair's flow prior as the prior pool hands it over: flows (1, 4, H, W) float32 (pinned on CUDA), and the
+    DIS call's wall milliseconds on its thread and the CPU milliseconds that thread spent in it (OpenCV may add a
+    few of its own threads, so this is a lower bound of the CPU cost)."""
 
     flows: torch.Tensor
     milliseconds: float
+    cpu_milliseconds: float
 
 
 @dataclass
@@ -181,21 +183,23 @@ class RunStats:
     first_frame_seconds: float | None = None   # start-up: first batch, cuDNN autotuning, encoder start
     notes: list[str] = field(default_factory=list)
     prior_workers: int = 0                      # threads computing flow priors (0: the model takes none)
-    prior_ms: list[float] = field(default_factory=list)   # per prior, wall ms of its DIS call on its thread
+    prior_ms: list[float] = field(default_factory=list)       # per prior: wall ms of its DIS call on its thread
+    prior_cpu_ms: list[float] = field(default_factory=list)   # per prior: CPU ms of that thread in the call
 
     def prior_rate(self) -> str:
-        """For a prior model: the output frames/s the prior alone would allow, the median DIS milliseconds of a pair
-        on its thread spread over the prior threads and the output frames; '' for a model without a prior. Beside
-        the model-only rate it says which of the two sets the pace. The DIS time is wall time on a thread that
-        shares the CPUs with decoding and encoding, so on a busy machine it includes their competition."""
+        """For a prior model: the output frames/s the prior alone would allow (the median wall milliseconds of a
+        pair's DIS on its thread, spread over the prior threads and the output frames) and its CPU cost per pair;
+        '' for a model without a prior. Beside the model-only rate it says which of the two sets the pace. The wall
+        time is taken on a thread that shares the CPUs with decoding and encoding, so on a busy machine it includes
+        their competition (and is then above the CPU time)."""
         if not self.prior_workers:
             return ""
         if not self.prior_ms or not self.frames_out:
             return f"prior-only n/a (no pair needed a prior; {self.prior_workers} threads)"
-        ms_per_pair = statistics.median(self.prior_ms)
-        rate = self.frames_out / (len(self.prior_ms) * ms_per_pair / 1000 / self.prior_workers)
-        return (f"prior-only {rate:.2f} out-frames/s (DIS {ms_per_pair:.1f} ms per pair on each of "
-                f"{self.prior_workers} threads, {len(self.prior_ms)} pairs)")
+        wall_ms = statistics.median(self.prior_ms)
+        rate = self.frames_out / (len(self.prior_ms) * wall_ms / 1000 / self.prior_workers)
+        return (f"prior-only {rate:.2f} out-frames/s (DIS per pair {statistics.median(self.prior_cpu_ms):.1f} ms CPU, "
+                f"{wall_ms:.1f} ms wall, on each of {self.prior_workers} threads; {len(self.prior_ms)} pairs)")
 
     def steady_rate(self) -> str:
         """Output frames/s after the first frame was written: the rate without the one-off start-up."""
@@ -236,11 +240,11 @@ def prior_window(workers: int, prior_bytes: int) -> int:
 def compute_prior(frame0: np.ndarray, frame1: np.ndarray, pin: bool) -> PriorResult:
     """On a prior thread: (H, W, 3) uint8 RGB frames as the model gets them (before its padding) -> their
     ``prior_pair_flows``, (1, 4, H, W), pinned for an asynchronous upload on CUDA."""
-    began = time.perf_counter()
+    began, began_cpu = time.perf_counter(), time.thread_time()
     flows = prior_pair_flows(frame0, frame1)
-    milliseconds = 1000 * (time.perf_counter() - began)
+    milliseconds, cpu_milliseconds = 1000 * (time.perf_counter() - began), 1000 * (time.thread_time() - began_cpu)
     tensor = torch.from_numpy(flows)[None]
-    return PriorResult(tensor.pin_memory() if pin else tensor, milliseconds)
+    return PriorResult(tensor.pin_memory() if pin else tensor, milliseconds, cpu_milliseconds)
 
 
 def upload(frame: InputFrame, device: torch.device) -> torch.Tensor:
@@ -392,6 +396,7 @@ def run_stream(source: FrameSource, sink: FrameSink, interpolator: FrameInterpol
                         result = item.prior.result()      # computed in order ahead of here; its error is raised
                         prior_slots.release()
                         stats.prior_ms.append(result.milliseconds)
+                        stats.prior_cpu_ms.append(result.cpu_milliseconds)
                         prior = result.flows.to(device, non_blocking=True)
                     pending.append(PairJob(previous[0].index, previous[0], previous[1], image, times, kind, prior))
                     pending_calls += interpolator.calls_needed(times) if kind == "motion" else 0

@@ -555,7 +555,7 @@ def test_a_prior_checkpoint_gets_one_dis_per_motion_pair_and_the_same_frames_on_
         # 7 pairs, one a duplicate and one a cut: 5 DIS, each serving the pair's 3 model calls (halving's sub-pairs
         # derive theirs), none on the main thread.
         assert len(dis_calls) == 5 and all(name.startswith("prior") for name in dis_calls)
-        assert "15 model calls" in stdout and f"on each of {workers} threads, 5 pairs)" in stdout
+        assert "15 model calls" in stdout and f"on each of {workers} threads; 5 pairs)" in stdout
         assert "prior-only" in stdout and "model-only" in stdout
         dis_calls.clear()
         outputs[workers] = [(out / name).read_bytes() for name in sorted(p.name for p in out.iterdir())]

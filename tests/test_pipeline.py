@@ -461,7 +461,7 @@ def test_each_call_gets_the_dis_prior_of_its_own_two_frames(tmp_path, monkeypatc
     for img0, img1, prior, _ in model.calls:
         img0, img1, prior = (crop_padding(x, padding) for x in (img0, img1, prior))
         np.testing.assert_array_equal(prior[0].numpy(), prior_pair_flows(as_frame(img0), as_frame(img1)))
-    assert "prior-only" in stats.prior_rate() and "on each of 2 threads" in stats.prior_rate()
+    assert "prior-only" in stats.prior_rate() and "on each of 2 threads; 7 pairs" in stats.prior_rate()
 
 
 @pytest.mark.parametrize("halving", [False, True])
