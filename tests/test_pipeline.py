@@ -532,3 +532,31 @@ def test_a_model_without_a_prior_never_runs_dis(tmp_path, monkeypatch):
     stats = run(video_io.open_source(folder, True, RATE), video_io.FolderSink(tmp_path / "out", workers=2), 2)
     assert stats.frames_out == 11 and stats.prior_workers == 0 and stats.prior_rate() == ""
     assert not [t for t in threading.enumerate() if t.name.startswith("prior")]
+
+
+def test_priors_run_ahead_of_the_model_only_within_their_window(tmp_path, monkeypatch):
+    """A slow model: the prior threads may compute ahead of it, but at most prior_window pairs beyond those the
+    main thread has taken (memory stays bounded however fast DIS is)."""
+    from footage import pipeline
+
+    dis_calls = counting_dis(monkeypatch)
+    monkeypatch.setattr(pipeline, "prior_window", lambda workers, prior_bytes: 2)
+
+    class SlowRecorder(PriorRecorder):
+        def __init__(self):
+            super().__init__()
+            self.ahead: list[int] = []
+
+        def inference(self, img0, img1, t=0.5, flow_scale=1.0, tta=False, flow_prior=None):
+            # Call j (batch 1, one t per pair) is pair j: the main thread has taken j + 1 priors.
+            self.ahead.append(len(dis_calls) - (len(self.calls) + 1))
+            time.sleep(0.03)
+            return super().inference(img0, img1, t, flow_scale, tta, flow_prior)
+
+    folder = save_folder(tmp_path / "in", moving_frames(14))
+    model = SlowRecorder()
+    engine = FrameInterpolator(model, torch.device("cpu"), None, False, 1.0, batch_size=1, halving=False)
+    stats = run_stream(video_io.open_source(folder, True, RATE), video_io.FolderSink(tmp_path / "out", workers=3),
+                       engine, StreamSettings(TimePlan(Fraction(1, 2) / RATE), progress=False, io_workers=3))
+    assert stats.frames_out == 27 and len(model.ahead) == len(dis_calls) == 13
+    assert max(model.ahead) <= 2
