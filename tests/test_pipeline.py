@@ -560,3 +560,12 @@ def test_priors_run_ahead_of_the_model_only_within_their_window(tmp_path, monkey
                        engine, StreamSettings(TimePlan(Fraction(1, 2) / RATE), progress=False, io_workers=3))
     assert stats.frames_out == 27 and len(model.ahead) == len(dis_calls) == 13
     assert max(model.ahead) <= 2
+
+
+def test_bench_pipeline_runs_the_prior_stand_in(capsys):
+    from benchmark import bench_pipeline
+
+    assert bench_pipeline.main(["--size", "64x48", "--frames", "5", "--model_ms", "1", "--io_workers", "1",
+                                "--prior", "off,on", "--outputs", "", "--no_stages"]) == 0
+    out = capsys.readouterr().out
+    assert "| model+prior | 1 | 9 |" in out and "prior-only" in out and "on each of 1 threads; 4 pairs" in out
