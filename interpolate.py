@@ -21,7 +21,10 @@ Which model calls. A Phase-3 checkpoint was trained at arbitrary t and gets each
 frame). Phases 1 and 2 were trained only at t = 0.5: when every needed t is k / 2^d (``--multi`` a power of two,
 or ``--fps`` a power-of-two multiple of the input rate), t = k / 2^d is the t = 0.5 interpolation of (k-1) / 2^d and
 (k+1) / 2^d, computed depth by depth ("recursive halving"); any other t is given directly, with a warning that the
-model never saw it (``--strict_t`` refuses instead).
+model never saw it (``--strict_t`` refuses instead). A ``--flow_prior dis`` checkpoint also gets each interpolated
+pair's DIS optical flow both ways, computed on the CPU by ``--io_workers`` threads while the model runs (about 100 ms
+of a core per 1080p pair: a fast GPU needs several cores for it); halving's sub-pairs take theirs from the pair's
+(footage/interpolator.py, ``sub_pair_prior``).
 
 Scene cuts and duplicates: a frame between two shots must never be a blend of both, and a repeated frame has no
 motion to interpolate. Both come from ``measures/shots.py`` (the measure ``tools/video_to_vimeo.py`` filters training
@@ -290,7 +293,8 @@ def run_report(args: argparse.Namespace, info: SourceInfo, kind: str, out_rate: 
                       "duplicates": [v.as_dict() for v in stats.duplicates]},
             "audio": audio, "notes": stats.notes,
             "summary": {"frames_in": stats.frames_in, "frames_out": stats.frames_out,
-                        "model_calls": stats.model_calls, "seconds": round(stats.seconds, 3)}}
+                        "model_calls": stats.model_calls, "seconds": round(stats.seconds, 3),
+                        "prior_pairs": len(stats.prior_ms), "prior_threads": stats.prior_workers}}
 
 
 def run(args: argparse.Namespace) -> RunStats:
@@ -369,6 +373,9 @@ def run(args: argparse.Namespace) -> RunStats:
         encoding = "1 encoding (OpenCV)"
     print(f"io:     {workers} threads decoding, {encoding} (--io_workers)")
     interpolator = FrameInterpolator(model, device, AMP_DTYPES[amp], args.tta, flow_scale, batch, halving, runner=runner)
+    if interpolator.needs_prior:
+        print(f"prior:  --flow_prior {cfg.model.flow_prior} checkpoint: each interpolated pair's DIS flows on "
+              f"{workers} threads beside the model (cuts and duplicates need none; --io_workers)")
     create_output_parents(output_path)
     sink = make_sink(output_path, kind, info, out_rate, args, use_pyav)
     shots = ShotSettings(cut_ratio=args.cut_ratio, duplicate_block=args.duplicate_block)
@@ -383,8 +390,9 @@ def run(args: argparse.Namespace) -> RunStats:
         print(f"peak GPU memory {torch.cuda.max_memory_allocated(device) / 2 ** 30:.2f} GiB (allocated)")
     if args.compile:
         print(describe_compile_report(compile_report()))
+    prior_rate = stats.prior_rate()
     print(f"wrote {output_path} ({stats.model_calls} model calls; {stats.steady_rate()}; "
-          f"{interpolator.model_rate(stats.frames_out)})")
+          f"{interpolator.model_rate(stats.frames_out)}{'; ' + prior_rate if prior_rate else ''})")
     if args.report is not None:
         report = run_report(args, info, kind, out_rate, time_text, shots, sink, stats)
         atomic_write_text(args.report, json.dumps(report, indent=2) + "\n")

@@ -2,6 +2,7 @@
 
     python benchmark/bench_pipeline.py                               # 1080p, 2x, stand-in model 60 ms per call
     python benchmark/bench_pipeline.py --model_ms 30 --frames 64 --io_workers 1,4,8
+    python benchmark/bench_pipeline.py --model_ms 13 --prior off,on --outputs folder   # a --flow_prior dis model
 
 The model is a stand-in that takes a fixed time per call (a sleep, which holds no core, as a GPU's forward pass
 holds none of the CPU) and returns its first input. Everything else is interpolate.py's own path
@@ -11,6 +12,11 @@ holds none of the CPU) and returns its first input. Everything else is interpola
     model-only   frames from memory, output dropped: the rate the model thread alone allows
     folder       a PNG folder in, a PNG folder out
     mp4          a PNG folder in, H.264 out (libx264, --preset, --crf)
+
+``--prior on`` uses a stand-in that needs a flow prior (as a ``--flow_prior dis`` checkpoint does), so the pipeline
+computes every pair's DIS flows on its prior threads (``measures.motion.prior_pair_flows``, real OpenCV work); a
+"model+prior" run from memory then shows the rate the model and the prior allow without decoding or encoding, and
+the stage table gets the DIS of one pair.
 
 The runs go once per --io_workers value ("1" is the serial layout: one decode thread, one PNG or Y'CbCr thread,
 libx264 on one thread; "auto" is interpolate.py's default: half the CPUs decoding, all but a quarter writing
@@ -44,6 +50,7 @@ from footage.pipeline import StreamSettings, run_stream  # noqa: E402
 from footage.timeplan import TimePlan  # noqa: E402
 from footage.video_io import (AvSink, FolderSink, FrameSink, FrameSource, SourceInfo, default_io_workers,  # noqa: E402
                               default_png_writers, open_source, pyav_available)
+from measures.motion import prior_pair_flows  # noqa: E402
 from measures.shots import frame_signature  # noqa: E402
 from model.frames import read_rgb_uint8  # noqa: E402
 
@@ -60,6 +67,17 @@ class FixedTimeModel(nn.Module):
     def inference(self, img0, img1, t=0.5, flow_scale=1.0, tta=False):
         time.sleep(self.seconds)
         return img0
+
+
+class FixedTimePriorModel(FixedTimeModel):
+    """The stand-in of a --flow_prior dis model: the same sleep, and it needs each pair's flow prior."""
+
+    needs_flow_prior = True
+
+    def inference(self, img0, img1, t=0.5, flow_scale=1.0, tta=False, flow_prior=None):
+        if flow_prior is None or flow_prior.shape[1] != 4:
+            raise ValueError("the prior stand-in needs a (B, 4, H, W) flow prior")
+        return super().inference(img0, img1, t, flow_scale, tta)
 
 
 class MemorySource(FrameSource):
@@ -106,15 +124,17 @@ def make_frames(count: int, width: int, height: int, seed: int = 0) -> list[np.n
     return frames
 
 
-def run_once(source: FrameSource, sink: FrameSink, model_seconds: float, workers: int | None) -> dict:
-    """One pass through run_stream; wall seconds, CPU seconds of the process, output frames."""
-    interpolator = FrameInterpolator(FixedTimeModel(model_seconds), torch.device("cpu"), None, False, 1.0,
-                                     batch_size=1, halving=False)
+def run_once(source: FrameSource, sink: FrameSink, model_seconds: float, workers: int | None,
+             prior: bool = False) -> dict:
+    """One pass through run_stream; wall seconds, CPU seconds of the process, output frames (and with ``prior`` the
+    pipeline's own prior-only line)."""
+    model = (FixedTimePriorModel if prior else FixedTimeModel)(model_seconds)
+    interpolator = FrameInterpolator(model, torch.device("cpu"), None, False, 1.0, batch_size=1, halving=False)
     plan = TimePlan(Fraction(1, 2) / INPUT_RATE)
     cpu = time.process_time()
     stats = run_stream(source, sink, interpolator, StreamSettings(plan, progress=False, io_workers=workers))
     return {"frames": stats.frames_out, "seconds": stats.seconds, "cpu_seconds": time.process_time() - cpu,
-            "calls": stats.model_calls}
+            "calls": stats.model_calls, "prior": stats.prior_rate()}
 
 
 def per_frame_ms(function, items: list, threads: int) -> float:
@@ -128,8 +148,10 @@ def per_frame_ms(function, items: list, threads: int) -> float:
         return 1000 * (time.perf_counter() - start) / len(items)
 
 
-def stage_table(folder: Path, frames: list[np.ndarray], scratch: Path, threads: int, preset: str, crf: int) -> None:
-    """Each I/O stage alone, on 1 and on ``threads`` threads: ms per frame."""
+def stage_table(folder: Path, frames: list[np.ndarray], scratch: Path, threads: int, preset: str, crf: int,
+                prior: bool = False) -> None:
+    """Each I/O stage alone (and with ``prior`` the DIS prior of a pair), on 1 and on ``threads`` threads: ms per
+    frame (per pair)."""
     files = sorted(folder.iterdir())
     height, width = frames[0].shape[:2]
     out = scratch / "stage_png"
@@ -138,6 +160,9 @@ def stage_table(folder: Path, frames: list[np.ndarray], scratch: Path, threads: 
               ("cut measure signature", frame_signature, frames),
               ("PNG encode (output)", lambda item: FolderSink._write_png(out / f"{item[0]}.png", item[1]),
                list(enumerate(frames)))]
+    if prior:
+        stages.append(("DIS flow prior (one pair)", lambda i: prior_pair_flows(frames[i], frames[i + 1]),
+                       list(range(len(frames) - 1))))
     if pyav_available():
         sink = AvSink(scratch / "stage.mp4", width, height, 2 * INPUT_RATE, crf, preset, None, workers=1)
         stages.append(("RGB -> Y'CbCr 4:2:0 (output)", lambda frame: sink._to_yuv(frame, 0), frames))
@@ -160,6 +185,13 @@ def stage_table(folder: Path, frames: list[np.ndarray], scratch: Path, threads: 
             elapsed = 1000 * (time.perf_counter() - start) / len(yuv)
             encoder.abort()
             print(f"| libx264 --preset {preset} --crf {crf}, {label} | {elapsed:.1f} | |", flush=True)
+
+
+def switch_values(text: str) -> list[bool]:
+    values = [part.strip() for part in text.split(",")]
+    if not values or any(v not in ("on", "off") for v in values):
+        raise argparse.ArgumentTypeError(f"--prior: comma-separated on / off, got {text!r}")
+    return [v == "on" for v in values]
 
 
 def worker_values(text: str) -> list[int | None]:
@@ -196,6 +228,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--outputs", default="folder,mp4", help="folder, mp4 or both (default folder,mp4)")
     parser.add_argument("--preset", default="medium", help="x264 preset for mp4 (default medium, interpolate.py's)")
     parser.add_argument("--crf", type=int, default=18, help="x264 crf for mp4 (default 18, interpolate.py's)")
+    parser.add_argument("--prior", type=switch_values, default=[False],
+                        help="off, on or off,on: a stand-in with a flow prior (DIS per pair on the prior threads) "
+                             "(default off)")
     parser.add_argument("--no_stages", action="store_true", help="leave out the per-stage table")
     args = parser.parse_args(argv)
     if args.frames < 4:
@@ -227,9 +262,13 @@ def main(argv: list[str] | None = None) -> int:
         model_rate = model_only["frames"] / model_only["seconds"]
         rows.append(("model-only", "-", model_only))
         print(f"model-only: {model_rate:.2f} out-frames/s ({model_only['calls']} calls)", flush=True)
-        for workers in args.io_workers:
-            for output in outputs:
-                target = Path(scratch) / f"out_{workers}_{output}"
+        runs = [(prior, workers, output) for prior in args.prior for workers in args.io_workers
+                for output in (["memory"] if prior else []) + outputs]
+        for prior, workers, output in runs:
+            if output == "memory":      # model + prior without decoding or encoding
+                result = run_once(MemorySource(frames), NullSink(), seconds, workers, prior=True)
+            else:
+                target = Path(scratch) / f"out_{workers}_{output}_{prior}"
                 source = open_source(folder, True, INPUT_RATE)
                 if output == "folder":
                     sink = FolderSink(target, workers=workers)
@@ -237,13 +276,15 @@ def main(argv: list[str] | None = None) -> int:
                     target = target.with_suffix(".mp4")
                     sink = AvSink(target, width, height, 2 * INPUT_RATE, args.crf, args.preset, None,
                                   workers=workers, encoder_threads=workers or 0)
-                result = run_once(source, sink, seconds, workers)
-                rows.append((output, "auto" if workers is None else str(workers), result))
-                rate = result["frames"] / result["seconds"]
-                print(f"{output} io_workers {workers or 'auto'}: {rate:.2f} out-frames/s "
-                      f"({rate / model_rate:.2f} of model-only)", flush=True)
+                result = run_once(source, sink, seconds, workers, prior)
+            name = ("model+prior" if output == "memory" else output + (" +prior" if prior else ""))
+            rows.append((name, "auto" if workers is None else str(workers), result))
+            rate = result["frames"] / result["seconds"]
+            print(f"{name} io_workers {workers or 'auto'}: {rate:.2f} out-frames/s "
+                  f"({rate / model_rate:.2f} of model-only){'; ' + result['prior'] if result['prior'] else ''}",
+                  flush=True)
         if not args.no_stages:
-            stage_table(folder, frames, Path(scratch), default_io_workers(), args.preset, args.crf)
+            stage_table(folder, frames, Path(scratch), default_io_workers(), args.preset, args.crf, any(args.prior))
 
     print(f"\n| run | io_workers | out frames | seconds | out-frames/s | / model-only | CPU ms per out frame |")
     print("|---|---|---:|---:|---:|---:|---:|")

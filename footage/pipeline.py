@@ -5,11 +5,19 @@ the video's length: every queue and pool is bounded).
 
     decode pool (io_workers: PNG decode or swscale, frame signature, pinning) --in order--> reader: cut verdicts
         --queue--> main: upload, model --queue (async GPU->pinned copies)--> writer --> sink's encode threads
+
+A model with a flow prior (``--flow_prior dis``) also needs each interpolated pair's DIS flows
+(``measures.motion.prior_pair_flows``, about 100 ms of a core at 1080p): the reader submits them to a prior pool of
+io_workers threads as soon as a pair's verdict says it is motion (cuts and duplicates need none), the future rides
+with the frame through the read queue, and the main thread takes the finished (pinned) prior and uploads it with the
+frames. At most :func:`prior_window` priors are in flight, so the DIS runs ahead of the model, in parallel with it,
+within a bounded amount of memory; a model without a prior gets no pool and no DIS.
 """
 
 from __future__ import annotations
 
 import queue
+import statistics
 import threading
 import time
 from collections import deque
@@ -25,6 +33,7 @@ from tqdm import tqdm
 from footage.interpolator import FrameInterpolator
 from footage.timeplan import TimePlan
 from footage.video_io import FrameSink, FrameSource, VideoIOError, default_io_workers
+from measures.motion import prior_pair_flows
 from measures.shots import FrameSignature, PairVerdict, ShotDetector, ShotSettings, frame_signature, pair_score
 from model.frames import frame_to_tensor
 
@@ -111,13 +120,26 @@ def ordered_map(pool: ThreadPoolExecutor, function: Callable[[Item], Result], it
 class InputFrame:
     """One decoded frame. rgb: (H, W, 3) uint8; time: seconds since the first frame (FrameSource); pinned: the
     same in page-locked memory (CUDA only, for an asynchronous upload); verdict: what the pair (previous frame, this
-    one) is (None for the first frame)."""
+    one) is (None for the first frame); prior: for a prior model and a motion pair, the pair's
+    :class:`PriorResult` being computed on the prior pool."""
 
     index: int
     time: Fraction
     rgb: np.ndarray
     pinned: torch.Tensor | None
     verdict: PairVerdict | None
+    prior: Future | None = None
+
+
+@dataclass
+class PriorResult:
+    """A pair's flow prior as the prior pool hands it over: flows (1, 4, H, W) float32 (pinned on CUDA), and the
+    DIS call's wall milliseconds on its thread and the CPU milliseconds that thread spent in it (OpenCV may add a
+    few of its own threads, so this is a lower bound of the CPU cost)."""
+
+    flows: torch.Tensor
+    milliseconds: float
+    cpu_milliseconds: float
 
 
 @dataclass
@@ -145,6 +167,7 @@ class PairJob:
     img1: torch.Tensor
     times: list[Fraction]
     kind: str                           # "motion", "cut" or "duplicate"
+    prior: torch.Tensor | None = None   # (1, 4, H, W) on the model's device: a prior model's motion pairs only
 
 
 @dataclass
@@ -159,6 +182,24 @@ class RunStats:
     seconds: float = 0.0
     first_frame_seconds: float | None = None   # start-up: first batch, cuDNN autotuning, encoder start
     notes: list[str] = field(default_factory=list)
+    prior_workers: int = 0                      # threads computing flow priors (0: the model takes none)
+    prior_ms: list[float] = field(default_factory=list)       # per prior: wall ms of its DIS call on its thread
+    prior_cpu_ms: list[float] = field(default_factory=list)   # per prior: CPU ms of that thread in the call
+
+    def prior_rate(self) -> str:
+        """For a prior model: the output frames/s the prior alone would allow (the median wall milliseconds of a
+        pair's DIS on its thread, spread over the prior threads and the output frames) and its CPU cost per pair;
+        '' for a model without a prior. Beside the model-only rate it says which of the two sets the pace. The wall
+        time is taken on a thread that shares the CPUs with decoding and encoding, so on a busy machine it includes
+        their competition (and is then above the CPU time)."""
+        if not self.prior_workers:
+            return ""
+        if not self.prior_ms or not self.frames_out:
+            return f"prior-only n/a (no pair needed a prior; {self.prior_workers} threads)"
+        wall_ms = statistics.median(self.prior_ms)
+        rate = self.frames_out / (len(self.prior_ms) * wall_ms / 1000 / self.prior_workers)
+        return (f"prior-only {rate:.2f} out-frames/s (DIS per pair {statistics.median(self.prior_cpu_ms):.1f} ms CPU, "
+                f"{wall_ms:.1f} ms wall, on each of {self.prior_workers} threads; {len(self.prior_ms)} pairs)")
 
     def steady_rate(self) -> str:
         """Output frames/s after the first frame was written: the rate without the one-off start-up."""
@@ -181,13 +222,29 @@ class StreamSettings:
     shots: ShotSettings = ShotSettings()
     progress: bool = True
     expected_frames: int | None = None  # progress bar total
-    io_workers: int | None = None       # decode threads (None: footage.video_io.default_io_workers())
+    io_workers: int | None = None       # decode threads and prior threads (None: default_io_workers())
 
 
 def decode_window(workers: int, frame_bytes: int) -> int:
     """Frames decoded ahead of the reader: two per decode thread (one being decoded, one ready), fewer for very large
     frames (about 256 MiB at most), never fewer than one per thread."""
     return max(workers, min(2 * workers, (256 << 20) // frame_bytes))
+
+
+def prior_window(workers: int, prior_bytes: int) -> int:
+    """Flow priors computed ahead of the main thread: as :func:`decode_window` (a 1080p prior is 33 MB of float32,
+    about 256 MiB in flight at most unless that leaves a thread idle)."""
+    return decode_window(workers, prior_bytes)
+
+
+def compute_prior(frame0: np.ndarray, frame1: np.ndarray, pin: bool) -> PriorResult:
+    """On a prior thread: (H, W, 3) uint8 RGB frames as the model gets them (before its padding) -> their
+    ``prior_pair_flows``, (1, 4, H, W), pinned for an asynchronous upload on CUDA."""
+    began, began_cpu = time.perf_counter(), time.thread_time()
+    flows = prior_pair_flows(frame0, frame1)
+    milliseconds, cpu_milliseconds = 1000 * (time.perf_counter() - began), 1000 * (time.thread_time() - began_cpu)
+    tensor = torch.from_numpy(flows)[None]
+    return PriorResult(tensor.pin_memory() if pin else tensor, milliseconds, cpu_milliseconds)
 
 
 def upload(frame: InputFrame, device: torch.device) -> torch.Tensor:
@@ -229,6 +286,18 @@ def run_stream(source: FrameSource, sink: FrameSink, interpolator: FrameInterpol
                dynamic_ncols=True)
 
     workers = settings.io_workers or default_io_workers()
+    # A prior model's DIS runs on a pool of its own (decoding keeps its threads), bounded by prior_slots.
+    prior_pool = (ThreadPoolExecutor(max_workers=workers, thread_name_prefix="prior")
+                  if interpolator.needs_prior else None)
+    prior_slots = threading.BoundedSemaphore(prior_window(workers, info.width * info.height * 16))
+    stats.prior_workers = workers if prior_pool is not None else 0
+
+    def submit_prior(frame0: InputFrame, frame1: InputFrame) -> Future:
+        # On the reader thread; a slot is given back by the main thread once it has taken the result.
+        while not prior_slots.acquire(timeout=0.05):
+            if stop.is_set():
+                raise Stopped
+        return prior_pool.submit(compute_prior, frame0.rgb, frame1.rgb, pin)
 
     def decode(job: tuple[int, tuple[Callable[[], np.ndarray], Fraction]]) -> tuple[InputFrame, FrameSignature]:
         # On a decode thread: everything a frame needs that does not depend on its neighbours.
@@ -245,11 +314,15 @@ def run_stream(source: FrameSource, sink: FrameSink, interpolator: FrameInterpol
         detector = ShotDetector(settings.shots)
         waiting: deque[InputFrame] = deque()
         previous = None
+        released: list[InputFrame] = []     # the last frame put on the queue: the left frame of the next pair
 
         def release(verdicts: list[PairVerdict]) -> None:
             for verdict in verdicts:
                 frame = waiting.popleft()
                 frame.verdict = verdict
+                if prior_pool is not None and verdict.kind == "motion":
+                    frame.prior = submit_prior(released[-1], frame)
+                released[:] = [frame]
                 put(read_queue, frame, stop)
 
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
@@ -258,6 +331,7 @@ def run_stream(source: FrameSource, sink: FrameSink, interpolator: FrameInterpol
             try:
                 for frame, signature in decoded:
                     if previous is None:
+                        released[:] = [frame]
                         put(read_queue, frame, stop)
                     else:
                         waiting.append(frame)
@@ -291,7 +365,8 @@ def run_stream(source: FrameSource, sink: FrameSink, interpolator: FrameInterpol
 
     def flush(jobs: list[PairJob]) -> None:
         motion = [job for job in jobs if job.kind == "motion"]
-        predicted = iter(interpolator.interpolate([(job.img0, job.img1, job.times) for job in motion]))
+        priors = [job.prior for job in motion] if interpolator.needs_prior else None
+        predicted = iter(interpolator.interpolate([(job.img0, job.img1, job.times) for job in motion], priors))
         for job in jobs:
             values = next(predicted) if job.kind == "motion" else {}
             for t in job.times:
@@ -316,7 +391,14 @@ def run_stream(source: FrameSource, sink: FrameSink, interpolator: FrameInterpol
                     if kind != "motion":
                         (stats.cuts if kind == "cut" else stats.duplicates).append(item.verdict)
                     times = settings.plan.times_between(previous[0].time, item.time)
-                    pending.append(PairJob(previous[0].index, previous[0], previous[1], image, times, kind))
+                    prior = None
+                    if item.prior is not None:
+                        result = item.prior.result()      # computed in order ahead of here; its error is raised
+                        prior_slots.release()
+                        stats.prior_ms.append(result.milliseconds)
+                        stats.prior_cpu_ms.append(result.cpu_milliseconds)
+                        prior = result.flows.to(device, non_blocking=True)
+                    pending.append(PairJob(previous[0].index, previous[0], previous[1], image, times, kind, prior))
                     pending_calls += interpolator.calls_needed(times) if kind == "motion" else 0
                     # Batch consecutive pairs until a forward pass is full; a pair never waits for more than that.
                     # A compiled model's short batches are filled with copies (FrameInterpolator), so there pairs
@@ -348,6 +430,8 @@ def run_stream(source: FrameSource, sink: FrameSink, interpolator: FrameInterpol
         raise
     finally:
         bar.close()
+        if prior_pool is not None:
+            prior_pool.shutdown(wait=True, cancel_futures=True)
     reader.join(timeout=5)
     stats.model_calls = interpolator.model_calls
     stats.seconds = time.perf_counter() - start

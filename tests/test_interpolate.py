@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
+from dataclasses import replace
 from fractions import Fraction
 from pathlib import Path
 
@@ -113,6 +115,17 @@ def phase3_checkpoint(tmp_path_factory) -> Path:
     cfg = preset(3, size="tiny")
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("interp_p3") / "p3.pt"
+    atomic_save({"format": 1, "config": cfg.to_dict(), "model": build_model(cfg).state_dict(), "ema": None}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def prior_checkpoint(tmp_path_factory) -> Path:
+    """A tiny Phase-2 --flow_prior dis checkpoint with random weights: it needs a prior on every call."""
+    cfg = preset(2, size="tiny")
+    cfg = replace(cfg, model=replace(cfg.model, flow_prior="dis"))
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("interp_prior") / "prior.pt"
     atomic_save({"format": 1, "config": cfg.to_dict(), "model": build_model(cfg).state_dict(), "ema": None}, path)
     return path
 
@@ -509,3 +522,54 @@ def test_io_workers_are_reported_and_change_nothing_in_the_output(checkpoint, cl
         assert f"io:     {workers} threads decoding, {workers} writing PNGs (--io_workers)" in stdout
         outputs[workers] = [(out / name).read_bytes() for name in sorted(p.name for p in out.iterdir())]
     assert len(outputs[1]) == 15 and outputs[1] == outputs[3]
+
+
+# --------------------------------------------------------------------------------------------------------
+# A --flow_prior dis checkpoint: one DIS per interpolated pair, on the prior threads; none for other models
+# --------------------------------------------------------------------------------------------------------
+def counting_dis(monkeypatch) -> list[int]:
+    from footage import pipeline
+    from measures.motion import prior_pair_flows
+
+    calls = []
+
+    def count(frame0, frame1):
+        calls.append(threading.current_thread().name)
+        return prior_pair_flows(frame0, frame1)
+
+    monkeypatch.setattr(pipeline, "prior_pair_flows", count)
+    return calls
+
+
+def test_a_prior_checkpoint_gets_one_dis_per_motion_pair_and_the_same_frames_on_any_thread_count(
+        prior_checkpoint, clip, tmp_path, capsys, monkeypatch):
+    dis_calls = counting_dis(monkeypatch)
+    outputs = {}
+    for workers in (1, 3):
+        out = tmp_path / f"out{workers}"
+        code, stdout, stderr = run_cli(capsys, "--model", prior_checkpoint, "--input", clip["folder"], "--output",
+                                       out, "--multi", 4, "--io_workers", workers)
+        assert code == 0, stderr
+        assert f"prior:  --flow_prior dis checkpoint: each interpolated pair's DIS flows on {workers} threads" in stdout
+        assert "recursive halving" in stdout
+        # 7 pairs, one a duplicate and one a cut: 5 DIS, each serving the pair's 3 model calls (halving's sub-pairs
+        # derive theirs), none on the main thread.
+        assert len(dis_calls) == 5 and all(name.startswith("prior") for name in dis_calls)
+        assert "15 model calls" in stdout and f"on each of {workers} threads; 5 pairs)" in stdout
+        assert "prior-only" in stdout and "model-only" in stdout
+        dis_calls.clear()
+        outputs[workers] = [(out / name).read_bytes() for name in sorted(p.name for p in out.iterdir())]
+    assert len(outputs[1]) == 29 and outputs[1] == outputs[3]
+
+
+def test_a_checkpoint_without_a_prior_never_runs_dis(checkpoint, clip, tmp_path, capsys, monkeypatch):
+    from footage import pipeline
+
+    def refuse(*_):
+        raise AssertionError("DIS computed for a model without a flow prior")
+
+    monkeypatch.setattr(pipeline, "prior_pair_flows", refuse)
+    code, stdout, stderr = run_cli(capsys, "--model", checkpoint, "--input", clip["folder"], "--output",
+                                   tmp_path / "out", "--multi", 4)
+    assert code == 0, stderr
+    assert "prior:" not in stdout and "prior-only" not in stdout

@@ -384,3 +384,188 @@ def test_opencv_fallback_keeps_the_channel_order(tmp_path):
     assert len(frames) == 4
     assert frames[0][..., 0].mean() > 150 > 50 > frames[0][..., 2].mean()
     assert frames[3][..., 2].mean() > 150 > 50 > frames[3][..., 0].mean()
+
+
+# --------------------------------------------------------------------------------------------------------
+# The flow prior of a --flow_prior dis model: one DIS per interpolated pair, off the model's thread
+# --------------------------------------------------------------------------------------------------------
+class PriorRecorder(nn.Module):
+    """Stand-in for a --flow_prior model: the blend plus the mean of the prior's x flows (so the output depends on
+    the prior), recording each call's frames, t and prior."""
+
+    needs_flow_prior = True
+
+    def __init__(self):
+        super().__init__()
+        self.calls: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self.threads: set[str] = set()
+
+    def inference(self, img0, img1, t=0.5, flow_scale=1.0, tta=False, flow_prior=None):
+        assert flow_prior is not None, "a prior model is always called with its prior"
+        self.threads.add(threading.current_thread().name)
+        t = torch.as_tensor(t, dtype=img0.dtype).reshape(-1, 1, 1, 1)
+        self.calls += [(a[None], b[None], p[None], s.flatten()) for a, b, p, s in zip(img0, img1, flow_prior, t)]
+        shift = flow_prior[:, 0:1].mean(dim=(2, 3), keepdim=True) / 64
+        return ((1 - t) * img0 + t * img1 + shift).clamp(0, 1)
+
+
+def frames_with_a_duplicate(count: int, width: int, height: int) -> list[np.ndarray]:
+    """Moving frames with frame 3 shown twice: pair (3, 4) is a duplicate, every other pair motion."""
+    frames = moving_frames(count - 1, width, height)
+    return frames[:4] + [frames[3].copy()] + frames[4:]
+
+
+def as_frame(image: torch.Tensor) -> np.ndarray:
+    """(1, 3, H, W) float tensor in [0, 1] -> (H, W, 3) float32 RGB, what prior_pair_flows reads."""
+    return image[0].permute(1, 2, 0).numpy()
+
+
+def counting_dis(monkeypatch) -> list[int]:
+    """Counts the pipeline's prior_pair_flows calls (the real DIS still runs)."""
+    from footage import pipeline
+    from measures.motion import prior_pair_flows
+
+    calls = []
+
+    def count(frame0, frame1):
+        calls.append(threading.current_thread().name)
+        return prior_pair_flows(frame0, frame1)
+
+    monkeypatch.setattr(pipeline, "prior_pair_flows", count)
+    return calls
+
+
+def run_prior(folder: Path, sink: video_io.FrameSink, workers: int, multi: int, halving: bool, model=None):
+    model = model or PriorRecorder()
+    engine = FrameInterpolator(model, torch.device("cpu"), None, False, 1.0, batch_size=2, halving=halving)
+    plan = TimePlan(Fraction(1, multi) / RATE)
+    stats = run_stream(video_io.open_source(folder, True, RATE), sink, engine,
+                       StreamSettings(plan, progress=False, io_workers=workers))
+    return stats, model
+
+
+@pytest.mark.parametrize("width, height", [(64, 64), (70, 44)])       # 70x44: padded to 96x64 around the model
+def test_each_call_gets_the_dis_prior_of_its_own_two_frames(tmp_path, monkeypatch, width, height):
+    from measures.motion import prior_pair_flows
+    from model.frames import centred_padding, crop_padding
+
+    dis_calls = counting_dis(monkeypatch)
+    folder = save_folder(tmp_path / "in", frames_with_a_duplicate(9, width, height))
+    stats, model = run_prior(folder, video_io.FolderSink(tmp_path / "out", workers=2), 2, multi=2, halving=False)
+    assert len(stats.duplicates) == 1 and not stats.cuts
+    motion_pairs = 8 - 1
+    assert len(dis_calls) == len(stats.prior_ms) == motion_pairs == len(model.calls)    # none for the duplicate
+    assert all(name.startswith("prior") for name in dis_calls)      # on the prior pool, not the model's thread
+    assert model.threads == {threading.current_thread().name}
+    padding = centred_padding(height, width, 32)
+    for img0, img1, prior, _ in model.calls:
+        img0, img1, prior = (crop_padding(x, padding) for x in (img0, img1, prior))
+        np.testing.assert_array_equal(prior[0].numpy(), prior_pair_flows(as_frame(img0), as_frame(img1)))
+    assert "prior-only" in stats.prior_rate() and "on each of 2 threads; 7 pairs" in stats.prior_rate()
+
+
+@pytest.mark.parametrize("halving", [False, True])
+def test_multi_4_computes_one_dis_per_pair_and_halving_derives_the_sub_pair_priors(tmp_path, monkeypatch, halving):
+    from measures.motion import prior_pair_flows
+    from footage.interpolator import sub_pair_prior
+
+    dis_calls = counting_dis(monkeypatch)
+    frames = moving_frames(5, 64, 64)
+    folder = save_folder(tmp_path / "in", frames)
+    stats, model = run_prior(folder, video_io.FolderSink(tmp_path / "out", workers=2), 2, multi=4, halving=halving)
+    assert len(dis_calls) == 4 and len(model.calls) == 4 * 3
+    priors = [torch.from_numpy(prior_pair_flows(a, b))[None] for a, b in zip(frames, frames[1:])]
+    if not halving:        # every t from the pair itself, with the pair's prior (the model converts it to t)
+        for pair, prior in enumerate(priors):
+            calls = [c for c in model.calls if torch.equal(c[2], prior)]
+            assert sorted(round(float(c[3]), 4) for c in calls) == [0.25, 0.5, 0.75], pair
+        return
+    # Halving: depth 1 gets the pair's prior, depth 2 the sub-pairs' (0, 1/2) and (1/2, 1) derived from it.
+    assert {round(float(c[3]), 4) for c in model.calls} == {0.5}
+    expected = [sub_pair_prior(p, a, b) for p in priors
+                for a, b in ((0, 1), (0, Fraction(1, 2)), (Fraction(1, 2), 1))]
+    assert len(model.calls) == len(expected)
+    for wanted in expected:
+        assert sum(torch.equal(c[2], wanted) for c in model.calls) == 1
+
+
+def test_sub_pair_priors_start_the_model_where_the_pair_prior_at_that_time_would():
+    """flows_at_t of a halving sub-pair's prior at its midpoint (t = 0.5) = flows_at_t of the pair's prior at the
+    midpoint's own time: the linear-motion model is consistent across depths; (0, 1) is the prior itself."""
+    from footage.interpolator import sub_pair_prior
+    from model.ops.prior import flows_at_t
+
+    torch.manual_seed(0)
+    prior = torch.randn(1, 4, 6, 8) * 5
+    assert sub_pair_prior(prior, Fraction(0), Fraction(1)) is prior
+    for start, stop in ((Fraction(0), Fraction(1, 2)), (Fraction(1, 2), Fraction(1)),
+                        (Fraction(1, 4), Fraction(1, 2)), (Fraction(5, 8), Fraction(3, 4))):
+        middle = (start + stop) / 2
+        sub = sub_pair_prior(prior, start, stop)
+        at_middle = flows_at_t(prior, float(middle))
+        # At the midpoint the pair's flows are -m v to frame 0 and (1 - m) v to frame 1 (v: the motion per pair);
+        # the sub-pair's ends lie (middle - start) behind and (stop - middle) ahead on the same path.
+        velocity = at_middle[:, 2:] - at_middle[:, :2]
+        torch.testing.assert_close(flows_at_t(sub, 0.5)[:, :2], -float(middle - start) * velocity)
+        torch.testing.assert_close(flows_at_t(sub, 0.5)[:, 2:], float(stop - middle) * velocity)
+
+
+def test_prior_outputs_are_identical_to_the_serial_layout(tmp_path):
+    folder = save_folder(tmp_path / "in", frames_with_a_duplicate(11, 64, 48))
+    outputs = {}
+    for workers in (1, 3):
+        out = tmp_path / f"out{workers}"
+        stats, _ = run_prior(folder, video_io.FolderSink(out, workers=workers), workers, multi=2, halving=False)
+        assert stats.frames_out == 21 and stats.prior_workers == workers
+        outputs[workers] = read_folder(out)
+    assert all(np.array_equal(a, b) for a, b in zip(outputs[1], outputs[3], strict=True))
+
+
+def test_a_model_without_a_prior_never_runs_dis(tmp_path, monkeypatch):
+    from footage import pipeline
+
+    def refuse(*_):
+        raise AssertionError("DIS computed for a model without a flow prior")
+
+    monkeypatch.setattr(pipeline, "prior_pair_flows", refuse)
+    folder = save_folder(tmp_path / "in", moving_frames(6))
+    stats = run(video_io.open_source(folder, True, RATE), video_io.FolderSink(tmp_path / "out", workers=2), 2)
+    assert stats.frames_out == 11 and stats.prior_workers == 0 and stats.prior_rate() == ""
+    assert not [t for t in threading.enumerate() if t.name.startswith("prior")]
+
+
+def test_priors_run_ahead_of_the_model_only_within_their_window(tmp_path, monkeypatch):
+    """A slow model: the prior threads may compute ahead of it, but at most prior_window pairs beyond those the
+    main thread has taken (memory stays bounded however fast DIS is)."""
+    from footage import pipeline
+
+    dis_calls = counting_dis(monkeypatch)
+    monkeypatch.setattr(pipeline, "prior_window", lambda workers, prior_bytes: 2)
+
+    class SlowRecorder(PriorRecorder):
+        def __init__(self):
+            super().__init__()
+            self.ahead: list[int] = []
+
+        def inference(self, img0, img1, t=0.5, flow_scale=1.0, tta=False, flow_prior=None):
+            # Call j (batch 1, one t per pair) is pair j: the main thread has taken j + 1 priors.
+            self.ahead.append(len(dis_calls) - (len(self.calls) + 1))
+            time.sleep(0.03)
+            return super().inference(img0, img1, t, flow_scale, tta, flow_prior)
+
+    folder = save_folder(tmp_path / "in", moving_frames(14))
+    model = SlowRecorder()
+    engine = FrameInterpolator(model, torch.device("cpu"), None, False, 1.0, batch_size=1, halving=False)
+    stats = run_stream(video_io.open_source(folder, True, RATE), video_io.FolderSink(tmp_path / "out", workers=3),
+                       engine, StreamSettings(TimePlan(Fraction(1, 2) / RATE), progress=False, io_workers=3))
+    assert stats.frames_out == 27 and len(model.ahead) == len(dis_calls) == 13
+    assert max(model.ahead) <= 2
+
+
+def test_bench_pipeline_runs_the_prior_stand_in(capsys):
+    from benchmark import bench_pipeline
+
+    assert bench_pipeline.main(["--size", "64x48", "--frames", "5", "--model_ms", "1", "--io_workers", "1",
+                                "--prior", "off,on", "--outputs", "", "--no_stages"]) == 0
+    out = capsys.readouterr().out
+    assert "| model+prior | 1 | 9 |" in out and "prior-only" in out and "on each of 1 threads; 4 pairs" in out
