@@ -512,6 +512,26 @@ def test_interpolator_predicts_as_the_benchmark_evaluator_does():
     assert torch.equal(interpolator.predict(img0, img1, t), evaluator.predict(img0, img1, t))
 
 
+def test_interpolator_and_evaluator_give_a_prior_model_the_same_prediction():
+    """With a --flow_prior dis model both pad the pair's flows as they pad its frames: the same prediction, and a
+    different one from another prior (so the prior is used, not dropped on the way)."""
+    from dataclasses import replace
+
+    from benchmark.eval_core import Evaluator, Protocol
+
+    torch.manual_seed(0)
+    cfg = preset(2, size="tiny")
+    model = build_model(replace(cfg, model=replace(cfg.model, flow_prior="dis"))).eval()
+    img0, img1 = torch.rand(1, 3, 37, 53), torch.rand(1, 3, 37, 53)
+    t = torch.tensor([0.3])
+    prior = torch.randn(1, 4, 37, 53) * 4
+    interpolator = FrameInterpolator(model, torch.device("cpu"), None, False, 1.0, batch_size=1, halving=False)
+    evaluator = Evaluator(model, Protocol("video", flow_scale=1.0), "cpu", "fp32", False, 1.0, progress=False)
+    predicted = interpolator.predict(img0, img1, t, flow_prior=prior)
+    assert torch.equal(predicted, evaluator.predict(img0, img1, t, flow_prior=prior))
+    assert not torch.equal(predicted, interpolator.predict(img0, img1, t, flow_prior=torch.zeros_like(prior)))
+
+
 def test_io_workers_are_reported_and_change_nothing_in_the_output(checkpoint, clip, tmp_path, capsys):
     outputs = {}
     for workers in (1, 3):
