@@ -49,6 +49,7 @@ from benchmark.timing import PRIOR_TIMING_CALLS, count_gflop, kernel_profile, me
 from config import FLOW_PRIORS, preset  # noqa: E402
 from model import build_model, count_parameters  # noqa: E402
 from model.inference import runtime_record  # noqa: E402
+from measures.quality import difference_stats  # noqa: E402
 from model.loss import CompositeLoss  # noqa: E402
 from model.warplayer import BackwardWarp  # noqa: E402
 
@@ -137,14 +138,6 @@ def graph_like_call(model, name: str, args, device: str):
                                              cache_enabled=False):
             return model.inference(img0, img1, t, flow_scale=flow_scale, **prior)
     return call
-
-
-def difference_stats(result: torch.Tensor, reference: torch.Tensor) -> dict:
-    """Pixel differences of two predictions in [0, 1]: max, mean and the 99.9th percentile of |a - b|."""
-    difference = (result.float() - reference.float()).abs().flatten()
-    top = max(1, difference.numel() // 1000)        # the 0.1 % largest differences; the smallest of them = p99.9
-    return {"max_abs_diff_vs_eager": float(difference.max()), "mean_abs_diff_vs_eager": float(difference.mean()),
-            "p999_abs_diff_vs_eager": float(difference.topk(top).values.min())}
 
 
 def measure_inference(model, name: str, args, device: str, execution: str = "eager",

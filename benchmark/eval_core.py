@@ -56,7 +56,8 @@ from measures.motion import (
     LARGE_MOTION_PX, MOTION_STATISTIC, FlowPair, flow_pair, format_bucket_table, interpolate_dis, motion_flow_scale,
     prior_from_pair, prior_pair_flows, summarize_by_motion,
 )
-from measures.quality import psnr, psnr_uint8, quantize, ssim_matlab, ssim_skimage_uint8, to_uint8
+from measures.quality import (difference_stats, psnr, psnr_uint8, quantize, ssim_matlab, ssim_skimage_uint8,
+                              to_uint8)
 from measures.visualize import sample_grid
 from model.frames import crop_padding, frame_to_tensor, pad_centred, read_rgb_uint8
 from model.inference import (GraphUnavailable, InferenceRunner, ModelClock, add_graph_argument, describe_run,
@@ -273,12 +274,16 @@ class Evaluator:
     motion: measure each sample's motion and score the classical DIS baseline (CPU, DIS on the scored frames).
     motion_flow_scale: choose the flow scale per sample from its DIS motion (``measures.motion.motion_flow_scale``:
         half the protocol's from 32 px on) instead of one scale for all; needs ``motion``.
+    parity_vs_eager: also run every pair eagerly (the reference path) and report how far the runner's predictions
+        (graphed or compiled) are from it: per sample the pixel differences and the eager PSNR, per subset
+        "parity_vs_eager" (:meth:`parity_summary`). The scored prediction stays the runner's.
     """
 
     def __init__(self, model: nn.Module, protocol: Protocol, device: torch.device | str = "cpu", amp: str = "fp32",
                  tta: bool = False, flow_scale: float | None = None, progress: bool = True,
                  save_images: str | Path | None = None, cuda_graph: str = "off",
-                 runner: InferenceRunner | None = None, motion: bool = True, motion_flow_scale: bool = False):
+                 runner: InferenceRunner | None = None, motion: bool = True, motion_flow_scale: bool = False,
+                 parity_vs_eager: bool = False):
         if amp not in AMP_DTYPES:
             raise BenchmarkError(f"--amp must be one of {', '.join(AMP_DTYPES)}, got {amp!r}")
         try:
@@ -298,6 +303,12 @@ class Evaluator:
             raise BenchmarkError("--motion_flow_scale chooses the flow scale from the DIS motion: drop --no_motion")
         self.motion_flow_scale = motion_flow_scale
         self.needs_prior = bool(getattr(model, "needs_flow_prior", False))
+        if parity_vs_eager and save_images is not None:
+            # The image panels take the prediction from the model's forward (for its flow and mask), not from the
+            # runner, so there would be no graphed prediction to compare.
+            raise BenchmarkError("--parity_vs_eager compares the runner's predictions with eager ones: drop "
+                                 "--save_images")
+        self.eager_runner = InferenceRunner(model, "off") if parity_vs_eager else None
 
     def load_frame(self, path: Path) -> np.ndarray:
         """(H, W, 3) RGB after the protocol's geometry: uint8, or float32 in [0, 1] (X-TEST 2K)."""
@@ -308,7 +319,8 @@ class Evaluator:
         return bool(getattr(self.model, "use_flow", False)) and callable(self.model)
 
     def predict_with_panels(self, img0: torch.Tensor, img1: torch.Tensor, t: float, panels: bool = False,
-                            flow_scale: float | None = None, flow_prior: torch.Tensor | None = None
+                            flow_scale: float | None = None, flow_prior: torch.Tensor | None = None,
+                            runner: InferenceRunner | None = None
                             ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """(prediction, flow or None, mask or None) for (1, 3, H, W) inputs in [0, 1].
 
@@ -317,6 +329,7 @@ class Evaluator:
         is then computed from the same calls ``model.inference`` makes (forward, plus the flipped pass with TTA),
         so saving images never changes a score. ``flow_scale``: None uses the evaluator's. ``flow_prior``: the
         pair's (1, 4, H, W) DIS flows for a model that needs them (:meth:`pair_prior`), padded like the images.
+        ``runner``: None uses the evaluator's (``eager_runner`` gives the reference of ``parity_vs_eager``).
         """
         flow_scale = self.flow_scale if flow_scale is None else flow_scale
         if self.needs_prior and flow_prior is None:
@@ -340,7 +353,8 @@ class Evaluator:
                 flow = crop_padding(output.flow.float(), padding)
                 mask = crop_padding(output.mask.float(), padding)
             else:
-                pred = self.runner(padded0, padded1, t, flow_scale=flow_scale, tta=self.tta, flow_prior=padded_prior)
+                runner = self.runner if runner is None else runner
+                pred = runner(padded0, padded1, t, flow_scale=flow_scale, tta=self.tta, flow_prior=padded_prior)
         return crop_padding(pred.float(), padding).clamp(0, 1), flow, mask
 
     def predict(self, img0: torch.Tensor, img1: torch.Tensor, t: float,
@@ -368,6 +382,22 @@ class Evaluator:
         if prior is None:
             prior, prior_ms = timed_on_one_core(lambda: prior_pair_flows(frame0, frame1))
         return flows, prior, prior_ms
+
+    def parity_summary(self, records: Sequence[dict], psnr_runner: float) -> dict:
+        """The runner against eager over a subset: {"mode", "max_abs_diff", "p999_abs_diff", "mean_abs_diff",
+        "psnr", "psnr_eager", "psnr_difference"}.
+
+        "p999_abs_diff" is the largest per-sample 99.9th percentile (the worst sample's, not a pooled one: a
+        bound that holds for every sample); "max_abs_diff" the largest single pixel; the PSNRs are averaged as the
+        protocol averages its score (per group first where it does)."""
+        eager_records = [{**record, "psnr": record["psnr_eager"]} for record in records]
+        psnr_eager = mean_metrics(eager_records, self.protocol.average_per_group)["psnr"] if records else math.nan
+        return {"mode": self.runner.mode,
+                "max_abs_diff": max((r["max_abs_diff_vs_eager"] for r in records), default=math.nan),
+                "p999_abs_diff": max((r["p999_abs_diff_vs_eager"] for r in records), default=math.nan),
+                "mean_abs_diff": float(np.mean([r["mean_abs_diff_vs_eager"] for r in records])) if records
+                else math.nan,
+                "psnr": psnr_runner, "psnr_eager": psnr_eager, "psnr_difference": psnr_runner - psnr_eager}
 
     def score(self, pred: torch.Tensor, gt_frame: np.ndarray, with_ssim: bool = True) -> tuple[float, float]:
         """(PSNR, SSIM) of a (1, 3, H, W) prediction against the (H, W, 3) ground-truth frame (SSIM nan if skipped)."""
@@ -442,6 +472,11 @@ class Evaluator:
                 record["psnr_dis"] = self.score(frame_to_tensor(classical, self.device), gt_frame, with_ssim=False)[0]
             if flow_scale is not None:
                 record["flow_scale"] = flow_scale
+            if self.eager_runner is not None:
+                eager = self.predict_with_panels(*cached_inputs, sample.t, flow_scale=flow_scale, flow_prior=prior,
+                                                 runner=self.eager_runner)[0]
+                record.update(difference_stats(pred, eager))
+                record["psnr_eager"] = self.score(eager, gt_frame, with_ssim=False)[0]
             records.append(record)
             if self.save_images is not None:
                 self.save_sample_image(index, sample, cached_inputs, pred, gt_frame, flow, mask, value_psnr,
@@ -449,6 +484,8 @@ class Evaluator:
             psnr_total += value_psnr
             bar.set_postfix(psnr=f"{psnr_total / len(records):.3f}")
         summary = mean_metrics(records, self.protocol.average_per_group)
+        if self.eager_runner is not None:
+            summary["parity_vs_eager"] = self.parity_summary(records, summary["psnr"])
         if self.motion:
             summary["motion_statistic"] = MOTION_STATISTIC
             summary["by_motion"] = summarize_by_motion(records, BUCKET_KEYS)
@@ -488,6 +525,9 @@ def benchmark_parser(description: str) -> argparse.ArgumentParser:
                         help="checkpoint name in --ckpt_dir (e.g. phase1_hybrid_v2_best) or a path to a .pt file")
     parser.add_argument("--path", required=True, help="dataset root (layout in the description above)")
     add_runtime_arguments(parser)
+    parser.add_argument("--parity_vs_eager", action="store_true",
+                        help="also run every pair eagerly and report how far the graphed (or compiled) predictions "
+                             "are from it: max, 99.9th percentile and mean pixel difference, and the PSNR both ways")
     parser.add_argument("--limit", type=positive_int, default=None,
                         help="evaluate only the first N samples of each subset (smoke tests)")
     parser.add_argument("--save_images", default=None, metavar="DIR",
@@ -592,7 +632,8 @@ def run_benchmark(args: argparse.Namespace, benchmark: str, make_subsets: Callab
                                   progress=not args.no_progress, save_images=image_dir,
                                   cuda_graph=getattr(args, "cuda_graph", "off"),
                                   motion=not getattr(args, "no_motion", False),
-                                  motion_flow_scale=getattr(args, "motion_flow_scale", False))
+                                  motion_flow_scale=getattr(args, "motion_flow_scale", False),
+                                  parity_vs_eager=getattr(args, "parity_vs_eager", False))
             print(note)
             print(f"{label}: {len(subset.samples)} samples | "
                   + describe_run(args.model, cfg.model.use_flow, device, args.amp, args.tta, evaluator.flow_scale)
@@ -622,6 +663,12 @@ def run_benchmark(args: argparse.Namespace, benchmark: str, make_subsets: Callab
             if "by_motion" in result:
                 print(f"{label}  by motion ({result['motion_statistic']}):")
                 print(format_bucket_table(result["by_motion"], MOTION_COLUMNS))
+            if "parity_vs_eager" in result:
+                parity = result["parity_vs_eager"]
+                print(f"{label}  {parity['mode']} vs eager: pixel difference max {parity['max_abs_diff'] * 255:.3f}/255,"
+                      f" 99.9th percentile (worst sample) {parity['p999_abs_diff'] * 255:.3f}/255, mean "
+                      f"{parity['mean_abs_diff'] * 255:.4f}/255; PSNR {parity['psnr']:.4f} vs eager "
+                      f"{parity['psnr_eager']:.4f} dB ({parity['psnr_difference']:+.4f})")
             if image_dir is not None:
                 print(f"{len(subset.samples)} images written to {image_dir}/")
         if args.out:

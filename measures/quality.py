@@ -53,6 +53,18 @@ def psnr(pred: torch.Tensor, gt: torch.Tensor) -> float:
     return math.inf if mse == 0 else -10 * math.log10(mse)
 
 
+def difference_stats(result: torch.Tensor, reference: torch.Tensor) -> dict:
+    """Pixel differences of two predictions in [0, 1] (any shape, any device): max, mean and the 99.9th percentile
+    of |result - reference|, under the keys the parity reports use ("..._abs_diff_vs_eager").
+
+    The 99.9th percentile is the smallest of the 0.1 % largest differences: the figure issue 21's parity target
+    bounds (1/255), where the maximum alone is one pixel's worst case."""
+    difference = (result.float() - reference.float()).abs().flatten()
+    top = max(1, difference.numel() // 1000)
+    return {"max_abs_diff_vs_eager": float(difference.max()), "mean_abs_diff_vs_eager": float(difference.mean()),
+            "p999_abs_diff_vs_eager": float(difference.topk(top).values.min())}
+
+
 def batch_psnr(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
     """Per-sample PSNR (B,) of (B, C, H, W) images in [0, 1], in float32 over all pixels and channels; the mean
     squared error is floored at 1e-10 (at most 100 dB), so identical images give 100, not ``inf``."""

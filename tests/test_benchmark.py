@@ -1069,3 +1069,52 @@ def test_bench_model_refuses_a_prior_where_it_has_no_meaning(flags, monkeypatch,
     with pytest.raises(SystemExit) as exit_info:
         bench_model.main()
     assert exit_info.value.code == 2 and "--flow_prior dis: for phases 2/3" in capsys.readouterr().err
+
+
+class OffsetRunner:
+    """Stand-in for a graphed runner whose predictions are the model's moved by ``offset`` on the middle pixel row
+    (up, or down where that would leave [0, 1]): the parity report must find exactly that difference, while the
+    eager reference stays the model's own."""
+
+    mode = "graphed"
+    capture_peak_gib = None
+
+    def __init__(self, model, offset: float):
+        self.model, self.offset = model, offset
+
+    def __call__(self, img0, img1, t, flow_scale=1.0, tta=False, flow_prior=None):
+        pred = self.model.inference(img0, img1, t, flow_scale=flow_scale, tta=tta).clone()
+        row = pred[..., pred.shape[-2] // 2, :]           # inside the frame whatever the centred padding
+        pred[..., pred.shape[-2] // 2, :] = torch.where(row <= 1 - self.offset, row + self.offset, row - self.offset)
+        return pred
+
+
+def test_parity_vs_eager_reports_the_runners_distance_from_eager(vimeo_root, checkpoints, tmp_path, capsys):
+    """`--parity_vs_eager` (issue 21's parity figures on a trained checkpoint): every pair also runs eagerly; the
+    records and the subset summary give the pixel differences and both PSNRs, and the scored prediction is the
+    runner's."""
+    samples = Vimeo90K.enumerate_samples(vimeo_root)[:2]
+    model = BlendModel()
+    offset = 3 / 255
+    result = Evaluator(model, Vimeo90K.PROTOCOL, progress=False, motion=False, runner=OffsetRunner(model, offset),
+                       parity_vs_eager=True).evaluate(samples)
+    parity = result["parity_vs_eager"]
+    assert parity["mode"] == "graphed"
+    assert parity["max_abs_diff"] == pytest.approx(offset, abs=1e-6)
+    row_share = 1 / FRAME_H                                                    # the offset row's share of pixels
+    assert parity["mean_abs_diff"] == pytest.approx(offset * row_share, rel=1e-3)
+    # more than 0.1 % of the pixels moved, so the 99.9th percentile is the offset itself
+    assert row_share > 1e-3 and parity["p999_abs_diff"] == pytest.approx(offset, abs=1e-6)
+    eager = Evaluator(model, Vimeo90K.PROTOCOL, progress=False, motion=False).evaluate(samples)
+    assert parity["psnr_eager"] == pytest.approx(eager["psnr"], abs=1e-9)
+    assert parity["psnr"] == result["psnr"] != pytest.approx(eager["psnr"], abs=1e-6)
+    assert parity["psnr_difference"] == pytest.approx(result["psnr"] - eager["psnr"], abs=1e-9)
+    assert all(r["max_abs_diff_vs_eager"] > 0 for r in result["samples"])
+    with pytest.raises(BenchmarkError, match="drop --save_images"):
+        Evaluator(model, Vimeo90K.PROTOCOL, save_images=tmp_path / "img", parity_vs_eager=True)
+    # From the command line: on the CPU the runner is eager, and the report says it matches itself exactly
+    Vimeo90K.main(common_args(vimeo_root, checkpoints, tmp_path / "r.json") + ["--limit", "1", "--no_motion",
+                                                                               "--parity_vs_eager"])
+    cli = read_report(tmp_path / "r.json")["results"]["test"]["parity_vs_eager"]
+    assert cli["mode"] == "eager" and cli["max_abs_diff"] == 0 and cli["psnr_difference"] == 0
+    assert "eager vs eager: pixel difference max 0.000/255" in capsys.readouterr().out
