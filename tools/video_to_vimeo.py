@@ -54,6 +54,7 @@ import numpy as np
 if __package__ in (None, ""):  # run as a script (python tools/video_to_vimeo.py): make `measures` importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from checkpoint import atomic_write_text  # noqa: E402  (the project's one atomic writer: temp file, fsync, rename)
 from measures.shots import PairVerdict, ShotDetector, ShotSettings, add_shot_arguments  # noqa: E402
 
 __all__ = ["ConversionError", "video_to_vimeo", "parse_size", "main"]
@@ -122,15 +123,6 @@ def _sequence_name(number: int) -> str:
     """0 -> "00001/0001", 999 -> "00001/1000", 1000 -> "00002/0001"."""
     group, index = divmod(number, SEQUENCES_PER_GROUP)
     return f"{group + 1:05d}/{index + 1:04d}"
-
-
-def write_text_atomically(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path``, then rename it into place: a reader sees the old file or
-    the whole new one, never half of it (the tools' one writer; tools/make_corpus.py uses it too)."""
-    temporary = f"{os.fspath(path)}.tmp"
-    with open(temporary, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(temporary, path)
 
 
 def _prepare_output(out_dir: str, overwrite: bool) -> str:
@@ -318,8 +310,8 @@ def video_to_vimeo(
     for name in dropped:
         shutil.rmtree(os.path.join(sequences_dir, *name.split("/")))
 
-    write_text_atomically(os.path.join(out_dir, TRAIN_LIST), "".join(name + "\n" for name in train_names))
-    write_text_atomically(os.path.join(out_dir, TEST_LIST), "".join(name + "\n" for name in test_names))
+    atomic_write_text(os.path.join(out_dir, TRAIN_LIST), "".join(name + "\n" for name in train_names))
+    atomic_write_text(os.path.join(out_dir, TEST_LIST), "".join(name + "\n" for name in test_names))
     info = {
         "source_video": os.path.basename(video_path),
         "size": [width, height],
@@ -333,7 +325,7 @@ def video_to_vimeo(
         "duplicate_block": duplicate_block,
         "counts": counts,
     }
-    write_text_atomically(os.path.join(out_dir, INFO_FILE), json.dumps(info, indent=2))  # marks the set as complete
+    atomic_write_text(os.path.join(out_dir, INFO_FILE), json.dumps(info, indent=2))  # marks the set as complete
     return counts
 
 
