@@ -15,19 +15,20 @@
 #   loader    train.py's own steady samples/s (graphed, 320 steps of b16) on the 720p set (Phase 2) and on an
 #             X4K-layout 2160x2160 fixture (Phase 3); the bare DataLoader on both
 #   interp    interpolate.py 4x on the clip upscaled to 1080p, with the checkpoint of `start`
-#   inference docs/PERF.md section 10 (issue 21): the GPU tests of the step graph and of inference; ours eager
+#   inference docs/PERF.md section 10 (issue 21): the GPU tests of the step graph and of inference; graphed vs eager
+#             on the trained checkpoint of `start` (--parity_vs_eager); ours eager
 #             and graphed at 256, 720p, 1080p (flow 1.0) and 4K (flow 0.25), and at 720p and 1080p with --flow_scales
 #             8 4 2 (1080p also compiled+graphed), and at 720p and 1080p with --flow_prior dis (the DIS prior's CPU
 #             cost beside); compiled+graphed at 1080p with and without channel alignment,
 #             then again in a second process (it reads Inductor's cache: the warm start); the footage pipeline's
 #             stages (bench_pipeline.py) and interpolate.py 1080p 2x to PNG and to H.264 (x264 medium and faster) with the checkpoint of `start`.
 #             Peers: stage `peers`, in the same call
-#   motion    docs/LARGE_MOTION.md: the corpus, then four runs sharing the GPU for 10 minutes (base; the classical
-#             flow prior, --flow_prior dis, with seeds 0 and 1; the flow teacher at weight 0.01), scored per motion
-#             bucket (tools/large_motion_runs.sh; needs data/cache from make_corpus.py; the base's seed spread was
-#             measured in the first round). The script's other variants (fs842: the flow blocks at scales 8 4 2;
-#             priorteach: the prior with the teacher) run the same way in a later call, e.g.
-#             RUNS="fs842_s0 priorteach_s0" MFS=0 tools/large_motion_runs.sh data/cache /tmp/lm/work OUT 20 600
+#   motion    docs/LARGE_MOTION.md: the corpus, then the issue's budget: the recipe with the classical flow prior
+#             (--flow_prior dis) and the base, 9,000 steps each, the two sharing the GPU (about 1,000 s: each run has
+#             about 8 minutes of the GPU alone), scored per motion bucket (tools/large_motion_runs.sh; needs data/cache
+#             from make_corpus.py). The 2,000-step comparison of 2026-12-05 (base, prior x 2 seeds) and the script's
+#             other variants run the same way, e.g.
+#             RUNS="base_s0 prior_s0 prior_s1" MFS=0 tools/large_motion_runs.sh data/cache /tmp/lm/work OUT 20 480
 #   ablation  benchmark/ablation.py on every visible GPU (--gpus when more than one): every Phase-1 variant,
 #             ABL_STEPS (default 1500) steps at batch 16, seeds 0 and 1; then Phase 2 hybrid vs hybrid_inter
 #             (ABL2_STEPS, default 1500, steps; seeds 0 and 1)
@@ -110,6 +111,11 @@ fi
 if want inference; then
   stage 300 python3 -m pytest -q -p no:cacheprovider -rs tests/test_step_graph.py tests/test_inference.py \
     tests/test_ops.py   # GPU tests (and the CPU ones of those files)
+  # Parity on the trained checkpoint of `start`: every test pair graphed and eager, bf16 and fp32 (PERF.md 10.5)
+  for amp in bf16 fp32; do
+    stage 200 python3 benchmark/Vimeo90K.py --model perf_p2_last --path data/sample_vimeo --amp "$amp" --cuda_graph on \
+      --parity_vs_eager --no_progress --out "$out/parity_$amp.json"
+  done
   stage 300 python3 benchmark/bench_model.py --phase 2 --infer 256@1.0 720p@1.0 1080p@1.0 4k@0.25 --infer_only \
     --cuda_graph on --flops --json "$out/infer_graphed.json"
   # A model with the classical flow prior (--flow_prior dis): eager and graphed at 720p and 1080p, its GFLOP, and the
@@ -146,8 +152,7 @@ PY
     --input_fps 24 --preset faster --no_progress --overwrite
 fi
 if want motion; then
-  RUNS="base_s0 prior_s0 prior_s1 teach_s0" MFS=0 stage 1500 tools/large_motion_runs.sh data/cache /tmp/lm/work \
-    "$out/motion" 20 600
+  RUNS="prior_s0 base_s0" MFS=0 stage 1500 tools/large_motion_runs.sh data/cache /tmp/lm/work "$out/motion" 90 1150
 fi
 if want ablation; then
   common="--data_path data/sample_vimeo --batch_size 16 --crop_size 256 --num_workers 8"
