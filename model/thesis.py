@@ -103,6 +103,12 @@ class ThesisModel(nn.Module):
             context_channels = tuple(cfg.context_channels * 2 ** k for k in range(3))
             self.refine = RefineNet(channels, cfg.refine_channels, image_channels=17, use_context=True,
                                     context_channels=context_channels)
+            if cfg.flow_prior != "none":
+                # With the classical prior the untrained model is the classical interpolation: the flow blocks start
+                # with zero updates (model/flow.py) and RefineNet with a zero mask correction and residual
+                # (2 sigmoid(0) - 1 = 0), so training starts from the DIS flows' warps, equally blended.
+                nn.init.zeros_(self.refine.head.weight)
+                nn.init.zeros_(self.refine.head.bias)
         else:
             self.refine = RefineNet(self.backbone.channels, cfg.refine_channels, image_channels=6)
 

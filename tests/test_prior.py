@@ -54,12 +54,8 @@ def test_flipped_flows_warp_flipped_frames_as_the_flow_warps_the_frames():
 
 
 def silent_estimator(**kwargs) -> OpticalFlowEstimator:
-    """An estimator whose blocks predict no update (zero heads): its output is where it starts."""
-    estimator = OpticalFlowEstimator(widths=(16, 12, 8), num_res_layers=1, prior=True, **kwargs)
-    for block in estimator.blocks:
-        torch.nn.init.zeros_(block.head.weight)
-        torch.nn.init.zeros_(block.head.bias)
-    return estimator
+    """A freshly built estimator with a prior: its blocks' heads start at zero, so its output is where it starts."""
+    return OpticalFlowEstimator(widths=(16, 12, 8), num_res_layers=1, prior=True, **kwargs)
 
 
 @pytest.mark.parametrize("scale_factor", [1.0, 0.5])
@@ -101,6 +97,35 @@ def test_a_prior_model_uses_the_prior_at_any_size_with_tta():
     assert (out_moving.flow - out_still.flow)[:, 0].mean() < -4          # F_t->0 moved by about -5 px
     pred = model.inference(img0, img1, 0.5, tta=True, flow_prior=moving)
     assert pred.shape == (1, 3, 50, 70) and torch.isfinite(pred).all()
+
+
+def test_an_untrained_prior_model_is_the_classical_interpolation_and_learns_from_the_first_step():
+    """Zero-initialised updates (model/flow.py, model/thesis.py): before training, the prediction is the two frames
+    warped by the prior's flows at t and blended equally (no mask correction, no residual), whatever the random
+    weights elsewhere; one optimizer step moves every head off zero."""
+    model = prior_model(seed=3)
+    plain = build_model(preset(2, "tiny"))
+    assert plain.refine.head.weight.abs().sum() > 0                       # no prior: the default initialisation
+    assert plain.flow_estimator.blocks[1].head.weight.abs().sum() > 0
+    torch.manual_seed(4)
+    img0, img1 = torch.rand(2, 3, 40, 56), torch.rand(2, 3, 40, 56)
+    pair = uniform_pair_flows(6.0, -2.0, height=40, width=56)
+    t = torch.tensor([0.5, 0.25])
+    out = model(img0, img1, t, flow_prior=pair)
+    start = flows_at_t(pair, t)
+    torch.testing.assert_close(out.flow, start, atol=1e-4, rtol=0)
+    torch.testing.assert_close(out.mask, torch.full_like(out.mask, 0.5))
+    assert torch.all(out.residual == 0)
+    expected = 0.5 * backward_warp(img0, start[:, :2]) + 0.5 * backward_warp(img1, start[:, 2:])
+    torch.testing.assert_close(out.pred, expected.clamp(0, 1), atol=1e-4, rtol=0)
+
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    target = torch.rand_like(img0)
+    (model(img0, img1, t, flow_prior=pair).pred - target).abs().mean().backward()
+    optimizer.step()
+    heads = [block.head for block in model.flow_estimator.blocks] + [model.refine.head]
+    assert all(head.weight.abs().sum() > 0 for head in heads)
 
 
 def test_a_prior_model_names_the_missing_or_misshapen_prior():
