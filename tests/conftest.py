@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import cv2
@@ -52,3 +53,19 @@ def failing_graph_capture(monkeypatch):
             raise RuntimeError("operation not permitted when stream is capturing")
 
     monkeypatch.setattr(model.inference, "CudaGraphCapture", FailingCapture)
+
+
+def counting_dis(monkeypatch) -> list[str]:
+    """Patches the footage pipeline's prior_pair_flows to record the name of the thread of each call (the real DIS
+    still runs); returns that list."""
+    from footage import pipeline
+    from measures.motion import prior_pair_flows
+
+    calls = []
+
+    def count(frame0, frame1):
+        calls.append(threading.current_thread().name)
+        return prior_pair_flows(frame0, frame1)
+
+    monkeypatch.setattr(pipeline, "prior_pair_flows", count)
+    return calls

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import threading
 from dataclasses import replace
 from fractions import Fraction
 from pathlib import Path
@@ -29,6 +28,8 @@ from footage import video_io
 from footage.interpolator import FrameInterpolator
 from footage.timeplan import halving_rounds, output_frame_count, pair_times
 from model import build_model
+
+from conftest import counting_dis
 
 REPO = Path(__file__).resolve().parents[1]
 HEIGHT, WIDTH, RATE = 64, 96, 24
@@ -547,20 +548,6 @@ def test_io_workers_are_reported_and_change_nothing_in_the_output(checkpoint, cl
 # --------------------------------------------------------------------------------------------------------
 # A --flow_prior dis checkpoint: one DIS per interpolated pair, on the prior threads; none for other models
 # --------------------------------------------------------------------------------------------------------
-def counting_dis(monkeypatch) -> list[int]:
-    from footage import pipeline
-    from measures.motion import prior_pair_flows
-
-    calls = []
-
-    def count(frame0, frame1):
-        calls.append(threading.current_thread().name)
-        return prior_pair_flows(frame0, frame1)
-
-    monkeypatch.setattr(pipeline, "prior_pair_flows", count)
-    return calls
-
-
 def test_a_prior_checkpoint_gets_one_dis_per_motion_pair_and_the_same_frames_on_any_thread_count(
         prior_checkpoint, clip, tmp_path, capsys, monkeypatch):
     dis_calls = counting_dis(monkeypatch)

@@ -21,6 +21,8 @@ from footage.interpolator import FrameInterpolator
 from footage.pipeline import StreamSettings, ordered_map, run_stream
 from footage.timeplan import TimePlan
 
+from conftest import counting_dis
+
 RATE = Fraction(24)
 
 
@@ -418,21 +420,6 @@ def frames_with_a_duplicate(count: int, width: int, height: int) -> list[np.ndar
 def as_frame(image: torch.Tensor) -> np.ndarray:
     """(1, 3, H, W) float tensor in [0, 1] -> (H, W, 3) float32 RGB, what prior_pair_flows reads."""
     return image[0].permute(1, 2, 0).numpy()
-
-
-def counting_dis(monkeypatch) -> list[int]:
-    """Counts the pipeline's prior_pair_flows calls (the real DIS still runs)."""
-    from footage import pipeline
-    from measures.motion import prior_pair_flows
-
-    calls = []
-
-    def count(frame0, frame1):
-        calls.append(threading.current_thread().name)
-        return prior_pair_flows(frame0, frame1)
-
-    monkeypatch.setattr(pipeline, "prior_pair_flows", count)
-    return calls
 
 
 def run_prior(folder: Path, sink: video_io.FrameSink, workers: int, multi: int, halving: bool, model=None):

@@ -201,25 +201,15 @@ def cuda_batches(count: int, size: int = 64, batch: int = 4, seed: int = 0, pin:
     return out
 
 
-def with_teacher_flows(batches: list[dict[str, torch.Tensor]], seed: int = 1) -> list[dict[str, torch.Tensor]]:
-    """The batches plus a "flow_teacher" (B, 4, H, W) float32 of a few pixels, as the loader adds for --flow_teacher."""
+def with_flows(batches: list[dict[str, torch.Tensor]], key: str, seed: int) -> list[dict[str, torch.Tensor]]:
+    """The batches plus ``key`` (B, 4, H, W) float32 flows of a few pixels, as the loader adds "flow_teacher" for
+    --flow_teacher and "flow_prior" for --flow_prior dis (pinned where the frames are)."""
     generator = torch.Generator().manual_seed(seed)
     out = []
     for batch in batches:
         batch_size, _, height, width = batch["img0"].shape
         flows = 3 * torch.randn(batch_size, 4, height, width, generator=generator)
-        out.append({**batch, "flow_teacher": flows.pin_memory() if batch["img0"].is_pinned() else flows})
-    return out
-
-
-def with_prior_flows(batches: list[dict[str, torch.Tensor]], seed: int = 2) -> list[dict[str, torch.Tensor]]:
-    """The batches plus a "flow_prior" (B, 4, H, W) float32 of a few pixels, as the loader adds for --flow_prior dis."""
-    generator = torch.Generator().manual_seed(seed)
-    out = []
-    for batch in batches:
-        batch_size, _, height, width = batch["img0"].shape
-        flows = 3 * torch.randn(batch_size, 4, height, width, generator=generator)
-        out.append({**batch, "flow_prior": flows.pin_memory() if batch["img0"].is_pinned() else flows})
+        out.append({**batch, key: flows.pin_memory() if batch["img0"].is_pinned() else flows})
     return out
 
 
@@ -270,7 +260,7 @@ def test_graphed_step_follows_the_eager_step(phase):
 def test_graphed_step_with_the_flow_teacher_follows_the_eager_step():
     """--flow_teacher adds a float32 (B, 4, H, W) tensor to the batch: the captured step copies it into its own
     static buffer and computes the teacher term as the eager step does."""
-    batches = with_teacher_flows(cuda_batches(WARMUP_STEPS + 4))
+    batches = with_flows(cuda_batches(WARMUP_STEPS + 4), "flow_teacher", seed=1)
     eager_a, eager_b, graphed = (cuda_trainer(2, mode, flow_teacher=0.01) for mode in ("off", "off", "on"))
     losses_a, losses_b, losses_g = (run_steps(t, batches) for t in (eager_a, eager_b, graphed))
     assert graphed._executor.captures == 1
@@ -288,7 +278,7 @@ def test_graphed_step_of_a_prior_model_follows_the_eager_step():
     copies them into a static buffer of their own, so each replay starts the flow estimator from the new batch's
     prior, as the eager step does (every batch has another random prior: a graph that kept the captured one would
     drift from the eager run far beyond the eager-eager noise)."""
-    batches = with_prior_flows(cuda_batches(WARMUP_STEPS + 4))
+    batches = with_flows(cuda_batches(WARMUP_STEPS + 4), "flow_prior", seed=2)
     eager_a, eager_b, graphed = (cuda_trainer(2, mode, flow_prior="dis") for mode in ("off", "off", "on"))
     assert graphed.model.needs_flow_prior and graphed.graph_mode
     losses_a, losses_b, losses_g = (run_steps(t, batches) for t in (eager_a, eager_b, graphed))
