@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import json
 import math
 import re
@@ -60,8 +61,8 @@ from measures.quality import (difference_stats, psnr, psnr_uint8, quantize, ssim
                               to_uint8)
 from measures.visualize import sample_grid
 from model.frames import crop_padding, frame_to_tensor, pad_centred, read_rgb_uint8
-from model.inference import (GraphUnavailable, InferenceRunner, ModelClock, add_graph_argument, describe_run,
-                             describe_runtime, runtime_record)
+from model.inference import (GraphUnavailable, InferenceRunner, ModelClock, add_graph_argument, compile_report,
+                             describe_compile_report, describe_run, describe_runtime, runtime_record)
 from model.ops.prior import flip_flows
 
 BASELINE_KEYS = ("psnr_frame_average", "psnr_dis")
@@ -525,6 +526,11 @@ def benchmark_parser(description: str) -> argparse.ArgumentParser:
                         help="checkpoint name in --ckpt_dir (e.g. phase1_hybrid_v2_best) or a path to a .pt file")
     parser.add_argument("--path", required=True, help="dataset root (layout in the description above)")
     add_runtime_arguments(parser)
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile a copy of the model for inference (interpolate.py --compile) and score "
+                             "its predictions (replayed as CUDA graphs per --cuda_graph); the first call of each "
+                             "frame size compiles (a minute or more on a GPU). With --parity_vs_eager the eager "
+                             "reference is the uncompiled model")
     parser.add_argument("--parity_vs_eager", action="store_true",
                         help="also run every pair eagerly and report how far the graphed (or compiled) predictions "
                              "are from it: max, 99.9th percentile and mean pixel difference, and the PSNR both ways")
@@ -621,6 +627,17 @@ def run_benchmark(args: argparse.Namespace, benchmark: str, make_subsets: Callab
                   "device": str(device), "amp": args.amp, "tta": args.tta, "limit": args.limit, "runtime": {},
                   "results": {}}
         save_root = getattr(args, "save_images", None)
+        compiled_runner = None
+        if getattr(args, "compile", False):
+            if save_root is not None:
+                # The panels come from the uncompiled model's forward (its flow and mask), not from the runner.
+                raise BenchmarkError("--save_images draws the eager model's predictions: drop --compile or "
+                                     "--save_images")
+            # A copy: compile_for_inference changes the model in place (compiled forward, aligned flow channels),
+            # and the eager reference of --parity_vs_eager must stay the checkpoint's own model.
+            compiled_runner = InferenceRunner(copy.deepcopy(model), getattr(args, "cuda_graph", "off"), compile=True,
+                                              capture_after=2)
+            print("compile: torch.compile on a copy of the model; each frame size's first call compiles it")
         for subset in subsets:
             label = subset_label(subset)
             official, note = describe_dataset(label, str(args.path), found[subset.name],
@@ -630,7 +647,7 @@ def run_benchmark(args: argparse.Namespace, benchmark: str, make_subsets: Callab
                 image_dir = Path(save_root) if len(subsets) == 1 else Path(save_root) / safe_file_stem(subset.name)
             evaluator = Evaluator(model, subset.protocol, device, args.amp, args.tta, args.flow_scale,
                                   progress=not args.no_progress, save_images=image_dir,
-                                  cuda_graph=getattr(args, "cuda_graph", "off"),
+                                  cuda_graph=getattr(args, "cuda_graph", "off"), runner=compiled_runner,
                                   motion=not getattr(args, "no_motion", False),
                                   motion_flow_scale=getattr(args, "motion_flow_scale", False),
                                   parity_vs_eager=getattr(args, "parity_vs_eager", False))
@@ -671,6 +688,9 @@ def run_benchmark(args: argparse.Namespace, benchmark: str, make_subsets: Callab
                       f"{parity['psnr_eager']:.4f} dB ({parity['psnr_difference']:+.4f})")
             if image_dir is not None:
                 print(f"{len(subset.samples)} images written to {image_dir}/")
+        if compiled_runner is not None:         # what Inductor's caches did: a warm start shows hits only
+            report["compile"] = compile_report()
+            print(describe_compile_report(report["compile"]))
         if args.out:
             write_report(report, args.out)
             print(f"report written to {args.out}")

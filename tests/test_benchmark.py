@@ -23,7 +23,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:  # plain `pytest` puts tests/ on the path, not the repository root
     sys.path.insert(0, REPO_ROOT)
 
-from benchmark import SNU_FILM, UCF101, TimeTest, Vimeo90K, Xiph, XTest  # noqa: E402
+from benchmark import SNU_FILM, UCF101, TimeTest, Vimeo90K, Xiph, XTest, eval_core  # noqa: E402
 from benchmark.eval_core import (  # noqa: E402
     BenchmarkError, Evaluator, FrameGeometry, Protocol, describe_dataset, mean_metrics, read_image,
 )
@@ -1118,3 +1118,45 @@ def test_parity_vs_eager_reports_the_runners_distance_from_eager(vimeo_root, che
     cli = read_report(tmp_path / "r.json")["results"]["test"]["parity_vs_eager"]
     assert cli["mode"] == "eager" and cli["max_abs_diff"] == 0 and cli["psnr_difference"] == 0
     assert "eager vs eager: pixel difference max 0.000/255" in capsys.readouterr().out
+
+
+def test_benchmark_compile_scores_a_compiled_copy_against_the_uncompiled_model(vimeo_root, checkpoints, tmp_path,
+                                                                               monkeypatch, capsys):
+    """`--compile --parity_vs_eager` (issue 21's compiled parity on a trained checkpoint): the scored runner holds a
+    compiled copy with aligned flow channels, the eager reference stays the checkpoint's model untouched, and the
+    report carries the compile record. Inductor on this CPU takes minutes, so the compilation is a stand-in that
+    runs the module eagerly; it records which models it was given."""
+    from model.inference import is_compiled
+    compiled_models = []
+    eager_models = []
+
+    def compile_eagerly(module, *args, **kwargs):
+        compiled_models.append(module)
+        module._compiled_call_impl = module._call_impl            # what is_compiled() looks for
+
+    real_evaluator = eval_core.Evaluator
+
+    def recording_evaluator(model, *args, **kwargs):
+        eager_models.append(model)
+        return real_evaluator(model, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.Module, "compile", compile_eagerly)
+    monkeypatch.setattr(eval_core, "Evaluator", recording_evaluator)
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    Vimeo90K.main(common_args(vimeo_root, checkpoints, tmp_path / "r.json", model="tiny_phase2")
+                  + ["--limit", "2", "--no_motion", "--compile", "--parity_vs_eager"])
+    report = read_report(tmp_path / "r.json")
+    parity = report["results"]["test"]["parity_vs_eager"]
+    assert parity["mode"] == "compiled"                        # the CPU has no graphs: compiled, not graphed
+    assert parity["max_abs_diff"] < 1e-5 and abs(parity["psnr_difference"]) < 1e-4
+    assert report["results"]["test"]["runtime"]["mode"] == "compiled"
+    assert report["compile"]["cache_dir"] == str(tmp_path / "inductor")
+    (compiled,), (eager,) = compiled_models, eager_models
+    assert compiled is not eager and is_compiled(compiled) and not is_compiled(eager)
+    assert all(block.channel_multiple == 8 for block in compiled.flow_estimator.blocks)
+    assert all(block.channel_multiple is None for block in eager.flow_estimator.blocks)
+    out = capsys.readouterr().out
+    assert "compile: torch.compile on a copy" in out and "compiled vs eager: pixel difference max" in out
+    line = run_failing(Vimeo90K.main, common_args(vimeo_root, checkpoints, tmp_path / "r2.json") +
+                       ["--compile", "--save_images", str(tmp_path / "img")], capsys)
+    assert "--compile" in line and "--save_images" in line
