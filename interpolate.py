@@ -274,6 +274,10 @@ def check_report_path(path: Path | None, overwrite: bool, input_path: Path, outp
         raise InterpolateError(f"--report {path}: the folder {path.parent} does not exist")
 
 
+def _rounded(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 3)
+
+
 def run_report(args: argparse.Namespace, info: SourceInfo, kind: str, out_rate: Fraction | None, time_text: str,
                shots: ShotSettings, sink: FrameSink, stats: RunStats) -> dict:
     """What --report holds: the input and output metadata, timing, every cut and duplicate, the audio decision."""
@@ -294,6 +298,8 @@ def run_report(args: argparse.Namespace, info: SourceInfo, kind: str, out_rate: 
             "audio": audio, "notes": stats.notes,
             "summary": {"frames_in": stats.frames_in, "frames_out": stats.frames_out,
                         "model_calls": stats.model_calls, "seconds": round(stats.seconds, 3),
+                        "first_frame_seconds": _rounded(stats.first_frame_seconds),
+                        "first_frame_after_process_start_seconds": _rounded(stats.first_frame_after_process_start),
                         "prior_pairs": len(stats.prior_ms), "prior_threads": stats.prior_workers}}
 
 

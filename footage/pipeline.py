@@ -16,6 +16,7 @@ within a bounded amount of memory; a model without a prior gets no pool and no D
 
 from __future__ import annotations
 
+import os
 import queue
 import statistics
 import threading
@@ -24,6 +25,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from fractions import Fraction
+from pathlib import Path
 from typing import Callable, Iterable, Iterator, TypeVar
 
 import numpy as np
@@ -181,6 +183,9 @@ class RunStats:
     model_calls: int = 0
     seconds: float = 0.0
     first_frame_seconds: float | None = None   # start-up: first batch, cuDNN autotuning, encoder start
+    # The process's age when the stream began (imports, checkpoint, model, input probe; None where the OS does not
+    # say): with first_frame_seconds, how long a fresh process takes to its first written frame.
+    process_seconds_at_start: float | None = None
     notes: list[str] = field(default_factory=list)
     prior_workers: int = 0                      # threads computing flow priors (0: the model takes none)
     prior_ms: list[float] = field(default_factory=list)       # per prior: wall ms of its DIS call on its thread
@@ -201,17 +206,42 @@ class RunStats:
         return (f"prior-only {rate:.2f} out-frames/s (DIS per pair {statistics.median(self.prior_cpu_ms):.1f} ms CPU, "
                 f"{wall_ms:.1f} ms wall, on each of {self.prior_workers} threads; {len(self.prior_ms)} pairs)")
 
+    @property
+    def first_frame_after_process_start(self) -> float | None:
+        """Seconds from the process's start to its first written frame (None when either part is unknown)."""
+        if self.first_frame_seconds is None or self.process_seconds_at_start is None:
+            return None
+        return self.process_seconds_at_start + self.first_frame_seconds
+
     def steady_rate(self) -> str:
-        """Output frames/s after the first frame was written: the rate without the one-off start-up."""
+        """Output frames/s after the first frame was written: the rate without the one-off start-up (and, where
+        known, how long the process had run by then)."""
         if self.first_frame_seconds is None or self.frames_out < 2 or self.seconds <= self.first_frame_seconds:
             return "n/a"
+        since_process = self.first_frame_after_process_start
         return (f"{(self.frames_out - 1) / (self.seconds - self.first_frame_seconds):.2f} out-frames/s after "
-                f"{self.first_frame_seconds:.1f} s of start-up")
+                f"{self.first_frame_seconds:.1f} s of start-up"
+                + (f" (first frame {since_process:.1f} s after the process started)" if since_process is not None
+                   else ""))
 
     def summary(self) -> str:
         rate = self.frames_out / self.seconds if self.seconds > 0 else float("nan")
         return (f"frames in {self.frames_in}, frames out {self.frames_out}, cuts {len(self.cuts)}, "
                 f"duplicates {len(self.duplicates)}, {self.seconds:.1f} s ({rate:.2f} out-frames/s)")
+
+
+def seconds_since_process_start() -> float | None:
+    """How long this process has run, from the kernel's record of its start (Linux ``/proc``; clock ticks, 10 ms);
+    None elsewhere. Why not a timestamp taken at import: imports (torch alone, seconds) are part of what a user
+    waits for before the first frame."""
+    try:
+        # Field 22 of /proc/self/stat is the start time in ticks since boot; fields after the command name (which
+        # may hold spaces, hence the split at its closing parenthesis) start at field 3.
+        start_ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
 
 
 @dataclass(frozen=True)
@@ -356,6 +386,7 @@ def run_stream(source: FrameSource, sink: FrameSink, interpolator: FrameInterpol
 
     reader, writer = Worker("reader", read_frames), Worker("writer", write_frames)
     start = time.perf_counter()
+    stats.process_seconds_at_start = seconds_since_process_start()
     reader.start()
     writer.start()
 

@@ -352,6 +352,10 @@ def test_report_lists_cuts_duplicates_metadata_and_audio(tmp_path, phase3_checkp
     assert report["audio"]["decision"] == "kept" and report["audio"]["tracks"][0]["decision"] == "copied"
     assert f"report: {report_path}" in captured.out
     assert "colour: bt709 matrix (tagged), tv range, primaries bt709, transfer bt709; carried" in captured.out
+    # How long a fresh process takes to its first frame: this test's process is older than the stream.
+    summary = report["summary"]
+    assert 0 < summary["first_frame_seconds"] < summary["first_frame_after_process_start_seconds"]
+    assert "s after the process started)" in captured.out
     # An existing report is never overwritten without --overwrite.
     code = interpolate.main(["--model", str(phase3_checkpoint), "--input", str(source), "--output",
                              str(tmp_path / "again.mp4"), "--report", str(report_path), "--no_progress"])
@@ -375,3 +379,17 @@ def test_audio_copier_closes_its_source_when_setting_up_fails(monkeypatch):
     with pytest.raises(KeyError):
         audio.AudioCopier(Path("clip.mp4"), output=None, tracks=(types.SimpleNamespace(index=1),), shift=Fraction(0))
     assert closed == [True]
+
+
+def test_process_age_counts_the_time_before_the_stream(tmp_path):
+    """seconds_since_process_start (the first-frame time a user waits for, imports included) in a fresh process that
+    sleeps before asking: at least the sleep, far less than a minute; the parent's own age is larger still."""
+    import sys
+    from footage.pipeline import seconds_since_process_start
+    code = ("import time; time.sleep(0.6); import sys; sys.path.insert(0, sys.argv[1]); "
+            "from footage.pipeline import seconds_since_process_start as age; print(age())")
+    age = float(subprocess.run([sys.executable, "-c", code, str(Path(__file__).resolve().parents[1])],
+                               capture_output=True, text=True, check=True).stdout)
+    assert 0.6 <= age < 60
+    assert seconds_since_process_start() > age
+
