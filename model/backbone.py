@@ -24,7 +24,6 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-from timm.layers import DropPath
 from torch import nn
 
 from .attention import GatedWindowAttention
@@ -32,6 +31,24 @@ from .channel_attention import ECA, ChannelAttentionBlock
 from .mamba_branch import InterleavedMamba2
 from .mhc import ManifoldHyperConnection
 from .ops.conv import channel_aligned_conv2d
+from .ops.stochastic_depth import drop_path
+
+
+class DropPath(nn.Module):
+    """Stochastic depth on a residual branch (:func:`model.ops.stochastic_depth.drop_path`), active in training.
+
+    Ours rather than ``timm.layers.DropPath`` (the same draw): importing timm pulls in torchvision and Dynamo, over a
+    second of every process's start-up before its first output, for this one module."""
+
+    def __init__(self, drop_prob: float):
+        super().__init__()
+        self.drop_prob = drop_prob
+
+    def forward(self, branch: torch.Tensor) -> torch.Tensor:
+        return drop_path(branch, self.drop_prob, self.training)
+
+    def extra_repr(self) -> str:
+        return f"drop_prob={self.drop_prob:g}"
 
 
 def conv_prelu(in_channels: int, out_channels: int, stride: int = 1) -> nn.Sequential:

@@ -458,3 +458,26 @@ def test_cross_frame_windows_pair_the_same_tile_of_both_frames():
     torch.testing.assert_close(windows[:, :64], own0)
     torch.testing.assert_close(windows[:, 64:], own1)
     torch.testing.assert_close(cross_frame_window_reverse(windows, layout), torch.cat((frame0, frame1)))
+
+
+def test_drop_path_drops_whole_samples_and_keeps_the_expectation():
+    """Stochastic depth: each sample's branch is either zero or scaled by 1 / keep; identity in eval and at p = 0;
+    over many samples the mean is the input's. Where timm is installed, the same seed gives timm's masks."""
+    from model.backbone import DropPath
+    from model.ops.stochastic_depth import drop_path
+    branch = torch.rand(4000, 3, 5) + 0.5
+    torch.manual_seed(0)
+    out = drop_path(branch, 0.25, training=True)
+    kept = out.flatten(1).ne(0).all(1)
+    dropped = out.flatten(1).eq(0).all(1)
+    assert bool((kept | dropped).all()) and 0.2 < dropped.float().mean().item() < 0.3
+    assert torch.allclose(out[kept], branch[kept] / 0.75)
+    assert abs(out.mean().item() / branch.mean().item() - 1) < 0.05
+    assert drop_path(branch, 0.25, training=False) is branch and drop_path(branch, 0.0, training=True) is branch
+    module = DropPath(0.25).eval()
+    assert module(branch) is branch
+    timm_layers = pytest.importorskip("timm.layers")
+    torch.manual_seed(1)
+    ours = DropPath(0.25).train()(branch)
+    torch.manual_seed(1)
+    assert torch.equal(ours, timm_layers.DropPath(0.25).train()(branch))

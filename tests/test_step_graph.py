@@ -352,7 +352,7 @@ def record_droppath_masks(trainer: Trainer) -> tuple[list, dict]:
     """Forward hooks on the model's DropPath modules: ``kept[module]`` holds, per sample, whether its latest call
     kept the branch (a dropped branch is exactly zero). Under a capture the hook is captured too, so its tensor is
     a graph buffer that every replay rewrites."""
-    from timm.layers import DropPath
+    from model.backbone import DropPath
     modules = [m for m in trainer.model.modules() if isinstance(m, DropPath)]
     kept: dict = {}
 
@@ -392,7 +392,7 @@ def test_droppath_mask_recorder_sees_new_masks_at_each_eager_step():
 def test_two_replays_of_the_graphed_step_draw_different_droppath_masks():
     """Every other graph test turns DropPath off to compare runs step by step, so a mask frozen into the graph (drawn
     once at capture, replayed ever after) would pass them unseen. DropPath draws its per-sample mask on the device
-    (timm: ``bernoulli_`` on a tensor of the input's device) from the default CUDA generator, which a capture
+    (``bernoulli_`` on a tensor of the input's device, model/ops/stochastic_depth.py) from the default CUDA generator, which a capture
     registers: each replay advances its Philox offset, so each replay must draw new masks."""
     trainer = cuda_trainer(1, "on", drop_path=0.5)
     modules, kept = record_droppath_masks(trainer)
