@@ -66,7 +66,9 @@ from model.inference import (GraphUnavailable, InferenceRunner, ModelClock, add_
 from model.ops.prior import flip_flows
 
 BASELINE_KEYS = ("psnr_frame_average", "psnr_dis")
-BUCKET_KEYS = ("psnr", "ssim", *BASELINE_KEYS)     # averaged per motion bucket
+# --components: PSNR of the model's own stages (Evaluator.component_psnrs), averaged like the baselines.
+COMPONENT_KEYS = ("psnr_blend", "psnr_prior_warps")
+BUCKET_KEYS = ("psnr", "ssim", *BASELINE_KEYS, *COMPONENT_KEYS)     # averaged per motion bucket (when present)
 METRICS = ("matlab", "skimage_uint8")
 
 
@@ -226,15 +228,17 @@ def check_frames_exist(samples: Sequence[Sample]) -> None:
 # Evaluation
 # --------------------------------------------------------------------------------------------------------
 def mean_metrics(records: Sequence[dict], average_per_group: bool = False) -> dict:
-    """{"psnr", "ssim", "count"[, "psnr_frame_average", "psnr_dis"]} over records {"psnr", "ssim", "group", ...}.
+    """{"psnr", "ssim", "count"[, "psnr_frame_average", "psnr_dis", "psnr_blend", "psnr_prior_warps"]} over records
+    {"psnr", "ssim", "group", ...}.
 
-    Each baseline ("psnr_frame_average", "psnr_dis") is averaged the same way when every record has it. With
+    Each baseline ("psnr_frame_average", "psnr_dis") and component (``--components``) is averaged the same way when
+    every record has it. With
     ``average_per_group`` the means are taken per group first, then over groups (equal weight per scene), and
     "groups" holds each group's means.
     """
     if not records:
         return {"psnr": math.nan, "ssim": math.nan, "count": 0}
-    keys = ["psnr", "ssim"] + [key for key in BASELINE_KEYS if all(key in r for r in records)]
+    keys = ["psnr", "ssim"] + [key for key in (*BASELINE_KEYS, *COMPONENT_KEYS) if all(key in r for r in records)]
     if not average_per_group:
         return {**{key: float(np.mean([r[key] for r in records])) for key in keys}, "count": len(records)}
     by_group: dict[str, list[dict]] = {}
@@ -284,7 +288,7 @@ class Evaluator:
                  tta: bool = False, flow_scale: float | None = None, progress: bool = True,
                  save_images: str | Path | None = None, cuda_graph: str = "off",
                  runner: InferenceRunner | None = None, motion: bool = True, motion_flow_scale: bool = False,
-                 parity_vs_eager: bool = False):
+                 parity_vs_eager: bool = False, components: bool = False):
         if amp not in AMP_DTYPES:
             raise BenchmarkError(f"--amp must be one of {', '.join(AMP_DTYPES)}, got {amp!r}")
         try:
@@ -310,6 +314,10 @@ class Evaluator:
             raise BenchmarkError("--parity_vs_eager compares the runner's predictions with eager ones: drop "
                                  "--save_images")
         self.eager_runner = InferenceRunner(model, "off") if parity_vs_eager else None
+        if components and not self._shows_flow():
+            raise BenchmarkError("--components splits a flow model's prediction into its stages: this model has no "
+                                 "flow estimator (Phase 1)")
+        self.components = components
 
     def load_frame(self, path: Path) -> np.ndarray:
         """(H, W, 3) RGB after the protocol's geometry: uint8, or float32 in [0, 1] (X-TEST 2K)."""
@@ -357,6 +365,33 @@ class Evaluator:
                 runner = self.runner if runner is None else runner
                 pred = runner(padded0, padded1, t, flow_scale=flow_scale, tta=self.tta, flow_prior=padded_prior)
         return crop_padding(pred.float(), padding).clamp(0, 1), flow, mask
+
+    def component_psnrs(self, img0: torch.Tensor, img1: torch.Tensor, t: float, gt_frame: np.ndarray,
+                        flow_scale: float | None = None, flow_prior: torch.Tensor | None = None) -> dict:
+        """Where a flow model's prediction gains or loses (``--components``): the PSNR of its own stages.
+
+        {"psnr_blend": the blend M W0 + (1 - M) W1 of the frames warped by the model's final flows with its final
+        mask, before RefineNet's residual; "psnr_prior_warps" (a ``--flow_prior`` model only): the two frames
+        warped by the prior's flows at t and averaged, what the untrained model predicts}. One eager forward, no
+        TTA, under the evaluator's autocast; scored like the prediction. Read beside "psnr" and "psnr_dis": blend
+        minus prior warps is what the learned flow and mask did to the prior, prediction minus blend what RefineNet
+        did to the blend.
+        """
+        flow_scale = self.flow_scale if flow_scale is None else flow_scale
+        padded0, padding = pad_centred(img0, self.protocol.pad_multiple)
+        padded1, _ = pad_centred(img1, self.protocol.pad_multiple)
+        prior = {}
+        if flow_prior is not None:
+            prior = {"flow_prior": pad_centred(flow_prior, self.protocol.pad_multiple)[0]}
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.amp_dtype,
+                                                    enabled=self.amp_dtype is not None):
+            output = self.model(padded0, padded1, t, flow_scale, **prior)
+            stages = {"psnr_blend": output.mask * output.warped0 + (1 - output.mask) * output.warped1}
+            if prior:
+                warped0, warped1 = self.model.prior_warps(padded0, padded1, t, prior["flow_prior"])
+                stages["psnr_prior_warps"] = (warped0 + warped1) / 2
+        return {key: self.score(crop_padding(image.float(), padding).clamp(0, 1), gt_frame, with_ssim=False)[0]
+                for key, image in stages.items()}
 
     def predict(self, img0: torch.Tensor, img1: torch.Tensor, t: float,
                 flow_prior: torch.Tensor | None = None) -> torch.Tensor:
@@ -473,6 +508,8 @@ class Evaluator:
                 record["psnr_dis"] = self.score(frame_to_tensor(classical, self.device), gt_frame, with_ssim=False)[0]
             if flow_scale is not None:
                 record["flow_scale"] = flow_scale
+            if self.components:
+                record.update(self.component_psnrs(*cached_inputs, sample.t, gt_frame, flow_scale, prior))
             if self.eager_runner is not None:
                 eager = self.predict_with_panels(*cached_inputs, sample.t, flow_scale=flow_scale, flow_prior=prior,
                                                  runner=self.eager_runner)[0]
@@ -531,6 +568,11 @@ def benchmark_parser(description: str) -> argparse.ArgumentParser:
                              "its predictions (replayed as CUDA graphs per --cuda_graph); the first call of each "
                              "frame size compiles (a minute or more on a GPU). With --parity_vs_eager the eager "
                              "reference is the uncompiled model")
+    parser.add_argument("--components", action="store_true",
+                        help="flow models: also score the model's own stages per sample, the blend of its warps "
+                             "before RefineNet's residual and, for a --flow_prior model, the prior's warps averaged "
+                             "(one more eager forward per sample); the report and the motion table show where the "
+                             "prediction gains or loses against them")
     parser.add_argument("--parity_vs_eager", action="store_true",
                         help="also run every pair eagerly and report how far the graphed (or compiled) predictions "
                              "are from it: max, 99.9th percentile and mean pixel difference, and the PSNR both ways")
@@ -592,7 +634,14 @@ def describe_dataset(label: str, path_text: str, found: int, official_samples: i
                    f"the official set has {official_samples:,}{partial})")
 
 
-MOTION_COLUMNS = (("psnr", "PSNR"), ("ssim", "SSIM"), ("psnr_frame_average", "frame avg"), ("psnr_dis", "DIS flow"))
+MOTION_COLUMNS = (("psnr", "PSNR"), ("ssim", "SSIM"), ("psnr_frame_average", "frame avg"), ("psnr_dis", "DIS flow"),
+                  ("psnr_blend", "blend"), ("psnr_prior_warps", "prior warps"))
+
+
+def present_columns(rows: Sequence[dict], columns: Sequence[tuple[str, str]] = MOTION_COLUMNS
+                    ) -> list[tuple[str, str]]:
+    """The columns some row has a value for: the component columns appear only with ``--components``."""
+    return [(key, title) for key, title in columns if any(key in row for row in rows)]
 
 
 def compare_to_baseline(model_psnr: float, baseline_psnr: float) -> str:
@@ -650,7 +699,8 @@ def run_benchmark(args: argparse.Namespace, benchmark: str, make_subsets: Callab
                                   cuda_graph=getattr(args, "cuda_graph", "off"), runner=compiled_runner,
                                   motion=not getattr(args, "no_motion", False),
                                   motion_flow_scale=getattr(args, "motion_flow_scale", False),
-                                  parity_vs_eager=getattr(args, "parity_vs_eager", False))
+                                  parity_vs_eager=getattr(args, "parity_vs_eager", False),
+                                  components=getattr(args, "components", False))
             print(note)
             print(f"{label}: {len(subset.samples)} samples | "
                   + describe_run(args.model, cfg.model.use_flow, device, args.amp, args.tta, evaluator.flow_scale)
@@ -677,9 +727,16 @@ def run_benchmark(args: argparse.Namespace, benchmark: str, make_subsets: Callab
                 print(f"{label}  classical DIS flow (both ways, warped to t, occlusion-aware blend): PSNR "
                       f"{result['psnr_dis']:.4f} dB; the model is "
                       f"{compare_to_baseline(result['psnr'], result['psnr_dis'])} it")
+            if "psnr_blend" in result:
+                stages = (f"{label}  stages: the blend of the model's warps with its final mask {result['psnr_blend']:.4f}"
+                          f" dB, RefineNet's residual {result['psnr'] - result['psnr_blend']:+.4f} dB")
+                if "psnr_prior_warps" in result:
+                    stages += (f"; the prior's warps averaged {result['psnr_prior_warps']:.4f} dB, the learned flow "
+                               f"and mask {result['psnr_blend'] - result['psnr_prior_warps']:+.4f} dB")
+                print(stages)
             if "by_motion" in result:
                 print(f"{label}  by motion ({result['motion_statistic']}):")
-                print(format_bucket_table(result["by_motion"], MOTION_COLUMNS))
+                print(format_bucket_table(result["by_motion"], present_columns(result["by_motion"])))
             if "parity_vs_eager" in result:
                 parity = result["parity_vs_eager"]
                 print(f"{label}  {parity['mode']} vs eager: pixel difference max {parity['max_abs_diff'] * 255:.3f}/255,"

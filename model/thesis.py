@@ -178,6 +178,18 @@ class ThesisModel(nn.Module):
         pred = (mask * warped0 + (1 - mask) * warped1 + residual).clamp(0, 1)
         return InterpolationOutput(pred, mask, residual, flow, warped0, warped1, list(estimate.intermediate))
 
+    def prior_warps(self, img0: torch.Tensor, img1: torch.Tensor, t, flow_prior: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(I0, I1) (B, 3, H, W) backward-warped by the prior's flows at ``t``: the warps a ``--flow_prior`` model's
+        flow estimator starts from (their average is the untrained model's prediction). ``flow_prior``: (B, 4, H, W)
+        = [F_0->1, F_1->0] in pixels, as ``forward`` takes it."""
+        if flow_prior.shape != (img0.shape[0], 4, *img0.shape[-2:]):
+            raise ValueError(f"flow_prior must be (B, 4, H, W) like the images {tuple(img0.shape)}, got "
+                             f"{tuple(flow_prior.shape)}")
+        timestep = as_timestep(t, img0.shape[0], img0.device)
+        flows = flows_at_t(flow_prior.to(img0.device, torch.float32), timestep)
+        return self.warp(img0, flows[:, :2]), self.warp(img1, flows[:, 2:])
+
     @torch.no_grad()
     def inference(self, img0: torch.Tensor, img1: torch.Tensor, t=0.5, flow_scale: float = 1.0,
                   tta: bool = False, flow_prior: torch.Tensor | None = None) -> torch.Tensor:

@@ -1160,3 +1160,52 @@ def test_benchmark_compile_scores_a_compiled_copy_against_the_uncompiled_model(v
     line = run_failing(Vimeo90K.main, common_args(vimeo_root, checkpoints, tmp_path / "r2.json") +
                        ["--compile", "--save_images", str(tmp_path / "img")], capsys)
     assert "--compile" in line and "--save_images" in line
+
+
+def test_components_split_a_prior_model_into_its_stages(vimeo_root, checkpoints, tmp_path, capsys):
+    """`--components`: each record and the summary hold the PSNR of the blend before RefineNet's residual and of the
+    prior's warps averaged. An untrained prior model starts at its prior (zero updates, zero residual), so all
+    three agree; a model without a prior has no prior column; a Phase-1 model is refused naming the flag."""
+    Vimeo90K.main(common_args(vimeo_root, checkpoints, tmp_path / "r.json", model="tiny_phase2_prior")
+                  + ["--limit", "2", "--components"])
+    result = read_report(tmp_path / "r.json")["results"]["test"]
+    for record in result["samples"] + [result]:
+        assert record["psnr"] == pytest.approx(record["psnr_blend"], abs=1e-3)
+        assert record["psnr_blend"] == pytest.approx(record["psnr_prior_warps"], abs=1e-3)
+    assert any("psnr_blend" in row for row in result["by_motion"])
+    out = capsys.readouterr().out
+    assert "stages: the blend of the model's warps" in out and "the prior's warps averaged" in out
+    assert "prior warps" in out                                   # the motion table's column
+    Vimeo90K.main(common_args(vimeo_root, checkpoints, tmp_path / "r2.json", model="tiny_phase2")
+                  + ["--limit", "1", "--no_motion", "--components"])
+    plain = read_report(tmp_path / "r2.json")["results"]["test"]
+    assert "psnr_blend" in plain and "psnr_prior_warps" not in plain
+    line = run_failing(Vimeo90K.main, common_args(vimeo_root, checkpoints, tmp_path / "r3.json")
+                       + ["--components"], capsys)
+    assert "--components" in line and "Phase 1" in line
+
+
+def test_components_see_what_refinenet_adds():
+    """The blend's PSNR is the prediction's without RefineNet's residual: with the ground truth set to the model's own
+    blend, the blend scores near-perfectly (8-bit rounding only) and a prediction carrying a constant residual of
+    r = 2 sigmoid(0.05) - 1 scores -20 log10(r)."""
+    import math
+    from benchmark.eval_core import Evaluator
+    from config import preset
+    from model import build_model
+    torch.manual_seed(0)
+    model = build_model(preset(2, "tiny")).eval()
+    with torch.no_grad():
+        model.refine.head.weight.zero_()
+        model.refine.head.bias.zero_()
+        model.refine.head.bias[1:] = 0.05           # the mask correction stays 0; the residual is r everywhere
+        img0, img1 = torch.rand(1, 3, 64, 96) * 0.8 + 0.1, torch.rand(1, 3, 64, 96) * 0.8 + 0.1
+        output = model(img0, img1, 0.5)
+        blend = output.mask * output.warped0 + (1 - output.mask) * output.warped1
+    gt_frame = (blend[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    evaluator = Evaluator(model, Vimeo90K.PROTOCOL, progress=False, motion=False, components=True)
+    stages = evaluator.component_psnrs(img0, img1, 0.5, gt_frame)
+    assert set(stages) == {"psnr_blend"} and stages["psnr_blend"] > 50
+    residual = 2 / (1 + math.exp(-0.05)) - 1
+    pred_psnr = evaluator.score(evaluator.predict(img0, img1, 0.5), gt_frame, with_ssim=False)[0]
+    assert pred_psnr == pytest.approx(-20 * math.log10(residual), abs=0.3)
