@@ -186,4 +186,8 @@ def test_large_motion_script_trains_scores_and_tables_each_variant(clips, tmp_pa
     assert tuple(saved["model"]["flow_scales"]) == (8, 4, 2)
     report = json.loads((out / "eval_prior_s0.json").read_text())
     assert report["flow_prior"] == "dis"
+    # Scored with --components: the prior model's stages beside its prediction, the base's blend without a prior
+    assert {"psnr_blend", "psnr_prior_warps"} <= set(report["results"]["test"])
+    base = json.loads((out / "eval_base_s0.json").read_text())["results"]["test"]
+    assert "psnr_blend" in base and "psnr_prior_warps" not in base
     assert all(runtime["prior_ms_per_pair"] > 0 for runtime in report["runtime"].values()) and report["runtime"]

@@ -86,7 +86,8 @@ PY
 
 for run in "${runs[@]}"; do
     [[ -f $work/ckpt/lm_${run}_last.pt ]] || continue
-    $python benchmark/Corpus.py --model "lm_${run}_last" --ckpt_dir "$work/ckpt" --path "$work/corpus" \
+    # --components: the blend before RefineNet (and a prior model's own start) per sample, beside the prediction.
+    $python benchmark/Corpus.py --model "lm_${run}_last" --ckpt_dir "$work/ckpt" --path "$work/corpus" --components \
         --out "$out/eval_$run.json" --no_progress $limit_eval > "$out/eval_$run.log" 2>&1 &
     (( mfs_on )) && $python benchmark/Corpus.py --model "lm_${run}_last" --ckpt_dir "$work/ckpt" --path "$work/corpus" \
         --motion_flow_scale --out "$out/eval_${run}_mfs.json" --no_progress $limit_eval > "$out/eval_${run}_mfs.log" 2>&1 &
