@@ -244,6 +244,8 @@ class ExperimentConfig:
             raise ConfigError(f"--lr must be positive, got {t.lr}")
         if not 0.0 <= self.loss.inter < float("inf"):
             raise ConfigError(f"--inter_weight must be a finite number >= 0, got {self.loss.inter}")
+        if not 0.0 <= self.loss.ter < float("inf"):
+            raise ConfigError(f"--ter_weight must be a finite number >= 0, got {self.loss.ter}")
         if not 0.0 <= self.loss.flow_teacher < float("inf"):
             raise ConfigError(f"--flow_teacher must be a finite number >= 0, got {self.loss.flow_teacher}")
         if self.loss.flow_teacher > 0 and t.phase == 1:
@@ -460,6 +462,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
     extra.add_argument("--inter_weight", type=float, default=None,
                        help="phases 2/3: weight of the deep supervision sum_i Lap(I_hat_i) on the flow blocks' "
                             "blends (default 0 = off; RIFE/EMA-VFI use 0.5)")
+    extra.add_argument("--ter_weight", type=float, default=None,
+                       help="weight of the ternary (census) term of the loss (default 1.0 as in the spec's loss "
+                            "table; 0 leaves LapLoss to score the pixels: docs/LARGE_MOTION.md, seventh round)")
     extra.add_argument("--flow_teacher", type=float, default=None,
                        help="phases 2/3: weight of the flow-teacher term, which pulls the estimated flow towards "
                             "OpenCV DIS flows from the middle frame where those warp better (default 0 = off; "
@@ -490,7 +495,7 @@ _FLAG_FIELDS: dict[str, tuple[str, str]] = {
     "crop_size": ("data", "crop_size"), "num_workers": ("data", "num_workers"),
     "backbone_mode": ("model", "backbone_mode"), "use_mhc": ("model", "use_mhc"), "use_ecab": ("model", "use_ecab"),
     "ssd_backend": ("model", "ssm_backend"), "vgg_weights": ("loss", "vgg_weights"),
-    "inter_weight": ("loss", "inter"), "flow_teacher": ("loss", "flow_teacher"),
+    "inter_weight": ("loss", "inter"), "ter_weight": ("loss", "ter"), "flow_teacher": ("loss", "flow_teacher"),
     "flow_scales": ("model", "flow_scales"), "flow_prior": ("model", "flow_prior"),
 }
 _NOT_FIELDS = {"phase", "model_size", "ablation", "mixed_ratio", "no_progress"}   # not part of a run's config

@@ -32,3 +32,25 @@ def test_phase2_run_logs_loss_inter(vimeo_root, tmp_path):
         assert tag in events.Tags()["scalars"], tag
     inter = events.Scalars("loss/loss_inter")
     assert inter and inter[0].value > 0
+
+
+def test_ter_weight_flag_reaches_the_config_and_zero_drops_the_term(vimeo_root, tmp_path, capsys):
+    """`--ter_weight` (docs/LARGE_MOTION.md, seventh round): the spec's 1.0 by default, any finite weight >= 0; at 0
+    the ternary term is not computed and TensorBoard's `loss/loss_ter` reads 0."""
+    common = ["--data_path", str(vimeo_root), "--model_size", "tiny"]
+    assert config_from_argv(common).loss.ter == 1.0
+    assert config_from_argv(common + ["--phase", "2", "--ter_weight", "0.25"]).loss.ter == 0.25
+    with pytest.raises(SystemExit) as error:
+        config_from_argv(common + ["--ter_weight", "nan"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert error.value.code == 2 and len(err) == 1 and "--ter_weight" in err[0]
+    args = ["--data_path", str(vimeo_root), "--model_size", "tiny", "--phase", "2", "--batch_size", "2",
+            "--crop_size", "32", "--num_workers", "0", "--ckpt_dir", str(tmp_path / "ckpt"),
+            "--log_dir", str(tmp_path / "log"), "--exp_name", "noter", "--epochs", "1", "--steps_per_epoch", "1",
+            "--log_every", "1", "--ter_weight", "0"]
+    assert train.main(args) == 0
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(tmp_path / "log" / "noter"))
+    events.Reload()
+    assert all(event.value == 0 for event in events.Scalars("loss/loss_ter"))      # logged as 0, as every off term
+    assert events.Scalars("loss/loss_lap")[0].value > 0

@@ -18,7 +18,10 @@
 #          docs/PERF.md 10.2); fs842teach: the same with the teacher at 0.01;
 #   prior: base with the classical flow prior (--flow_prior dis: the flow estimator starts from the pair's DIS flows,
 #          which the loader's workers compute, about 13 ms of one core per 256x256 sample); priorteach: the prior
-#          and the teacher at 0.01 (twice that loader cost).
+#          and the teacher at 0.01 (twice that loader cost);
+#   priornoter: the prior without the ternary (census) term of the loss (--ter_weight 0: LapLoss alone scores the
+#          pixels; the CPU toy's RefineNet residual stopped costing PSNR on the held-out clip, LARGE_MOTION seventh round);
+#   noter: base with --ter_weight 0.
 # With MFS=1 (default) each run is also scored with --motion_flow_scale (flow scale halved from 32 px of motion).
 set -euo pipefail
 cache=$1; work=$2; out=$3; epochs=${4:-10}; limit=${5:-360}
@@ -58,6 +61,8 @@ for run in "${runs[@]}"; do
         fs842teach) variant=(--flow_scales 8 4 2 --flow_teacher 0.01) ;;
         prior) variant=(--flow_prior dis) ;;
         priorteach) variant=(--flow_prior dis --flow_teacher 0.01) ;;
+        priornoter) variant=(--flow_prior dis --ter_weight 0) ;;
+        noter) variant=(--ter_weight 0) ;;
         *) echo "unknown variant in run name $run"; exit 2 ;;
     esac
     seed=${run##*_s}
