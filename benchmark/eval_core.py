@@ -232,9 +232,8 @@ def mean_metrics(records: Sequence[dict], average_per_group: bool = False) -> di
     {"psnr", "ssim", "group", ...}.
 
     Each baseline ("psnr_frame_average", "psnr_dis") and component (``--components``) is averaged the same way when
-    every record has it. With
-    ``average_per_group`` the means are taken per group first, then over groups (equal weight per scene), and
-    "groups" holds each group's means.
+    every record has it. With ``average_per_group`` the means are taken per group first, then over groups (equal
+    weight per scene), and "groups" holds each group's means.
     """
     if not records:
         return {"psnr": math.nan, "ssim": math.nan, "count": 0}
