@@ -374,6 +374,14 @@ def positive_float(text: str) -> float:
     return value
 
 
+def unit_fraction(text: str) -> float:
+    """argparse type: a float in (0, 1] (a downscale factor)."""
+    value = float(text)
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
+
+
 def usable_cpus() -> int:
     """The CPUs this process may run on (its affinity on Linux, else the machine's count): what worker and thread
     defaults are sized by (loaders.default_num_workers, footage.video_io's I/O threads)."""

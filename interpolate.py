@@ -60,7 +60,7 @@ import torch
 
 from checkpoint import CheckpointError, atomic_write_text, model_from_checkpoint, resolve_checkpoint
 from config import (AMP_DTYPES, ConfigError, OneLineErrorParser, positive_float, positive_int, resolve_amp,
-                    resolve_device)
+                    resolve_device, unit_fraction)
 from footage.interpolator import FrameInterpolator
 from footage.pipeline import RunStats, StreamSettings, run_stream
 from footage.timeplan import TimePlan, describe_times, is_power_of_two, output_frame_count
@@ -70,6 +70,7 @@ from footage.video_io import (AvSink, FolderSink, FrameSink, OpenCVSink, SourceI
 from measures.shots import ShotSettings, add_shot_arguments
 from model.inference import (GraphUnavailable, InferenceRunner, add_graph_argument, compile_report,
                              describe_compile_report, describe_run)
+from model.reduced import WORK_SCALE_HELP, reduce_resolution
 
 PROGRAM = "interpolate.py"
 X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
@@ -160,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="rate of a frame folder (needed for --fps or a video output); overrides a video's own")
     parser.add_argument("--flow_scale", type=positive_float, default=None,
                         help="flow downscale (default by frame size: 1.0 up to 1080p, 0.5 up to 2K, 0.25 above)")
+    parser.add_argument("--work_scale", type=unit_fraction, default=None, help=WORK_SCALE_HELP)
     add_shot_arguments(parser, "frames copied")
     parser.add_argument("--strict_t", action="store_true",
                         help="refuse times a Phase-1/2 checkpoint (trained at t=0.5) cannot reach by halving")
@@ -331,6 +333,10 @@ def run(args: argparse.Namespace) -> RunStats:
     if amp == "fp16" and device.type != "cuda":   # CPU fp16 autocast: about 27x slower than fp32 (issue 17)
         raise InterpolateError(f"--amp fp16 needs a CUDA device (this run is on {device.type}); use --amp bf16 or fp32")
     model, cfg = model_from_checkpoint(str(checkpoint_path), device=device)
+    try:
+        model = reduce_resolution(model, args.work_scale)
+    except ValueError as error:
+        raise InterpolateError(str(error)) from None
     halving, time_text = choose_time_strategy(cfg.train.phase, ratio, args.strict_t, info.vfr)
     flow_scale = args.flow_scale or default_flow_scale(info.height, info.width)
     batch = args.batch or default_batch(info.height, info.width, device)
@@ -355,8 +361,11 @@ def run(args: argparse.Namespace) -> RunStats:
           + (f", ~{expected} frames)" if expected else ")"))
     flow_note = ("" if args.flow_scale or not cfg.model.use_flow
                  else f" (default for {info.width}x{info.height}; --flow_scale to change)")
+    work_note = ("" if args.work_scale in (None, 1.0) else
+                 f" | work scale {args.work_scale:g}: the model on downscaled frames, its flow, mask and residual "
+                 f"applied at full size")
     print(f"model:  {describe_run(args.model, cfg.model.use_flow, device, amp, args.tta, flow_scale)}{flow_note} | "
-          f"batch {batch}")
+          f"batch {batch}{work_note}")
     print(f"times:  {time_text}")
     print(f"cuts:   a content change >= {args.cut_ratio:g} x its neighbours' median is a cut, a largest block "
           f"difference <= {args.duplicate_block:g} a duplicate: both copy the earlier frame")

@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file: m
 import torch  # noqa: E402
 
 from benchmark.eval_core import (  # noqa: E402
-    AMP_DTYPES, BenchmarkError, add_runtime_arguments, exit_on_user_error, write_report,
+    AMP_DTYPES, BenchmarkError, add_runtime_arguments, exit_on_user_error, with_work_scale, write_report,
 )
 from benchmark.timing import PRIOR_TIMING_CALLS, measure, prior_of_tensors  # noqa: E402
 from checkpoint import model_from_checkpoint  # noqa: E402
@@ -103,6 +103,9 @@ def main(argv: list[str] | None = None) -> dict:
             label = f"random phase-{cfg.train.phase} {args.model_size}"
             if cfg.model.flow_prior != "none":
                 label += f", flow prior {cfg.model.flow_prior}"
+        model = with_work_scale(model, args.work_scale)
+        if args.work_scale not in (None, 1.0):
+            label += f", work scale {args.work_scale:g}"
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True   # one fixed input size: let cuDNN pick its fastest kernels
 
@@ -136,8 +139,8 @@ def main(argv: list[str] | None = None) -> dict:
         peak_gib = max(peak_gib, runner.capture_peak_gib)          # a replay allocates nothing: count the capture
     params = count_parameters(model)
     report = {"model": label, "phase": cfg.train.phase, "params": params, "height": height, "width": width,
-              "flow_scale": flow_scale, "flow_prior": cfg.model.flow_prior, "device": str(device), "amp": args.amp,
-              "tta": args.tta,
+              "flow_scale": flow_scale, "work_scale": args.work_scale or 1.0, "flow_prior": cfg.model.flow_prior,
+              "device": str(device), "amp": args.amp, "tta": args.tta,
               "warmup": args.warmup, "reps": args.reps, "median_ms": statistics.median(times),
               "min_ms": min(times), "max_ms": max(times), "times_ms": times, "peak_gib": peak_gib,
               "first_output_s": round(first_output_s, 2),

@@ -46,11 +46,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmark.timing import PRIOR_TIMING_CALLS, count_gflop, kernel_profile, measure, prior_of_tensors  # noqa: E402
-from config import FLOW_PRIORS, preset  # noqa: E402
+from config import FLOW_PRIORS, preset, unit_fraction  # noqa: E402
 from model import build_model, count_parameters  # noqa: E402
 from model.inference import runtime_record  # noqa: E402
 from measures.quality import difference_stats  # noqa: E402
 from model.loss import CompositeLoss  # noqa: E402
+from model.reduced import WORK_SCALE_HELP, reduce_resolution  # noqa: E402
 from model.warplayer import BackwardWarp  # noqa: E402
 
 RESOLUTIONS = {"256": (256, 256), "720p": (720, 1280), "1080p": (1080, 1920), "2k": (1080, 2048), "4k": (2160, 3840)}
@@ -164,6 +165,8 @@ def measure_inference(model, name: str, args, device: str, execution: str = "eag
     row = {"kind": "infer", "phase": args.phase, "mode": model.config.backbone_mode, "resolution": name,
            "flow_scale": flow_scale, "flow_blocks": "x".join(map(str, model.config.flow_scales)) if model.config.use_flow
            else "-", "amp": args.amp, "exec": execution}
+    if getattr(args, "work_scale", None) not in (None, 1.0):
+        row["work_scale"] = args.work_scale
     if compiled:
         row["align_channels"] = align_channels
     prior_ms = None
@@ -395,6 +398,8 @@ def main() -> None:
                         help="--compile_infer rows: with the flow estimator's trunk zero-padded to channel counts in "
                              "multiples of 8 (on, the default, as interpolate.py --compile runs), without (off), or "
                              "both in this process (on,off: one row each, each on a copy of the model)")
+    parser.add_argument("--work_scale", type=unit_fraction, default=None,
+                        help="--infer rows (phases 2/3): " + WORK_SCALE_HELP)
     parser.add_argument("--flops", action="store_true",
                         help="inference rows also give the call's arithmetic (GFLOP, per part of the model: "
                              "benchmark.timing.count_gflop) and the rate it ran at (TFLOP/s)")
@@ -425,6 +430,9 @@ def main() -> None:
     if args.flow_prior != "none" and (args.phase == 1 or args.peer_table or args.trainer_step):
         parser.error(f"--flow_prior {args.flow_prior}: for phases 2/3 and the --infer / training rows only (not "
                      "--phase 1, --peer_table or --trainer_step)")
+    if args.work_scale not in (None, 1.0) and (args.phase == 1 or args.peer_table or args.trainer_step):
+        parser.error(f"--work_scale {args.work_scale:g}: for phases 2/3 and the --infer rows only (not --phase 1, "
+                     "--peer_table or --trainer_step)")
     if args.watchdog:
         faulthandler.dump_traceback_later(args.watchdog, repeat=True)
     device = args.device
@@ -485,14 +493,16 @@ def main() -> None:
                 rows.append(row)
                 print(row, flush=True)
             del optimizer, step, variants                # free the training state before measuring inference
-            model.eval()
+            model = reduce_resolution(model.eval(), args.work_scale)
+            parts = MODEL_PARTS if args.work_scale in (None, 1.0) else \
+                tuple(f"model.{part}" for part in MODEL_PARTS)      # the wrapped model's children
             graphs = args.cuda_graph == "on" or (args.cuda_graph == "auto" and device == "cuda")
             from model.inference import InferenceRunner
             arithmetic = {}                    # resolution -> count_gflop's record (--flops)
             for name in args.infer:
                 if args.flops:
                     arithmetic[name] = count_gflop(inference_call(InferenceRunner(model, "off"), name, args, device)[0],
-                                                   model, MODEL_PARTS)
+                                                   model, parts)
                 for execution in ("eager", "graphed") if graphs else ("eager",):
                     try:
                         rows.append(with_rate(measure_inference(model, name, args, device, execution),

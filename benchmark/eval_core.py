@@ -51,7 +51,7 @@ from torch import nn
 from tqdm import tqdm
 
 from checkpoint import CheckpointError, atomic_write_bytes, atomic_write_text, model_from_checkpoint, resolve_checkpoint
-from config import AMP_DTYPES, ConfigError, positive_float, positive_int, resolve_device
+from config import AMP_DTYPES, ConfigError, positive_float, positive_int, resolve_device, unit_fraction
 from benchmark.timing import timed_on_one_core
 from measures.motion import (
     LARGE_MOTION_PX, MOTION_STATISTIC, FlowPair, flow_pair, format_bucket_table, interpolate_dis, motion_flow_scale,
@@ -64,6 +64,7 @@ from model.frames import crop_padding, frame_to_tensor, pad_centred, read_rgb_ui
 from model.inference import (GraphUnavailable, InferenceRunner, ModelClock, add_graph_argument, compile_report,
                              describe_compile_report, describe_run, describe_runtime, runtime_record)
 from model.ops.prior import flip_flows
+from model.reduced import WORK_SCALE_HELP, reduce_resolution
 
 BASELINE_KEYS = ("psnr_frame_average", "psnr_dis")
 # --components: PSNR of the model's own stages (Evaluator.component_psnrs), averaged like the baselines.
@@ -551,8 +552,18 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
                         help="average with the prediction on H+W-flipped inputs (VFIMamba's TTA)")
     parser.add_argument("--flow_scale", type=positive_float, default=None,
                         help="override the protocol's flow downscale (Phase-1 models have no flow and ignore it)")
+    parser.add_argument("--work_scale", type=unit_fraction, default=None, help=WORK_SCALE_HELP)
     add_graph_argument(parser)
     parser.add_argument("--out", default=None, help="write a JSON report to this file")
+
+
+def with_work_scale(model: nn.Module, work_scale: float | None) -> nn.Module:
+    """``model`` wrapped for ``--work_scale`` (:func:`model.reduced.reduce_resolution`); a Phase-1 model is refused
+    naming the flag."""
+    try:
+        return reduce_resolution(model, work_scale)
+    except ValueError as error:
+        raise BenchmarkError(str(error)) from None
 
 
 def benchmark_parser(description: str) -> argparse.ArgumentParser:
@@ -668,10 +679,12 @@ def run_benchmark(args: argparse.Namespace, benchmark: str, make_subsets: Callab
         for subset in subsets:
             check_frames_exist(subset.samples)
         model, cfg = model_from_checkpoint(str(checkpoint_path), device=device, ckpt_dir=args.ckpt_dir)
+        model = with_work_scale(model, getattr(args, "work_scale", None))
 
         report = {"benchmark": benchmark, "dataset": str(root), "model": args.model,
                   "checkpoint": str(checkpoint_path), "phase": cfg.train.phase, "uses_flow": cfg.model.use_flow,
                   "flow_prior": cfg.model.flow_prior,
+                  "work_scale": getattr(args, "work_scale", None) or 1.0,
                   "device": str(device), "amp": args.amp, "tta": args.tta, "limit": args.limit, "runtime": {},
                   "results": {}}
         save_root = getattr(args, "save_images", None)
@@ -705,6 +718,8 @@ def run_benchmark(args: argparse.Namespace, benchmark: str, make_subsets: Callab
                   + describe_run(args.model, cfg.model.use_flow, device, args.amp, args.tta, evaluator.flow_scale)
                   + (f", halved where the DIS motion is >= {LARGE_MOTION_PX:g} px"
                      if evaluator.motion_flow_scale else "")
+                  + (f" | work scale {args.work_scale:g}: the model on downscaled frames, composed at full size"
+                     if getattr(args, "work_scale", None) not in (None, 1.0) else "")
                   + (" | flow prior: DIS of each pair on the CPU" if evaluator.needs_prior else ""))
             result = evaluator.evaluate(subset.samples, subset.name)
             report["results"][subset.name] = {**subset.protocol.settings(), "flow_scale": evaluator.flow_scale,

@@ -1209,3 +1209,36 @@ def test_components_see_what_refinenet_adds():
     residual = 2 / (1 + math.exp(-0.05)) - 1
     pred_psnr = evaluator.score(evaluator.predict(img0, img1, 0.5), gt_frame, with_ssim=False)[0]
     assert pred_psnr == pytest.approx(-20 * math.log10(residual), abs=0.3)
+
+
+def test_work_scale_runs_the_model_on_smaller_frames_from_every_entry_point(vimeo_root, checkpoints, tmp_path,
+                                                                             monkeypatch, capsys):
+    """`--work_scale 0.5`: a benchmark scores the wrapped model (the report says so; the prediction differs from the
+    full-scale one), bench_model's inference row counts about a quarter of the arithmetic in the model's children,
+    and a Phase-1 checkpoint is refused in one line naming the flag."""
+    from benchmark import bench_model
+    args = common_args(vimeo_root, checkpoints, tmp_path / "half.json", model="tiny_phase2") + ["--limit", "1",
+                                                                                                "--no_motion"]
+    Vimeo90K.main(args + ["--work_scale", "0.5"])
+    Vimeo90K.main(common_args(vimeo_root, checkpoints, tmp_path / "full.json", model="tiny_phase2")
+                  + ["--limit", "1", "--no_motion"])
+    half, full = read_report(tmp_path / "half.json"), read_report(tmp_path / "full.json")
+    assert half["work_scale"] == 0.5 and full["work_scale"] == 1.0
+    assert half["results"]["test"]["psnr"] != full["results"]["test"]["psnr"]
+    assert "work scale 0.5" in capsys.readouterr().out
+    line = run_failing(Vimeo90K.main, common_args(vimeo_root, checkpoints, tmp_path / "p1.json")
+                       + ["--work_scale", "0.5"], capsys)
+    assert "--work_scale" in line and "Phase 1" in line
+    gflop = {}
+    for scale in ("1", "0.5"):
+        out = tmp_path / f"rows_{scale}.json"
+        monkeypatch.setattr(sys, "argv", ["bench_model.py", "--phase", "2", "--model_size", "tiny", "--infer", "256",
+                                          "--infer_only", "--reps", "1", "--amp", "fp32", "--device", "cpu", "--flops",
+                                          "--work_scale", scale, "--json", str(out)])
+        bench_model.main()
+        (row,) = [row for row in json.loads(out.read_text())["rows"] if row["kind"] == "infer"]
+        gflop[scale] = row["gflop_parts"]
+        assert ("work_scale" in row) == (scale == "0.5")
+    full_parts, half_parts = gflop["1"], gflop["0.5"]
+    assert set(half_parts) == {f"model.{part}" for part in full_parts}
+    assert 0.2 < half_parts["model.backbone"] / full_parts["backbone"] < 0.3

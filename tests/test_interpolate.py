@@ -408,6 +408,10 @@ def bad_case(name: str, clip: dict, checkpoint: Path, tmp_path: Path) -> tuple[l
     if name == "compile without CUDA":
         return ["--input", clip["folder"], "--model", checkpoint, "--output", tmp_path / "o", "--input_fps", 24,
                 "--compile", "--device", "cpu"], "--compile needs a CUDA device"
+    if name == "work scale on a Phase-1 checkpoint":
+        return ["--input", clip["folder"], *base, "--input_fps", 24, "--work_scale", 0.5], "--work_scale"
+    if name == "work scale above 1":
+        return ["--input", clip["folder"], *base, "--work_scale", 2], "argument --work_scale: must be in (0, 1]"
     if name == "report is the output":
         return ["--input", clip["folder"], *base, "--input_fps", 24, "--report", out], \
             f"--report {out} is the --output"
@@ -427,7 +431,8 @@ VIDEO_CASES = {"unreadable video", "one-frame video", "report is the input"}
                                   "one-frame video", "missing checkpoint", "not a Thesis-VFI checkpoint",
                                   "unwritable output", "existing output", "unknown output extension", "multi 1",
                                   "multi with fps", "cut ratio 1", "fps on a folder without a rate", "strict t",
-                                  "compile without CUDA", "report is the output", "report is the input"])
+                                  "compile without CUDA", "work scale on a Phase-1 checkpoint", "work scale above 1",
+                                  "report is the output", "report is the input"])
 def test_bad_input_gives_one_line(name, checkpoint, clip, tmp_path, capsys):
     if name in VIDEO_CASES and FFMPEG is None:
         pytest.skip("imageio-ffmpeg is not installed")
@@ -580,3 +585,21 @@ def test_a_checkpoint_without_a_prior_never_runs_dis(checkpoint, clip, tmp_path,
                                    tmp_path / "out", "--multi", 4)
     assert code == 0, stderr
     assert "prior:" not in stdout and "prior-only" not in stdout
+
+
+def test_work_scale_interpolates_a_prior_checkpoint_at_full_size(prior_checkpoint, clip, tmp_path, capsys):
+    """`--work_scale 0.5` end to end with a --flow_prior model (the prior resized for the half-size model): as many
+    full-size frames as without it, different pixels, and the model line says so."""
+    outputs = {}
+    for scale in (None, 0.5):
+        out = tmp_path / ("full" if scale is None else "half")
+        extra = [] if scale is None else ["--work_scale", scale]
+        code, stdout, stderr = run_cli(capsys, "--model", prior_checkpoint, "--input", clip["folder"], "--output",
+                                       out, *extra)
+        assert code == 0, stderr
+        assert ("work scale 0.5: the model on downscaled frames" in stdout) == (scale is not None)
+        outputs[scale] = {p.name: cv2.imread(str(p)) for p in sorted(out.iterdir())}
+    assert outputs[None].keys() == outputs[0.5].keys()
+    shapes = {image.shape for image in outputs[0.5].values()}
+    assert shapes == {image.shape for image in outputs[None].values()} and len(shapes) == 1
+    assert any(not np.array_equal(outputs[None][name], outputs[0.5][name]) for name in outputs[None])
