@@ -132,6 +132,13 @@ if want inference; then
     --cuda_graph on --align_channels on,off --json "$out/infer_compiled_cold.json"
   stage 420 python3 benchmark/bench_model.py --phase 2 --infer 720p@1.0 1080p@1.0 --infer_only --compile_infer \
     --cuda_graph on --align_channels on --json "$out/infer_compiled_warm.json"
+  # 4K with the model on half-size frames (--work_scale 0.5, docs/PERF.md 10.7): eager, graphed and compiled + graphed,
+  # with its GFLOP; beside the full-size 4K row of infer_graphed.json above
+  stage 540 python3 benchmark/bench_model.py --phase 2 --infer 4k@0.25 --infer_only --cuda_graph on --flops \
+    --work_scale 0.5 --compile_infer --json "$out/infer_4k_work_scale_0.5.json"
+  # Compiled + graphed at 720p, the 720p target against RIFE_m (--compile_infer compiles the last --infer size only)
+  stage 300 python3 benchmark/bench_model.py --phase 2 --infer 720p@1.0 --infer_only --cuda_graph on --compile_infer \
+    --json "$out/infer_compiled_720p.json"
   stage 240 python3 benchmark/bench_pipeline.py --model_ms 13 --frames 96 --outputs folder,mp4 --io_workers 8,auto,16
   python3 - <<'PY'
 import cv2, os
