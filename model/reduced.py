@@ -23,9 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .ops.prior import flip_flows
 from .ops.warp import resize_flow
-from .thesis import InterpolationOutput
+from .thesis import InterpolationOutput, predict_with_tta
 
 
 class ReducedResolution(nn.Module):
@@ -90,12 +89,7 @@ class ReducedResolution(nn.Module):
     def inference(self, img0: torch.Tensor, img1: torch.Tensor, t=0.5, flow_scale: float = 1.0,
                   tta: bool = False, flow_prior: torch.Tensor | None = None) -> torch.Tensor:
         """Prediction only, (B, 3, H, W). ``tta`` averages with the prediction on H+W-flipped inputs."""
-        pred = self(img0, img1, t, flow_scale, flow_prior).pred
-        if tta:
-            flipped_prior = None if flow_prior is None else flip_flows(flow_prior)
-            flipped = self(img0.flip(2, 3), img1.flip(2, 3), t, flow_scale, flipped_prior).pred.flip(2, 3)
-            pred = (pred + flipped) / 2
-        return pred
+        return predict_with_tta(self, img0, img1, t, flow_scale, tta, flow_prior)
 
     def prior_warps(self, img0: torch.Tensor, img1: torch.Tensor, t, flow_prior: torch.Tensor
                     ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -194,12 +194,20 @@ class ThesisModel(nn.Module):
     def inference(self, img0: torch.Tensor, img1: torch.Tensor, t=0.5, flow_scale: float = 1.0,
                   tta: bool = False, flow_prior: torch.Tensor | None = None) -> torch.Tensor:
         """Prediction only, (B, 3, H, W). ``tta`` averages with the prediction on H+W-flipped inputs."""
-        pred = self(img0, img1, t, flow_scale, flow_prior).pred
-        if tta:
-            flipped_prior = None if flow_prior is None else flip_flows(flow_prior)
-            flipped = self(img0.flip(2, 3), img1.flip(2, 3), t, flow_scale, flipped_prior).pred.flip(2, 3)
-            pred = (pred + flipped) / 2
-        return pred
+        return predict_with_tta(self, img0, img1, t, flow_scale, tta, flow_prior)
+
+
+def predict_with_tta(model: nn.Module, img0: torch.Tensor, img1: torch.Tensor, t, flow_scale: float, tta: bool,
+                     flow_prior: torch.Tensor | None) -> torch.Tensor:
+    """``model(...).pred`` (B, 3, H, W), averaged with ``tta`` with the prediction on both frames flipped along H and
+    W (and the prior's flows flipped with them: :func:`model.ops.prior.flip_flows`), flipped back. Shared by every
+    model class's ``inference``."""
+    pred = model(img0, img1, t, flow_scale, flow_prior).pred
+    if tta:
+        flipped_prior = None if flow_prior is None else flip_flows(flow_prior)
+        flipped = model(img0.flip(2, 3), img1.flip(2, 3), t, flow_scale, flipped_prior).pred.flip(2, 3)
+        pred = (pred + flipped) / 2
+    return pred
 
 
 def build_model(cfg) -> ThesisModel:

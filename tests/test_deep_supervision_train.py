@@ -8,6 +8,19 @@ import train
 from config import config_from_argv
 
 
+def one_logged_step(vimeo_root, tmp_path, name: str, *flags: str):
+    """One Phase-2 training step of the tiny model with ``flags``, logged every step; its TensorBoard events."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    args = ["--data_path", str(vimeo_root), "--model_size", "tiny", "--phase", "2", "--batch_size", "2",
+            "--crop_size", "32", "--num_workers", "0", "--ckpt_dir", str(tmp_path / "ckpt"),
+            "--log_dir", str(tmp_path / "log"), "--exp_name", name, "--epochs", "1", "--steps_per_epoch", "1",
+            "--log_every", "1", *flags]
+    assert train.main(args) == 0
+    events = EventAccumulator(str(tmp_path / "log" / name))
+    events.Reload()
+    return events
+
+
 def test_inter_weight_flag_reaches_the_config(vimeo_root, capsys):
     common = ["--data_path", str(vimeo_root), "--model_size", "tiny"]
     assert config_from_argv(common).loss.inter == 0.0
@@ -20,14 +33,7 @@ def test_inter_weight_flag_reaches_the_config(vimeo_root, capsys):
 
 
 def test_phase2_run_logs_loss_inter(vimeo_root, tmp_path):
-    args = ["--data_path", str(vimeo_root), "--model_size", "tiny", "--phase", "2", "--batch_size", "2",
-            "--crop_size", "32", "--num_workers", "0", "--ckpt_dir", str(tmp_path / "ckpt"),
-            "--log_dir", str(tmp_path / "log"), "--exp_name", "inter", "--epochs", "1", "--steps_per_epoch", "1",
-            "--log_every", "1", "--inter_weight", "0.5"]
-    assert train.main(args) == 0
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    events = EventAccumulator(str(tmp_path / "log" / "inter"))
-    events.Reload()
+    events = one_logged_step(vimeo_root, tmp_path, "inter", "--inter_weight", "0.5")
     for tag in ("loss/loss_lap", "loss/loss_ter", "loss/loss_vgg", "loss/loss_flow_smooth", "loss/loss_total"):
         assert tag in events.Tags()["scalars"], tag
     inter = events.Scalars("loss/loss_inter")
@@ -44,13 +50,6 @@ def test_ter_weight_flag_reaches_the_config_and_zero_drops_the_term(vimeo_root, 
         config_from_argv(common + ["--ter_weight", "nan"])
     err = capsys.readouterr().err.strip().splitlines()
     assert error.value.code == 2 and len(err) == 1 and "--ter_weight" in err[0]
-    args = ["--data_path", str(vimeo_root), "--model_size", "tiny", "--phase", "2", "--batch_size", "2",
-            "--crop_size", "32", "--num_workers", "0", "--ckpt_dir", str(tmp_path / "ckpt"),
-            "--log_dir", str(tmp_path / "log"), "--exp_name", "noter", "--epochs", "1", "--steps_per_epoch", "1",
-            "--log_every", "1", "--ter_weight", "0"]
-    assert train.main(args) == 0
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    events = EventAccumulator(str(tmp_path / "log" / "noter"))
-    events.Reload()
+    events = one_logged_step(vimeo_root, tmp_path, "noter", "--ter_weight", "0")
     assert all(event.value == 0 for event in events.Scalars("loss/loss_ter"))      # logged as 0, as every off term
     assert events.Scalars("loss/loss_lap")[0].value > 0
