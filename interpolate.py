@@ -70,7 +70,7 @@ from footage.video_io import (AvSink, FolderSink, FrameSink, OpenCVSink, SourceI
 from measures.shots import ShotSettings, add_shot_arguments
 from model.inference import (GraphUnavailable, InferenceRunner, add_graph_argument, compile_report,
                              describe_compile_report, describe_run)
-from model.reduced import WORK_SCALE_HELP, reduce_resolution
+from model.reduced import WORK_SCALE_HELP, describe_work_scale, reduce_resolution
 
 PROGRAM = "interpolate.py"
 X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
@@ -361,11 +361,9 @@ def run(args: argparse.Namespace) -> RunStats:
           + (f", ~{expected} frames)" if expected else ")"))
     flow_note = ("" if args.flow_scale or not cfg.model.use_flow
                  else f" (default for {info.width}x{info.height}; --flow_scale to change)")
-    work_note = ("" if args.work_scale in (None, 1.0) else
-                 f" | work scale {args.work_scale:g}: the model on downscaled frames, its flow, mask and residual "
-                 f"applied at full size")
+    work_note = describe_work_scale(model)
     print(f"model:  {describe_run(args.model, cfg.model.use_flow, device, amp, args.tta, flow_scale)}{flow_note} | "
-          f"batch {batch}{work_note}")
+          f"batch {batch}{' | ' + work_note if work_note else ''}")
     print(f"times:  {time_text}")
     print(f"cuts:   a content change >= {args.cut_ratio:g} x its neighbours' median is a cut, a largest block "
           f"difference <= {args.duplicate_block:g} a duplicate: both copy the earlier frame")

@@ -45,6 +45,7 @@ from model.inference import (  # noqa: E402
 )
 from config import FLOW_PRIORS, MODEL_SIZES, PHASES, positive_int, preset, resolve_device  # noqa: E402
 from model import build_model, count_parameters  # noqa: E402
+from model.reduced import work_scale_of  # noqa: E402
 
 RESOLUTIONS = {"256": (256, 256), "720p": (720, 1280), "1080p": (1080, 1920), "2k": (1080, 2048), "4k": (2160, 3840)}
 FLOW_SCALES = {"256": 1.0, "720p": 1.0, "1080p": 0.5, "2k": 0.5, "4k": 0.25}
@@ -104,8 +105,8 @@ def main(argv: list[str] | None = None) -> dict:
             if cfg.model.flow_prior != "none":
                 label += f", flow prior {cfg.model.flow_prior}"
         model = with_work_scale(model, args.work_scale)
-        if args.work_scale not in (None, 1.0):
-            label += f", work scale {args.work_scale:g}"
+        if work_scale_of(model) != 1.0:
+            label += f", work scale {work_scale_of(model):g}"
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True   # one fixed input size: let cuDNN pick its fastest kernels
 
@@ -139,7 +140,7 @@ def main(argv: list[str] | None = None) -> dict:
         peak_gib = max(peak_gib, runner.capture_peak_gib)          # a replay allocates nothing: count the capture
     params = count_parameters(model)
     report = {"model": label, "phase": cfg.train.phase, "params": params, "height": height, "width": width,
-              "flow_scale": flow_scale, "work_scale": args.work_scale or 1.0, "flow_prior": cfg.model.flow_prior,
+              "flow_scale": flow_scale, "work_scale": work_scale_of(model), "flow_prior": cfg.model.flow_prior,
               "device": str(device), "amp": args.amp, "tta": args.tta,
               "warmup": args.warmup, "reps": args.reps, "median_ms": statistics.median(times),
               "min_ms": min(times), "max_ms": max(times), "times_ms": times, "peak_gib": peak_gib,

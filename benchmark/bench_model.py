@@ -51,7 +51,7 @@ from model import build_model, count_parameters  # noqa: E402
 from model.inference import runtime_record  # noqa: E402
 from measures.quality import difference_stats  # noqa: E402
 from model.loss import CompositeLoss  # noqa: E402
-from model.reduced import WORK_SCALE_HELP, reduce_resolution  # noqa: E402
+from model.reduced import WORK_SCALE_HELP, reduce_resolution, work_scale_of  # noqa: E402
 from model.warplayer import BackwardWarp  # noqa: E402
 
 RESOLUTIONS = {"256": (256, 256), "720p": (720, 1280), "1080p": (1080, 1920), "2k": (1080, 2048), "4k": (2160, 3840)}
@@ -165,8 +165,8 @@ def measure_inference(model, name: str, args, device: str, execution: str = "eag
     row = {"kind": "infer", "phase": args.phase, "mode": model.config.backbone_mode, "resolution": name,
            "flow_scale": flow_scale, "flow_blocks": "x".join(map(str, model.config.flow_scales)) if model.config.use_flow
            else "-", "amp": args.amp, "exec": execution}
-    if getattr(args, "work_scale", None) not in (None, 1.0):
-        row["work_scale"] = args.work_scale
+    if work_scale_of(model) != 1.0:
+        row["work_scale"] = work_scale_of(model)
     if compiled:
         row["align_channels"] = align_channels
     prior_ms = None
@@ -494,7 +494,7 @@ def main() -> None:
                 print(row, flush=True)
             del optimizer, step, variants                # free the training state before measuring inference
             model = reduce_resolution(model.eval(), args.work_scale)
-            parts = MODEL_PARTS if args.work_scale in (None, 1.0) else \
+            parts = MODEL_PARTS if work_scale_of(model) == 1.0 else \
                 tuple(f"model.{part}" for part in MODEL_PARTS)      # the wrapped model's children
             graphs = args.cuda_graph == "on" or (args.cuda_graph == "auto" and device == "cuda")
             from model.inference import InferenceRunner

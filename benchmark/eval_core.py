@@ -64,7 +64,7 @@ from model.frames import crop_padding, frame_to_tensor, pad_centred, read_rgb_ui
 from model.inference import (GraphUnavailable, InferenceRunner, ModelClock, add_graph_argument, compile_report,
                              describe_compile_report, describe_run, describe_runtime, runtime_record)
 from model.ops.prior import flip_flows
-from model.reduced import WORK_SCALE_HELP, reduce_resolution
+from model.reduced import WORK_SCALE_HELP, describe_work_scale, reduce_resolution, work_scale_of
 
 BASELINE_KEYS = ("psnr_frame_average", "psnr_dis")
 # --components: PSNR of the model's own stages (Evaluator.component_psnrs), averaged like the baselines.
@@ -680,11 +680,12 @@ def run_benchmark(args: argparse.Namespace, benchmark: str, make_subsets: Callab
             check_frames_exist(subset.samples)
         model, cfg = model_from_checkpoint(str(checkpoint_path), device=device, ckpt_dir=args.ckpt_dir)
         model = with_work_scale(model, getattr(args, "work_scale", None))
+        work_note = describe_work_scale(model)
 
         report = {"benchmark": benchmark, "dataset": str(root), "model": args.model,
                   "checkpoint": str(checkpoint_path), "phase": cfg.train.phase, "uses_flow": cfg.model.use_flow,
                   "flow_prior": cfg.model.flow_prior,
-                  "work_scale": getattr(args, "work_scale", None) or 1.0,
+                  "work_scale": work_scale_of(model),
                   "device": str(device), "amp": args.amp, "tta": args.tta, "limit": args.limit, "runtime": {},
                   "results": {}}
         save_root = getattr(args, "save_images", None)
@@ -718,8 +719,7 @@ def run_benchmark(args: argparse.Namespace, benchmark: str, make_subsets: Callab
                   + describe_run(args.model, cfg.model.use_flow, device, args.amp, args.tta, evaluator.flow_scale)
                   + (f", halved where the DIS motion is >= {LARGE_MOTION_PX:g} px"
                      if evaluator.motion_flow_scale else "")
-                  + (f" | work scale {args.work_scale:g}: the model on downscaled frames, composed at full size"
-                     if getattr(args, "work_scale", None) not in (None, 1.0) else "")
+                  + (f" | {work_note}" if work_note else "")
                   + (" | flow prior: DIS of each pair on the CPU" if evaluator.needs_prior else ""))
             result = evaluator.evaluate(subset.samples, subset.name)
             report["results"][subset.name] = {**subset.protocol.settings(), "flow_scale": evaluator.flow_scale,

@@ -108,3 +108,16 @@ def reduce_resolution(model: nn.Module, scale: float | None) -> nn.Module:
     if scale is None or scale == 1.0:
         return model
     return ReducedResolution(model, scale)
+
+
+def work_scale_of(model: nn.Module) -> float:
+    """The scale ``model`` runs its frames at: its :class:`ReducedResolution` scale, else 1."""
+    return model.scale if isinstance(model, ReducedResolution) else 1.0
+
+
+def describe_work_scale(model: nn.Module) -> str:
+    """"work scale S: ..." for a :class:`ReducedResolution` model (what the run lines print), '' for any other."""
+    if not isinstance(model, ReducedResolution):
+        return ""
+    return (f"work scale {model.scale:g}: the model on downscaled frames, its flow, mask and residual applied at "
+            f"full size")
