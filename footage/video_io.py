@@ -51,7 +51,14 @@ if TYPE_CHECKING:                   # footage.audio needs PyAV, which the OpenCV
 FRAME_SUFFIXES = (".png", ".jpg", ".jpeg")
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".avi")
 OUTPUT_FRAME_PATTERN = "{:08d}.png"          # 0-based output frame index; sorts by name up to 10^8 frames
-PNG_OPTIONS = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_HUFFMAN_ONLY]
+# Output PNGs: zlib level 1, Huffman coding only, and PNG's Paeth filter on every row (where this OpenCV can say so,
+# 4.11 and later). Why each (docs/PERF.md 10.8, 1080p frames of three clips, one core): string matching finds little
+# in filtered camera frames, so Huffman only takes 11-16% less time than level 1's default and writes 4-9% smaller
+# files; libpng's default filter choice tries all five filters on every row and then picks Paeth nearly always, so
+# Paeth alone writes files of the same size (within 2 bytes in a million here) in 22-24% less time (86-92 -> 66-70 ms
+# per frame).
+PNG_OPTIONS = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_HUFFMAN_ONLY,
+               *((cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_PAETH) if hasattr(cv2, "IMWRITE_PNG_FILTER") else ())]
 # A "rate" above this is a container time base that leaked through (a stream that declares no rate), not a rate.
 MAX_PLAUSIBLE_RATE = 1000
 # A stream is constant-rate when every timestamp lies within this fraction of a frame of the rate's grid.
@@ -579,9 +586,8 @@ class FolderSink(FrameSink):
 
     @staticmethod
     def _write_png(path: Path, frame: np.ndarray) -> None:
-        # Compression level 1: several times faster than the default and only slightly larger (still lossless).
-        # Huffman coding only, after PNG's usual per-row filters (string matching finds little in filtered camera
-        # frames): measured on 8 real frames upscaled to 1080p, 92 -> 77 ms per frame and 1.84 -> 1.67 MB.
+        # PNG_OPTIONS: compression level 1 (several times faster than the default and only slightly larger, still
+        # lossless), Huffman coding only, the Paeth filter.
         try:
             written = cv2.imwrite(str(path), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), PNG_OPTIONS)
         except cv2.error as error:
