@@ -62,7 +62,7 @@ from checkpoint import CheckpointError, atomic_write_text, model_from_checkpoint
 from config import (AMP_DTYPES, ConfigError, OneLineErrorParser, positive_float, positive_int, resolve_amp,
                     resolve_device, unit_fraction)
 from footage.interpolator import FrameInterpolator
-from footage.pipeline import RunStats, StreamSettings, run_stream
+from footage.pipeline import RunStats, StreamSettings, run_stream, seconds_since_process_start
 from footage.timeplan import TimePlan, describe_times, is_power_of_two, output_frame_count
 from footage.video_io import (AvSink, FolderSink, FrameSink, OpenCVSink, SourceInfo, VideoIOError, default_io_workers,
                               check_output, create_output_parents, default_png_writers, open_source, pyav_available,
@@ -281,7 +281,7 @@ def _rounded(seconds: float | None) -> float | None:
 
 
 def run_report(args: argparse.Namespace, info: SourceInfo, kind: str, out_rate: Fraction | None, time_text: str,
-               shots: ShotSettings, sink: FrameSink, stats: RunStats) -> dict:
+               shots: ShotSettings, sink: FrameSink, stats: RunStats, startup: dict[str, float | None]) -> dict:
     """What --report holds: the input and output metadata, timing, every cut and duplicate, the audio decision."""
     written = sink.report()
     audio = written["audio"]
@@ -302,12 +302,22 @@ def run_report(args: argparse.Namespace, info: SourceInfo, kind: str, out_rate: 
                         "model_calls": stats.model_calls, "seconds": round(stats.seconds, 3),
                         "first_frame_seconds": _rounded(stats.first_frame_seconds),
                         "first_frame_after_process_start_seconds": _rounded(stats.first_frame_after_process_start),
-                        "prior_pairs": len(stats.prior_ms), "prior_threads": stats.prior_workers}}
+                        "prior_pairs": len(stats.prior_ms), "prior_threads": stats.prior_workers,
+                        "pipeline": stats.waits.as_dict(),
+                        "startup_process_age_seconds": {step: _rounded(age) for step, age in startup.items()}}}
+
+
+def describe_startup(startup: dict[str, float | None]) -> str:
+    """'start-up (process age, s): imports done 3.3, input opened 3.5, ...' for the steps whose age is known."""
+    known = [f"{step} {age:.1f}" for step, age in startup.items() if age is not None]
+    return "start-up (process age, s): " + (", ".join(known) if known else "n/a (this OS does not say)")
 
 
 def run(args: argparse.Namespace) -> RunStats:
     """Checks (cheap ones first: input, checkpoint name, output), model, then the stream; prints the final line.
     Raises one of USER_ERRORS for anything the user can fix."""
+    # The process's age at each start-up step (imports are done by now): where the wait for the first frame goes.
+    startup: dict[str, float | None] = {"imports done": seconds_since_process_start()}
     use_pyav = pyav_available()
     input_path, output_path = args.input, args.output
     if output_path.resolve() == input_path.resolve():
@@ -318,6 +328,7 @@ def run(args: argparse.Namespace) -> RunStats:
              "tags, no frame timestamps, --crf ignored); pip install av")
     source = open_source(input_path, use_pyav, args.input_fps)
     info = source.info
+    startup["input opened"] = seconds_since_process_start()
     checkpoint_path = resolve_checkpoint(args.model, args.ckpt_dir)
     kind = check_output(output_path, args.overwrite)            # its missing folders are made after every check
     check_report_path(args.report, args.overwrite, input_path, output_path)
@@ -333,6 +344,7 @@ def run(args: argparse.Namespace) -> RunStats:
     if amp == "fp16" and device.type != "cuda":   # CPU fp16 autocast: about 27x slower than fp32 (issue 17)
         raise InterpolateError(f"--amp fp16 needs a CUDA device (this run is on {device.type}); use --amp bf16 or fp32")
     model, cfg = model_from_checkpoint(str(checkpoint_path), device=device)
+    startup["model loaded"] = seconds_since_process_start()
     try:
         model = reduce_resolution(model, args.work_scale)
     except ValueError as error:
@@ -397,6 +409,7 @@ def run(args: argparse.Namespace) -> RunStats:
         stats = run_stream(source, sink, interpolator, settings)
     finally:
         source.close()
+    startup.update(stats.startup_ages())
     for note in stats.notes:
         print(f"note: {note}")
     if device.type == "cuda":
@@ -406,8 +419,10 @@ def run(args: argparse.Namespace) -> RunStats:
     prior_rate = stats.prior_rate()
     print(f"wrote {output_path} ({stats.model_calls} model calls; {stats.steady_rate()}; "
           f"{interpolator.model_rate(stats.frames_out)}{'; ' + prior_rate if prior_rate else ''})")
+    print(stats.waits.pace())
+    print(describe_startup(startup))
     if args.report is not None:
-        report = run_report(args, info, kind, out_rate, time_text, shots, sink, stats)
+        report = run_report(args, info, kind, out_rate, time_text, shots, sink, stats, startup)
         atomic_write_text(args.report, json.dumps(report, indent=2) + "\n")
         print(f"report: {args.report}")
     print(stats.summary())

@@ -22,9 +22,9 @@ The runs go once per --io_workers value ("1" is the serial layout: one decode th
 libx264 on one thread; "auto" is interpolate.py's default: half the CPUs decoding, all but a quarter writing
 PNGs). Then (unless --no_stages) each I/O stage alone: milliseconds per frame on one thread and on N threads, so the
 cores a GPU's rate needs can be read off without a GPU. ``--outputs ""`` runs only the model-only pass and the
-stages. The table gives output frames/s, the ratio to the model-only rate (interpolate.py's target: >= 0.9) and the
-CPU time the run spent per output frame, which says how many cores a
-rate needs: at R output frames/s the pipeline needs about R x (CPU ms per frame) / 1000 cores. Runs in one process,
+stages. The table gives output frames/s, the ratio to the model-only rate (interpolate.py's target: >= 0.9), the
+stage that set the pace (footage.pipeline.StageWaits: which thread waited for which) and the CPU time the run spent
+per output frame, which says how many cores a rate needs: at R output frames/s the pipeline needs about R x (CPU ms per frame) / 1000 cores. Runs in one process,
 one after another; nothing is written outside a temporary folder.
 """
 
@@ -134,7 +134,8 @@ def run_once(source: FrameSource, sink: FrameSink, model_seconds: float, workers
     cpu = time.process_time()
     stats = run_stream(source, sink, interpolator, StreamSettings(plan, progress=False, io_workers=workers))
     return {"frames": stats.frames_out, "seconds": stats.seconds, "cpu_seconds": time.process_time() - cpu,
-            "calls": stats.model_calls, "prior": stats.prior_rate()}
+            "calls": stats.model_calls, "prior": stats.prior_rate(), "pace": stats.waits.pace(),
+            "pace_stage": stats.waits.as_dict()["pace"] or "n/a"}
 
 
 def per_frame_ms(function, items: list, threads: int) -> float:
@@ -281,17 +282,19 @@ def main(argv: list[str] | None = None) -> int:
             rows.append((name, "auto" if workers is None else str(workers), result))
             rate = result["frames"] / result["seconds"]
             print(f"{name} io_workers {workers or 'auto'}: {rate:.2f} out-frames/s "
-                  f"({rate / model_rate:.2f} of model-only){'; ' + result['prior'] if result['prior'] else ''}",
+                  f"({rate / model_rate:.2f} of model-only){'; ' + result['prior'] if result['prior'] else ''}; "
+                  f"{result['pace']}",
                   flush=True)
         if not args.no_stages:
             stage_table(folder, frames, Path(scratch), default_io_workers(), args.preset, args.crf, any(args.prior))
 
-    print(f"\n| run | io_workers | out frames | seconds | out-frames/s | / model-only | CPU ms per out frame |")
-    print("|---|---|---:|---:|---:|---:|---:|")
+    print(f"\n| run | io_workers | out frames | seconds | out-frames/s | / model-only | CPU ms per out frame | pace |")
+    print("|---|---|---:|---:|---:|---:|---:|---|")
     for name, workers, result in rows:
         rate = result["frames"] / result["seconds"]
         print(f"| {name} | {workers} | {result['frames']} | {result['seconds']:.1f} | {rate:.2f} | "
-              f"{rate / model_rate:.2f} | {1000 * result['cpu_seconds'] / result['frames']:.0f} |")
+              f"{rate / model_rate:.2f} | {1000 * result['cpu_seconds'] / result['frames']:.0f} | "
+              f"{result['pace_stage']} |")
     return 0
 
 

@@ -173,6 +173,63 @@ class PairJob:
 
 
 @dataclass
+class StageWaits:
+    """Where the pipeline's two Python threads waited, in seconds, from the first written frame on (start-up, with
+    its capture or compile, is left out). The stage the others wait for sets the pace (:meth:`pace`).
+
+    main_*: the main thread (uploads, batches, calls the model): waiting for the next decoded frame from the reader
+        (decoding, the cut measure), for a pair's DIS prior, for room in the write queue (the writer is behind).
+        ``main_model`` is its time inside the model's calls (on the CPU the model's arithmetic, on a GPU the
+        queueing of its work, and waits for the GPU where a call must have a result); ``main_seconds`` its steady
+        span (first written frame to its last frame handed to the writer). The rest is the main thread's own work:
+        uploads, batching, output copies, and waiting for Python's lock while other threads hold it.
+    writer_*: the writer thread: waiting for a frame from the main thread, for a frame's device-to-host copy (the
+        GPU still working on it or on what was queued before it) and inside the sink's ``write`` (waiting for a free
+        PNG writer, or for Y'CbCr conversion and libx264).
+    """
+
+    main_input: float = 0.0
+    main_prior: float = 0.0
+    main_output: float = 0.0
+    main_model: float = 0.0
+    main_seconds: float = 0.0
+    writer_frames: float = 0.0
+    writer_device: float = 0.0
+    writer_encoder: float = 0.0
+    writer_seconds: float = 0.0
+
+    def shares(self) -> dict[str, float] | None:
+        """Each stage's share of the steady span (the writer's: first to last written frame), 0..1: ``reading`` (the
+        main thread waited for input), ``prior``, ``model`` (the larger of the main thread's time in model calls and
+        the writer's wait for the GPU), ``main thread`` (its own work besides the model) and ``encoding`` (the writer
+        inside the sink). A main thread that handed over its last frame early (the writer behind) was idle for the
+        rest of the span. None when the run was too short to have a steady part."""
+        span = self.writer_seconds
+        if span <= 0:
+            return None
+        own = max(0.0, self.main_seconds - self.main_input - self.main_prior - self.main_output - self.main_model)
+        return {"reading": self.main_input / span, "prior": self.main_prior / span,
+                "model": max(self.main_model, self.writer_device) / span, "main thread": own / span,
+                "encoding": self.writer_encoder / span}
+
+    def pace(self) -> str:
+        """Which stage set the pace and each stage's share, e.g. 'pace: encoding (encoding 93%, model 41%, reading
+        2%, prior 0% of 3.4 s)'; 'pace: n/a' for a run without a steady part."""
+        shares = self.shares()
+        if shares is None:
+            return "pace: n/a (too short a run)"
+        ranked = sorted(shares.items(), key=lambda item: -item[1])
+        parts = ", ".join(f"{name} {100 * share:.0f}%" for name, share in ranked)
+        return f"pace: {ranked[0][0]} ({parts} of {self.writer_seconds:.1f} s)"
+
+    def as_dict(self) -> dict:
+        shares = self.shares()
+        return {"seconds": {name: round(value, 4) for name, value in vars(self).items()},
+                "shares": None if shares is None else {name: round(v, 4) for name, v in shares.items()},
+                "pace": None if shares is None else max(shares, key=shares.get)}
+
+
+@dataclass
 class RunStats:
     """What a run did: the counts of the final line, and notes from the sink (e.g. why audio was not copied)."""
 
@@ -183,6 +240,7 @@ class RunStats:
     model_calls: int = 0
     seconds: float = 0.0
     first_frame_seconds: float | None = None   # start-up: first batch, cuDNN autotuning, encoder start
+    first_call_seconds: float | None = None    # the first batch's model call returned (capture or compile included)
     # The process's age when the stream began (imports, checkpoint, model, input probe; None where the OS does not
     # say): with first_frame_seconds, how long a fresh process takes to its first written frame.
     process_seconds_at_start: float | None = None
@@ -190,6 +248,7 @@ class RunStats:
     prior_workers: int = 0                      # threads computing flow priors (0: the model takes none)
     prior_ms: list[float] = field(default_factory=list)       # per prior: wall ms of its DIS call on its thread
     prior_cpu_ms: list[float] = field(default_factory=list)   # per prior: CPU ms of that thread in the call
+    waits: StageWaits = field(default_factory=StageWaits)      # which stage set the pace
 
     def prior_rate(self) -> str:
         """For a prior model: the output frames/s the prior alone would allow (the median wall milliseconds of a
@@ -212,6 +271,18 @@ class RunStats:
         if self.first_frame_seconds is None or self.process_seconds_at_start is None:
             return None
         return self.process_seconds_at_start + self.first_frame_seconds
+
+    def startup_ages(self) -> dict[str, float | None]:
+        """The stream's start-up milestones as the process's age in seconds (None where unknown): the stream began,
+        the first model call returned (on a GPU: queued, after any capture or compile), the first frame was
+        written. Earlier ones (imports, checkpoint) are the caller's to add."""
+        began = self.process_seconds_at_start
+
+        def age(seconds: float | None) -> float | None:
+            return None if began is None or seconds is None else began + seconds
+
+        return {"stream began": began, "first model call returned": age(self.first_call_seconds),
+                "first frame written": age(self.first_frame_seconds)}
 
     def steady_rate(self) -> str:
         """Output frames/s after the first frame was written: the rate without the one-off start-up (and, where
@@ -374,14 +445,32 @@ def run_stream(source: FrameSource, sink: FrameSink, interpolator: FrameInterpol
         release(detector.finish())
         put(read_queue, END, stop)
 
+    waits = stats.waits
+
+    def steady() -> bool:
+        # Set once, by the writer; read by the main thread (a plain attribute: a late read only skips one wait).
+        return stats.first_frame_seconds is not None
+
     def write_frames() -> None:
         while True:
+            began = time.perf_counter()
             item = get(write_queue, stop)
+            fetched = time.perf_counter()
             if item is END:
+                if steady():
+                    waits.writer_frames += fetched - began
+                    waits.writer_seconds = fetched - start - stats.first_frame_seconds
                 return
-            sink.write(item.numpy())
-            if stats.first_frame_seconds is None:
-                stats.first_frame_seconds = time.perf_counter() - start
+            array = item.numpy()
+            copied = time.perf_counter()
+            sink.write(array)
+            written = time.perf_counter()
+            if steady():
+                waits.writer_frames += fetched - began
+                waits.writer_device += copied - fetched
+                waits.writer_encoder += written - copied
+            else:
+                stats.first_frame_seconds = written - start
             bar.update(1)
 
     reader, writer = Worker("reader", read_frames), Worker("writer", write_frames)
@@ -391,13 +480,21 @@ def run_stream(source: FrameSource, sink: FrameSink, interpolator: FrameInterpol
     writer.start()
 
     def emit(frame: OutputFrame) -> None:
+        began = time.perf_counter()
         put(write_queue, frame, stop, writer)
+        if steady():
+            waits.main_output += time.perf_counter() - began
         stats.frames_out += 1
 
     def flush(jobs: list[PairJob]) -> None:
         motion = [job for job in jobs if job.kind == "motion"]
         priors = [job.prior for job in motion] if interpolator.needs_prior else None
+        began = time.perf_counter()
         predicted = iter(interpolator.interpolate([(job.img0, job.img1, job.times) for job in motion], priors))
+        if steady():
+            waits.main_model += time.perf_counter() - began
+        elif stats.first_call_seconds is None and motion:
+            stats.first_call_seconds = time.perf_counter() - start
         for job in jobs:
             values = next(predicted) if job.kind == "motion" else {}
             for t in job.times:
@@ -412,7 +509,10 @@ def run_stream(source: FrameSource, sink: FrameSink, interpolator: FrameInterpol
             pending: list[PairJob] = []
             pending_calls = 0
             while True:
+                began = time.perf_counter()
                 item = get(read_queue, stop, reader)
+                if steady():
+                    waits.main_input += time.perf_counter() - began
                 if item is END:
                     break
                 stats.frames_in += 1
@@ -424,7 +524,10 @@ def run_stream(source: FrameSource, sink: FrameSink, interpolator: FrameInterpol
                     times = settings.plan.times_between(previous[0].time, item.time)
                     prior = None
                     if item.prior is not None:
+                        began = time.perf_counter()
                         result = item.prior.result()      # computed in order ahead of here; its error is raised
+                        if steady():
+                            waits.main_prior += time.perf_counter() - began
                         prior_slots.release()
                         stats.prior_ms.append(result.milliseconds)
                         stats.prior_cpu_ms.append(result.cpu_milliseconds)
@@ -444,7 +547,11 @@ def run_stream(source: FrameSource, sink: FrameSink, interpolator: FrameInterpol
                 raise VideoIOError(f"{info.path}: only {stats.frames_in} frame(s) decoded; interpolation needs 2")
             for _ in range(settings.plan.tail(previous[0].time)):     # on the grid, or held (VFR)
                 emit(OutputFrame(array=previous[0].rgb))
+        began = time.perf_counter()
         put(write_queue, END, stop, writer)
+        if steady():
+            waits.main_output += time.perf_counter() - began
+            waits.main_seconds = time.perf_counter() - start - stats.first_frame_seconds
         while writer.is_alive():
             writer.join(timeout=0.1)
         if writer.error is not None:

@@ -356,6 +356,17 @@ def test_report_lists_cuts_duplicates_metadata_and_audio(tmp_path, phase3_checkp
     summary = report["summary"]
     assert 0 < summary["first_frame_seconds"] < summary["first_frame_after_process_start_seconds"]
     assert "s after the process started)" in captured.out
+    # Where the wait went: the process's age at each start-up step, in the order they happen.
+    ages = summary["startup_process_age_seconds"]
+    steps = ["imports done", "input opened", "model loaded", "stream began", "first model call returned",
+             "first frame written"]
+    assert list(ages) == steps and all(ages[a] <= ages[b] for a, b in zip(steps, steps[1:])), ages
+    assert ages["first frame written"] == pytest.approx(summary["first_frame_after_process_start_seconds"], abs=2e-3)
+    assert "start-up (process age, s): imports done " in captured.out
+    # Which stage set the pace, with every stage's share.
+    pipeline = summary["pipeline"]
+    assert pipeline["pace"] in pipeline["shares"] and f"pace: {pipeline['pace']} (" in captured.out
+    assert set(pipeline["shares"]) == {"reading", "prior", "model", "main thread", "encoding"}
     # An existing report is never overwritten without --overwrite.
     code = interpolate.main(["--model", str(phase3_checkpoint), "--input", str(source), "--output",
                              str(tmp_path / "again.mp4"), "--report", str(report_path), "--no_progress"])

@@ -18,7 +18,7 @@ from torch import nn
 
 from footage import video_io
 from footage.interpolator import FrameInterpolator
-from footage.pipeline import StreamSettings, ordered_map, run_stream
+from footage.pipeline import StageWaits, StreamSettings, ordered_map, run_stream
 from footage.timeplan import TimePlan
 
 from conftest import counting_dis
@@ -286,6 +286,69 @@ def test_a_slow_sink_holds_back_decoding(tmp_path):
     assert stats.frames_out == 399 and sink.written == 399
     # read queue 8 + decode window 8 + shot look-ahead + pair batch + write queue 32 (tiny frames) / 2 per input
     assert max(sink.ahead) <= 8 + 8 + 4 + 4 + 32 // 2 + 2, max(sink.ahead)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Which stage sets the pace (StageWaits)
+# --------------------------------------------------------------------------------------------------------
+class SlowSource(CountingSource):
+    """Each frame takes ``seconds`` to decode (a sleep: the thread waits, as on a slow disk or codec)."""
+
+    def __init__(self, frames: list[np.ndarray], seconds: float):
+        super().__init__(frames)
+        self.seconds = seconds
+
+    def frame_jobs(self):
+        for decode, time_ in super().frame_jobs():
+            yield (lambda decode=decode: (time.sleep(self.seconds), decode())[1]), time_
+
+
+class SleepingSink(video_io.FrameSink):
+    final = Path("nowhere")
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    def write(self, frame: np.ndarray) -> None:
+        time.sleep(self.seconds)
+
+    def finish(self, frames_written: int) -> list[str]:
+        return []
+
+
+class SleepingBlend(LinearBlend):
+    def __init__(self, seconds: float):
+        super().__init__()
+        self.seconds = seconds
+
+    def inference(self, img0, img1, t=0.5, flow_scale=1.0, tta=False):
+        time.sleep(self.seconds)
+        return super().inference(img0, img1, t, flow_scale, tta)
+
+
+@pytest.mark.parametrize("slow, expected", [("sink", "encoding"), ("model", "model"), ("source", "reading")])
+def test_the_pace_names_the_stage_the_others_wait_for(slow, expected):
+    """One stage made slow by a sleep of 40 ms per item, the others nearly free: the summary's pace names it, its
+    share of the steady span is most of it, and the JSON record says the same."""
+    frames = moving_frames(12, 32, 32)
+    source = SlowSource(frames, 0.04 if slow == "source" else 0.0)
+    sink = SleepingSink(0.04 if slow == "sink" else 0.0)
+    model = SleepingBlend(0.04 if slow == "model" else 0.0)
+    engine = FrameInterpolator(model, torch.device("cpu"), None, False, 1.0, batch_size=1, halving=False)
+    plan = TimePlan(Fraction(1, 2) / RATE)
+    stats = run_stream(source, sink, engine, StreamSettings(plan, progress=False, io_workers=1))
+    shares = stats.waits.shares()
+    assert stats.frames_out == 23
+    assert max(shares, key=shares.get) == expected, stats.waits.pace()
+    assert shares[expected] > 0.5, stats.waits.pace()
+    assert stats.waits.pace().startswith(f"pace: {expected} (")
+    assert stats.waits.as_dict()["pace"] == expected
+
+
+def test_a_run_without_a_steady_part_has_no_pace():
+    waits = StageWaits()
+    assert waits.shares() is None and waits.pace() == "pace: n/a (too short a run)"
+    assert waits.as_dict()["pace"] is None
 
 
 def test_png_writes_in_flight_are_bounded(tmp_path, monkeypatch):
