@@ -181,7 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "CPUs, 2 to 8, and for PNG output all CPUs but a quarter, 2 to 16, as PNG encoding costs "
                              "several times decoding; also libx264's thread count, which otherwise follows the CPUs)")
     parser.add_argument("--crf", type=crf_value, default=18, help="H.264 quality, 0 lossless .. 51 (default 18)")
-    parser.add_argument("--preset", choices=X264_PRESETS, default="medium", help="x264 speed preset (default medium)")
+    parser.add_argument("--preset", choices=X264_PRESETS, default="medium",
+                        help="x264 speed preset (default medium); where encoding sets the pace (the 'pace:' line), "
+                             "faster encodes 1.7-2x as fast for 0.2-0.5 dB less at the same --crf (docs/PERF.md 10.8)")
     parser.add_argument("--ckpt_dir", default="ckpt", help="folder searched for --model names (default ckpt)")
     parser.add_argument("--report", type=Path, default=None, metavar="OUT.json",
                         help="write a JSON record of the run: every cut and duplicate (frame indices, scores), the "
@@ -307,6 +309,21 @@ def run_report(args: argparse.Namespace, info: SourceInfo, kind: str, out_rate: 
                         "startup_process_age_seconds": {step: _rounded(age) for step, age in startup.items()}}}
 
 
+def pace_hint(pace: str | None, kind: str, preset: str, use_pyav: bool) -> str | None:
+    """What to change when the output's encoding held the model back (``pace`` from StageWaits), else None."""
+    if pace != "encoding":
+        return None
+    if kind == "folder":
+        return ("PNG writing set the pace: more writer threads (--io_workers N; one thread writes about 15 1080p PNGs "
+                "a second) or a video output")
+    if not use_pyav:
+        return "OpenCV's encoder set the pace: pip install av (PyAV's libx264 runs on several threads)"
+    faster = X264_PRESETS.index("faster")
+    if X264_PRESETS.index(preset) > faster:
+        return f"libx264 set the pace: --preset faster encodes 1.7-2x as fast as {preset} for 0.2-0.5 dB less"
+    return "libx264 set the pace: a faster --preset, or more CPU cores"
+
+
 def describe_startup(startup: dict[str, float | None]) -> str:
     """'start-up (process age, s): imports done 3.3, input opened 3.5, ...' for the steps whose age is known."""
     known = [f"{step} {age:.1f}" for step, age in startup.items() if age is not None]
@@ -420,6 +437,9 @@ def run(args: argparse.Namespace) -> RunStats:
     print(f"wrote {output_path} ({stats.model_calls} model calls; {stats.steady_rate()}; "
           f"{interpolator.model_rate(stats.frames_out)}{'; ' + prior_rate if prior_rate else ''})")
     print(stats.waits.pace())
+    hint = pace_hint(stats.waits.as_dict()["pace"], kind, args.preset, use_pyav)
+    if hint:
+        print(f"hint:   {hint}")
     print(describe_startup(startup))
     if args.report is not None:
         report = run_report(args, info, kind, out_rate, time_text, shots, sink, stats, startup)

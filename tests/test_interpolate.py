@@ -603,3 +603,13 @@ def test_work_scale_interpolates_a_prior_checkpoint_at_full_size(prior_checkpoin
     shapes = {image.shape for image in outputs[0.5].values()}
     assert shapes == {image.shape for image in outputs[None].values()} and len(shapes) == 1
     assert any(not np.array_equal(outputs[None][name], outputs[0.5][name]) for name in outputs[None])
+
+
+def test_the_pace_hint_names_what_to_change_only_when_encoding_held_the_model_back():
+    assert interpolate.pace_hint("model", "video", "medium", True) is None
+    assert interpolate.pace_hint(None, "folder", "medium", True) is None
+    assert "--io_workers" in interpolate.pace_hint("encoding", "folder", "medium", True)
+    assert "--preset faster" in interpolate.pace_hint("encoding", "video", "medium", True)
+    assert "--preset faster" in interpolate.pace_hint("encoding", "video", "slow", True)
+    assert "a faster --preset" in interpolate.pace_hint("encoding", "video", "veryfast", True)
+    assert "pip install av" in interpolate.pace_hint("encoding", "video", "medium", False)
