@@ -146,6 +146,28 @@ def test_command_line_with_own_clips_and_no_apt(clips, tmp_path, capsys, monkeyp
     assert "--clips folder not found" in capsys.readouterr().err
 
 
+def test_skip_clips_leaves_the_named_clips_out_and_refuses_an_unknown_name(clips, tmp_path, capsys):
+    extra = write_clip(tmp_path / "extra.avi", pan(4, 12))
+    (tmp_path / "all").mkdir()
+    for path in (*[c.path for c in clips], extra):
+        os.link(path, tmp_path / "all" / path.name)
+    argv = ["--clips", str(tmp_path / "all"), "--no_bundled", "--crop", "64", "--strides", "1", "--test_clips",
+            "plain", "--workers", "1"]
+    assert main([*argv, "--out", str(tmp_path / "wide")]) == 0
+    assert main([*argv, "--out", str(tmp_path / "narrow"), "--skip_clips", "extra"]) == 0
+    wide, narrow = (json.loads((tmp_path / name / "corpus.json").read_text()) for name in ("wide", "narrow"))
+    assert [c["name"] for c in wide["clips"]] == ["extra", "plain", "shots"]
+    assert [c["name"] for c in narrow["clips"]] == ["plain", "shots"]
+    assert wide["counts"]["train"] > narrow["counts"]["train"]
+    # The test split does not depend on the skipped training clip: same triplets, same frames.
+    test_lists = [(tmp_path / name / "tri_testlist.txt").read_text().split() for name in ("wide", "narrow")]
+    assert [wide["triplets"][n] for n in test_lists[0]] == [narrow["triplets"][n] for n in test_lists[1]]
+    capsys.readouterr()
+    assert main([*argv, "--out", str(tmp_path / "bad"), "--skip_clips", "extra,nope"]) == 2
+    assert "--skip_clips 'nope' is not one of the clips: extra, plain, shots" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+
+
 def test_without_apt_get_the_tool_says_so_and_uses_what_it_has(clips, tmp_path, capsys, monkeypatch):
     import tools.make_corpus as make_corpus
     import tools.make_sample_data as make_sample_data
@@ -174,7 +196,7 @@ def test_large_motion_script_trains_scores_and_tables_each_variant(clips, tmp_pa
 
     root = Path(__file__).resolve().parents[1]
     env = dict(os.environ, PYTHON=sys.executable, TRAIN_EXTRA="--model_size tiny", STEPS="2", BATCH="2", CROP="64",
-               EVAL_LIMIT="2", MFS="0", RUNS="base_s0 fs842_s0 prior_s0",
+               EVAL_LIMIT="2", MFS="0", RUNS="base_s0 fs842_s0 prior_s0 narrow_s0",
                CORPUS_ARGS=f"--no_bundled --clips {clips[0].path.parent} --crop 64 --strides 1,2 --test_clips plain")
     work, out = tmp_path / "work", tmp_path / "out"
     result = subprocess.run(["bash", str(root / "tools" / "large_motion_runs.sh"), str(tmp_path / "cache"), str(work),
@@ -182,6 +204,7 @@ def test_large_motion_script_trains_scores_and_tables_each_variant(clips, tmp_pa
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     header = next(line for line in (out / "table.md").read_text().splitlines() if line.startswith("| motion"))
     assert "base_s0" in header and "fs842_s0" in header and "prior_s0" in header and "DIS flow" in header
+    assert "narrow_s0" in header and (work / "corpus_narrow" / "corpus.json").is_file()   # rounds one to seven's
     saved = torch.load(work / "ckpt" / "lm_fs842_s0_last.pt", map_location="cpu", weights_only=True)["config"]
     assert tuple(saved["model"]["flow_scales"]) == (8, 4, 2)
     report = json.loads((out / "eval_prior_s0.json").read_text())

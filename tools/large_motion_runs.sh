@@ -22,6 +22,8 @@
 #   priornoter: the prior without the ternary (census) term of the loss (--ter_weight 0: LapLoss alone scores the
 #          pixels; the CPU toy's RefineNet residual stopped costing PSNR on the held-out clip, LARGE_MOTION seventh round);
 #   noter: base with --ter_weight 0.
+# Every variant trains on the corpus as make_corpus.py builds it by default (since the eighth round with the
+# moving-camera clips); narrow and priornarrow are base and prior on the corpus of rounds one to seven (without them).
 # With MFS=1 (default) each run is also scored with --motion_flow_scale (flow scale halved from 32 px of motion).
 set -euo pipefail
 cache=$1; work=$2; out=$3; epochs=${4:-10}; limit=${5:-360}
@@ -45,9 +47,22 @@ names = [n for n in open(f"{source}/tri_trainlist.txt").read().split() if triple
 open(f"{target}/tri_trainlist.txt", "w").write("\n".join(names) + "\n")
 print(f"stride 2-4 training list: {len(names)} triplets")
 PY
+read -r -a runs <<< "${RUNS:-base_s0 base_s1 s24_s0 s24_s1}"
+# The corpus of rounds one to seven (before the moving-camera clips of the eighth round), for the *narrow variants:
+# the same build without those clips (the ones this build has), so its test triplets are the same.
+if [[ " ${runs[*]} " == *narrow* ]]; then
+    skip=$($python - "$work/corpus/corpus.json" <<'PY'
+import json, sys
+from tools.make_corpus import ADDED_IN_ROUND_EIGHT
+built = {clip["name"] for clip in json.load(open(sys.argv[1]))["clips"]}
+print(",".join(name for name in ADDED_IN_ROUND_EIGHT if name in built))
+PY
+)
+    $python tools/make_corpus.py --cache "$cache" --out "$work/corpus_narrow" --workers 4 $corpus_args \
+        ${skip:+--skip_clips "$skip"} | tee "$out/corpus_narrow.log"
+fi
 echo "corpus ready after $(( $(date +%s) - start )) s"
 
-read -r -a runs <<< "${RUNS:-base_s0 base_s1 s24_s0 s24_s1}"
 mfs_on=${MFS:-1}
 for run in "${runs[@]}"; do
     data=$work/corpus; variant=()
@@ -62,6 +77,8 @@ for run in "${runs[@]}"; do
         prior) variant=(--flow_prior dis) ;;
         priorteach) variant=(--flow_prior dis --flow_teacher 0.01) ;;
         priornoter) variant=(--flow_prior dis --ter_weight 0) ;;
+        narrow) data=$work/corpus_narrow ;;
+        priornarrow) data=$work/corpus_narrow; variant=(--flow_prior dis) ;;
         noter) variant=(--ter_weight 0) ;;
         *) echo "unknown variant in run name $run"; exit 2 ;;
     esac
