@@ -70,6 +70,7 @@ from footage.video_io import (AvSink, FolderSink, FrameSink, OpenCVSink, SourceI
 from measures.shots import ShotSettings, add_shot_arguments
 from model.inference import (GraphUnavailable, InferenceRunner, add_graph_argument, compile_report,
                              describe_compile_report, describe_run)
+from model.precompiled import precompile_for_inference
 from model.reduced import WORK_SCALE_HELP, describe_work_scale, reduce_resolution
 
 PROGRAM = "interpolate.py"
@@ -173,6 +174,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="torch.compile the model (CUDA) before replaying it as a CUDA graph: minutes of "
                              "compilation once per frame size (kernels cached across runs), then faster at 1080p "
                              "and above; see docs/PERF.md, inference section, for when it pays off")
+    parser.add_argument("--aot_compile", action="store_true",
+                        help="as --compile, but compiled ahead of time into a file (~/.cache/thesis_vfi/aot) that a "
+                             "later run with the same model architecture, frame size and settings loads instead of "
+                             "tracing and compiling again (torch's experimental ahead-of-time mode; where it fails, "
+                             "--compile's way); docs/PERF.md 10.9")
     add_graph_argument(parser)
     parser.add_argument("--batch", type=positive_int, default=None,
                         help="model calls per forward pass (default: 1 on the CPU; on a GPU about 1080p worth)")
@@ -283,7 +289,8 @@ def _rounded(seconds: float | None) -> float | None:
 
 
 def run_report(args: argparse.Namespace, info: SourceInfo, kind: str, out_rate: Fraction | None, time_text: str,
-               shots: ShotSettings, sink: FrameSink, stats: RunStats, startup: dict[str, float | None]) -> dict:
+               shots: ShotSettings, sink: FrameSink, stats: RunStats, startup: dict[str, float | None],
+               compiled_artifacts: list[dict] | None = None) -> dict:
     """What --report holds: the input and output metadata, timing, every cut and duplicate, the audio decision."""
     written = sink.report()
     audio = written["audio"]
@@ -306,7 +313,8 @@ def run_report(args: argparse.Namespace, info: SourceInfo, kind: str, out_rate: 
                         "first_frame_after_process_start_seconds": _rounded(stats.first_frame_after_process_start),
                         "prior_pairs": len(stats.prior_ms), "prior_threads": stats.prior_workers,
                         "pipeline": stats.waits.as_dict(),
-                        "startup_process_age_seconds": {step: _rounded(age) for step, age in startup.items()}}}
+                        "startup_process_age_seconds": {step: _rounded(age) for step, age in startup.items()},
+                        "compiled_artifacts": compiled_artifacts or []}}
 
 
 def pace_hint(pace: str | None, kind: str, preset: str, use_pyav: bool) -> str | None:
@@ -355,8 +363,9 @@ def run(args: argparse.Namespace) -> RunStats:
         raise InterpolateError(f"a video output needs a frame rate: {info.path} is a frame folder, give --input_fps")
 
     device = resolve_device(args.device)
-    if args.compile and device.type != "cuda":
-        raise InterpolateError(f"--compile needs a CUDA device (this run is on {device.type})")
+    compile_flag = "--aot_compile" if args.aot_compile else "--compile" if args.compile else None
+    if compile_flag and device.type != "cuda":
+        raise InterpolateError(f"{compile_flag} needs a CUDA device (this run is on {device.type})")
     amp = resolve_amp(args.amp, device)
     if amp == "fp16" and device.type != "cuda":   # CPU fp16 autocast: about 27x slower than fp32 (issue 17)
         raise InterpolateError(f"--amp fp16 needs a CUDA device (this run is on {device.type}); use --amp bf16 or fp32")
@@ -398,13 +407,20 @@ def run(args: argparse.Namespace) -> RunStats:
           f"difference <= {args.duplicate_block:g} a duplicate: both copy the earlier frame")
 
     try:
-        runner = InferenceRunner(model, args.cuda_graph, compile=args.compile)
+        precompiled = precompile_for_inference(model) if args.aot_compile else None
+        runner = InferenceRunner(model, args.cuda_graph, compile=args.compile and not args.aot_compile,
+                                 precompiled=precompiled)
     except GraphUnavailable as error:
         raise InterpolateError(str(error)) from None
-    if args.compile:
+    except ValueError as error:             # a torch without the ahead-of-time mode
+        raise InterpolateError(f"--aot_compile: {error}") from None
+    if args.aot_compile:
+        print(f"compile: ahead of time into {precompiled.folder}: the first batch loads the compiled model saved by an "
+              f"earlier run, or compiles it (minutes at 1080p and 4K) and saves it")
+    elif args.compile:
         print("compile: torch.compile, the first batch compiles the model (minutes at 1080p and 4K)")
     print(f"run:    {'CUDA graph per frame size' if runner.graphs_enabled else 'eager'}"
-          f"{' of the compiled model' if args.compile else ''} (--cuda_graph {args.cuda_graph})")
+          f"{' of the compiled model' if compile_flag else ''} (--cuda_graph {args.cuda_graph})")
     workers = args.io_workers or default_io_workers()
     if kind == "folder":
         encoding = f"{args.io_workers or default_png_writers()} writing PNGs"
@@ -431,8 +447,10 @@ def run(args: argparse.Namespace) -> RunStats:
         print(f"note: {note}")
     if device.type == "cuda":
         print(f"peak GPU memory {torch.cuda.max_memory_allocated(device) / 2 ** 30:.2f} GiB (allocated)")
-    if args.compile:
+    if compile_flag:
         print(describe_compile_report(compile_report()))
+    for record in (precompiled.records if precompiled is not None else []):
+        print(record.describe())
     prior_rate = stats.prior_rate()
     print(f"wrote {output_path} ({stats.model_calls} model calls; {stats.steady_rate()}; "
           f"{interpolator.model_rate(stats.frames_out)}{'; ' + prior_rate if prior_rate else ''})")
@@ -442,7 +460,8 @@ def run(args: argparse.Namespace) -> RunStats:
         print(f"hint:   {hint}")
     print(describe_startup(startup))
     if args.report is not None:
-        report = run_report(args, info, kind, out_rate, time_text, shots, sink, stats, startup)
+        artifacts = [asdict(record) for record in precompiled.records] if precompiled is not None else []
+        report = run_report(args, info, kind, out_rate, time_text, shots, sink, stats, startup, artifacts)
         atomic_write_text(args.report, json.dumps(report, indent=2) + "\n")
         print(f"report: {args.report}")
     print(stats.summary())

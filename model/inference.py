@@ -77,6 +77,14 @@ def inductor_cache_dir_chosen_by_user() -> bool:
     return os.path.abspath(value) != os.path.abspath(torch_default)
 
 
+def use_compile_cache_dir(cache_dir: str | os.PathLike | None = None) -> None:
+    """Point Inductor at ``cache_dir``, else at :func:`default_compile_cache_dir` unless the user chose a folder."""
+    if cache_dir is not None or not inductor_cache_dir_chosen_by_user():
+        # Read by Inductor whenever it looks up or stores a graph; the environment is the documented way to choose the
+        # folder. Torch's own default, which its import sets, lives in /tmp: lost on a reboot or a fresh machine.
+        os.environ[INDUCTOR_CACHE_ENV] = str(cache_dir or default_compile_cache_dir())
+
+
 def compile_for_inference(model: nn.Module, cache_dir: str | os.PathLike | None = None,
                           align_channels: bool = True) -> nn.Module:
     """Compile ``model`` in place with ``torch.compile`` (Inductor, static shapes) for many calls at one frame size
@@ -106,10 +114,7 @@ def compile_for_inference(model: nn.Module, cache_dir: str | os.PathLike | None 
     no checkpoint). Load a checkpoint before calling this; to keep an unaligned model too, pass a
     ``copy.deepcopy`` of it. Eager inference and training of an unaligned model are unchanged bit for bit.
     """
-    if cache_dir is not None or not inductor_cache_dir_chosen_by_user():
-        # Read by Inductor whenever it looks up or stores a graph; the environment is the documented way to choose the
-        # folder. Torch's own default, which its import sets, lives in /tmp: lost on a reboot or a fresh machine.
-        os.environ[INDUCTOR_CACHE_ENV] = str(cache_dir or default_compile_cache_dir())
+    use_compile_cache_dir(cache_dir)
     model.eval()
     if align_channels:
         align_flow_channels_(model)
@@ -240,6 +245,9 @@ class InferenceRunner:
         :class:`GraphUnavailable` instead of falling back), "off" (always eager).
     compile: compile the model in place first (:func:`compile_for_inference`); with graphs, the compiled forward is
         what gets recorded.
+    precompiled: instead of ``compile``, run each key through a function compiled ahead of time and saved to a
+        file, which a later process loads instead of compiling (:class:`model.precompiled.PrecompiledCalls`, built on
+        this runner's model); with graphs, that function is what gets recorded.
     capture_after: record a key's graph on its n-th call (1: at once). A data set of many frame sizes keeps the
         eager path for sizes seen once instead of paying a warm-up and a capture for each.
     max_graphs: graphs kept at once (least recently used evicted).
@@ -248,13 +256,16 @@ class InferenceRunner:
 
     def __init__(self, model: nn.Module, cuda_graph: str = "auto", compile: bool = False, capture_after: int = 1,
                  max_graphs: int = DEFAULT_MAX_GRAPHS, warmup_calls: int = DEFAULT_WARMUP_CALLS,
-                 capture: CudaGraphCapture | None = None):
+                 capture: CudaGraphCapture | None = None, precompiled=None):
         if cuda_graph not in GRAPH_CHOICES:
             raise ValueError(f"cuda_graph must be one of {', '.join(GRAPH_CHOICES)}, got {cuda_graph!r}")
         if capture_after < 1 or max_graphs < 1 or warmup_calls < 0:
             raise ValueError("capture_after and max_graphs must be >= 1 and warmup_calls >= 0")
+        if compile and precompiled is not None:
+            raise ValueError("compile and precompiled are two ways of compiling: pass one")
         self.model = compile_for_inference(model) if compile else model
-        self.compiled = is_compiled(self.model)
+        self.precompiled = precompiled
+        self.compiled = is_compiled(self.model) or precompiled is not None
         self.capture = capture or CudaGraphCapture()
         self.capture_after, self.max_graphs, self.warmup_calls = capture_after, max_graphs, warmup_calls
         self.graphs: OrderedDict[GraphKey, _Entry] = OrderedDict()
@@ -343,6 +354,9 @@ class InferenceRunner:
     def _eager(self, img0, img1, t, flow_scale, tta, flow_prior=None) -> torch.Tensor:
         self.counts["eager_calls"] += 1
         self.last_mode = "eager"
+        if self.precompiled is not None:
+            key = self.key(img0, flow_scale, tta, flow_prior is not None)
+            return self.precompiled(key, img0, img1, self._timestep_buffer(t, key.batch, img0.device), flow_prior)
         return self.model.inference(img0, img1, t, flow_scale=flow_scale, tta=tta, **_prior_keyword(flow_prior))
 
     def _due(self, key: GraphKey) -> bool:
@@ -396,6 +410,8 @@ class InferenceRunner:
             # the graph after autocast freed it. Same dtype and on/off state as the caller's.
             with torch.autocast(img0.device.type, dtype=key.autocast_dtype or torch.float32,
                                 enabled=key.autocast_dtype is not None, cache_enabled=False):
+                if self.precompiled is not None:
+                    return self.precompiled(key, static0, static1, static_t, static_prior)
                 return self.model.inference(static0, static1, static_t, flow_scale=flow_scale, tta=tta,
                                             **_prior_keyword(static_prior))
         try:

@@ -453,6 +453,7 @@ def test_bad_input_gives_one_line(name, checkpoint, clip, tmp_path, capsys):
 
 @pytest.mark.parametrize("extra,output_name,expected", [
     (["--compile", "--device", "cpu"], "frames", "--compile needs a CUDA device"),
+    (["--aot_compile", "--device", "cpu"], "frames", "--aot_compile needs a CUDA device"),
     ([], "out.mp4", "a video output needs a frame rate"),
     (["--multi", 3, "--strict_t"], "frames", "--strict_t: this Phase-1 checkpoint"),
     (["--amp", "fp16", "--device", "cpu"], "frames", "--amp fp16 needs a CUDA device"),
