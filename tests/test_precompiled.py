@@ -103,21 +103,24 @@ def test_each_key_code_and_architecture_has_a_file_of_its_own(tmp_path, monkeypa
     assert base.parent == tmp_path and base.suffix == ".aot"
 
 
+def first_call_with_warnings(calls: PrecompiledCalls, caplog) -> tuple[torch.Tensor, torch.Tensor]:
+    """One call of a 16x16 pair through ``calls`` (warnings captured) and the model's eager prediction of it."""
+    image0, image1, t = torch.rand(1, 3, 16, 16), torch.rand(1, 3, 16, 16), torch.full((1,), 0.25)
+    with torch.no_grad(), caplog.at_level(logging.WARNING, logger="model.precompiled"):
+        return calls(key_of(image0), image0, image1, t), calls.model.inference(image0, image1, t)
+
+
 def test_an_unreadable_file_is_compiled_again_and_replaced(tmp_path, caplog):
     model = StandIn().eval()
-    image0, image1, t = torch.rand(1, 3, 16, 16), torch.rand(1, 3, 16, 16), torch.full((1,), 0.25)
     calls = PrecompiledCalls(model, tmp_path, BACKEND)
-    path = calls.path_for(key_of(image0))
+    path = calls.path_for(key_of(torch.rand(1, 3, 16, 16)))
     path.write_bytes(b"half a file")
-    with torch.no_grad(), caplog.at_level(logging.WARNING, logger="model.precompiled"):
-        out = calls(key_of(image0), image0, image1, t)
-        expected = model.inference(image0, image1, t)
+    out, expected = first_call_with_warnings(calls, caplog)
     assert calls.records[0].source == "compiled" and "could not be loaded" in calls.records[0].note
     assert "could not be loaded" in caplog.text
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
-    with torch.no_grad():
-        again = PrecompiledCalls(model, tmp_path, BACKEND)
-        again(key_of(image0), image0, image1, t)
+    again = PrecompiledCalls(model, tmp_path, BACKEND)
+    first_call_with_warnings(again, caplog)
     assert again.records[0].source == "loaded"                 # the replacement is a whole, loadable file
     assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]      # no temporary file left
 
@@ -126,12 +129,8 @@ def test_a_failing_ahead_of_time_compile_falls_back_to_the_lazy_compile(tmp_path
     def refuse(call, example, backend):
         raise RuntimeError("graph break in fullgraph mode")
 
-    model = StandIn().eval()
-    image0, image1, t = torch.rand(1, 3, 16, 16), torch.rand(1, 3, 16, 16), torch.full((1,), 0.5)
-    calls = PrecompiledCalls(model, tmp_path, BACKEND, compile_ahead=refuse)
-    with torch.no_grad(), caplog.at_level(logging.WARNING, logger="model.precompiled"):
-        out = calls(key_of(image0), image0, image1, t)
-        expected = model.inference(image0, image1, t)
+    calls = PrecompiledCalls(StandIn().eval(), tmp_path, BACKEND, compile_ahead=refuse)
+    out, expected = first_call_with_warnings(calls, caplog)
     assert calls.records[0].source == "lazy" and "graph break" in calls.records[0].note
     assert "compiles it lazily instead" in caplog.text
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
