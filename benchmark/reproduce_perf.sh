@@ -106,7 +106,13 @@ if want interp; then
   "$ffmpeg_bin" -y -loglevel error -i data/cache/bigbuckbunny.mp4 -vf scale=1920:1080:flags=lanczos \
     -c:v libx264 -crf 16 -pix_fmt yuv420p -an /tmp/bbb1080.mp4
   stage 240 python3 interpolate.py --model perf_p2_last --input /tmp/bbb1080.mp4 --output /tmp/bbb1080_4x.mp4 \
-    --multi 4 --no_progress --overwrite
+    --multi 4 --no_progress --overwrite --report "$out/interp.json"
+  # Compiled ahead of time (docs/PERF.md 10.9): the first process compiles and saves, the second loads; each
+  # report's summary has the start-up steps and the compiled file's record
+  for run in cold warm; do
+    stage 300 python3 interpolate.py --model perf_p2_last --input /tmp/bbb1080.mp4 --output /tmp/bbb1080_aot.mp4 \
+      --multi 2 --no_progress --overwrite --aot_compile --report "$out/interp_aot_$run.json"
+  done
 fi
 if want inference; then
   stage 300 python3 -m pytest -q -p no:cacheprovider -rs tests/test_step_graph.py tests/test_inference.py \
