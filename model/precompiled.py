@@ -128,7 +128,9 @@ class ArtifactRecord:
     note: str = ""
 
     def describe(self) -> str:
-        return (f"compiled model {self.source} in {self.seconds:.1f} s for {self.key}: {self.path}"
+        what = {"loaded": "loaded the compiled model", "compiled": "compiled the model ahead of time and saved it",
+                "lazy": "compiled the model lazily (torch.compile)"}[self.source]
+        return (f"aot:    {what} in {self.seconds:.1f} s for {self.key}: {self.path}"
                 + (f" ({self.note})" if self.note else ""))
 
 
