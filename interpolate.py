@@ -449,19 +449,20 @@ def run(args: argparse.Namespace) -> RunStats:
         print(f"peak GPU memory {torch.cuda.max_memory_allocated(device) / 2 ** 30:.2f} GiB (allocated)")
     if compile_flag:
         print(describe_compile_report(compile_report()))
-    for record in (precompiled.records if precompiled is not None else []):
+    compiled_records = precompiled.records if precompiled is not None else []
+    for record in compiled_records:
         print(record.describe())
     prior_rate = stats.prior_rate()
     print(f"wrote {output_path} ({stats.model_calls} model calls; {stats.steady_rate()}; "
           f"{interpolator.model_rate(stats.frames_out)}{'; ' + prior_rate if prior_rate else ''})")
     print(stats.waits.pace())
-    hint = pace_hint(stats.waits.as_dict()["pace"], kind, args.preset, use_pyav)
+    hint = pace_hint(stats.waits.slowest(), kind, args.preset, use_pyav)
     if hint:
         print(f"hint:   {hint}")
     print(describe_startup(startup))
     if args.report is not None:
-        artifacts = [asdict(record) for record in precompiled.records] if precompiled is not None else []
-        report = run_report(args, info, kind, out_rate, time_text, shots, sink, stats, startup, artifacts)
+        report = run_report(args, info, kind, out_rate, time_text, shots, sink, stats, startup,
+                            [asdict(record) for record in compiled_records])
         atomic_write_text(args.report, json.dumps(report, indent=2) + "\n")
         print(f"report: {args.report}")
     print(stats.summary())

@@ -24,8 +24,9 @@ PNGs). Then (unless --no_stages) each I/O stage alone: milliseconds per frame on
 cores a GPU's rate needs can be read off without a GPU. ``--outputs ""`` runs only the model-only pass and the
 stages. The table gives output frames/s, the ratio to the model-only rate (interpolate.py's target: >= 0.9), the
 stage that set the pace (footage.pipeline.StageWaits: which thread waited for which) and the CPU time the run spent
-per output frame, which says how many cores a rate needs: at R output frames/s the pipeline needs about R x (CPU ms per frame) / 1000 cores. Runs in one process,
-one after another; nothing is written outside a temporary folder.
+per output frame, which says how many cores a rate needs: at R output frames/s the pipeline needs about
+R x (CPU ms per frame) / 1000 cores. Runs in one process, one after another; nothing is written outside a temporary
+folder.
 """
 
 from __future__ import annotations
@@ -135,7 +136,7 @@ def run_once(source: FrameSource, sink: FrameSink, model_seconds: float, workers
     stats = run_stream(source, sink, interpolator, StreamSettings(plan, progress=False, io_workers=workers))
     return {"frames": stats.frames_out, "seconds": stats.seconds, "cpu_seconds": time.process_time() - cpu,
             "calls": stats.model_calls, "prior": stats.prior_rate(), "pace": stats.waits.pace(),
-            "pace_stage": stats.waits.as_dict()["pace"] or "n/a"}
+            "pace_stage": stats.waits.slowest() or "n/a"}
 
 
 def per_frame_ms(function, items: list, threads: int) -> float:

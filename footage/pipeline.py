@@ -212,21 +212,25 @@ class StageWaits:
                 "model": max(self.main_model, self.writer_device) / span, "main thread": own / span,
                 "encoding": self.writer_encoder / span}
 
+    def slowest(self) -> str | None:
+        """The stage with the largest share (the one that set the pace); None without a steady part."""
+        shares = self.shares()
+        return None if shares is None else max(shares, key=shares.get)
+
     def pace(self) -> str:
         """Which stage set the pace and each stage's share, e.g. 'pace: encoding (encoding 93%, model 41%, reading
         2%, prior 0% of 3.4 s)'; 'pace: n/a' for a run without a steady part."""
         shares = self.shares()
         if shares is None:
             return "pace: n/a (too short a run)"
-        ranked = sorted(shares.items(), key=lambda item: -item[1])
-        parts = ", ".join(f"{name} {100 * share:.0f}%" for name, share in ranked)
-        return f"pace: {ranked[0][0]} ({parts} of {self.writer_seconds:.1f} s)"
+        parts = ", ".join(f"{name} {100 * share:.0f}%" for name, share in sorted(shares.items(), key=lambda i: -i[1]))
+        return f"pace: {self.slowest()} ({parts} of {self.writer_seconds:.1f} s)"
 
     def as_dict(self) -> dict:
         shares = self.shares()
         return {"seconds": {name: round(value, 4) for name, value in vars(self).items()},
                 "shares": None if shares is None else {name: round(v, 4) for name, v in shares.items()},
-                "pace": None if shares is None else max(shares, key=shares.get)}
+                "pace": self.slowest()}
 
 
 @dataclass

@@ -114,12 +114,20 @@ def compile_for_inference(model: nn.Module, cache_dir: str | os.PathLike | None 
     no checkpoint). Load a checkpoint before calling this; to keep an unaligned model too, pass a
     ``copy.deepcopy`` of it. Eager inference and training of an unaligned model are unchanged bit for bit.
     """
+    prepare_for_compile(model, cache_dir, align_channels)
+    model.compile(dynamic=False)
+    return model
+
+
+def prepare_for_compile(model: nn.Module, cache_dir: str | os.PathLike | None = None,
+                        align_channels: bool = True) -> None:
+    """What every compiled inference path does first (:func:`compile_for_inference`,
+    :func:`model.precompiled.precompile_for_inference`): Inductor's cache folder (:func:`use_compile_cache_dir`),
+    evaluation mode, and with ``align_channels`` the flow estimator's channels aligned in place."""
     use_compile_cache_dir(cache_dir)
     model.eval()
     if align_channels:
         align_flow_channels_(model)
-    model.compile(dynamic=False)
-    return model
 
 
 def compile_report() -> dict:
@@ -354,10 +362,18 @@ class InferenceRunner:
     def _eager(self, img0, img1, t, flow_scale, tta, flow_prior=None) -> torch.Tensor:
         self.counts["eager_calls"] += 1
         self.last_mode = "eager"
+        key = self.key(img0, flow_scale, tta, flow_prior is not None)
+        if self.precompiled is not None:            # it takes t as a (B,) tensor only
+            t = self._timestep_buffer(t, key.batch, img0.device)
+        return self._run_model(key, img0, img1, t, flow_prior)
+
+    def _run_model(self, key: GraphKey, img0, img1, t, flow_prior=None) -> torch.Tensor:
+        """One call of the model with ``key``'s flow scale and TTA: through its precompiled function where the runner
+        has them, else ``model.inference``. Eager calls and graph captures both come here."""
         if self.precompiled is not None:
-            key = self.key(img0, flow_scale, tta, flow_prior is not None)
-            return self.precompiled(key, img0, img1, self._timestep_buffer(t, key.batch, img0.device), flow_prior)
-        return self.model.inference(img0, img1, t, flow_scale=flow_scale, tta=tta, **_prior_keyword(flow_prior))
+            return self.precompiled(key, img0, img1, t, flow_prior)
+        return self.model.inference(img0, img1, t, flow_scale=key.flow_scale, tta=key.tta,
+                                    **_prior_keyword(flow_prior))
 
     def _due(self, key: GraphKey) -> bool:
         """Count a call of a key not yet recorded; True once it has been seen ``capture_after`` times."""
@@ -403,17 +419,13 @@ class InferenceRunner:
             static0, static1 = img0.clone(), img1.clone()
             static_t = self._timestep_buffer(t, key.batch, img0.device)
             static_prior = None if flow_prior is None else flow_prior.to(img0.device, torch.float32, copy=True)
-        flow_scale, tta = key.flow_scale, key.tta
 
         def call() -> torch.Tensor:
             # Autocast's weight-cast cache must stay off: a cached cast made outside the capture would be read by
             # the graph after autocast freed it. Same dtype and on/off state as the caller's.
             with torch.autocast(img0.device.type, dtype=key.autocast_dtype or torch.float32,
                                 enabled=key.autocast_dtype is not None, cache_enabled=False):
-                if self.precompiled is not None:
-                    return self.precompiled(key, static0, static1, static_t, static_prior)
-                return self.model.inference(static0, static1, static_t, flow_scale=flow_scale, tta=tta,
-                                            **_prior_keyword(static_prior))
+                return self._run_model(key, static0, static1, static_t, static_prior)
         try:
             recorded = self.capture.record(call, self.warmup_calls)
         except Exception as error:          # noqa: BLE001 - any capture failure means: this key runs eagerly

@@ -37,8 +37,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .flow import align_flow_channels_
-from .inference import default_compile_cache_dir, use_compile_cache_dir
+from .inference import default_compile_cache_dir, prepare_for_compile
 
 logger = logging.getLogger(__name__)
 
@@ -235,8 +234,5 @@ def precompile_for_inference(model: nn.Module, folder: str | os.PathLike | None 
     :class:`PrecompiledCalls` over ``folder`` (default :func:`default_artifact_dir`) for an
     :class:`~model.inference.InferenceRunner`'s ``precompiled``."""
     calls = PrecompiledCalls(model, folder or default_artifact_dir(), backend)   # refuses a torch without the mode
-    use_compile_cache_dir()
-    model.eval()
-    if align_channels:
-        align_flow_channels_(model)
+    prepare_for_compile(model, align_channels=align_channels)
     return calls
