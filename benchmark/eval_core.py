@@ -54,8 +54,8 @@ from checkpoint import CheckpointError, atomic_write_bytes, atomic_write_text, m
 from config import AMP_DTYPES, ConfigError, positive_float, positive_int, resolve_device, unit_fraction
 from benchmark.timing import timed_on_one_core
 from measures.motion import (
-    LARGE_MOTION_PX, MOTION_STATISTIC, FlowPair, flow_pair, format_bucket_table, interpolate_dis, motion_flow_scale,
-    prior_from_pair, prior_pair_flows, summarize_by_motion,
+    LARGE_MOTION_PX, MOTION_STATISTIC, ClassicalFrame, FlowPair, classical_frame, flow_pair, format_bucket_table,
+    motion_flow_scale, pick_by_warp_agreement, prior_from_pair, prior_pair_flows, summarize_by_motion,
 )
 from measures.quality import (difference_stats, psnr, psnr_uint8, quantize, ssim_matlab, ssim_skimage_uint8,
                               to_uint8)
@@ -68,7 +68,7 @@ from model.reduced import WORK_SCALE_HELP, describe_work_scale, reduce_resolutio
 
 BASELINE_KEYS = ("psnr_frame_average", "psnr_dis")
 # --components: PSNR of the model's own stages (Evaluator.component_psnrs), averaged like the baselines.
-COMPONENT_KEYS = ("psnr_blend", "psnr_prior_warps")
+COMPONENT_KEYS = ("psnr_blend", "psnr_prior_warps", "psnr_with_dis_mean", "psnr_agreement_pick")
 BUCKET_KEYS = ("psnr", "ssim", *BASELINE_KEYS, *COMPONENT_KEYS)     # averaged per motion bucket (when present)
 METRICS = ("matlab", "skimage_uint8")
 
@@ -367,7 +367,8 @@ class Evaluator:
         return crop_padding(pred.float(), padding).clamp(0, 1), flow, mask
 
     def component_psnrs(self, img0: torch.Tensor, img1: torch.Tensor, t: float, gt_frame: np.ndarray,
-                        flow_scale: float | None = None, flow_prior: torch.Tensor | None = None) -> dict:
+                        flow_scale: float | None = None, flow_prior: torch.Tensor | None = None,
+                        classical: ClassicalFrame | None = None) -> dict:
         """Where a flow model's prediction gains or loses (``--components``): the PSNR of its own stages.
 
         {"psnr_blend": the blend M W0 + (1 - M) W1 of the frames warped by the model's final flows with its final
@@ -376,6 +377,11 @@ class Evaluator:
         TTA, under the evaluator's autocast; scored like the prediction. Read beside "psnr" and "psnr_dis": blend
         minus prior warps is what the learned flow and mask did to the prior, prediction minus blend what RefineNet
         did to the blend.
+
+        With the classical baseline's frame (``classical``, when the motion flows are on), two ways to combine the
+        model with it that need no ground truth: "psnr_with_dis_mean", the plain average of the (single-pass)
+        prediction and DIS's frame; "psnr_agreement_pick", per pixel the one of the two whose own warps agree best
+        (:func:`measures.motion.pick_by_warp_agreement`, the model's final warps against DIS's).
         """
         flow_scale = self.flow_scale if flow_scale is None else flow_scale
         padded0, padding = pad_centred(img0, self.protocol.pad_multiple)
@@ -390,8 +396,15 @@ class Evaluator:
             if prior:
                 warped0, warped1 = self.model.prior_warps(padded0, padded1, t, prior["flow_prior"])
                 stages["psnr_prior_warps"] = (warped0 + warped1) / 2
-        return {key: self.score(crop_padding(image.float(), padding).clamp(0, 1), gt_frame, with_ssim=False)[0]
-                for key, image in stages.items()}
+        stages = {key: crop_padding(image.float(), padding).clamp(0, 1) for key, image in stages.items()}
+        if classical is not None:
+            pred, warped0, warped1 = (crop_padding(image.float(), padding)
+                                      for image in (output.pred.clamp(0, 1), output.warped0, output.warped1))
+            stages["psnr_with_dis_mean"] = (pred + frame_to_tensor(classical.frame, self.device)) / 2
+            as_array = [image[0].permute(1, 2, 0).cpu().numpy() for image in (pred, warped0, warped1)]
+            picked = pick_by_warp_agreement([tuple(as_array), (classical.frame, classical.warped0, classical.warped1)])
+            stages["psnr_agreement_pick"] = frame_to_tensor(picked, self.device)
+        return {key: self.score(image, gt_frame, with_ssim=False)[0] for key, image in stages.items()}
 
     def predict(self, img0: torch.Tensor, img1: torch.Tensor, t: float,
                 flow_prior: torch.Tensor | None = None) -> torch.Tensor:
@@ -502,14 +515,16 @@ class Evaluator:
             baseline_psnr, _ = self.score(blend, gt_frame, with_ssim=False)
             record = {"name": sample.name, "t": sample.t, "group": sample.group,
                       "psnr": value_psnr, "ssim": value_ssim, "psnr_frame_average": baseline_psnr}
+            classical = None
             if flows is not None:
-                classical = interpolate_dis(*cached_frames, sample.t, flows=flows)
+                classical = classical_frame(*cached_frames, sample.t, flows=flows)
                 record["motion"] = round(flows.motion, 3)
-                record["psnr_dis"] = self.score(frame_to_tensor(classical, self.device), gt_frame, with_ssim=False)[0]
+                record["psnr_dis"] = self.score(frame_to_tensor(classical.frame, self.device), gt_frame,
+                                                with_ssim=False)[0]
             if flow_scale is not None:
                 record["flow_scale"] = flow_scale
             if self.components:
-                record.update(self.component_psnrs(*cached_inputs, sample.t, gt_frame, flow_scale, prior))
+                record.update(self.component_psnrs(*cached_inputs, sample.t, gt_frame, flow_scale, prior, classical))
             if self.eager_runner is not None:
                 eager = self.predict_with_panels(*cached_inputs, sample.t, flow_scale=flow_scale, flow_prior=prior,
                                                  runner=self.eager_runner)[0]
@@ -645,7 +660,8 @@ def describe_dataset(label: str, path_text: str, found: int, official_samples: i
 
 
 MOTION_COLUMNS = (("psnr", "PSNR"), ("ssim", "SSIM"), ("psnr_frame_average", "frame avg"), ("psnr_dis", "DIS flow"),
-                  ("psnr_blend", "blend"), ("psnr_prior_warps", "prior warps"))
+                  ("psnr_blend", "blend"), ("psnr_prior_warps", "prior warps"), ("psnr_with_dis_mean", "mean with DIS"),
+                  ("psnr_agreement_pick", "agreement pick"))
 
 
 def present_columns(rows: Sequence[dict], columns: Sequence[tuple[str, str]] = MOTION_COLUMNS
@@ -748,6 +764,9 @@ def run_benchmark(args: argparse.Namespace, benchmark: str, make_subsets: Callab
                     stages += (f"; the prior's warps averaged {result['psnr_prior_warps']:.4f} dB, the learned flow "
                                f"and mask {result['psnr_blend'] - result['psnr_prior_warps']:+.4f} dB")
                 print(stages)
+            if "psnr_with_dis_mean" in result:
+                print(f"{label}  with DIS's frame: their mean {result['psnr_with_dis_mean']:.4f} dB, per pixel the one "
+                      f"whose warps agree {result['psnr_agreement_pick']:.4f} dB (DIS alone {result['psnr_dis']:.4f})")
             if "by_motion" in result:
                 print(f"{label}  by motion ({result['motion_statistic']}):")
                 print(format_bucket_table(result["by_motion"], present_columns(result["by_motion"])))

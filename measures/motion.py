@@ -15,6 +15,8 @@ on the frames as they are scored, on the CPU, and knows nothing of the model.
 * :func:`interpolate_dis`: the classical baseline. DIS flow both ways, flows at t by the linear-motion
   approximation, both frames backward-warped to t, blended with occlusion-aware weights
   (:func:`occlusion_aware_weights`, the one rule).
+* :func:`pick_by_warp_agreement`: per pixel, the candidate interpolation (a model's, the classical one) whose two
+  warps agree best: a test-time rule measured by the benchmarks' ``--components``.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ PRIOR_WORK_MAX_SIDE = 1024
 CONSISTENCY_ALPHA = 0.01
 CONSISTENCY_BETA = 0.5
 OCCLUDED_WEIGHT = 0.05        # what an inconsistent sample still counts (both inconsistent: the time weights rule)
+AGREEMENT_WINDOW = 7          # px: the box over which two warps' disagreement is averaged (pick_by_warp_agreement)
 
 
 def to_gray_uint8(frame: np.ndarray) -> np.ndarray:
@@ -247,6 +250,16 @@ def occlusion_aware_weights(t: float, trusted0: np.ndarray, trusted1: np.ndarray
     return weight0.astype(np.float32), (1.0 - weight0).astype(np.float32)
 
 
+@dataclass(frozen=True)
+class ClassicalFrame:
+    """The classical baseline's frame at t and the two warps it blended, each (H, W, 3) float32 in [0, 1]-ish (the
+    warps unclipped): what :func:`pick_by_warp_agreement` compares with a model's own warps."""
+
+    frame: np.ndarray
+    warped0: np.ndarray
+    warped1: np.ndarray
+
+
 def interpolate_dis(frame0: np.ndarray, frame1: np.ndarray, t: float = 0.5,
                     flows: FlowPair | None = None) -> np.ndarray:
     """The classical baseline: (H, W, 3) frames (uint8 or float [0, 1]) -> (H, W, 3) float32 frame at ``t`` in [0, 1].
@@ -257,6 +270,12 @@ def interpolate_dis(frame0: np.ndarray, frame1: np.ndarray, t: float = 0.5,
     trusted when the source pixel it was fetched from has a forward-backward consistent DIS vector.
     ``flows``: a :func:`flow_pair` of the same frames, to reuse (several t per pair).
     """
+    return classical_frame(frame0, frame1, t, flows).frame
+
+
+def classical_frame(frame0: np.ndarray, frame1: np.ndarray, t: float = 0.5,
+                    flows: FlowPair | None = None) -> ClassicalFrame:
+    """:func:`interpolate_dis` with the two warps it blended (:class:`ClassicalFrame`)."""
     if frame0.shape != frame1.shape:
         raise ValueError(f"frames differ in size: {frame0.shape} vs {frame1.shape}")
     if not 0.0 <= t <= 1.0:
@@ -277,4 +296,33 @@ def interpolate_dis(frame0: np.ndarray, frame1: np.ndarray, t: float = 0.5,
     warped0 = backward_warp(image0, flow_t0)
     warped1 = backward_warp(image1, flow_t1)
     blended = weight0[..., None] * warped0 + weight1[..., None] * warped1
-    return np.clip(blended, 0.0, 1.0).astype(np.float32, copy=False)
+    return ClassicalFrame(np.clip(blended, 0.0, 1.0).astype(np.float32, copy=False), warped0, warped1)
+
+
+def warp_disagreement(warped0: np.ndarray, warped1: np.ndarray, window: int = AGREEMENT_WINDOW) -> np.ndarray:
+    """(H, W) mean over channels of |warped0 - warped1|, averaged over a ``window`` x ``window`` box: how badly two
+    frames warped to t disagree around each pixel. Where a pair of flows is right, both warps show the same scene
+    (except where one side is occluded); where one is wrong, they show different places. The box makes it a
+    statement about a neighbourhood, not a single pixel's noise."""
+    difference = np.abs(warped0.astype(np.float32) - warped1.astype(np.float32)).mean(axis=-1)
+    return cv2.blur(difference, (window, window), borderType=cv2.BORDER_REPLICATE)
+
+
+def pick_by_warp_agreement(candidates: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
+                           window: int = AGREEMENT_WINDOW) -> np.ndarray:
+    """Per pixel, the frame of the candidate whose two warps agree best there.
+
+    candidates: (frame, warped0, warped1) triples, each (H, W, 3) float: an interpolation at t and the two inputs it
+    warped to t (a model's final warps, :class:`ClassicalFrame`'s). Returns (H, W, 3) float32: each pixel from the
+    candidate with the lowest :func:`warp_disagreement` (the first on ties). No ground truth is needed, so the rule
+    can run at test time; ``--components`` measures it (``psnr_agreement_pick``).
+    """
+    if not candidates:
+        raise ValueError("pick_by_warp_agreement needs at least one candidate")
+    shapes = {array.shape for triple in candidates for array in triple}
+    if len(shapes) != 1 or len(next(iter(shapes))) != 3:
+        raise ValueError(f"every frame and warp must be the same (H, W, C), got {sorted(shapes)}")
+    errors = np.stack([warp_disagreement(w0, w1, window) for _, w0, w1 in candidates])
+    choice = np.argmin(errors, axis=0)[..., None]
+    frames = np.stack([frame.astype(np.float32) for frame, _, _ in candidates])
+    return np.take_along_axis(frames, choice[None], axis=0)[0]

@@ -1176,10 +1176,17 @@ def test_components_split_a_prior_model_into_its_stages(vimeo_root, checkpoints,
     out = capsys.readouterr().out
     assert "stages: the blend of the model's warps" in out and "the prior's warps averaged" in out
     assert "prior warps" in out                                   # the motion table's column
+    # With DIS's frame: the mean of two images is never worse than the worse of the two (MSE is convex; 8-bit
+    # rounding aside), and the pick is one of the two per pixel.
+    for record in result["samples"]:
+        assert record["psnr_with_dis_mean"] >= min(record["psnr"], record["psnr_dis"]) - 0.05
+        assert math.isfinite(record["psnr_agreement_pick"])
+    assert "with DIS's frame: their mean" in out and "agreement pick" in out
     Vimeo90K.main(common_args(vimeo_root, checkpoints, tmp_path / "r2.json", model="tiny_phase2")
                   + ["--limit", "1", "--no_motion", "--components"])
     plain = read_report(tmp_path / "r2.json")["results"]["test"]
     assert "psnr_blend" in plain and "psnr_prior_warps" not in plain
+    assert "psnr_with_dis_mean" not in plain                      # --no_motion: no DIS frame to combine with
     line = run_failing(Vimeo90K.main, common_args(vimeo_root, checkpoints, tmp_path / "r3.json")
                        + ["--components"], capsys)
     assert "--components" in line and "Phase 1" in line

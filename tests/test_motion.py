@@ -18,8 +18,8 @@ if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
 from measures.motion import (  # noqa: E402
-    MOTION_BUCKETS, bucket_of, flow_pair, frame_motion, interpolate_dis, motion_statistic, occlusion_aware_weights,
-    summarize_by_motion, teacher_flows,
+    MOTION_BUCKETS, bucket_of, classical_frame, flow_pair, frame_motion, interpolate_dis, motion_statistic,
+    occlusion_aware_weights, pick_by_warp_agreement, summarize_by_motion, teacher_flows,
 )
 
 HEIGHT, WIDTH = 160, 224
@@ -89,6 +89,40 @@ def test_dis_baseline_beats_the_frame_average_on_a_translation():
     flows = flow_pair(frame0, frame1)
     quarter = interpolate_dis(frame0, frame1, 0.25, flows=flows)
     assert psnr(quarter[inner], view(image, 3, 2)[inner]) > psnr(predicted[inner], view(image, 3, 2)[inner]) + 5
+
+
+def test_classical_frame_hands_out_the_warps_it_blended():
+    """Where both samples are trusted (the inner frame of a plain translation) the blend is the two warps' average,
+    and the frame is interpolate_dis's."""
+    image = texture(seed=1)
+    frame0, frame1 = view(image, 0, 0), view(image, 12, 8)
+    parts = classical_frame(frame0, frame1, 0.5)
+    np.testing.assert_array_equal(parts.frame, interpolate_dis(frame0, frame1, 0.5))
+    inner = (slice(24, -24), slice(24, -24))
+    np.testing.assert_allclose(parts.frame[inner], ((parts.warped0 + parts.warped1) / 2)[inner], atol=1e-5)
+    assert psnr(parts.warped0[inner], parts.warped1[inner]) > 30      # right flows: both warps show the same scene
+
+
+def test_pick_by_warp_agreement_takes_each_region_from_the_candidate_whose_warps_agree():
+    """Candidate A's warps agree on the left half and disagree on the right, B's the other way round: the pick is
+    A's frame on the left and B's on the right (away from the seam by more than the box), whatever the order."""
+    rng = np.random.default_rng(0)
+    scene, other = rng.random((48, 64, 3), dtype=np.float32), rng.random((48, 64, 3), dtype=np.float32)
+    left = np.zeros((48, 64, 1), bool)
+    left[:, :32] = True
+    frame_a, frame_b = np.full((48, 64, 3), 0.2, np.float32), np.full((48, 64, 3), 0.8, np.float32)
+    candidate_a = (frame_a, scene, np.where(left, scene, other))
+    candidate_b = (frame_b, scene, np.where(left, other, scene))
+    for candidates in ([candidate_a, candidate_b], [candidate_b, candidate_a]):
+        picked = pick_by_warp_agreement(candidates)
+        assert picked.shape == (48, 64, 3) and picked.dtype == np.float32
+        np.testing.assert_array_equal(picked[:, :28], frame_a[:, :28])
+        np.testing.assert_array_equal(picked[:, 36:], frame_b[:, 36:])
+    np.testing.assert_array_equal(pick_by_warp_agreement([candidate_a]), frame_a)
+    with pytest.raises(ValueError, match="at least one"):
+        pick_by_warp_agreement([])
+    with pytest.raises(ValueError, match=r"same \(H, W, C\)"):
+        pick_by_warp_agreement([candidate_a, (frame_b[:40], scene[:40], scene[:40])])
 
 
 def test_occlusion_rule_gives_way_to_the_trusted_frame():
