@@ -6,6 +6,9 @@ Each argument is LABEL=REPORT (a ``--out`` JSON of any benchmark script; the lab
 Rows: the motion buckets of measures/motion.py, then "all". Columns: count, the frame average and the classical
 DIS baseline (from the first report: every report of one test set holds the same baselines), then each report's
 PSNR, then the mean over labels that differ only in a trailing ``_s<seed>`` (the mean over seeds).
+
+``--metric KEY`` puts another per-bucket value of the reports in the report columns instead of the prediction's
+PSNR: a ``--components`` stage such as ``psnr_blend`` (before RefineNet's residual) or ``psnr_with_dis_mean``.
 """
 
 from __future__ import annotations
@@ -53,7 +56,7 @@ def load(argument: str, subset: str) -> tuple[str, dict]:
     return label or path.stem, result
 
 
-def table(reports: list[tuple[str, dict]]) -> str:
+def table(reports: list[tuple[str, dict]], metric: str = "psnr") -> str:
     seed_groups: dict[str, list[str]] = {}
     for label, _ in reports:
         seed_groups.setdefault(re.sub(r"_s\d+$", "", label), []).append(label)
@@ -67,9 +70,9 @@ def table(reports: list[tuple[str, dict]]) -> str:
         base = rows[reports[0][0]]
         cells = [bucket, str(base["count"] if bucket != "all" else first["count"])]
         cells += [f"{base[key]:.2f}" if key in base else "-" for key in ("psnr_frame_average", "psnr_dis")]
-        cells += [f"{rows[label]['psnr']:.2f}" if "psnr" in rows[label] else "-" for label, _ in reports]
+        cells += [f"{rows[label][metric]:.2f}" if metric in rows[label] else "-" for label, _ in reports]
         for labels in means.values():
-            values = [rows[label]["psnr"] for label in labels if "psnr" in rows[label]]
+            values = [rows[label][metric] for label in labels if metric in rows[label]]
             cells.append(f"{sum(values) / len(values):.2f}" if values else "-")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -79,8 +82,16 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("reports", nargs="+", help="LABEL=REPORT.json")
     parser.add_argument("--subset", default="test", help="which subset of the reports (default test)")
+    parser.add_argument("--metric", default="psnr",
+                        help="which value fills the report columns (default psnr, the prediction's; e.g. psnr_blend, "
+                             "psnr_with_dis_mean from --components)")
     args = parser.parse_args(argv)
-    print(table([load(argument, args.subset) for argument in args.reports]))
+    reports = [load(argument, args.subset) for argument in args.reports]
+    missing = [label for label, result in reports if args.metric not in result]
+    if missing:
+        raise fail(f"--metric {args.metric}: not in the report(s) of {', '.join(missing)} (run with --components "
+                   "for the stages)")
+    print(table(reports, args.metric))
 
 
 if __name__ == "__main__":

@@ -826,6 +826,10 @@ def test_bucket_table_puts_reports_side_by_side_with_seed_means(tmp_path, capsys
     assert lines[3] == "| 4-16 | 0 | - | - | - | - | - |"
     assert lines[5] == "| 32-64 | 1 | 25.00 | 28.00 | 31.00 | 32.00 | 31.50 |"
     assert lines[7] == "| all | 2 | 25.00 | 28.00 | 30.50 | 31.50 | 31.00 |"
+    with pytest.raises(SystemExit, match="--metric psnr_blend: not in the report.* base_s0, base_s1 .*--components"):
+        bucket_table.main([f"base_s0={paths[0]}", f"base_s1={paths[1]}", "--metric", "psnr_blend"])
+    bucket_table.main([f"base_s0={paths[0]}", f"base_s1={paths[1]}", "--metric", "psnr_dis"])
+    assert capsys.readouterr().out.splitlines()[2] == "| <4 | 1 | 25.00 | 28.00 | 28.00 | 28.00 | 28.00 |"
 
 
 def test_count_gflop_splits_by_part_scales_with_pixels_and_restores_the_ssd_backend():
