@@ -65,8 +65,8 @@ from footage.interpolator import FrameInterpolator
 from footage.pipeline import RunStats, StreamSettings, run_stream, seconds_since_process_start
 from footage.timeplan import TimePlan, describe_times, is_power_of_two, output_frame_count
 from footage.video_io import (AvSink, FolderSink, FrameSink, OpenCVSink, SourceInfo, VideoIOError, default_io_workers,
-                              check_output, create_output_parents, default_png_writers, open_source, pyav_available,
-                              snap_rate)
+                              check_output, create_output_parents, default_png_writers, nvenc_unavailable, open_source,
+                              pyav_available, snap_rate)
 from measures.shots import ShotSettings, add_shot_arguments
 from model.inference import (GraphUnavailable, InferenceRunner, add_graph_argument, compile_report,
                              describe_compile_report, describe_run)
@@ -190,6 +190,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--preset", choices=X264_PRESETS, default="medium",
                         help="x264 speed preset (default medium); where encoding sets the pace (the 'pace:' line), "
                              "faster encodes 1.7-2x as fast for 0.2-0.5 dB less at the same --crf (docs/PERF.md 10.8)")
+    parser.add_argument("--encoder", choices=("auto", "libx264", "nvenc"), default="auto",
+                        help="H.264 encoder of a video output (default auto: NVIDIA's hardware encoder, NVENC, when the "
+                             "run is on a GPU that has one (GeForce/RTX, workstation cards; not H100/A100), else "
+                             "libx264 on the CPU); --crf and --preset apply to both (NVENC's constant-quality scale "
+                             "and its p1-p7 presets)")
     parser.add_argument("--ckpt_dir", default="ckpt", help="folder searched for --model names (default ckpt)")
     parser.add_argument("--report", type=Path, default=None, metavar="OUT.json",
                         help="write a JSON record of the run: every cut and duplicate (frame indices, scores), the "
@@ -249,8 +254,25 @@ def choose_time_strategy(phase: int, ratio: Fraction, strict: bool, vfr: bool = 
     return False, f"Phase-{phase} checkpoint: t = k/{steps} given directly (outside its training)"
 
 
+def choose_encoder(requested: str, device: torch.device, kind: str, use_pyav: bool) -> tuple[str | None, str]:
+    """(the H.264 encoder a video output gets, "libx264" / "nvenc" / None for a PNG folder or OpenCV's writer; a note
+    on the choice for the io line). ``--encoder nvenc`` where NVENC does not open is an InterpolateError."""
+    if kind != "video":
+        return None, ""
+    if not use_pyav:
+        if requested == "nvenc":
+            raise InterpolateError("--encoder nvenc writes through PyAV, which is not installed: pip install av")
+        return None, ""
+    if requested == "libx264":
+        return "libx264", ""
+    reason = nvenc_unavailable() if requested == "nvenc" or device.type == "cuda" else "the run is on the CPU"
+    if requested == "nvenc" and reason:
+        raise InterpolateError(f"--encoder nvenc: {reason}; use --encoder libx264")
+    return ("nvenc", "") if reason is None else ("libx264", f" (--encoder auto: no NVENC, {reason})")
+
+
 def make_sink(path: Path, kind: str, info: SourceInfo, rate: Fraction | None, args: argparse.Namespace,
-              use_pyav: bool) -> FrameSink:
+              use_pyav: bool, encoder: str | None = "libx264") -> FrameSink:
     """A PNG folder, or a video through PyAV (colour, aspect and audio from a video source) or, without PyAV,
     OpenCV."""
     if kind == "folder":
@@ -260,7 +282,8 @@ def make_sink(path: Path, kind: str, info: SourceInfo, rate: Fraction | None, ar
     source = info if info.kind == "video" else None
     # --io_workers also caps x264's own threads; without it x264 picks its count from the CPUs.
     return AvSink(path, info.width, info.height, rate, args.crf, args.preset, source,
-                  keep_audio=not info.rate_overridden, workers=args.io_workers, encoder_threads=args.io_workers or 0)
+                  keep_audio=not info.rate_overridden, workers=args.io_workers, encoder_threads=args.io_workers or 0,
+                  encoder=encoder or "libx264")
 
 
 def time_plan(info: SourceInfo, ratio: Fraction, out_rate: Fraction | None) -> TimePlan:
@@ -317,10 +340,13 @@ def run_report(args: argparse.Namespace, info: SourceInfo, kind: str, out_rate: 
                         "compiled_artifacts": compiled_artifacts or []}}
 
 
-def pace_hint(pace: str | None, kind: str, preset: str, use_pyav: bool) -> str | None:
+def pace_hint(pace: str | None, kind: str, preset: str, use_pyav: bool, encoder: str | None = "libx264"
+              ) -> str | None:
     """What to change when the output's encoding held the model back (``pace`` from StageWaits), else None."""
     if pace != "encoding":
         return None
+    if encoder == "nvenc":
+        return "NVENC set the pace: a faster --preset (NVENC's p1-p4)"
     if kind == "folder":
         return ("PNG writing set the pace: more writer threads (--io_workers N; one thread writes about 15 1080p PNGs "
                 "a second) or a video output")
@@ -366,6 +392,7 @@ def run(args: argparse.Namespace) -> RunStats:
     compile_flag = "--aot_compile" if args.aot_compile else "--compile" if args.compile else None
     if compile_flag and device.type != "cuda":
         raise InterpolateError(f"{compile_flag} needs a CUDA device (this run is on {device.type})")
+    encoder, encoder_note = choose_encoder(args.encoder, device, kind, use_pyav)
     amp = resolve_amp(args.amp, device)
     if amp == "fp16" and device.type != "cuda":   # CPU fp16 autocast: about 27x slower than fp32 (issue 17)
         raise InterpolateError(f"--amp fp16 needs a CUDA device (this run is on {device.type}); use --amp bf16 or fp32")
@@ -424,9 +451,11 @@ def run(args: argparse.Namespace) -> RunStats:
     workers = args.io_workers or default_io_workers()
     if kind == "folder":
         encoding = f"{args.io_workers or default_png_writers()} writing PNGs"
+    elif encoder == "nvenc":
+        encoding = f"{workers} converting to Y'CbCr, NVENC (the GPU's video encoder, --encoder)"
     elif use_pyav:
         encoding = (f"{workers} converting to Y'CbCr, libx264 on "
-                    f"{args.io_workers if args.io_workers else 'its own count of'} threads")
+                    f"{args.io_workers if args.io_workers else 'its own count of'} threads{encoder_note}")
     else:
         encoding = "1 encoding (OpenCV)"
     print(f"io:     {workers} threads decoding, {encoding} (--io_workers)")
@@ -435,7 +464,7 @@ def run(args: argparse.Namespace) -> RunStats:
         print(f"prior:  --flow_prior {cfg.model.flow_prior} checkpoint: each interpolated pair's DIS flows on "
               f"{workers} threads beside the model (cuts and duplicates need none; --io_workers)")
     create_output_parents(output_path)
-    sink = make_sink(output_path, kind, info, out_rate, args, use_pyav)
+    sink = make_sink(output_path, kind, info, out_rate, args, use_pyav, encoder)
     shots = ShotSettings(cut_ratio=args.cut_ratio, duplicate_block=args.duplicate_block)
     settings = StreamSettings(plan, shots, not args.no_progress, expected, io_workers=args.io_workers)
     try:
@@ -456,7 +485,7 @@ def run(args: argparse.Namespace) -> RunStats:
     print(f"wrote {output_path} ({stats.model_calls} model calls; {stats.steady_rate()}; "
           f"{interpolator.model_rate(stats.frames_out)}{'; ' + prior_rate if prior_rate else ''})")
     print(stats.waits.pace())
-    hint = pace_hint(stats.waits.slowest(), kind, args.preset, use_pyav)
+    hint = pace_hint(stats.waits.slowest(), kind, args.preset, use_pyav, encoder)
     if hint:
         print(f"hint:   {hint}")
     print(describe_startup(startup))

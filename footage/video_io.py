@@ -13,8 +13,9 @@ stream's colour and geometry tags:
               timing. A constant-rate stream (every timestamp within a quarter frame of the rate's grid) gets the
               exact grid times i / rate instead, so output times stay exact fractions.
     writing:  RGB -> Y'CbCr 4:2:0 with the source's matrix and range (exact rounding, full chroma interpolation),
-              libx264 at --crf, tagged with the source's matrix, range, primaries, transfer and sample aspect ratio;
-              the source's audio muxed in as the video is written (footage/audio.py).
+              libx264 at --crf (or NVIDIA's hardware encoder, NVENC, where the GPU has one: :func:`nvenc_unavailable`),
+              tagged with the source's matrix, range, primaries, transfer and sample aspect ratio; the source's audio
+              muxed in as the video is written (footage/audio.py).
 
 The probe reads every video packet's timestamp (no decoding) to tell the frame count and whether the rate is
 constant, and decodes two frames for the size and colour tags. Without PyAV, OpenCV reads and writes video instead
@@ -258,6 +259,52 @@ def snap_rate(fps: float) -> Fraction:
 def ffmpeg_reason(error: Exception) -> str:
     """The one-line reason in a PyAV error ("Invalid data found when processing input"), without the path."""
     return str(getattr(error, "strerror", None) or error).split(": '")[0]
+
+
+# H.264 encoders: --encoder's names -> FFmpeg's. libx264 runs on the CPU; h264_nvenc on the GPU's video encoder
+# (GeForce / RTX / workstation cards; data-centre cards such as the H100 have none), so it takes no CPU cores from
+# decoding, the model's thread and the Y'CbCr conversion.
+H264_ENCODERS = {"libx264": "libx264", "nvenc": "h264_nvenc"}
+# x264's speed presets (interpolate.py --preset) -> NVENC's p1 (fastest) .. p7 (best): the same rank of speed.
+NVENC_PRESETS = {"ultrafast": "p1", "superfast": "p2", "veryfast": "p3", "faster": "p4", "fast": "p4",
+                 "medium": "p5", "slow": "p6", "slower": "p7", "veryslow": "p7"}
+
+
+def encoder_options(encoder: str, crf: int, preset: str) -> dict[str, str]:
+    """The codec options that give ``--crf`` quality at ``--preset`` speed with ``encoder`` ("libx264" / "nvenc").
+
+    NVENC has no CRF: its constant-quality mode (``rc vbr`` with ``cq`` and no bitrate cap) takes the same 0-51
+    scale of quantiser steps, which lands near x264's CRF at the same number (not the same bits or PSNR: NVENC's
+    motion search and rate control differ); ``--crf 0`` becomes NVENC's lossless tuning.
+    """
+    if encoder == "libx264":
+        return {"crf": str(crf), "preset": preset}
+    if encoder != "nvenc":
+        raise ValueError(f"unknown H.264 encoder {encoder!r}: one of {', '.join(H264_ENCODERS)}")
+    if crf == 0:
+        return {"preset": "p7", "tune": "lossless"}
+    return {"preset": NVENC_PRESETS[preset], "tune": "hq", "rc": "vbr", "cq": str(crf), "b": "0"}
+
+
+def nvenc_unavailable() -> str | None:
+    """None where PyAV's FFmpeg opens NVIDIA's H.264 encoder on this machine, else why not (one line).
+
+    The only reliable test is opening one: FFmpeg lists ``h264_nvenc`` wherever it was built with it, and the open
+    fails without an NVIDIA driver (libnvidia-encode), without a GPU, or on a GPU without the encoder (H100, A100).
+    """
+    import av
+
+    if H264_ENCODERS["nvenc"] not in av.codecs_available:
+        return "this FFmpeg (PyAV's) was built without h264_nvenc"
+    try:
+        context = av.CodecContext.create(H264_ENCODERS["nvenc"], "w")
+        context.width, context.height, context.pix_fmt = 256, 256, "yuv420p"
+        context.time_base = Fraction(1, 25)
+        context.open()
+    except (av.FFmpegError, ValueError, RuntimeError, OSError) as error:
+        return f"NVIDIA's encoder did not open here ({ffmpeg_reason(error)}): no NVIDIA driver, or a GPU without one"
+    del context
+    return None
 
 
 def decoding_flags():
@@ -628,7 +675,7 @@ class FolderSink(FrameSink):
 
 
 class AvSink(FrameSink):
-    """H.264 (libx264, 4:2:0, --crf) through PyAV, with the source's colour tags, sample aspect ratio and audio.
+    """H.264 (libx264 or NVENC, 4:2:0, --crf) through PyAV, with the source's colour tags, sample aspect ratio and audio.
 
     source: the video the frames come from (its colour conversion, tags, aspect, start and audio are carried over);
         None for frames from a folder (BT.709 for HD, BT.601 for SD, tv range, square pixels, no audio).
@@ -636,11 +683,13 @@ class AvSink(FrameSink):
     workers: threads converting RGB to Y'CbCr (swscale, without the GIL; default :func:`default_io_workers`): frames
         are converted several at once, ahead of the encoder, and encoded in order.
     encoder_threads: libx264's own threads (frame-parallel); 0 lets x264 choose from the CPU count.
+    encoder: "libx264" or "nvenc" (:data:`H264_ENCODERS`; check :func:`nvenc_unavailable` first), with the options of
+        :func:`encoder_options`.
     """
 
     def __init__(self, final: Path, width: int, height: int, rate: Fraction, crf: int, preset: str = "medium",
                  source: SourceInfo | None = None, keep_audio: bool = True, workers: int | None = None,
-                 encoder_threads: int = 0):
+                 encoder_threads: int = 0, encoder: str = "libx264"):
         import av
 
         workers = workers or default_io_workers()
@@ -672,17 +721,19 @@ class AvSink(FrameSink):
         self.first_tick = round(self.video_start / self.time_base)
         self.flags = decoding_flags()
         self.count = 0
+        self.encoder = encoder
         options = {"movflags": "+faststart"} if final.suffix.lower() in (".mp4", ".mov") else {}
         try:
             self.container = av.open(str(self.temp), "w", options=options)
-            self.stream = self.container.add_stream("libx264", rate=rate)
+            self.stream = self.container.add_stream(H264_ENCODERS[encoder], rate=rate)
             self.stream.width, self.stream.height = width + width % 2, height + height % 2
             self.stream.pix_fmt = "yuv420p"
-            self.stream.options = {"crf": str(crf), "preset": preset}
+            self.stream.options = encoder_options(encoder, crf, preset)
             context = self.stream.codec_context
-            # PyAV opens encoders with slice threads, which x264 scales poorly; frame threads are what the ffmpeg
-            # command line uses (higher throughput, a few frames of latency, which a file does not mind).
-            context.thread_type, context.thread_count = "FRAME", encoder_threads
+            if encoder == "libx264":
+                # PyAV opens encoders with slice threads, which x264 scales poorly; frame threads are what the ffmpeg
+                # command line uses (higher throughput, a few frames of latency, which a file does not mind).
+                context.thread_type, context.thread_count = "FRAME", encoder_threads
             context.time_base = self.time_base
             context.colorspace, context.color_range = self.colour.matrix, self.colour.colour_range
             context.color_primaries, context.color_trc = self.colour.primaries, self.colour.transfer
@@ -761,7 +812,7 @@ class AvSink(FrameSink):
         replace_into_place(self.temp, self.final)
         self.temp = None
         self.output_record = {"start_s": float(self.video_start), "duration_s": float(frames_written * period),
-                              "colour": self.colour.as_dict(), "rotation": self.rotation,
+                              "encoder": H264_ENCODERS[self.encoder], "colour": self.colour.as_dict(), "rotation": self.rotation,
                               "sample_aspect_ratio": (None if self.sample_aspect_ratio is None
                                                       else str(self.sample_aspect_ratio))}
         return self.notes

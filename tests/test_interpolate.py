@@ -8,6 +8,7 @@ matches the source to codec rounding.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from dataclasses import replace
@@ -614,3 +615,56 @@ def test_the_pace_hint_names_what_to_change_only_when_encoding_held_the_model_ba
     assert "--preset faster" in interpolate.pace_hint("encoding", "video", "slow", True)
     assert "a faster --preset" in interpolate.pace_hint("encoding", "video", "veryfast", True)
     assert "pip install av" in interpolate.pace_hint("encoding", "video", "medium", False)
+    assert "NVENC set the pace" in interpolate.pace_hint("encoding", "video", "medium", True, "nvenc")
+
+
+# --------------------------------------------------------------------------------------------------------
+# The H.264 encoder: NVIDIA's NVENC where the run's GPU has one, libx264 otherwise
+# --------------------------------------------------------------------------------------------------------
+def test_the_encoder_choice_takes_nvenc_only_where_it_opens_and_refuses_it_by_name(monkeypatch):
+    """--encoder auto: NVENC for a CUDA run where it opens, libx264 otherwise, with the reason on the io line (a CPU
+    run never probes); --encoder nvenc where it does not open, or without PyAV, stops naming the flag."""
+    from footage.video_io import encoder_options
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    reason = "NVIDIA's encoder did not open here (Operation not permitted)"
+    monkeypatch.setattr(interpolate, "nvenc_unavailable", lambda: reason)
+    assert interpolate.choose_encoder("nvenc", cuda, "folder", True) == (None, "")          # PNGs: no encoder
+    assert interpolate.choose_encoder("auto", cuda, "video", False) == (None, "")           # OpenCV's writer
+    assert interpolate.choose_encoder("libx264", cuda, "video", True) == ("libx264", "")
+    assert interpolate.choose_encoder("auto", cuda, "video", True) == ("libx264", f" (--encoder auto: no NVENC, "
+                                                                                  f"{reason})")
+    with pytest.raises(interpolate.InterpolateError, match=r"^--encoder nvenc: NVIDIA's encoder did not open here "
+                                                           r"\(Operation not permitted\); use --encoder libx264$"):
+        interpolate.choose_encoder("nvenc", cuda, "video", True)
+    with pytest.raises(interpolate.InterpolateError, match="--encoder nvenc writes through PyAV.*pip install av"):
+        interpolate.choose_encoder("nvenc", cuda, "video", False)
+    monkeypatch.setattr(interpolate, "nvenc_unavailable", lambda: None)
+    assert interpolate.choose_encoder("auto", cuda, "video", True) == ("nvenc", "")
+    assert interpolate.choose_encoder("nvenc", cpu, "video", True) == ("nvenc", "")
+    monkeypatch.setattr(interpolate, "nvenc_unavailable", lambda: pytest.fail("a CPU run probed for NVENC"))
+    assert interpolate.choose_encoder("auto", cpu, "video", True) == ("libx264", " (--encoder auto: no NVENC, the "
+                                                                                 "run is on the CPU)")
+    # --crf and --preset in each encoder's terms.
+    assert encoder_options("libx264", 18, "medium") == {"crf": "18", "preset": "medium"}
+    assert encoder_options("nvenc", 18, "medium") == {"preset": "p5", "tune": "hq", "rc": "vbr", "cq": "18", "b": "0"}
+    assert encoder_options("nvenc", 23, "faster")["preset"] == "p4"
+    assert encoder_options("nvenc", 0, "medium") == {"preset": "p7", "tune": "lossless"}
+    with pytest.raises(ValueError, match="unknown H.264 encoder 'x265'"):
+        encoder_options("x265", 18, "medium")
+
+
+@needs_ffmpeg
+def test_a_video_output_reports_its_encoder_and_a_refused_nvenc_writes_nothing(checkpoint, clip, tmp_path, capsys,
+                                                                               monkeypatch):
+    monkeypatch.setattr(interpolate, "nvenc_unavailable", lambda: "NVIDIA's encoder did not open here (test)")
+    out = tmp_path / "out.mp4"
+    code, _, stderr = run_cli(capsys, "--model", checkpoint, "--input", clip["folder"], "--output", out,
+                              "--input_fps", 24, "--encoder", "nvenc")
+    assert code == 2 and len(stderr.strip().splitlines()) == 1 and "--encoder nvenc: NVIDIA's encoder" in stderr
+    assert not out.exists()
+    code, stdout, stderr = run_cli(capsys, "--model", checkpoint, "--input", clip["folder"], "--output", out,
+                                   "--input_fps", 24, "--report", tmp_path / "run.json")
+    assert code == 0, stderr
+    assert "(--encoder auto: no NVENC, the run is on the CPU)" in stdout
+    assert json.loads((tmp_path / "run.json").read_text())["output"]["encoder"] == "libx264"
+    assert len(read_video(out)[0]) == 15
