@@ -57,8 +57,10 @@ from model.warplayer import BackwardWarp  # noqa: E402
 RESOLUTIONS = {"256": (256, 256), "720p": (720, 1280), "1080p": (1080, 1920), "2k": (1080, 2048), "4k": (2160, 3840)}
 FLOW_SCALE = {"256": 1.0, "720p": 1.0, "1080p": 0.5, "2k": 0.5, "4k": 0.25}
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
-# cuDNN's channel-padding pass before a convolution, and its layout conversions (names as cuDNN 9 gives them).
-KERNEL_PATTERNS = ("Padding", "nchwToNhwc", "nhwcToNchw")
+# cuDNN's channel-padding pass before a convolution (nhwcAddPaddingKernel), and its layout conversions (names as
+# cuDNN 9 gives them). Not plain "Padding": ATen's grid_sampler_2d_kernel carries GridSamplerPadding in its template
+# arguments, and call M's profile counted the 17 warps as padding passes with it (docs/PERF.md 10.12).
+KERNEL_PATTERNS = ("AddPadding", "nchwToNhwc", "nhwcToNchw")
 
 
 def stamp(message: str) -> None:
