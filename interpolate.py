@@ -37,7 +37,7 @@ Streaming (memory depends on the frame size, never on the video's length)::
 
     decode threads (PNG / RGB conversion, pinned) -> reader thread: cut/duplicate verdict --queue--> main: upload,
         batch pairs, model (bf16 on CUDA) --queue of uint8 frames (async GPU->pinned copies)--> writer thread
-        -> encode threads (PNG; RGB->Y'CbCr then libx264's own threads)
+        -> encode threads (PNG; RGB->Y'CbCr then libx264's own threads, or NVENC on the GPU: --encoder)
 
 so decoding, the model and encoding overlap, and several frames are decoded and encoded at once (``--io_workers``).
 Output goes to a hidden temporary name and is renamed at the end.
