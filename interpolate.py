@@ -64,7 +64,8 @@ from config import (AMP_DTYPES, ConfigError, OneLineErrorParser, positive_float,
 from footage.interpolator import FrameInterpolator
 from footage.pipeline import RunStats, StreamSettings, run_stream, seconds_since_process_start
 from footage.timeplan import TimePlan, describe_times, is_power_of_two, output_frame_count
-from footage.video_io import (AvSink, FolderSink, FrameSink, OpenCVSink, SourceInfo, VideoIOError, default_io_workers,
+from footage.video_io import (NVENC_PRESETS, AvSink, FolderSink, FrameSink, OpenCVSink, SourceInfo, VideoIOError,
+                              default_io_workers,
                               check_output, create_output_parents, default_png_writers, nvenc_unavailable, open_source,
                               pyav_available, snap_rate)
 from measures.shots import ShotSettings, add_shot_arguments
@@ -268,7 +269,7 @@ def choose_encoder(requested: str, device: torch.device, kind: str, use_pyav: bo
     reason = nvenc_unavailable() if requested == "nvenc" or device.type == "cuda" else "the run is on the CPU"
     if requested == "nvenc" and reason:
         raise InterpolateError(f"--encoder nvenc: {reason}; use --encoder libx264")
-    return ("nvenc", "") if reason is None else ("libx264", f" (--encoder auto: no NVENC, {reason})")
+    return ("nvenc", "") if reason is None else ("libx264", f"--encoder auto: no NVENC, {reason}")
 
 
 def make_sink(path: Path, kind: str, info: SourceInfo, rate: Fraction | None, args: argparse.Namespace,
@@ -452,13 +453,17 @@ def run(args: argparse.Namespace) -> RunStats:
     if kind == "folder":
         encoding = f"{args.io_workers or default_png_writers()} writing PNGs"
     elif encoder == "nvenc":
-        encoding = f"{workers} converting to Y'CbCr, NVENC (the GPU's video encoder, --encoder)"
+        encoding = f"{workers} converting to Y'CbCr, NVENC (the GPU's video encoder)"
     elif use_pyav:
         encoding = (f"{workers} converting to Y'CbCr, libx264 on "
-                    f"{args.io_workers if args.io_workers else 'its own count of'} threads{encoder_note}")
+                    f"{args.io_workers if args.io_workers else 'its own count of'} threads")
     else:
         encoding = "1 encoding (OpenCV)"
     print(f"io:     {workers} threads decoding, {encoding} (--io_workers)")
+    if encoder is not None:
+        preset = args.preset if encoder == "libx264" else f"{args.preset} = NVENC's {NVENC_PRESETS[args.preset]}"
+        print(f"encode: H.264 by {'NVENC (h264_nvenc)' if encoder == 'nvenc' else 'libx264'}, --crf {args.crf}, "
+              f"--preset {preset} ({encoder_note or f'--encoder {args.encoder}'})")
     interpolator = FrameInterpolator(model, device, AMP_DTYPES[amp], args.tta, flow_scale, batch, halving, runner=runner)
     if interpolator.needs_prior:
         print(f"prior:  --flow_prior {cfg.model.flow_prior} checkpoint: each interpolated pair's DIS flows on "

@@ -631,8 +631,7 @@ def test_the_encoder_choice_takes_nvenc_only_where_it_opens_and_refuses_it_by_na
     assert interpolate.choose_encoder("nvenc", cuda, "folder", True) == (None, "")          # PNGs: no encoder
     assert interpolate.choose_encoder("auto", cuda, "video", False) == (None, "")           # OpenCV's writer
     assert interpolate.choose_encoder("libx264", cuda, "video", True) == ("libx264", "")
-    assert interpolate.choose_encoder("auto", cuda, "video", True) == ("libx264", f" (--encoder auto: no NVENC, "
-                                                                                  f"{reason})")
+    assert interpolate.choose_encoder("auto", cuda, "video", True) == ("libx264", f"--encoder auto: no NVENC, {reason}")
     with pytest.raises(interpolate.InterpolateError, match=r"^--encoder nvenc: NVIDIA's encoder did not open here "
                                                            r"\(Operation not permitted\); use --encoder libx264$"):
         interpolate.choose_encoder("nvenc", cuda, "video", True)
@@ -642,8 +641,8 @@ def test_the_encoder_choice_takes_nvenc_only_where_it_opens_and_refuses_it_by_na
     assert interpolate.choose_encoder("auto", cuda, "video", True) == ("nvenc", "")
     assert interpolate.choose_encoder("nvenc", cpu, "video", True) == ("nvenc", "")
     monkeypatch.setattr(interpolate, "nvenc_unavailable", lambda: pytest.fail("a CPU run probed for NVENC"))
-    assert interpolate.choose_encoder("auto", cpu, "video", True) == ("libx264", " (--encoder auto: no NVENC, the "
-                                                                                 "run is on the CPU)")
+    assert interpolate.choose_encoder("auto", cpu, "video", True) == ("libx264", "--encoder auto: no NVENC, the run "
+                                                                                 "is on the CPU")
     # --crf and --preset in each encoder's terms.
     assert encoder_options("libx264", 18, "medium") == {"crf": "18", "preset": "medium"}
     assert encoder_options("nvenc", 18, "medium") == {"preset": "p5", "tune": "hq", "rc": "vbr", "cq": "18", "b": "0"}
@@ -665,6 +664,16 @@ def test_a_video_output_reports_its_encoder_and_a_refused_nvenc_writes_nothing(c
     code, stdout, stderr = run_cli(capsys, "--model", checkpoint, "--input", clip["folder"], "--output", out,
                                    "--input_fps", 24, "--report", tmp_path / "run.json")
     assert code == 0, stderr
-    assert "(--encoder auto: no NVENC, the run is on the CPU)" in stdout
+    assert ("encode: H.264 by libx264, --crf 18, --preset medium (--encoder auto: no NVENC, the run is on the CPU)"
+            in stdout)
     assert json.loads((tmp_path / "run.json").read_text())["output"]["encoder"] == "libx264"
     assert len(read_video(out)[0]) == 15
+    # An NVENC that the probe let through but that fails when the output opens (here: none at all) still ends in one
+    # line naming the output, after the encode line said what was chosen, and leaves nothing behind.
+    monkeypatch.setattr(interpolate, "nvenc_unavailable", lambda: None)
+    other = tmp_path / "nv.mp4"
+    code, stdout, stderr = run_cli(capsys, "--model", checkpoint, "--input", clip["folder"], "--output", other,
+                                   "--input_fps", 24, "--encoder", "nvenc", "--preset", "faster")
+    assert "encode: H.264 by NVENC (h264_nvenc), --crf 18, --preset faster = NVENC's p4 (--encoder nvenc)" in stdout
+    assert code == 2 and len(stderr.strip().splitlines()) == 1 and f"writing {other}: " in stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.mp4", "run.json"]
