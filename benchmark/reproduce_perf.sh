@@ -21,7 +21,8 @@
 #             8 4 2 (1080p also compiled+graphed), and at 720p and 1080p with --flow_prior dis (the DIS prior's CPU
 #             cost beside); compiled+graphed at 1080p with and without channel alignment,
 #             then again in a second process (it reads Inductor's cache: the warm start); the footage pipeline's
-#             stages (bench_pipeline.py) and interpolate.py 1080p 2x to PNG and to H.264 (x264 medium and faster) with the checkpoint of `start`.
+#             stages (bench_pipeline.py) and interpolate.py 1080p 2x to PNG and to H.264 (x264 medium and faster, and
+#             --encoder auto: NVENC where the card has one) with the checkpoint of `start`.
 #             Peers: stage `peers`, in the same call
 #   motion    docs/LARGE_MOTION.md: the corpus, then the budget: the recipe with the classical flow prior
 #             (--flow_prior dis) and the base, 9,000 steps each, the two sharing the GPU (about 1,000 s: each run has
@@ -159,10 +160,13 @@ PY
   stage 180 python3 interpolate.py --model perf_p2_last --input /tmp/frames1080 --output /tmp/out1080_png --multi 2 \
     --no_progress --overwrite
   stage 180 python3 interpolate.py --model perf_p2_last --input /tmp/frames1080 --output /tmp/out1080.mp4 --multi 2 \
-    --input_fps 24 --no_progress --overwrite
+    --input_fps 24 --encoder libx264 --no_progress --overwrite
   # x264 at `medium` makes about 4 frames/s of 1080p per core here (docs/PERF.md 10): whether 16 cores keep up
   stage 180 python3 interpolate.py --model perf_p2_last --input /tmp/frames1080 --output /tmp/out1080f.mp4 --multi 2 \
-    --input_fps 24 --preset faster --no_progress --overwrite
+    --input_fps 24 --encoder libx264 --preset faster --no_progress --overwrite
+  # The default encoder choice: NVENC on a card that has one (docs/PERF.md 10.11), else libx264 medium again
+  stage 180 python3 interpolate.py --model perf_p2_last --input /tmp/frames1080 --output /tmp/out1080a.mp4 --multi 2 \
+    --input_fps 24 --encoder auto --no_progress --overwrite
 fi
 if want motion; then
   RUNS="prior_s0 base_s0" MFS=0 stage 1500 tools/large_motion_runs.sh data/cache /tmp/lm/work "$out/motion" 90 1150
