@@ -64,8 +64,8 @@ from config import (AMP_DTYPES, ConfigError, OneLineErrorParser, positive_float,
 from footage.interpolator import FrameInterpolator
 from footage.pipeline import RunStats, StreamSettings, run_stream, seconds_since_process_start
 from footage.timeplan import TimePlan, describe_times, is_power_of_two, output_frame_count
-from footage.video_io import (NVENC_PRESETS, AvSink, FolderSink, FrameSink, OpenCVSink, SourceInfo, VideoIOError,
-                              default_io_workers,
+from footage.video_io import (H264_ENCODERS, AvSink, FolderSink, FrameSink, OpenCVSink, SourceInfo, VideoIOError,
+                              default_io_workers, encoder_options,
                               check_output, create_output_parents, default_png_writers, nvenc_unavailable, open_source,
                               pyav_available, snap_rate)
 from measures.shots import ShotSettings, add_shot_arguments
@@ -192,8 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="x264 speed preset (default medium); where encoding sets the pace (the 'pace:' line), "
                              "faster encodes 1.7-2x as fast for 0.2-0.5 dB less at the same --crf (docs/PERF.md 10.8)")
     parser.add_argument("--encoder", choices=("auto", "libx264", "nvenc"), default="auto",
-                        help="H.264 encoder of a video output (default auto: NVIDIA's hardware encoder, NVENC, when the "
-                             "run is on a GPU that has one (GeForce/RTX, workstation cards; not H100/A100), else "
+                        help="H.264 encoder of a video output (default auto: NVIDIA's hardware encoder, NVENC, when "
+                             "the run is on a GPU that has one (GeForce/RTX, workstation cards; not H100/A100), else "
                              "libx264 on the CPU); --crf and --preset apply to both (NVENC's constant-quality scale "
                              "and its p1-p7 presets)")
     parser.add_argument("--ckpt_dir", default="ckpt", help="folder searched for --model names (default ckpt)")
@@ -273,7 +273,7 @@ def choose_encoder(requested: str, device: torch.device, kind: str, use_pyav: bo
 
 
 def make_sink(path: Path, kind: str, info: SourceInfo, rate: Fraction | None, args: argparse.Namespace,
-              use_pyav: bool, encoder: str | None = "libx264") -> FrameSink:
+              use_pyav: bool, encoder: str = "libx264") -> FrameSink:
     """A PNG folder, or a video through PyAV (colour, aspect and audio from a video source) or, without PyAV,
     OpenCV."""
     if kind == "folder":
@@ -284,7 +284,7 @@ def make_sink(path: Path, kind: str, info: SourceInfo, rate: Fraction | None, ar
     # --io_workers also caps x264's own threads; without it x264 picks its count from the CPUs.
     return AvSink(path, info.width, info.height, rate, args.crf, args.preset, source,
                   keep_audio=not info.rate_overridden, workers=args.io_workers, encoder_threads=args.io_workers or 0,
-                  encoder=encoder or "libx264")
+                  encoder=encoder)
 
 
 def time_plan(info: SourceInfo, ratio: Fraction, out_rate: Fraction | None) -> TimePlan:
@@ -461,9 +461,12 @@ def run(args: argparse.Namespace) -> RunStats:
         encoding = "1 encoding (OpenCV)"
     print(f"io:     {workers} threads decoding, {encoding} (--io_workers)")
     if encoder is not None:
-        preset = args.preset if encoder == "libx264" else f"{args.preset} = NVENC's {NVENC_PRESETS[args.preset]}"
-        print(f"encode: H.264 by {'NVENC (h264_nvenc)' if encoder == 'nvenc' else 'libx264'}, --crf {args.crf}, "
-              f"--preset {preset} ({encoder_note or f'--encoder {args.encoder}'})")
+        # What the encoder is given (encoder_options), not a second mapping: NVENC's --crf 0 is its lossless p7.
+        options = encoder_options(encoder, args.crf, args.preset)
+        preset = args.preset if encoder == "libx264" else f"{args.preset} = NVENC's {options['preset']}"
+        name = f"NVENC ({H264_ENCODERS[encoder]})" if encoder == "nvenc" else H264_ENCODERS[encoder]
+        print(f"encode: H.264 by {name}, --crf {args.crf}, --preset {preset} "
+              f"({encoder_note or f'--encoder {args.encoder}'})")
     interpolator = FrameInterpolator(model, device, AMP_DTYPES[amp], args.tta, flow_scale, batch, halving, runner=runner)
     if interpolator.needs_prior:
         print(f"prior:  --flow_prior {cfg.model.flow_prior} checkpoint: each interpolated pair's DIS flows on "

@@ -401,8 +401,8 @@ class Evaluator:
             pred, warped0, warped1 = (crop_padding(image.float(), padding)
                                       for image in (output.pred.clamp(0, 1), output.warped0, output.warped1))
             stages["psnr_with_dis_mean"] = (pred + frame_to_tensor(classical.frame, self.device)) / 2
-            as_array = [image[0].permute(1, 2, 0).cpu().numpy() for image in (pred, warped0, warped1)]
-            picked = pick_by_warp_agreement([tuple(as_array), (classical.frame, classical.warped0, classical.warped1)])
+            model_arrays = tuple(image[0].permute(1, 2, 0).cpu().numpy() for image in (pred, warped0, warped1))
+            picked = pick_by_warp_agreement([model_arrays, (classical.frame, classical.warped0, classical.warped1)])
             stages["psnr_agreement_pick"] = frame_to_tensor(picked, self.device)
         return {key: self.score(image, gt_frame, with_ssim=False)[0] for key, image in stages.items()}
 
@@ -660,8 +660,8 @@ def describe_dataset(label: str, path_text: str, found: int, official_samples: i
 
 
 MOTION_COLUMNS = (("psnr", "PSNR"), ("ssim", "SSIM"), ("psnr_frame_average", "frame avg"), ("psnr_dis", "DIS flow"),
-                  ("psnr_blend", "blend"), ("psnr_prior_warps", "prior warps"), ("psnr_with_dis_mean", "mean with DIS"),
-                  ("psnr_agreement_pick", "agreement pick"))
+                  ("psnr_blend", "blend"), ("psnr_prior_warps", "prior warps"),
+                  ("psnr_with_dis_mean", "mean with DIS"), ("psnr_agreement_pick", "agreement pick"))
 
 
 def present_columns(rows: Sequence[dict], columns: Sequence[tuple[str, str]] = MOTION_COLUMNS

@@ -13,7 +13,8 @@ stream's colour and geometry tags:
               timing. A constant-rate stream (every timestamp within a quarter frame of the rate's grid) gets the
               exact grid times i / rate instead, so output times stay exact fractions.
     writing:  RGB -> Y'CbCr 4:2:0 with the source's matrix and range (exact rounding, full chroma interpolation),
-              libx264 at --crf (or NVIDIA's hardware encoder, NVENC, where the GPU has one: :func:`nvenc_unavailable`),
+              libx264 at --crf (or NVIDIA's hardware encoder, NVENC, where the GPU has one:
+              :func:`nvenc_unavailable`),
               tagged with the source's matrix, range, primaries, transfer and sample aspect ratio; the source's audio
               muxed in as the video is written (footage/audio.py).
 
@@ -675,7 +676,8 @@ class FolderSink(FrameSink):
 
 
 class AvSink(FrameSink):
-    """H.264 (libx264 or NVENC, 4:2:0, --crf) through PyAV, with the source's colour tags, sample aspect ratio and audio.
+    """H.264 (libx264 or NVENC, 4:2:0, --crf) through PyAV, with the source's colour tags, sample aspect ratio and
+    audio.
 
     source: the video the frames come from (its colour conversion, tags, aspect, start and audio are carried over);
         None for frames from a folder (BT.709 for HD, BT.601 for SD, tv range, square pixels, no audio).
@@ -812,7 +814,8 @@ class AvSink(FrameSink):
         replace_into_place(self.temp, self.final)
         self.temp = None
         self.output_record = {"start_s": float(self.video_start), "duration_s": float(frames_written * period),
-                              "encoder": H264_ENCODERS[self.encoder], "colour": self.colour.as_dict(), "rotation": self.rotation,
+                              "encoder": H264_ENCODERS[self.encoder], "colour": self.colour.as_dict(),
+                              "rotation": self.rotation,
                               "sample_aspect_ratio": (None if self.sample_aspect_ratio is None
                                                       else str(self.sample_aspect_ratio))}
         return self.notes

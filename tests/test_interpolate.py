@@ -631,7 +631,8 @@ def test_the_encoder_choice_takes_nvenc_only_where_it_opens_and_refuses_it_by_na
     assert interpolate.choose_encoder("nvenc", cuda, "folder", True) == (None, "")          # PNGs: no encoder
     assert interpolate.choose_encoder("auto", cuda, "video", False) == (None, "")           # OpenCV's writer
     assert interpolate.choose_encoder("libx264", cuda, "video", True) == ("libx264", "")
-    assert interpolate.choose_encoder("auto", cuda, "video", True) == ("libx264", f"--encoder auto: no NVENC, {reason}")
+    assert interpolate.choose_encoder("auto", cuda, "video", True) == ("libx264",
+                                                                      f"--encoder auto: no NVENC, {reason}")
     with pytest.raises(interpolate.InterpolateError, match=r"^--encoder nvenc: NVIDIA's encoder did not open here "
                                                            r"\(Operation not permitted\); use --encoder libx264$"):
         interpolate.choose_encoder("nvenc", cuda, "video", True)
