@@ -31,6 +31,8 @@ python=${PYTHON:-python3}
 # Smoke tests only (defaults are the experiment): TRAIN_EXTRA="--model_size tiny", STEPS=2, BATCH=2, CROP=64,
 # EVAL_LIMIT=2, CORPUS_ARGS="--no_bundled --clips DIR --crop 64".
 steps=${STEPS:-100}; batch=${BATCH:-16}; crop=${CROP:-256}; extra=${TRAIN_EXTRA:-}
+# Loader workers per run (WORKERS, default 3: four runs share a 16-core host; a run alone on it can take 10).
+workers=${WORKERS:-3}
 limit_eval=${EVAL_LIMIT:+--limit $EVAL_LIMIT}; corpus_args=${CORPUS_ARGS:-}
 mkdir -p "$work" "$out"
 start=$(date +%s)
@@ -90,7 +92,7 @@ for run in "${runs[@]}"; do
     # agent, the evaluation) keeps its share. The training itself is GPU-bound and loses nothing measurable.
     OPENCV_FOR_THREADS_NUM=1 timeout --signal=INT "$limit" nice -n 10 $python train.py --phase 2 --data_path "$data" --batch_size "$batch" --crop_size "$crop" \
         --lr 2e-4 --warmup_steps 100 --epochs "$epochs" --steps_per_epoch "$steps" --eval_interval 1000 $extra \
-        --num_workers 3 --seed "$seed" --exp_name "lm_$run" --ckpt_dir "$work/ckpt" --log_dir "$work/log" \
+        --num_workers "$workers" --seed "$seed" --exp_name "lm_$run" --ckpt_dir "$work/ckpt" --log_dir "$work/log" \
         --image_every 100000 "${variant[@]}" > "$out/train_$run.log" 2>&1 &
 done
 wait || true
