@@ -48,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmark.timing import PRIOR_TIMING_CALLS, count_gflop, kernel_profile, measure, prior_of_tensors  # noqa: E402
 from config import FLOW_PRIORS, preset, unit_fraction  # noqa: E402
 from model import build_model, count_parameters  # noqa: E402
-from model.inference import runtime_record  # noqa: E402
+from model.inference import INDUCTOR_MODES, runtime_record  # noqa: E402
 from measures.quality import difference_stats  # noqa: E402
 from model.loss import CompositeLoss  # noqa: E402
 from model.reduced import WORK_SCALE_HELP, reduce_resolution, work_scale_of  # noqa: E402
@@ -144,12 +144,13 @@ def graph_like_call(model, name: str, args, device: str):
 
 
 def measure_inference(model, name: str, args, device: str, execution: str = "eager",
-                      align_channels: bool = True) -> dict:
+                      align_channels: bool = True, compile_mode: str = "default") -> dict:
     """Median ms and peak GiB of one 2x interpolation at a named resolution.
 
     execution: "eager", "graphed" (CUDA graph replay), "compiled" or "compiled+graphed" (the model is compiled in
     place with :func:`model.inference.compile_for_inference`, what ``interpolate.py --compile`` does, with the
-    flow estimator's channels aligned or not as ``align_channels`` says; the row records which). Beside eager it
+    flow estimator's channels aligned or not as ``align_channels`` says, in Inductor's ``compile_mode``; the row
+    records both). Beside eager it
     also reports the first call's seconds (warm-up and capture, plus compilation) and the pixel differences from
     the eager prediction. With ``--kernel_profile`` a compiled row also lists the kernels of the compiled model
     called without a CUDA graph (``kernels``: :func:`benchmark.timing.kernel_profile`).
@@ -161,7 +162,7 @@ def measure_inference(model, name: str, args, device: str, execution: str = "eag
     graphed = execution.endswith("graphed")
     compiled = execution.startswith("compiled")
     if compiled:
-        compile_for_inference(model, align_channels=align_channels)
+        compile_for_inference(model, align_channels=align_channels, mode=compile_mode)
     runner = InferenceRunner(model, "on" if graphed else "off")
     infer, flow_scale = inference_call(runner, name, args, device)
     row = {"kind": "infer", "phase": args.phase, "mode": model.config.backbone_mode, "resolution": name,
@@ -170,7 +171,7 @@ def measure_inference(model, name: str, args, device: str, execution: str = "eag
     if work_scale_of(model) != 1.0:
         row["work_scale"] = work_scale_of(model)
     if compiled:
-        row["align_channels"] = align_channels
+        row.update(align_channels=align_channels, compile_mode=compile_mode)
     prior_ms = None
     if needs_prior(model):
         # The prior's own CPU cost per pair at this resolution (one OpenCV thread), beside the model's ms.
@@ -232,7 +233,9 @@ def describe_execution(row: dict) -> str:
     """"compiled+graphed, channels aligned" for a row's ``exec`` and ``align_channels``."""
     if "align_channels" not in row:
         return row["exec"]
-    return f"{row['exec']}, channels {'aligned' if row['align_channels'] else 'as trained'}"
+    mode = row.get("compile_mode", "default")
+    return (f"{row['exec']}, channels {'aligned' if row['align_channels'] else 'as trained'}"
+            + ("" if mode == "default" else f", {mode}"))
 
 
 def parse_align_channels(text: str) -> tuple[bool, ...]:
@@ -400,6 +403,9 @@ def main() -> None:
                         help="--compile_infer rows: with the flow estimator's trunk zero-padded to channel counts in "
                              "multiples of 8 (on, the default, as interpolate.py --compile runs), without (off), or "
                              "both in this process (on,off: one row each, each on a copy of the model)")
+    parser.add_argument("--compile_mode", nargs="+", choices=INDUCTOR_MODES, default=["default"],
+                        help="--compile_infer rows: Inductor's mode, one row per mode given (max-autotune-no-cudagraphs "
+                             "also tries Triton templates for the convolutions; its compilation takes longer)")
     parser.add_argument("--work_scale", type=unit_fraction, default=None,
                         help="--infer rows (phases 2/3): " + WORK_SCALE_HELP)
     parser.add_argument("--flops", action="store_true",
@@ -523,14 +529,15 @@ def main() -> None:
                         warp.max_chunk_elements = 1 << 26
             if args.compile_infer and args.infer:
                 execution = "compiled+graphed" if graphs else "compiled"
-                for index, align in enumerate(args.align_channels):
+                settings = [(align, mode) for mode in args.compile_mode for align in args.align_channels]
+                for index, (align, mode) in enumerate(settings):
                     # Each setting compiles (and aligns) a copy of its own, so that every row starts from the same
                     # unaligned, uncompiled weights; a lone setting compiles the model itself, as before.
-                    candidate = copy.deepcopy(model) if len(args.align_channels) > 1 else model
+                    candidate = copy.deepcopy(model) if len(settings) > 1 else model
                     if index:
                         reset_compilation()
-                    rows.append(with_rate(measure_inference(candidate, args.infer[-1], args, device, execution, align),
-                                          arithmetic.get(args.infer[-1])))
+                    rows.append(with_rate(measure_inference(candidate, args.infer[-1], args, device, execution, align,
+                                                            mode), arithmetic.get(args.infer[-1])))
                     print(rows[-1], flush=True)
                     del candidate
             del model

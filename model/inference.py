@@ -85,8 +85,13 @@ def use_compile_cache_dir(cache_dir: str | os.PathLike | None = None) -> None:
         os.environ[INDUCTOR_CACHE_ENV] = str(cache_dir or default_compile_cache_dir())
 
 
+# Inductor modes a compiled inference may take: without Inductor's CUDA graphs ("reduce-overhead", "max-autotune"),
+# since InferenceRunner captures the compiled call as a graph of its own.
+INDUCTOR_MODES = ("default", "max-autotune-no-cudagraphs")
+
+
 def compile_for_inference(model: nn.Module, cache_dir: str | os.PathLike | None = None,
-                          align_channels: bool = True) -> nn.Module:
+                          align_channels: bool = True, mode: str | None = None) -> nn.Module:
     """Compile ``model`` in place with ``torch.compile`` (Inductor, static shapes) for many calls at one frame size
     and batch; returns it. ``model.inference`` and ``model(...)`` then run the compiled forward.
 
@@ -113,9 +118,16 @@ def compile_for_inference(model: nn.Module, cache_dir: str | os.PathLike | None 
     ``state_dict()`` and ``load_state_dict()`` raise :class:`model.flow.AlignedForInferenceError` (its shapes match
     no checkpoint). Load a checkpoint before calling this; to keep an unaligned model too, pass a
     ``copy.deepcopy`` of it. Eager inference and training of an unaligned model are unchanged bit for bit.
+
+    ``mode``: Inductor's mode (None: its default). ``"max-autotune-no-cudagraphs"`` also benchmarks Triton templates
+    for the convolutions and matrix products against cuDNN/cuBLAS and keeps the faster (minutes more compilation; a
+    mode with Inductor's own CUDA graphs is refused: :class:`InferenceRunner` records the graph itself).
     """
+    if mode is not None and mode not in INDUCTOR_MODES:
+        raise ValueError(f"compile mode {mode!r}: one of {', '.join(INDUCTOR_MODES)} (Inductor's own CUDA graphs would "
+                         "be recorded inside ours)")
     prepare_for_compile(model, cache_dir, align_channels)
-    model.compile(dynamic=False)
+    model.compile(dynamic=False, mode=mode)
     return model
 
 

@@ -687,6 +687,38 @@ def test_bench_model_times_compiled_rows_with_and_without_channel_alignment(tmp_
             bench_model.parse_align_channels(wrong)
 
 
+def test_bench_model_compiles_one_row_per_inductor_mode(tmp_path, monkeypatch):
+    """`--compile_infer --compile_mode default max-autotune-no-cudagraphs`: one compiled row per mode, each compiled
+    with that mode and saying so; a mode with Inductor's own CUDA graphs is refused by name before anything compiles
+    (InferenceRunner records the graph itself). Compilation is replaced by a stand-in that records the mode."""
+    from benchmark import bench_model
+    from model import build_model
+    from model.inference import compile_for_inference
+    modes = []
+
+    def compile_eagerly(module, *args, **kwargs):
+        modes.append(kwargs.get("mode"))
+        module._compiled_call_impl = module._call_impl
+
+    monkeypatch.setattr(torch.nn.Module, "compile", compile_eagerly)
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    out = tmp_path / "rows.json"
+    monkeypatch.setattr(sys, "argv", ["bench_model.py", "--phase", "1", "--model_size", "tiny", "--infer", "256@1.0",
+                                      "--infer_only", "--compile_infer", "--compile_mode", "default",
+                                      "max-autotune-no-cudagraphs", "--reps", "1", "--amp", "fp32", "--device", "cpu",
+                                      "--json", str(out)])
+    bench_model.main()
+    rows = [row for row in json.loads(out.read_text())["rows"] if row["kind"] == "infer"]
+    assert [(row["exec"], row.get("compile_mode")) for row in rows] == [
+        ("eager", None), ("compiled", "default"), ("compiled", "max-autotune-no-cudagraphs")]
+    assert modes == ["default", "max-autotune-no-cudagraphs"]
+    assert bench_model.describe_execution(rows[2]).endswith(", max-autotune-no-cudagraphs")
+    model = build_model(preset(1, "tiny").model)
+    with pytest.raises(ValueError, match="compile mode 'reduce-overhead'"):
+        compile_for_inference(model, mode="reduce-overhead")
+    assert len(modes) == 2 and not model._compiled_call_impl
+
+
 # --------------------------------------------------------------------------------------------------------
 # Quality by motion and the classical DIS baseline (measures/motion.py through the one core)
 # --------------------------------------------------------------------------------------------------------
