@@ -26,6 +26,19 @@ PROTOCOL = Protocol("Corpus", pad_multiple=32, flow_scale=1.0, quantize=False)
 INFO_FILE = "corpus.json"
 
 
+def sample_name(clip: str, stride: int, start: int) -> str:
+    """A corpus sample's name in every report: "<clip> s<stride> f<start>" (``stride_of`` reads it back)."""
+    return f"{clip} s{stride} f{start}"
+
+
+def stride_of(name: str) -> int | None:
+    """The temporal stride in a corpus sample's name ("cityCC0 s3 f40" -> 3); None for a name of another form."""
+    parts = name.rsplit(" ", 2)
+    if len(parts) == 3 and parts[1][:1] == "s" and parts[1][1:].isdigit() and parts[2][:1] == "f":
+        return int(parts[1][1:])
+    return None
+
+
 def enumerate_samples(root: Path) -> list[Sample]:
     """Triplets of tri_testlist.txt, in file order, named and grouped by their clip from corpus.json."""
     info_path = root / INFO_FILE
@@ -41,7 +54,7 @@ def enumerate_samples(root: Path) -> list[Sample]:
             raise BenchmarkError(f"{name} is in tri_testlist.txt but not in {info_path}")
         clip, stride, start = triplets[name]
         folder = root / "sequences" / name
-        samples.append(Sample(f"{clip} s{stride} f{start}", folder / "im1.png", folder / "im2.png", folder / "im3.png",
+        samples.append(Sample(sample_name(clip, stride, start), folder / "im1.png", folder / "im2.png", folder / "im3.png",
                               group=clip))
     return samples
 

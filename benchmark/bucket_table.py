@@ -9,6 +9,8 @@ PSNR, then the mean over labels that differ only in a trailing ``_s<seed>`` (the
 
 ``--metric KEY`` puts another per-bucket value of the reports in the report columns instead of the prediction's
 PSNR: a ``--components`` stage such as ``psnr_blend`` (before RefineNet's residual) or ``psnr_with_dis_mean``.
+``--rows stride`` (Corpus.py reports) gives one row per temporal stride instead of per motion bucket: the mean of
+the samples' values, from the samples' names ("<clip> s<stride> f<start>").
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file: make the repository importable
 
+from benchmark.Corpus import stride_of  # noqa: E402
 from measures.motion import MOTION_BUCKETS  # noqa: E402
 
 
@@ -56,19 +59,52 @@ def load(argument: str, subset: str) -> tuple[str, dict]:
     return label or path.stem, result
 
 
-def table(reports: list[tuple[str, dict]], metric: str = "psnr") -> str:
+def stride_rows(result: dict, keys: tuple[str, ...], path_label: str) -> list[tuple[str, dict]]:
+    """A report's samples grouped by the stride in their names: [("s1", {"count": n, key: mean, ...}), ..., ("all",
+    ...)], each key averaged over the samples that have it; a one-line error where the names carry no stride."""
+    samples = result.get("samples")
+    if not isinstance(samples, list) or not samples:
+        raise fail(f"{path_label}: no per-sample records (--rows stride needs them)")
+    groups: dict[int, list[dict]] = {}
+    for sample in samples:
+        stride = stride_of(str(sample.get("name", "")))
+        if stride is None:
+            raise fail(f"{path_label}: sample {sample.get('name')!r} has no stride in its name (--rows stride is for "
+                       "Corpus.py reports: \"<clip> s<stride> f<start>\")")
+        groups.setdefault(stride, []).append(sample)
+
+    def summary(members: list[dict]) -> dict:
+        row = {"count": len(members)}
+        for key in keys:
+            values = [member[key] for member in members if key in member]
+            if len(values) == len(members):
+                row[key] = sum(values) / len(values)
+        return row
+    return [(f"s{stride}", summary(groups[stride])) for stride in sorted(groups)] + [("all", summary(samples))]
+
+
+def table(reports: list[tuple[str, dict]], metric: str = "psnr", rows_by: str = "motion") -> str:
     seed_groups: dict[str, list[str]] = {}
     for label, _ in reports:
         seed_groups.setdefault(re.sub(r"_s\d+$", "", label), []).append(label)
     means = {group: labels for group, labels in seed_groups.items() if len(labels) > 1}
-    header = ["motion (px)", "count", "frame avg", "DIS flow", *[label for label, _ in reports],
+    header = ["motion (px)" if rows_by == "motion" else "stride", "count", "frame avg", "DIS flow", *[label for label, _ in reports],
               *[f"{group} (mean of {len(labels)})" for group, labels in means.items()]]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    first = reports[0][1]
-    for index, (bucket, _, _) in enumerate([*MOTION_BUCKETS, ("all", 0, 0)]):
-        rows = {label: (result["by_motion"][index] if bucket != "all" else result) for label, result in reports}
+    if rows_by == "motion":
+        names = [bucket for bucket, _, _ in MOTION_BUCKETS] + ["all"]
+        per_report = {label: [*result["by_motion"], result] for label, result in reports}
+    else:
+        keys = ("psnr_frame_average", "psnr_dis", metric)
+        grouped = {label: dict(stride_rows(result, keys, label)) for label, result in reports}
+        names = list(grouped[reports[0][0]])
+        if any(list(rows) != names for rows in grouped.values()):
+            raise fail("--rows stride: the reports hold different strides (reports of different test sets?)")
+        per_report = {label: [rows[name] for name in names] for label, rows in grouped.items()}
+    for index, bucket in enumerate(names):
+        rows = {label: per_report[label][index] for label, _ in reports}
         base = rows[reports[0][0]]
-        cells = [bucket, str(base["count"] if bucket != "all" else first["count"])]
+        cells = [bucket, str(base["count"])]
         cells += [f"{base[key]:.2f}" if key in base else "-" for key in ("psnr_frame_average", "psnr_dis")]
         cells += [f"{rows[label][metric]:.2f}" if metric in rows[label] else "-" for label, _ in reports]
         for labels in means.values():
@@ -82,6 +118,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("reports", nargs="+", help="LABEL=REPORT.json")
     parser.add_argument("--subset", default="test", help="which subset of the reports (default test)")
+    parser.add_argument("--rows", choices=("motion", "stride"), default="motion",
+                        help="one row per motion bucket (default) or per temporal stride (Corpus.py reports)")
     parser.add_argument("--metric", default="psnr",
                         help="which value fills the report columns (default psnr, the prediction's; e.g. psnr_blend, "
                              "psnr_with_dis_mean from --components)")
@@ -91,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
     if missing:
         raise fail(f"--metric {args.metric}: not in the report(s) of {', '.join(missing)} (run with --components "
                    "for the stages)")
-    print(table(reports, args.metric))
+    print(table(reports, args.metric, args.rows))
 
 
 if __name__ == "__main__":

@@ -864,6 +864,33 @@ def test_bucket_table_puts_reports_side_by_side_with_seed_means(tmp_path, capsys
     assert capsys.readouterr().out.splitlines()[2] == "| <4 | 1 | 25.00 | 28.00 | 28.00 | 28.00 | 28.00 |"
 
 
+def test_bucket_table_rows_by_stride_average_the_samples_of_each_stride(tmp_path, capsys):
+    """`--rows stride` (Corpus.py reports): one row per stride read from the samples' names, each value the mean over
+    that stride's samples, "all" over every sample; a report whose names carry no stride is refused by name."""
+    from benchmark import bucket_table
+    from benchmark.Corpus import sample_name, stride_of
+    from measures.motion import summarize_by_motion
+    records = [{"name": sample_name("city", stride, start), "motion": 3.0, "psnr": 30.0 + stride + start,
+                "psnr_frame_average": 20.0, "psnr_dis": 31.0, "psnr_blend": 29.0}
+               for stride, start in ((2, 0), (1, 0), (2, 2), (1, 4))]
+    result = {"count": 4, "psnr": 33.0, "psnr_blend": 29.0, "by_motion": summarize_by_motion(records, ["psnr"]),
+              "samples": records}
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({"results": {"test": result}}))
+    bucket_table.main([f"prior={path}", "--rows", "stride"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "| stride | count | frame avg | DIS flow | prior |"
+    assert lines[2:] == ["| s1 | 2 | 20.00 | 31.00 | 33.00 |", "| s2 | 2 | 20.00 | 31.00 | 33.00 |",
+                         "| all | 4 | 20.00 | 31.00 | 33.00 |"]
+    bucket_table.main([f"prior={path}", "--rows", "stride", "--metric", "psnr_blend"])
+    assert capsys.readouterr().out.splitlines()[-1] == "| all | 4 | 20.00 | 31.00 | 29.00 |"
+    assert stride_of("cityCC0 s3 f40") == 3 and stride_of("00001/0001") is None and stride_of("a s1 x") is None
+    records[0]["name"] = "00001/0001"
+    path.write_text(json.dumps({"results": {"test": result}}))
+    with pytest.raises(SystemExit, match="sample '00001/0001' has no stride in its name"):
+        bucket_table.main([f"prior={path}", "--rows", "stride"])
+
+
 def test_count_gflop_splits_by_part_scales_with_pixels_and_restores_the_ssd_backend():
     """bench_model.py --flops: the count uses the SSD reference while counting (the Triton kernel is opaque to the
     counter, so a GPU count would miss the scan) and puts each branch's backend back; arithmetic is a property of the

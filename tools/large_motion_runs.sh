@@ -126,6 +126,7 @@ done
 for run in "${runs[@]}"; do grep -h "steps/epoch\|done:\|first optimizer" "$out/train_$run.log" | sed "s/^/$run: /" || true; done
 if (( ${#args[@]} )); then
     $python benchmark/bucket_table.py "${args[@]}" "${mfs[@]}" | tee "$out/table.md"
+    $python benchmark/bucket_table.py "${args[@]}" --rows stride | tee "$out/table_stride.md"
 else
     echo "no evaluation reports (see $out/train_*.log and $out/eval_*.log)"
 fi
