@@ -204,6 +204,8 @@ def test_large_motion_script_trains_scores_and_tables_each_variant(clips, tmp_pa
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     header = next(line for line in (out / "table.md").read_text().splitlines() if line.startswith("| motion"))
     assert "base_s0" in header and "fs842_s0" in header and "prior_s0" in header and "DIS flow" in header
+    stride_header = (out / "table_stride.md").read_text().splitlines()[0]
+    assert stride_header.startswith("| stride | count |") and "prior_s0" in stride_header
     assert "narrow_s0" in header and (work / "corpus_narrow" / "corpus.json").is_file()   # rounds one to seven's
     saved = torch.load(work / "ckpt" / "lm_fs842_s0_last.pt", map_location="cpu", weights_only=True)["config"]
     assert tuple(saved["model"]["flow_scales"]) == (8, 4, 2)
