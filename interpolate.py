@@ -69,7 +69,7 @@ from footage.video_io import (H264_ENCODERS, AvSink, FolderSink, FrameSink, Open
                               check_output, create_output_parents, default_png_writers, nvenc_unavailable, open_source,
                               pyav_available, snap_rate)
 from measures.shots import ShotSettings, add_shot_arguments
-from model.inference import (GraphUnavailable, InferenceRunner, add_graph_argument, compile_report,
+from model.inference import (INDUCTOR_MODES, GraphUnavailable, InferenceRunner, add_graph_argument, compile_report,
                              describe_compile_report, describe_run)
 from model.precompiled import precompile_for_inference
 from model.reduced import WORK_SCALE_HELP, describe_work_scale, reduce_resolution
@@ -175,6 +175,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="torch.compile the model (CUDA) before replaying it as a CUDA graph: minutes of "
                              "compilation once per frame size (kernels cached across runs), then faster at 1080p "
                              "and above; see docs/PERF.md, inference section, for when it pays off")
+    parser.add_argument("--compile_mode", choices=INDUCTOR_MODES, default=None,
+                        help="with --compile: Inductor's mode (default: its default). max-autotune-no-cudagraphs "
+                             "also times Inductor's Triton templates against cuDNN for every convolution and keeps "
+                             "the faster (2.1-2.4x on the full-resolution 16-channel layers at 1080p on an H100, "
+                             "docs/PERF.md 10.13); compilation takes minutes longer, once per frame size (cached)")
     parser.add_argument("--aot_compile", action="store_true",
                         help="as --compile, but compiled ahead of time into a file (~/.cache/thesis_vfi/aot) that a "
                              "later run with the same model architecture, frame size and settings loads instead of "
@@ -391,6 +396,9 @@ def run(args: argparse.Namespace) -> RunStats:
 
     device = resolve_device(args.device)
     compile_flag = "--aot_compile" if args.aot_compile else "--compile" if args.compile else None
+    if args.compile_mode is not None and not (args.compile and not args.aot_compile):
+        raise InterpolateError("--compile_mode is a setting of --compile" + (" (--aot_compile compiles in Inductor's "
+                               "default mode)" if args.aot_compile else ": add --compile or drop --compile_mode"))
     if compile_flag and device.type != "cuda":
         raise InterpolateError(f"{compile_flag} needs a CUDA device (this run is on {device.type})")
     encoder, encoder_note = choose_encoder(args.encoder, device, kind, use_pyav)
@@ -437,7 +445,7 @@ def run(args: argparse.Namespace) -> RunStats:
     try:
         precompiled = precompile_for_inference(model) if args.aot_compile else None
         runner = InferenceRunner(model, args.cuda_graph, compile=args.compile and not args.aot_compile,
-                                 precompiled=precompiled)
+                                 precompiled=precompiled, compile_mode=args.compile_mode)
     except GraphUnavailable as error:
         raise InterpolateError(str(error)) from None
     except ValueError as error:             # a torch without the ahead-of-time mode
@@ -446,7 +454,8 @@ def run(args: argparse.Namespace) -> RunStats:
         print(f"compile: ahead of time into {precompiled.folder}: the first batch loads the compiled model saved by an "
               f"earlier run, or compiles it (minutes at 1080p and 4K) and saves it")
     elif args.compile:
-        print("compile: torch.compile, the first batch compiles the model (minutes at 1080p and 4K)")
+        mode = f" in Inductor's {args.compile_mode} mode" if args.compile_mode else ""
+        print(f"compile: torch.compile{mode}, the first batch compiles the model (minutes at 1080p and 4K)")
     print(f"run:    {'CUDA graph per frame size' if runner.graphs_enabled else 'eager'}"
           f"{' of the compiled model' if compile_flag else ''} (--cuda_graph {args.cuda_graph})")
     workers = args.io_workers or default_io_workers()

@@ -54,8 +54,8 @@ def enumerate_samples(root: Path) -> list[Sample]:
             raise BenchmarkError(f"{name} is in tri_testlist.txt but not in {info_path}")
         clip, stride, start = triplets[name]
         folder = root / "sequences" / name
-        samples.append(Sample(sample_name(clip, stride, start), folder / "im1.png", folder / "im2.png", folder / "im3.png",
-                              group=clip))
+        samples.append(Sample(sample_name(clip, stride, start), folder / "im1.png", folder / "im2.png",
+                              folder / "im3.png", group=clip))
     return samples
 
 

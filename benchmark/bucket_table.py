@@ -88,7 +88,8 @@ def table(reports: list[tuple[str, dict]], metric: str = "psnr", rows_by: str = 
     for label, _ in reports:
         seed_groups.setdefault(re.sub(r"_s\d+$", "", label), []).append(label)
     means = {group: labels for group, labels in seed_groups.items() if len(labels) > 1}
-    header = ["motion (px)" if rows_by == "motion" else "stride", "count", "frame avg", "DIS flow", *[label for label, _ in reports],
+    header = ["motion (px)" if rows_by == "motion" else "stride", "count", "frame avg", "DIS flow",
+              *[label for label, _ in reports],
               *[f"{group} (mean of {len(labels)})" for group, labels in means.items()]]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     if rows_by == "motion":

@@ -61,8 +61,8 @@ from measures.quality import (difference_stats, psnr, psnr_uint8, quantize, ssim
                               to_uint8)
 from measures.visualize import sample_grid
 from model.frames import crop_padding, frame_to_tensor, pad_centred, read_rgb_uint8
-from model.inference import (GraphUnavailable, InferenceRunner, ModelClock, add_graph_argument, compile_report,
-                             describe_compile_report, describe_run, describe_runtime, runtime_record)
+from model.inference import (INDUCTOR_MODES, GraphUnavailable, InferenceRunner, ModelClock, add_graph_argument,
+                             compile_report, describe_compile_report, describe_run, describe_runtime, runtime_record)
 from model.ops.prior import flip_flows
 from model.reduced import WORK_SCALE_HELP, describe_work_scale, reduce_resolution, work_scale_of
 
@@ -593,6 +593,9 @@ def benchmark_parser(description: str) -> argparse.ArgumentParser:
                              "its predictions (replayed as CUDA graphs per --cuda_graph); the first call of each "
                              "frame size compiles (a minute or more on a GPU). With --parity_vs_eager the eager "
                              "reference is the uncompiled model")
+    parser.add_argument("--compile_mode", choices=INDUCTOR_MODES, default=None,
+                        help="with --compile: Inductor's mode (default: its default; max-autotune-no-cudagraphs also "
+                             "times Triton templates against cuDNN per convolution, docs/PERF.md 10.13)")
     parser.add_argument("--components", action="store_true",
                         help="flow models: also score the model's own stages per sample, the blend of its warps "
                              "before RefineNet's residual and, for a --flow_prior model, the prior's warps averaged "
@@ -706,6 +709,8 @@ def run_benchmark(args: argparse.Namespace, benchmark: str, make_subsets: Callab
                   "results": {}}
         save_root = getattr(args, "save_images", None)
         compiled_runner = None
+        if getattr(args, "compile_mode", None) is not None and not getattr(args, "compile", False):
+            raise BenchmarkError("--compile_mode is a setting of --compile: add --compile or drop --compile_mode")
         if getattr(args, "compile", False):
             if save_root is not None:
                 # The panels come from the uncompiled model's forward (its flow and mask), not from the runner.
@@ -714,7 +719,7 @@ def run_benchmark(args: argparse.Namespace, benchmark: str, make_subsets: Callab
             # A copy: compile_for_inference changes the model in place (compiled forward, aligned flow channels),
             # and the eager reference of --parity_vs_eager must stay the checkpoint's own model.
             compiled_runner = InferenceRunner(copy.deepcopy(model), getattr(args, "cuda_graph", "off"), compile=True,
-                                              capture_after=2)
+                                              capture_after=2, compile_mode=getattr(args, "compile_mode", None))
             print("compile: torch.compile on a copy of the model; each frame size's first call compiles it")
         for subset in subsets:
             label = subset_label(subset)

@@ -265,6 +265,7 @@ class InferenceRunner:
         :class:`GraphUnavailable` instead of falling back), "off" (always eager).
     compile: compile the model in place first (:func:`compile_for_inference`); with graphs, the compiled forward is
         what gets recorded.
+    compile_mode: Inductor's mode for ``compile`` (:data:`INDUCTOR_MODES`; None: its default).
     precompiled: instead of ``compile``, run each key through a function compiled ahead of time and saved to a
         file, which a later process loads instead of compiling (:class:`model.precompiled.PrecompiledCalls`, built on
         this runner's model); with graphs, that function is what gets recorded.
@@ -276,14 +277,16 @@ class InferenceRunner:
 
     def __init__(self, model: nn.Module, cuda_graph: str = "auto", compile: bool = False, capture_after: int = 1,
                  max_graphs: int = DEFAULT_MAX_GRAPHS, warmup_calls: int = DEFAULT_WARMUP_CALLS,
-                 capture: CudaGraphCapture | None = None, precompiled=None):
+                 capture: CudaGraphCapture | None = None, precompiled=None, compile_mode: str | None = None):
         if cuda_graph not in GRAPH_CHOICES:
             raise ValueError(f"cuda_graph must be one of {', '.join(GRAPH_CHOICES)}, got {cuda_graph!r}")
         if capture_after < 1 or max_graphs < 1 or warmup_calls < 0:
             raise ValueError("capture_after and max_graphs must be >= 1 and warmup_calls >= 0")
         if compile and precompiled is not None:
             raise ValueError("compile and precompiled are two ways of compiling: pass one")
-        self.model = compile_for_inference(model) if compile else model
+        if compile_mode is not None and not compile:
+            raise ValueError("compile_mode is a setting of compile=True")
+        self.model = compile_for_inference(model, mode=compile_mode) if compile else model
         self.precompiled = precompiled
         self.compiled = is_compiled(self.model) or precompiled is not None
         self.capture = capture or CudaGraphCapture()

@@ -687,6 +687,17 @@ def test_bench_model_times_compiled_rows_with_and_without_channel_alignment(tmp_
             bench_model.parse_align_channels(wrong)
 
 
+def test_benchmark_compile_mode_needs_compile(vimeo_root, checkpoints, tmp_path, capsys):
+    """--compile_mode without --compile makes no sense: one line naming both flags, exit 2, no report."""
+    with pytest.raises(SystemExit) as exit_info:
+        Vimeo90K.main(common_args(vimeo_root, checkpoints, tmp_path / "r.json")
+                      + ["--compile_mode", "max-autotune-no-cudagraphs"])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(lines) == 1
+    assert "--compile_mode is a setting of --compile: add --compile or drop --compile_mode" in lines[0]
+    assert not (tmp_path / "r.json").exists()
+
+
 def test_bench_model_compiles_one_row_per_inductor_mode(tmp_path, monkeypatch):
     """`--compile_infer --compile_mode default max-autotune-no-cudagraphs`: one compiled row per mode, each compiled
     with that mode and saying so; a mode with Inductor's own CUDA graphs is refused by name before anything compiles

@@ -296,6 +296,18 @@ def test_compile_for_inference_aligns_the_flow_estimator_in_place_unless_asked_n
     assert compile_for_inference(nn.Linear(2, 2)).weight.shape == (2, 2)
 
 
+def test_runner_compiles_in_the_inductor_mode_it_is_given(monkeypatch):
+    """InferenceRunner(compile=True, compile_mode=...) hands the mode to the compilation (interpolate.py and the
+    benchmarks' --compile_mode); a mode without compile=True is refused. Compilation is lazy: nothing compiles here."""
+    modes = []
+    monkeypatch.setattr(nn.Module, "compile", lambda module, *args, **kwargs: modes.append(kwargs.get("mode")))
+    InferenceRunner(nn.Linear(2, 2), "off", compile=True, compile_mode="max-autotune-no-cudagraphs")
+    InferenceRunner(nn.Linear(2, 2), "off", compile=True)
+    assert modes == ["max-autotune-no-cudagraphs", None]
+    with pytest.raises(ValueError, match="compile_mode is a setting of compile=True"):
+        InferenceRunner(nn.Linear(2, 2), "off", compile_mode="max-autotune-no-cudagraphs")
+
+
 COMPILE_CACHE_WORKER = Path(__file__).with_name("compile_cache_worker.py")
 
 

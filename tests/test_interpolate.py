@@ -455,6 +455,9 @@ def test_bad_input_gives_one_line(name, checkpoint, clip, tmp_path, capsys):
 @pytest.mark.parametrize("extra,output_name,expected", [
     (["--compile", "--device", "cpu"], "frames", "--compile needs a CUDA device"),
     (["--aot_compile", "--device", "cpu"], "frames", "--aot_compile needs a CUDA device"),
+    (["--compile_mode", "max-autotune-no-cudagraphs"], "frames", "--compile_mode is a setting of --compile: add"),
+    (["--compile_mode", "max-autotune-no-cudagraphs", "--aot_compile"], "frames",
+     "--compile_mode is a setting of --compile (--aot_compile compiles in Inductor's default mode)"),
     ([], "out.mp4", "a video output needs a frame rate"),
     (["--multi", 3, "--strict_t"], "frames", "--strict_t: this Phase-1 checkpoint"),
     (["--amp", "fp16", "--device", "cpu"], "frames", "--amp fp16 needs a CUDA device"),
