@@ -59,17 +59,17 @@ def load(argument: str, subset: str) -> tuple[str, dict]:
     return label or path.stem, result
 
 
-def stride_rows(result: dict, keys: tuple[str, ...], path_label: str) -> list[tuple[str, dict]]:
+def stride_rows(result: dict, keys: tuple[str, ...], label: str) -> list[tuple[str, dict]]:
     """A report's samples grouped by the stride in their names: [("s1", {"count": n, key: mean, ...}), ..., ("all",
     ...)], each key averaged over the samples that have it; a one-line error where the names carry no stride."""
     samples = result.get("samples")
     if not isinstance(samples, list) or not samples:
-        raise fail(f"{path_label}: no per-sample records (--rows stride needs them)")
+        raise fail(f"{label}: no per-sample records (--rows stride needs them)")
     groups: dict[int, list[dict]] = {}
     for sample in samples:
         stride = stride_of(str(sample.get("name", "")))
         if stride is None:
-            raise fail(f"{path_label}: sample {sample.get('name')!r} has no stride in its name (--rows stride is for "
+            raise fail(f"{label}: sample {sample.get('name')!r} has no stride in its name (--rows stride is for "
                        "Corpus.py reports: \"<clip> s<stride> f<start>\")")
         groups.setdefault(stride, []).append(sample)
 

@@ -31,8 +31,6 @@ python=${PYTHON:-python3}
 # Smoke tests only (defaults are the experiment): TRAIN_EXTRA="--model_size tiny", STEPS=2, BATCH=2, CROP=64,
 # EVAL_LIMIT=2, CORPUS_ARGS="--no_bundled --clips DIR --crop 64".
 steps=${STEPS:-100}; batch=${BATCH:-16}; crop=${CROP:-256}; extra=${TRAIN_EXTRA:-}
-# Loader workers per run (WORKERS; default: the host's cores less 4, shared by the runs, 3 to 10 each: 3 for four runs
-# on a 16-core host, 10 for one run alone, whose prior flows then keep the GPU fed).
 limit_eval=${EVAL_LIMIT:+--limit $EVAL_LIMIT}; corpus_args=${CORPUS_ARGS:-}
 mkdir -p "$work" "$out"
 start=$(date +%s)
@@ -50,6 +48,8 @@ open(f"{target}/tri_trainlist.txt", "w").write("\n".join(names) + "\n")
 print(f"stride 2-4 training list: {len(names)} triplets")
 PY
 read -r -a runs <<< "${RUNS:-base_s0 base_s1 s24_s0 s24_s1}"
+# Loader workers per run (WORKERS; default: the host's cores less 4, shared by the runs, 3 to 10 each: 3 for four runs
+# on a 16-core host, 10 for one run alone, whose prior flows then keep the GPU fed).
 workers=${WORKERS:-$(( ($(nproc) - 4) / ${#runs[@]} ))}
 (( workers < 3 )) && workers=3
 (( workers > 10 )) && workers=10
