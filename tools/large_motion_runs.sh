@@ -21,10 +21,15 @@
 #          and the teacher at 0.01 (twice that loader cost);
 #   priornoter: the prior without the ternary (census) term of the loss (--ter_weight 0: LapLoss alone scores the
 #          pixels; the CPU toy's RefineNet residual stopped costing PSNR on the held-out clip, LARGE_MOTION seventh round);
-#   noter: base with --ter_weight 0.
+#   noter: base with --ter_weight 0;
+#   priorlr<LR> (e.g. priorlr5e-5): the prior with lr LR (the learned updates move less far from the prior per step;
+#          LARGE_MOTION eleventh round).
 # Every variant trains on the corpus as make_corpus.py builds it by default (since the eighth round with the
 # moving-camera clips); narrow and priornarrow are base and prior on the corpus of rounds one to seven (without them).
 # With MFS=1 (default) each run is also scored with --motion_flow_scale (flow scale halved from 32 px of motion).
+# With EVAL_EVERY=N each run also scores the corpus's held-out clip every N epochs while it trains, and curve.md tabulates
+# those scores by step: how the held-out PSNR moves with training (a diagnostic: no checkpoint is chosen by it, the
+# tables score each run's last checkpoint). Default: once, at the last epoch.
 set -euo pipefail
 cache=$1; work=$2; out=$3; epochs=${4:-10}; limit=${5:-360}
 python=${PYTHON:-python3}
@@ -50,7 +55,8 @@ PY
 read -r -a runs <<< "${RUNS:-base_s0 base_s1 s24_s0 s24_s1}"
 # Loader workers per run (WORKERS; default: the host's cores less 4, shared by the runs, 3 to 10 each: 3 for four runs
 # on a 16-core host, 10 for one run alone, whose prior flows then keep the GPU fed).
-workers=${WORKERS:-$(( ($(nproc) - 4) / ${#runs[@]} ))}
+# (nproc without OMP_NUM_THREADS: GNU nproc reports that variable's value when it is set.)
+workers=${WORKERS:-$(( ($(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc) - 4) / ${#runs[@]} ))}
 (( workers < 3 )) && workers=3
 (( workers > 10 )) && workers=10
 # The corpus of rounds one to seven (before the moving-camera clips of the eighth round), for the *narrow variants:
@@ -85,6 +91,7 @@ for run in "${runs[@]}"; do
         narrow) data=$work/corpus_narrow ;;
         priornarrow) data=$work/corpus_narrow; variant=(--flow_prior dis) ;;
         noter) variant=(--ter_weight 0) ;;
+        priorlr[0-9]*) lr=${run%_s*}; variant=(--flow_prior dis --lr "${lr#priorlr}") ;;
         *) echo "unknown variant in run name $run"; exit 2 ;;
     esac
     seed=${run##*_s}
@@ -94,7 +101,7 @@ for run in "${runs[@]}"; do
     # 4 runs x 3 workers ask for 12 x 16 threads on a 16-core host. Whatever else runs there (the GPU machine's own
     # agent, the evaluation) keeps its share. The training itself is GPU-bound and loses nothing measurable.
     OPENCV_FOR_THREADS_NUM=1 timeout --signal=INT "$limit" nice -n 10 $python train.py --phase 2 --data_path "$data" --batch_size "$batch" --crop_size "$crop" \
-        --lr 2e-4 --warmup_steps 100 --epochs "$epochs" --steps_per_epoch "$steps" --eval_interval 1000 $extra \
+        --lr 2e-4 --warmup_steps 100 --epochs "$epochs" --steps_per_epoch "$steps" --eval_interval "${EVAL_EVERY:-1000}" $extra \
         --num_workers "$workers" --seed "$seed" --exp_name "lm_$run" --ckpt_dir "$work/ckpt" --log_dir "$work/log" \
         --image_every 100000 "${variant[@]}" > "$out/train_$run.log" 2>&1 &
 done
@@ -132,4 +139,21 @@ if (( ${#args[@]} )); then
     $python benchmark/bucket_table.py "${args[@]}" --rows stride | tee "$out/table_stride.md"
 else
     echo "no evaluation reports (see $out/train_*.log and $out/eval_*.log)"
+fi
+if [[ -n ${EVAL_EVERY:-} ]]; then
+    $python - "$steps" "$out" "${runs[@]}" <<'PY' | tee "$out/curve.md"
+import re, sys
+steps, out, runs = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
+scores = {}                                  # run -> {step: held-out PSNR while training}
+for run in runs:
+    try:
+        text = open(f"{out}/train_{run}.log").read()
+    except FileNotFoundError:
+        continue
+    scores[run] = {int(epoch) * steps: float(psnr) for epoch, psnr in re.findall(r"epoch (\d+): val PSNR ([\d.]+) dB", text)}
+print("| step | " + " | ".join(scores) + " |")
+print("|---:|" + "---:|" * len(scores))
+for step in sorted({step for curve in scores.values() for step in curve}):
+    print(f"| {step} | " + " | ".join(f"{curve[step]:.2f}" if step in curve else "" for curve in scores.values()) + " |")
+PY
 fi
