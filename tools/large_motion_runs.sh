@@ -23,7 +23,8 @@
 #          pixels; the CPU toy's RefineNet residual stopped costing PSNR on the held-out clip, LARGE_MOTION seventh round);
 #   noter: base with --ter_weight 0;
 #   priorlr<LR> (e.g. priorlr5e-5): the prior with lr LR (the learned updates move less far from the prior per step;
-#          LARGE_MOTION eleventh round).
+#          LARGE_MOTION eleventh round); priorema: the prior with an EMA of the weights (--ema_decay 0.999), which
+#          the held-out scoring and the checkpoint's evaluation use (the high-lr jitter of the eleventh round averaged).
 # Every variant trains on the corpus as make_corpus.py builds it by default (since the eighth round with the
 # moving-camera clips); narrow and priornarrow are base and prior on the corpus of rounds one to seven (without them).
 # With MFS=1 (default) each run is also scored with --motion_flow_scale (flow scale halved from 32 px of motion).
@@ -91,6 +92,7 @@ for run in "${runs[@]}"; do
         narrow) data=$work/corpus_narrow ;;
         priornarrow) data=$work/corpus_narrow; variant=(--flow_prior dis) ;;
         noter) variant=(--ter_weight 0) ;;
+        priorema) variant=(--flow_prior dis --ema_decay 0.999) ;;
         priorlr[0-9]*) lr=${run%_s*}; variant=(--flow_prior dis --lr "${lr#priorlr}") ;;
         *) echo "unknown variant in run name $run"; exit 2 ;;
     esac
