@@ -25,6 +25,7 @@ import torch
 BACKBONE_MODES = ("hybrid", "mamba2_only", "gated_attn_only")
 ATTENTION_GATES = ("headwise", "elementwise", "none")
 FLOW_PRIORS = ("none", "dis")                 # where the flow estimator starts (ModelConfig.flow_prior)
+PRIOR_SOURCES = ("crop", "frame")              # what the training prior's DIS sees (DataConfig.prior_from)
 PHASES = (1, 2, 3)
 # Autocast precision by ``--amp`` name; None = plain fp32 (no autocast). "auto" resolves to one of them.
 AMP_DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -148,6 +149,7 @@ class DataConfig:
     crop_size: int = 256
     batch_size: int = 8
     num_workers: int | None = None     # None: DEFAULT_NUM_WORKERS, capped at the CPU cores per rank (train.py)
+    prior_from: str = "crop"           # --flow_prior's DIS on each training crop, or on the whole frame then cropped
 
 
 @dataclass(frozen=True)
@@ -251,6 +253,11 @@ class ExperimentConfig:
         if self.loss.flow_teacher > 0 and t.phase == 1:
             raise ConfigError("--flow_teacher supervises the flow estimator, which phase 1 does not have: use it "
                               "with --phase 2 or 3")
+        if d.prior_from not in PRIOR_SOURCES:
+            raise ConfigError(f"--prior_from must be one of {', '.join(PRIOR_SOURCES)}, got {d.prior_from!r}")
+        if d.prior_from != "crop" and self.model.flow_prior == "none":
+            raise ConfigError(f"--prior_from {d.prior_from} says where the flow prior's DIS runs in training: use it "
+                              "with --flow_prior dis")
         if d.num_workers is not None and d.num_workers < 0:
             raise ConfigError(f"--num_workers must be >= 0, got {d.num_workers}")
         if d.crop_size < 32 or d.crop_size % 32:
@@ -484,6 +491,11 @@ def build_arg_parser() -> argparse.ArgumentParser:
                        help="phases 2/3: dis starts the flow estimator from OpenCV DIS flows between the two inputs "
                             "(computed on the CPU by the data loader, the benchmarks and interpolate.py), which its "
                             "blocks refine; none (default) starts from zero as RIFE does (docs/LARGE_MOTION.md)")
+    extra.add_argument("--prior_from", type=str, default=None, choices=PRIOR_SOURCES,
+                       help="with --flow_prior dis: crop (default) computes each training sample's DIS on its "
+                            "augmented crop; frame on the whole frames, then crops, flips and rotates the flows with "
+                            "them, as test time sees the pair (3.5x the loader's DIS time at 640x360; "
+                            "docs/LARGE_MOTION.md)")
     extra.add_argument("--vgg_weights", type=str, default=None,
                        help="local VGG19 weights file for the perceptual loss (or env THESIS_VGG_WEIGHTS)")
     extra.add_argument("--ckpt_dir", type=str, default=None, help="checkpoint folder (default ckpt)")
@@ -500,7 +512,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
 # flag name -> (section, field); flags not listed map to the train section under the same name.
 _FLAG_FIELDS: dict[str, tuple[str, str]] = {
     "batch_size": ("data", "batch_size"), "data_path": ("data", "data_path"), "x4k_path": ("data", "x4k_path"),
-    "crop_size": ("data", "crop_size"), "num_workers": ("data", "num_workers"),
+    "crop_size": ("data", "crop_size"), "num_workers": ("data", "num_workers"), "prior_from": ("data", "prior_from"),
     "backbone_mode": ("model", "backbone_mode"), "use_mhc": ("model", "use_mhc"), "use_ecab": ("model", "use_ecab"),
     "ssd_backend": ("model", "ssm_backend"), "vgg_weights": ("loss", "vgg_weights"),
     "inter_weight": ("loss", "inter"), "ter_weight": ("loss", "ter"), "flow_teacher": ("loss", "flow_teacher"),

@@ -55,6 +55,7 @@ __all__ = [
     "center_crop_params",
     "apply_augmentation",
     "augmented_sample",
+    "augmented_pair_flows",
     "sample_indices",
     "VimeoDataset",
     "X4KDataset",
@@ -241,6 +242,29 @@ def augmented_sample(frames: Sequence[np.ndarray], t: float, params: Augmentatio
     return {"img0": tensors[0], "gt": tensors[1], "img1": tensors[2], "t": torch.tensor(t, dtype=torch.float32)}
 
 
+def augmented_pair_flows(pair_flows: np.ndarray, params: AugmentationParams) -> np.ndarray:
+    """The flows of a whole frame pair carried through the augmentation of its sample: (4, H, W) float32
+    [F_0->1 (x, y), F_1->0 (x, y)] of the original frames -> (4, h, w) float32 of the augmented ones.
+
+    The field is cropped, flipped and rotated with the frames (as :func:`_augmented_views` does), each vector with
+    it: a horizontal flip negates x, a vertical one y, each counter-clockwise quarter turn of ``np.rot90`` maps
+    (x, y) to (y, -x) (its output pixel (i, j) is the input's (j, W-1-i), so x' = y and y' = W-1-x); the temporal
+    swap exchanges the two directions. The channel permutation moves no pixel. So warping the augmented frame 1 by
+    the augmented F_0->1 gives the augmented warp of frame 1 by F_0->1 (tests/test_dataset.py checks it).
+    """
+    if pair_flows.ndim != 3 or pair_flows.shape[0] != 4:
+        raise ValueError(f"pair flows must be (4, H, W) = [F_0->1, F_1->0], got shape {pair_flows.shape}")
+    planes = np.moveaxis(pair_flows, 0, -1)                              # (H, W, 4): views move pixels
+    view = _augmented_views([planes, planes, planes], params)[0]
+    x = view[..., 0::2] * (-1.0 if params.flip_horizontal else 1.0)        # (h, w, 2): x of F_0->1 and F_1->0
+    y = view[..., 1::2] * (-1.0 if params.flip_vertical else 1.0)
+    for _ in range(params.rot90 % 4):
+        x, y = y, -x
+    forward, backward = (0, 1) if not params.swap_time else (1, 0)
+    stacked = [x[..., forward], y[..., forward], x[..., backward], y[..., backward]]
+    return np.ascontiguousarray(np.stack(stacked), dtype=np.float32)
+
+
 # --------------------------------------------------------------------------------------------------
 # Shared loading / sample assembly
 # --------------------------------------------------------------------------------------------------
@@ -301,7 +325,11 @@ class _TripletDataset(Dataset):
     ``--flow_prior dis``): each item also holds ``"flow_prior"``, float32 (4, h, w) = [F_0->1, F_1->0], the DIS flows
     both ways between the augmented inputs (:func:`measures.motion.prior_pair_flows`), where a prior model's flow
     estimator starts. Also computed after the augmentation, for the same reason; it reads no middle frame, so the
-    validation items (full frames) get it exactly as a benchmark computes it.
+    validation items (full frames) get it exactly as a benchmark computes it. With ``prior_from_frame`` (``--prior_from
+    frame``) it is computed on the whole frames instead and carried through the augmentation
+    (:func:`augmented_pair_flows`): what test time gives the model, where DIS sees the whole frame; on a 256 crop DIS
+    sees less of the motion's context (docs/LARGE_MOTION.md, eleventh round: 0.3-0.5 dB of the prior's own warps at
+    strides 2-4 on the training clips), at 3.5 times the loader's DIS time for 640x360 frames.
     """
 
     crop_size: int | None
@@ -309,6 +337,7 @@ class _TripletDataset(Dataset):
     frame_cache = None
     teacher_flow = False
     flow_prior = False
+    prior_from_frame = False
 
     def frame_paths(self) -> list[str]:
         """Every frame file a sample may read, in a stable order (what a frame cache should hold)."""
@@ -366,7 +395,10 @@ class _TripletDataset(Dataset):
             img0, gt, img1 = (sample[key].permute(1, 2, 0).numpy() for key in ("img0", "gt", "img1"))
             if self.teacher_flow:
                 sample["flow_teacher"] = torch.from_numpy(teacher_flows(img0, gt, img1))
-            if self.flow_prior:
+            if self.flow_prior and self.prior_from_frame:
+                whole = prior_pair_flows(frames[0], frames[2])            # the pair as test time sees it
+                sample["flow_prior"] = torch.from_numpy(augmented_pair_flows(whole, params))
+            elif self.flow_prior:
                 sample["flow_prior"] = torch.from_numpy(prior_pair_flows(img0, img1))
         return sample
 

@@ -374,6 +374,10 @@ def build_datasets(cfg: ExperimentConfig):
         for dataset in (vimeo, x4k, val):
             if dataset is not None:
                 dataset.flow_prior = True
+        # --prior_from frame: the training items' DIS on the whole frames (validation items are whole frames anyway)
+        for dataset in (vimeo, x4k):
+            if dataset is not None:
+                dataset.prior_from_frame = cfg.data.prior_from == "frame"
     if train.dry_run:
         val = Subset(val, range(min(len(val), 8)))
     return train_set, val, x4k

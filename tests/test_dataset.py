@@ -25,6 +25,7 @@ from dataset import (  # noqa: E402
     VimeoDataset,
     X4KDataset,
     apply_augmentation,
+    augmented_pair_flows,
     draw_augmentation,
     sample_indices,
 )
@@ -175,6 +176,95 @@ def test_flow_prior_items_carry_dis_flows_between_the_augmented_inputs(vimeo_roo
     data.teacher_flow = True
     both = data[0]
     assert torch.equal(both["flow_prior"], item["flow_prior"]) and both["flow_teacher"].shape == (4, CROP, CROP)
+
+
+def _augmented_views_of(frame: np.ndarray, params: AugmentationParams) -> np.ndarray:
+    """One (H, W, C) array through the sample's crop, flips and rotation (channels untouched)."""
+    return dataset._augmented_views([frame, frame, frame], params)[0]
+
+
+@pytest.mark.parametrize("rot90", [0, 1, 2, 3])
+@pytest.mark.parametrize("flip_horizontal, flip_vertical", [(False, False), (True, False), (False, True), (True, True)])
+def test_augmented_pair_flows_commute_with_warping(rot90, flip_horizontal, flip_vertical):
+    """Warping the augmented frame 1 by the augmented F_0->1 is the augmented warp of frame 1 by F_0->1 (and the same
+    for frame 0 and F_1->0), for every flip and quarter turn after a crop: the vectors turn with the pixels. Integer
+    flows, so the warp reads whole pixels and the two sides are equal exactly where the source lies in the crop."""
+    from measures.motion import backward_warp
+    rng = np.random.default_rng(7)
+    height, width, crop = 20, 28, 16
+    frames = [rng.random((height, width, 3), dtype=np.float32) for _ in range(2)]
+    pair = rng.integers(-3, 4, size=(4, height, width)).astype(np.float32)      # [F_0->1 (x, y), F_1->0 (x, y)]
+    params = AugmentationParams(top=2, left=7, crop_height=crop, crop_width=crop, flip_horizontal=flip_horizontal,
+                                flip_vertical=flip_vertical, rot90=rot90)
+    flows = augmented_pair_flows(pair, params)
+    assert flows.shape == (4, crop, crop) and flows.dtype == np.float32
+    rows, cols = np.mgrid[0:crop, 0:crop]
+    for source, planes in ((frames[1], slice(0, 2)), (frames[0], slice(2, 4))):
+        # Crop first (so both sides warp the same pixels), then the crop's own flips and turns.
+        cropped = AugmentationParams(top=2, left=7, crop_height=crop, crop_width=crop)
+        crop_frame, crop_flow = _augmented_views_of(source, cropped), _augmented_views_of(
+            np.moveaxis(pair[planes], 0, -1), cropped)
+        expected = _augmented_views_of(backward_warp(np.ascontiguousarray(crop_frame), np.ascontiguousarray(crop_flow)),
+                                       replace_crop(params, crop))
+        flow = np.moveaxis(flows[planes], 0, -1)
+        warped = backward_warp(np.ascontiguousarray(_augmented_views_of(crop_frame, replace_crop(params, crop))),
+                               np.ascontiguousarray(flow))
+        inside = ((cols + flow[..., 0] >= 0) & (cols + flow[..., 0] <= crop - 1)
+                  & (rows + flow[..., 1] >= 0) & (rows + flow[..., 1] <= crop - 1))
+        assert inside.mean() > 0.5
+        np.testing.assert_allclose(warped[inside], expected[inside], atol=1e-6)
+
+
+def replace_crop(params: AugmentationParams, crop: int) -> AugmentationParams:
+    """The same flips and turns over a whole (already cropped) crop x crop frame."""
+    return AugmentationParams(top=0, left=0, crop_height=crop, crop_width=crop, flip_horizontal=params.flip_horizontal,
+                              flip_vertical=params.flip_vertical, rot90=params.rot90)
+
+
+def test_augmented_pair_flows_swap_exchanges_the_directions_and_refuses_other_layouts():
+    """The temporal swap makes old frame 1 the new frame 0: the new F_0->1 is the old F_1->0 and the reverse; the
+    channel order moves no vector. A (2, H, W) field is refused naming the layout."""
+    pair = np.arange(4 * 6 * 6, dtype=np.float32).reshape(4, 6, 6)
+    params = AugmentationParams(top=1, left=2, crop_height=4, crop_width=4, swap_time=True, channel_order=(2, 0, 1))
+    flows = augmented_pair_flows(pair, params)
+    np.testing.assert_array_equal(flows, np.concatenate([pair[2:4], pair[0:2]])[:, 1:5, 2:6])
+    with pytest.raises(ValueError, match=r"\(4, H, W\)"):
+        augmented_pair_flows(pair[:2], params)
+
+
+def test_prior_from_frame_items_carry_the_whole_pairs_flows_augmented(vimeo_root, monkeypatch):
+    """--prior_from frame: the item's prior is DIS on the whole frames carried through the sample's augmentation
+    (not DIS on the crop), and for a centred crop without flips it is that crop of the whole pair's flows."""
+    from measures.motion import prior_pair_flows
+    root, frames = vimeo_root
+    choices = dict(top=3, left=5, flip_horizontal=True, rot90=1, swap_time=True, channel_order=(1, 2, 0))
+    monkeypatch.setattr(dataset, "draw_augmentation", fixed_augmentation(**choices))
+    data = VimeoDataset(root, crop_size=CROP)
+    data.flow_prior = data.prior_from_frame = True
+    item = data[0]
+    rgb = [np.ascontiguousarray(frame[..., ::-1]) for frame in frames["00001/0001"]]
+    whole = prior_pair_flows(rgb[0], rgb[2])
+    params = AugmentationParams(crop_height=CROP, crop_width=CROP, **choices)
+    assert torch.equal(item["flow_prior"], torch.from_numpy(augmented_pair_flows(whole, params)))
+    img0, img1 = (item[key].permute(1, 2, 0).numpy() for key in ("img0", "img1"))
+    assert not torch.equal(item["flow_prior"], torch.from_numpy(prior_pair_flows(img0, img1)))   # not the crop's
+
+
+def test_prior_from_needs_the_prior_and_reaches_the_training_parts_only(vimeo_root, capsys):
+    """--prior_from frame without --flow_prior dis is refused in one line naming both flags; with it the training set computes
+    the whole frames' prior and the validation set (whole frames already) keeps its own."""
+    from config import config_from_argv
+    argv = ["--data_path", vimeo_root[0], "--phase", "2", "--crop_size", "32", "--model_size", "tiny"]
+    with pytest.raises(SystemExit) as stop:
+        config_from_argv(argv + ["--prior_from", "frame"])
+    assert stop.value.code == 2
+    printed = capsys.readouterr().err
+    assert "train.py: error: --prior_from frame" in printed and "--flow_prior dis" in printed
+    train_set, val_set, _ = loaders.build_datasets(config_from_argv(argv + ["--flow_prior", "dis", "--prior_from",
+                                                                           "frame"]))
+    assert train_set.prior_from_frame and train_set.flow_prior and not val_set.prior_from_frame
+    train_set, _, _ = loaders.build_datasets(config_from_argv(argv + ["--flow_prior", "dis"]))
+    assert not train_set.prior_from_frame
 
 
 def test_flow_prior_reaches_every_training_and_validation_part(vimeo_root, x4k_root, monkeypatch):
