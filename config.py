@@ -25,7 +25,7 @@ import torch
 BACKBONE_MODES = ("hybrid", "mamba2_only", "gated_attn_only")
 ATTENTION_GATES = ("headwise", "elementwise", "none")
 FLOW_PRIORS = ("none", "dis")                 # where the flow estimator starts (ModelConfig.flow_prior)
-PRIOR_SOURCES = ("crop", "frame")              # what the training prior's DIS sees (DataConfig.prior_from)
+PRIOR_SOURCES = ("crop", "context")            # what the training prior's DIS sees (DataConfig.prior_from)
 PHASES = (1, 2, 3)
 # Autocast precision by ``--amp`` name; None = plain fp32 (no autocast). "auto" resolves to one of them.
 AMP_DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -149,7 +149,7 @@ class DataConfig:
     crop_size: int = 256
     batch_size: int = 8
     num_workers: int | None = None     # None: DEFAULT_NUM_WORKERS, capped at the CPU cores per rank (train.py)
-    prior_from: str = "crop"           # --flow_prior's DIS on each training crop, or on the whole frame then cropped
+    prior_from: str = "crop"           # --flow_prior's DIS on each training crop, or on it and 64 px around it
 
 
 @dataclass(frozen=True)
@@ -493,9 +493,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
                             "blocks refine; none (default) starts from zero as RIFE does (docs/LARGE_MOTION.md)")
     extra.add_argument("--prior_from", type=str, default=None, choices=PRIOR_SOURCES,
                        help="with --flow_prior dis: crop (default) computes each training sample's DIS on its "
-                            "augmented crop; frame on the whole frames, then crops, flips and rotates the flows with "
-                            "them, as test time sees the pair (3.5x the loader's DIS time at 640x360; "
-                            "docs/LARGE_MOTION.md)")
+                            "augmented crop; context on the crop and 64 px of the frame around it, then crops, flips "
+                            "and rotates the flows with the frames (test time runs DIS on the whole frame; about 2.3x "
+                            "the loader's DIS time; docs/LARGE_MOTION.md)")
     extra.add_argument("--vgg_weights", type=str, default=None,
                        help="local VGG19 weights file for the perceptual loss (or env THESIS_VGG_WEIGHTS)")
     extra.add_argument("--ckpt_dir", type=str, default=None, help="checkpoint folder (default ckpt)")

@@ -38,7 +38,7 @@ import os
 import re
 import struct
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import NamedTuple, Sequence
 
 import cv2
@@ -56,6 +56,8 @@ __all__ = [
     "apply_augmentation",
     "augmented_sample",
     "augmented_pair_flows",
+    "context_prior",
+    "PRIOR_CONTEXT_PX",
     "sample_indices",
     "VimeoDataset",
     "X4KDataset",
@@ -242,6 +244,29 @@ def augmented_sample(frames: Sequence[np.ndarray], t: float, params: Augmentatio
     return {"img0": tensors[0], "gt": tensors[1], "img1": tensors[2], "t": torch.tensor(t, dtype=torch.float32)}
 
 
+PRIOR_CONTEXT_PX = 64     # --prior_from context: DIS sees this much of the frame around each side of the crop
+
+
+def context_prior(frame0: np.ndarray, frame1: np.ndarray, params: AugmentationParams,
+                  margin: int = PRIOR_CONTEXT_PX) -> np.ndarray:
+    """The flow prior of a training sample with context: (H, W, 3) RGB frames of the pair as stored, the sample's
+    augmentation -> (4, h, w) float32, DIS both ways on the crop window grown by ``margin`` px each side (within the
+    frame), cut to the window and carried through the augmentation (:func:`augmented_pair_flows`).
+
+    Why: on the 256 crop alone DIS loses what moves in or out of it and its coarse levels see less of the motion;
+    test time runs DIS on the whole frame. Measured on the corpus's training clips (docs/LARGE_MOTION.md, eleventh
+    round; the prior's averaged warps against the middle frame on the same crops, 60 per stride): the whole frame
+    adds 0.09 / 0.29 / 0.53 / 0.42 dB at strides 1-4, 64 px of context 0.08 / 0.31 / 0.58 / 0.55, at about 2.3 times
+    the crop's DIS time (384 x 384 against 256 x 256) instead of 5 times (640 x 480: 77 against 14 ms on one core).
+    """
+    height, width = frame0.shape[:2]
+    top, left = max(0, params.top - margin), max(0, params.left - margin)
+    bottom = min(height, params.top + params.crop_height + margin)
+    right = min(width, params.left + params.crop_width + margin)
+    region = prior_pair_flows(frame0[top:bottom, left:right], frame1[top:bottom, left:right])
+    return augmented_pair_flows(region, replace(params, top=params.top - top, left=params.left - left))
+
+
 def augmented_pair_flows(pair_flows: np.ndarray, params: AugmentationParams) -> np.ndarray:
     """The flows of a whole frame pair carried through the augmentation of its sample: (4, H, W) float32
     [F_0->1 (x, y), F_1->0 (x, y)] of the original frames -> (4, h, w) float32 of the augmented ones.
@@ -325,11 +350,10 @@ class _TripletDataset(Dataset):
     ``--flow_prior dis``): each item also holds ``"flow_prior"``, float32 (4, h, w) = [F_0->1, F_1->0], the DIS flows
     both ways between the augmented inputs (:func:`measures.motion.prior_pair_flows`), where a prior model's flow
     estimator starts. Also computed after the augmentation, for the same reason; it reads no middle frame, so the
-    validation items (full frames) get it exactly as a benchmark computes it. With ``prior_from_frame`` (``--prior_from
-    frame``) it is computed on the whole frames instead and carried through the augmentation
-    (:func:`augmented_pair_flows`): what test time gives the model, where DIS sees the whole frame; on a 256 crop DIS
-    sees less of the motion's context (docs/LARGE_MOTION.md, eleventh round: 0.3-0.5 dB of the prior's own warps at
-    strides 2-4 on the training clips), at 3.5 times the loader's DIS time for 640x360 frames.
+    validation items (full frames) get it exactly as a benchmark computes it. With ``prior_from_context``
+    (``--prior_from context``) it is computed on the crop window and :data:`PRIOR_CONTEXT_PX` around it instead and
+    carried through the augmentation (:func:`context_prior`), closer to what test time gives the model, where DIS sees
+    the whole frame.
     """
 
     crop_size: int | None
@@ -337,7 +361,7 @@ class _TripletDataset(Dataset):
     frame_cache = None
     teacher_flow = False
     flow_prior = False
-    prior_from_frame = False
+    prior_from_context = False
 
     def frame_paths(self) -> list[str]:
         """Every frame file a sample may read, in a stable order (what a frame cache should hold)."""
@@ -395,9 +419,8 @@ class _TripletDataset(Dataset):
             img0, gt, img1 = (sample[key].permute(1, 2, 0).numpy() for key in ("img0", "gt", "img1"))
             if self.teacher_flow:
                 sample["flow_teacher"] = torch.from_numpy(teacher_flows(img0, gt, img1))
-            if self.flow_prior and self.prior_from_frame:
-                whole = prior_pair_flows(frames[0], frames[2])            # the pair as test time sees it
-                sample["flow_prior"] = torch.from_numpy(augmented_pair_flows(whole, params))
+            if self.flow_prior and self.prior_from_context:
+                sample["flow_prior"] = torch.from_numpy(context_prior(frames[0], frames[2], params))
             elif self.flow_prior:
                 sample["flow_prior"] = torch.from_numpy(prior_pair_flows(img0, img1))
         return sample

@@ -374,10 +374,10 @@ def build_datasets(cfg: ExperimentConfig):
         for dataset in (vimeo, x4k, val):
             if dataset is not None:
                 dataset.flow_prior = True
-        # --prior_from frame: the training items' DIS on the whole frames (validation items are whole frames anyway)
+        # --prior_from context: the training items' DIS with the frame around the crop (validation items are whole frames)
         for dataset in (vimeo, x4k):
             if dataset is not None:
-                dataset.prior_from_frame = cfg.data.prior_from == "frame"
+                dataset.prior_from_context = cfg.data.prior_from == "context"
     if train.dry_run:
         val = Subset(val, range(min(len(val), 8)))
     return train_set, val, x4k

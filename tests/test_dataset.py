@@ -232,39 +232,57 @@ def test_augmented_pair_flows_swap_exchanges_the_directions_and_refuses_other_la
         augmented_pair_flows(pair[:2], params)
 
 
-def test_prior_from_frame_items_carry_the_whole_pairs_flows_augmented(vimeo_root, monkeypatch):
-    """--prior_from frame: the item's prior is DIS on the whole frames carried through the sample's augmentation
-    (not DIS on the crop), and for a centred crop without flips it is that crop of the whole pair's flows."""
+def test_context_prior_is_dis_on_the_window_and_its_margin_carried_through_the_augmentation():
+    """A margin that covers the frame gives the whole pair's DIS flows augmented; no margin gives the crop's own DIS
+    flows (no flips: the same pixels); a margin in between runs DIS on the window grown by it, clipped to the frame."""
+    from measures.motion import prior_pair_flows
+    rng = np.random.default_rng(3)
+    base = cv2.GaussianBlur(rng.random((60, 80, 3), dtype=np.float32), (0, 0), 2.0)
+    frame0, frame1 = base, np.ascontiguousarray(np.roll(base, 3, axis=1))
+    turned = AugmentationParams(top=20, left=30, crop_height=16, crop_width=16, flip_vertical=True, rot90=1,
+                                swap_time=True)
+    whole = dataset.context_prior(frame0, frame1, turned, margin=100)
+    np.testing.assert_array_equal(whole, augmented_pair_flows(prior_pair_flows(frame0, frame1), turned))
+    plain = AugmentationParams(top=20, left=30, crop_height=16, crop_width=16)
+    crop0, crop1 = (np.ascontiguousarray(f[20:36, 30:46]) for f in (frame0, frame1))
+    np.testing.assert_array_equal(dataset.context_prior(frame0, frame1, plain, margin=0),
+                                  prior_pair_flows(crop0, crop1))
+    grown = prior_pair_flows(frame0[10:46, 20:56], frame1[10:46, 20:56])[:, 10:26, 10:26]
+    np.testing.assert_array_equal(dataset.context_prior(frame0, frame1, plain, margin=10), grown)
+
+
+def test_prior_from_context_items_carry_the_context_prior(vimeo_root, monkeypatch):
+    """--prior_from context: the item's prior is context_prior of the stored pair under the sample's augmentation
+    (not DIS on the augmented crop)."""
     from measures.motion import prior_pair_flows
     root, frames = vimeo_root
     choices = dict(top=3, left=5, flip_horizontal=True, rot90=1, swap_time=True, channel_order=(1, 2, 0))
     monkeypatch.setattr(dataset, "draw_augmentation", fixed_augmentation(**choices))
     data = VimeoDataset(root, crop_size=CROP)
-    data.flow_prior = data.prior_from_frame = True
+    data.flow_prior = data.prior_from_context = True
     item = data[0]
     rgb = [np.ascontiguousarray(frame[..., ::-1]) for frame in frames["00001/0001"]]
-    whole = prior_pair_flows(rgb[0], rgb[2])
     params = AugmentationParams(crop_height=CROP, crop_width=CROP, **choices)
-    assert torch.equal(item["flow_prior"], torch.from_numpy(augmented_pair_flows(whole, params)))
+    assert torch.equal(item["flow_prior"], torch.from_numpy(dataset.context_prior(rgb[0], rgb[2], params)))
     img0, img1 = (item[key].permute(1, 2, 0).numpy() for key in ("img0", "img1"))
     assert not torch.equal(item["flow_prior"], torch.from_numpy(prior_pair_flows(img0, img1)))   # not the crop's
 
 
 def test_prior_from_needs_the_prior_and_reaches_the_training_parts_only(vimeo_root, capsys):
-    """--prior_from frame without --flow_prior dis is refused in one line naming both flags; with it the training set computes
-    the whole frames' prior and the validation set (whole frames already) keeps its own."""
+    """--prior_from context without --flow_prior dis is refused in one line naming both flags; with it the training
+    set computes the context prior and the validation set (whole frames already) keeps its own."""
     from config import config_from_argv
     argv = ["--data_path", vimeo_root[0], "--phase", "2", "--crop_size", "32", "--model_size", "tiny"]
     with pytest.raises(SystemExit) as stop:
-        config_from_argv(argv + ["--prior_from", "frame"])
+        config_from_argv(argv + ["--prior_from", "context"])
     assert stop.value.code == 2
     printed = capsys.readouterr().err
-    assert "train.py: error: --prior_from frame" in printed and "--flow_prior dis" in printed
+    assert "train.py: error: --prior_from context" in printed and "--flow_prior dis" in printed
     train_set, val_set, _ = loaders.build_datasets(config_from_argv(argv + ["--flow_prior", "dis", "--prior_from",
-                                                                           "frame"]))
-    assert train_set.prior_from_frame and train_set.flow_prior and not val_set.prior_from_frame
+                                                                           "context"]))
+    assert train_set.prior_from_context and train_set.flow_prior and not val_set.prior_from_context
     train_set, _, _ = loaders.build_datasets(config_from_argv(argv + ["--flow_prior", "dis"]))
-    assert not train_set.prior_from_frame
+    assert not train_set.prior_from_context
 
 
 def test_flow_prior_reaches_every_training_and_validation_part(vimeo_root, x4k_root, monkeypatch):

@@ -25,8 +25,8 @@
 #   priorlr<LR> (e.g. priorlr5e-5): the prior with lr LR (the learned updates move less far from the prior per step;
 #          LARGE_MOTION eleventh round); priorema: the prior with an EMA of the weights (--ema_decay 0.999), which
 #          the held-out scoring and the checkpoint's evaluation use (the high-lr jitter of the eleventh round averaged);
-#          priorframe: the prior computed on the whole frames and cropped with them (--prior_from frame), as test time
-#          computes it, instead of on each 256 crop (3.5x the loaders' DIS time: WORKERS matter).
+#          priorctx: the prior's DIS on each crop and 64 px of the frame around it (--prior_from context), nearer to test
+#          time's whole frame than the crop alone (about 2.3x the loaders' DIS time: WORKERS matter).
 # Every variant trains on the corpus as make_corpus.py builds it by default (since the eighth round with the
 # moving-camera clips); narrow and priornarrow are base and prior on the corpus of rounds one to seven (without them).
 # With MFS=1 (default) each run is also scored with --motion_flow_scale (flow scale halved from 32 px of motion).
@@ -94,7 +94,7 @@ for run in "${runs[@]}"; do
         narrow) data=$work/corpus_narrow ;;
         priornarrow) data=$work/corpus_narrow; variant=(--flow_prior dis) ;;
         noter) variant=(--ter_weight 0) ;;
-        priorframe) variant=(--flow_prior dis --prior_from frame) ;;
+        priorctx) variant=(--flow_prior dis --prior_from context) ;;
         priorema) variant=(--flow_prior dis --ema_decay 0.999) ;;
         priorlr[0-9]*) lr=${run%_s*}; variant=(--flow_prior dis --lr "${lr#priorlr}") ;;
         *) echo "unknown variant in run name $run"; exit 2 ;;
