@@ -69,8 +69,8 @@ from footage.video_io import (H264_ENCODERS, AvSink, FolderSink, FrameSink, Open
                               check_output, create_output_parents, default_png_writers, nvenc_unavailable, open_source,
                               pyav_available, snap_rate)
 from measures.shots import ShotSettings, add_shot_arguments
-from model.inference import (INDUCTOR_MODES, GraphUnavailable, InferenceRunner, add_graph_argument, compile_report,
-                             describe_compile_report, describe_run)
+from model.inference import (INDUCTOR_MODES, GraphUnavailable, InferenceRunner, add_graph_argument,
+                             compile_mode_problem, compile_report, describe_compile_report, describe_run)
 from model.precompiled import precompile_for_inference
 from model.reduced import WORK_SCALE_HELP, describe_work_scale, reduce_resolution
 
@@ -396,9 +396,8 @@ def run(args: argparse.Namespace) -> RunStats:
 
     device = resolve_device(args.device)
     compile_flag = "--aot_compile" if args.aot_compile else "--compile" if args.compile else None
-    if args.compile_mode is not None and not (args.compile and not args.aot_compile):
-        raise InterpolateError("--compile_mode is a setting of --compile" + (" (--aot_compile compiles in Inductor's "
-                               "default mode)" if args.aot_compile else ": add --compile or drop --compile_mode"))
+    if problem := compile_mode_problem(args.compile_mode, args.compile, args.aot_compile):
+        raise InterpolateError(problem)
     if compile_flag and device.type != "cuda":
         raise InterpolateError(f"{compile_flag} needs a CUDA device (this run is on {device.type})")
     encoder, encoder_note = choose_encoder(args.encoder, device, kind, use_pyav)

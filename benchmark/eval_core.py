@@ -62,7 +62,8 @@ from measures.quality import (difference_stats, psnr, psnr_uint8, quantize, ssim
 from measures.visualize import sample_grid
 from model.frames import crop_padding, frame_to_tensor, pad_centred, read_rgb_uint8
 from model.inference import (INDUCTOR_MODES, GraphUnavailable, InferenceRunner, ModelClock, add_graph_argument,
-                             compile_report, describe_compile_report, describe_run, describe_runtime, runtime_record)
+                             compile_mode_problem, compile_report, describe_compile_report, describe_run,
+                             describe_runtime, runtime_record)
 from model.ops.prior import flip_flows
 from model.reduced import WORK_SCALE_HELP, describe_work_scale, reduce_resolution, work_scale_of
 
@@ -709,8 +710,8 @@ def run_benchmark(args: argparse.Namespace, benchmark: str, make_subsets: Callab
                   "results": {}}
         save_root = getattr(args, "save_images", None)
         compiled_runner = None
-        if getattr(args, "compile_mode", None) is not None and not getattr(args, "compile", False):
-            raise BenchmarkError("--compile_mode is a setting of --compile: add --compile or drop --compile_mode")
+        if problem := compile_mode_problem(getattr(args, "compile_mode", None), getattr(args, "compile", False)):
+            raise BenchmarkError(problem)
         if getattr(args, "compile", False):
             if save_root is not None:
                 # The panels come from the uncompiled model's forward (its flow and mask), not from the runner.

@@ -470,6 +470,17 @@ def add_graph_argument(parser, default: str = "auto") -> None:
                              "CPU or where a capture fails; on: fail instead; off: eager). Default " + default)
 
 
+def compile_mode_problem(compile_mode: str | None, compile: bool, aot_compile: bool = False) -> str | None:
+    """The one-line refusal of ``--compile_mode`` on a command line where it would do nothing (no ``--compile``, or
+    ``--aot_compile``, which compiles in Inductor's default mode), or None: what interpolate.py and the benchmarks
+    check before a model loads."""
+    if compile_mode is None or (compile and not aot_compile):
+        return None
+    if aot_compile:
+        return "--compile_mode is a setting of --compile (--aot_compile compiles in Inductor's default mode)"
+    return "--compile_mode is a setting of --compile: add --compile or drop --compile_mode"
+
+
 # --------------------------------------------------------------------------------------------------------
 # The runtime record every report carries
 # --------------------------------------------------------------------------------------------------------
