@@ -278,9 +278,9 @@ def choose_encoder(requested: str, device: torch.device, kind: str, use_pyav: bo
 
 
 def make_sink(path: Path, kind: str, info: SourceInfo, rate: Fraction | None, args: argparse.Namespace,
-              use_pyav: bool, encoder: str = "libx264") -> FrameSink:
+              use_pyav: bool, encoder: str | None = "libx264") -> FrameSink:
     """A PNG folder, or a video through PyAV (colour, aspect and audio from a video source) or, without PyAV,
-    OpenCV."""
+    OpenCV. ``encoder``: :func:`choose_encoder`'s choice, None for the two sinks that have none (folder, OpenCV)."""
     if kind == "folder":
         return FolderSink(path, workers=args.io_workers)
     if not use_pyav:
