@@ -26,6 +26,7 @@ BACKBONE_MODES = ("hybrid", "mamba2_only", "gated_attn_only")
 ATTENTION_GATES = ("headwise", "elementwise", "none")
 FLOW_PRIORS = ("none", "dis")                 # where the flow estimator starts (ModelConfig.flow_prior)
 PRIOR_SOURCES = ("crop", "context")            # what the training prior's DIS sees (DataConfig.prior_from)
+REFINE_FINEST = ("full", "half")               # where RefineNet's finest decoder level runs (ModelConfig.refine_finest)
 PHASES = (1, 2, 3)
 # Autocast precision by ``--amp`` name; None = plain fp32 (no autocast). "auto" resolves to one of them.
 AMP_DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -81,6 +82,12 @@ class ModelConfig:
     attn_shift: bool = False
     # Refinement U-Net widths at 1, 1/2, 1/4, 1/8 (the 1/16 level is projected to the last width).
     refine_channels: tuple[int, ...] = (16, 32, 48, 64)
+    # "full": the finest decoder level's two convolutions and the head run at full resolution (the design's U-Net);
+    # "half": a stride-2 convolution reads the full-resolution inputs, that level runs at 1/2, and a transposed
+    # convolution gives the head's four channels at full resolution (RIFE's arrangement). Why: at 1080p the finest
+    # level's convolutions are most of the compiled call's full-resolution arithmetic (docs/PERF.md 10.2, 10.12);
+    # "half" does about a quarter of it. Its quality is measured (docs/LARGE_MOTION.md), not assumed.
+    refine_finest: str = "full"
     # Phase 2/3 flow pipeline.
     use_flow: bool = False
     flow_widths: tuple[int, ...] = (240, 150, 90)
@@ -124,6 +131,8 @@ class ModelConfig:
             raise ConfigError(f"mHC needs at least 2 streams, got {self.mhc_streams}")
         if len(self.refine_channels) != 4:
             raise ConfigError("refine_channels needs four entries (scales 1, 1/2, 1/4, 1/8)")
+        if self.refine_finest not in REFINE_FINEST:
+            raise ConfigError(f"--refine_finest must be one of {', '.join(REFINE_FINEST)}, got {self.refine_finest!r}")
         if len(self.flow_widths) != 3 or len(self.flow_scales) != 3:
             raise ConfigError("flow_widths and --flow_scales need three entries (one per flow block: the blocks read "
                               "the backbone's 1/16, 1/8 and 1/4 features)")
@@ -496,6 +505,10 @@ def build_arg_parser() -> argparse.ArgumentParser:
                             "augmented crop; context on the crop and 64 px of the frame around it, then crops, flips "
                             "and rotates the flows with the frames (test time runs DIS on the whole frame; about 2.3x "
                             "the loader's DIS time; docs/LARGE_MOTION.md)")
+    extra.add_argument("--refine_finest", type=str, default=None, choices=REFINE_FINEST,
+                       help="where RefineNet's finest decoder level runs: full (default, the design's U-Net) or half "
+                            "(a stride-2 entry and a transposed-convolution head, as RIFE; about a quarter of that "
+                            "level's arithmetic: faster inference at 1080p and 4K; docs/PERF.md 10.15)")
     extra.add_argument("--vgg_weights", type=str, default=None,
                        help="local VGG19 weights file for the perceptual loss (or env THESIS_VGG_WEIGHTS)")
     extra.add_argument("--ckpt_dir", type=str, default=None, help="checkpoint folder (default ckpt)")
@@ -517,6 +530,7 @@ _FLAG_FIELDS: dict[str, tuple[str, str]] = {
     "ssd_backend": ("model", "ssm_backend"), "vgg_weights": ("loss", "vgg_weights"),
     "inter_weight": ("loss", "inter"), "ter_weight": ("loss", "ter"), "flow_teacher": ("loss", "flow_teacher"),
     "flow_scales": ("model", "flow_scales"), "flow_prior": ("model", "flow_prior"),
+    "refine_finest": ("model", "refine_finest"),
 }
 _NOT_FIELDS = {"phase", "model_size", "ablation", "mixed_ratio", "no_progress"}   # not part of a run's config
 

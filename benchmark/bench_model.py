@@ -35,6 +35,7 @@ import argparse
 import copy
 import faulthandler
 import gc
+import itertools
 import json
 import sys
 import time
@@ -46,7 +47,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmark.timing import PRIOR_TIMING_CALLS, count_gflop, kernel_profile, measure, prior_of_tensors  # noqa: E402
-from config import FLOW_PRIORS, preset, unit_fraction  # noqa: E402
+from config import FLOW_PRIORS, REFINE_FINEST, preset, unit_fraction  # noqa: E402
 from model import build_model, count_parameters  # noqa: E402
 from model.inference import INDUCTOR_MODES, runtime_record  # noqa: E402
 from measures.quality import difference_stats  # noqa: E402
@@ -168,6 +169,8 @@ def measure_inference(model, name: str, args, device: str, execution: str = "eag
     row = {"kind": "infer", "phase": args.phase, "mode": model.config.backbone_mode, "resolution": name,
            "flow_scale": flow_scale, "flow_blocks": "x".join(map(str, model.config.flow_scales)) if model.config.use_flow
            else "-", "amp": args.amp, "exec": execution}
+    if model.config.refine_finest != "full":
+        row["refine_finest"] = model.config.refine_finest
     if work_scale_of(model) != 1.0:
         row["work_scale"] = work_scale_of(model)
     if compiled:
@@ -392,6 +395,9 @@ def main() -> None:
                         help="phases 2/3: build the model with this flow prior, as train.py's flag (dis: the flow "
                              "estimator starts from the pair's DIS flows; each inference row then also gives the "
                              "prior's CPU ms per pair, prior_ms)")
+    parser.add_argument("--refine_finest", nargs="+", choices=REFINE_FINEST, default=["full"],
+                        help="RefineNet's finest level, as train.py's flag; several: one model and its rows each, in "
+                             "one process (e.g. full half)")
     parser.add_argument("--reps", type=int, default=20)
     parser.add_argument("--compile", action="store_true",
                         help="also time the training step with torch.compile on the model and the loss")
@@ -460,90 +466,92 @@ def main() -> None:
         return
     flash = SDPBackend.FLASH_ATTENTION if device == "cuda" else SDPBackend.MATH
     rows = []
-    for mode in args.modes:
-        for backend in args.ssd_backends:
-            if mode == "gated_attn_only" and backend != args.ssd_backends[0]:
-                continue   # no SSM in this mode
-            cfg = replace(preset(args.phase, args.model_size).model, backbone_mode=mode, ssm_backend=backend)
-            if args.flow_scales:
-                cfg = replace(cfg, flow_scales=tuple(args.flow_scales))
-            cfg = replace(cfg, flow_prior=args.flow_prior)
-            torch.manual_seed(0)
-            stamp(f"building phase {args.phase} {mode} (ssd {backend})"
-                  + (f", flow prior {args.flow_prior}" if args.flow_prior != "none" else ""))
-            model = build_model(cfg).to(device).train()
-            loss_fn = CompositeLoss(args.phase, vgg_allow_random=True).to(device)
-            optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device == "cuda")
-            step = train_step_fn(model, loss_fn, optimizer, args.batch, args.size, args.amp, args.phase, device)
-            variants = []
-            if not args.infer_only:
-                with sdpa_kernel(flash):
-                    step()                               # raises if any attention call is not flash-eligible
-                stamp("first step done (kernel compilation and autotuning included)")
-                variants.append(("eager", step))
-            if args.compile and not args.infer_only:
-                compiled_step = train_step_fn(torch.compile(model), torch.compile(loss_fn), optimizer, args.batch,
-                                              args.size, args.amp, args.phase, device)
-                compiled_step()
-                stamp("torch.compile warm-up done")
-                variants.append(("compiled", compiled_step))
-            for label, fn in variants:
-                if device == "cuda":
-                    torch.cuda.empty_cache()
-                timing = measure(fn, device, warmup=5, reps=args.reps)
-                ms, gib = timing.median_ms, timing.peak_gib or 0.0
-                row = {"kind": "train", "phase": args.phase, "mode": mode,
-                       "ssd": backend if mode != "gated_attn_only" else "-", "exec": label,
-                       "params_M": round(count_parameters(model) / 1e6, 3), "batch": args.batch, "size": args.size,
-                       "amp": args.amp, "step_ms": round(ms, 2), "samples_per_s": round(args.batch * 1000 / ms, 1),
-                       "peak_gib": round(gib, 3), "flash_eligible": device == "cuda"}
-                if args.flow_prior != "none":
-                    row["flow_prior"] = args.flow_prior
-                rows.append(row)
-                print(row, flush=True)
-            del optimizer, step, variants                # free the training state before measuring inference
-            model = reduce_resolution(model.eval(), args.work_scale)
-            parts = MODEL_PARTS if work_scale_of(model) == 1.0 else \
-                tuple(f"model.{part}" for part in MODEL_PARTS)      # the wrapped model's children
-            graphs = args.cuda_graph == "on" or (args.cuda_graph == "auto" and device == "cuda")
-            from model.inference import InferenceRunner
-            arithmetic = {}                    # resolution -> count_gflop's record (--flops)
-            for name in args.infer:
-                if args.flops:
-                    arithmetic[name] = count_gflop(inference_call(InferenceRunner(model, "off"), name, args, device)[0],
-                                                   model, parts)
-                for execution in ("eager", "graphed") if graphs else ("eager",):
-                    try:
-                        rows.append(with_rate(measure_inference(model, name, args, device, execution),
-                                              arithmetic.get(name)))
-                    except Exception as error:               # e.g. out of memory or a failed capture: record it
-                        rows.append({"kind": "infer", "resolution": name, "exec": execution,
-                                     "error": repr(error)[:300]})
-                    print(rows[-1], flush=True)
-                if args.compare_unchunked_warp:
-                    warps = [m for m in model.modules() if isinstance(m, BackwardWarp)]
-                    for warp in warps:
-                        warp.max_chunk_elements = 1 << 62
-                    rows.append(dict(measure_inference(model, name, args, device), warp="unchunked"))
-                    print(rows[-1], flush=True)
-                    for warp in warps:
-                        warp.max_chunk_elements = 1 << 26
-            if args.compile_infer and args.infer:
-                execution = "compiled+graphed" if graphs else "compiled"
-                settings = [(align, mode) for mode in args.compile_mode for align in args.align_channels]
-                for index, (align, mode) in enumerate(settings):
-                    # Each setting compiles (and aligns) a copy of its own, so that every row starts from the same
-                    # unaligned, uncompiled weights; a lone setting compiles the model itself, as before.
-                    candidate = copy.deepcopy(model) if len(settings) > 1 else model
-                    if index:
-                        reset_compilation()
-                    rows.append(with_rate(measure_inference(candidate, args.infer[-1], args, device, execution, align,
-                                                            mode), arithmetic.get(args.infer[-1])))
-                    print(rows[-1], flush=True)
-                    del candidate
-            del model
+    compiled_once = False                                # a later model compiles after a reset of Dynamo
+    for mode, backend, finest in itertools.product(args.modes, args.ssd_backends, args.refine_finest):
+        if mode == "gated_attn_only" and backend != args.ssd_backends[0]:
+            continue   # no SSM in this mode
+        cfg = replace(preset(args.phase, args.model_size).model, backbone_mode=mode, ssm_backend=backend)
+        if args.flow_scales:
+            cfg = replace(cfg, flow_scales=tuple(args.flow_scales))
+        cfg = replace(cfg, flow_prior=args.flow_prior, refine_finest=finest)
+        torch.manual_seed(0)
+        stamp(f"building phase {args.phase} {mode} (ssd {backend})"
+              + (f", flow prior {args.flow_prior}" if args.flow_prior != "none" else "")
+              + (f", refine_finest {finest}" if finest != "full" else ""))
+        model = build_model(cfg).to(device).train()
+        loss_fn = CompositeLoss(args.phase, vgg_allow_random=True).to(device)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device == "cuda")
+        step = train_step_fn(model, loss_fn, optimizer, args.batch, args.size, args.amp, args.phase, device)
+        variants = []
+        if not args.infer_only:
+            with sdpa_kernel(flash):
+                step()                               # raises if any attention call is not flash-eligible
+            stamp("first step done (kernel compilation and autotuning included)")
+            variants.append(("eager", step))
+        if args.compile and not args.infer_only:
+            compiled_step = train_step_fn(torch.compile(model), torch.compile(loss_fn), optimizer, args.batch,
+                                          args.size, args.amp, args.phase, device)
+            compiled_step()
+            stamp("torch.compile warm-up done")
+            variants.append(("compiled", compiled_step))
+        for label, fn in variants:
             if device == "cuda":
                 torch.cuda.empty_cache()
+            timing = measure(fn, device, warmup=5, reps=args.reps)
+            ms, gib = timing.median_ms, timing.peak_gib or 0.0
+            row = {"kind": "train", "phase": args.phase, "mode": mode,
+                   "ssd": backend if mode != "gated_attn_only" else "-", "exec": label,
+                   "params_M": round(count_parameters(model) / 1e6, 3), "batch": args.batch, "size": args.size,
+                   "amp": args.amp, "step_ms": round(ms, 2), "samples_per_s": round(args.batch * 1000 / ms, 1),
+                   "peak_gib": round(gib, 3), "flash_eligible": device == "cuda"}
+            if args.flow_prior != "none":
+                row["flow_prior"] = args.flow_prior
+            rows.append(row)
+            print(row, flush=True)
+        del optimizer, step, variants                # free the training state before measuring inference
+        model = reduce_resolution(model.eval(), args.work_scale)
+        parts = MODEL_PARTS if work_scale_of(model) == 1.0 else \
+            tuple(f"model.{part}" for part in MODEL_PARTS)      # the wrapped model's children
+        graphs = args.cuda_graph == "on" or (args.cuda_graph == "auto" and device == "cuda")
+        from model.inference import InferenceRunner
+        arithmetic = {}                    # resolution -> count_gflop's record (--flops)
+        for name in args.infer:
+            if args.flops:
+                arithmetic[name] = count_gflop(inference_call(InferenceRunner(model, "off"), name, args, device)[0],
+                                               model, parts)
+            for execution in ("eager", "graphed") if graphs else ("eager",):
+                try:
+                    rows.append(with_rate(measure_inference(model, name, args, device, execution),
+                                          arithmetic.get(name)))
+                except Exception as error:               # e.g. out of memory or a failed capture: record it
+                    rows.append({"kind": "infer", "resolution": name, "exec": execution,
+                                 "error": repr(error)[:300]})
+                print(rows[-1], flush=True)
+            if args.compare_unchunked_warp:
+                warps = [m for m in model.modules() if isinstance(m, BackwardWarp)]
+                for warp in warps:
+                    warp.max_chunk_elements = 1 << 62
+                rows.append(dict(measure_inference(model, name, args, device), warp="unchunked"))
+                print(rows[-1], flush=True)
+                for warp in warps:
+                    warp.max_chunk_elements = 1 << 26
+        if args.compile_infer and args.infer:
+            execution = "compiled+graphed" if graphs else "compiled"
+            settings = [(align, mode) for mode in args.compile_mode for align in args.align_channels]
+            for index, (align, mode) in enumerate(settings):
+                # Each setting compiles (and aligns) a copy of its own, so that every row starts from the same
+                # unaligned, uncompiled weights; a lone setting compiles the model itself, as before.
+                candidate = copy.deepcopy(model) if len(settings) > 1 else model
+                if index or compiled_once:
+                    reset_compilation()
+                compiled_once = True
+                rows.append(with_rate(measure_inference(candidate, args.infer[-1], args, device, execution, align,
+                                                        mode), arithmetic.get(args.infer[-1])))
+                print(rows[-1], flush=True)
+                del candidate
+        del model
+        if device == "cuda":
+            torch.cuda.empty_cache()
     print(f"\ndevice: {device_name}, torch {torch.__version__}")
     for row in rows:
         print(" | ".join(f"{k}={v}" for k, v in row.items() if k != "runtime"))

@@ -6,6 +6,11 @@ summed), the timestep map, and (``use_context=True``, Phases 2/3) the two flow-w
 1/2, 1/4 and 1/8. The full-resolution level also sees the image inputs (Phase 1: I0, I1; Phases 2/3: I0, I1, the
 two warped frames, the mask logit and the flow). The head outputs 4 channels: a mask logit (Phase 1) or mask
 logit correction (Phases 2/3), and a residual ``2 sigmoid(.) - 1`` in [-1, 1] (RIFE's convention).
+
+``finest="half"`` (``--refine_finest half``) moves the finest level to 1/2: a stride-2 convolution reads its
+full-resolution skips (features, timestep, image inputs), the level's two convolutions run at 1/2 beside the running
+state, and a 4x4 stride-2 transposed convolution is the head (RIFE's U-Net arrangement). Per output pixel the level
+does about 2,400 multiply-adds at full resolution instead of about 15,500 (1080p: about 45 GFLOP less).
 """
 
 from __future__ import annotations
@@ -33,6 +38,26 @@ class DecoderLevel(nn.Module):
         size = skips[0].shape[-2:]
         state = F.interpolate(state, size=size, mode="bilinear", align_corners=False)
         return run_conv_prelu_stack(self.body, [state, *skips])
+
+
+class HalfResolutionLevel(nn.Module):
+    """The finest decoder level at 1/2 of the skips' size (``RefineNet(finest="half")``).
+
+    forward(state (B, C_s, H/2, W/2), skips: maps (B, C_k, H, W)) -> (B, C_out, H/2, W/2): a stride-2 conv3x3 +
+    PReLU over the concatenated skips, then two conv3x3 + PReLU over it and the state. H and W must be even.
+    """
+
+    def __init__(self, state_channels: int, skip_channels: int, out_channels: int):
+        super().__init__()
+        self.entry = nn.Sequential(conv_prelu(skip_channels, out_channels, stride=2))
+        self.body = nn.Sequential(conv_prelu(state_channels + out_channels, out_channels),
+                                  conv_prelu(out_channels, out_channels))
+
+    def forward(self, state: torch.Tensor, skips: list[torch.Tensor]) -> torch.Tensor:
+        entry = run_conv_prelu_stack(self.entry, skips)
+        if state.shape[-2:] != entry.shape[-2:]:
+            state = F.interpolate(state, size=entry.shape[-2:], mode="bilinear", align_corners=False)
+        return run_conv_prelu_stack(self.body, [state, entry])
 
 
 def decode_in_row_strips(decoder: DecoderLevel, state: torch.Tensor, skips: list[torch.Tensor],
@@ -76,16 +101,21 @@ class RefineNet(nn.Module):
         image_channels: channels of the full-resolution image inputs (6 in Phase 1, 17 with flow).
         use_context: also take two warped ContextNet pyramids at 1/2, 1/4, 1/8.
         context_channels: ContextNet widths (c, 2c, 4c) at 1/2, 1/4, 1/8, per frame.
+        finest: "full" (the finest level and the head at full resolution) or "half" (that level at 1/2 behind a
+            stride-2 entry, a transposed-convolution head; :class:`HalfResolutionLevel`).
     forward(features, image_inputs, timestep, context=None) -> (mask_logit (B,1,H,W), residual (B,3,H,W)), both
     float32 (also under autocast).
     """
 
     def __init__(self, feature_channels: list[int], decoder_channels: tuple[int, ...], image_channels: int = 6,
-                 use_context: bool = False, context_channels: tuple[int, ...] = (16, 32, 64)):
+                 use_context: bool = False, context_channels: tuple[int, ...] = (16, 32, 64), finest: str = "full"):
         super().__init__()
         if len(feature_channels) != 5 or len(decoder_channels) != 4:
             raise ValueError("RefineNet needs five feature levels (1 .. 1/16) and four decoder widths (1 .. 1/8)")
+        if finest not in ("full", "half"):
+            raise ValueError(f"RefineNet's finest level is full or half, got {finest!r}")
         self.use_context = use_context
+        self.finest = finest
         context_extra = [0] + [2 * c for c in context_channels] if use_context else [0, 0, 0, 0]
         bottom = decoder_channels[3]
         self.bottom = nn.Sequential(nn.Conv2d(2 * feature_channels[4], bottom, 1), nn.PReLU(bottom),
@@ -94,9 +124,14 @@ class RefineNet(nn.Module):
         state = bottom
         for level in (3, 2, 1, 0):   # 1/8, 1/4, 1/2, 1
             skip = 2 * feature_channels[level] + context_extra[level] + 1 + (image_channels if level == 0 else 0)
-            self.levels.append(DecoderLevel(state + skip, decoder_channels[level]))
+            if level == 0 and finest == "half":
+                self.levels.append(HalfResolutionLevel(state, skip, decoder_channels[level]))
+            else:
+                self.levels.append(DecoderLevel(state + skip, decoder_channels[level]))
             state = decoder_channels[level]
-        self.head = nn.Conv2d(state, 4, 3, padding=1)
+        # kernel 4, stride 2, padding 1: exactly twice the size, each output pixel from 2x2 inputs (no checkerboard
+        # of uncovered taps, as a kernel of 3 would leave)
+        self.head = nn.Conv2d(state, 4, 3, padding=1) if finest == "full" else nn.ConvTranspose2d(state, 4, 4, 2, 1)
         # Inference only: a level whose concatenated input exceeds this many bytes runs in row strips (None: never).
         # Under torch.compile the strips are 4x larger: Inductor fuses the concatenation, casts and channel padding,
         # so 1 GiB strips peaked at 5.4 GiB for 4K (9.2 GiB in eager), and the fewer strips copy fewer slices
@@ -136,7 +171,9 @@ class RefineNet(nn.Module):
                 skips += image_parts
             tail = self.head if level == 0 else None
             channels = state.shape[1] + sum(s.shape[1] for s in skips)
-            strip_rows = self._strip_rows(channels, skip, state)
+            # The half-resolution level has no full-resolution convolution chain to cut into strips (its largest
+            # map is the skips' concatenation, which the stride-2 entry reads once).
+            strip_rows = None if isinstance(decoder, HalfResolutionLevel) else self._strip_rows(channels, skip, state)
             if strip_rows is not None:
                 state = decode_in_row_strips(decoder, state, skips, tail, strip_rows)   # casts strip by strip
             else:

@@ -102,7 +102,7 @@ class ThesisModel(nn.Module):
             self.context = ContextNet(base_channels=cfg.context_channels)
             context_channels = tuple(cfg.context_channels * 2 ** k for k in range(3))
             self.refine = RefineNet(channels, cfg.refine_channels, image_channels=17, use_context=True,
-                                    context_channels=context_channels)
+                                    context_channels=context_channels, finest=cfg.refine_finest)
             if cfg.flow_prior != "none":
                 # With the classical prior the untrained model is the classical interpolation: the flow blocks start
                 # with zero updates (model/flow.py) and RefineNet with a zero mask correction and residual
@@ -110,7 +110,8 @@ class ThesisModel(nn.Module):
                 nn.init.zeros_(self.refine.head.weight)
                 nn.init.zeros_(self.refine.head.bias)
         else:
-            self.refine = RefineNet(self.backbone.channels, cfg.refine_channels, image_channels=6)
+            self.refine = RefineNet(self.backbone.channels, cfg.refine_channels, image_channels=6,
+                                    finest=cfg.refine_finest)
 
     @property
     def size_multiple(self) -> int:

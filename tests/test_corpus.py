@@ -197,7 +197,8 @@ def test_large_motion_script_trains_scores_and_tables_each_variant(clips, tmp_pa
 
     root = Path(__file__).resolve().parents[1]
     env = dict(os.environ, PYTHON=sys.executable, TRAIN_EXTRA="--model_size tiny", STEPS="2", BATCH="2", CROP="64",
-               EVAL_LIMIT="2", MFS="0", RUNS="base_s0 fs842_s0 prior_s0 narrow_s0 priorlr5e-5_s0", EVAL_EVERY="1",
+               EVAL_LIMIT="2", MFS="0", RUNS="base_s0 fs842_s0 prior_s0 narrow_s0 priorlr5e-5_s0 priorfast_s0",
+               EVAL_EVERY="1",
                CORPUS_ARGS=f"--no_bundled --clips {clips[0].path.parent} --crop 64 --strides 1,2 --test_clips plain")
     work, out = tmp_path / "work", tmp_path / "out"
     result = subprocess.run(["bash", str(root / "tools" / "large_motion_runs.sh"), str(tmp_path / "cache"), str(work),
@@ -210,12 +211,14 @@ def test_large_motion_script_trains_scores_and_tables_each_variant(clips, tmp_pa
     assert "narrow_s0" in header and (work / "corpus_narrow" / "corpus.json").is_file()   # rounds one to seven's
     # EVAL_EVERY: the held-out score of each run by step while it trained (1 epoch of 2 steps here: one row)
     curve = (out / "curve.md").read_text().splitlines()
-    assert curve[0] == "| step | base_s0 | fs842_s0 | prior_s0 | narrow_s0 | priorlr5e-5_s0 |"
-    assert len(curve) == 3 and re.fullmatch(r"\| 2 \|( \d+\.\d\d \|){5}", curve[2]), curve
+    assert curve[0] == "| step | base_s0 | fs842_s0 | prior_s0 | narrow_s0 | priorlr5e-5_s0 | priorfast_s0 |"
+    assert len(curve) == 3 and re.fullmatch(r"\| 2 \|( \d+\.\d\d \|){6}", curve[2]), curve
     lowered = torch.load(work / "ckpt" / "lm_priorlr5e-5_s0_last.pt", map_location="cpu", weights_only=True)["config"]
     assert lowered["train"]["lr"] == 5e-5 and lowered["model"]["flow_prior"] == "dis"
     saved = torch.load(work / "ckpt" / "lm_fs842_s0_last.pt", map_location="cpu", weights_only=True)["config"]
     assert tuple(saved["model"]["flow_scales"]) == (8, 4, 2)
+    fast = torch.load(work / "ckpt" / "lm_priorfast_s0_last.pt", map_location="cpu", weights_only=True)["config"]
+    assert fast["model"]["refine_finest"] == "half" and tuple(fast["model"]["flow_scales"]) == (8, 4, 2)
     report = json.loads((out / "eval_prior_s0.json").read_text())
     assert report["flow_prior"] == "dis"
     # Scored with --components: the prior model's stages beside its prediction, the base's blend without a prior
