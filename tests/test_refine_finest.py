@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch import nn
 
+from checkpoint import config_differences, describe_model_differences
 from config import ConfigError, config_from_argv, preset
 from model import build_model
 from model.ops.prior import flows_at_t
@@ -110,3 +111,10 @@ def test_refine_finest_is_a_model_flag_and_names_itself_in_errors():
     saved = preset(2, "tiny").to_dict()
     del saved["model"]["refine_finest"]                  # a checkpoint from before the flag
     assert type(preset(2, "tiny")).from_dict(saved).model.refine_finest == "full"
+
+
+def test_a_checkpoint_of_the_other_arrangement_is_named_by_its_flag():
+    saved, current = preset(2, "tiny").model, replace(preset(2, "tiny").model, refine_finest="half")
+    names = config_differences(saved, current)
+    assert names == ["refine_finest"]
+    assert describe_model_differences(saved, current, names) == "--refine_finest (checkpoint full, this run half)"

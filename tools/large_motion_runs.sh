@@ -28,7 +28,8 @@
 #          priorctx: the prior's DIS on each crop and 64 px of the frame around it (--prior_from context), nearer to test
 #          time's whole frame than the crop alone (about 2.3x the loaders' DIS time: WORKERS matter).
 #   priorhalf: the prior with RefineNet's finest level at 1/2 (--refine_finest half, docs/PERF.md 10.15: less
-#          full-resolution arithmetic at inference); priorfast: that and the coarser flow blocks (--flow_scales 8 4 2).
+#          full-resolution arithmetic at inference); priorfast: that and the coarser flow blocks (--flow_scales 8 4 2);
+#          priorfastema: priorfast with priorema's EMA (LARGE_MOTION twelfth round).
 # Every variant trains on the corpus as make_corpus.py builds it by default (since the eighth round with the
 # moving-camera clips); narrow and priornarrow are base and prior on the corpus of rounds one to seven (without them).
 # With MFS=1 (default) each run is also scored with --motion_flow_scale (flow scale halved from 32 px of motion).
@@ -101,6 +102,7 @@ for run in "${runs[@]}"; do
         priorlr[0-9]*) lr=${run%_s*}; variant=(--flow_prior dis --lr "${lr#priorlr}") ;;
         priorhalf) variant=(--flow_prior dis --refine_finest half) ;;
         priorfast) variant=(--flow_prior dis --refine_finest half --flow_scales 8 4 2) ;;
+        priorfastema) variant=(--flow_prior dis --refine_finest half --flow_scales 8 4 2 --ema_decay 0.999) ;;
         *) echo "unknown variant in run name $run"; exit 2 ;;
     esac
     seed=${run##*_s}
