@@ -30,6 +30,7 @@ from distributed import DistributedContext, pack_flat, unpack_flat, wrap_ddp
 from measures.quality import batch_psnr
 from model import build_model
 from model.loss import CompositeLoss, LossWeights
+from model.ops.prior import flows_at_t
 from step_graph import WARMUP_STEPS, EagerTrainStep, GraphedTrainStep, StepOutcome, StepParts, graph_eligibility
 
 
@@ -387,9 +388,12 @@ class Trainer:
             output = (self.wrapped if module is None else module)(img0, img1, t, **prior_keyword(flow_prior))
             # The blends cost three full-size images per flow block: built only when the term reads them.
             blends = output.intermediate_blends() if self.loss_fn.deep_supervision_enabled else None
+            # --prior_anchor: the flow the model started from (the prior at t), what the anchor holds it to.
+            anchor = flows_at_t(flow_prior, t) if self.loss_fn.prior_anchor_enabled and flow_prior is not None else None
             total, logs = self.loss_fn(output.pred, gt, flow=output.flow, intermediate=blends,
                                        teacher_flow=flow_teacher, frames=(img0, img1),
-                                       warped=(output.warped0, output.warped1) if output.flow is not None else None)
+                                       warped=(output.warped0, output.warped1) if output.flow is not None else None,
+                                       prior_flow=anchor)
         return total, logs, output
 
     def clip_gradients(self) -> torch.Tensor:

@@ -169,6 +169,7 @@ class LossConfig:
     flow_smooth: float = 0.1
     inter: float = 0.0                 # deep supervision of the flow blocks' blends (phases 2/3); 0 = off
     flow_teacher: float = 0.0          # DIS flow pseudo-labels where they warp better (phases 2/3); 0 = off
+    prior_anchor: float = 0.0          # a --flow_prior model's flow held to the prior's where moving did not pay; 0 = off
     vgg_weights: str | None = None
 
 
@@ -262,6 +263,10 @@ class ExperimentConfig:
         if self.loss.flow_teacher > 0 and t.phase == 1:
             raise ConfigError("--flow_teacher supervises the flow estimator, which phase 1 does not have: use it "
                               "with --phase 2 or 3")
+        if not 0.0 <= self.loss.prior_anchor < float("inf"):
+            raise ConfigError(f"--prior_anchor must be a finite number >= 0, got {self.loss.prior_anchor}")
+        if self.loss.prior_anchor > 0 and self.model.flow_prior == "none":
+            raise ConfigError("--prior_anchor holds the flow to the classical prior's: use it with --flow_prior dis")
         if d.prior_from not in PRIOR_SOURCES:
             raise ConfigError(f"--prior_from must be one of {', '.join(PRIOR_SOURCES)}, got {d.prior_from!r}")
         if d.prior_from != "crop" and self.model.flow_prior == "none":
@@ -500,6 +505,10 @@ def build_arg_parser() -> argparse.ArgumentParser:
                        help="phases 2/3: dis starts the flow estimator from OpenCV DIS flows between the two inputs "
                             "(computed on the CPU by the data loader, the benchmarks and interpolate.py), which its "
                             "blocks refine; none (default) starts from zero as RIFE does (docs/LARGE_MOTION.md)")
+    extra.add_argument("--prior_anchor", type=float, default=None,
+                       help="with --flow_prior dis: weight of a term that holds the estimated flow to the prior's "
+                            "wherever the model's own warp is not better than the prior's by a margin (default 0 = "
+                            "off; docs/LARGE_MOTION.md, thirteenth round)")
     extra.add_argument("--prior_from", type=str, default=None, choices=PRIOR_SOURCES,
                        help="with --flow_prior dis: crop (default) computes each training sample's DIS on its "
                             "augmented crop; context on the crop and 64 px of the frame around it, then crops, flips "
@@ -530,7 +539,7 @@ _FLAG_FIELDS: dict[str, tuple[str, str]] = {
     "ssd_backend": ("model", "ssm_backend"), "vgg_weights": ("loss", "vgg_weights"),
     "inter_weight": ("loss", "inter"), "ter_weight": ("loss", "ter"), "flow_teacher": ("loss", "flow_teacher"),
     "flow_scales": ("model", "flow_scales"), "flow_prior": ("model", "flow_prior"),
-    "refine_finest": ("model", "refine_finest"),
+    "refine_finest": ("model", "refine_finest"), "prior_anchor": ("loss", "prior_anchor"),
 }
 _NOT_FIELDS = {"phase", "model_size", "ablation", "mixed_ratio", "no_progress"}   # not part of a run's config
 

@@ -17,6 +17,8 @@ Components:
 * :class:`FlowSmoothnessLoss` -- edge-aware flow smoothness (ARFlow form), gated by the edges of I_t.
 * :class:`FlowTeacherLoss` -- pulls the estimated flow towards a teacher flow (OpenCV DIS from the middle frame)
   where the teacher warps the inputs better than the model does (docs/LARGE_MOTION.md).
+* :class:`PriorAnchorLoss` -- holds a ``--flow_prior`` model's flow to the prior's wherever moving away has not
+  improved the warp (docs/LARGE_MOTION.md, thirteenth round).
 * :class:`CompositeLoss` -- the phase-aware weighted sum, with :class:`LossWeights` from the SPEC table, plus
   the optional deep supervision of the flow blocks' intermediate blends (docs/DESIGN.md 8.6).
 """
@@ -43,6 +45,7 @@ __all__ = [
     "FlowTeacherLoss",
     "LaplacianLoss",
     "LossWeights",
+    "PriorAnchorLoss",
     "TernaryLoss",
     "VGGPerceptualLoss",
 ]
@@ -440,13 +443,44 @@ class FlowTeacherLoss(nn.Module):
             return (trusted * endpoint).mean() * 2          # a sum over the two sides of their means
 
 
+class PriorAnchorLoss(FlowTeacherLoss):
+    """Hold the estimated flow to the classical prior's, except where moving away from it has paid off.
+
+    Why: a model with ``--flow_prior dis`` starts as DIS's interpolation, and on the held-out footage every measured
+    step of training moved it further below DIS, in proportion to the motion (docs/LARGE_MOTION.md, rounds ten to
+    twelve): its learned corrections to the prior help the training crops and hurt where DIS was right. What made the
+    score hold (an EMA, a lower learning rate, coarser flow blocks) slowed every correction alike. This term slows
+    only the corrections that have not earned their place: with A_k the prior's flow at t (where the model started),
+
+        e_A,k = mean_c |warp(I_k, A_k) - I_t|,   e_S,k = mean_c |warp(I_k, F_k) - I_t|   (detached)
+        kept_k = [e_A,k <= e_S,k + margin]
+        loss = sum_k mean( kept_k * sqrt(|F_k - A_k|^2 + epsilon^2) )
+
+    i.e. the flow teacher's Charbonnier endpoint term with the prior as teacher and the opposite burden of proof:
+    the teacher taught only where it was better by ``margin``; the anchor holds wherever the model's own warp is not
+    better than the prior's by more than ``margin``. Where the model's flow equals the prior's the term and its
+    gradient are zero, so it never pushes, only pulls back.
+    """
+
+    def trusted(self, anchor: torch.Tensor, frames: tuple[torch.Tensor, torch.Tensor], gt: torch.Tensor,
+                warped: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """(B, 2, H, W) float32 in {0, 1}: where each side's move away from the prior has not paid off by ``margin``."""
+        masks = []
+        for side, (frame, model_warp) in enumerate(zip(frames, warped)):
+            anchor_warp = backward_warp(frame.float(), anchor[:, 2 * side:2 * side + 2])
+            anchor_error = (anchor_warp - gt).abs().mean(dim=1, keepdim=True)
+            model_error = (model_warp.detach().float() - gt).abs().mean(dim=1, keepdim=True)
+            masks.append((anchor_error <= model_error + self.margin).float())
+        return torch.cat(masks, dim=1)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Composite (docs/DESIGN.md 8.6, SPEC "Loss Function Design")
 # ----------------------------------------------------------------------------------------------------------------
 
 # The SPEC's five TensorBoard tags (without "loss/"), plus loss_inter for the deep-supervision term.
 LOSS_LOG_KEYS = ("loss_lap", "loss_ter", "loss_vgg", "loss_flow_smooth", "loss_inter", "loss_flow_teacher",
-                 "loss_total")
+                 "loss_prior_anchor", "loss_total")
 
 
 @dataclass(frozen=True)
@@ -458,6 +492,7 @@ class LossWeights:
     (benchmark/ablation.py, ``hybrid_inter``) measures whether it helps this model.
 
     ``flow_teacher`` weights :class:`FlowTeacherLoss` (DIS pseudo-labels, phases 2 and 3); 0 (off) by default.
+    ``prior_anchor`` weights :class:`PriorAnchorLoss` (a ``--flow_prior`` model's flow held to the prior's); 0 (off).
     """
 
     lap: float = 1.0
@@ -466,6 +501,7 @@ class LossWeights:
     flow_smooth: float = 0.1
     inter: float = 0.0
     flow_teacher: float = 0.0
+    prior_anchor: float = 0.0
 
     def __post_init__(self) -> None:
         for field in fields(self):
@@ -527,21 +563,25 @@ class CompositeLoss(nn.Module):
         self.deep_supervision_enabled: bool = phase >= 2 and weights.inter > 0
         self.flow_teacher_enabled: bool = phase >= 2 and weights.flow_teacher > 0
         self.flow_teacher = FlowTeacherLoss()
+        self.prior_anchor_enabled: bool = phase >= 2 and weights.prior_anchor > 0
+        self.prior_anchor = PriorAnchorLoss()
 
     def extra_repr(self) -> str:
         return (f"phase={self.phase}, weights={self.weights}, vgg_enabled={self.vgg_enabled}, "
                 f"flow_smoothness_enabled={self.flow_smoothness_enabled}, "
                 f"deep_supervision_enabled={self.deep_supervision_enabled}, "
-                f"flow_teacher_enabled={self.flow_teacher_enabled}")
+                f"flow_teacher_enabled={self.flow_teacher_enabled}, prior_anchor_enabled={self.prior_anchor_enabled}")
 
     def forward(self, pred: torch.Tensor, gt: torch.Tensor, flow: torch.Tensor | None = None,
                 intermediate: Sequence[torch.Tensor] | None = None, teacher_flow: torch.Tensor | None = None,
                 frames: tuple[torch.Tensor, torch.Tensor] | None = None,
-                warped: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                warped: tuple[torch.Tensor, torch.Tensor] | None = None,
+                prior_flow: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """pred, gt: (B, 3, H, W) RGB in [0, 1]; flow: (B, 4, h, w) pixels [F_t->0, F_t->1] (phases 2, 3);
         intermediate: the flow blocks' blends, each (B, 3, H, W) like ``gt`` (phases 2, 3 with ``inter`` > 0);
         teacher_flow (B, 4, H, W), frames (I0, I1) and optionally the model's warps (W0, W1): the flow-teacher term
-        (phases 2, 3 with ``flow_teacher`` > 0).
+        (phases 2, 3 with ``flow_teacher`` > 0); prior_flow (B, 4, H, W), the prior's flows at t (where a
+        ``--flow_prior`` model starts), with frames: the prior-anchor term (``prior_anchor`` > 0).
 
         Returns (weighted total, logs); see the class docstring.
         """
@@ -563,6 +603,10 @@ class CompositeLoss(nn.Module):
                              "and frames=(img0, img1): the training items carry 'flow_teacher' when the dataset's "
                              "teacher_flow is set (loaders.build_datasets does it for --flow_teacher)")
 
+        if self.prior_anchor_enabled and (prior_flow is None or frames is None or flow is None):
+            raise ValueError(f"CompositeLoss(prior_anchor={self.weights.prior_anchor}) needs prior_flow (B, 4, H, W), "
+                             "the flow prior at t, and frames=(img0, img1): train a --flow_prior dis model")
+
         active: list[tuple[str, float, torch.Tensor]] = []
         if self.weights.lap > 0:
             active.append(("loss_lap", self.weights.lap, self.laplacian(pred, gt)))
@@ -579,6 +623,9 @@ class CompositeLoss(nn.Module):
         if self.flow_teacher_enabled:
             active.append(("loss_flow_teacher", self.weights.flow_teacher,
                            self.flow_teacher(flow, teacher_flow, frames, gt, warped)))
+        if self.prior_anchor_enabled:
+            active.append(("loss_prior_anchor", self.weights.prior_anchor,
+                           self.prior_anchor(flow, prior_flow, frames, gt, warped)))
 
         def zero() -> torch.Tensor:
             return torch.zeros((), device=pred.device, dtype=torch.float32)

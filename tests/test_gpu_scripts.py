@@ -116,7 +116,8 @@ def test_every_large_motion_run_name_is_a_variant_whose_flags_train_py_accepts(i
     names = [name for command in invocations if command[0] == "large_motion_runs" for name in command[1].split()]
     assert names
     names += ["priorlr5e-5_s0", "priorema_s0", "priorctx_s0",      # the eleventh round's ranking (docs/LARGE_MOTION.md)
-              "priorhalf_s0", "priorfast_s0", "priorfastema_s1"]   # --refine_finest half's quality (docs/PERF.md 10.15)
+              "priorhalf_s0", "priorfast_s0", "priorfastema_s1",   # --refine_finest half's quality (docs/PERF.md 10.15)
+              "prioranchor0.01_s0"]                                 # the thirteenth round's
     for name in names:
         snippet = f'run="$1"; work=/w; data=/w/corpus; variant=()\n{case_block}\nprintf "%s\\n" "${{variant[@]}}"'
         result = subprocess.run(["bash", "-c", snippet, "_", name], capture_output=True, text=True, timeout=30)

@@ -14,6 +14,7 @@ from model.loss import (
     CompositeLoss,
     FlowSmoothnessLoss,
     FlowTeacherLoss,
+    PriorAnchorLoss,
     LaplacianLoss,
     LossWeights,
     TernaryLoss,
@@ -387,10 +388,10 @@ def test_composite_phase2_total_is_weighted_sum(composite_phase2, shape):
     flow = torch.randn(shape[0], 4, shape[2], shape[3], requires_grad=True)
     total, logs = composite_phase2(pred, gt, flow)
     assert composite_phase2.vgg_enabled
-    assert set(logs) == set(LOSS_LOG_KEYS) and len(logs) == 7
+    assert set(logs) == set(LOSS_LOG_KEYS) and len(logs) == 8
     assert all(value.dim() == 0 and value.dtype == torch.float32 and not value.requires_grad
                for value in logs.values())
-    off_by_default = ("loss_inter", "loss_flow_teacher")
+    off_by_default = ("loss_inter", "loss_flow_teacher", "loss_prior_anchor")
     assert all(logs[key].item() > 0 for key in LOSS_LOG_KEYS if key not in off_by_default)
     assert all(logs[key].item() == 0.0 for key in off_by_default)   # deep supervision and the teacher are off
     # The dict holds unweighted terms: they equal the individual losses.
@@ -451,8 +452,8 @@ def test_composite_under_bf16_autocast_computes_in_float32(composite_phase2):
 
 def test_spec_log_keys_stay_and_loss_inter_is_added():
     assert LOSS_LOG_KEYS == ("loss_lap", "loss_ter", "loss_vgg", "loss_flow_smooth", "loss_inter",
-                             "loss_flow_teacher", "loss_total")
-    assert LossWeights().inter == 0.0 and LossWeights().flow_teacher == 0.0
+                             "loss_flow_teacher", "loss_prior_anchor", "loss_total")
+    assert LossWeights().inter == 0.0 and LossWeights().flow_teacher == 0.0 and LossWeights().prior_anchor == 0.0
 
 
 def test_deep_supervision_off_by_default_and_in_phase_1(no_vgg_weights):
@@ -553,3 +554,50 @@ def test_composite_adds_the_flow_teacher_term_and_demands_its_inputs():
     with pytest.raises(ValueError, match="teacher_flow"):
         composite(gt, gt, flow=flow)
     assert not CompositeLoss(1, LossWeights(vgg=0.0, flow_teacher=0.5)).flow_teacher_enabled   # no flow in phase 1
+
+
+# ------------------------------------------------------------------------------------------------ prior anchor
+
+
+def test_prior_anchor_holds_the_flow_where_moving_did_not_pay_and_lets_go_where_it_did():
+    """Left half: the prior is right and the model has moved off it (its warp is worse): held, pulled back. Right
+    half: the prior is wrong and the model's flow is right (its warp better by more than the margin): let go."""
+    img0, gt, img1, true_flow = _shifted_triplet()
+    width = true_flow.shape[-1]
+    left = torch.zeros_like(true_flow, dtype=torch.bool)
+    left[..., : width // 2] = True
+    wrong = torch.zeros_like(true_flow)                              # no motion: 3 px off on each side
+    prior = torch.where(left, true_flow, wrong)
+    model_flow = torch.where(left, wrong, true_flow)
+    model_warps = (backward_warp(img0, model_flow[:, :2]), backward_warp(img1, model_flow[:, 2:]))
+    anchor = PriorAnchorLoss()
+    kept = anchor.trusted(prior, (img0, img1), gt, model_warps)
+    assert kept[..., 4:-4, 4:width // 2 - 4].mean() > 0.9                 # held where the prior warps better
+    assert kept[..., 4:-4, width // 2 + 4:-4].mean() < 0.1                # let go where the model's flow paid off
+    flow = model_flow.clone().requires_grad_(True)
+    anchor(flow, prior, (img0, img1), gt, model_warps).backward()
+    grad = flow.grad
+    assert grad[:, 0][..., 4:-4, 4:width // 2 - 4].mean() > 0 and grad[:, 2][..., 4:-4, 4:width // 2 - 4].mean() < 0
+    assert grad[..., 4:-4, width // 2 + 4:-4].abs().max() < 0.1 * grad[..., 4:-4, 4:width // 2 - 4].abs().max()
+    # Where moving changed nothing (a flat image: every warp is as good as any other) the move has not paid off, so
+    # it is held: the burden of proof is on the model (the flow teacher's rule would let go here).
+    flat = torch.full_like(gt, 0.5)
+    assert anchor.trusted(prior, (flat, flat), flat, (flat, flat)).min() == 1
+    assert FlowTeacherLoss().trusted(prior, (flat, flat), flat, (flat, flat)).max() == 0
+    # A flow that has not moved off the prior gets no pull at all (the term only pulls back, never pushes).
+    still = prior.clone().requires_grad_(True)
+    anchor(still, prior, (img0, img1), gt).backward()
+    assert still.grad.abs().max() == 0
+
+
+def test_composite_adds_the_prior_anchor_and_demands_the_prior():
+    img0, gt, img1, true_flow = _shifted_triplet()
+    composite = CompositeLoss(2, LossWeights(vgg=0.0, prior_anchor=0.2))
+    flow = torch.zeros_like(true_flow)
+    total, logs = composite(gt, gt, flow=flow, frames=(img0, img1), prior_flow=true_flow)
+    expected = PriorAnchorLoss()(flow, true_flow, (img0, img1), gt)
+    assert expected.item() > 1.0 and logs["loss_prior_anchor"].item() == pytest.approx(expected.item(), rel=1e-6)
+    assert total.item() == pytest.approx(logs["loss_flow_smooth"].item() * 0.1 + 0.2 * expected.item(), rel=1e-5)
+    with pytest.raises(ValueError, match="prior_flow"):
+        composite(gt, gt, flow=flow, frames=(img0, img1))
+    assert not CompositeLoss(1, LossWeights(vgg=0.0, prior_anchor=0.2)).prior_anchor_enabled

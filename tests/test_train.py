@@ -157,6 +157,8 @@ def test_missing_checkpoint_and_dataset_give_one_line_errors(vimeo_root, tmp_pat
     (["--crop_size", "100"], "--crop_size"),
     (["--flow_teacher", "0.01"], "--flow_teacher"),            # phase 1 has no flow to teach
     (["--phase", "2", "--flow_teacher", "-1"], "--flow_teacher"),
+    (["--phase", "2", "--prior_anchor", "0.01"], "--flow_prior"),          # nothing to hold the flow to
+    (["--phase", "2", "--flow_prior", "dis", "--prior_anchor", "-1"], "--prior_anchor"),
     (["--phase", "2", "--flow_scales", "1", "2", "4"], "--flow_scales"),       # fine to coarse
     (["--phase", "2", "--flow_scales", "4", "2"], "--flow_scales"),            # one per block
     (["--phase", "2", "--flow_scales", "4", "2", "0"], "--flow_scales"),
@@ -263,6 +265,21 @@ def test_phase2_run_with_the_flow_teacher_logs_its_term(vimeo_root, tmp_path):
     events.Reload()
     values = [event.value for event in events.Scalars("loss/loss_flow_teacher")]
     assert values and all(math.isfinite(v) for v in values) and max(values) > 0
+
+
+def test_phase2_run_with_the_prior_anchor_logs_its_term(vimeo_root, tmp_path):
+    """--prior_anchor with --flow_prior dis: the term is computed from the batch's prior, logged, finite, and
+    recorded in the resolved config."""
+    name = "anchor"
+    assert train.main(base_args(vimeo_root, tmp_path, name, "--phase", "2", "--epochs", "1", "--steps_per_epoch",
+                                "3", "--flow_prior", "dis", "--prior_anchor", "0.05")) == 0
+    payload = load_checkpoint(tmp_path / "ckpt" / f"{name}_last.pt")
+    assert payload["config"]["loss"]["prior_anchor"] == 0.05
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(tmp_path / "log" / name))
+    events.Reload()
+    values = [event.value for event in events.Scalars("loss/loss_prior_anchor")]
+    assert values and all(math.isfinite(v) and v > 0 for v in values)
 
 
 def test_phase2_run_with_the_flow_prior_trains_validates_and_resumes_exactly(vimeo_root, tmp_path, capsys):

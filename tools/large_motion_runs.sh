@@ -29,7 +29,9 @@
 #          time's whole frame than the crop alone (about 2.3x the loaders' DIS time: WORKERS matter).
 #   priorhalf: the prior with RefineNet's finest level at 1/2 (--refine_finest half, docs/PERF.md 10.15: less
 #          full-resolution arithmetic at inference); priorfast: that and the coarser flow blocks (--flow_scales 8 4 2);
-#          priorfastema: priorfast with priorema's EMA (LARGE_MOTION twelfth round).
+#          priorfastema: priorfast with priorema's EMA (LARGE_MOTION twelfth round); prioranchor<W> (e.g.
+#          prioranchor0.01): the prior with --prior_anchor W (the flow held to the prior's where moving off it did not
+#          improve the warp; thirteenth round).
 # Every variant trains on the corpus as make_corpus.py builds it by default (since the eighth round with the
 # moving-camera clips); narrow and priornarrow are base and prior on the corpus of rounds one to seven (without them).
 # With MFS=1 (default) each run is also scored with --motion_flow_scale (flow scale halved from 32 px of motion).
@@ -103,6 +105,7 @@ for run in "${runs[@]}"; do
         priorhalf) variant=(--flow_prior dis --refine_finest half) ;;
         priorfast) variant=(--flow_prior dis --refine_finest half --flow_scales 8 4 2) ;;
         priorfastema) variant=(--flow_prior dis --refine_finest half --flow_scales 8 4 2 --ema_decay 0.999) ;;
+        prioranchor[0-9]*) weight=${run%_s*}; variant=(--flow_prior dis --prior_anchor "${weight#prioranchor}") ;;
         *) echo "unknown variant in run name $run"; exit 2 ;;
     esac
     seed=${run##*_s}
