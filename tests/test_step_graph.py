@@ -177,11 +177,11 @@ def test_graphed_ddp_step_follows_the_eager_ddp_step(tmp_path):
 
 def cuda_trainer(phase: int, cuda_graph: str, seed: int = 0, ctx: DistributedContext | None = None,
                  drop_path: float = 0.0, flow_teacher: float = 0.0, flow_prior: str = "none",
-                 **train_overrides) -> Trainer:
+                 prior_anchor: float = 0.0, **train_overrides) -> Trainer:
     cfg = preset(phase, "small")
     cfg = replace(cfg, model=replace(cfg.model, drop_path=drop_path,   # default none: runs comparable step by step
                                      flow_prior=flow_prior),
-                  loss=replace(cfg.loss, flow_teacher=flow_teacher),
+                  loss=replace(cfg.loss, flow_teacher=flow_teacher, prior_anchor=prior_anchor),
                   train=replace(cfg.train, cuda_graph=cuda_graph, ema_decay=0.99, warmup_steps=2, lr=2e-4,
                                      amp="bf16", **train_overrides))
     torch.manual_seed(seed)
@@ -284,6 +284,22 @@ def test_graphed_step_of_a_prior_model_follows_the_eager_step():
     losses_a, losses_b, losses_g = (run_steps(t, batches) for t in (eager_a, eager_b, graphed))
     assert graphed._executor.captures == 1
     assert "flow_prior" in graphed._executor.static_batch
+    loss_noise = max(abs(x - y) for x, y in zip(losses_a, losses_b))
+    loss_drift = max(abs(x - y) for x, y in zip(losses_a, losses_g))
+    assert loss_drift <= max(10 * loss_noise, 1e-5)
+    assert relative_difference(eager_a, graphed) <= max(10 * relative_difference(eager_a, eager_b), 1e-5)
+
+
+@needs_cuda
+def test_graphed_step_with_the_prior_anchor_follows_the_eager_step():
+    """--prior_anchor computes the prior's flows at t inside the step from the batch's static prior buffer: each
+    replay anchors to its own batch's prior, as the eager step does, and logs the term."""
+    batches = with_flows(cuda_batches(WARMUP_STEPS + 4), "flow_prior", seed=3)
+    eager_a, eager_b, graphed = (cuda_trainer(2, mode, flow_prior="dis", prior_anchor=0.05)
+                                 for mode in ("off", "off", "on"))
+    losses_a, losses_b, losses_g = (run_steps(t, batches) for t in (eager_a, eager_b, graphed))
+    assert graphed._executor.captures == 1
+    assert float(graphed.train_step(batches[0])["logs"]["loss_prior_anchor"]) > 0
     loss_noise = max(abs(x - y) for x, y in zip(losses_a, losses_b))
     loss_drift = max(abs(x - y) for x, y in zip(losses_a, losses_g))
     assert loss_drift <= max(10 * loss_noise, 1e-5)
