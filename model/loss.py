@@ -408,15 +408,21 @@ class FlowTeacherLoss(nn.Module):
     def extra_repr(self) -> str:
         return f"margin={self.margin}, epsilon={self.epsilon}"
 
+    def applies(self, target_error: torch.Tensor, model_error: torch.Tensor) -> torch.Tensor:
+        """Boolean map of where the term pulls, from per-pixel warp errors: here where the teacher is better by
+        ``margin``."""
+        return target_error + self.margin < model_error
+
     def trusted(self, teacher: torch.Tensor, frames: tuple[torch.Tensor, torch.Tensor], gt: torch.Tensor,
                 warped: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        """(B, 2, H, W) float32 in {0, 1}: where each side's teacher warp beats the model's (channel 0: frame 0)."""
+        """(B, 2, H, W) float32 in {0, 1}: where :meth:`applies` to each side's teacher warp and the model's
+        (channel 0: frame 0)."""
         masks = []
         for side, (frame, model_warp) in enumerate(zip(frames, warped)):
             teacher_warp = backward_warp(frame.float(), teacher[:, 2 * side:2 * side + 2])
             teacher_error = (teacher_warp - gt).abs().mean(dim=1, keepdim=True)
             model_error = (model_warp.detach().float() - gt).abs().mean(dim=1, keepdim=True)
-            masks.append((teacher_error + self.margin < model_error).float())
+            masks.append(self.applies(teacher_error, model_error).float())
         return torch.cat(masks, dim=1)
 
     def forward(self, flow: torch.Tensor, teacher: torch.Tensor, frames: tuple[torch.Tensor, torch.Tensor],
@@ -462,16 +468,9 @@ class PriorAnchorLoss(FlowTeacherLoss):
     gradient are zero, so it never pushes, only pulls back.
     """
 
-    def trusted(self, anchor: torch.Tensor, frames: tuple[torch.Tensor, torch.Tensor], gt: torch.Tensor,
-                warped: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        """(B, 2, H, W) float32 in {0, 1}: where each side's move away from the prior has not paid off by ``margin``."""
-        masks = []
-        for side, (frame, model_warp) in enumerate(zip(frames, warped)):
-            anchor_warp = backward_warp(frame.float(), anchor[:, 2 * side:2 * side + 2])
-            anchor_error = (anchor_warp - gt).abs().mean(dim=1, keepdim=True)
-            model_error = (model_warp.detach().float() - gt).abs().mean(dim=1, keepdim=True)
-            masks.append((anchor_error <= model_error + self.margin).float())
-        return torch.cat(masks, dim=1)
+    def applies(self, target_error: torch.Tensor, model_error: torch.Tensor) -> torch.Tensor:
+        """Where the model's move away from the prior has not paid off by ``margin`` (ties held)."""
+        return target_error <= model_error + self.margin
 
 
 # ----------------------------------------------------------------------------------------------------------------

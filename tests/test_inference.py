@@ -406,14 +406,18 @@ def test_graphed_inference_with_a_flow_prior_matches_eager_on_the_gpu(tta):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
-def test_compiled_and_graphed_inference_matches_eager_on_the_gpu():
+@pytest.mark.parametrize("refine_finest", ["full", "half"])
+def test_compiled_and_graphed_inference_matches_eager_on_the_gpu(refine_finest):
     """The compiled path as interpolate.py --compile runs it on CUDA: the flow estimator channel-aligned, the warps'
     opaque grid_sample, the SSD custom operator, Inductor, replayed as a CUDA graph, against eager inference of the
     unaligned model: within 1/255 at the 99.9th percentile. float32 on both sides: with random weights the flows are
-    arbitrary and a bf16 rounding of them moves samples of noise images by a visible amount (docs/PERF.md 10)."""
+    arbitrary and a bf16 rounding of them moves samples of noise images by a visible amount (docs/PERF.md 10).
+    Both RefineNet arrangements (``half``: a stride-2 entry and a transposed-convolution head)."""
     import copy
+    from dataclasses import replace
     torch.manual_seed(0)
-    model = build_model(preset(2, "tiny")).cuda().eval()
+    cfg = preset(2, "tiny")
+    model = build_model(replace(cfg.model, refine_finest=refine_finest)).cuda().eval()
     reference_model = copy.deepcopy(model)
     runner = InferenceRunner(model, "on", compile=True)
     generator = torch.Generator(device="cuda").manual_seed(0)
