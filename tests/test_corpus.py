@@ -204,6 +204,8 @@ def test_large_motion_script_trains_scores_and_tables_each_variant(clips, tmp_pa
     result = subprocess.run(["bash", str(root / "tools" / "large_motion_runs.sh"), str(tmp_path / "cache"), str(work),
                              str(out), "1", "300"], cwd=root, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    steps = (out / "steps.txt").read_text().splitlines()
+    assert "prior_s0: last checkpoint after 2 steps (1 epochs)" in steps      # its schedule ended: no time-limit note
     header = next(line for line in (out / "table.md").read_text().splitlines() if line.startswith("| motion"))
     assert "base_s0" in header and "fs842_s0" in header and "prior_s0" in header and "DIS flow" in header
     stride_header = (out / "table_stride.md").read_text().splitlines()[0]

@@ -121,13 +121,17 @@ for run in "${runs[@]}"; do
 done
 wait || true
 echo "training done after $(( $(date +%s) - start )) s (${#runs[@]} runs sharing one GPU)"
-$python - "$work/ckpt" "${runs[@]}" <<'PY' | tee "$out/steps.txt"
+$python - "$work/ckpt" "$epochs" "${runs[@]}" <<'PY' | tee "$out/steps.txt"
 import sys, torch
-folder, runs = sys.argv[1], sys.argv[2:]
+folder, planned, runs = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
 for run in runs:
     try:
         payload = torch.load(f"{folder}/lm_{run}_last.pt", map_location="cpu", weights_only=True)
-        print(f"{run}: last checkpoint after {payload['step']} steps ({payload['epoch']} epochs)")
+        # A run cut by the time limit is scored before its learning rate reached the floor: runs compared in one
+        # call should all end their schedule (docs/LARGE_MOTION.md, twelfth round).
+        unfinished = "" if payload["epoch"] >= planned else \
+            f"; stopped by the time limit before the end of its {planned}-epoch schedule"
+        print(f"{run}: last checkpoint after {payload['step']} steps ({payload['epoch']} epochs{unfinished})")
     except FileNotFoundError:
         print(f"{run}: no checkpoint")
 PY
