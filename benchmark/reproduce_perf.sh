@@ -19,7 +19,8 @@
 #             on the trained checkpoint of `start` (--parity_vs_eager); ours eager
 #             and graphed at 256, 720p, 1080p (flow 1.0) and 4K (flow 0.25), and at 720p and 1080p with --flow_scales
 #             8 4 2 (1080p also compiled+graphed), and at 720p and 1080p with --flow_prior dis (the DIS prior's CPU
-#             cost beside); compiled+graphed at 1080p with and without channel alignment,
+#             cost beside); compiled+graphed at 1080p with RefineNet's finest level full and half (and half with
+#             --flow_scales 8 4 2); compiled+graphed at 1080p with and without channel alignment,
 #             then again in a second process (it reads Inductor's cache: the warm start); the footage pipeline's
 #             stages (bench_pipeline.py) and interpolate.py 1080p 2x to PNG and to H.264 (x264 medium and faster, and
 #             --encoder auto: NVENC where the card has one) with the checkpoint of `start`.
@@ -133,6 +134,12 @@ if want inference; then
   # tools/large_motion_runs.sh's fs842 run
   stage 420 python3 benchmark/bench_model.py --phase 2 --flow_scales 8 4 2 --infer 720p@1.0 1080p@1.0 --infer_only \
     --cuda_graph on --flops --compile_infer --json "$out/infer_graphed_fs842.json"
+  # RefineNet's finest level full and half resolution in one process, then half with the coarser flow blocks, compiled
+  # + graphed at 1080p (docs/PERF.md 10.15; their quality: the runs script's priorhalf and priorfast)
+  stage 420 python3 benchmark/bench_model.py --phase 2 --infer 1080p@1.0 --infer_only --cuda_graph on --compile_infer \
+    --refine_finest full half --json "$out/infer_refine_finest.json"
+  stage 300 python3 benchmark/bench_model.py --phase 2 --infer 1080p@1.0 --infer_only --cuda_graph on --compile_infer \
+    --refine_finest half --flow_scales 8 4 2 --json "$out/infer_refine_half_fs842.json"
   # Cold: the compiled 1080p rows with the flow estimator's channel alignment and without (docs/PERF.md 10.3), each
   # compiled from scratch in one process; warm: a second process finds the aligned graph in Inductor's cache
   stage 540 python3 benchmark/bench_model.py --phase 2 --infer 720p@1.0 1080p@1.0 --infer_only --compile_infer \
