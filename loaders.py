@@ -371,13 +371,11 @@ def build_datasets(cfg: ExperimentConfig):
     if cfg.model.flow_prior == "dis":
         # The pair's DIS flows both ways, where the prior model's flow estimator starts: every training and validation
         # item needs them (the model refuses a call without), so every part of both sets computes them.
+        # --prior_from context: the training items' DIS with the frame around the crop (validation items are whole frames)
         for dataset in (vimeo, x4k, val):
             if dataset is not None:
                 dataset.flow_prior = True
-        # --prior_from context: the training items' DIS with the frame around the crop (validation items are whole frames)
-        for dataset in (vimeo, x4k):
-            if dataset is not None:
-                dataset.prior_from_context = cfg.data.prior_from == "context"
+                dataset.prior_from_context = dataset is not val and cfg.data.prior_from == "context"
     if train.dry_run:
         val = Subset(val, range(min(len(val), 8)))
     return train_set, val, x4k

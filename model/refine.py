@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .backbone import conv_prelu, run_conv_prelu_stack
+from .backbone import conv_prelu, run_conv_prelu, run_conv_prelu_stack
 from .ops.pairs import split_frames
 
 
@@ -49,12 +49,12 @@ class HalfResolutionLevel(nn.Module):
 
     def __init__(self, state_channels: int, skip_channels: int, out_channels: int):
         super().__init__()
-        self.entry = nn.Sequential(conv_prelu(skip_channels, out_channels, stride=2))
+        self.entry = conv_prelu(skip_channels, out_channels, stride=2)
         self.body = nn.Sequential(conv_prelu(state_channels + out_channels, out_channels),
                                   conv_prelu(out_channels, out_channels))
 
     def forward(self, state: torch.Tensor, skips: list[torch.Tensor]) -> torch.Tensor:
-        entry = run_conv_prelu_stack(self.entry, skips)
+        entry = run_conv_prelu(self.entry, skips)
         if state.shape[-2:] != entry.shape[-2:]:
             state = F.interpolate(state, size=entry.shape[-2:], mode="bilinear", align_corners=False)
         return run_conv_prelu_stack(self.body, [state, entry])
@@ -115,7 +115,6 @@ class RefineNet(nn.Module):
         if finest not in ("full", "half"):
             raise ValueError(f"RefineNet's finest level is full or half, got {finest!r}")
         self.use_context = use_context
-        self.finest = finest
         context_extra = [0] + [2 * c for c in context_channels] if use_context else [0, 0, 0, 0]
         bottom = decoder_channels[3]
         self.bottom = nn.Sequential(nn.Conv2d(2 * feature_channels[4], bottom, 1), nn.PReLU(bottom),

@@ -49,7 +49,7 @@ def test_half_finest_level_leaves_only_the_head_at_full_resolution(phase):
     at_full = lambda sizes: sorted(name for name, size in sizes.items() if size == (64, 96))
     assert len(at_full(full)) == 3                       # the design's finest level: two convolutions and the head
     assert at_full(half) == ["head"]
-    assert half["levels.3.entry.0.0"] == (32, 48)        # the stride-2 entry reads full resolution, writes 1/2
+    assert half["levels.3.entry.0"] == (32, 48)        # the stride-2 entry reads full resolution, writes 1/2
 
 
 @pytest.mark.parametrize("phase", [1, 2])
