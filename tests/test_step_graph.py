@@ -300,11 +300,12 @@ def test_graphed_step_with_the_prior_anchor_follows_the_eager_step():
     """--prior_anchor computes the prior's flows at t inside the step from the batch's static prior buffer: each
     replay anchors to its own batch's prior, as the eager step does, and logs the term.
 
-    The anchor's mask is a hard comparison per pixel (the prior's warp error against the model's), so the eager run's
-    atomics noise flips a few pixels in and out of it and the weights of two eager runs already part further than
-    without the term; the graphed run is held to the same 10x of that noise in the losses, and to 30x in the weights
-    (call R, one H100: 13.6x in one run, where a replay anchoring to the captured batch's prior would put every pixel's
-    flow about 4 px (random priors) from its anchor: that term and the loss part by orders of magnitude)."""
+    The anchor's mask is a hard comparison per pixel (the prior's warp error against the model's), so the backward
+    kernels' atomics noise flips a few pixels in and out of it, and how far two eager runs' weights part varies from
+    run to run; the graphed run is held to 10x the eager-eager noise in the losses and the anchor term per step, and
+    to 30x in the weights (docs/PERF.md 10.16: 13.6x once on an H100, 0.6x and 1.2x on an H200). A replay anchoring
+    to the captured batch's prior would put every pixel's flow about 4 px (random priors) from its anchor: the term
+    and the loss would part by orders of magnitude."""
     batches = with_flows(cuda_batches(WARMUP_STEPS + 4), "flow_prior", seed=3)
     eager_a, eager_b, graphed = (cuda_trainer(2, mode, flow_prior="dis", prior_anchor=0.05)
                                  for mode in ("off", "off", "on"))
