@@ -178,25 +178,27 @@ def draw_augmentation(
     )
 
 
-def _augmented_views(frames: Sequence[np.ndarray], params: AugmentationParams) -> list[np.ndarray]:
-    """Crop window, flips and rotation of each (H, W, C) frame, as views (no copy); channels untouched."""
-    if len(frames) != 3:
-        raise ValueError(f"expected 3 frames (img0, gt, img1), got {len(frames)}")
+def _augmented_view(frame: np.ndarray, params: AugmentationParams) -> np.ndarray:
+    """Crop window, flips and rotation of one (H, W, C) array, as a view (no copy); channels untouched."""
     bottom = params.top + params.crop_height
     right = params.left + params.crop_width
-    views = []
-    for frame in frames:
-        if params.top < 0 or params.left < 0 or bottom > frame.shape[0] or right > frame.shape[1]:
-            raise ValueError(f"crop window {params} does not fit a frame of shape {frame.shape}")
-        view = frame[params.top : bottom, params.left : right]
-        if params.flip_horizontal:
-            view = view[:, ::-1]
-        if params.flip_vertical:
-            view = view[::-1]
-        if params.rot90:
-            view = np.rot90(view, k=params.rot90, axes=(0, 1))
-        views.append(view)
-    return views
+    if params.top < 0 or params.left < 0 or bottom > frame.shape[0] or right > frame.shape[1]:
+        raise ValueError(f"crop window {params} does not fit a frame of shape {frame.shape}")
+    view = frame[params.top : bottom, params.left : right]
+    if params.flip_horizontal:
+        view = view[:, ::-1]
+    if params.flip_vertical:
+        view = view[::-1]
+    if params.rot90:
+        view = np.rot90(view, k=params.rot90, axes=(0, 1))
+    return view
+
+
+def _augmented_views(frames: Sequence[np.ndarray], params: AugmentationParams) -> list[np.ndarray]:
+    """:func:`_augmented_view` of each of the three (H, W, C) frames (img0, gt, img1)."""
+    if len(frames) != 3:
+        raise ValueError(f"expected 3 frames (img0, gt, img1), got {len(frames)}")
+    return [_augmented_view(frame, params) for frame in frames]
 
 
 def apply_augmentation(
@@ -271,8 +273,8 @@ def augmented_pair_flows(pair_flows: np.ndarray, params: AugmentationParams) -> 
     """The flows of a whole frame pair carried through the augmentation of its sample: (4, H, W) float32
     [F_0->1 (x, y), F_1->0 (x, y)] of the original frames -> (4, h, w) float32 of the augmented ones.
 
-    The field is cropped, flipped and rotated with the frames (as :func:`_augmented_views` does), each vector with
-    it: a horizontal flip negates x, a vertical one y, each counter-clockwise quarter turn of ``np.rot90`` maps
+    The field is cropped, flipped and rotated as the frames are (:func:`_augmented_view`), each vector with it: a
+    horizontal flip negates x, a vertical one y, each counter-clockwise quarter turn of ``np.rot90`` maps
     (x, y) to (y, -x) (its output pixel (i, j) is the input's (j, W-1-i), so x' = y and y' = W-1-x); the temporal
     swap exchanges the two directions. The channel permutation moves no pixel. So warping the augmented frame 1 by
     the augmented F_0->1 gives the augmented warp of frame 1 by F_0->1 (tests/test_dataset.py checks it).
@@ -280,7 +282,7 @@ def augmented_pair_flows(pair_flows: np.ndarray, params: AugmentationParams) -> 
     if pair_flows.ndim != 3 or pair_flows.shape[0] != 4:
         raise ValueError(f"pair flows must be (4, H, W) = [F_0->1, F_1->0], got shape {pair_flows.shape}")
     planes = np.moveaxis(pair_flows, 0, -1)                              # (H, W, 4): views move pixels
-    view = _augmented_views([planes, planes, planes], params)[0]
+    view = _augmented_view(planes, params)
     x = view[..., 0::2] * (-1.0 if params.flip_horizontal else 1.0)        # (h, w, 2): x of F_0->1 and F_1->0
     y = view[..., 1::2] * (-1.0 if params.flip_vertical else 1.0)
     for _ in range(params.rot90 % 4):

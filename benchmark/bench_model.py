@@ -537,16 +537,16 @@ def main() -> None:
                     warp.max_chunk_elements = 1 << 26
         if args.compile_infer and args.infer:
             execution = "compiled+graphed" if graphs else "compiled"
-            settings = [(align, mode) for mode in args.compile_mode for align in args.align_channels]
-            for index, (align, mode) in enumerate(settings):
+            settings = [(align, inductor_mode) for inductor_mode in args.compile_mode for align in args.align_channels]
+            for align, inductor_mode in settings:
                 # Each setting compiles (and aligns) a copy of its own, so that every row starts from the same
                 # unaligned, uncompiled weights; a lone setting compiles the model itself, as before.
                 candidate = copy.deepcopy(model) if len(settings) > 1 else model
-                if index or compiled_once:
+                if compiled_once:                        # a later setting, or a later model of the product
                     reset_compilation()
                 compiled_once = True
                 rows.append(with_rate(measure_inference(candidate, args.infer[-1], args, device, execution, align,
-                                                        mode), arithmetic.get(args.infer[-1])))
+                                                        inductor_mode), arithmetic.get(args.infer[-1])))
                 print(rows[-1], flush=True)
                 del candidate
         del model
