@@ -171,6 +171,7 @@ def measure_inference(model, name: str, args, device: str, execution: str = "eag
            else "-", "amp": args.amp, "exec": execution}
     if model.config.refine_finest != "full":
         row["refine_finest"] = model.config.refine_finest
+    row["ssm_chunk_size"] = model.config.ssm_chunk_size
     if work_scale_of(model) != 1.0:
         row["work_scale"] = work_scale_of(model)
     if compiled:
@@ -398,6 +399,11 @@ def main() -> None:
     parser.add_argument("--refine_finest", nargs="+", choices=REFINE_FINEST, default=["full"],
                         help="RefineNet's finest level, as train.py's flag; several: one model and its rows each, in "
                              "one process (e.g. full half)")
+    parser.add_argument("--ssm_chunk_size", type=int, nargs="+", default=None, metavar="N",
+                        help="the SSD scan's chunk size (default: the preset's 256); several: one model and its rows "
+                             "each, in one process. Not a weight: every size computes the same scan, so a trained "
+                             "model runs with any of them (benchmark/check_kernels.py --ssd_chunks times the scan "
+                             "alone)")
     parser.add_argument("--reps", type=int, default=20)
     parser.add_argument("--compile", action="store_true",
                         help="also time the training step with torch.compile on the model and the loss")
@@ -467,17 +473,22 @@ def main() -> None:
     flash = SDPBackend.FLASH_ATTENTION if device == "cuda" else SDPBackend.MATH
     rows = []
     compiled_once = False                                # a later model compiles after a reset of Dynamo
-    for mode, backend, finest in itertools.product(args.modes, args.ssd_backends, args.refine_finest):
+    chunk_sizes = args.ssm_chunk_size or [None]
+    for mode, backend, finest, chunk in itertools.product(args.modes, args.ssd_backends, args.refine_finest,
+                                                          chunk_sizes):
         if mode == "gated_attn_only" and backend != args.ssd_backends[0]:
             continue   # no SSM in this mode
         cfg = replace(preset(args.phase, args.model_size).model, backbone_mode=mode, ssm_backend=backend)
         if args.flow_scales:
             cfg = replace(cfg, flow_scales=tuple(args.flow_scales))
         cfg = replace(cfg, flow_prior=args.flow_prior, refine_finest=finest)
+        if chunk is not None:
+            cfg = replace(cfg, ssm_chunk_size=chunk)
         torch.manual_seed(0)
         stamp(f"building phase {args.phase} {mode} (ssd {backend})"
               + (f", flow prior {args.flow_prior}" if args.flow_prior != "none" else "")
-              + (f", refine_finest {finest}" if finest != "full" else ""))
+              + (f", refine_finest {finest}" if finest != "full" else "")
+              + (f", ssm_chunk_size {chunk}" if chunk is not None else ""))
         model = build_model(cfg).to(device).train()
         loss_fn = CompositeLoss(args.phase, vgg_allow_random=True).to(device)
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device == "cuda")

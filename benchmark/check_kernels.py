@@ -6,8 +6,13 @@
    uses, with the speed-up as a ratio measured in this process.
 2. Attention: the LGS gated window attention under ``sdpa_kernel(SDPBackend.FLASH_ATTENTION)`` in bf16
    (raises if the call is not flash-eligible), its output vs the math backend, and timings of both.
+3. SSD chunk size at inference (``--ssd_chunks``): the forward scan alone, bf16, at the shapes a Phase-2 model's
+   LGS stages scan for one 2x pair (the four scan directions on the batch axis), for each chunk size, with its
+   output's distance to the chunk-256 output. The chunk size is an algorithm parameter, not a weight: every size
+   computes the same scan (docs/DESIGN.md 2.2), so inference may use whichever is fastest at its sequence length.
 
-Usage: python benchmark/check_kernels.py [--json out.json]
+Usage: python benchmark/check_kernels.py [--json out.json] [--only parity speed attention ssd_chunks]
+       [--ssd_chunks 64 128 256]
 """
 
 from __future__ import annotations
@@ -95,6 +100,46 @@ def ssd_speed(rows: list[dict]) -> None:
         rows.append(result)
 
 
+# (name, batch = 4 scan directions, sequence length = 2 frames x the stage's tokens, heads, head dim, groups, state)
+# of a Phase-2 small model's two LGS stages (64 and 128 channels, expand 2, head dim 32) at each frame size; 1080p
+# is padded to 1088 rows (a multiple of 32).
+SSD_INFERENCE_CASES = (
+    ("720p 1/8 stage", 4, 2 * 90 * 160, 4, 32, 1, 32), ("720p 1/16 stage", 4, 2 * 45 * 80, 8, 32, 1, 32),
+    ("1080p 1/8 stage", 4, 2 * 136 * 240, 4, 32, 1, 32), ("1080p 1/16 stage", 4, 2 * 68 * 120, 8, 32, 1, 32),
+    ("4K@0.25 1/8 stage", 4, 2 * 68 * 120, 4, 32, 1, 32),
+)
+
+
+def ssd_chunk_sizes(rows: list[dict], chunk_sizes: list[int]) -> None:
+    """Forward-only Triton SSD at inference shapes for each chunk size: median ms, and the output's relative
+    distance to the chunk-256 output (both bf16; the float32 PyTorch reference at chunk 256 beside them)."""
+    for name, b, l, h, p, g, n in SSD_INFERENCE_CASES:
+        inputs = ssd_inputs(b, l, h, p, g, n, torch.bfloat16, seed=2)
+        with torch.no_grad():
+            base = ssd_scan(**inputs, chunk_size=256, dt_softplus=True, backend="triton")
+            reference = ssd_scan(**{k: v.float() for k, v in inputs.items()}, chunk_size=256, dt_softplus=True,
+                                 backend="torch")
+            row = {"check": "ssd forward by chunk size", "case": name, "shape": f"b{b} l{l} h{h} p{p} n{n}",
+                   "dtype": "bfloat16", "chunk256_vs_fp32_ref": rel_err(base, reference)}
+            del reference
+            for chunk in chunk_sizes:
+                out = ssd_scan(**inputs, chunk_size=chunk, dt_softplus=True, backend="triton")
+                row[f"chunk{chunk}_vs_chunk256"] = rel_err(out, base)
+                del out
+                ms, _ = bench(lambda: ssd_scan(**inputs, chunk_size=chunk, dt_softplus=True, backend="triton"),
+                              reps=20)
+                row[f"chunk{chunk}_ms"] = round(ms, 4)
+        fastest = min(chunk_sizes, key=lambda c: row[f"chunk{c}_ms"])
+        row["fastest"] = fastest
+        if 256 in chunk_sizes:
+            row["speedup_vs_256"] = round(row["chunk256_ms"] / row[f"chunk{fastest}_ms"], 3)
+        rows.append(row)
+        torch.cuda.empty_cache()
+
+
+SECTIONS = ("parity", "speed", "attention", "ssd_chunks")
+
+
 def attention_check(rows: list[dict]) -> None:
     from torch.nn.attention import SDPBackend, sdpa_kernel
     torch.manual_seed(0)
@@ -122,7 +167,16 @@ def attention_check(rows: list[dict]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", type=str, default=None, help="also write the rows as JSON here")
+    parser.add_argument("--only", nargs="+", choices=SECTIONS, default=None,
+                        help="run these sections only (default: parity, speed and attention; ssd_chunks runs when "
+                             "named here or when --ssd_chunks is given)")
+    parser.add_argument("--ssd_chunks", type=int, nargs="+", default=None, metavar="N",
+                        help="section ssd_chunks: the chunk sizes to time (e.g. 64 128 256)")
     args = parser.parse_args()
+    sections = set(args.only or ("parity", "speed", "attention") + (("ssd_chunks",) if args.ssd_chunks else ()))
+    chunk_sizes = args.ssd_chunks or [64, 128, 256]
+    if any(c < 16 or c & (c - 1) for c in chunk_sizes):
+        parser.error(f"--ssd_chunks {' '.join(map(str, chunk_sizes))}: each a power of two, at least 16")
     if not torch.cuda.is_available():
         raise SystemExit("check_kernels.py needs a CUDA device")
     kernel, note = load_triton_ssd()
@@ -130,11 +184,16 @@ def main() -> None:
     if kernel is None:
         raise SystemExit("mamba-ssm Triton SSD not importable: install the wheel (see README, GPU extras)")
     rows: list[dict] = []
-    ssd_parity(rows)
-    ssd_speed(rows)
-    attention_check(rows)
+    if "parity" in sections:
+        ssd_parity(rows)
+    if "speed" in sections:
+        ssd_speed(rows)
+    if "attention" in sections:
+        attention_check(rows)
+    if "ssd_chunks" in sections:
+        ssd_chunk_sizes(rows, chunk_sizes)
     for row in rows:
-        print(" | ".join(f"{k}={v:.2e}" if isinstance(v, float) and k.endswith(("err", "fp64", "err_max")) else f"{k}={v}"
+        print(" | ".join(f"{k}={v:.2e}" if isinstance(v, float) and k.endswith(("err", "fp64", "err_max", "_ref", "_vs_chunk256")) else f"{k}={v}"
                          for k, v in row.items()))
     if args.json:
         Path(args.json).write_text(json.dumps({"device": torch.cuda.get_device_name(), "torch": torch.__version__,

@@ -687,6 +687,35 @@ def test_bench_model_times_compiled_rows_with_and_without_channel_alignment(tmp_
             bench_model.parse_align_channels(wrong)
 
 
+def test_bench_model_builds_one_model_per_ssd_chunk_size(tmp_path, monkeypatch):
+    """`--ssm_chunk_size 64 16`: one model per chunk size, each row saying its size; the weights are the same
+    (seeded build, the chunk size shapes no parameter), so the two models predict the same frame to float32
+    rounding (the SSD algorithm only splits the scan differently; tests/test_ops.py checks each size against the
+    naive recurrence)."""
+    from benchmark import bench_model
+    built = []
+    real_build = bench_model.build_model
+
+    def recording_build(cfg):
+        built.append(real_build(cfg))
+        return built[-1]
+
+    monkeypatch.setattr(bench_model, "build_model", recording_build)
+    out = tmp_path / "rows.json"
+    monkeypatch.setattr(sys, "argv", ["bench_model.py", "--phase", "1", "--model_size", "tiny", "--infer", "256",
+                                      "--infer_only", "--ssm_chunk_size", "64", "16", "--reps", "1", "--amp", "fp32",
+                                      "--device", "cpu", "--json", str(out)])
+    bench_model.main()
+    rows = [row for row in json.loads(out.read_text())["rows"] if row["kind"] == "infer"]
+    assert [row["ssm_chunk_size"] for row in rows] == [64, 16]
+    assert [model.config.ssm_chunk_size for model in built] == [64, 16]
+    frames = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(1)), \
+        torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        first, second = (model.eval().inference(*frames, 0.5) for model in built)
+    torch.testing.assert_close(first, second, rtol=0, atol=1e-5)
+
+
 def test_benchmark_compile_mode_needs_compile(vimeo_root, checkpoints, tmp_path, capsys):
     """--compile_mode without --compile makes no sense: one line naming both flags, exit 2, no report."""
     with pytest.raises(SystemExit) as exit_info:
