@@ -85,9 +85,26 @@ def use_compile_cache_dir(cache_dir: str | os.PathLike | None = None) -> None:
         os.environ[INDUCTOR_CACHE_ENV] = str(cache_dir or default_compile_cache_dir())
 
 
-# Inductor modes a compiled inference may take: without Inductor's CUDA graphs ("reduce-overhead", "max-autotune"),
-# since InferenceRunner captures the compiled call as a graph of its own.
-INDUCTOR_MODES = ("default", "max-autotune-no-cudagraphs")
+# The Inductor settings a compiled inference may take, by the name --compile_mode gives them: two of Inductor's own
+# modes, never one with its CUDA graphs ("reduce-overhead", "max-autotune": InferenceRunner captures the compiled call
+# as a graph of its own), and two option sets of ours (torch.compile takes a mode or options, not both):
+# - "tune-kernels": Inductor times a few block sizes of each kernel it generates (coordinate-descent tuning) and keeps
+#   the fastest. Why: those fused kernels are about half of a compiled 1080p call (docs/PERF.md 10.12); at 1080p on an
+#   H100 the fast arrangement went 13.34 -> 12.64 ms (docs/PERF.md 10.17), for a first compilation 2-3 minutes longer
+#   (cached: a later process with the same shapes reuses the choices).
+# - "tune-kernels-and-convs": that, and Inductor's Triton convolution templates timed against cuDNN for every
+#   convolution (matrix products stay cuBLAS's, which max-autotune-no-cudagraphs would also time: most of its
+#   compilation, docs/PERF.md 10.14). Why: cuDNN computes the full-resolution 16-channel convolutions in tiles half
+#   idle; the templates were 2.1-2.4x faster on them (docs/PERF.md 10.13).
+INDUCTOR_SETTINGS: dict[str, dict] = {
+    "default": {"mode": "default"},
+    "max-autotune-no-cudagraphs": {"mode": "max-autotune-no-cudagraphs"},
+    "tune-kernels": {"options": {"coordinate_descent_tuning": True}},
+    "tune-kernels-and-convs": {"options": {"coordinate_descent_tuning": True, "max_autotune_gemm": True,
+                                           "max_autotune_gemm_backends": "ATEN",
+                                           "max_autotune_conv_backends": "ATEN,TRITON"}},
+}
+INDUCTOR_MODES = tuple(INDUCTOR_SETTINGS)
 
 
 def compile_for_inference(model: nn.Module, cache_dir: str | os.PathLike | None = None,
@@ -119,15 +136,16 @@ def compile_for_inference(model: nn.Module, cache_dir: str | os.PathLike | None 
     no checkpoint). Load a checkpoint before calling this; to keep an unaligned model too, pass a
     ``copy.deepcopy`` of it. Eager inference and training of an unaligned model are unchanged bit for bit.
 
-    ``mode``: Inductor's mode (None: its default). ``"max-autotune-no-cudagraphs"`` also benchmarks Triton templates
-    for the convolutions and matrix products against cuDNN/cuBLAS and keeps the faster (minutes more compilation; a
-    mode with Inductor's own CUDA graphs is refused: :class:`InferenceRunner` records the graph itself).
+    ``mode``: a name of :data:`INDUCTOR_SETTINGS` (None: Inductor's default). ``"max-autotune-no-cudagraphs"`` also
+    benchmarks Triton templates for the convolutions and matrix products against cuDNN/cuBLAS and keeps the faster
+    (minutes more compilation); ``"tune-kernels"`` and ``"tune-kernels-and-convs"`` are option sets of ours (see
+    there). A mode with Inductor's own CUDA graphs is refused: :class:`InferenceRunner` records the graph itself.
     """
-    if mode is not None and mode not in INDUCTOR_MODES:
+    if mode is not None and mode not in INDUCTOR_SETTINGS:
         raise ValueError(f"compile mode {mode!r}: one of {', '.join(INDUCTOR_MODES)} (Inductor's own CUDA graphs would "
                          "be recorded inside ours)")
     prepare_for_compile(model, cache_dir, align_channels)
-    model.compile(dynamic=False, mode=mode)
+    model.compile(dynamic=False, **(INDUCTOR_SETTINGS[mode] if mode is not None else {"mode": None}))
     return model
 
 

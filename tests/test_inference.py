@@ -299,11 +299,25 @@ def test_compile_for_inference_aligns_the_flow_estimator_in_place_unless_asked_n
 def test_runner_compiles_in_the_inductor_mode_it_is_given(monkeypatch):
     """InferenceRunner(compile=True, compile_mode=...) hands the mode to the compilation (interpolate.py and the
     benchmarks' --compile_mode); a mode without compile=True is refused. Compilation is lazy: nothing compiles here."""
-    modes = []
-    monkeypatch.setattr(nn.Module, "compile", lambda module, *args, **kwargs: modes.append(kwargs.get("mode")))
+    modes, options = [], []
+
+    def record(module, *args, **kwargs):
+        modes.append(kwargs.get("mode"))
+        options.append(kwargs.get("options"))
+
+    monkeypatch.setattr(nn.Module, "compile", record)
     InferenceRunner(nn.Linear(2, 2), "off", compile=True, compile_mode="max-autotune-no-cudagraphs")
     InferenceRunner(nn.Linear(2, 2), "off", compile=True)
-    assert modes == ["max-autotune-no-cudagraphs", None]
+    InferenceRunner(nn.Linear(2, 2), "off", compile=True, compile_mode="tune-kernels")
+    InferenceRunner(nn.Linear(2, 2), "off", compile=True, compile_mode="tune-kernels-and-convs")
+    assert modes == ["max-autotune-no-cudagraphs", None, None, None]
+    # Our option sets: Inductor's tuning of its own kernels; with convs, its templates for convolutions only.
+    assert options[:2] == [None, None] and options[2] == {"coordinate_descent_tuning": True}
+    assert options[3]["coordinate_descent_tuning"] and options[3]["max_autotune_gemm"]
+    assert options[3]["max_autotune_gemm_backends"] == "ATEN" and "TRITON" in options[3]["max_autotune_conv_backends"]
+    # Every option names a setting this torch's Inductor has (torch.compile would refuse an unknown one).
+    from torch._inductor import config as inductor_config
+    assert all(hasattr(inductor_config, key) for key in options[3])
     with pytest.raises(ValueError, match="compile_mode is a setting of compile=True"):
         InferenceRunner(nn.Linear(2, 2), "off", compile_mode="max-autotune-no-cudagraphs")
 
