@@ -87,22 +87,17 @@ def use_compile_cache_dir(cache_dir: str | os.PathLike | None = None) -> None:
 
 # The Inductor settings a compiled inference may take, by the name --compile_mode gives them: two of Inductor's own
 # modes, never one with its CUDA graphs ("reduce-overhead", "max-autotune": InferenceRunner captures the compiled call
-# as a graph of its own), and two option sets of ours (torch.compile takes a mode or options, not both):
-# - "tune-kernels": Inductor times a few block sizes of each kernel it generates (coordinate-descent tuning) and keeps
-#   the fastest. Why: those fused kernels are about half of a compiled 1080p call (docs/PERF.md 10.12); at 1080p on an
-#   H100 the fast arrangement went 13.34 -> 12.64 ms (docs/PERF.md 10.17), for a first compilation 2-3 minutes longer
-#   (cached: a later process with the same shapes reuses the choices).
-# - "tune-kernels-and-convs": that, and Inductor's Triton convolution templates timed against cuDNN for every
-#   convolution (matrix products stay cuBLAS's, which max-autotune-no-cudagraphs would also time: most of its
-#   compilation, docs/PERF.md 10.14). Why: cuDNN computes the full-resolution 16-channel convolutions in tiles half
-#   idle; the templates were 2.1-2.4x faster on them (docs/PERF.md 10.13).
+# as a graph of its own), and an option set of ours (torch.compile takes a mode or options, not both):
+# "tune-kernels": Inductor times a few block sizes of each kernel it generates (coordinate-descent tuning) and keeps
+# the fastest. Why: those fused kernels are about half of a compiled 1080p call (docs/PERF.md 10.12). At 1080p on an
+# H100 (the fast arrangement, docs/PERF.md 10.17) it took 13.34 -> 12.64 ms and 13.30 -> 12.76 ms in two calls, for a
+# first compilation of 160-215 s instead of 23-42 s; a later process with the same shapes reuses the choices (64 s to
+# its first output). Adding Inductor's Triton convolution templates to it (timed against cuDNN, matrix products left
+# to cuBLAS) measured 12.95 ms in the same call: no gain, not offered.
 INDUCTOR_SETTINGS: dict[str, dict] = {
     "default": {"mode": "default"},
     "max-autotune-no-cudagraphs": {"mode": "max-autotune-no-cudagraphs"},
     "tune-kernels": {"options": {"coordinate_descent_tuning": True}},
-    "tune-kernels-and-convs": {"options": {"coordinate_descent_tuning": True, "max_autotune_gemm": True,
-                                           "max_autotune_gemm_backends": "ATEN",
-                                           "max_autotune_conv_backends": "ATEN,TRITON"}},
 }
 INDUCTOR_MODES = tuple(INDUCTOR_SETTINGS)
 
@@ -138,8 +133,7 @@ def compile_for_inference(model: nn.Module, cache_dir: str | os.PathLike | None 
 
     ``mode``: a name of :data:`INDUCTOR_SETTINGS` (None: Inductor's default). ``"max-autotune-no-cudagraphs"`` also
     benchmarks Triton templates for the convolutions and matrix products against cuDNN/cuBLAS and keeps the faster
-    (minutes more compilation); ``"tune-kernels"`` and ``"tune-kernels-and-convs"`` are option sets of ours (see
-    there). A mode with Inductor's own CUDA graphs is refused: :class:`InferenceRunner` records the graph itself.
+    (minutes more compilation); ``"tune-kernels"`` is an option set of ours (see there). A mode with Inductor's own CUDA graphs is refused: :class:`InferenceRunner` records the graph itself.
     """
     if mode is not None and mode not in INDUCTOR_SETTINGS:
         raise ValueError(f"compile mode {mode!r}: one of {', '.join(INDUCTOR_MODES)} (Inductor's own CUDA graphs would "

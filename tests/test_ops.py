@@ -424,20 +424,25 @@ def test_compiled_warp_on_the_gpu_is_atens_result_exactly():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the CUDA kernels need a GPU")
 def test_triton_scan_at_the_inference_chunk_length_matches_the_reference_on_the_gpu():
-    """mamba-ssm's kernel without gradients (chunk INFERENCE_TRITON_CHUNK) against the float64 chunked reference at
-    the training length, on a sequence of many chunks with a short tail: the two chunk lengths compute the same scan
-    (float32 inputs: relative error 1e-4; bf16: within bf16's own 1e-2)."""
+    """mamba-ssm's kernel without gradients (chunk INFERENCE_TRITON_CHUNK) and with them (the configured 256), each
+    against the float64 chunked reference, on a sequence of many chunks with a short tail: the two chunk lengths
+    compute the same scan, so the inference length is as close to the reference as the training one (within 1.5x
+    plus 1e-4) and both within the kernel's own precision (Triton's dot products take float32 inputs as TF32: about
+    1.5e-3 measured, bound 5e-3; bf16: 1e-2)."""
     if ssd_module.load_triton_ssd()[0] is None:
         pytest.skip(ssd_module.load_triton_ssd()[1])
-    for dtype, tolerance in ((torch.float32, 1e-4), (torch.bfloat16, 1e-2)):
+    for dtype, tolerance in ((torch.float32, 5e-3), (torch.bfloat16, 1e-2)):
         inputs, _ = random_ssd_inputs(2, 1000, 4, 32, 1, 32, dtype=torch.float32, seed=3)
         inputs = {k: (v.to(dtype) if k in ("x", "dt", "B", "C") else v).cuda() for k, v in inputs.items()}
-        with torch.no_grad():
-            fast = ssd_scan(**inputs, chunk_size=256, dt_softplus=True, backend="triton")
         reference = ssd_scan(**{k: v.double() for k, v in inputs.items()}, chunk_size=256, dt_softplus=True,
                              backend="torch")
-        error = ((fast.double() - reference).norm() / reference.norm()).item()
-        assert error < tolerance, (dtype, error)
+        with torch.no_grad():
+            inference = ssd_scan(**inputs, chunk_size=256, dt_softplus=True, backend="triton")
+        training = ssd_scan(**{k: v.requires_grad_(v.is_floating_point()) for k, v in inputs.items()},
+                            chunk_size=256, dt_softplus=True, backend="triton").detach()
+        errors = [((out.double() - reference).norm() / reference.norm()).item() for out in (inference, training)]
+        assert errors[0] < tolerance and errors[1] < tolerance, (dtype, errors)
+        assert errors[0] <= 1.5 * errors[1] + 1e-4, (dtype, errors)
 
 
 def test_backward_warp_module_caches_per_size_and_device():
