@@ -176,10 +176,11 @@ def build_parser() -> argparse.ArgumentParser:
                              "compilation once per frame size (kernels cached across runs), then faster at 1080p "
                              "and above; see docs/PERF.md, inference section, for when it pays off")
     parser.add_argument("--compile_mode", choices=INDUCTOR_MODES, default=None,
-                        help="with --compile: Inductor's mode (default: its default). max-autotune-no-cudagraphs "
-                             "also times Inductor's Triton templates against cuDNN for every convolution and keeps "
-                             "the faster (2.1-2.4x on the full-resolution 16-channel layers at 1080p on an H100, "
-                             "docs/PERF.md 10.13); compilation takes minutes longer, once per frame size (cached)")
+                        help="with --compile: how hard Inductor works for speed (default: its default mode). "
+                             "tune-kernels times block sizes for each kernel it generates: 4-5%% faster at 1080p on "
+                             "an H100, for about 3 more minutes of compilation once per frame size (a minute when "
+                             "cached; docs/PERF.md 10.17). max-autotune-no-cudagraphs also times Triton templates "
+                             "against cuDNN per convolution and matrix product (compilation of many minutes)")
     parser.add_argument("--aot_compile", action="store_true",
                         help="as --compile, but compiled ahead of time into a file (~/.cache/thesis_vfi/aot) that a "
                              "later run with the same model architecture, frame size and settings loads instead of "
@@ -453,7 +454,7 @@ def run(args: argparse.Namespace) -> RunStats:
         print(f"compile: ahead of time into {precompiled.folder}: the first batch loads the compiled model saved by an "
               f"earlier run, or compiles it (minutes at 1080p and 4K) and saves it")
     elif args.compile:
-        mode = f" in Inductor's {args.compile_mode} mode" if args.compile_mode else ""
+        mode = f" with --compile_mode {args.compile_mode}" if args.compile_mode else ""
         print(f"compile: torch.compile{mode}, the first batch compiles the model (minutes at 1080p and 4K)")
     print(f"run:    {'CUDA graph per frame size' if runner.graphs_enabled else 'eager'}"
           f"{' of the compiled model' if compile_flag else ''} (--cuda_graph {args.cuda_graph})")

@@ -416,9 +416,9 @@ def main() -> None:
                              "multiples of 8 (on, the default, as interpolate.py --compile runs), without (off), or "
                              "both in this process (on,off: one row each, each on a copy of the model)")
     parser.add_argument("--compile_mode", nargs="+", choices=INDUCTOR_MODES, default=["default"],
-                        help="--compile_infer rows: Inductor's mode, one row per mode given "
-                             "(max-autotune-no-cudagraphs also tries Triton templates for the convolutions; its "
-                             "compilation takes longer)")
+                        help="--compile_infer rows: Inductor's mode, one row per mode given (tune-kernels: "
+                             "coordinate-descent tuning of Inductor's own kernels; max-autotune-no-cudagraphs also "
+                             "tries Triton templates for the convolutions; both compile longer)")
     parser.add_argument("--work_scale", type=unit_fraction, default=None,
                         help="--infer rows (phases 2/3): " + WORK_SCALE_HELP)
     parser.add_argument("--flops", action="store_true",

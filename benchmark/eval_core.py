@@ -595,8 +595,9 @@ def benchmark_parser(description: str) -> argparse.ArgumentParser:
                              "frame size compiles (a minute or more on a GPU). With --parity_vs_eager the eager "
                              "reference is the uncompiled model")
     parser.add_argument("--compile_mode", choices=INDUCTOR_MODES, default=None,
-                        help="with --compile: Inductor's mode (default: its default; max-autotune-no-cudagraphs also "
-                             "times Triton templates against cuDNN per convolution, docs/PERF.md 10.13)")
+                        help="with --compile: Inductor's mode (default: its default; tune-kernels times block sizes "
+                             "for each kernel it generates, docs/PERF.md 10.17; max-autotune-no-cudagraphs also "
+                             "times Triton templates against cuDNN per convolution, 10.13)")
     parser.add_argument("--components", action="store_true",
                         help="flow models: also score the model's own stages per sample, the blend of its warps "
                              "before RefineNet's residual and, for a --flow_prior model, the prior's warps averaged "
