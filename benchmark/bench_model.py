@@ -37,6 +37,7 @@ import faulthandler
 import gc
 import itertools
 import json
+import os
 import sys
 import time
 from dataclasses import replace
@@ -53,6 +54,7 @@ from model.inference import INDUCTOR_MODES, runtime_record  # noqa: E402
 from measures.quality import difference_stats  # noqa: E402
 from model.loss import CompositeLoss  # noqa: E402
 from model.reduced import WORK_SCALE_HELP, reduce_resolution, work_scale_of  # noqa: E402
+from model.ops.warp import TRITON_WARP_ENV  # noqa: E402
 from model.warplayer import BackwardWarp  # noqa: E402
 
 RESOLUTIONS = {"256": (256, 256), "720p": (720, 1280), "1080p": (1080, 1920), "2k": (1080, 2048), "4k": (2160, 3840)}
@@ -172,6 +174,9 @@ def measure_inference(model, name: str, args, device: str, execution: str = "eag
     if model.config.refine_finest != "full":
         row["refine_finest"] = model.config.refine_finest
     row["ssm_chunk_size"] = model.config.ssm_chunk_size
+    # Which kernel warped the half-precision feature maps (float32 maps and the CPU: always ATen's).
+    row["warp_kernel"] = "triton" if device == "cuda" and args.amp != "fp32" and \
+        os.environ.get(TRITON_WARP_ENV, "1") != "0" else "aten"
     if work_scale_of(model) != 1.0:
         row["work_scale"] = work_scale_of(model)
     if compiled:
@@ -404,6 +409,10 @@ def main() -> None:
                              "each, in one process. Not a weight: every size computes the same scan, so a trained "
                              "model runs with any of them (benchmark/check_kernels.py --ssd_chunks times the scan "
                              "alone)")
+    parser.add_argument("--warp_kernel", nargs="+", choices=("triton", "aten"), default=None,
+                        help="half-precision inference warps on CUDA: the Triton kernel (the default, "
+                             "model/ops/warp_triton.py) or ATen's float32 grid_sample (THESIS_TRITON_WARP=0); several: "
+                             "one model and its rows each, in one process (e.g. aten triton)")
     parser.add_argument("--reps", type=int, default=20)
     parser.add_argument("--compile", action="store_true",
                         help="also time the training step with torch.compile on the model and the loss")
@@ -474,8 +483,9 @@ def main() -> None:
     rows = []
     compiled_once = False                                # a later model compiles after a reset of Dynamo
     chunk_sizes = args.ssm_chunk_size or [None]
-    for mode, backend, finest, chunk in itertools.product(args.modes, args.ssd_backends, args.refine_finest,
-                                                          chunk_sizes):
+    for mode, backend, finest, chunk, warp_kernel in itertools.product(args.modes, args.ssd_backends,
+                                                                       args.refine_finest, chunk_sizes,
+                                                                       args.warp_kernel or [None]):
         if mode == "gated_attn_only" and backend != args.ssd_backends[0]:
             continue   # no SSM in this mode
         cfg = replace(preset(args.phase, args.model_size).model, backbone_mode=mode, ssm_backend=backend)
@@ -484,11 +494,14 @@ def main() -> None:
         cfg = replace(cfg, flow_prior=args.flow_prior, refine_finest=finest)
         if chunk is not None:
             cfg = replace(cfg, ssm_chunk_size=chunk)
+        if warp_kernel is not None:      # read at each eager call, and by each compilation (rows reset Dynamo)
+            os.environ[TRITON_WARP_ENV] = "1" if warp_kernel == "triton" else "0"
         torch.manual_seed(0)
         stamp(f"building phase {args.phase} {mode} (ssd {backend})"
               + (f", flow prior {args.flow_prior}" if args.flow_prior != "none" else "")
               + (f", refine_finest {finest}" if finest != "full" else "")
-              + (f", ssm_chunk_size {chunk}" if chunk is not None else ""))
+              + (f", ssm_chunk_size {chunk}" if chunk is not None else "")
+              + (f", {warp_kernel} warps" if warp_kernel is not None else ""))
         model = build_model(cfg).to(device).train()
         loss_fn = CompositeLoss(args.phase, vgg_allow_random=True).to(device)
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device == "cuda")

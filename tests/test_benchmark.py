@@ -708,6 +708,7 @@ def test_bench_model_builds_one_model_per_ssd_chunk_size(tmp_path, monkeypatch):
     bench_model.main()
     rows = [row for row in json.loads(out.read_text())["rows"] if row["kind"] == "infer"]
     assert [row["ssm_chunk_size"] for row in rows] == [64, 16]
+    assert {row["warp_kernel"] for row in rows} == {"aten"}          # the CPU: ATen's grid_sample
     assert [model.config.ssm_chunk_size for model in built] == [64, 16]
     frames = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(1)), \
         torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(2))

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import importlib
+import json
+import os
+import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -408,9 +412,10 @@ def test_the_opaque_warp_compiles_with_inductor_to_the_eager_result():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the CUDA kernels need a GPU")
 def test_compiled_warp_on_the_gpu_is_atens_result_exactly():
-    """On CUDA the opaque operator runs ATen's CUDA kernel inside the Inductor graph: the compiled warp of a float32
-    image and of a bf16 feature map equals eager up to the grid arithmetic's rounding (Triton may fuse the
-    flow-to-grid multiply and add into one FMA): 1e-5 in float32, one bf16 step in bf16."""
+    """On CUDA the opaque operators run their kernels inside the Inductor graph: the compiled warp of a float32 image
+    (ATen's kernel) and of a bf16 feature map (our Triton kernel, also in eager) equals eager up to the grid
+    arithmetic's rounding (Triton may fuse the flow-to-grid multiply and add into one FMA): 1e-5 in float32, one bf16
+    step in bf16."""
     generator = torch.Generator(device="cuda").manual_seed(0)
     image = torch.rand(2, 16, 72, 128, device="cuda", generator=generator)
     flow = torch.randn(2, 2, 72, 128, device="cuda", generator=generator) * 5
@@ -443,6 +448,113 @@ def test_triton_scan_at_the_inference_chunk_length_matches_the_reference_on_the_
         errors = [((out.double() - reference).norm() / reference.norm()).item() for out in (inference, training)]
         assert errors[0] < tolerance and errors[1] < tolerance, (dtype, errors)
         assert errors[0] <= 1.5 * errors[1] + 1e-4, (dtype, errors)
+
+
+TRITON_WARP_CHECK = textwrap.dedent("""
+    import json, torch
+    from model.ops.warp import backward_warp
+    from model.ops.warp_triton import border_warp
+    g = torch.Generator().manual_seed(0)
+    image = torch.rand(3, 5, 9, 13, generator=g)
+    flow4 = torch.randn(3, 4, 9, 13, generator=g) * 6          # large enough to leave the frame on every side
+    flow = flow4[:, 2:4]                                        # a non-contiguous slice, as the model passes
+    reference = backward_warp(image, flow)
+    result = {"fp32": (border_warp(image, flow) - reference).abs().max().item(),
+              "channels_last": (border_warp(image.to(memory_format=torch.channels_last), flow)
+                                - reference).abs().max().item()}
+    for name, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
+        out = border_warp(image.to(dtype), flow)
+        result[name] = (out.float() - backward_warp(image.to(dtype), flow).float()).abs().max().item()
+        result[name + "_dtype"] = str(out.dtype)
+    result["zero_flow"] = (border_warp(image, torch.zeros(3, 2, 9, 13)) - image).abs().max().item()
+    single = torch.rand(1, 2, 1, 7, generator=g)               # one row: every sample clamped to it
+    one_flow = torch.randn(1, 2, 1, 7, generator=g) * 3
+    result["one_row"] = (border_warp(single, one_flow) - backward_warp(single, one_flow)).abs().max().item()
+    print(json.dumps(result))
+""")
+
+
+def test_triton_warp_kernel_matches_atens_sampling_in_the_interpreter():
+    """The Triton warp (model/ops/warp_triton.py) run by Triton's CPU interpreter against ATen's float32
+    grid_sample path: float32 to 1e-5 (coordinates computed from pixels instead of normalised units), a channels-last
+    input read through its strides, bf16 and fp16 within one step of their precision near 1 (both round the same
+    float32 sum), the batch rows with their own flows, flows that leave the frame (border), a one-row image, zero flow
+    = the image."""
+    pytest.importorskip("triton")
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    done = subprocess.run([sys.executable, "-c", TRITON_WARP_CHECK], env=env, capture_output=True, text=True,
+                          timeout=300, cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["fp32"] < 1e-5 and result["channels_last"] < 1e-5 and result["zero_flow"] < 1e-6
+    assert result["one_row"] < 1e-5
+    assert result["bf16"] <= 2 ** -8 and result["fp16"] <= 2 ** -11
+    assert result["bf16_dtype"] == "torch.bfloat16" and result["fp16_dtype"] == "torch.float16"
+
+
+def test_half_precision_inference_warps_take_the_triton_operator(monkeypatch):
+    """backward_warp sends a half-precision map without gradients to the Triton operator, also from a compiled graph
+    (one opaque call, no graph break), and keeps ATen's path for float32 maps and wherever gradients are recorded. The
+    CUDA test of the dispatch is stood in for (the CPU has none): the condition's device part is patched, and the
+    kernel is replaced by ATen's path, recording its calls."""
+    from torch._dynamo.utils import counters
+
+    import model.ops.warp as warp_module
+    from model.ops import warp_triton
+    calls = []
+
+    def stand_in(image, flow):                       # ATen's float32 sampling, as backward_warp's own path
+        calls.append(image.dtype)
+        height, width = image.shape[-2:]
+        factors = warp_module.xy_factors(2.0 / (width - 1), 2.0 / (height - 1), 2, flow.float())
+        grid = warp_module.base_grid(height, width, image.device) + (flow.float() * factors).permute(0, 2, 3, 1)
+        return warp_module.border_grid_sample(image.float(), grid).to(image.dtype)
+
+    monkeypatch.setattr(warp_triton, "border_warp", stand_in)
+    monkeypatch.setattr(warp_module, "_takes_triton_warp",
+                        lambda image: image.dtype != torch.float32 and not torch.is_grad_enabled()
+                        and warp_module._triton_warp_wanted())
+    image, flow = torch.rand(1, 4, 8, 10), torch.randn(1, 2, 8, 10) * 2
+    with torch.no_grad():
+        half = backward_warp(image.bfloat16(), flow)
+        backward_warp(image, flow)                                          # float32: ATen's path
+    backward_warp(image.bfloat16().requires_grad_(), flow)                 # gradients: ATen's path
+    assert calls == [torch.bfloat16]
+    torch.testing.assert_close(half, backward_warp(image.bfloat16(), flow), rtol=0, atol=0)   # grad on: ATen's
+    torch._dynamo.reset()
+    counters.clear()
+    with torch.no_grad():
+        compiled = torch.compile(lambda a, b: backward_warp(a, b) * 2, fullgraph=True)(image.bfloat16(), flow)
+    assert calls == [torch.bfloat16, torch.bfloat16] and torch.equal(compiled, half * 2)
+    torch._dynamo.reset()
+    monkeypatch.setenv("THESIS_TRITON_WARP", "0")                          # the switch back to the reference
+    with torch.no_grad():
+        backward_warp(image.bfloat16(), flow)
+    assert len(calls) == 2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the Triton warp needs a GPU")
+def test_triton_warp_matches_atens_on_the_gpu():
+    """On CUDA, half-precision inference warps (the Triton kernel) against ATen's float32 path (THESIS_TRITON_WARP=0):
+    within one step of bf16 / fp16 near 1, at a 1080p-sized map with 16 channels and both frames, a channels-last map
+    (Inductor's layout around convolutions) and an odd size; float32 maps and warps with gradients unchanged."""
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    cases = [(2, 16, 1088, 1920, False), (2, 16, 270, 480, True), (1, 3, 37, 61, False)]
+    for batch, channels, height, width, channels_last in cases:
+        image = torch.rand(batch, channels, height, width, device="cuda", generator=generator)
+        flow = torch.randn(batch, 2, height, width, device="cuda", generator=generator) * 20
+        if channels_last:
+            image = image.to(memory_format=torch.channels_last)
+        for dtype, tolerance in ((torch.bfloat16, 2 ** -8), (torch.float16, 2 ** -11)):
+            with torch.no_grad():
+                fast = backward_warp(image.to(dtype), flow)
+                with pytest.MonkeyPatch.context() as patch:
+                    patch.setenv("THESIS_TRITON_WARP", "0")
+                    reference = backward_warp(image.to(dtype), flow)
+            assert fast.dtype == dtype and fast.is_contiguous()
+            assert (fast.float() - reference.float()).abs().max().item() <= tolerance, (batch, channels, height, dtype)
+            training = backward_warp(image.to(dtype).requires_grad_(), flow)     # gradients: ATen's path
+            assert torch.equal(training.detach(), reference)
 
 
 def test_backward_warp_module_caches_per_size_and_device():

@@ -11,8 +11,14 @@ comparable to the spacing of float16 near +-1, so a half-precision grid would ro
 
 from __future__ import annotations
 
+import importlib.util
+import os
+
 import torch
 import torch.nn.functional as F
+
+# THESIS_TRITON_WARP=0 sends half-precision inference warps back to ATen's float32 grid_sample (the reference path).
+TRITON_WARP_ENV = "THESIS_TRITON_WARP"
 
 
 def base_grid(height: int, width: int, device: torch.device) -> torch.Tensor:
@@ -36,6 +42,10 @@ def backward_warp(image: torch.Tensor, flow: torch.Tensor, grid: torch.Tensor | 
             elements (at 4K, converting 2 x 16 channels at once would cost 2 GB of transient memory).
     Returns:
         (B, C, H, W) in ``image``'s dtype.
+
+    A half-precision ``image`` on CUDA without gradients (inference) is warped by one Triton kernel that reads and
+    writes it in its own dtype (model/ops/warp_triton.py; ``THESIS_TRITON_WARP=0`` turns it off); everything else
+    by ATen's ``grid_sample`` in float32, the reference the kernel is tested against.
     """
     if image.dim() != 4 or flow.dim() != 4 or flow.shape[1] != 2:
         raise ValueError(f"backward_warp expects image (B,C,H,W) and flow (B,2,H,W), got "
@@ -44,6 +54,8 @@ def backward_warp(image: torch.Tensor, flow: torch.Tensor, grid: torch.Tensor | 
         raise ValueError(f"backward_warp: image {tuple(image.shape)} and flow {tuple(flow.shape)} "
                          "must share batch and spatial size")
     batch, channels, height, width = image.shape
+    if _takes_triton_warp(image):
+        return _border_warp_half_inference(image, flow)
     if grid is None:
         grid = base_grid(height, width, image.device)
     with torch.autocast(device_type=image.device.type, enabled=False):
@@ -81,6 +93,31 @@ def _border_grid_sample_inference(image: torch.Tensor, grid: torch.Tensor) -> to
 @_border_grid_sample_inference.register_fake
 def _(image, grid):
     return image.new_empty(image.shape[0], image.shape[1], grid.shape[1], grid.shape[2])
+
+
+def _takes_triton_warp(image: torch.Tensor) -> bool:
+    """A half-precision map on CUDA, no gradient recorded, the kernel wanted: the Triton path."""
+    return image.is_cuda and image.dtype != torch.float32 and not torch.is_grad_enabled() and _triton_warp_wanted()
+
+
+@torch.compiler.assume_constant_result
+def _triton_warp_wanted() -> bool:
+    """Whether half-precision inference warps on CUDA take the Triton kernel (model/ops/warp_triton.py): Triton
+    importable and ``THESIS_TRITON_WARP`` not 0. A traced constant under torch.compile (read once per compilation)."""
+    return os.environ.get(TRITON_WARP_ENV, "1") != "0" and importlib.util.find_spec("triton") is not None
+
+
+# Half-precision maps warped without the float32 round trip (model/ops/warp_triton.py says why), as an opaque operator
+# so that a compiled graph calls the kernel as it is (no autograd formula: inference only).
+@torch.library.custom_op("thesis_vfi::border_warp_half_inference", mutates_args=())
+def _border_warp_half_inference(image: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+    from . import warp_triton
+    return warp_triton.border_warp(image, flow)
+
+
+@_border_warp_half_inference.register_fake
+def _(image, flow):
+    return image.new_empty(image.shape)          # contiguous, as the kernel writes it
 
 
 def xy_factors(x_factor: float, y_factor: float, channels: int, like: torch.Tensor) -> torch.Tensor:
