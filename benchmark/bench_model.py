@@ -176,7 +176,7 @@ def measure_inference(model, name: str, args, device: str, execution: str = "eag
     row["ssm_chunk_size"] = model.config.ssm_chunk_size
     # Which kernel warped the half-precision feature maps (float32 maps and the CPU: always ATen's).
     row["warp_kernel"] = "triton" if device == "cuda" and args.amp != "fp32" and \
-        os.environ.get(TRITON_WARP_ENV, "1") != "0" else "aten"
+        os.environ.get(TRITON_WARP_ENV, "0") == "1" else "aten"
     if work_scale_of(model) != 1.0:
         row["work_scale"] = work_scale_of(model)
     if compiled:
@@ -410,9 +410,9 @@ def main() -> None:
                              "model runs with any of them (benchmark/check_kernels.py --ssd_chunks times the scan "
                              "alone)")
     parser.add_argument("--warp_kernel", nargs="+", choices=("triton", "aten"), default=None,
-                        help="half-precision inference warps on CUDA: the Triton kernel (the default, "
-                             "model/ops/warp_triton.py) or ATen's float32 grid_sample (THESIS_TRITON_WARP=0); several: "
-                             "one model and its rows each, in one process (e.g. aten triton)")
+                        help="half-precision inference warps on CUDA: ATen's float32 grid_sample (the default) or "
+                             "the Triton kernel (model/ops/warp_triton.py, THESIS_TRITON_WARP=1); several: one model "
+                             "and its rows each, in one process (e.g. aten triton)")
     parser.add_argument("--reps", type=int, default=20)
     parser.add_argument("--compile", action="store_true",
                         help="also time the training step with torch.compile on the model and the loss")

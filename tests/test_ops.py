@@ -412,10 +412,9 @@ def test_the_opaque_warp_compiles_with_inductor_to_the_eager_result():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the CUDA kernels need a GPU")
 def test_compiled_warp_on_the_gpu_is_atens_result_exactly():
-    """On CUDA the opaque operators run their kernels inside the Inductor graph: the compiled warp of a float32 image
-    (ATen's kernel) and of a bf16 feature map (our Triton kernel, also in eager) equals eager up to the grid
-    arithmetic's rounding (Triton may fuse the flow-to-grid multiply and add into one FMA): 1e-5 in float32, one bf16
-    step in bf16."""
+    """On CUDA the opaque operator runs ATen's kernel inside the Inductor graph: the compiled warp of a float32 image
+    and of a bf16 feature map equals eager up to the grid arithmetic's rounding (Triton may fuse the flow-to-grid
+    multiply and add into one FMA): 1e-5 in float32, one bf16 step in bf16."""
     generator = torch.Generator(device="cuda").manual_seed(0)
     image = torch.rand(2, 16, 72, 128, device="cuda", generator=generator)
     flow = torch.randn(2, 2, 72, 128, device="cuda", generator=generator) * 5
@@ -493,8 +492,9 @@ def test_triton_warp_kernel_matches_atens_sampling_in_the_interpreter():
 
 
 def test_half_precision_inference_warps_take_the_triton_operator(monkeypatch):
-    """backward_warp sends a half-precision map without gradients to the Triton operator, also from a compiled graph
-    (one opaque call, no graph break), and keeps ATen's path for float32 maps and wherever gradients are recorded. The
+    """With THESIS_TRITON_WARP=1 (off by default) backward_warp sends a half-precision map without gradients to the
+    Triton operator, also from a compiled graph (one opaque call, no graph break), and keeps ATen's path for float32
+    maps and wherever gradients are recorded. The
     CUDA test of the dispatch is stood in for (the CPU has none): the condition's device part is patched, and the
     kernel is replaced by ATen's path, recording its calls."""
     from torch._dynamo.utils import counters
@@ -511,6 +511,10 @@ def test_half_precision_inference_warps_take_the_triton_operator(monkeypatch):
         return warp_module.border_grid_sample(image.float(), grid).to(image.dtype)
 
     monkeypatch.setattr(warp_triton, "border_warp", stand_in)
+    with torch.no_grad():
+        backward_warp(torch.rand(1, 4, 8, 10).bfloat16(), torch.zeros(1, 2, 8, 10))   # off by default
+    assert calls == []
+    monkeypatch.setenv("THESIS_TRITON_WARP", "1")
     monkeypatch.setattr(warp_module, "_takes_triton_warp",
                         lambda image: image.dtype != torch.float32 and not torch.is_grad_enabled()
                         and warp_module._triton_warp_wanted())
@@ -535,7 +539,7 @@ def test_half_precision_inference_warps_take_the_triton_operator(monkeypatch):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the Triton warp needs a GPU")
 def test_triton_warp_matches_atens_on_the_gpu():
-    """On CUDA, half-precision inference warps (the Triton kernel) against ATen's float32 path (THESIS_TRITON_WARP=0):
+    """On CUDA, half-precision inference warps by the Triton kernel (THESIS_TRITON_WARP=1) against ATen's float32 path:
     within one step of bf16 / fp16 near 1, at a 1080p-sized map with 16 channels and both frames, a channels-last map
     (Inductor's layout around convolutions) and an odd size; float32 maps and warps with gradients unchanged."""
     generator = torch.Generator(device="cuda").manual_seed(0)
@@ -547,10 +551,10 @@ def test_triton_warp_matches_atens_on_the_gpu():
             image = image.to(memory_format=torch.channels_last)
         for dtype, tolerance in ((torch.bfloat16, 2 ** -8), (torch.float16, 2 ** -11)):
             with torch.no_grad():
-                fast = backward_warp(image.to(dtype), flow)
+                reference = backward_warp(image.to(dtype), flow)
                 with pytest.MonkeyPatch.context() as patch:
-                    patch.setenv("THESIS_TRITON_WARP", "0")
-                    reference = backward_warp(image.to(dtype), flow)
+                    patch.setenv("THESIS_TRITON_WARP", "1")
+                    fast = backward_warp(image.to(dtype), flow)
             assert fast.dtype == dtype and fast.is_contiguous()
             assert (fast.float() - reference.float()).abs().max().item() <= tolerance, (batch, channels, height, dtype)
             training = backward_warp(image.to(dtype).requires_grad_(), flow)     # gradients: ATen's path

@@ -17,7 +17,9 @@ import os
 import torch
 import torch.nn.functional as F
 
-# THESIS_TRITON_WARP=0 sends half-precision inference warps back to ATen's float32 grid_sample (the reference path).
+# THESIS_TRITON_WARP=1 sends half-precision inference warps on CUDA to the Triton kernel (model/ops/warp_triton.py).
+# Off by default until it is timed on a GPU against ATen's float32 grid_sample (docs/PERF.md 10.18: built and tested
+# in Triton's CPU interpreter; its GPU parity test and the A/B, `bench_model.py --warp_kernel aten triton`, pending).
 TRITON_WARP_ENV = "THESIS_TRITON_WARP"
 
 
@@ -43,9 +45,9 @@ def backward_warp(image: torch.Tensor, flow: torch.Tensor, grid: torch.Tensor | 
     Returns:
         (B, C, H, W) in ``image``'s dtype.
 
-    A half-precision ``image`` on CUDA without gradients (inference) is warped by one Triton kernel that reads and
-    writes it in its own dtype (model/ops/warp_triton.py; ``THESIS_TRITON_WARP=0`` turns it off); everything else
-    by ATen's ``grid_sample`` in float32, the reference the kernel is tested against.
+    With ``THESIS_TRITON_WARP=1`` a half-precision ``image`` on CUDA without gradients (inference) is warped by one
+    Triton kernel that reads and writes it in its own dtype (model/ops/warp_triton.py); everything else by ATen's
+    ``grid_sample`` in float32, the reference the kernel is tested against.
     """
     if image.dim() != 4 or flow.dim() != 4 or flow.shape[1] != 2:
         raise ValueError(f"backward_warp expects image (B,C,H,W) and flow (B,2,H,W), got "
@@ -102,9 +104,10 @@ def _takes_triton_warp(image: torch.Tensor) -> bool:
 
 @torch.compiler.assume_constant_result
 def _triton_warp_wanted() -> bool:
-    """Whether half-precision inference warps on CUDA take the Triton kernel (model/ops/warp_triton.py): Triton
-    importable and ``THESIS_TRITON_WARP`` not 0. A traced constant under torch.compile (read once per compilation)."""
-    return os.environ.get(TRITON_WARP_ENV, "1") != "0" and importlib.util.find_spec("triton") is not None
+    """Whether half-precision inference warps on CUDA take the Triton kernel (model/ops/warp_triton.py):
+    ``THESIS_TRITON_WARP=1`` and Triton importable. A traced constant under torch.compile (read once per
+    compilation)."""
+    return os.environ.get(TRITON_WARP_ENV, "0") == "1" and importlib.util.find_spec("triton") is not None
 
 
 # Half-precision maps warped without the float32 round trip (model/ops/warp_triton.py says why), as an opaque operator
