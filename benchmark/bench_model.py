@@ -222,6 +222,8 @@ def measure_inference(model, name: str, args, device: str, execution: str = "eag
         for pattern, found in row["kernels"]["matching"].items():
             print(f"kernels matching {pattern!r}: {found['per_call']:g} per call, {found['ms_per_call']:g} ms",
                   flush=True)
+        for family, found in row["kernels"]["families"].items():
+            print(f"kernel family {family}: {found['per_call']:g} per call, {found['ms_per_call']:g} ms", flush=True)
     return row
 
 

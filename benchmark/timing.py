@@ -96,6 +96,31 @@ def prior_of_tensors(img0: torch.Tensor, img1: torch.Tensor,
     return torch.from_numpy(np.ascontiguousarray(prior))[None].to(img0.device), times
 
 
+# Kernel families of a profile, first match wins (names lower-cased): every kernel falls in exactly one, so the
+# families add up to the whole call. Why: a list of the slowest names leaves half of a compiled call unexplained
+# (docs/PERF.md 10.12: ~477 kernels, "the rest"); families say how much is scan, warps, convolutions, matrix products,
+# Inductor's fused kernels and copies.
+KERNEL_FAMILIES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("ssd scan (mamba-ssm)", ("chunk_scan", "chunk_state", "state_passing", "bmm_chunk", "chunk_cumsum")),
+    ("warps", ("grid_sampler", "border_warp")),
+    ("cudnn layout and padding", ("addpadding", "nchwtonhwc", "nhwctonchw")),
+    ("convolutions", ("conv", "fprop", "implicit_gemm", "cudnn", "xmma_fprop", "dgrad", "wgrad")),
+    ("attention", ("flash", "fmha", "attention", "sdpa")),
+    ("matrix products", ("gemm", "cublas", "cutlass", "matmul", "aten::mm", "aten::addmm", "aten::linear", "bmm")),
+    ("inductor fused kernels", ("triton_",)),
+    ("copies and fills", ("memcpy", "memset", "copy", "fill")),
+)
+
+
+def kernel_family(name: str) -> str:
+    """The :data:`KERNEL_FAMILIES` entry a kernel name falls in ("other" when none matches)."""
+    lowered = name.lower()
+    for family, needles in KERNEL_FAMILIES:
+        if any(needle in lowered for needle in needles):
+            return family
+    return "other"
+
+
 def kernel_profile(call: Callable[[], object], device: torch.device | str, patterns: Sequence[str], calls: int = 3,
                    top: int = 12) -> dict:
     """What ``calls`` calls run, under ``torch.profiler``, per call: the GPU activities (kernels, copies) and their
@@ -107,7 +132,8 @@ def kernel_profile(call: Callable[[], object], device: torch.device | str, patte
     whose kernels the profiler may not list one by one. On a CPU it lists operators instead (nested: an
     ``aten::conv2d`` holds the calls it makes, so "all" counts some time twice): a smoke test of the script only.
     Returns ``{"calls", "all": {"per_call", "ms_per_call"}, "matching": {pattern: {"per_call", "ms_per_call",
-    "names"}}, "top": [{"name", "per_call", "ms_per_call"}, ...]}``.
+    "names"}}, "families": {family: {"per_call", "ms_per_call"}} (:data:`KERNEL_FAMILIES`, adding up to "all"),
+    "top": [{"name", "per_call", "ms_per_call"}, ...]}``.
     """
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
@@ -134,8 +160,13 @@ def kernel_profile(call: Callable[[], object], device: torch.device | str, patte
     for pattern in patterns:
         names = sorted(name for name in per_name if pattern.lower() in name.lower())
         matching[pattern] = dict(summary(names), names=[name[:160] for name in names])
+    by_family: dict[str, list[str]] = {}
+    for name in per_name:
+        by_family.setdefault(kernel_family(name), []).append(name)
+    families = {family: summary(names) for family, names in
+                sorted(by_family.items(), key=lambda item: -sum(sum(per_name[name]) for name in item[1]))}
     slowest = sorted(per_name, key=lambda name: -sum(per_name[name]))[:top]
-    return {"calls": calls, "all": summary(list(per_name)), "matching": matching,
+    return {"calls": calls, "all": summary(list(per_name)), "matching": matching, "families": families,
             "top": [dict(summary([name]), name=name[:160]) for name in slowest]}
 
 

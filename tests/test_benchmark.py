@@ -672,6 +672,10 @@ def test_bench_model_times_compiled_rows_with_and_without_channel_alignment(tmp_
     # --kernel_profile (on the CPU: operators): the same number of convolutions runs, aligned or not
     convolutions = [row["kernels"]["matching"]["aten::conv2d"]["per_call"] for row in rows[1:]]
     assert convolutions[0] == convolutions[1] > 20 and "kernels" not in rows[0]
+    for row in rows[1:]:                      # the families add up to the whole profile
+        families = row["kernels"]["families"].values()
+        assert sum(found["per_call"] for found in families) == pytest.approx(row["kernels"]["all"]["per_call"], abs=0.1)
+        assert row["kernels"]["families"]["convolutions"]["per_call"] >= convolutions[0]
     # A graphed row profiles the call its graph recorded (t a device tensor, autocast's cache off), run ungraphed.
     from model import build_model
     from model.inference import InferenceRunner
@@ -715,6 +719,27 @@ def test_bench_model_builds_one_model_per_ssd_chunk_size(tmp_path, monkeypatch):
     with torch.no_grad():
         first, second = (model.eval().inference(*frames, 0.5) for model in built)
     torch.testing.assert_close(first, second, rtol=0, atol=1e-5)
+
+
+def test_kernel_families_sort_the_kernels_of_a_compiled_call():
+    """benchmark.timing.kernel_family on kernel names of a compiled 1080p call (docs/PERF.md 10.17's profile): the SSD
+    kernels before the matrix products their names resemble, cuDNN's padding pass before its convolutions, Inductor's
+    fused kernels whatever they fuse (a copy among them), the rest "other"."""
+    from benchmark.timing import kernel_family
+    expected = {
+        "_bmm_chunk_fwd_kernel": "ssd scan (mamba-ssm)", "_state_passing_fwd_kernel": "ssd scan (mamba-ssm)",
+        "void at::native::(anonymous namespace)::grid_sampler_2d_kernel<float, int>(int)": "warps",
+        "_border_warp_kernel": "warps",
+        "void nhwcAddPaddingKernel<__nv_bfloat16>(int)": "cudnn layout and padding",
+        "void cutlass__5x_cudnn::Kernel<cutlass_tensorop_bf16_s16816fprop_optimized_bf16_256x64_32x4_nhwc_align8>":
+            "convolutions",
+        "sm80_xmma_fprop_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc_tilesize256x32x32": "convolutions",
+        "sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64": "matrix products",
+        "triton_poi_fused__to_copy_cat_slice_184": "inductor fused kernels",
+        "Memcpy DtoD (Device -> Device)": "copies and fills",
+        "some_new_kernel": "other",
+    }
+    assert {name: kernel_family(name) for name in expected} == expected
 
 
 def test_benchmark_compile_mode_needs_compile(vimeo_root, checkpoints, tmp_path, capsys):
