@@ -469,6 +469,8 @@ TRITON_WARP_CHECK = textwrap.dedent("""
     single = torch.rand(1, 2, 1, 7, generator=g)               # one row: every sample clamped to it
     one_flow = torch.randn(1, 2, 1, 7, generator=g) * 3
     result["one_row"] = (border_warp(single, one_flow) - backward_warp(single, one_flow)).abs().max().item()
+    column, column_flow = single.transpose(2, 3).contiguous(), one_flow.transpose(2, 3).contiguous()
+    result["one_column"] = (border_warp(column, column_flow) - backward_warp(column, column_flow)).abs().max().item()
     print(json.dumps(result))
 """)
 
@@ -486,7 +488,7 @@ def test_triton_warp_kernel_matches_atens_sampling_in_the_interpreter():
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["fp32"] < 1e-5 and result["channels_last"] < 1e-5 and result["zero_flow"] < 1e-6
-    assert result["one_row"] < 1e-5
+    assert result["one_row"] < 1e-5 and result["one_column"] < 1e-5
     assert result["bf16"] <= 2 ** -8 and result["fp16"] <= 2 ** -11
     assert result["bf16_dtype"] == "torch.bfloat16" and result["fp16_dtype"] == "torch.float16"
 
@@ -543,7 +545,8 @@ def test_triton_warp_matches_atens_on_the_gpu():
     within one step of bf16 / fp16 near 1, at a 1080p-sized map with 16 channels and both frames, a channels-last map
     (Inductor's layout around convolutions) and an odd size; float32 maps and warps with gradients unchanged."""
     generator = torch.Generator(device="cuda").manual_seed(0)
-    cases = [(2, 16, 1088, 1920, False), (2, 16, 270, 480, True), (1, 3, 37, 61, False)]
+    cases = [(2, 16, 1088, 1920, False), (2, 16, 270, 480, True), (1, 3, 37, 61, False), (1, 1, 1, 1, False),
+             (1, 8, 1, 9, False)]
     for batch, channels, height, width, channels_last in cases:
         image = torch.rand(batch, channels, height, width, device="cuda", generator=generator)
         flow = torch.randn(batch, 2, height, width, device="cuda", generator=generator) * 20

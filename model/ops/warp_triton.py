@@ -37,8 +37,10 @@ def _border_warp_kernel(image_ptr, flow_ptr, out_ptr, channels, height, width,
     flow_base = flow_ptr + batch.to(tl.int64) * 2 * pixels
     source_x = x.to(tl.float32) + tl.load(flow_base + offsets, mask=inside, other=0.0)
     source_y = y.to(tl.float32) + tl.load(flow_base + pixels + offsets, mask=inside, other=0.0)
-    source_x = tl.minimum(tl.maximum(source_x, 0.0), (width - 1).to(tl.float32))
-    source_y = tl.minimum(tl.maximum(source_y, 0.0), (height - 1).to(tl.float32))
+    # "* 1.0", not ".to(tl.float32)": Triton passes an integer argument equal to 1 as a compile-time constant, and
+    # then width - 1 is a Python 0 (a one-pixel-wide map: the 1/16 level of a 16-pixel frame).
+    source_x = tl.minimum(tl.maximum(source_x, 0.0), (width - 1) * 1.0)
+    source_y = tl.minimum(tl.maximum(source_y, 0.0), (height - 1) * 1.0)
     left = tl.floor(source_x)
     top = tl.floor(source_y)
     weight_x = source_x - left
