@@ -138,6 +138,7 @@ def ssd_chunk_sizes(rows: list[dict], chunk_sizes: list[int]) -> None:
 
 
 SECTIONS = ("parity", "speed", "attention", "ssd_chunks")
+SCIENTIFIC_SUFFIXES = ("err", "fp64", "err_max", "_ref", "_vs_chunk256")      # row keys printed as 1.23e-04
 
 
 def attention_check(rows: list[dict]) -> None:
@@ -193,7 +194,7 @@ def main() -> None:
     if "ssd_chunks" in sections:
         ssd_chunk_sizes(rows, chunk_sizes)
     for row in rows:
-        print(" | ".join(f"{k}={v:.2e}" if isinstance(v, float) and k.endswith(("err", "fp64", "err_max", "_ref", "_vs_chunk256")) else f"{k}={v}"
+        print(" | ".join(f"{k}={v:.2e}" if isinstance(v, float) and k.endswith(SCIENTIFIC_SUFFIXES) else f"{k}={v}"
                          for k, v in row.items()))
     if args.json:
         Path(args.json).write_text(json.dumps({"device": torch.cuda.get_device_name(), "torch": torch.__version__,

@@ -133,7 +133,8 @@ def compile_for_inference(model: nn.Module, cache_dir: str | os.PathLike | None 
 
     ``mode``: a name of :data:`INDUCTOR_SETTINGS` (None: Inductor's default). ``"max-autotune-no-cudagraphs"`` also
     benchmarks Triton templates for the convolutions and matrix products against cuDNN/cuBLAS and keeps the faster
-    (minutes more compilation); ``"tune-kernels"`` is an option set of ours (see there). A mode with Inductor's own CUDA graphs is refused: :class:`InferenceRunner` records the graph itself.
+    (minutes more compilation); ``"tune-kernels"`` is an option set of ours (see there). A mode with Inductor's own
+    CUDA graphs is refused: :class:`InferenceRunner` records the graph itself.
     """
     if mode is not None and mode not in INDUCTOR_SETTINGS:
         raise ValueError(f"compile mode {mode!r}: one of {', '.join(INDUCTOR_MODES)} (Inductor's own CUDA graphs would "
