@@ -53,6 +53,7 @@ from model import build_model, count_parameters  # noqa: E402
 from model.inference import INDUCTOR_MODES, runtime_record  # noqa: E402
 from measures.quality import difference_stats  # noqa: E402
 from model.loss import CompositeLoss  # noqa: E402
+from model.mamba_branch import InterleavedMamba2  # noqa: E402
 from model.reduced import WORK_SCALE_HELP, reduce_resolution, work_scale_of  # noqa: E402
 from model.ops.warp import TRITON_WARP_ENV  # noqa: E402
 from model.warplayer import BackwardWarp  # noqa: E402
@@ -173,7 +174,9 @@ def measure_inference(model, name: str, args, device: str, execution: str = "eag
            else "-", "amp": args.amp, "exec": execution}
     if model.config.refine_finest != "full":
         row["refine_finest"] = model.config.refine_finest
-    row["ssm_chunk_size"] = model.config.ssm_chunk_size
+    branches = [module for module in model.modules() if isinstance(module, InterleavedMamba2)]
+    if branches:                         # the scan's chunk length in these rows (no gradients)
+        row["ssm_chunk_size"] = branches[0].chunk_for(on_cuda=device == "cuda", grad_enabled=False)
     # Which kernel warped the half-precision feature maps (float32 maps and the CPU: always ATen's).
     row["warp_kernel"] = "triton" if device == "cuda" and args.amp != "fp32" and \
         os.environ.get(TRITON_WARP_ENV, "0") == "1" else "aten"
@@ -407,10 +410,10 @@ def main() -> None:
                         help="RefineNet's finest level, as train.py's flag; several: one model and its rows each, in "
                              "one process (e.g. full half)")
     parser.add_argument("--ssm_chunk_size", type=int, nargs="+", default=None, metavar="N",
-                        help="the SSD scan's chunk size (default: the preset's 256); several: one model and its rows "
-                             "each, in one process. Not a weight: every size computes the same scan, so a trained "
-                             "model runs with any of them (benchmark/check_kernels.py --ssd_chunks times the scan "
-                             "alone)")
+                        help="inference rows on CUDA: the SSD scan's chunk length (default: 128, "
+                             "model/ops/ssd.INFERENCE_TRITON_CHUNK; training rows keep the preset's 256); several: one "
+                             "model and its rows each, in one process. Not a weight: every length computes the same "
+                             "scan (benchmark/check_kernels.py --ssd_chunks times the scan alone)")
     parser.add_argument("--warp_kernel", nargs="+", choices=("triton", "aten"), default=None,
                         help="half-precision inference warps on CUDA: ATen's float32 grid_sample (the default) or "
                              "the Triton kernel (model/ops/warp_triton.py, THESIS_TRITON_WARP=1); several: one model "
@@ -494,8 +497,6 @@ def main() -> None:
         if args.flow_scales:
             cfg = replace(cfg, flow_scales=tuple(args.flow_scales))
         cfg = replace(cfg, flow_prior=args.flow_prior, refine_finest=finest)
-        if chunk is not None:
-            cfg = replace(cfg, ssm_chunk_size=chunk)
         if warp_kernel is not None:      # read at each eager call, and by each compilation (rows reset Dynamo)
             os.environ[TRITON_WARP_ENV] = "1" if warp_kernel == "triton" else "0"
         torch.manual_seed(0)
@@ -505,6 +506,9 @@ def main() -> None:
               + (f", ssm_chunk_size {chunk}" if chunk is not None else "")
               + (f", {warp_kernel} warps" if warp_kernel is not None else ""))
         model = build_model(cfg).to(device).train()
+        for branch in model.modules():
+            if isinstance(branch, InterleavedMamba2):
+                branch.inference_chunk_size = chunk
         loss_fn = CompositeLoss(args.phase, vgg_allow_random=True).to(device)
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device == "cuda")
         step = train_step_fn(model, loss_fn, optimizer, args.batch, args.size, args.amp, args.phase, device)

@@ -26,7 +26,7 @@ from torch import nn
 
 from .ops.pairs import split_frames
 from .ops.scan import NUM_DIRECTIONS, interleave_scan, merge_scan
-from .ops.ssd import ssd_scan
+from .ops.ssd import INFERENCE_TRITON_CHUNK, ssd_scan
 
 
 class GatedRMSNorm(nn.Module):
@@ -65,6 +65,10 @@ class InterleavedMamba2(nn.Module):
         self.directions = NUM_DIRECTIONS if per_direction else 1
         self.per_direction = per_direction
         self.chunk_size, self.backend = chunk_size, backend
+        # The scan's chunk length where no gradient is recorded on CUDA; None: min(chunk_size, INFERENCE_TRITON_CHUNK),
+        # the fastest measured at inference's sequence lengths (model/ops/ssd.py). Not a weight: any length computes
+        # the same scan (benchmark/bench_model.py --ssm_chunk_size sets it to compare lengths).
+        self.inference_chunk_size: int | None = None
         bc_width = self.directions * self.groups * state_size
         self.in_proj = nn.Linear(dim, 2 * inner + 2 * bc_width + self.directions * self.num_heads)
         conv_channels = inner + 2 * bc_width
@@ -87,6 +91,13 @@ class InterleavedMamba2(nn.Module):
         self.norm = GatedRMSNorm(inner, group_size=inner // self.groups)
         self.out_proj = nn.Linear(inner, dim)
 
+    def chunk_for(self, on_cuda: bool, grad_enabled: bool) -> int:
+        """The scan's chunk length for a call: the configured one with gradients or off CUDA (training, the CPU),
+        else :attr:`inference_chunk_size` or min(configured, INFERENCE_TRITON_CHUNK)."""
+        if grad_enabled or not on_cuda:
+            return self.chunk_size
+        return self.inference_chunk_size or min(self.chunk_size, INFERENCE_TRITON_CHUNK)
+
     def projection_slices(self) -> dict[str, slice]:
         """Row ranges of ``in_proj`` for z, x, B, C, dt (used by the MaTVLM init)."""
         bc = self.directions * self.groups * self.state_size
@@ -102,6 +113,7 @@ class InterleavedMamba2(nn.Module):
         tokens = torch.cat((xbc, dt), dim=-1)                                      # (2B, H, W, Ctot)
         seqs = interleave_scan(*split_frames(tokens))                              # (B, 4, L, Ctot)
         length = seqs.shape[2]
+        chunk = self.chunk_for(u.is_cuda, torch.is_grad_enabled())
         bc = self.directions * self.groups * self.state_size
         A = -torch.exp(self.A_log.float())                                         # (K, n_h)
         if not self.per_direction:
@@ -109,7 +121,7 @@ class InterleavedMamba2(nn.Module):
             x, B, C, dt_seq = torch.split(flat, [self.inner, bc, bc, self.num_heads], -1)
             y = ssd_scan(x.unflatten(-1, (self.num_heads, self.headdim)), dt_seq, A[0],
                          B.unflatten(-1, (self.groups, self.state_size)), C.unflatten(-1, (self.groups, self.state_size)),
-                         chunk_size=self.chunk_size, D=self.D[0], dt_bias=self.dt_bias[0], dt_softplus=True,
+                         chunk_size=chunk, D=self.D[0], dt_bias=self.dt_bias[0], dt_softplus=True,
                          backend=self.backend)
             y = y.reshape(pairs, NUM_DIRECTIONS, length, self.inner)
         else:
@@ -125,7 +137,7 @@ class InterleavedMamba2(nn.Module):
             C = own_slice(C).reshape(pairs, length, NUM_DIRECTIONS * self.groups, self.state_size)
             dt_seq = own_slice(dt_seq).reshape(pairs, length, NUM_DIRECTIONS * self.num_heads)
             y = ssd_scan(x.reshape(pairs, length, NUM_DIRECTIONS * self.num_heads, self.headdim), dt_seq,
-                         A.flatten(), B, C, chunk_size=self.chunk_size, D=self.D.flatten(),
+                         A.flatten(), B, C, chunk_size=chunk, D=self.D.flatten(),
                          dt_bias=self.dt_bias.flatten(), dt_softplus=True, backend=self.backend)
             y = y.reshape(pairs, length, NUM_DIRECTIONS, self.inner).permute(0, 2, 1, 3)
         y0, y1 = merge_scan(y, height, width)

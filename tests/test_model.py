@@ -291,3 +291,36 @@ def test_matvlm_preset_needs_one_head_dim():
 def test_phase1_small_preset_is_about_the_seed_size():
     params = count_parameters(build_model(preset(1)))
     assert 1.1e6 < params < 1.5e6, params
+
+
+def test_mamba_branch_scans_in_the_inference_chunk_without_gradients_on_cuda(monkeypatch):
+    """InterleavedMamba2's chunk length: the configured one with gradients or off CUDA (training, the CPU), at most
+    INFERENCE_TRITON_CHUNK without gradients on CUDA (the fastest measured at inference lengths), or the length set
+    by hand (bench_model.py --ssm_chunk_size); a shorter configured length stays. forward hands the scan what
+    chunk_for says (recorded by a stand-in scan)."""
+    import model.mamba_branch as branch_module
+    from model.ops.ssd import INFERENCE_TRITON_CHUNK
+    branch = InterleavedMamba2(16, expand=2, headdim=8, state_size=4, chunk_size=256)
+    assert INFERENCE_TRITON_CHUNK == 128
+    assert branch.chunk_for(on_cuda=True, grad_enabled=True) == 256          # training
+    assert branch.chunk_for(on_cuda=False, grad_enabled=False) == 256        # the CPU
+    assert branch.chunk_for(on_cuda=True, grad_enabled=False) == 128         # inference on CUDA
+    branch.inference_chunk_size = 64
+    assert branch.chunk_for(on_cuda=True, grad_enabled=False) == 64
+    assert InterleavedMamba2(16, expand=2, headdim=8, state_size=4, chunk_size=32).chunk_for(True, False) == 32
+    chunks = []
+
+    real_scan = branch_module.ssd_scan
+
+    def recording_scan(*args, chunk_size, **kwargs):
+        chunks.append(chunk_size)
+        return real_scan(*args, chunk_size=chunk_size, **kwargs)
+
+    monkeypatch.setattr(branch_module, "ssd_scan", recording_scan)
+    monkeypatch.setattr(branch, "chunk_for", lambda on_cuda, grad_enabled: 8 if grad_enabled else 16)
+    u = torch.randn(2, 4, 6, 16)
+    out = branch(u)
+    with torch.no_grad():
+        out_inference = branch(u)
+    assert chunks == [8, 16]
+    torch.testing.assert_close(out_inference, out.detach(), rtol=1e-5, atol=1e-5)    # the same scan

@@ -104,29 +104,6 @@ def test_ssd_rejects_bad_layouts_and_backends():
     assert resolve_backend("auto", torch.device("cpu")) == "torch"
 
 
-def test_triton_scan_without_gradients_takes_the_inference_chunk_length(monkeypatch):
-    """The Triton kernel gets at most INFERENCE_TRITON_CHUNK where no gradient is recorded (the inference chunk
-    length measured fastest at 720p-4K) and the configured length where one is (training), a shorter configured
-    length stays; the torch backend always keeps the configured length. The kernel is stood in for by the reference,
-    which records the length it was given; both lengths give the same scan."""
-    chunks = []
-
-    def stand_in(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_softplus=False):
-        chunks.append(chunk_size)
-        return ssd_module._ssd_chunked(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus)
-
-    monkeypatch.setattr(ssd_module, "load_triton_ssd", lambda: (stand_in, "stand-in for the test"))
-    monkeypatch.setattr(ssd_module, "resolve_backend", lambda backend, device: backend if backend != "auto" else "triton")
-    inputs, _ = random_ssd_inputs(1, 300, 2, 4, 1, 3, dtype=torch.float64)
-    with torch.no_grad():
-        inference = ssd_scan(**inputs, chunk_size=256)
-        ssd_scan(**inputs, chunk_size=64)
-        ssd_scan(**inputs, chunk_size=256, backend="torch")        # the reference: not the stand-in
-    training = ssd_scan(**inputs, chunk_size=256)
-    assert chunks == [ssd_module.INFERENCE_TRITON_CHUNK, 64, 256] and ssd_module.INFERENCE_TRITON_CHUNK == 128
-    torch.testing.assert_close(inference, training.detach(), rtol=1e-10, atol=1e-10)
-
-
 def test_triton_loader_bypasses_a_broken_mamba_ssm_init(tmp_path, monkeypatch):
     """mamba-ssm without its CUDA extension fails in __init__; the loader must still reach the Triton module."""
     pytest.importorskip("triton")
@@ -428,11 +405,11 @@ def test_compiled_warp_on_the_gpu_is_atens_result_exactly():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the CUDA kernels need a GPU")
 def test_triton_scan_at_the_inference_chunk_length_matches_the_reference_on_the_gpu():
-    """mamba-ssm's kernel without gradients (chunk INFERENCE_TRITON_CHUNK) and with them (the configured 256), each
-    against the float64 chunked reference, on a sequence of many chunks with a short tail: the two chunk lengths
-    compute the same scan, so the inference length is as close to the reference as the training one (within 1.5x
-    plus 1e-4) and both within the kernel's own precision (Triton's dot products take float32 inputs as TF32: about
-    1.5e-3 measured, bound 5e-3; bf16: 1e-2)."""
+    """mamba-ssm's kernel at the inference chunk length (INFERENCE_TRITON_CHUNK, without gradients) and at the
+    training length 256 (with them), each against the float64 chunked reference, on a sequence of many chunks with a
+    short tail: the two lengths compute the same scan, so the inference length is as close to the reference as the
+    training one (within 1.5x plus 1e-4) and both within the kernel's own precision (Triton's dot products take
+    float32 inputs as TF32: about 1.5e-3 measured, bound 5e-3; bf16: 1e-2)."""
     if ssd_module.load_triton_ssd()[0] is None:
         pytest.skip(ssd_module.load_triton_ssd()[1])
     for dtype, tolerance in ((torch.float32, 5e-3), (torch.bfloat16, 1e-2)):
@@ -441,7 +418,8 @@ def test_triton_scan_at_the_inference_chunk_length_matches_the_reference_on_the_
         reference = ssd_scan(**{k: v.double() for k, v in inputs.items()}, chunk_size=256, dt_softplus=True,
                              backend="torch")
         with torch.no_grad():
-            inference = ssd_scan(**inputs, chunk_size=256, dt_softplus=True, backend="triton")
+            inference = ssd_scan(**inputs, chunk_size=ssd_module.INFERENCE_TRITON_CHUNK, dt_softplus=True,
+                                 backend="triton")
         training = ssd_scan(**{k: v.requires_grad_(v.is_floating_point()) for k, v in inputs.items()},
                             chunk_size=256, dt_softplus=True, backend="triton").detach()
         errors = [((out.double() - reference).norm() / reference.norm()).item() for out in (inference, training)]

@@ -322,9 +322,9 @@ def _(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus):
     return x.new_empty(x.shape)          # contiguous
 
 
-# Chunk length of the Triton kernel where no gradient is recorded (inference). The chunk length is a parameter of the
-# algorithm, not of the model: every length computes the same scan (tests/test_ops.py checks each against the naive
-# recurrence). Why 128 and not the training presets' 256: at inference the scans are long (1080p: 65,280 tokens at
+# Chunk length for the Triton kernel where no gradient is recorded (inference; InterleavedMamba2 applies it,
+# model/mamba_branch.py). The chunk length is a parameter of the algorithm, not of the model: every length computes
+# the same scan (tests/test_ops.py checks each against the naive recurrence). Why 128 and not the training presets' 256: at inference the scans are long (1080p: 65,280 tokens at
 # 1/8, 16,320 at 1/16) and the chunk-local quadratic part (chunk scan, C·Bᵀ) halves while the sequential pass over
 # chunks doubles; forward alone on an H100, bf16 (benchmark/check_kernels.py --ssd_chunks, docs/PERF.md 10.17),
 # 128 was the fastest or within 2% of it at every 720p, 1080p and 4K shape: 1080p 0.752 -> 0.737 ms (1/8),
@@ -342,8 +342,7 @@ def ssd_scan(x, dt, A, B, C, *, chunk_size: int = 256, D=None, z=None, dt_bias=N
         x: (b, l, h, p) inputs.  dt: (b, l, h) raw step sizes.  A: (h,) negative decay rates.
         B, C: (b, l, g, n) with g dividing h.  D: optional (h,) or (h, p).  z: optional gate (b, l, h, p).
         dt_bias: optional (h,).  dt_softplus: apply softplus after adding dt_bias.
-        chunk_size: chunk length Q of the chunked algorithm (the Triton kernel without gradients takes at most
-            :data:`INFERENCE_TRITON_CHUNK`).  backend: "auto" | "torch" | "triton".
+        chunk_size: chunk length Q of the chunked algorithm.  backend: "auto" | "torch" | "triton".
     Returns:
         (b, l, h, p) in x's dtype.
     """
@@ -353,8 +352,6 @@ def ssd_scan(x, dt, A, B, C, *, chunk_size: int = 256, D=None, z=None, dt_bias=N
                          f"x {tuple(x.shape)}, dt {tuple(dt.shape)}, A {tuple(A.shape)}, B {tuple(B.shape)}, "
                          f"C {tuple(C.shape)}")
     if resolve_backend(backend, x.device) == "triton":
-        if not torch.is_grad_enabled():
-            chunk_size = min(chunk_size, INFERENCE_TRITON_CHUNK)
         if torch.compiler.is_compiling() and not torch.is_grad_enabled():
             return _triton_ssd_inference(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus)
         return _triton_ssd(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus)
