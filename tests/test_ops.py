@@ -436,9 +436,13 @@ TRITON_WARP_CHECK = textwrap.dedent("""
     flow4 = torch.randn(3, 4, 9, 13, generator=g) * 6          # large enough to leave the frame on every side
     flow = flow4[:, 2:4]                                        # a non-contiguous slice, as the model passes
     reference = backward_warp(image, flow)
+    channels_last = border_warp(image.to(memory_format=torch.channels_last), flow)
     result = {"fp32": (border_warp(image, flow) - reference).abs().max().item(),
-              "channels_last": (border_warp(image.to(memory_format=torch.channels_last), flow)
-                                - reference).abs().max().item()}
+              "channels_last": (channels_last - reference).abs().max().item(),
+              "channels_last_out": channels_last.is_contiguous(memory_format=torch.channels_last)}
+    wide = torch.rand(2, 37, 6, 7, generator=g)                 # channels in three steps of 16, the last partial
+    wide_flow = torch.randn(2, 2, 6, 7, generator=g) * 4
+    result["wide"] = (border_warp(wide, wide_flow) - backward_warp(wide, wide_flow)).abs().max().item()
     for name, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
         out = border_warp(image.to(dtype), flow)
         result[name] = (out.float() - backward_warp(image.to(dtype), flow).float()).abs().max().item()
@@ -456,9 +460,9 @@ TRITON_WARP_CHECK = textwrap.dedent("""
 def test_triton_warp_kernel_matches_atens_sampling_in_the_interpreter():
     """The Triton warp (model/ops/warp_triton.py) run by Triton's CPU interpreter against ATen's float32
     grid_sample path: float32 to 1e-5 (coordinates computed from pixels instead of normalised units), a channels-last
-    input read through its strides, bf16 and fp16 within one step of their precision near 1 (both round the same
-    float32 sum), the batch rows with their own flows, flows that leave the frame (border), a one-row image, zero flow
-    = the image."""
+    input read through its strides and written in its layout, 37 channels (three steps of 16, the last partial), bf16
+    and fp16 within one step of their precision near 1 (both round the same float32 sum), the batch rows with their
+    own flows, flows that leave the frame (border), a one-row and a one-column image, zero flow = the image."""
     pytest.importorskip("triton")
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     done = subprocess.run([sys.executable, "-c", TRITON_WARP_CHECK], env=env, capture_output=True, text=True,
@@ -466,7 +470,8 @@ def test_triton_warp_kernel_matches_atens_sampling_in_the_interpreter():
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["fp32"] < 1e-5 and result["channels_last"] < 1e-5 and result["zero_flow"] < 1e-6
-    assert result["one_row"] < 1e-5 and result["one_column"] < 1e-5
+    assert result["one_row"] < 1e-5 and result["one_column"] < 1e-5 and result["wide"] < 1e-5
+    assert result["channels_last_out"]                           # the output keeps the input's layout
     assert result["bf16"] <= 2 ** -8 and result["fp16"] <= 2 ** -11
     assert result["bf16_dtype"] == "torch.bfloat16" and result["fp16_dtype"] == "torch.float16"
 
@@ -536,7 +541,7 @@ def test_triton_warp_matches_atens_on_the_gpu():
                 with pytest.MonkeyPatch.context() as patch:
                     patch.setenv("THESIS_TRITON_WARP", "1")
                     fast = backward_warp(image.to(dtype), flow)
-            assert fast.dtype == dtype and fast.is_contiguous()
+            assert fast.dtype == dtype and fast.stride() == image.to(dtype).stride()       # the input's layout
             assert (fast.float() - reference.float()).abs().max().item() <= tolerance, (batch, channels, height, dtype)
             training = backward_warp(image.to(dtype).requires_grad_(), flow)     # gradients: ATen's path
             assert torch.equal(training.detach(), reference)

@@ -120,7 +120,7 @@ def _border_warp_half_inference(image: torch.Tensor, flow: torch.Tensor) -> torc
 
 @_border_warp_half_inference.register_fake
 def _(image, flow):
-    return image.new_empty(image.shape)          # contiguous, as the kernel writes it
+    return torch.empty_like(image)               # the input's layout, as the kernel writes it
 
 
 def xy_factors(x_factor: float, y_factor: float, channels: int, like: torch.Tensor) -> torch.Tensor:

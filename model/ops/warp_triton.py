@@ -23,15 +23,21 @@ import torch
 import triton
 import triton.language as tl
 
-PIXELS_PER_PROGRAM = 256
+PIXELS_PER_PROGRAM = 128
+MAX_CHANNELS_PER_STEP = 16
 
 
 @triton.jit
 def _border_warp_kernel(image_ptr, flow_ptr, out_ptr, channels, height, width,
-                        stride_b, stride_c, stride_h, stride_w, BLOCK: tl.constexpr):
+                        in_stride_b, in_stride_c, in_stride_h, in_stride_w,
+                        out_stride_b, out_stride_c, out_stride_h, out_stride_w,
+                        BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    """One program: BLOCK_P target pixels of one batch row, all channels, BLOCK_C at a time as a (pixels, channels)
+    tile, so that the loads are contiguous along whichever axis the map's strides make contiguous (pixels in NCHW,
+    channels in channels-last)."""
     batch = tl.program_id(1)
     pixels = height * width
-    offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    offsets = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
     inside = offsets < pixels
     y = offsets // width
     x = offsets - y * width
@@ -44,40 +50,46 @@ def _border_warp_kernel(image_ptr, flow_ptr, out_ptr, channels, height, width,
     source_y = tl.minimum(tl.maximum(source_y, 0.0), (height - 1) * 1.0)
     left = tl.floor(source_x)
     top = tl.floor(source_y)
-    weight_x = source_x - left
-    weight_y = source_y - top
-    x0 = left.to(tl.int32)
-    y0 = top.to(tl.int32)
+    weight_x = (source_x - left)[:, None]
+    weight_y = (source_y - top)[:, None]
+    x0 = left.to(tl.int64)
+    y0 = top.to(tl.int64)
     x1 = tl.minimum(x0 + 1, width - 1)       # at the last column weight_x is 0: the clamped neighbour adds nothing
     y1 = tl.minimum(y0 + 1, height - 1)
     w00 = (1.0 - weight_x) * (1.0 - weight_y)
     w01 = weight_x * (1.0 - weight_y)
     w10 = (1.0 - weight_x) * weight_y
     w11 = weight_x * weight_y
-    at00 = y0.to(tl.int64) * stride_h + x0.to(tl.int64) * stride_w
-    at01 = y0.to(tl.int64) * stride_h + x1.to(tl.int64) * stride_w
-    at10 = y1.to(tl.int64) * stride_h + x0.to(tl.int64) * stride_w
-    at11 = y1.to(tl.int64) * stride_h + x1.to(tl.int64) * stride_w
-    image_base = image_ptr + batch.to(tl.int64) * stride_b
-    out_base = out_ptr + batch.to(tl.int64) * channels * pixels
-    for channel in range(0, channels):
-        plane = image_base + channel * stride_c
-        value = (w00 * tl.load(plane + at00, mask=inside, other=0.0).to(tl.float32)
-                 + w01 * tl.load(plane + at01, mask=inside, other=0.0).to(tl.float32)
-                 + w10 * tl.load(plane + at10, mask=inside, other=0.0).to(tl.float32)
-                 + w11 * tl.load(plane + at11, mask=inside, other=0.0).to(tl.float32))
-        tl.store(out_base + channel * pixels + offsets, value.to(out_ptr.dtype.element_ty), mask=inside)
+    at00 = (y0 * in_stride_h + x0 * in_stride_w)[:, None]
+    at01 = (y0 * in_stride_h + x1 * in_stride_w)[:, None]
+    at10 = (y1 * in_stride_h + x0 * in_stride_w)[:, None]
+    at11 = (y1 * in_stride_h + x1 * in_stride_w)[:, None]
+    out_at = (y.to(tl.int64) * out_stride_h + x.to(tl.int64) * out_stride_w)[:, None]
+    image_base = image_ptr + batch.to(tl.int64) * in_stride_b
+    out_base = out_ptr + batch.to(tl.int64) * out_stride_b
+    for first in range(0, channels, BLOCK_C):
+        channel = first + tl.arange(0, BLOCK_C)
+        keep = inside[:, None] & (channel < channels)[None, :]
+        planes = image_base + (channel.to(tl.int64) * in_stride_c)[None, :]
+        value = (w00 * tl.load(planes + at00, mask=keep, other=0.0).to(tl.float32)
+                 + w01 * tl.load(planes + at01, mask=keep, other=0.0).to(tl.float32)
+                 + w10 * tl.load(planes + at10, mask=keep, other=0.0).to(tl.float32)
+                 + w11 * tl.load(planes + at11, mask=keep, other=0.0).to(tl.float32))
+        targets = out_base + (channel.to(tl.int64) * out_stride_c)[None, :] + out_at
+        tl.store(targets, value.to(out_ptr.dtype.element_ty), mask=keep)
 
 
 def border_warp(image: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
-    """Backward-warp ``image`` (B, C, H, W; any strides, e.g. channels-last) by ``flow`` (B, 2, H, W) in pixels:
-    (B, C, H, W) contiguous, in ``image``'s dtype. Border padding, bilinear, the coordinates in float32."""
+    """Backward-warp ``image`` (B, C, H, W; any strides) by ``flow`` (B, 2, H, W) in pixels: (B, C, H, W) in
+    ``image``'s dtype and memory layout (``torch.empty_like``: a channels-last map gives a channels-last output, as
+    Inductor's convolutions around it want). Border padding, bilinear, the coordinates in float32."""
     batch, channels, height, width = image.shape
     flow32 = flow.float().contiguous()       # two channels: small beside the map
-    out = torch.empty((batch, channels, height, width), dtype=image.dtype, device=image.device)
+    out = torch.empty_like(image)
     if out.numel() == 0:
         return out
     grid = (triton.cdiv(height * width, PIXELS_PER_PROGRAM), batch)
-    _border_warp_kernel[grid](image, flow32, out, channels, height, width, *image.stride(),
-                              BLOCK=PIXELS_PER_PROGRAM)
+    _border_warp_kernel[grid](image, flow32, out, channels, height, width, *image.stride(), *out.stride(),
+                              BLOCK_P=PIXELS_PER_PROGRAM,
+                              BLOCK_C=triton.next_power_of_2(min(channels, MAX_CHANNELS_PER_STEP)))
     return out
