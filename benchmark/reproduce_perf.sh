@@ -5,7 +5,8 @@
 # Stages:
 #   setup     the sample sets: data/sample_vimeo (448x256) and data/sample_720p (the same clip at 1280x720)
 #   start     a fresh process's first optimizer step (Phase 2, batch 16), then 80 steps on the sample set
-#   kernels   SSD Triton vs PyTorch and FlashAttention vs math parity (benchmark/check_kernels.py)
+#   kernels   SSD Triton vs PyTorch and FlashAttention vs math parity, the SSD scan by chunk length at inference
+#             shapes (benchmark/check_kernels.py)
 #   infer4k   4K 2x inference of the Phase-2 model, eager and compiled (bench_model.py --compile_infer)
 #   peers     the side-by-side rows: ours (Phases 1, 2) with bench_model.py --peer_table; RIFE_m and
 #             EMA-VFI-small with PEER_PERF (a side-by-side timing script for the peers' own code, run with the same
@@ -20,7 +21,9 @@
 #             and graphed at 256, 720p, 1080p (flow 1.0) and 4K (flow 0.25), and at 720p and 1080p with --flow_scales
 #             8 4 2 (1080p also compiled+graphed), and at 720p and 1080p with --flow_prior dis (the DIS prior's CPU
 #             cost beside); compiled+graphed at 1080p with RefineNet's finest level full and half (and half with
-#             --flow_scales 8 4 2); compiled+graphed at 1080p with and without channel alignment,
+#             --flow_scales 8 4 2, that in Inductor's default mode and with --compile_mode tune-kernels, each with
+#             the bf16 warps through ATen and through the Triton kernel); compiled+graphed at 1080p with and without
+#             channel alignment,
 #             then again in a second process (it reads Inductor's cache: the warm start); the footage pipeline's
 #             stages (bench_pipeline.py) and interpolate.py 1080p 2x to PNG and to H.264 (x264 medium and faster, and
 #             --encoder auto: NVENC where the card has one) with the checkpoint of `start`.
@@ -71,7 +74,7 @@ if want start; then   # a fresh process: the first step compiles the Triton SSD 
     --eval_interval 2 --warmup_steps 10 --lr 3e-4 --exp_name perf_p2 --log_every 20
   cp log/perf_p2/summary.json "$out/start_summary.json" 2>/dev/null
 fi
-want kernels && stage 180 python3 benchmark/check_kernels.py --json "$out/kernels.json"
+want kernels && stage 240 python3 benchmark/check_kernels.py --ssd_chunks 64 128 256 --json "$out/kernels.json"
 # 4K 2x inference, eager and compiled (interpolate.py --compile): about 2.5 minutes of compilation
 want infer4k && stage 420 python3 benchmark/bench_model.py --phase 2 --infer 4k --compile_infer --reps 12 \
   --json "$out/infer4k.json"
@@ -140,6 +143,12 @@ if want inference; then
     --refine_finest full half --json "$out/infer_refine_finest.json"
   stage 300 python3 benchmark/bench_model.py --phase 2 --infer 1080p@1.0 --infer_only --cuda_graph on --compile_infer \
     --refine_finest half --flow_scales 8 4 2 --json "$out/infer_refine_half_fs842.json"
+  # That fast arrangement in Inductor's default mode and with its kernel tuning (--compile_mode tune-kernels), each with
+  # the half-precision warps through ATen and through the Triton kernel (docs/PERF.md 10.17, 10.18), with the kernels
+  # by family
+  stage 900 python3 benchmark/bench_model.py --phase 2 --infer 1080p@1.0 --infer_only --cuda_graph on --compile_infer \
+    --refine_finest half --flow_scales 8 4 2 --warp_kernel aten triton --compile_mode default tune-kernels \
+    --kernel_profile --json "$out/infer_fast_tuned.json"
   # Cold: the compiled 1080p rows with the flow estimator's channel alignment and without (docs/PERF.md 10.3), each
   # compiled from scratch in one process; warm: a second process finds the aligned graph in Inductor's cache
   stage 540 python3 benchmark/bench_model.py --phase 2 --infer 720p@1.0 1080p@1.0 --infer_only --compile_infer \
