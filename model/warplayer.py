@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .ops.warp import backward_warp, base_grid
+from .ops.warp import backward_warp, base_grid, takes_triton_warp
 
 
 class BackwardWarp(nn.Module):
@@ -45,4 +45,7 @@ class BackwardWarp(nn.Module):
 
     def forward(self, image: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
         height, width = image.shape[-2:]
-        return backward_warp(image, flow, self.grid_for(height, width, image.device), self.max_chunk_elements)
+        # The Triton path samples from the flow in pixels: no grid (while a CUDA graph is captured, one would be
+        # computed afresh at every replay for nothing).
+        grid = None if takes_triton_warp(image) else self.grid_for(height, width, image.device)
+        return backward_warp(image, flow, grid, self.max_chunk_elements)

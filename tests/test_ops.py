@@ -500,7 +500,7 @@ def test_half_precision_inference_warps_take_the_triton_operator(monkeypatch):
         backward_warp(torch.rand(1, 4, 8, 10).bfloat16(), torch.zeros(1, 2, 8, 10))   # off by default
     assert calls == []
     monkeypatch.setenv("THESIS_TRITON_WARP", "1")
-    monkeypatch.setattr(warp_module, "_takes_triton_warp",
+    monkeypatch.setattr(warp_module, "takes_triton_warp",
                         lambda image: image.dtype != torch.float32 and not torch.is_grad_enabled()
                         and warp_module._triton_warp_wanted())
     image, flow = torch.rand(1, 4, 8, 10), torch.randn(1, 2, 8, 10) * 2
@@ -516,10 +516,20 @@ def test_half_precision_inference_warps_take_the_triton_operator(monkeypatch):
         compiled = torch.compile(lambda a, b: backward_warp(a, b) * 2, fullgraph=True)(image.bfloat16(), flow)
     assert calls == [torch.bfloat16, torch.bfloat16] and torch.equal(compiled, half * 2)
     torch._dynamo.reset()
+    # The model's warp module computes no identity grid for the Triton path (a captured graph would recompute it at
+    # every replay for nothing) and caches one for ATen's.
+    import model.warplayer as warplayer
+    monkeypatch.setattr(warplayer, "takes_triton_warp", warp_module.takes_triton_warp)
+    module = BackwardWarp()
+    with torch.no_grad():
+        module(image.bfloat16(), flow)
+    assert len(calls) == 3 and module._grids == {}
+    module(image.bfloat16(), flow)                                         # gradients: ATen's path, with its grid
+    assert len(calls) == 3 and list(module._grids) == [(8, 10, image.device)]
     monkeypatch.setenv("THESIS_TRITON_WARP", "0")                          # the switch back to the reference
     with torch.no_grad():
         backward_warp(image.bfloat16(), flow)
-    assert len(calls) == 2
+    assert len(calls) == 3
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the Triton warp needs a GPU")

@@ -324,13 +324,13 @@ def _(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus):
 
 # Chunk length for the Triton kernel where no gradient is recorded (inference; InterleavedMamba2 applies it,
 # model/mamba_branch.py). The chunk length is a parameter of the algorithm, not of the model: every length computes
-# the same scan (tests/test_ops.py checks each against the naive recurrence). Why 128 and not the training presets' 256: at inference the scans are long (1080p: 65,280 tokens at
-# 1/8, 16,320 at 1/16) and the chunk-local quadratic part (chunk scan, C·Bᵀ) halves while the sequential pass over
-# chunks doubles; forward alone on an H100, bf16 (benchmark/check_kernels.py --ssd_chunks, docs/PERF.md 10.17),
-# 128 was the fastest or within 2% of it at every 720p, 1080p and 4K shape: 1080p 0.752 -> 0.737 ms (1/8),
-# 0.473 -> 0.419 ms (1/16), 3-14% per call; 64 loses at 1/8 (0.924 ms). Output vs chunk 256: relative 1.5e-4 to
-# 4e-4, a tenth of bf16's own error against float32 (2.3e-3). Training keeps its configured length (the backward
-# kernels were tuned at 256).
+# the same scan (tests/test_ops.py checks each against the naive recurrence). Why 128 and not the training presets'
+# 256: at inference the scans are long (1080p: 65,280 tokens at 1/8, 16,320 at 1/16) and the chunk-local quadratic
+# part (chunk scan, C·Bᵀ) halves while the sequential pass over chunks doubles; forward alone on an H100, bf16
+# (benchmark/check_kernels.py --ssd_chunks, docs/PERF.md 10.17), 128 was the fastest or within 2% of it at every
+# 720p, 1080p and 4K shape: 1080p 0.752 -> 0.737 ms (1/8), 0.473 -> 0.419 ms (1/16), 3-14% per call; 64 loses at 1/8
+# (0.924 ms). Output vs chunk 256: relative 1.5e-4 to 4e-4, a tenth of bf16's own error against float32 (2.3e-3).
+# Training keeps its configured length (the backward kernels were tuned at 256).
 INFERENCE_TRITON_CHUNK = 128
 
 

@@ -56,7 +56,7 @@ def backward_warp(image: torch.Tensor, flow: torch.Tensor, grid: torch.Tensor | 
         raise ValueError(f"backward_warp: image {tuple(image.shape)} and flow {tuple(flow.shape)} "
                          "must share batch and spatial size")
     batch, channels, height, width = image.shape
-    if _takes_triton_warp(image):
+    if takes_triton_warp(image):
         return _border_warp_half_inference(image, flow)
     if grid is None:
         grid = base_grid(height, width, image.device)
@@ -97,7 +97,7 @@ def _(image, grid):
     return image.new_empty(image.shape[0], image.shape[1], grid.shape[1], grid.shape[2])
 
 
-def _takes_triton_warp(image: torch.Tensor) -> bool:
+def takes_triton_warp(image: torch.Tensor) -> bool:
     """A half-precision map on CUDA, no gradient recorded, the kernel wanted: the Triton path."""
     return image.is_cuda and image.dtype != torch.float32 and not torch.is_grad_enabled() and _triton_warp_wanted()
 
