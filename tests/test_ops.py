@@ -440,6 +440,10 @@ TRITON_WARP_CHECK = textwrap.dedent("""
     result = {"fp32": (border_warp(image, flow) - reference).abs().max().item(),
               "channels_last": (channels_last - reference).abs().max().item(),
               "channels_last_out": channels_last.is_contiguous(memory_format=torch.channels_last)}
+    columns_first = image.transpose(2, 3).contiguous().transpose(2, 3)   # dense, but its rows do not follow each other
+    columns_out = border_warp(columns_first, flow)
+    result["columns_first"] = (columns_out - reference).abs().max().item()
+    result["columns_first_out"] = columns_out.stride() == columns_first.stride()
     wide = torch.rand(2, 37, 6, 7, generator=g)                 # channels in three steps of 16, the last partial
     wide_flow = torch.randn(2, 2, 6, 7, generator=g) * 4
     result["wide"] = (border_warp(wide, wide_flow) - backward_warp(wide, wide_flow)).abs().max().item()
@@ -460,7 +464,7 @@ TRITON_WARP_CHECK = textwrap.dedent("""
 def test_triton_warp_kernel_matches_atens_sampling_in_the_interpreter():
     """The Triton warp (model/ops/warp_triton.py) run by Triton's CPU interpreter against ATen's float32
     grid_sample path: float32 to 1e-5 (coordinates computed from pixels instead of normalised units), a channels-last
-    input read through its strides and written in its layout, 37 channels (three steps of 16, the last partial), bf16
+    input read through its strides and written in its layout, a column-major one (written from each pixel's (y, x)), 37 channels (three steps of 16, the last partial), bf16
     and fp16 within one step of their precision near 1 (both round the same float32 sum), the batch rows with their
     own flows, flows that leave the frame (border), a one-row and a one-column image, zero flow = the image."""
     pytest.importorskip("triton")
@@ -472,6 +476,7 @@ def test_triton_warp_kernel_matches_atens_sampling_in_the_interpreter():
     assert result["fp32"] < 1e-5 and result["channels_last"] < 1e-5 and result["zero_flow"] < 1e-6
     assert result["one_row"] < 1e-5 and result["one_column"] < 1e-5 and result["wide"] < 1e-5
     assert result["channels_last_out"]                           # the output keeps the input's layout
+    assert result["columns_first"] < 1e-5 and result["columns_first_out"]   # pixels' offsets from (y, x), not the index
     assert result["bf16"] <= 2 ** -8 and result["fp16"] <= 2 ** -11
     assert result["bf16_dtype"] == "torch.bfloat16" and result["fp16_dtype"] == "torch.float16"
 

@@ -31,10 +31,12 @@ MAX_CHANNELS_PER_STEP = 16
 def _border_warp_kernel(image_ptr, flow_ptr, out_ptr, channels, height, width,
                         in_stride_b, in_stride_c, in_stride_h, in_stride_w,
                         out_stride_b, out_stride_c, out_stride_h, out_stride_w,
-                        BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+                        BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, DENSE_PIXELS: tl.constexpr):
     """One program: BLOCK_P target pixels of one batch row, all channels, BLOCK_C at a time as a (pixels, channels)
     tile, so that the loads are contiguous along whichever axis the map's strides make contiguous (pixels in NCHW,
-    channels in channels-last)."""
+    channels in channels-last). DENSE_PIXELS: the output's rows follow each other (stride_h = width x stride_w, true
+    of NCHW and channels-last alike), so a pixel's offset is its index x stride_w, which Triton's analysis can see is
+    contiguous (NCHW) and so coalesce the stores; from y and x, recovered by a division, it cannot."""
     batch = tl.program_id(1)
     pixels = height * width
     offsets = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
@@ -64,7 +66,10 @@ def _border_warp_kernel(image_ptr, flow_ptr, out_ptr, channels, height, width,
     at01 = (y0 * in_stride_h + x1 * in_stride_w)[:, None]
     at10 = (y1 * in_stride_h + x0 * in_stride_w)[:, None]
     at11 = (y1 * in_stride_h + x1 * in_stride_w)[:, None]
-    out_at = (y.to(tl.int64) * out_stride_h + x.to(tl.int64) * out_stride_w)[:, None]
+    if DENSE_PIXELS:
+        out_at = (offsets.to(tl.int64) * out_stride_w)[:, None]
+    else:
+        out_at = (y.to(tl.int64) * out_stride_h + x.to(tl.int64) * out_stride_w)[:, None]
     image_base = image_ptr + batch.to(tl.int64) * in_stride_b
     out_base = out_ptr + batch.to(tl.int64) * out_stride_b
     for first in range(0, channels, BLOCK_C):
@@ -91,5 +96,6 @@ def border_warp(image: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
     grid = (triton.cdiv(height * width, PIXELS_PER_PROGRAM), batch)
     _border_warp_kernel[grid](image, flow32, out, channels, height, width, *image.stride(), *out.stride(),
                               BLOCK_P=PIXELS_PER_PROGRAM,
-                              BLOCK_C=triton.next_power_of_2(min(channels, MAX_CHANNELS_PER_STEP)))
+                              BLOCK_C=triton.next_power_of_2(min(channels, MAX_CHANNELS_PER_STEP)),
+                              DENSE_PIXELS=out.stride(2) == width * out.stride(3))
     return out
