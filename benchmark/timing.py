@@ -112,9 +112,18 @@ KERNEL_FAMILIES: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 
 
+# Inductor's generated pointwise, reduction and persistent-reduction kernels: named after every operator they fused
+# (``triton_poi_fused__prelu_kernel_..._border_warp_half_inference_..._convolution_...``), so their names hold other
+# families' words without being those kernels.
+INDUCTOR_FUSED_PREFIXES = ("triton_poi_", "triton_red_", "triton_per_")
+
+
 def kernel_family(name: str) -> str:
-    """The :data:`KERNEL_FAMILIES` entry a kernel name falls in ("other" when none matches)."""
+    """The :data:`KERNEL_FAMILIES` entry a kernel name falls in ("other" when none matches); Inductor's fused kernels
+    (:data:`INDUCTOR_FUSED_PREFIXES`) by their prefix alone, its templates (``triton_tem_``) by what they compute."""
     lowered = name.lower()
+    if lowered.startswith(INDUCTOR_FUSED_PREFIXES):
+        return "inductor fused kernels"
     for family, needles in KERNEL_FAMILIES:
         if any(needle in lowered for needle in needles):
             return family
