@@ -447,6 +447,8 @@ TRITON_WARP_CHECK = textwrap.dedent("""
     wide = torch.rand(2, 37, 6, 7, generator=g)                 # channels in three steps of 16, the last partial
     wide_flow = torch.randn(2, 2, 6, 7, generator=g) * 4
     result["wide"] = (border_warp(wide, wide_flow) - backward_warp(wide, wide_flow)).abs().max().item()
+    wide_last = border_warp(wide.to(memory_format=torch.channels_last), wide_flow)   # the tile path, three steps
+    result["wide_channels_last"] = (wide_last - backward_warp(wide, wide_flow)).abs().max().item()
     for name, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
         out = border_warp(image.to(dtype), flow)
         result[name] = (out.float() - backward_warp(image.to(dtype), flow).float()).abs().max().item()
@@ -464,9 +466,10 @@ TRITON_WARP_CHECK = textwrap.dedent("""
 def test_triton_warp_kernel_matches_atens_sampling_in_the_interpreter():
     """The Triton warp (model/ops/warp_triton.py) run by Triton's CPU interpreter against ATen's float32
     grid_sample path: float32 to 1e-5 (coordinates computed from pixels instead of normalised units), a channels-last
-    input read through its strides and written in its layout, a column-major one (written from each pixel's (y, x)), 37 channels (three steps of 16, the last partial), bf16
-    and fp16 within one step of their precision near 1 (both round the same float32 sum), the batch rows with their
-    own flows, flows that leave the frame (border), a one-row and a one-column image, zero flow = the image."""
+    input read through its strides and written in its layout, a column-major one (written from each pixel's (y, x)),
+    37 channels (NCHW: one plane at a time; channels-last: three tile steps of 16, the last partial), bf16 and fp16
+    within one step of their precision near 1 (both round the same float32 sum), the batch rows with their own flows,
+    flows that leave the frame (border), a one-row and a one-column image, zero flow = the image."""
     pytest.importorskip("triton")
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     done = subprocess.run([sys.executable, "-c", TRITON_WARP_CHECK], env=env, capture_output=True, text=True,
@@ -475,10 +478,23 @@ def test_triton_warp_kernel_matches_atens_sampling_in_the_interpreter():
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["fp32"] < 1e-5 and result["channels_last"] < 1e-5 and result["zero_flow"] < 1e-6
     assert result["one_row"] < 1e-5 and result["one_column"] < 1e-5 and result["wide"] < 1e-5
+    assert result["wide_channels_last"] < 1e-5
     assert result["channels_last_out"]                           # the output keeps the input's layout
     assert result["columns_first"] < 1e-5 and result["columns_first_out"]   # pixels' offsets from (y, x), not the index
     assert result["bf16"] <= 2 ** -8 and result["fp16"] <= 2 ** -11
     assert result["bf16_dtype"] == "torch.bfloat16" and result["fp16_dtype"] == "torch.float16"
+
+
+def test_triton_warp_walks_channels_the_way_the_map_stores_them():
+    """The kernel's loop order follows the map's layout (the GPU A/B of docs/PERF.md 10.19 is why): channels-last maps
+    as (pixels, channels) tiles, NCHW maps and single channels one plane at a time."""
+    pytest.importorskip("triton")
+    from model.ops.warp_triton import channels_side_by_side
+    image = torch.zeros(2, 16, 5, 7)
+    assert not channels_side_by_side(image)
+    assert channels_side_by_side(image.to(memory_format=torch.channels_last))
+    assert not channels_side_by_side(torch.zeros(2, 1, 5, 7).to(memory_format=torch.channels_last))
+    assert not channels_side_by_side(image[:, 3:11])                     # a channel slice of NCHW: still planes
 
 
 def test_half_precision_inference_warps_take_the_triton_operator(monkeypatch):
