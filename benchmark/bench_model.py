@@ -230,6 +230,28 @@ def measure_inference(model, name: str, args, device: str, execution: str = "eag
     return row
 
 
+def mark_rows_after_a_kernel_profile(rows: list[dict], device: str) -> int:
+    """Mark (``"after_kernel_profile": True``) and count the timed rows that came after a ``--kernel_profile`` in this
+    process, and say so in one line.
+
+    Why: on CUDA the profiler leaves NVIDIA's CUPTI attached after it stops (pytorch/pytorch#144455: Kineto tears it
+    down only with TEARDOWN_CUPTI=1), which slows every later kernel launch. A graph replay is one launch, but an eager
+    row is bound by its ~1,100 launches: the likely reason why call Y's eager row timed after a profile was 25%
+    slower than the one before it (docs/PERF.md 10.19). Compare such rows only with rows timed after a profile too."""
+    profiled = False
+    marked = 0
+    for row in rows:
+        if profiled and "ms" in row:
+            row["after_kernel_profile"] = True
+            marked += 1
+        profiled = profiled or "kernels" in row
+    if marked and device == "cuda":
+        print(f"note: {marked} row(s) timed after a --kernel_profile in this process (after_kernel_profile): the "
+              "profiler stays attached and slows launches, most in eager rows; compare them with each other only",
+              flush=True)
+    return marked
+
+
 MODEL_PARTS = ("backbone", "flow_estimator", "context", "refine")      # ThesisModel's children, as --flops splits them
 
 
@@ -582,6 +604,7 @@ def main() -> None:
         del model
         if device == "cuda":
             torch.cuda.empty_cache()
+    mark_rows_after_a_kernel_profile(rows, device)
     print(f"\ndevice: {device_name}, torch {torch.__version__}")
     for row in rows:
         print(" | ".join(f"{k}={v}" for k, v in row.items() if k != "runtime"))

@@ -19,8 +19,8 @@ import torch.nn.functional as F
 
 # THESIS_TRITON_WARP=1 sends half-precision inference warps on CUDA to the Triton kernel (model/ops/warp_triton.py).
 # Off by default: on the GPU (docs/PERF.md 10.19, one H200) it matches ATen's sampling (its GPU test passed) and
-# saves 0.1-0.6 ms of a graphed 1080p call, but its own sampling is no faster than ATen's yet and the one eager
-# measurement was 25% slower; `bench_model.py --warp_kernel aten triton` is the A/B.
+# saves 0.1-0.6 ms of a graphed 1080p call, but its own sampling is no faster than ATen's yet (and its one eager row,
+# timed after a profiler had run, was slower); `bench_model.py --warp_kernel aten triton` is the A/B.
 TRITON_WARP_ENV = "THESIS_TRITON_WARP"
 
 
