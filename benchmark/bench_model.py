@@ -55,7 +55,7 @@ from measures.quality import difference_stats  # noqa: E402
 from model.loss import CompositeLoss  # noqa: E402
 from model.mamba_branch import InterleavedMamba2  # noqa: E402
 from model.reduced import WORK_SCALE_HELP, reduce_resolution, work_scale_of  # noqa: E402
-from model.ops.warp import TRITON_WARP_ENV  # noqa: E402
+from model.ops.warp import TRITON_WARP_ENV, triton_warp_wanted  # noqa: E402
 from model.warplayer import BackwardWarp  # noqa: E402
 
 RESOLUTIONS = {"256": (256, 256), "720p": (720, 1280), "1080p": (1080, 1920), "2k": (1080, 2048), "4k": (2160, 3840)}
@@ -178,8 +178,7 @@ def measure_inference(model, name: str, args, device: str, execution: str = "eag
     if branches:                         # the scan's chunk length in these rows (no gradients)
         row["ssm_chunk_size"] = branches[0].chunk_for(on_cuda=device == "cuda", grad_enabled=False)
     # Which kernel warped the half-precision feature maps (float32 maps and the CPU: always ATen's).
-    row["warp_kernel"] = "triton" if device == "cuda" and args.amp != "fp32" and \
-        os.environ.get(TRITON_WARP_ENV, "0") == "1" else "aten"
+    row["warp_kernel"] = "triton" if device == "cuda" and args.amp != "fp32" and triton_warp_wanted() else "aten"
     if work_scale_of(model) != 1.0:
         row["work_scale"] = work_scale_of(model)
     if compiled:

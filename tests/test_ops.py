@@ -523,7 +523,7 @@ def test_half_precision_inference_warps_take_the_triton_operator(monkeypatch):
     monkeypatch.setenv("THESIS_TRITON_WARP", "1")
     monkeypatch.setattr(warp_module, "takes_triton_warp",
                         lambda image: image.dtype != torch.float32 and not torch.is_grad_enabled()
-                        and warp_module._triton_warp_wanted())
+                        and warp_module.triton_warp_wanted())
     image, flow = torch.rand(1, 4, 8, 10), torch.randn(1, 2, 8, 10) * 2
     with torch.no_grad():
         half = backward_warp(image.bfloat16(), flow)

@@ -100,11 +100,11 @@ def _(image, grid):
 
 def takes_triton_warp(image: torch.Tensor) -> bool:
     """A half-precision map on CUDA, no gradient recorded, the kernel wanted: the Triton path."""
-    return image.is_cuda and image.dtype != torch.float32 and not torch.is_grad_enabled() and _triton_warp_wanted()
+    return image.is_cuda and image.dtype != torch.float32 and not torch.is_grad_enabled() and triton_warp_wanted()
 
 
 @torch.compiler.assume_constant_result
-def _triton_warp_wanted() -> bool:
+def triton_warp_wanted() -> bool:
     """Whether half-precision inference warps on CUDA take the Triton kernel (model/ops/warp_triton.py):
     ``THESIS_TRITON_WARP=1`` and Triton importable. A traced constant under torch.compile (read once per
     compilation)."""
