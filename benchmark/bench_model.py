@@ -436,8 +436,8 @@ def main() -> None:
                              "model and its rows each, in one process. Not a weight: every length computes the same "
                              "scan (benchmark/check_kernels.py --ssd_chunks times the scan alone)")
     parser.add_argument("--warp_kernel", nargs="+", choices=("triton", "aten"), default=None,
-                        help="half-precision inference warps on CUDA: ATen's float32 grid_sample (the default) or "
-                             "the Triton kernel (model/ops/warp_triton.py, THESIS_TRITON_WARP=1); several: one model "
+                        help="half-precision inference warps on CUDA: the Triton kernel (model/ops/warp_triton.py, the "
+                             "default) or ATen's float32 grid_sample (THESIS_TRITON_WARP=0); several: one model "
                              "and its rows each, in one process (e.g. aten triton)")
     parser.add_argument("--reps", type=int, default=20)
     parser.add_argument("--compile", action="store_true",

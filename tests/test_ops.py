@@ -498,8 +498,8 @@ def test_triton_warp_walks_channels_the_way_the_map_stores_them():
 
 
 def test_half_precision_inference_warps_take_the_triton_operator(monkeypatch):
-    """With THESIS_TRITON_WARP=1 (off by default) backward_warp sends a half-precision map without gradients to the
-    Triton operator, also from a compiled graph (one opaque call, no graph break), and keeps ATen's path for float32
+    """By default (THESIS_TRITON_WARP unset; =0 turns it off) backward_warp sends a half-precision map without
+    gradients to the Triton operator, also from a compiled graph (one opaque call, no graph break), and keeps ATen's path for float32
     maps and wherever gradients are recorded. The
     CUDA test of the dispatch is stood in for (the CPU has none): the condition's device part is patched, and the
     kernel is replaced by ATen's path, recording its calls."""
@@ -518,9 +518,9 @@ def test_half_precision_inference_warps_take_the_triton_operator(monkeypatch):
 
     monkeypatch.setattr(warp_triton, "border_warp", stand_in)
     with torch.no_grad():
-        backward_warp(torch.rand(1, 4, 8, 10).bfloat16(), torch.zeros(1, 2, 8, 10))   # off by default
+        backward_warp(torch.rand(1, 4, 8, 10).bfloat16(), torch.zeros(1, 2, 8, 10))   # the CPU: never
     assert calls == []
-    monkeypatch.setenv("THESIS_TRITON_WARP", "1")
+    monkeypatch.delenv("THESIS_TRITON_WARP", raising=False)               # on by default
     monkeypatch.setattr(warp_module, "takes_triton_warp",
                         lambda image: image.dtype != torch.float32 and not torch.is_grad_enabled()
                         and warp_module.triton_warp_wanted())
@@ -555,7 +555,8 @@ def test_half_precision_inference_warps_take_the_triton_operator(monkeypatch):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the Triton warp needs a GPU")
 def test_triton_warp_matches_atens_on_the_gpu():
-    """On CUDA, half-precision inference warps by the Triton kernel (THESIS_TRITON_WARP=1) against ATen's float32 path:
+    """On CUDA, half-precision inference warps by the Triton kernel (the default) against ATen's float32 path
+    (THESIS_TRITON_WARP=0):
     within one step of bf16 / fp16 near 1, at a 1080p-sized map with 16 channels and both frames, a channels-last map
     (Inductor's layout around convolutions) and an odd size; float32 maps and warps with gradients unchanged."""
     generator = torch.Generator(device="cuda").manual_seed(0)
@@ -567,11 +568,11 @@ def test_triton_warp_matches_atens_on_the_gpu():
         if channels_last:
             image = image.to(memory_format=torch.channels_last)
         for dtype, tolerance in ((torch.bfloat16, 2 ** -8), (torch.float16, 2 ** -11)):
-            with torch.no_grad():
+            with torch.no_grad(), pytest.MonkeyPatch.context() as patch:
+                patch.setenv("THESIS_TRITON_WARP", "0")
                 reference = backward_warp(image.to(dtype), flow)
-                with pytest.MonkeyPatch.context() as patch:
-                    patch.setenv("THESIS_TRITON_WARP", "1")
-                    fast = backward_warp(image.to(dtype), flow)
+                patch.delenv("THESIS_TRITON_WARP")
+                fast = backward_warp(image.to(dtype), flow)
             assert fast.dtype == dtype and fast.stride() == image.to(dtype).stride()       # the input's layout
             assert (fast.float() - reference.float()).abs().max().item() <= tolerance, (batch, channels, height, dtype)
             training = backward_warp(image.to(dtype).requires_grad_(), flow)     # gradients: ATen's path

@@ -17,10 +17,10 @@ import os
 import torch
 import torch.nn.functional as F
 
-# THESIS_TRITON_WARP=1 sends half-precision inference warps on CUDA to the Triton kernel (model/ops/warp_triton.py).
-# Off by default: on the GPU (docs/PERF.md 10.19, one H200) it matches ATen's sampling (its GPU test passed) and
-# saves 0.1-0.6 ms of a graphed 1080p call, but its own sampling is no faster than ATen's yet (and its one eager row,
-# timed after a profiler had run, was slower); `bench_model.py --warp_kernel aten triton` is the A/B.
+# Half-precision inference warps on CUDA take the Triton kernel (model/ops/warp_triton.py) unless THESIS_TRITON_WARP=0.
+# On by default since docs/PERF.md 10.20 (one H100, 1080p, one process): compiled + graphed 13.58 -> 12.84 ms, graphed
+# 22.65 -> 21.65, its 9 warps 0.48 ms of GPU time where ATen's float32 round trip took about 0.7; its GPU tests passed on
+# an H100 and an H200. `bench_model.py --warp_kernel aten triton` is the A/B; =0 restores ATen's path, the reference.
 TRITON_WARP_ENV = "THESIS_TRITON_WARP"
 
 
@@ -46,8 +46,8 @@ def backward_warp(image: torch.Tensor, flow: torch.Tensor, grid: torch.Tensor | 
     Returns:
         (B, C, H, W) in ``image``'s dtype.
 
-    With ``THESIS_TRITON_WARP=1`` a half-precision ``image`` on CUDA without gradients (inference) is warped by one
-    Triton kernel that reads and writes it in its own dtype (model/ops/warp_triton.py); everything else by ATen's
+    A half-precision ``image`` on CUDA without gradients (inference) is warped by one
+    Triton kernel (unless ``THESIS_TRITON_WARP=0``, or Triton is missing) that reads and writes it in its own dtype (model/ops/warp_triton.py); everything else by ATen's
     ``grid_sample`` in float32, the reference the kernel is tested against.
     """
     if image.dim() != 4 or flow.dim() != 4 or flow.shape[1] != 2:
@@ -106,9 +106,9 @@ def takes_triton_warp(image: torch.Tensor) -> bool:
 @torch.compiler.assume_constant_result
 def triton_warp_wanted() -> bool:
     """Whether half-precision inference warps on CUDA take the Triton kernel (model/ops/warp_triton.py):
-    ``THESIS_TRITON_WARP=1`` and Triton importable. A traced constant under torch.compile (read once per
-    compilation)."""
-    return os.environ.get(TRITON_WARP_ENV, "0") == "1" and importlib.util.find_spec("triton") is not None
+    Triton importable and ``THESIS_TRITON_WARP`` not ``0`` (on by default). A traced constant under torch.compile
+    (read once per compilation)."""
+    return os.environ.get(TRITON_WARP_ENV, "1") != "0" and importlib.util.find_spec("triton") is not None
 
 
 # Half-precision maps warped without the float32 round trip (model/ops/warp_triton.py says why), as an opaque operator

@@ -10,9 +10,10 @@ half-precision grid rounds 4K coordinates to whole pixels, model/ops/warp.py), s
 float32, sampled, and converted back: about five times its bf16 bytes moved per warp. At 1080p the backbone's
 full-resolution level alone is 2 frames x 16 channels x 2 Mpx. Here the weights are computed once per pixel in
 float32, the four neighbours are read in the map's own dtype, one channel after another, and the output is written in
-that dtype: its bytes once in (gathered) and once out. The prediction: docs/PERF.md 10.18; the GPU measurement
-(10.19): right, but its sampling no faster than ATen's yet (0.71 against 0.68 ms for a 1080p call's 9 bf16 warps),
-so it is opt-in, ``THESIS_TRITON_WARP=1``.
+that dtype: its bytes once in (gathered) and once out. The prediction: docs/PERF.md 10.18; the GPU measurements:
+right, but its first version's sampling no faster than ATen's (10.19: 0.71 against 0.68 ms for a 1080p call's 9 bf16
+warps); walking NCHW maps plane by plane, 0.48 ms, and a compiled + graphed 1080p call 0.74 ms faster (10.20), so it
+is the default; ``THESIS_TRITON_WARP=0`` turns it off.
 
 Triton is imported when this module is; :func:`model.ops.warp.backward_warp` imports it only for CUDA tensors without
 gradients (no backward here: training keeps ATen's differentiable path).
