@@ -413,7 +413,11 @@ def usable_cpus() -> int:
 
 
 def resolve_device(text: str | None) -> torch.device:
-    """``--device``: the named torch device, or cuda when available else cpu; ConfigError for a bad name."""
+    """``--device``: the named torch device, or cuda when available else cpu; ConfigError for a bad name.
+
+    A numbered CUDA device (``cuda:1``) also becomes the process's current device: the inference graphs' side stream
+    and capture, and Triton's kernels (the warps, the SSD scan), run on the current device, not on their tensors'.
+    """
     if text is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -422,6 +426,11 @@ def resolve_device(text: str | None) -> torch.device:
         raise ConfigError(f"--device {text!r} is not a torch device") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"--device {text}: CUDA is not available on this machine")
+    if device.type == "cuda" and device.index is not None:
+        count = torch.cuda.device_count()
+        if device.index >= count:
+            raise ConfigError(f"--device {text}: this machine has {count} CUDA device(s), numbered from 0")
+        torch.cuda.set_device(device)
     return device
 
 

@@ -449,6 +449,22 @@ def test_bad_device_and_counts_are_one_line_naming_the_flag(vimeo_root, checkpoi
         assert message in capsys.readouterr().err
 
 
+def test_a_numbered_cuda_device_becomes_the_current_one_or_is_refused_by_name(monkeypatch):
+    """--device cuda:N (resolve_device, shared by interpolate.py and the benchmarks) makes N the current CUDA device,
+    since graph capture and Triton's kernels launch on the current device, and refuses an N the machine lacks with
+    one line naming the flag. CUDA stood in for (two devices)."""
+    import config
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: chosen.append(device))
+    assert config.resolve_device("cuda:1") == torch.device("cuda:1") and chosen == [torch.device("cuda:1")]
+    assert config.resolve_device("cuda") == torch.device("cuda") and len(chosen) == 1     # unnumbered: as it is
+    with pytest.raises(config.ConfigError, match=r"--device cuda:2: this machine has 2 CUDA device"):
+        config.resolve_device("cuda:2")
+    assert len(chosen) == 1
+
+
 def test_failed_capture_under_cuda_graph_on_is_one_line(vimeo_root, checkpoints, tmp_path, capsys,
                                                          failing_graph_capture):
     """--cuda_graph on, and the capture fails when it happens (a frame size's second sample in the benchmarks, the

@@ -21,6 +21,8 @@ gradients (no backward here: training keeps ATen's differentiable path).
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import triton
 import triton.language as tl
@@ -121,9 +123,12 @@ def border_warp(image: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
     if out.numel() == 0:
         return out
     grid = (triton.cdiv(height * width, PIXELS_PER_PROGRAM), batch)
-    _border_warp_kernel[grid](image, flow32, out, channels, height, width, *image.stride(), *out.stride(),
-                              BLOCK_P=PIXELS_PER_PROGRAM,
-                              BLOCK_C=triton.next_power_of_2(min(channels, MAX_CHANNELS_PER_STEP)),
-                              DENSE_PIXELS=out.stride(2) == width * out.stride(3),
-                              CHANNELS_INNER=channels_side_by_side(image))
+    # Triton launches on the current device: a map on another one (a model moved to cuda:1 by hand) is launched there
+    launch_on = torch.cuda.device(image.device) if image.is_cuda else contextlib.nullcontext()
+    with launch_on:
+        _border_warp_kernel[grid](image, flow32, out, channels, height, width, *image.stride(), *out.stride(),
+                                  BLOCK_P=PIXELS_PER_PROGRAM,
+                                  BLOCK_C=triton.next_power_of_2(min(channels, MAX_CHANNELS_PER_STEP)),
+                                  DENSE_PIXELS=out.stride(2) == width * out.stride(3),
+                                  CHANNELS_INNER=channels_side_by_side(image))
     return out
