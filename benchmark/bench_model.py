@@ -479,8 +479,9 @@ def main() -> None:
     parser.add_argument("--no_trainer_eager", dest="trainer_eager", action="store_false",
                         help="with --trainer_step: skip the eager rows")
     parser.add_argument("--json", type=str, default=None)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                        help="cpu runs are smoke tests of this script, not measurements")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=("cuda", "cpu"),
+                        help="cpu runs are smoke tests of this script, not measurements; pick a card with "
+                             "CUDA_VISIBLE_DEVICES")
     parser.add_argument("--watchdog", type=float, default=0, help="dump all stacks every N s (debug hangs)")
     args = parser.parse_args()
     if args.flow_prior != "none" and (args.phase == 1 or args.peer_table or args.trainer_step):
