@@ -47,7 +47,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmark.timing import PRIOR_TIMING_CALLS, count_gflop, kernel_profile, measure, prior_of_tensors  # noqa: E402
+from benchmark.timing import (PRIOR_TIMING_CALLS, count_gflop, kernel_profile, measure, measure_alternating,  # noqa: E402
+                              prior_of_tensors)
 from config import FLOW_PRIORS, REFINE_FINEST, preset, unit_fraction  # noqa: E402
 from model import build_model, count_parameters  # noqa: E402
 from model.inference import INDUCTOR_MODES, runtime_record  # noqa: E402
@@ -147,6 +148,69 @@ def graph_like_call(model, name: str, args, device: str):
     return call
 
 
+def warp_kernel_in_effect(args, device: str) -> str:
+    """Which kernel warps the half-precision feature maps now (float32 maps and the CPU: always ATen's)."""
+    return "triton" if device == "cuda" and args.amp != "fp32" and triton_warp_wanted() else "aten"
+
+
+def inference_row(model, name: str, args, device: str, execution: str, flow_scale: float) -> dict:
+    """What an inference row says about the call it times: the model's arrangement, the resolution, the mode."""
+    row = {"kind": "infer", "phase": args.phase, "mode": model.config.backbone_mode, "resolution": name,
+           "flow_scale": flow_scale, "flow_blocks": "x".join(map(str, model.config.flow_scales)) if model.config.use_flow
+           else "-", "amp": args.amp, "exec": execution}
+    if model.config.refine_finest != "full":
+        row["refine_finest"] = model.config.refine_finest
+    branches = [module for module in model.modules() if isinstance(module, InterleavedMamba2)]
+    if branches:                         # the scan's chunk length in these rows (no gradients)
+        row["ssm_chunk_size"] = branches[0].chunk_for(on_cuda=device == "cuda", grad_enabled=False)
+    row["warp_kernel"] = warp_kernel_in_effect(args, device)
+    if work_scale_of(model) != 1.0:
+        row["work_scale"] = work_scale_of(model)
+    return row
+
+
+def alternating_warp_rows(model, name: str, args, device: str) -> list[dict]:
+    """``--alternate_warps``: two eager rows of one model at a named resolution, its half-precision warps through
+    ATen and through the Triton kernel, the two taken in turn call by call (:func:`benchmark.timing.measure_alternating`;
+    ``THESIS_TRITON_WARP`` is read at every eager call). Why: eager calls are bound by the host's launches, and the
+    same eager row moved 25.9-39.0 ms between rows timed one after the other (docs/PERF.md 10.20), too much to read a
+    kernel's effect from. The variable is restored afterwards. On the CPU (or in float32) both rows are ATen's."""
+    from model.inference import InferenceRunner
+    infer, flow_scale = inference_call(InferenceRunner(model, "off"), name, args, device)
+    before = os.environ.get(TRITON_WARP_ENV)
+
+    def with_kernel(kernel: str):
+        def call():
+            os.environ[TRITON_WARP_ENV] = "1" if kernel == "triton" else "0"
+            return infer()
+        return call
+    kernels = ("aten", "triton")
+    try:
+        timings = measure_alternating({kernel: with_kernel(kernel) for kernel in kernels}, device, warmup=2,
+                                      reps=args.reps)
+        in_effect = {}
+        for kernel in kernels:
+            os.environ[TRITON_WARP_ENV] = "1" if kernel == "triton" else "0"
+            in_effect[kernel] = warp_kernel_in_effect(args, device)
+    finally:
+        if before is None:
+            os.environ.pop(TRITON_WARP_ENV, None)
+        else:
+            os.environ[TRITON_WARP_ENV] = before
+    height, width, _ = parse_infer_name(name)
+    rows = []
+    for kernel in kernels:
+        timing = timings[kernel]
+        row = inference_row(model, name, args, device, "eager", flow_scale)
+        row.update(warp_kernel=in_effect[kernel], alternated=True, ms=round(timing.median_ms, 2),
+                   peak_gib=round(timing.peak_gib or 0.0, 3),
+                   runtime=runtime_record(timing.median_ms, "eager", device, timing.peak_gib, height, width))
+        rows.append(row)
+    stamp(f"inference {name} (eager, warps alternated): " + ", ".join(
+        f"{row['warp_kernel']} {row['ms']} ms" for row in rows))
+    return rows
+
+
 def measure_inference(model, name: str, args, device: str, execution: str = "eager",
                       align_channels: bool = True, compile_mode: str = "default") -> dict:
     """Median ms and peak GiB of one 2x interpolation at a named resolution.
@@ -169,18 +233,7 @@ def measure_inference(model, name: str, args, device: str, execution: str = "eag
         compile_for_inference(model, align_channels=align_channels, mode=compile_mode)
     runner = InferenceRunner(model, "on" if graphed else "off")
     infer, flow_scale = inference_call(runner, name, args, device)
-    row = {"kind": "infer", "phase": args.phase, "mode": model.config.backbone_mode, "resolution": name,
-           "flow_scale": flow_scale, "flow_blocks": "x".join(map(str, model.config.flow_scales)) if model.config.use_flow
-           else "-", "amp": args.amp, "exec": execution}
-    if model.config.refine_finest != "full":
-        row["refine_finest"] = model.config.refine_finest
-    branches = [module for module in model.modules() if isinstance(module, InterleavedMamba2)]
-    if branches:                         # the scan's chunk length in these rows (no gradients)
-        row["ssm_chunk_size"] = branches[0].chunk_for(on_cuda=device == "cuda", grad_enabled=False)
-    # Which kernel warped the half-precision feature maps (float32 maps and the CPU: always ATen's).
-    row["warp_kernel"] = "triton" if device == "cuda" and args.amp != "fp32" and triton_warp_wanted() else "aten"
-    if work_scale_of(model) != 1.0:
-        row["work_scale"] = work_scale_of(model)
+    row = inference_row(model, name, args, device, execution, flow_scale)
     if compiled:
         row.update(align_channels=align_channels, compile_mode=compile_mode)
     prior_ms = None
@@ -439,6 +492,10 @@ def main() -> None:
                         help="half-precision inference warps on CUDA: the Triton kernel (model/ops/warp_triton.py, the "
                              "default) or ATen's float32 grid_sample (THESIS_TRITON_WARP=0); several: one model "
                              "and its rows each, in one process (e.g. aten triton)")
+    parser.add_argument("--alternate_warps", action="store_true",
+                        help="inference rows: also two eager rows of each model, its half-precision warps through "
+                             "ATen and through the Triton kernel taken in turn call by call (--reps calls each), so "
+                             "that the host's drift between rows falls on both alike")
     parser.add_argument("--reps", type=int, default=20)
     parser.add_argument("--compile", action="store_true",
                         help="also time the training step with torch.compile on the model and the loss")
@@ -571,6 +628,9 @@ def main() -> None:
             if args.flops:
                 arithmetic[name] = count_gflop(inference_call(InferenceRunner(model, "off"), name, args, device)[0],
                                                model, parts)
+            if args.alternate_warps:
+                rows.extend(alternating_warp_rows(model, name, args, device))
+                print(*rows[-2:], sep="\n", flush=True)
             for execution in ("eager", "graphed") if graphs else ("eager",):
                 try:
                     rows.append(with_rate(measure_inference(model, name, args, device, execution),

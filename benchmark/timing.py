@@ -28,28 +28,41 @@ class Timing:
 
 def measure(call: Callable[[], object], device: torch.device | str, warmup: int = 3, reps: int = 20) -> Timing:
     """Time ``reps`` calls after ``warmup`` untimed ones: CUDA events on a GPU (after a synchronize, so queued work
-    from earlier does not leak in), perf_counter on a CPU. Peak memory is reset after the warm-up."""
+    from earlier does not leak in), perf_counter on a CPU. Peak memory: over the timed calls."""
+    return measure_alternating({"call": call}, device, warmup, reps)["call"]
+
+
+def measure_alternating(calls: dict[str, Callable[[], object]], device: torch.device | str, warmup: int = 3,
+                        reps: int = 20) -> dict[str, Timing]:
+    """:func:`measure` for several calls taken in turn, one of each per round (``warmup`` untimed rounds, then
+    ``reps`` timed ones): a drift of the host or the card over the rounds falls on every call alike, where calls
+    timed one after the other would each get their own stretch of it (an eager call, bound by its ~1,100 launches,
+    moved 25.9-39.0 ms between rows of one harness: docs/PERF.md 10.20). Each call's peak memory is its own (reset
+    before each timed call). Returns a :class:`Timing` per name."""
     device = torch.device(device)
-    for _ in range(warmup):
-        call()
     cuda = device.type == "cuda"
-    if cuda:
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-    times = []
+    for _ in range(warmup):
+        for call in calls.values():
+            call()
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    peaks = dict.fromkeys(calls, 0.0)
     for _ in range(reps):
-        if cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            call()
-            end.record()
-            torch.cuda.synchronize(device)   # elapsed_time needs both events completed
-            times.append(start.elapsed_time(end))
-        else:
-            began = time.perf_counter()
-            call()
-            times.append((time.perf_counter() - began) * 1000)
-    return Timing(times, torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None)
+        for name, call in calls.items():
+            if cuda:
+                torch.cuda.synchronize(device)
+                torch.cuda.reset_peak_memory_stats(device)
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                call()
+                end.record()
+                torch.cuda.synchronize(device)   # elapsed_time needs both events completed
+                times[name].append(start.elapsed_time(end))
+                peaks[name] = max(peaks[name], torch.cuda.max_memory_allocated(device) / 2**30)
+            else:
+                began = time.perf_counter()
+                call()
+                times[name].append((time.perf_counter() - began) * 1000)
+    return {name: Timing(times[name], peaks[name] if cuda else None) for name in calls}
 
 
 @contextlib.contextmanager

@@ -739,6 +739,43 @@ def test_bench_model_builds_one_model_per_ssd_chunk_size(tmp_path, monkeypatch):
     assert {row["warp_kernel"] for row in rows} == {"aten"}          # the CPU: ATen's grid_sample
 
 
+def test_alternating_timing_takes_the_calls_in_turn_and_bench_model_alternates_the_warp_kernels(tmp_path,
+                                                                                                  monkeypatch):
+    """measure_alternating runs one call of each per round (warm-up rounds untimed), a Timing per call; bench_model's
+    --alternate_warps gives two eager rows of one model whose calls switched THESIS_TRITON_WARP in turn, and leaves
+    the variable as it found it (on the CPU both rows say ATen's kernel, the one in effect there)."""
+    from benchmark import bench_model
+    from benchmark.timing import measure_alternating
+    order = []
+    timings = measure_alternating({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, "cpu",
+                                  warmup=1, reps=3)
+    assert order == ["a", "b"] * 4 and [len(timings[name].times_ms) for name in "ab"] == [3, 3]
+    assert timings["a"].peak_gib is None                                          # the CPU: no peak memory
+    seen = []
+    real_call = bench_model.inference_call
+
+    def recording_call(*call_args, **kwargs):
+        infer, flow_scale = real_call(*call_args, **kwargs)
+
+        def call():
+            seen.append(os.environ.get("THESIS_TRITON_WARP"))
+            return infer()
+        return call, flow_scale
+
+    monkeypatch.setattr(bench_model, "inference_call", recording_call)
+    monkeypatch.setenv("THESIS_TRITON_WARP", "as before")
+    out = tmp_path / "rows.json"
+    monkeypatch.setattr(sys, "argv", ["bench_model.py", "--phase", "1", "--model_size", "tiny", "--infer", "256",
+                                      "--infer_only", "--alternate_warps", "--reps", "2", "--amp", "fp32",
+                                      "--device", "cpu", "--json", str(out)])
+    bench_model.main()
+    rows = [row for row in json.loads(out.read_text())["rows"] if row.get("alternated")]
+    assert [row["exec"] for row in rows] == ["eager", "eager"] and all(row["ms"] > 0 for row in rows)
+    assert {row["warp_kernel"] for row in rows} == {"aten"}
+    assert seen[:8] == ["0", "1"] * 4                             # 2 warm-up and 2 timed rounds, in turn
+    assert os.environ["THESIS_TRITON_WARP"] == "as before"
+
+
 def test_kernel_families_sort_the_kernels_of_a_compiled_call():
     """benchmark.timing.kernel_family on kernel names of a compiled 1080p call (docs/PERF.md 10.17's profile): the SSD
     kernels before the matrix products their names resemble, cuDNN's padding pass before its convolutions, Inductor's
