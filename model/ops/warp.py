@@ -46,9 +46,9 @@ def backward_warp(image: torch.Tensor, flow: torch.Tensor, grid: torch.Tensor | 
     Returns:
         (B, C, H, W) in ``image``'s dtype.
 
-    A half-precision ``image`` on CUDA without gradients (inference) is warped by one
-    Triton kernel (unless ``THESIS_TRITON_WARP=0``, or Triton is missing) that reads and writes it in its own dtype (model/ops/warp_triton.py); everything else by ATen's
-    ``grid_sample`` in float32, the reference the kernel is tested against.
+    A half-precision ``image`` on CUDA without gradients (inference) is warped by one Triton kernel that reads and
+    writes it in its own dtype (model/ops/warp_triton.py; unless ``THESIS_TRITON_WARP=0`` or Triton is missing);
+    everything else by ATen's ``grid_sample`` in float32, the reference the kernel is tested against.
     """
     if image.dim() != 4 or flow.dim() != 4 or flow.shape[1] != 2:
         raise ValueError(f"backward_warp expects image (B,C,H,W) and flow (B,2,H,W), got "
