@@ -47,8 +47,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmark.timing import (PRIOR_TIMING_CALLS, count_gflop, kernel_profile, measure, measure_alternating,  # noqa: E402
-                              prior_of_tensors)
+from benchmark.timing import (PRIOR_TIMING_CALLS, count_gflop, kernel_profile, measure,  # noqa: E402
+                              measure_alternating, prior_of_tensors)
 from config import FLOW_PRIORS, REFINE_FINEST, preset, unit_fraction  # noqa: E402
 from model import build_model, count_parameters  # noqa: E402
 from model.inference import INDUCTOR_MODES, runtime_record  # noqa: E402
@@ -171,8 +171,8 @@ def inference_row(model, name: str, args, device: str, execution: str, flow_scal
 
 def alternating_warp_rows(model, name: str, args, device: str) -> list[dict]:
     """``--alternate_warps``: two eager rows of one model at a named resolution, its half-precision warps through
-    ATen and through the Triton kernel, the two taken in turn call by call (:func:`benchmark.timing.measure_alternating`;
-    ``THESIS_TRITON_WARP`` is read at every eager call). Why: eager calls are bound by the host's launches, and the
+    ATen and through the Triton kernel, the two taken in turn call by call
+    (:func:`benchmark.timing.measure_alternating`; ``THESIS_TRITON_WARP`` is read at every eager call). Why: eager calls are bound by the host's launches, and the
     same eager row moved 25.9-39.0 ms between rows timed one after the other (docs/PERF.md 10.20), too much to read a
     kernel's effect from. The variable is restored afterwards. On the CPU (or in float32) both rows are ATen's."""
     from model.inference import InferenceRunner

@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 
 # Half-precision inference warps on CUDA take the Triton kernel (model/ops/warp_triton.py) unless THESIS_TRITON_WARP=0.
-# On by default since docs/PERF.md 10.20 (one H100, 1080p, one process): compiled + graphed 13.58 -> 12.84 ms, graphed
-# 22.65 -> 21.65, its 9 warps 0.48 ms of GPU time where ATen's float32 round trip took about 0.7; its GPU tests passed on
-# an H100 and an H200. `bench_model.py --warp_kernel aten triton` is the A/B; =0 restores ATen's path, the reference.
+# On by default since docs/PERF.md 10.20 (one H100, 1080p, one process): compiled + graphed 13.58 -> 12.84 ms,
+# graphed 22.65 -> 21.65, its 9 warps 0.48 ms of GPU time where ATen's float32 round trip took about 0.7; its GPU
+# tests passed on an H100 and an H200. `bench_model.py --warp_kernel aten triton` is the A/B; =0 restores ATen's path, the reference.
 TRITON_WARP_ENV = "THESIS_TRITON_WARP"
 
 
