@@ -148,6 +148,12 @@ def graph_like_call(model, name: str, args, device: str):
     return call
 
 
+def select_warp_kernel(kernel: str) -> None:
+    """Send the half-precision inference warps to ``kernel`` ("triton" or "aten") from the next eager call or
+    compilation on (``THESIS_TRITON_WARP``, model/ops/warp.py)."""
+    os.environ[TRITON_WARP_ENV] = "1" if kernel == "triton" else "0"
+
+
 def warp_kernel_in_effect(args, device: str) -> str:
     """Which kernel warps the half-precision feature maps now (float32 maps and the CPU: always ATen's)."""
     return "triton" if device == "cuda" and args.amp != "fp32" and triton_warp_wanted() else "aten"
@@ -172,16 +178,17 @@ def inference_row(model, name: str, args, device: str, execution: str, flow_scal
 def alternating_warp_rows(model, name: str, args, device: str) -> list[dict]:
     """``--alternate_warps``: two eager rows of one model at a named resolution, its half-precision warps through
     ATen and through the Triton kernel, the two taken in turn call by call
-    (:func:`benchmark.timing.measure_alternating`; ``THESIS_TRITON_WARP`` is read at every eager call). Why: eager calls are bound by the host's launches, and the
-    same eager row moved 25.9-39.0 ms between rows timed one after the other (docs/PERF.md 10.20), too much to read a
-    kernel's effect from. The variable is restored afterwards. On the CPU (or in float32) both rows are ATen's."""
+    (:func:`benchmark.timing.measure_alternating`; ``THESIS_TRITON_WARP`` is read at every eager call). Why: eager
+    calls are bound by the host's launches, and the same eager row moved 25.9-39.0 ms between rows timed one after
+    the other (docs/PERF.md 10.20), too much to read a kernel's effect from. The variable is restored afterwards.
+    On the CPU (or in float32) both rows are ATen's."""
     from model.inference import InferenceRunner
     infer, flow_scale = inference_call(InferenceRunner(model, "off"), name, args, device)
     before = os.environ.get(TRITON_WARP_ENV)
 
     def with_kernel(kernel: str):
         def call():
-            os.environ[TRITON_WARP_ENV] = "1" if kernel == "triton" else "0"
+            select_warp_kernel(kernel)
             return infer()
         return call
     kernels = ("aten", "triton")
@@ -190,7 +197,7 @@ def alternating_warp_rows(model, name: str, args, device: str) -> list[dict]:
                                       reps=args.reps)
         in_effect = {}
         for kernel in kernels:
-            os.environ[TRITON_WARP_ENV] = "1" if kernel == "triton" else "0"
+            select_warp_kernel(kernel)
             in_effect[kernel] = warp_kernel_in_effect(args, device)
     finally:
         if before is None:
@@ -577,7 +584,7 @@ def main() -> None:
             cfg = replace(cfg, flow_scales=tuple(args.flow_scales))
         cfg = replace(cfg, flow_prior=args.flow_prior, refine_finest=finest)
         if warp_kernel is not None:      # read at each eager call, and by each compilation (rows reset Dynamo)
-            os.environ[TRITON_WARP_ENV] = "1" if warp_kernel == "triton" else "0"
+            select_warp_kernel(warp_kernel)
         torch.manual_seed(0)
         stamp(f"building phase {args.phase} {mode} (ssd {backend})"
               + (f", flow prior {args.flow_prior}" if args.flow_prior != "none" else "")

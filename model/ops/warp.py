@@ -11,6 +11,7 @@ comparable to the spacing of float16 near +-1, so a half-precision grid would ro
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 
@@ -20,7 +21,8 @@ import torch.nn.functional as F
 # Half-precision inference warps on CUDA take the Triton kernel (model/ops/warp_triton.py) unless THESIS_TRITON_WARP=0.
 # On by default since docs/PERF.md 10.20 (one H100, 1080p, one process): compiled + graphed 13.58 -> 12.84 ms,
 # graphed 22.65 -> 21.65, its 9 warps 0.48 ms of GPU time where ATen's float32 round trip took about 0.7; its GPU
-# tests passed on an H100 and an H200. `bench_model.py --warp_kernel aten triton` is the A/B; =0 restores ATen's path, the reference.
+# tests passed on an H100 and an H200. `bench_model.py --warp_kernel aten triton` is the A/B; =0 restores ATen's path,
+# the reference.
 TRITON_WARP_ENV = "THESIS_TRITON_WARP"
 
 
@@ -108,7 +110,14 @@ def triton_warp_wanted() -> bool:
     """Whether half-precision inference warps on CUDA take the Triton kernel (model/ops/warp_triton.py):
     Triton importable and ``THESIS_TRITON_WARP`` not ``0`` (on by default). A traced constant under torch.compile
     (read once per compilation)."""
-    return os.environ.get(TRITON_WARP_ENV, "1") != "0" and importlib.util.find_spec("triton") is not None
+    return os.environ.get(TRITON_WARP_ENV, "1") != "0" and triton_importable()
+
+
+@functools.cache
+def triton_importable() -> bool:
+    """Whether Triton is installed: looked up once per process, since eager calls ask at every half-precision warp
+    (where it is missing, ``find_spec`` searches ``sys.path`` on disk each time)."""
+    return importlib.util.find_spec("triton") is not None
 
 
 # Half-precision maps warped without the float32 round trip (model/ops/warp_triton.py says why), as an opaque operator
