@@ -5,6 +5,7 @@ CPU only; the frames are a smooth random texture translated by a known number of
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import sys
@@ -18,7 +19,7 @@ if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
 from measures.motion import (  # noqa: E402
-    MOTION_BUCKETS, bucket_of, classical_frame, flow_pair, frame_motion, interpolate_dis, motion_statistic,
+    MOTION_BUCKETS, FlowPair, bucket_of, classical_frame, flow_pair, frame_motion, interpolate_dis, motion_statistic,
     occlusion_aware_weights, pick_by_warp_agreement, summarize_by_motion, teacher_flows,
 )
 
@@ -153,3 +154,66 @@ def test_teacher_flows_point_from_the_middle_frame_to_each_input(dx, dy):
     median = np.median(flows[inner].reshape(4, -1), axis=1)
     # frame0 is the window moved by (-dx, -dy): middle(p) = frame0(p + (dx, dy)); frame1 the other way.
     assert median == pytest.approx([dx, dy, -dx, -dy], abs=0.5)
+
+
+# ------------------------------------------------------------------------------------- tools/classical_variants.py
+def small_corpus(root, shifts=((0, 0), (4, 2), (10, 0))) -> list[str]:
+    """A corpus in the Vimeo90K layout with one triplet per (dx, dy): the middle frame moved by it, the outer two by
+    none and twice it; returns the names in tri_trainlist.txt."""
+    image = texture(3)
+    names = []
+    for index, (dx, dy) in enumerate(shifts, start=1):
+        name = f"00001/{index:04d}"
+        folder = root / "sequences" / name
+        folder.mkdir(parents=True)
+        for k, step in enumerate((0, 1, 2), start=1):
+            cv2.imwrite(str(folder / f"im{k}.png"), view(image, step * dx, step * dy)[..., ::-1])
+        names.append(name)
+    (root / "tri_trainlist.txt").write_text("\n".join(names) + "\n")
+    return names
+
+
+def test_classical_variants_today_is_the_benchmarks_rule_and_bilinear_warps_reproduce_it(tmp_path):
+    from tools import classical_variants as cv
+    names = small_corpus(tmp_path)
+    records = cv.score(tmp_path, names, ["today", "plain"])
+    for name, record in zip(names, records):
+        frames = [cv.read_rgb(tmp_path / "sequences" / name / f"im{k}.png") for k in (1, 2, 3)]
+        if record["today"] < 100:                   # the still pair's error is 0: both PSNRs are their epsilon's
+            assert record["today"] == pytest.approx(psnr(interpolate_dis(frames[0], frames[2]), frames[1]), abs=1e-4)
+        pair = cv.Pair(frames[0], frames[2], flow_pair(frames[0], frames[2]))
+        # the warp-kernel variants' own code path, with the bilinear kernel, is the rule itself
+        np.testing.assert_allclose(cv.rule_with_warp(pair, cv2.INTER_LINEAR), interpolate_dis(frames[0], frames[2]),
+                                   atol=1e-5)
+        # at t = 0.5 the plain blend treats the two frames alike: swapped inputs (and flows), the same frame
+        swapped = cv.Pair(frames[2], frames[0], FlowPair(pair.flows.backward, pair.flows.forward))
+        np.testing.assert_allclose(cv.rule(pair, pair.flows, plain=True), cv.rule(swapped, swapped.flows, plain=True),
+                                   atol=1e-6)
+    # a still pair is interpolated exactly by every rule; a moving one better than by the frame average
+    assert records[0]["today"] > 60 and records[0]["plain"] > 60
+    for name, record in zip(names[1:], records[1:]):
+        frames = [cv.read_rgb(tmp_path / "sequences" / name / f"im{k}.png") for k in (1, 2, 3)]
+        average = (frames[0].astype(np.float32) + frames[2]) / 2 / 255
+        assert record["plain"] > psnr(average, frames[1]) + 3
+
+
+def test_classical_variants_cli_writes_the_bucket_table_and_names_a_missing_corpus(tmp_path, capsys):
+    from tools import classical_variants as cv
+    small_corpus(tmp_path / "corpus")
+    out = tmp_path / "variants.json"
+    variants = ["today", "median5", "ensemble6_plain", "meanflow6"]
+    assert cv.main(["--corpus", str(tmp_path / "corpus"), "--count", "3", "--variants", *variants,
+                    "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["overall"]["count"] == 3 and sum(row["count"] for row in report["buckets"]) == 3
+    assert {*variants, "motion", "name"} <= set(report["records"][0])
+    # the still pair: every DIS flow is zero there, so every rule, ensembles included, gives the frame back
+    still = min(report["records"], key=lambda record: record["motion"])
+    assert all(still[variant] > 60 for variant in variants)
+    assert "median5" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        cv.main(["--corpus", str(tmp_path / "nothing")])
+    assert "nothing has no tri_trainlist.txt" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cv.main(["--corpus", str(tmp_path / "corpus"), "--count", "4"])
+    assert "--count must be between 1 and the 3" in capsys.readouterr().err

@@ -1,0 +1,199 @@
+"""Variants of the classical interpolation rule, scored per motion bucket on a corpus's *training* triplets.
+
+Usage::
+
+    python tools/classical_variants.py [--corpus data/corpus] [--count 120] [--seed 0]
+        [--variants today plain ensemble6 ...] [--json OUT.json]
+
+The model with ``--flow_prior dis`` starts as the classical interpolation (``measures.motion.interpolate_dis``) and,
+trained on the corpus, stays there on the held-out clip (docs/LARGE_MOTION.md, fourteenth round). A better classical
+start would lift it with nothing learned, so candidate rules are compared here first, on the CPU. They are chosen on
+triplets drawn from ``tri_trainlist.txt`` (``random.Random(seed).sample``), never on the held-out clip the issue's
+targets are measured on. Each triplet's middle frame is the target at t = 0.5; PSNR on [0, 1] RGB.
+
+Variants (``--variants``; all by default):
+
+* ``today``: :func:`measures.motion.interpolate_dis` as every benchmark runs it (DIS medium both ways, linear-motion
+  flows at t, bilinear warps, occlusion-aware blend);
+* ``cubic``, ``lanczos``: the same with the two image warps bicubic / Lanczos (the consistency masks stay bilinear);
+* ``median5``: both DIS flows median-filtered 5x5 first;
+* ``plain``: no occlusion weighting: ``(1 - t) warped0 + t warped1``;
+* ``ensemble6`` / ``ensemble6_plain``: the mean of the frames that ``today`` / ``plain`` make from six DIS flows (the
+  medium, fast and ultrafast presets on the full frame, medium on 480 and 320 px, fast on 320 px);
+* ``meanflow6``: ``today`` on the mean of those six flows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import cv2
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from measures.motion import (  # noqa: E402
+    FlowPair, classical_frame, flow_consistency_error, flow_pair, format_bucket_table, occlusion_aware_weights,
+    summarize_by_motion, to_gray_uint8,
+)
+
+MIDDLE_T = 0.5
+# (preset, longest side DIS works on or None for the frame's own): the six flows of the ensembles
+ENSEMBLE_FLOWS: tuple[tuple[int, int | None], ...] = (
+    (cv2.DISOPTICAL_FLOW_PRESET_MEDIUM, None), (cv2.DISOPTICAL_FLOW_PRESET_FAST, None),
+    (cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST, None), (cv2.DISOPTICAL_FLOW_PRESET_MEDIUM, 480),
+    (cv2.DISOPTICAL_FLOW_PRESET_MEDIUM, 320), (cv2.DISOPTICAL_FLOW_PRESET_FAST, 320),
+)
+
+
+@dataclass
+class Pair:
+    """One triplet's inputs and what variants share: the frames (H, W, 3) uint8 RGB and their DIS medium flows."""
+
+    frame0: np.ndarray
+    frame1: np.ndarray
+    flows: FlowPair
+    _ensemble: list[FlowPair] | None = None
+
+    def ensemble(self) -> list[FlowPair]:
+        """The six :data:`ENSEMBLE_FLOWS` pairs (computed once; the first is ``flows``)."""
+        if self._ensemble is None:
+            self._ensemble = [self.flows] + [dis_pair(self.frame0, self.frame1, preset, side)
+                                             for preset, side in ENSEMBLE_FLOWS[1:]]
+        return self._ensemble
+
+
+def dis_flow_with(gray0: np.ndarray, gray1: np.ndarray, preset: int, max_side: int | None) -> np.ndarray:
+    """(H, W) uint8 pair -> (H, W, 2) float32 DIS flow with ``preset``, computed on at most ``max_side`` px (area
+    downscale, the flow resized back and scaled to the frame's pixels)."""
+    height, width = gray0.shape
+    scale = 1.0 if max_side is None else min(1.0, max_side / max(height, width))
+    if scale < 1.0:
+        size = (max(8, round(width * scale)), max(8, round(height * scale)))
+        gray0, gray1 = (cv2.resize(g, size, interpolation=cv2.INTER_AREA) for g in (gray0, gray1))
+    flow = cv2.DISOpticalFlow_create(preset).calc(gray0, gray1, None)
+    if scale < 1.0:
+        flow = cv2.resize(flow, (width, height), interpolation=cv2.INTER_LINEAR)
+        flow[..., 0] *= width / gray0.shape[1]
+        flow[..., 1] *= height / gray0.shape[0]
+    return flow.astype(np.float32, copy=False)
+
+
+def dis_pair(frame0: np.ndarray, frame1: np.ndarray, preset: int, max_side: int | None) -> FlowPair:
+    gray0, gray1 = to_gray_uint8(frame0), to_gray_uint8(frame1)
+    return FlowPair(dis_flow_with(gray0, gray1, preset, max_side), dis_flow_with(gray1, gray0, preset, max_side))
+
+
+def rule_with_warp(pair: Pair, interpolation: int, t: float = MIDDLE_T) -> np.ndarray:
+    """``interpolate_dis`` with its two image warps done by cv2.remap with ``interpolation``."""
+    f01, f10 = pair.flows.forward, pair.flows.backward
+    flow_t0 = -(1 - t) * t * f01 + t * t * f10
+    flow_t1 = (1 - t) ** 2 * f01 - t * (1 - t) * f10
+    height, width = f01.shape[:2]
+    xs, ys = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
+
+    def warp(image: np.ndarray, flow: np.ndarray, mode: int) -> np.ndarray:
+        return cv2.remap(image, xs + flow[..., 0], ys + flow[..., 1], interpolation=mode,
+                         borderMode=cv2.BORDER_REPLICATE)
+
+    trusted = []
+    for flow, other, flow_t in ((f01, f10, flow_t0), (f10, f01, flow_t1)):
+        error, tolerance = flow_consistency_error(flow, other)
+        trusted.append(warp((error <= tolerance).astype(np.float32), flow_t, cv2.INTER_LINEAR))
+    weight0, weight1 = occlusion_aware_weights(t, *trusted)
+    image0, image1 = (f.astype(np.float32) / 255 for f in (pair.frame0, pair.frame1))
+    blended = weight0[..., None] * warp(image0, flow_t0, interpolation) + \
+        weight1[..., None] * warp(image1, flow_t1, interpolation)
+    return np.clip(blended, 0.0, 1.0)
+
+
+def rule(pair: Pair, flows: FlowPair, plain: bool = False, t: float = MIDDLE_T) -> np.ndarray:
+    """The classical frame from ``flows``; ``plain``: the two warps time-weighted, without the occlusion weights."""
+    frame = classical_frame(pair.frame0, pair.frame1, t, flows)
+    if not plain:
+        return frame.frame
+    return np.clip((1 - t) * frame.warped0 + t * frame.warped1, 0.0, 1.0)
+
+
+def median_filtered(flows: FlowPair, size: int = 5) -> FlowPair:
+    def filtered(flow: np.ndarray) -> np.ndarray:
+        return np.stack([cv2.medianBlur(np.ascontiguousarray(flow[..., c]), size) for c in range(2)], axis=-1)
+    return FlowPair(filtered(flows.forward), filtered(flows.backward))
+
+
+VARIANTS: dict[str, Callable[[Pair], np.ndarray]] = {
+    "today": lambda p: rule(p, p.flows),
+    "cubic": lambda p: rule_with_warp(p, cv2.INTER_CUBIC),
+    "lanczos": lambda p: rule_with_warp(p, cv2.INTER_LANCZOS4),
+    "median5": lambda p: rule(p, median_filtered(p.flows)),
+    "plain": lambda p: rule(p, p.flows, plain=True),
+    "ensemble6": lambda p: np.mean([rule(p, f) for f in p.ensemble()], axis=0),
+    "ensemble6_plain": lambda p: np.mean([rule(p, f, plain=True) for f in p.ensemble()], axis=0),
+    "meanflow6": lambda p: rule(p, FlowPair(np.mean([f.forward for f in p.ensemble()], axis=0),
+                                            np.mean([f.backward for f in p.ensemble()], axis=0))),
+}
+
+
+def psnr(prediction: np.ndarray, target: np.ndarray) -> float:
+    return float(-10.0 * np.log10(np.mean((prediction - target) ** 2) + 1e-12))
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise SystemExit(f"classical_variants.py: error: cannot read image {path}")
+    return np.ascontiguousarray(image[..., ::-1])
+
+
+def score(corpus: Path, names: Sequence[str], variants: Sequence[str]) -> list[dict]:
+    """One record per triplet: its name, motion (px, the benchmarks' statistic) and each variant's PSNR (dB)."""
+    records = []
+    for name in names:
+        frame0, middle, frame1 = (read_rgb(corpus / "sequences" / name / f"im{k}.png") for k in (1, 2, 3))
+        pair = Pair(frame0, frame1, flow_pair(frame0, frame1))
+        target = middle.astype(np.float32) / 255
+        record = {"name": name, "motion": pair.flows.motion}
+        record.update({variant: psnr(VARIANTS[variant](pair), target) for variant in variants})
+        records.append(record)
+    return records
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Score variants of the classical interpolation rule per motion "
+                                                 "bucket on a corpus's training triplets.")
+    parser.add_argument("--corpus", type=Path, default=REPO_ROOT / "data" / "corpus",
+                        help="a corpus tools/make_corpus.py built (default data/corpus)")
+    parser.add_argument("--count", type=int, default=120, help="training triplets to draw (default 120)")
+    parser.add_argument("--seed", type=int, default=0, help="random.Random(seed).sample draws them (default 0)")
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    parser.add_argument("--json", type=Path, default=None, help="write the per-triplet records and the table here")
+    args = parser.parse_args(argv)
+    listing = args.corpus / "tri_trainlist.txt"
+    if not listing.is_file():
+        parser.error(f"--corpus {args.corpus} has no tri_trainlist.txt (build one with tools/make_corpus.py)")
+    names = [line.strip() for line in listing.read_text().splitlines() if line.strip()]
+    if not 1 <= args.count <= len(names):
+        parser.error(f"--count must be between 1 and the {len(names)} training triplets of {listing}, got {args.count}")
+    drawn = random.Random(args.seed).sample(names, args.count)
+    records = score(args.corpus, drawn, args.variants)
+    rows = summarize_by_motion(records, args.variants)
+    overall = {"bucket": "all", "count": len(records),
+               **{v: float(np.mean([r[v] for r in records])) for v in args.variants}}
+    print(f"{len(records)} training triplets of {args.corpus} (random.Random({args.seed}).sample), PSNR dB at t = 0.5")
+    print(format_bucket_table([*rows, overall], [(v, v[:12]) for v in args.variants]))
+    if args.json is not None:
+        args.json.write_text(json.dumps({"corpus": str(args.corpus), "seed": args.seed, "records": records,
+                                         "buckets": rows, "overall": overall}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
