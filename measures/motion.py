@@ -60,11 +60,13 @@ def to_gray_uint8(frame: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(np.ascontiguousarray(frame), cv2.COLOR_RGB2GRAY)
 
 
-def dis_flow(gray0: np.ndarray, gray1: np.ndarray, work_max_side: int = DIS_WORK_MAX_SIDE) -> np.ndarray:
+def dis_flow(gray0: np.ndarray, gray1: np.ndarray, work_max_side: int = DIS_WORK_MAX_SIDE,
+             preset: int = cv2.DISOPTICAL_FLOW_PRESET_MEDIUM) -> np.ndarray:
     """(H, W) uint8 pair -> (H, W, 2) float32 flow F with gray0(x) ~ gray1(x + F(x)), in pixels of the input.
 
     Frames whose longer side exceeds ``work_max_side`` are area-downscaled for DIS, and the flow is resized back
-    and multiplied by the scale (DIS is coarse-to-fine already; this bounds the CPU time at 4K).
+    and multiplied by the scale (DIS is coarse-to-fine already; this bounds the CPU time at 4K). ``preset``: one of
+    OpenCV's DIS presets (medium everywhere in the repository; tools/classical_variants.py tries the others).
     """
     if gray0.shape != gray1.shape:
         raise ValueError(f"frames differ in size: {gray0.shape} vs {gray1.shape}")
@@ -74,7 +76,7 @@ def dis_flow(gray0: np.ndarray, gray1: np.ndarray, work_max_side: int = DIS_WORK
         size = (max(8, round(width * scale)), max(8, round(height * scale)))
         gray0 = cv2.resize(gray0, size, interpolation=cv2.INTER_AREA)
         gray1 = cv2.resize(gray1, size, interpolation=cv2.INTER_AREA)
-    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+    dis = cv2.DISOpticalFlow_create(preset)
     flow = dis.calc(gray0, gray1, None)
     if scale < 1.0:
         flow = cv2.resize(flow, (width, height), interpolation=cv2.INTER_LINEAR)

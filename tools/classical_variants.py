@@ -41,12 +41,12 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from measures.motion import (  # noqa: E402
-    FlowPair, classical_frame, flow_consistency_error, flow_pair, format_bucket_table, occlusion_aware_weights,
-    summarize_by_motion, to_gray_uint8,
+    DIS_WORK_MAX_SIDE, FlowPair, classical_frame, dis_flow, flow_consistency_error, flow_pair, format_bucket_table,
+    occlusion_aware_weights, summarize_by_motion, to_gray_uint8,
 )
 
 MIDDLE_T = 0.5
-# (preset, longest side DIS works on or None for the frame's own): the six flows of the ensembles
+# (preset, longest side DIS works on or None for the benchmarks' limit): the six flows of the ensembles
 ENSEMBLE_FLOWS: tuple[tuple[int, int | None], ...] = (
     (cv2.DISOPTICAL_FLOW_PRESET_MEDIUM, None), (cv2.DISOPTICAL_FLOW_PRESET_FAST, None),
     (cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST, None), (cv2.DISOPTICAL_FLOW_PRESET_MEDIUM, 480),
@@ -71,25 +71,11 @@ class Pair:
         return self._ensemble
 
 
-def dis_flow_with(gray0: np.ndarray, gray1: np.ndarray, preset: int, max_side: int | None) -> np.ndarray:
-    """(H, W) uint8 pair -> (H, W, 2) float32 DIS flow with ``preset``, computed on at most ``max_side`` px (area
-    downscale, the flow resized back and scaled to the frame's pixels)."""
-    height, width = gray0.shape
-    scale = 1.0 if max_side is None else min(1.0, max_side / max(height, width))
-    if scale < 1.0:
-        size = (max(8, round(width * scale)), max(8, round(height * scale)))
-        gray0, gray1 = (cv2.resize(g, size, interpolation=cv2.INTER_AREA) for g in (gray0, gray1))
-    flow = cv2.DISOpticalFlow_create(preset).calc(gray0, gray1, None)
-    if scale < 1.0:
-        flow = cv2.resize(flow, (width, height), interpolation=cv2.INTER_LINEAR)
-        flow[..., 0] *= width / gray0.shape[1]
-        flow[..., 1] *= height / gray0.shape[0]
-    return flow.astype(np.float32, copy=False)
-
-
 def dis_pair(frame0: np.ndarray, frame1: np.ndarray, preset: int, max_side: int | None) -> FlowPair:
+    """DIS flow both ways with ``preset`` on at most ``max_side`` px (None: the benchmarks' limit)."""
     gray0, gray1 = to_gray_uint8(frame0), to_gray_uint8(frame1)
-    return FlowPair(dis_flow_with(gray0, gray1, preset, max_side), dis_flow_with(gray1, gray0, preset, max_side))
+    side = DIS_WORK_MAX_SIDE if max_side is None else max_side
+    return FlowPair(dis_flow(gray0, gray1, side, preset), dis_flow(gray1, gray0, side, preset))
 
 
 def rule_with_warp(pair: Pair, interpolation: int, t: float = MIDDLE_T) -> np.ndarray:
