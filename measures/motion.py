@@ -214,10 +214,11 @@ def _identity_grid(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
     return xs, ys
 
 
-def backward_warp(image: np.ndarray, flow: np.ndarray) -> np.ndarray:
-    """image sampled at x + flow(x) (bilinear, border replicated): (H, W, C) or (H, W), flow (H, W, 2)."""
+def backward_warp(image: np.ndarray, flow: np.ndarray, interpolation: int = cv2.INTER_LINEAR) -> np.ndarray:
+    """image sampled at x + flow(x) (bilinear unless ``interpolation`` names another cv2 kernel, border replicated):
+    (H, W, C) or (H, W), flow (H, W, 2)."""
     xs, ys = _identity_grid(*flow.shape[:2])
-    return cv2.remap(image, xs + flow[..., 0], ys + flow[..., 1], interpolation=cv2.INTER_LINEAR,
+    return cv2.remap(image, xs + flow[..., 0], ys + flow[..., 1], interpolation=interpolation,
                      borderMode=cv2.BORDER_REPLICATE)
 
 
@@ -276,8 +277,10 @@ def interpolate_dis(frame0: np.ndarray, frame1: np.ndarray, t: float = 0.5,
 
 
 def classical_frame(frame0: np.ndarray, frame1: np.ndarray, t: float = 0.5,
-                    flows: FlowPair | None = None) -> ClassicalFrame:
-    """:func:`interpolate_dis` with the two warps it blended (:class:`ClassicalFrame`)."""
+                    flows: FlowPair | None = None, interpolation: int = cv2.INTER_LINEAR) -> ClassicalFrame:
+    """:func:`interpolate_dis` with the two warps it blended (:class:`ClassicalFrame`). ``interpolation``: the cv2
+    kernel of the two image warps (the consistency masks are always warped bilinearly); bilinear is the baseline's,
+    tools/classical_variants.py tries others."""
     if frame0.shape != frame1.shape:
         raise ValueError(f"frames differ in size: {frame0.shape} vs {frame1.shape}")
     if not 0.0 <= t <= 1.0:
@@ -295,8 +298,8 @@ def classical_frame(frame0: np.ndarray, frame1: np.ndarray, t: float = 0.5,
     trusted0 = backward_warp(consistent0, flow_t0)
     trusted1 = backward_warp(consistent1, flow_t1)
     weight0, weight1 = occlusion_aware_weights(t, trusted0, trusted1)
-    warped0 = backward_warp(image0, flow_t0)
-    warped1 = backward_warp(image1, flow_t1)
+    warped0 = backward_warp(image0, flow_t0, interpolation)
+    warped1 = backward_warp(image1, flow_t1, interpolation)
     blended = weight0[..., None] * warped0 + weight1[..., None] * warped1
     return ClassicalFrame(np.clip(blended, 0.0, 1.0).astype(np.float32, copy=False), warped0, warped1)
 

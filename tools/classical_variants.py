@@ -30,6 +30,7 @@ import json
 import random
 import sys
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -41,8 +42,8 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from measures.motion import (  # noqa: E402
-    DIS_WORK_MAX_SIDE, FlowPair, classical_frame, dis_flow, flow_consistency_error, flow_pair, format_bucket_table,
-    occlusion_aware_weights, summarize_by_motion, to_gray_uint8,
+    DIS_WORK_MAX_SIDE, ClassicalFrame, FlowPair, classical_frame, dis_flow, flow_pair, format_bucket_table,
+    summarize_by_motion, to_gray_uint8,
 )
 
 MIDDLE_T = 0.5
@@ -56,19 +57,30 @@ ENSEMBLE_FLOWS: tuple[tuple[int, int | None], ...] = (
 
 @dataclass
 class Pair:
-    """One triplet's inputs and what variants share: the frames (H, W, 3) uint8 RGB and their DIS medium flows."""
+    """One triplet's inputs and what several variants share, each computed once: the frames (H, W, 3) uint8 RGB,
+    their DIS medium flows, the classical frames of those flows and of the ensemble's six."""
 
     frame0: np.ndarray
     frame1: np.ndarray
     flows: FlowPair
-    _ensemble: list[FlowPair] | None = None
 
+    @cached_property
     def ensemble(self) -> list[FlowPair]:
-        """The six :data:`ENSEMBLE_FLOWS` pairs (computed once; the first is ``flows``)."""
-        if self._ensemble is None:
-            self._ensemble = [self.flows] + [dis_pair(self.frame0, self.frame1, preset, side)
-                                             for preset, side in ENSEMBLE_FLOWS[1:]]
-        return self._ensemble
+        """The six :data:`ENSEMBLE_FLOWS` pairs (the first is ``flows``)."""
+        return [self.flows] + [dis_pair(self.frame0, self.frame1, preset, side) for preset, side in ENSEMBLE_FLOWS[1:]]
+
+    @cached_property
+    def classical(self) -> ClassicalFrame:
+        """The rule on ``flows``, at t = 0.5: the frame and the two warps it blended."""
+        return self.classical_with(self.flows)
+
+    @cached_property
+    def ensemble_classical(self) -> list[ClassicalFrame]:
+        """The rule on each of the six ensemble flows (the first is :attr:`classical`)."""
+        return [self.classical] + [self.classical_with(flows) for flows in self.ensemble[1:]]
+
+    def classical_with(self, flows: FlowPair, interpolation: int = cv2.INTER_LINEAR) -> ClassicalFrame:
+        return classical_frame(self.frame0, self.frame1, MIDDLE_T, flows, interpolation)
 
 
 def dis_pair(frame0: np.ndarray, frame1: np.ndarray, preset: int, max_side: int | None) -> FlowPair:
@@ -78,34 +90,8 @@ def dis_pair(frame0: np.ndarray, frame1: np.ndarray, preset: int, max_side: int 
     return FlowPair(dis_flow(gray0, gray1, side, preset), dis_flow(gray1, gray0, side, preset))
 
 
-def rule_with_warp(pair: Pair, interpolation: int, t: float = MIDDLE_T) -> np.ndarray:
-    """``interpolate_dis`` with its two image warps done by cv2.remap with ``interpolation``."""
-    f01, f10 = pair.flows.forward, pair.flows.backward
-    flow_t0 = -(1 - t) * t * f01 + t * t * f10
-    flow_t1 = (1 - t) ** 2 * f01 - t * (1 - t) * f10
-    height, width = f01.shape[:2]
-    xs, ys = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
-
-    def warp(image: np.ndarray, flow: np.ndarray, mode: int) -> np.ndarray:
-        return cv2.remap(image, xs + flow[..., 0], ys + flow[..., 1], interpolation=mode,
-                         borderMode=cv2.BORDER_REPLICATE)
-
-    trusted = []
-    for flow, other, flow_t in ((f01, f10, flow_t0), (f10, f01, flow_t1)):
-        error, tolerance = flow_consistency_error(flow, other)
-        trusted.append(warp((error <= tolerance).astype(np.float32), flow_t, cv2.INTER_LINEAR))
-    weight0, weight1 = occlusion_aware_weights(t, *trusted)
-    image0, image1 = (f.astype(np.float32) / 255 for f in (pair.frame0, pair.frame1))
-    blended = weight0[..., None] * warp(image0, flow_t0, interpolation) + \
-        weight1[..., None] * warp(image1, flow_t1, interpolation)
-    return np.clip(blended, 0.0, 1.0)
-
-
-def rule(pair: Pair, flows: FlowPair, plain: bool = False, t: float = MIDDLE_T) -> np.ndarray:
-    """The classical frame from ``flows``; ``plain``: the two warps time-weighted, without the occlusion weights."""
-    frame = classical_frame(pair.frame0, pair.frame1, t, flows)
-    if not plain:
-        return frame.frame
+def plain_blend(frame: ClassicalFrame, t: float = MIDDLE_T) -> np.ndarray:
+    """The two warps of ``frame`` time-weighted, without the occlusion weights: ``(1 - t) warped0 + t warped1``."""
     return np.clip((1 - t) * frame.warped0 + t * frame.warped1, 0.0, 1.0)
 
 
@@ -115,16 +101,19 @@ def median_filtered(flows: FlowPair, size: int = 5) -> FlowPair:
     return FlowPair(filtered(flows.forward), filtered(flows.backward))
 
 
+def mean_flows(pairs: Sequence[FlowPair]) -> FlowPair:
+    return FlowPair(np.mean([p.forward for p in pairs], axis=0), np.mean([p.backward for p in pairs], axis=0))
+
+
 VARIANTS: dict[str, Callable[[Pair], np.ndarray]] = {
-    "today": lambda p: rule(p, p.flows),
-    "cubic": lambda p: rule_with_warp(p, cv2.INTER_CUBIC),
-    "lanczos": lambda p: rule_with_warp(p, cv2.INTER_LANCZOS4),
-    "median5": lambda p: rule(p, median_filtered(p.flows)),
-    "plain": lambda p: rule(p, p.flows, plain=True),
-    "ensemble6": lambda p: np.mean([rule(p, f) for f in p.ensemble()], axis=0),
-    "ensemble6_plain": lambda p: np.mean([rule(p, f, plain=True) for f in p.ensemble()], axis=0),
-    "meanflow6": lambda p: rule(p, FlowPair(np.mean([f.forward for f in p.ensemble()], axis=0),
-                                            np.mean([f.backward for f in p.ensemble()], axis=0))),
+    "today": lambda p: p.classical.frame,
+    "cubic": lambda p: p.classical_with(p.flows, cv2.INTER_CUBIC).frame,
+    "lanczos": lambda p: p.classical_with(p.flows, cv2.INTER_LANCZOS4).frame,
+    "median5": lambda p: p.classical_with(median_filtered(p.flows)).frame,
+    "plain": lambda p: plain_blend(p.classical),
+    "ensemble6": lambda p: np.mean([c.frame for c in p.ensemble_classical], axis=0),
+    "ensemble6_plain": lambda p: np.mean([plain_blend(c) for c in p.ensemble_classical], axis=0),
+    "meanflow6": lambda p: p.classical_with(mean_flows(p.ensemble)).frame,
 }
 
 
