@@ -161,9 +161,9 @@ def warp_kernel_in_effect(args, device: str) -> str:
 
 def inference_row(model, name: str, args, device: str, execution: str, flow_scale: float) -> dict:
     """What an inference row says about the call it times: the model's arrangement, the resolution, the mode."""
+    flow_blocks = "x".join(map(str, model.config.flow_scales)) if model.config.use_flow else "-"
     row = {"kind": "infer", "phase": args.phase, "mode": model.config.backbone_mode, "resolution": name,
-           "flow_scale": flow_scale, "flow_blocks": "x".join(map(str, model.config.flow_scales)) if model.config.use_flow
-           else "-", "amp": args.amp, "exec": execution}
+           "flow_scale": flow_scale, "flow_blocks": flow_blocks, "amp": args.amp, "exec": execution}
     if model.config.refine_finest != "full":
         row["refine_finest"] = model.config.refine_finest
     branches = [module for module in model.modules() if isinstance(module, InterleavedMamba2)]

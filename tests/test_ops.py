@@ -499,10 +499,10 @@ def test_triton_warp_walks_channels_the_way_the_map_stores_them():
 
 def test_half_precision_inference_warps_take_the_triton_operator(monkeypatch):
     """By default (THESIS_TRITON_WARP unset; =0 turns it off) backward_warp sends a half-precision map without
-    gradients to the Triton operator, also from a compiled graph (one opaque call, no graph break), and keeps ATen's path for float32
-    maps and wherever gradients are recorded. The
-    CUDA test of the dispatch is stood in for (the CPU has none): the condition's device part is patched, and the
-    kernel is replaced by ATen's path, recording its calls."""
+    gradients to the Triton operator, also from a compiled graph (one opaque call, no graph break), and keeps ATen's
+    path for float32 maps and wherever gradients are recorded. The CUDA test of the dispatch is stood in for (the CPU
+    has none): the condition's device part is patched, and the kernel is replaced by ATen's path, recording its
+    calls."""
     from torch._dynamo.utils import counters
 
     import model.ops.warp as warp_module
