@@ -228,3 +228,37 @@ def test_large_motion_script_trains_scores_and_tables_each_variant(clips, tmp_pa
     base = json.loads((out / "eval_base_s0.json").read_text())["results"]["test"]
     assert "psnr_blend" in base and "psnr_prior_warps" not in base
     assert all(runtime["prior_ms_per_pair"] > 0 for runtime in report["runtime"].values()) and report["runtime"]
+
+
+def test_gzipped_package_clips_are_decompressed_once_into_the_cache(clips, tmp_path, monkeypatch):
+    """opencv-doc ships box.mp4 and cup.mp4 gzipped among its HTML pages: the builder reads them through the cache."""
+    import gzip
+    import tools.make_corpus as make_corpus
+
+    cache = tmp_path / "cache"
+    member = "usr/share/doc/pkg/html/moving.avi.gz"
+    packed = cache / "debian" / member
+    packed.parent.mkdir(parents=True)
+    packed.write_bytes(gzip.compress(clips[1].path.read_bytes()))
+    clip = make_corpus.DebianClip("pkg", member, "moving", "licence line")
+    monkeypatch.setattr(make_corpus, "DEBIAN_CLIPS", (clip,))
+    said: list[str] = []
+    found = make_corpus.bundled_debian_clips(cache, said.append)
+    assert [(c.name, c.path.name, c.licence) for c in found] == [("moving", "moving.avi", "licence line")]
+    assert found[0].path.read_bytes() == clips[1].path.read_bytes() and said == []
+    assert not list(found[0].path.parent.glob("*.partial"))
+    found[0].path.write_bytes(b"kept")                       # decompressed once: a second build reads the cache
+    assert make_corpus.bundled_debian_clips(cache, said.append)[0].path.read_bytes() == b"kept"
+    packed.write_bytes(b"not gzip")                          # a broken archive: a line, the clip left out
+    found[0].path.unlink()
+    assert make_corpus.bundled_debian_clips(cache, said.append) == []
+    assert len(said) == 1 and "moving.avi.gz: cannot decompress" in said[0] and "building without it" in said[0]
+    assert not list(found[0].path.parent.iterdir())
+
+
+def test_the_bundled_clips_include_opencv_docs_box_and_cup_after_the_test_clip():
+    """New training clips go after cityCC0, so the held-out clip's sequence names stay those of earlier corpora."""
+    from tools.make_corpus import DEBIAN_CLIPS
+    names = [c.name for c in DEBIAN_CLIPS]
+    assert {"box", "cup"} <= set(names) and names.index("cityCC0") < names.index("box") < names.index("cup")
+    assert all(c.member.endswith(f"html/{c.name}.mp4.gz") for c in DEBIAN_CLIPS if c.name in ("box", "cup"))

