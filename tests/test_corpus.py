@@ -197,8 +197,8 @@ def test_large_motion_script_trains_scores_and_tables_each_variant(clips, tmp_pa
 
     root = Path(__file__).resolve().parents[1]
     env = dict(os.environ, PYTHON=sys.executable, TRAIN_EXTRA="--model_size tiny", STEPS="2", BATCH="2", CROP="64",
-               EVAL_LIMIT="2", MFS="0", RUNS="base_s0 fs842_s0 prior_s0 narrow_s0 priorlr5e-5_s0 priorfast_s0",
-               EVAL_EVERY="1",
+               EVAL_LIMIT="2", MFS="0", EVAL_EVERY="1", CUR_PSNR="20",
+               RUNS="base_s0 fs842_s0 prior_s0 narrow_s0 priorlr5e-5_s0 priorfast_s0 priorfastcur_s0",
                CORPUS_ARGS=f"--no_bundled --clips {clips[0].path.parent} --crop 64 --strides 1,2 --test_clips plain")
     work, out = tmp_path / "work", tmp_path / "out"
     result = subprocess.run(["bash", str(root / "tools" / "large_motion_runs.sh"), str(tmp_path / "cache"), str(work),
@@ -213,8 +213,13 @@ def test_large_motion_script_trains_scores_and_tables_each_variant(clips, tmp_pa
     assert "narrow_s0" in header and (work / "corpus_narrow" / "corpus.json").is_file()   # rounds one to seven's
     # EVAL_EVERY: the held-out score of each run by step while it trained (1 epoch of 2 steps here: one row)
     curve = (out / "curve.md").read_text().splitlines()
-    assert curve[0] == "| step | base_s0 | fs842_s0 | prior_s0 | narrow_s0 | priorlr5e-5_s0 | priorfast_s0 |"
-    assert len(curve) == 3 and re.fullmatch(r"\| 2 \|( \d+\.\d\d \|){6}", curve[2]), curve
+    assert curve[0] == ("| step | base_s0 | fs842_s0 | prior_s0 | narrow_s0 | priorlr5e-5_s0 | priorfast_s0 | "
+                        "priorfastcur_s0 |")
+    assert len(curve) == 3 and re.fullmatch(r"\| 2 \|( \d+\.\d\d \|){7}", curve[2]), curve
+    # The curated corpus (--min_classical_psnr CUR_PSNR) that the *cur variants train on: same test triplets
+    curated = json.loads((work / "corpus_cur" / "corpus.json").read_text())
+    assert curated["min_classical_psnr"] == 20.0 and curated["classical_psnr"] and "priorfastcur_s0" in header
+    assert (work / "corpus_cur" / "tri_testlist.txt").read_text() == (work / "corpus" / "tri_testlist.txt").read_text()
     lowered = torch.load(work / "ckpt" / "lm_priorlr5e-5_s0_last.pt", map_location="cpu", weights_only=True)["config"]
     assert lowered["train"]["lr"] == 5e-5 and lowered["model"]["flow_prior"] == "dis"
     saved = torch.load(work / "ckpt" / "lm_fs842_s0_last.pt", map_location="cpu", weights_only=True)["config"]
@@ -262,3 +267,32 @@ def test_the_bundled_clips_include_opencv_docs_box_and_cup_after_the_test_clip()
     names = [c.name for c in DEBIAN_CLIPS]
     assert {"box", "cup"} <= set(names) and names.index("cityCC0") < names.index("box") < names.index("cup")
     assert all(c.member.endswith(f"html/{c.name}.mp4.gz") for c in DEBIAN_CLIPS if c.name in ("box", "cup"))
+
+
+def test_min_classical_psnr_drops_training_spans_that_linear_motion_does_not_explain(clips, tmp_path):
+    """A camera shaking back and forth (positions 0, 8, 0, 8 px ...): at stride 1 the first and last frames are the
+    same and the middle one is moved, which no interpolation of the two explains; at stride 2 all three are the same
+    view. The filter drops exactly the first kind, from training only."""
+    image = texture(5)
+    shake = write_clip(tmp_path / "shake.avi", [np.ascontiguousarray(image[:, 8 * (k % 2):8 * (k % 2) + WIDTH])
+                                                for k in range(12)])
+    base = [*clips, Clip("shake", shake, "test clip C")]
+    kwargs = dict(test_clips=["shots"], strides=(1, 2), crop=64, say=lambda line: None)
+    plain = build_corpus(base, tmp_path / "plain", **kwargs)
+    said: list[str] = []
+    kept = build_corpus(base, tmp_path / "kept", **{**kwargs, "say": said.append}, min_classical_psnr=30.0)
+    names = {folder: (tmp_path / folder / "tri_trainlist.txt").read_text().split() for folder in ("plain", "kept")}
+    kinds = {folder: sorted((kept["triplets"][n][0], kept["triplets"][n][1]) for n in names[folder])
+             for folder in ("plain", "kept")}
+    dropped = [kind for kind in kinds["plain"] if kind not in kinds["kept"]]
+    assert dropped and set(dropped) == {("shake", 1)} and ("shake", 2) in kinds["kept"]
+    assert len(kinds["plain"]) - len(kinds["kept"]) == kinds["plain"].count(("shake", 1))
+    scores = kept["classical_psnr"]
+    assert set(scores) == set(names["plain"])                     # every training triplet scored, none of the test's
+    assert max(scores[n] for n in names["plain"] if kept["triplets"][n][:2] == ["shake", 1]) < 30.0
+    assert min(scores[n] for n in names["kept"]) >= 30.0
+    assert (tmp_path / "kept" / "tri_testlist.txt").read_text() == (tmp_path / "plain" / "tri_testlist.txt").read_text()
+    by_clip = {c["name"]: c.get("dropped_unexplained") for c in kept["clips"]}
+    assert by_clip == {"plain": 0, "shake": len(dropped), "shots": None}
+    assert plain["classical_psnr"] == {} and plain["min_classical_psnr"] is None
+    assert any(f"{len(dropped)} of {len(names['plain'])} training triplets dropped" in line for line in said)

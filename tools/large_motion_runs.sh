@@ -32,6 +32,9 @@
 #          priorfastema: priorfast with priorema's EMA (LARGE_MOTION twelfth round); prioranchor<W> (e.g.
 #          prioranchor0.01): the prior with --prior_anchor W (the flow held to the prior's where moving off it did not
 #          improve the warp; thirteenth round).
+#   priorfastprev: priorfast on the corpus without the eighteenth round's clips (opencv-doc's box and cup);
+#   priorfastcur, priorfastemacur: priorfast and priorfastema on the corpus built with --min_classical_psnr CUR_PSNR
+#          (default 27): training spans whose classical interpolation scores below it left out (eighteenth round).
 # Every variant trains on the corpus as make_corpus.py builds it by default (since the eighth round with the
 # moving-camera clips); narrow and priornarrow are base and prior on the corpus of rounds one to seven (without them).
 # With MFS=1 (default) each run is also scored with --motion_flow_scale (flow scale halved from 32 px of motion).
@@ -67,18 +70,28 @@ read -r -a runs <<< "${RUNS:-base_s0 base_s1 s24_s0 s24_s1}"
 workers=${WORKERS:-$(( ($(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc) - 4) / ${#runs[@]} ))}
 (( workers < 3 )) && workers=3
 (( workers > 10 )) && workers=10
-# The corpus of rounds one to seven (before the moving-camera clips of the eighth round), for the *narrow variants:
-# the same build without those clips (the ones this build has), so its test triplets are the same.
-if [[ " ${runs[*]} " == *narrow* ]]; then
-    skip=$($python - "$work/corpus/corpus.json" <<'PY'
+# The corpus without clips added in a later round (a tools/make_corpus.py tuple of names), of those this build has:
+# the same build without them, so its test triplets are the same. corpus_without FOLDER TUPLE
+corpus_without() {
+    local skip
+    skip=$($python - "$work/corpus/corpus.json" "$2" <<'PY'
 import json, sys
-from tools.make_corpus import ADDED_IN_ROUND_EIGHT
+import tools.make_corpus as make_corpus
 built = {clip["name"] for clip in json.load(open(sys.argv[1]))["clips"]}
-print(",".join(name for name in ADDED_IN_ROUND_EIGHT if name in built))
+print(",".join(name for name in getattr(make_corpus, sys.argv[2]) if name in built))
 PY
 )
-    $python tools/make_corpus.py --cache "$cache" --out "$work/corpus_narrow" --workers 4 $corpus_args \
-        ${skip:+--skip_clips "$skip"} | tee "$out/corpus_narrow.log"
+    $python tools/make_corpus.py --cache "$cache" --out "$work/$1" --workers 4 $corpus_args \
+        ${skip:+--skip_clips "$skip"} | tee "$out/$1.log"
+}
+# Rounds one to seven's corpus (before the moving-camera clips of the eighth round), for the *narrow variants; the
+# corpus before the eighteenth round's clips (opencv-doc's box and cup), for the *prev variants.
+if [[ " ${runs[*]} " == *narrow* ]]; then corpus_without corpus_narrow ADDED_IN_ROUND_EIGHT; fi
+if [[ " ${runs[*]} " == *prev* ]]; then corpus_without corpus_prev ADDED_IN_ROUND_EIGHTEEN; fi
+# The curated corpus, for the *cur variants: the same clips, training spans that linear motion does not explain left out.
+if [[ " ${runs[*]} " == *cur* ]]; then
+    $python tools/make_corpus.py --cache "$cache" --out "$work/corpus_cur" --workers "$(env -u OMP_NUM_THREADS nproc)" \
+        $corpus_args --min_classical_psnr "${CUR_PSNR:-27}" | tee "$out/corpus_cur.log"
 fi
 echo "corpus ready after $(( $(date +%s) - start )) s"
 
@@ -105,6 +118,10 @@ for run in "${runs[@]}"; do
         priorhalf) variant=(--flow_prior dis --refine_finest half) ;;
         priorfast) variant=(--flow_prior dis --refine_finest half --flow_scales 8 4 2) ;;
         priorfastema) variant=(--flow_prior dis --refine_finest half --flow_scales 8 4 2 --ema_decay 0.999) ;;
+        priorfastprev) data=$work/corpus_prev; variant=(--flow_prior dis --refine_finest half --flow_scales 8 4 2) ;;
+        priorfastcur) data=$work/corpus_cur; variant=(--flow_prior dis --refine_finest half --flow_scales 8 4 2) ;;
+        priorfastemacur) data=$work/corpus_cur
+            variant=(--flow_prior dis --refine_finest half --flow_scales 8 4 2 --ema_decay 0.999) ;;
         prioranchor[0-9]*) weight=${run%_s*}; variant=(--flow_prior dis --prior_anchor "${weight#prioranchor}") ;;
         *) echo "unknown variant in run name $run"; exit 2 ;;
     esac

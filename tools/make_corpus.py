@@ -4,7 +4,7 @@ Usage::
 
     python tools/make_corpus.py [--out data/corpus] [--cache data/cache] [--clips DIR] [--no_bundled]
         [--test_clips cityCC0] [--skip_clips NAMES] [--strides 1,2,3,4] [--step 1] [--test_step 2]
-        [--max_side 640] [--crop 256] [--pad_small] [--workers 4] [--force]
+        [--max_side 640] [--crop 256] [--pad_small] [--min_classical_psnr DB] [--workers 4] [--force]
 
 Clips (each one's licence line goes into OUT/README.txt):
 
@@ -45,6 +45,13 @@ Rules:
   one shot-boundary and duplicate measure); a triplet is dropped when its span k .. k + 2 s holds a cut (its middle
   frame cannot be interpolated) or a duplicated (static) pair (a frozen frame teaches nothing, and a frame repeated
   by frame-rate conversion moves im2's real time away from 0.5).
+* **Spans linear motion does not explain** (``--min_classical_psnr DB``, off by default): a training triplet is
+  dropped when the classical interpolation of its outer frames (``measures.motion.interpolate_dis``: DIS flows both
+  ways, warped to t = 0.5 and blended, the benchmarks' baseline) scores below DB against its middle frame: a hand
+  moving a camera or a walker's limbs between frames 0.4 s apart follow no straight line, and such spans teach a
+  model to distrust flows that are right on footage where motion is near linear (docs/LARGE_MOTION.md, eighteenth
+  round). Every training triplet's score goes into corpus.json (``classical_psnr``), the count dropped per clip
+  into its entry (``dropped_unexplained``). The test split is never filtered. About 0.1 s of one core per triplet.
 * **Frame size**: frames are area-downscaled so the longer side is at most ``--max_side`` (even sizes). A clip
   whose frames are then smaller than ``--crop`` on either side is refused (left out, with a line saying so), or,
   with ``--pad_small``, padded by edge replication to the crop size, here, once, not during training.
@@ -56,6 +63,7 @@ import argparse
 import dataclasses
 import gzip
 import json
+import multiprocessing
 import os
 import shutil
 import subprocess
@@ -68,11 +76,14 @@ from typing import Sequence
 
 import cv2
 import numpy as np
+import torch
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if __package__ in (None, ""):  # run as a script: make `measures` and `tools` importable
     sys.path.insert(0, REPO_ROOT)
 
+from measures.motion import interpolate_dis  # noqa: E402
+from measures.quality import psnr_uint8  # noqa: E402
 from measures.shots import ShotDetector, ShotSettings  # noqa: E402
 from checkpoint import atomic_write_text  # noqa: E402
 
@@ -169,6 +180,7 @@ HANDHELD_OBJECT_CLIPS = (
                OPENCV_DOC_VIDEO_LICENCE.format(file="cup.mp4.gz", what="a cup turned in a hand, 27 fps")),
 )
 DEBIAN_CLIPS += HANDHELD_OBJECT_CLIPS
+ADDED_IN_ROUND_EIGHTEEN = tuple(clip.name for clip in HANDHELD_OBJECT_CLIPS)
 # The clips rounds one to seven of docs/LARGE_MOTION.md trained on did not include these: ``--skip_clips`` with
 # this list rebuilds that corpus (its test triplets are the same either way).
 ADDED_IN_ROUND_EIGHT = tuple(clip.name for clip in MOVING_CAMERA_CLIPS)
@@ -379,13 +391,48 @@ def prepare_output(out_dir: Path, force: bool) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
 
 
+def classical_psnr(folder: Path) -> float:
+    """PSNR (dB, 8-bit RGB) against a triplet folder's im2 of the classical interpolation of its im1 and im3
+    (``measures.motion.interpolate_dis``, the benchmarks' baseline, at t = 0.5)."""
+    frame0, middle, frame1 = (cv2.imread(str(folder / name), cv2.IMREAD_COLOR)[:, :, ::-1] for name in FRAME_NAMES)
+    predicted = np.round(interpolate_dis(frame0, frame1) * 255).astype(np.uint8)
+    return psnr_uint8(predicted, middle)
+
+
+def one_thread_each() -> None:
+    """A worker process's initializer: OpenCV and torch on one thread (the pool supplies the parallelism)."""
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
+
+
+def drop_unexplained(names: list[str], out_dir: Path, min_psnr: float, workers: int) -> dict[str, float]:
+    """Each training triplet's :func:`classical_psnr` (in ``workers`` processes), and ``names`` cut, in place, to
+    those scoring at least ``min_psnr``. Returns every score (rounded to 0.01 dB) by sequence name."""
+    folders = [out_dir / "sequences" / name for name in names]
+    if workers > 1 and len(folders) > 1:
+        # Fresh (spawned) processes of one OpenCV and one torch thread each: forked ones would inherit this
+        # process's thread pools, which cannot be resized safely after a fork, and N processes each running a pool
+        # as wide as the machine spent 7x the CPU time (on a 16-core host) thrashing between threads.
+        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=one_thread_each) as pool:
+            scores = list(pool.map(classical_psnr, folders, chunksize=16))
+    else:
+        scores = [classical_psnr(folder) for folder in folders]
+    scored = dict(zip(names, scores, strict=True))
+    names[:] = [name for name in names if scored[name] >= min_psnr]
+    return {name: round(min(score, 100.0), 2) for name, score in scored.items()}   # a perfect match is inf
+
+
 def build_corpus(clips: Sequence[Clip], out_dir: Path, test_clips: Sequence[str],
                  strides: Sequence[int] = DEFAULT_STRIDES, max_side: int = 640, crop: int = 256,
                  pad_small: bool = False, step: int = 1, test_step: int = 2, shots: ShotSettings | None = None,
-                 force: bool = False, workers: int = 1, say=print) -> dict:
+                 force: bool = False, workers: int = 1, min_classical_psnr: float | None = None,
+                 say=print) -> dict:
     """Build the corpus (module docstring) and return its description (what corpus.json holds).
 
     workers: clips decoded in parallel processes (each clip is one job); the triplets are then linked in clip order.
+    min_classical_psnr: drop training triplets whose classical interpolation scores below it (``--min_classical_psnr``,
+    module docstring); the test split is never filtered.
     """
     shots = shots or ShotSettings()
     names = [c.name for c in clips]
@@ -443,6 +490,18 @@ def build_corpus(clips: Sequence[Clip], out_dir: Path, test_clips: Sequence[str]
         say(f"{clip.name}: {frames} frames at {width}x{height}, {info['cuts']} cuts, {info['duplicates']} "
             f"duplicated pairs -> {kept} {split} triplets (strides {','.join(map(str, strides))})")
         clip_info.append(info)
+    classical_scores: dict[str, float] = {}
+    if min_classical_psnr is not None:
+        before = len(lists["train"])
+        classical_scores = drop_unexplained(lists["train"], out_dir, min_classical_psnr, workers)
+        kept = set(lists["train"])
+        for info in clip_info:
+            if info["split"] == "train" and "refused" not in info:
+                info["dropped_unexplained"] = sum(1 for name, (clip, _, _) in triplets.items()
+                                                  if clip == info["name"] and name in classical_scores
+                                                  and name not in kept)
+        say(f"--min_classical_psnr {min_classical_psnr:g}: {before - len(lists['train'])} of {before} training "
+            f"triplets dropped (their classical interpolation scores below {min_classical_psnr:g} dB)")
     for split in ("train", "test"):
         if not lists[split]:
             raise CorpusError(f"the {split} split is empty (clips: {', '.join(names)}; test clips: "
@@ -456,6 +515,7 @@ def build_corpus(clips: Sequence[Clip], out_dir: Path, test_clips: Sequence[str]
         "max_side": max_side, "crop": crop, "pad_small": pad_small, "shots": dataclasses.asdict(shots),
         "counts": {"train": len(lists["train"]), "test": len(lists["test"])},
         "seconds": round(time.perf_counter() - started, 1), "triplets": triplets,
+        "min_classical_psnr": min_classical_psnr, "classical_psnr": classical_scores,
     }
     atomic_write_text(out_dir / "README.txt", readme_text(description))
     atomic_write_text(out_dir / INFO_FILE, json.dumps(description, indent=1) + "\n")
@@ -517,6 +577,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--crop", type=int, default=256, help="training crop the frames must hold (default 256)")
     parser.add_argument("--pad_small", action="store_true",
                         help="pad frames smaller than --crop by edge replication instead of refusing the clip")
+    parser.add_argument("--min_classical_psnr", type=float, default=None, metavar="DB",
+                        help="drop training triplets whose classical interpolation (DIS flows both ways, the "
+                             "benchmarks' baseline) scores below DB against their middle frame: spans that linear "
+                             "motion does not explain (default: keep all; the test split is never filtered)")
     parser.add_argument("--force", action="store_true", help="rebuild even if --out holds a complete corpus")
     args = parser.parse_args(argv)
     out_dir, cache = Path(args.out).resolve(), Path(args.cache).resolve()
@@ -543,7 +607,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             test_clips = [sorted(names)[-1]]
         description = build_corpus(clips, out_dir, test_clips, args.strides, args.max_side, args.crop,
                                    args.pad_small, args.step, args.test_step, force=args.force,
-                                   workers=args.workers)
+                                   workers=args.workers, min_classical_psnr=args.min_classical_psnr)
     except CorpusError as error:
         print(f"make_corpus: error: {error}", file=sys.stderr)
         return 2
