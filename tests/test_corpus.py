@@ -198,7 +198,7 @@ def test_large_motion_script_trains_scores_and_tables_each_variant(clips, tmp_pa
     root = Path(__file__).resolve().parents[1]
     env = dict(os.environ, PYTHON=sys.executable, TRAIN_EXTRA="--model_size tiny", STEPS="2", BATCH="2", CROP="64",
                EVAL_LIMIT="2", MFS="0", EVAL_EVERY="1", CUR_PSNR="20",
-               RUNS="base_s0 fs842_s0 prior_s0 narrow_s0 priorlr5e-5_s0 priorfast_s0 priorfastcur_s0",
+               RUNS="base_s0 fs842_s0 prior_s0 narrow_s0 priorlr5e-5_s0 priorfast_s0 priorfastcur_s0 priorfastcur25_s0",
                CORPUS_ARGS=f"--no_bundled --clips {clips[0].path.parent} --crop 64 --strides 1,2 --test_clips plain")
     work, out = tmp_path / "work", tmp_path / "out"
     result = subprocess.run(["bash", str(root / "tools" / "large_motion_runs.sh"), str(tmp_path / "cache"), str(work),
@@ -214,12 +214,17 @@ def test_large_motion_script_trains_scores_and_tables_each_variant(clips, tmp_pa
     # EVAL_EVERY: the held-out score of each run by step while it trained (1 epoch of 2 steps here: one row)
     curve = (out / "curve.md").read_text().splitlines()
     assert curve[0] == ("| step | base_s0 | fs842_s0 | prior_s0 | narrow_s0 | priorlr5e-5_s0 | priorfast_s0 | "
-                        "priorfastcur_s0 |")
-    assert len(curve) == 3 and re.fullmatch(r"\| 2 \|( \d+\.\d\d \|){7}", curve[2]), curve
-    # The curated corpus (--min_classical_psnr CUR_PSNR) that the *cur variants train on: same test triplets
-    curated = json.loads((work / "corpus_cur" / "corpus.json").read_text())
-    assert curated["min_classical_psnr"] == 20.0 and curated["classical_psnr"] and "priorfastcur_s0" in header
-    assert (work / "corpus_cur" / "tri_testlist.txt").read_text() == (work / "corpus" / "tri_testlist.txt").read_text()
+                        "priorfastcur_s0 | priorfastcur25_s0 |")
+    assert len(curve) == 3 and re.fullmatch(r"\| 2 \|( \d+\.\d\d \|){8}", curve[2]), curve
+    # The curated corpora the *cur variants train on (--min_classical_psnr CUR_PSNR, or the number in the run's
+    # name), one per threshold: same test triplets as the corpus
+    for run, threshold in (("priorfastcur_s0", 20), ("priorfastcur25_s0", 25)):
+        folder = work / f"corpus_cur{threshold}"
+        curated = json.loads((folder / "corpus.json").read_text())
+        assert curated["min_classical_psnr"] == threshold and curated["classical_psnr"] and run in header
+        assert (folder / "tri_testlist.txt").read_text() == (work / "corpus" / "tri_testlist.txt").read_text()
+        trained_on = torch.load(work / "ckpt" / f"lm_{run}_last.pt", map_location="cpu", weights_only=True)["config"]
+        assert Path(trained_on["data"]["data_path"]) == folder
     lowered = torch.load(work / "ckpt" / "lm_priorlr5e-5_s0_last.pt", map_location="cpu", weights_only=True)["config"]
     assert lowered["train"]["lr"] == 5e-5 and lowered["model"]["flow_prior"] == "dis"
     saved = torch.load(work / "ckpt" / "lm_fs842_s0_last.pt", map_location="cpu", weights_only=True)["config"]

@@ -34,7 +34,8 @@
 #          improve the warp; thirteenth round).
 #   priorfastprev: priorfast on the corpus without the eighteenth round's clips (opencv-doc's box and cup);
 #   priorfastcur, priorfastemacur: priorfast and priorfastema on the corpus built with --min_classical_psnr CUR_PSNR
-#          (default 27): training spans whose classical interpolation scores below it left out (eighteenth round).
+#          (default 27): training spans whose classical interpolation scores below it left out (eighteenth round);
+#          priorfastcur<DB>, priorfastemacur<DB> (e.g. priorfastcur30): the same with that threshold instead.
 # Every variant trains on the corpus as make_corpus.py builds it by default (since the eighth round with the
 # moving-camera clips); narrow and priornarrow are base and prior on the corpus of rounds one to seven (without them).
 # With MFS=1 (default) each run is also scored with --motion_flow_scale (flow scale halved from 32 px of motion).
@@ -88,11 +89,19 @@ PY
 # corpus before the eighteenth round's clips (opencv-doc's box and cup), for the *prev variants.
 if [[ " ${runs[*]} " == *narrow* ]]; then corpus_without corpus_narrow ADDED_IN_ROUND_EIGHT; fi
 if [[ " ${runs[*]} " == *prev* ]]; then corpus_without corpus_prev ADDED_IN_ROUND_EIGHTEEN; fi
-# The curated corpus, for the *cur variants: the same clips, training spans that linear motion does not explain left out.
-if [[ " ${runs[*]} " == *cur* ]]; then
-    $python tools/make_corpus.py --cache "$cache" --out "$work/corpus_cur" --workers "$(env -u OMP_NUM_THREADS nproc)" \
-        $corpus_args --min_classical_psnr "${CUR_PSNR:-27}" | tee "$out/corpus_cur.log"
-fi
+# The curated corpora, for the *cur variants: the same clips, training spans that linear motion does not explain left
+# out, one corpus per threshold (the number after "cur" in the run's name, else CUR_PSNR), each built once.
+curated_threshold() { local name=${1%_s*}; local digits=${name##*cur}; echo "${digits:-${CUR_PSNR:-27}}"; }
+declare -A curated_built=()
+for run in "${runs[@]}"; do
+    [[ ${run%_s*} == *cur* ]] || continue
+    threshold=$(curated_threshold "$run")
+    [[ -n ${curated_built[$threshold]:-} ]] && continue
+    curated_built[$threshold]=1
+    $python tools/make_corpus.py --cache "$cache" --out "$work/corpus_cur$threshold" \
+        --workers "$(env -u OMP_NUM_THREADS nproc)" $corpus_args --min_classical_psnr "$threshold" \
+        | tee "$out/corpus_cur$threshold.log"
+done
 echo "corpus ready after $(( $(date +%s) - start )) s"
 
 mfs_on=${MFS:-1}
@@ -119,8 +128,9 @@ for run in "${runs[@]}"; do
         priorfast) variant=(--flow_prior dis --refine_finest half --flow_scales 8 4 2) ;;
         priorfastema) variant=(--flow_prior dis --refine_finest half --flow_scales 8 4 2 --ema_decay 0.999) ;;
         priorfastprev) data=$work/corpus_prev; variant=(--flow_prior dis --refine_finest half --flow_scales 8 4 2) ;;
-        priorfastcur) data=$work/corpus_cur; variant=(--flow_prior dis --refine_finest half --flow_scales 8 4 2) ;;
-        priorfastemacur) data=$work/corpus_cur
+        priorfastcur|priorfastcur[0-9]*) data=$work/corpus_cur$(curated_threshold "$run")
+            variant=(--flow_prior dis --refine_finest half --flow_scales 8 4 2) ;;
+        priorfastemacur|priorfastemacur[0-9]*) data=$work/corpus_cur$(curated_threshold "$run")
             variant=(--flow_prior dis --refine_finest half --flow_scales 8 4 2 --ema_decay 0.999) ;;
         prioranchor[0-9]*) weight=${run%_s*}; variant=(--flow_prior dis --prior_anchor "${weight#prioranchor}") ;;
         *) echo "unknown variant in run name $run"; exit 2 ;;
