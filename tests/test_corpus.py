@@ -223,6 +223,7 @@ def test_large_motion_script_trains_scores_and_tables_each_variant(clips, tmp_pa
         curated = json.loads((folder / "corpus.json").read_text())
         assert curated["min_classical_psnr"] == threshold and curated["classical_psnr"] and run in header
         assert (folder / "tri_testlist.txt").read_text() == (work / "corpus" / "tri_testlist.txt").read_text()
+        assert curated.get("curated_from") == (None if threshold == 20 else str(work / "corpus_cur20"))
         trained_on = torch.load(work / "ckpt" / f"lm_{run}_last.pt", map_location="cpu", weights_only=True)["config"]
         assert Path(trained_on["data"]["data_path"]) == folder
     lowered = torch.load(work / "ckpt" / "lm_priorlr5e-5_s0_last.pt", map_location="cpu", weights_only=True)["config"]
@@ -301,3 +302,36 @@ def test_min_classical_psnr_drops_training_spans_that_linear_motion_does_not_exp
     assert by_clip == {"plain": 0, "shake": len(dropped), "shots": None}
     assert plain["classical_psnr"] == {} and plain["min_classical_psnr"] is None
     assert any(f"{len(dropped)} of {len(names['plain'])} training triplets dropped" in line for line in said)
+
+    # A stricter threshold derived from the recorded scores (--from_corpus) equals building it from the clips
+    threshold = sorted(scores[n] for n in names["kept"])[len(names["kept"]) // 2] + 0.001   # drops about half
+    strict = build_corpus(base, tmp_path / "strict", **kwargs, min_classical_psnr=threshold)
+    argv = ["--from_corpus", str(tmp_path / "kept"), "--min_classical_psnr", str(threshold), "--out"]
+    assert main([*argv, str(tmp_path / "view")]) == 0
+    view = json.loads((tmp_path / "view" / "corpus.json").read_text())
+    for listed in ("tri_trainlist.txt", "tri_testlist.txt"):
+        assert (tmp_path / "view" / listed).read_text() == (tmp_path / "strict" / listed).read_text()
+    assert 0 < view["counts"]["train"] < kept["counts"]["train"] and view["counts"] == strict["counts"]
+    dropped_by_clip = [[c.get("dropped_unexplained") for c in corpus["clips"]] for corpus in (view, strict)]
+    assert dropped_by_clip[0] == dropped_by_clip[1]
+    first = (tmp_path / "view" / "tri_trainlist.txt").read_text().split()[0]
+    assert cv2.imread(str(tmp_path / "view" / "sequences" / first / "im2.png")) is not None
+    assert main([*argv, str(tmp_path / "view"), "--force"]) == 0      # a view is rebuilt without harm to its source
+    assert (tmp_path / "kept" / "sequences" / first / "im2.png").is_file()
+
+
+def test_from_corpus_refuses_sources_without_the_scores_it_needs(clips, tmp_path, capsys):
+    build_corpus(clips, tmp_path / "unscored", test_clips=["shots"], strides=(1,), crop=64, say=lambda line: None)
+    build_corpus(clips, tmp_path / "scored", test_clips=["shots"], strides=(1,), crop=64, say=lambda line: None,
+                 min_classical_psnr=30.0)
+    cases = [(["--from_corpus", str(tmp_path / "unscored"), "--min_classical_psnr", "30"],
+              "was built without --min_classical_psnr"),
+             (["--from_corpus", str(tmp_path / "scored"), "--min_classical_psnr", "25"],
+              "dropped triplets below 30 dB, above --min_classical_psnr 25"),
+             (["--from_corpus", str(tmp_path / "scored")], "--from_corpus needs --min_classical_psnr"),
+             (["--from_corpus", str(tmp_path / "nothing"), "--min_classical_psnr", "30"], "no complete corpus there")]
+    for argv, message in cases:
+        capsys.readouterr()
+        assert main([*argv, "--out", str(tmp_path / "view")]) == 2
+        assert message in capsys.readouterr().err
+        assert not (tmp_path / "view" / "corpus.json").exists()

@@ -90,17 +90,21 @@ PY
 if [[ " ${runs[*]} " == *narrow* ]]; then corpus_without corpus_narrow ADDED_IN_ROUND_EIGHT; fi
 if [[ " ${runs[*]} " == *prev* ]]; then corpus_without corpus_prev ADDED_IN_ROUND_EIGHTEEN; fi
 # The curated corpora, for the *cur variants: the same clips, training spans that linear motion does not explain left
-# out, one corpus per threshold (the number after "cur" in the run's name, else CUR_PSNR), each built once.
+# out, one corpus per threshold (the number after "cur" in the run's name, else CUR_PSNR). The lowest threshold's is
+# built from the clips (scoring every training triplet: minutes), the others derived from its scores (--from_corpus).
 curated_threshold() { local name=${1%_s*}; local digits=${name##*cur}; echo "${digits:-${CUR_PSNR:-27}}"; }
-declare -A curated_built=()
-for run in "${runs[@]}"; do
-    [[ ${run%_s*} == *cur* ]] || continue
-    threshold=$(curated_threshold "$run")
-    [[ -n ${curated_built[$threshold]:-} ]] && continue
-    curated_built[$threshold]=1
-    $python tools/make_corpus.py --cache "$cache" --out "$work/corpus_cur$threshold" \
-        --workers "$(env -u OMP_NUM_THREADS nproc)" $corpus_args --min_classical_psnr "$threshold" \
-        | tee "$out/corpus_cur$threshold.log"
+thresholds=()
+for run in "${runs[@]}"; do [[ ${run%_s*} == *cur* ]] && thresholds+=("$(curated_threshold "$run")"); done
+read -r -a thresholds <<< "$(printf '%s\n' "${thresholds[@]}" | sort -g -u | tr '\n' ' ')"
+lowest=${thresholds[0]:-}
+for threshold in "${thresholds[@]}"; do
+    if [[ $threshold == "$lowest" ]]; then
+        $python tools/make_corpus.py --cache "$cache" --out "$work/corpus_cur$threshold" \
+            --workers "$(env -u OMP_NUM_THREADS nproc)" $corpus_args --min_classical_psnr "$threshold"
+    else
+        $python tools/make_corpus.py --from_corpus "$work/corpus_cur$lowest" --out "$work/corpus_cur$threshold" \
+            --min_classical_psnr "$threshold"
+    fi | tee "$out/corpus_cur$threshold.log"
 done
 echo "corpus ready after $(( $(date +%s) - start )) s"
 

@@ -5,6 +5,7 @@ Usage::
     python tools/make_corpus.py [--out data/corpus] [--cache data/cache] [--clips DIR] [--no_bundled]
         [--test_clips cityCC0] [--skip_clips NAMES] [--strides 1,2,3,4] [--step 1] [--test_step 2]
         [--max_side 640] [--crop 256] [--pad_small] [--min_classical_psnr DB] [--workers 4] [--force]
+    python tools/make_corpus.py --from_corpus DIR --min_classical_psnr DB --out OUT [--force]
 
 Clips (each one's licence line goes into OUT/README.txt):
 
@@ -51,7 +52,8 @@ Rules:
   moving a camera or a walker's limbs between frames 0.4 s apart follow no straight line, and such spans teach a
   model to distrust flows that are right on footage where motion is near linear (docs/LARGE_MOTION.md, eighteenth
   round). Every training triplet's score goes into corpus.json (``classical_psnr``), the count dropped per clip
-  into its entry (``dropped_unexplained``). The test split is never filtered. About 0.1 s of one core per triplet.
+  into its entry (``dropped_unexplained``). The test split is never filtered. About 0.15 s of one core per
+  triplet; ``--from_corpus DIR`` derives a stricter threshold's corpus from DIR's recorded scores in a second.
 * **Frame size**: frames are area-downscaled so the longer side is at most ``--max_side`` (even sizes). A clip
   whose frames are then smaller than ``--crop`` on either side is refused (left out, with a line saying so), or,
   with ``--pad_small``, padded by edge replication to the crop size, here, once, not during training.
@@ -383,11 +385,11 @@ def sequence_name(group: int, index: int) -> str:
 def prepare_output(out_dir: Path, force: bool) -> None:
     """Refuse a folder holding a corpus (or with ``force`` remove only what this tool writes), then create it."""
     ours = [out_dir / name for name in ("frames", "sequences", TRAIN_LIST, TEST_LIST, INFO_FILE, "README.txt")]
-    existing = [p for p in ours if p.exists()]
+    existing = [p for p in ours if p.exists() or p.is_symlink()]
     if existing and not force:
         raise CorpusError(f"output already holds a corpus: {existing[0]} (pass --force to rebuild, or another --out)")
-    for path in existing:
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    for path in existing:       # a --from_corpus view links its folders: unlink those, never the source's files
+        shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
     out_dir.mkdir(parents=True, exist_ok=True)
 
 
@@ -407,7 +409,7 @@ def one_thread_each() -> None:
 
 def drop_unexplained(names: list[str], out_dir: Path, min_psnr: float, workers: int) -> dict[str, float]:
     """Each training triplet's :func:`classical_psnr` (in ``workers`` processes), and ``names`` cut, in place, to
-    those scoring at least ``min_psnr``. Returns every score (rounded to 0.01 dB) by sequence name."""
+    those scoring at least ``min_psnr``. Returns every score by sequence name."""
     folders = [out_dir / "sequences" / name for name in names]
     if workers > 1 and len(folders) > 1:
         # Fresh (spawned) processes of one OpenCV and one torch thread each: forked ones would inherit this
@@ -420,7 +422,57 @@ def drop_unexplained(names: list[str], out_dir: Path, min_psnr: float, workers: 
         scores = [classical_psnr(folder) for folder in folders]
     scored = dict(zip(names, scores, strict=True))
     names[:] = [name for name in names if scored[name] >= min_psnr]
-    return {name: round(min(score, 100.0), 2) for name, score in scored.items()}   # a perfect match is inf
+    # unrounded, so --from_corpus at a stricter threshold keeps exactly what building from the clips keeps; a perfect
+    # match (inf) is stored as 100 dB, above any threshold that makes sense
+    return {name: min(score, 100.0) for name, score in scored.items()}
+
+
+def count_unexplained(clip_info: Sequence[dict], triplets: dict[str, list], scores: dict[str, float],
+                      kept: set[str]) -> None:
+    """Each built training clip's entry gets ``dropped_unexplained``: its scored triplets not in ``kept``."""
+    for info in clip_info:
+        if info["split"] == "train" and "refused" not in info:
+            info["dropped_unexplained"] = sum(1 for name in scores if triplets[name][0] == info["name"]
+                                              and name not in kept)
+
+
+def curated_view(source_dir: Path, out_dir: Path, min_psnr: float, force: bool = False, say=print) -> dict:
+    """A corpus that is ``source_dir``'s with a stricter ``--min_classical_psnr``, from the scores it recorded, with no
+    decoding or scoring (``--from_corpus``): its sequences and frames linked (symbolic links), its test list copied,
+    its training list those of the source's scored triplets at or above ``min_psnr``, in the source's order.
+
+    The source must have been built with ``--min_classical_psnr`` at or below ``min_psnr`` (it scored every training
+    triplet, and a triplet it dropped scored below its threshold, so below this one too)."""
+    started = time.perf_counter()
+    if not is_complete(source_dir):
+        raise CorpusError(f"--from_corpus {source_dir}: no complete corpus there (no {INFO_FILE} and lists)")
+    source = json.loads((source_dir / INFO_FILE).read_text())
+    if source.get("min_classical_psnr") is None or not source.get("classical_psnr"):
+        raise CorpusError(f"--from_corpus {source_dir} was built without --min_classical_psnr: it has no scores to "
+                          f"filter by; build it with --min_classical_psnr first")
+    if source["min_classical_psnr"] > min_psnr:
+        raise CorpusError(f"--from_corpus {source_dir} dropped triplets below {source['min_classical_psnr']:g} dB, "
+                          f"above --min_classical_psnr {min_psnr:g}: build from the clips instead")
+    prepare_output(out_dir, force)
+    for name in ("sequences", "frames"):
+        (out_dir / name).symlink_to((source_dir / name).resolve(), target_is_directory=True)
+    scores: dict[str, float] = source["classical_psnr"]
+    train = [name for name, score in scores.items() if score >= min_psnr]
+    test = (source_dir / TEST_LIST).read_text()
+    clip_info = [dict(info) for info in source["clips"]]
+    count_unexplained(clip_info, source["triplets"], scores, set(train))
+    description = {**source, "clips": clip_info, "min_classical_psnr": min_psnr, "curated_from": str(source_dir),
+                   "counts": {"train": len(train), "test": len(test.split())},
+                   "seconds": round(time.perf_counter() - started, 1)}
+    if not train:
+        raise CorpusError(f"--min_classical_psnr {min_psnr:g} leaves no training triplet of {source_dir}")
+    atomic_write_text(out_dir / TRAIN_LIST, "".join(n + "\n" for n in train))
+    atomic_write_text(out_dir / TEST_LIST, test)
+    atomic_write_text(out_dir / "README.txt", readme_text(description))
+    atomic_write_text(out_dir / INFO_FILE, json.dumps(description, indent=1) + "\n")
+    say(f"--min_classical_psnr {min_psnr:g} over {source_dir}'s scores: {len(scores) - len(train)} of {len(scores)} "
+        f"training triplets dropped")
+    return description
 
 
 def build_corpus(clips: Sequence[Clip], out_dir: Path, test_clips: Sequence[str],
@@ -494,12 +546,7 @@ def build_corpus(clips: Sequence[Clip], out_dir: Path, test_clips: Sequence[str]
     if min_classical_psnr is not None:
         before = len(lists["train"])
         classical_scores = drop_unexplained(lists["train"], out_dir, min_classical_psnr, workers)
-        kept = set(lists["train"])
-        for info in clip_info:
-            if info["split"] == "train" and "refused" not in info:
-                info["dropped_unexplained"] = sum(1 for name, (clip, _, _) in triplets.items()
-                                                  if clip == info["name"] and name in classical_scores
-                                                  and name not in kept)
+        count_unexplained(clip_info, triplets, classical_scores, set(lists["train"]))
         say(f"--min_classical_psnr {min_classical_psnr:g}: {before - len(lists['train'])} of {before} training "
             f"triplets dropped (their classical interpolation scores below {min_classical_psnr:g} dB)")
     for split in ("train", "test"):
@@ -581,6 +628,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="drop training triplets whose classical interpolation (DIS flows both ways, the "
                              "benchmarks' baseline) scores below DB against their middle frame: spans that linear "
                              "motion does not explain (default: keep all; the test split is never filtered)")
+    parser.add_argument("--from_corpus", default=None, metavar="DIR",
+                        help="with --min_classical_psnr: derive the corpus from DIR, one built with a threshold at or "
+                             "below it, by its recorded scores (no decoding or scoring; sequences linked)")
     parser.add_argument("--force", action="store_true", help="rebuild even if --out holds a complete corpus")
     args = parser.parse_args(argv)
     out_dir, cache = Path(args.out).resolve(), Path(args.cache).resolve()
@@ -589,6 +639,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             counts = json.loads((out_dir / INFO_FILE).read_text())["counts"]
             print(f"corpus already complete: {out_dir} ({counts['train']} train / {counts['test']} test triplets); "
                   f"pass --force to rebuild")
+            return 0
+        if args.from_corpus is not None:
+            if args.min_classical_psnr is None:
+                raise CorpusError("--from_corpus needs --min_classical_psnr (the threshold to derive the corpus at)")
+            description = curated_view(Path(args.from_corpus).resolve(), out_dir, args.min_classical_psnr, args.force)
+            print(f"built {out_dir}: {description['counts']['train']} train / {description['counts']['test']} test "
+                  f"triplets from {args.from_corpus}")
             return 0
         clips: list[Clip] = []
         if not args.no_bundled:
