@@ -329,9 +329,15 @@ def test_from_corpus_refuses_sources_without_the_scores_it_needs(clips, tmp_path
              (["--from_corpus", str(tmp_path / "scored"), "--min_classical_psnr", "25"],
               "dropped triplets below 30 dB, above --min_classical_psnr 25"),
              (["--from_corpus", str(tmp_path / "scored")], "--from_corpus needs --min_classical_psnr"),
-             (["--from_corpus", str(tmp_path / "nothing"), "--min_classical_psnr", "30"], "no complete corpus there")]
+             (["--from_corpus", str(tmp_path / "nothing"), "--min_classical_psnr", "30"], "no complete corpus there"),
+             (["--from_corpus", str(tmp_path / "scored"), "--min_classical_psnr", "101"],
+              "--min_classical_psnr 101 leaves no training triplet")]
+    with pytest.raises(CorpusError, match="--min_classical_psnr 101 leaves no training triplet"):
+        build_corpus(clips, tmp_path / "none", test_clips=["shots"], strides=(1,), crop=64, say=lambda line: None,
+                     min_classical_psnr=101.0)
+    assert not (tmp_path / "none" / "corpus.json").exists()
     for argv, message in cases:
         capsys.readouterr()
         assert main([*argv, "--out", str(tmp_path / "view")]) == 2
         assert message in capsys.readouterr().err
-        assert not (tmp_path / "view" / "corpus.json").exists()
+        assert not (tmp_path / "view").exists()                        # refused before anything is written

@@ -453,19 +453,20 @@ def curated_view(source_dir: Path, out_dir: Path, min_psnr: float, force: bool =
     if source["min_classical_psnr"] > min_psnr:
         raise CorpusError(f"--from_corpus {source_dir} dropped triplets below {source['min_classical_psnr']:g} dB, "
                           f"above --min_classical_psnr {min_psnr:g}: build from the clips instead")
+    scores: dict[str, float] = source["classical_psnr"]
+    train = [name for name, score in scores.items() if score >= min_psnr]
+    if not train:
+        raise CorpusError(f"--min_classical_psnr {min_psnr:g} leaves no training triplet of {source_dir} (the best "
+                          f"scores {max(scores.values()):.2f} dB)")
     prepare_output(out_dir, force)
     for name in ("sequences", "frames"):
         (out_dir / name).symlink_to((source_dir / name).resolve(), target_is_directory=True)
-    scores: dict[str, float] = source["classical_psnr"]
-    train = [name for name, score in scores.items() if score >= min_psnr]
     test = (source_dir / TEST_LIST).read_text()
     clip_info = [dict(info) for info in source["clips"]]
     count_unexplained(clip_info, source["triplets"], scores, set(train))
     description = {**source, "clips": clip_info, "min_classical_psnr": min_psnr, "curated_from": str(source_dir),
                    "counts": {"train": len(train), "test": len(test.split())},
                    "seconds": round(time.perf_counter() - started, 1)}
-    if not train:
-        raise CorpusError(f"--min_classical_psnr {min_psnr:g} leaves no training triplet of {source_dir}")
     atomic_write_text(out_dir / TRAIN_LIST, "".join(n + "\n" for n in train))
     atomic_write_text(out_dir / TEST_LIST, test)
     atomic_write_text(out_dir / "README.txt", readme_text(description))
@@ -546,6 +547,9 @@ def build_corpus(clips: Sequence[Clip], out_dir: Path, test_clips: Sequence[str]
     if min_classical_psnr is not None:
         before = len(lists["train"])
         classical_scores = drop_unexplained(lists["train"], out_dir, min_classical_psnr, workers)
+        if not lists["train"] and classical_scores:
+            raise CorpusError(f"--min_classical_psnr {min_classical_psnr:g} leaves no training triplet (the best "
+                              f"scores {max(classical_scores.values()):.2f} dB)")
         count_unexplained(clip_info, triplets, classical_scores, set(lists["train"]))
         say(f"--min_classical_psnr {min_classical_psnr:g}: {before - len(lists['train'])} of {before} training "
             f"triplets dropped (their classical interpolation scores below {min_classical_psnr:g} dB)")
