@@ -22,6 +22,7 @@ from measures.motion import (  # noqa: E402
     MOTION_BUCKETS, FlowPair, bucket_of, classical_frame, flow_pair, frame_motion, interpolate_dis, motion_statistic,
     occlusion_aware_weights, pick_by_warp_agreement, summarize_by_motion, teacher_flows,
 )
+from model.frames import read_rgb_uint8  # noqa: E402
 
 HEIGHT, WIDTH = 160, 224
 
@@ -178,7 +179,7 @@ def test_classical_variants_today_is_the_benchmarks_rule_and_bilinear_warps_repr
     names = small_corpus(tmp_path)
     records = cv.score(tmp_path, names, ["today", "plain"])
     for name, record in zip(names, records):
-        frames = [cv.read_rgb(tmp_path / "sequences" / name / f"im{k}.png") for k in (1, 2, 3)]
+        frames = [read_rgb_uint8(tmp_path / "sequences" / name / f"im{k}.png") for k in (1, 2, 3)]
         if record["today"] < 100:                   # the still pair's error is 0: both PSNRs are their epsilon's
             assert record["today"] == pytest.approx(psnr(interpolate_dis(frames[0], frames[2]), frames[1]), abs=1e-4)
         pair = cv.Pair(frames[0], frames[2], flow_pair(frames[0], frames[2]))
@@ -194,7 +195,7 @@ def test_classical_variants_today_is_the_benchmarks_rule_and_bilinear_warps_repr
     # a still pair is interpolated exactly by every rule; a moving one better than by the frame average
     assert records[0]["today"] > 60 and records[0]["plain"] > 60
     for name, record in zip(names[1:], records[1:]):
-        frames = [cv.read_rgb(tmp_path / "sequences" / name / f"im{k}.png") for k in (1, 2, 3)]
+        frames = [read_rgb_uint8(tmp_path / "sequences" / name / f"im{k}.png") for k in (1, 2, 3)]
         average = (frames[0].astype(np.float32) + frames[2]) / 2 / 255
         assert record["plain"] > psnr(average, frames[1]) + 3
 
@@ -219,3 +220,8 @@ def test_classical_variants_cli_writes_the_bucket_table_and_names_a_missing_corp
     with pytest.raises(SystemExit):
         cv.main(["--corpus", str(tmp_path / "corpus"), "--count", "4"])
     assert "--count must be between 1 and the 3" in capsys.readouterr().err
+    first = (tmp_path / "corpus" / "tri_trainlist.txt").read_text().split()[0]
+    (tmp_path / "corpus" / "sequences" / first / "im2.png").write_bytes(b"not a png")
+    with pytest.raises(SystemExit, match=f"classical_variants.py: error: cannot read image .*{first}/im2.png "
+                                         r"\(not a readable image\)"):
+        cv.main(["--corpus", str(tmp_path / "corpus"), "--count", "3"])

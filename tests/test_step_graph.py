@@ -255,7 +255,7 @@ def assert_weights_follow(start: list[torch.Tensor], eager_a: Trainer, eager_b: 
     stale batch, a skipped or doubled update or a wrong learning rate moves them by a good part of that. (The earlier
     floor, 1e-5 absolute, sat at 1.08x the 9.2e-6 an H100 measured for phase 1 on 2026-12-06.)"""
     noise, drift = relative_difference(eager_a, eager_b), relative_difference(eager_a, graphed)
-    moved = relative_difference(start, [p.detach() for p in eager_a.model.parameters()])
+    moved = relative_difference(start, eager_a)
     print(f"relative weight difference eager-eager {noise:.2e}, eager-graphed {drift:.2e}, "
           f"eager's movement from the start {moved:.2e}")
     assert drift <= max(factor * noise, 1e-2 * moved)

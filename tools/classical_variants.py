@@ -45,6 +45,7 @@ from measures.motion import (  # noqa: E402
     DIS_WORK_MAX_SIDE, ClassicalFrame, FlowPair, classical_frame, dis_flow, flow_pair, format_bucket_table,
     summarize_by_motion, to_gray_uint8,
 )
+from model.frames import read_rgb_uint8  # noqa: E402
 
 MIDDLE_T = 0.5
 # (preset, longest side DIS works on or None for the benchmarks' limit): the six flows of the ensembles
@@ -121,18 +122,19 @@ def psnr(prediction: np.ndarray, target: np.ndarray) -> float:
     return float(-10.0 * np.log10(np.mean((prediction - target) ** 2) + 1e-12))
 
 
-def read_rgb(path: Path) -> np.ndarray:
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise SystemExit(f"classical_variants.py: error: cannot read image {path}")
-    return np.ascontiguousarray(image[..., ::-1])
+class VariantsError(SystemExit):
+    """One line on stderr, the tool's name first, and exit status 1 (a missing or unreadable frame)."""
+
+    def __init__(self, message: str):
+        super().__init__(f"classical_variants.py: error: {message}")
 
 
 def score(corpus: Path, names: Sequence[str], variants: Sequence[str]) -> list[dict]:
     """One record per triplet: its name, motion (px, the benchmarks' statistic) and each variant's PSNR (dB)."""
     records = []
     for name in names:
-        frame0, middle, frame1 = (read_rgb(corpus / "sequences" / name / f"im{k}.png") for k in (1, 2, 3))
+        frame0, middle, frame1 = (read_rgb_uint8(corpus / "sequences" / name / f"im{k}.png", VariantsError)
+                                  for k in (1, 2, 3))
         pair = Pair(frame0, frame1, flow_pair(frame0, frame1))
         target = middle.astype(np.float32) / 255
         record = {"name": name, "motion": pair.flows.motion}

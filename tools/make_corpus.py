@@ -396,7 +396,8 @@ def prepare_output(out_dir: Path, force: bool) -> None:
 def classical_psnr(folder: Path) -> float:
     """PSNR (dB, 8-bit RGB) against a triplet folder's im2 of the classical interpolation of its im1 and im3
     (``measures.motion.interpolate_dis``, the benchmarks' baseline, at t = 0.5)."""
-    frame0, middle, frame1 = (cv2.imread(str(folder / name), cv2.IMREAD_COLOR)[:, :, ::-1] for name in FRAME_NAMES)
+    from model.frames import read_rgb_uint8      # here, not at the top: the model package costs every run 1.6 s
+    frame0, middle, frame1 = (read_rgb_uint8(folder / name, CorpusError) for name in FRAME_NAMES)
     predicted = np.round(interpolate_dis(frame0, frame1) * 255).astype(np.uint8)
     return psnr_uint8(predicted, middle)
 
@@ -461,16 +462,13 @@ def curated_view(source_dir: Path, out_dir: Path, min_psnr: float, force: bool =
     prepare_output(out_dir, force)
     for name in ("sequences", "frames"):
         (out_dir / name).symlink_to((source_dir / name).resolve(), target_is_directory=True)
-    test = (source_dir / TEST_LIST).read_text()
+    test = (source_dir / TEST_LIST).read_text().split()
     clip_info = [dict(info) for info in source["clips"]]
     count_unexplained(clip_info, source["triplets"], scores, set(train))
     description = {**source, "clips": clip_info, "min_classical_psnr": min_psnr, "curated_from": str(source_dir),
-                   "counts": {"train": len(train), "test": len(test.split())},
+                   "counts": {"train": len(train), "test": len(test)},
                    "seconds": round(time.perf_counter() - started, 1)}
-    atomic_write_text(out_dir / TRAIN_LIST, "".join(n + "\n" for n in train))
-    atomic_write_text(out_dir / TEST_LIST, test)
-    atomic_write_text(out_dir / "README.txt", readme_text(description))
-    atomic_write_text(out_dir / INFO_FILE, json.dumps(description, indent=1) + "\n")
+    write_corpus_files(out_dir, train, test, description)
     say(f"--min_classical_psnr {min_psnr:g} over {source_dir}'s scores: {len(scores) - len(train)} of {len(scores)} "
         f"training triplets dropped")
     return description
@@ -558,8 +556,6 @@ def build_corpus(clips: Sequence[Clip], out_dir: Path, test_clips: Sequence[str]
             raise CorpusError(f"the {split} split is empty (clips: {', '.join(names)}; test clips: "
                               f"{', '.join(test_clips) or 'none'}): choose --test_clips among the clips that were "
                               f"built")
-    atomic_write_text(out_dir / TRAIN_LIST, "".join(n + "\n" for n in lists["train"]))
-    atomic_write_text(out_dir / TEST_LIST, "".join(n + "\n" for n in lists["test"]))
     description = {
         "clips": clip_info, "test_clips": list(test_clips), "strides": list(strides), "step": step,
         "test_step": test_step,
@@ -568,9 +564,17 @@ def build_corpus(clips: Sequence[Clip], out_dir: Path, test_clips: Sequence[str]
         "seconds": round(time.perf_counter() - started, 1), "triplets": triplets,
         "min_classical_psnr": min_classical_psnr, "classical_psnr": classical_scores,
     }
+    write_corpus_files(out_dir, lists["train"], lists["test"], description)
+    return description
+
+
+def write_corpus_files(out_dir: Path, train: Sequence[str], test: Sequence[str], description: dict) -> None:
+    """The two lists, README.txt, and corpus.json last (it marks the corpus complete: :func:`is_complete`), each
+    written atomically."""
+    atomic_write_text(out_dir / TRAIN_LIST, "".join(n + "\n" for n in train))
+    atomic_write_text(out_dir / TEST_LIST, "".join(n + "\n" for n in test))
     atomic_write_text(out_dir / "README.txt", readme_text(description))
     atomic_write_text(out_dir / INFO_FILE, json.dumps(description, indent=1) + "\n")
-    return description
 
 
 def readme_text(description: dict) -> str:
