@@ -143,6 +143,15 @@ def test_command_line_with_own_clips_and_no_apt(clips, tmp_path, capsys, monkeyp
     assert main(argv) == 0
     assert "built" in capsys.readouterr().out
     assert main(argv) == 0 and "already complete" in capsys.readouterr().out
+    # A complete corpus built with other options is not reused as if it were the one asked for (a recipe's
+    # --min_classical_psnr over an earlier uncurated corpus would otherwise train on all of it), nor touched.
+    train_list = (out / "tri_trainlist.txt").read_text()
+    assert main([*argv, "--min_classical_psnr", "30"]) == 2
+    assert (f"--min_classical_psnr: {out} holds a corpus built with none, not 30: pass --force"
+            in capsys.readouterr().err)
+    assert main([*argv[:-4], "--strides", "1", "--workers", "1"]) == 2
+    assert f"--strides: {out} holds a corpus built with 1,2, not 1: pass --force" in capsys.readouterr().err
+    assert (out / "tri_trainlist.txt").read_text() == train_list
     assert main(["--clips", str(tmp_path / "missing"), "--no_bundled", "--out", str(tmp_path / "x")]) == 2
     assert "--clips folder not found" in capsys.readouterr().err
 
