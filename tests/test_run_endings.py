@@ -285,6 +285,32 @@ def test_readme_interpolation_example_runs_with_the_demo_checkpoint(tmp_path, ca
     assert len(list((tmp_path / "out").glob("*.png"))) == 5
 
 
+def readme_block_commands(heading: str) -> list[list[str]]:
+    """The commands of the first bash block after ``heading`` in README.md, continuation lines joined, comments
+    dropped, each split as a shell would."""
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index(heading):]
+    block = section[section.index("```bash\n") + len("```bash\n"):]
+    block = block[:block.index("```")].replace("\\\n", " ")
+    return [shlex.split(line, comments=True) for line in block.splitlines() if line.strip()]
+
+
+def test_readme_recipe_commands_agree():
+    """The one-GPU recipe's three commands parse with the tools' own parsers and name one corpus folder: the curated
+    corpus it builds is the one it trains on and scores (a README that trained on data/corpus after building
+    data/corpus36 would train on the whole corpus)."""
+    from config import parse_train_argv
+    corpus, train_cmd, score = readme_block_commands("### Train a usable model on one GPU")
+    assert corpus[:2] == ["python", "tools/make_corpus.py"] and train_cmd[:2] == ["python", "train.py"]
+    assert score[:2] == ["python", "benchmark/Corpus.py"]
+    folder = corpus[corpus.index("--out") + 1]
+    threshold = float(corpus[corpus.index("--min_classical_psnr") + 1])
+    cfg, _ = parse_train_argv(train_cmd[2:])
+    assert cfg.data.data_path == folder == score[score.index("--path") + 1]
+    assert cfg.model.flow_prior == "dis" and cfg.train.ema_decay == 0.0 and threshold > 0
+    assert score[score.index("--model") + 1] == f"{cfg.train.exp_name}_last"
+
+
 def test_stop_signals_before_and_after_arming(monkeypatch, capsys, vimeo_root, tmp_path):
     from distributed import DistributedContext
     ctx = DistributedContext(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
