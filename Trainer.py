@@ -206,6 +206,13 @@ class Trainer:
         self._micro_step = 0
         self._window_poisoned = False
         self.optimizer = self._build_optimizer()
+        if cfg.train.freeze_flow:
+            # After the optimizer (its parameter list stays that of every run: a frozen parameter gets no gradient and
+            # AdamW skips it), before DDP wraps the model (it hooks only what requires grad), for the whole run: the
+            # estimator's zero-initialised updates stay zero, so its flow is the prior's and only what follows learns.
+            for param in self.model.flow_estimator.parameters():
+                param.requires_grad_(False)
+            log("flow estimator frozen: the flow is the classical prior's (--freeze_flow)")
         self.graph_mode, self.step_mode = graph_eligibility(cfg.train.cuda_graph, self.device, ctx.enabled,
                                                             use_scaler, cfg.train.grad_accum)
         if cfg.train.cuda_graph == "on" and not self.graph_mode:

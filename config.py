@@ -187,6 +187,7 @@ class TrainConfig:
     cuda_graph: str = "auto"           # auto: replay the step as CUDA graphs on CUDA (step_graph.py); on / off
     ema_decay: float = 0.0             # 0 disables EMA weights
     freeze_backbone: int = 0
+    freeze_flow: bool = False          # a --flow_prior model's flow estimator kept at its start: the prior's flows
     curriculum: bool = False
     curriculum_T: int = 50
     eval_interval: int = 3
@@ -285,6 +286,13 @@ class ExperimentConfig:
         if t.freeze_backbone >= t.epochs:
             raise ConfigError(f"--freeze_backbone {t.freeze_backbone} >= --epochs {t.epochs}: the backbone would "
                               "never train")
+        if t.freeze_flow and (t.phase == 1 or self.model.flow_prior == "none"):
+            raise ConfigError("--freeze_flow keeps the flow estimator at the classical prior's flows (its updates start "
+                              "at zero): use it with --phase 2 or 3 and --flow_prior dis (without the prior a frozen "
+                              "estimator would be its random start)")
+        if t.freeze_flow and (self.loss.flow_teacher > 0 or self.loss.prior_anchor > 0):
+            flag = "--flow_teacher" if self.loss.flow_teacher > 0 else "--prior_anchor"
+            raise ConfigError(f"{flag} trains the flow estimator, which --freeze_flow keeps fixed: use one of them")
         if t.curriculum and t.phase != 3:
             raise ConfigError("--curriculum is the Phase-3 X4K motion curriculum: use it with --phase 3")
         if t.phase == 3 and not d.x4k_path:
@@ -518,6 +526,10 @@ def build_arg_parser() -> argparse.ArgumentParser:
                        help="with --flow_prior dis: weight of a term that holds the estimated flow to the prior's "
                             "wherever the model's own warp is not better than the prior's by a margin (default 0 = "
                             "off; docs/LARGE_MOTION.md, thirteenth round)")
+    extra.add_argument("--freeze_flow", action="store_true", default=None,
+                       help="with --flow_prior dis: never train the flow estimator, so the flow stays the classical "
+                            "prior's (its updates start at zero) and the model learns the blend and RefineNet's "
+                            "residual on top (default off; docs/LARGE_MOTION.md, twentieth round)")
     extra.add_argument("--prior_from", type=str, default=None, choices=PRIOR_SOURCES,
                        help="with --flow_prior dis: crop (default) computes each training sample's DIS on its "
                             "augmented crop; context on the crop and 64 px of the frame around it, then crops, flips "

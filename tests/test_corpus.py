@@ -207,7 +207,8 @@ def test_large_motion_script_trains_scores_and_tables_each_variant(clips, tmp_pa
     root = Path(__file__).resolve().parents[1]
     env = dict(os.environ, PYTHON=sys.executable, TRAIN_EXTRA="--model_size tiny", STEPS="2", BATCH="2", CROP="64",
                EVAL_LIMIT="2", MFS="0", EVAL_EVERY="1", CUR_PSNR="20",
-               RUNS="base_s0 fs842_s0 prior_s0 narrow_s0 priorlr5e-5_s0 priorfast_s0 priorfastcur_s0 priorfastcur25_s0",
+               RUNS="base_s0 fs842_s0 prior_s0 narrow_s0 priorlr5e-5_s0 priorfast_s0 priorfastcur_s0 priorfastcur25_s0 "
+                    "priorfastfrozencur25_s0",
                CORPUS_ARGS=f"--no_bundled --clips {clips[0].path.parent} --crop 64 --strides 1,2 --test_clips plain")
     work, out = tmp_path / "work", tmp_path / "out"
     result = subprocess.run(["bash", str(root / "tools" / "large_motion_runs.sh"), str(tmp_path / "cache"), str(work),
@@ -223,11 +224,11 @@ def test_large_motion_script_trains_scores_and_tables_each_variant(clips, tmp_pa
     # EVAL_EVERY: the held-out score of each run by step while it trained (1 epoch of 2 steps here: one row)
     curve = (out / "curve.md").read_text().splitlines()
     assert curve[0] == ("| step | base_s0 | fs842_s0 | prior_s0 | narrow_s0 | priorlr5e-5_s0 | priorfast_s0 | "
-                        "priorfastcur_s0 | priorfastcur25_s0 |")
-    assert len(curve) == 3 and re.fullmatch(r"\| 2 \|( \d+\.\d\d \|){8}", curve[2]), curve
+                        "priorfastcur_s0 | priorfastcur25_s0 | priorfastfrozencur25_s0 |")
+    assert len(curve) == 3 and re.fullmatch(r"\| 2 \|( \d+\.\d\d \|){9}", curve[2]), curve
     # The curated corpora the *cur variants train on (--min_classical_psnr CUR_PSNR, or the number in the run's
     # name), one per threshold: same test triplets as the corpus
-    for run, threshold in (("priorfastcur_s0", 20), ("priorfastcur25_s0", 25)):
+    for run, threshold in (("priorfastcur_s0", 20), ("priorfastcur25_s0", 25), ("priorfastfrozencur25_s0", 25)):
         folder = work / f"corpus_cur{threshold}"
         curated = json.loads((folder / "corpus.json").read_text())
         assert curated["min_classical_psnr"] == threshold and curated["classical_psnr"] and run in header
@@ -241,6 +242,9 @@ def test_large_motion_script_trains_scores_and_tables_each_variant(clips, tmp_pa
     assert tuple(saved["model"]["flow_scales"]) == (8, 4, 2)
     fast = torch.load(work / "ckpt" / "lm_priorfast_s0_last.pt", map_location="cpu", weights_only=True)["config"]
     assert fast["model"]["refine_finest"] == "half" and tuple(fast["model"]["flow_scales"]) == (8, 4, 2)
+    frozen = torch.load(work / "ckpt" / "lm_priorfastfrozencur25_s0_last.pt", map_location="cpu",
+                        weights_only=True)["config"]
+    assert frozen["train"]["freeze_flow"] is True and not fast["train"]["freeze_flow"]
     report = json.loads((out / "eval_prior_s0.json").read_text())
     assert report["flow_prior"] == "dis"
     # Scored with --components: the prior model's stages beside its prediction, the base's blend without a prior

@@ -159,6 +159,9 @@ def test_missing_checkpoint_and_dataset_give_one_line_errors(vimeo_root, tmp_pat
     (["--phase", "2", "--flow_teacher", "-1"], "--flow_teacher"),
     (["--phase", "2", "--prior_anchor", "0.01"], "--flow_prior"),          # nothing to hold the flow to
     (["--phase", "2", "--flow_prior", "dis", "--prior_anchor", "-1"], "--prior_anchor"),
+    (["--phase", "2", "--freeze_flow"], "--flow_prior"),                   # a frozen random estimator
+    (["--phase", "2", "--flow_prior", "dis", "--freeze_flow", "--prior_anchor", "0.01"], "--prior_anchor"),
+    (["--phase", "2", "--flow_prior", "dis", "--freeze_flow", "--flow_teacher", "0.01"], "--flow_teacher"),
     (["--phase", "2", "--flow_scales", "1", "2", "4"], "--flow_scales"),       # fine to coarse
     (["--phase", "2", "--flow_scales", "4", "2"], "--flow_scales"),            # one per block
     (["--phase", "2", "--flow_scales", "4", "2", "0"], "--flow_scales"),
@@ -303,6 +306,25 @@ def test_phase2_run_with_the_flow_prior_trains_validates_and_resumes_exactly(vim
     assert straight["metrics"]["psnr"] == resumed["metrics"]["psnr"]
     model, _ = model_from_checkpoint(str(tmp_path / "ckpt" / "prior_best.pt"))
     assert model.needs_flow_prior
+
+
+def test_freeze_flow_keeps_the_flow_at_the_prior_and_trains_the_rest(vimeo_root, tmp_path, capsys):
+    """--freeze_flow with --flow_prior dis: the flow blocks' heads, zero at the start of a prior model, are still
+    zero after the run (so the flow is the prior's at t), where a run without the flag moves them from its first
+    step; RefineNet has moved in both; the flag is in the resolved config."""
+    common = ("--phase", "2", "--epochs", "1", "--steps_per_epoch", "3", "--flow_prior", "dis")
+    assert train.main(base_args(vimeo_root, tmp_path, "frozen", *common, "--freeze_flow")) == 0
+    assert "flow estimator frozen" in capsys.readouterr().out
+    assert train.main(base_args(vimeo_root, tmp_path, "free", *common)) == 0
+    frozen = load_checkpoint(tmp_path / "ckpt" / "frozen_last.pt")
+    free = load_checkpoint(tmp_path / "ckpt" / "free_last.pt")
+    assert frozen["config"]["train"]["freeze_flow"] is True and frozen["step"] == free["step"] == 3
+    heads = [key for key in frozen["model"] if key.startswith("flow_estimator.") and ".head." in key]
+    assert heads
+    assert all(frozen["model"][key].abs().sum() == 0 for key in heads)
+    assert any(free["model"][key].abs().sum() > 0 for key in heads)
+    for payload in (frozen, free):
+        assert payload["model"]["refine.head.weight"].abs().sum() > 0      # zero at the start too
 
 
 def test_resuming_with_another_flow_prior_is_refused_naming_the_flag(vimeo_root, tmp_path, capsys):

@@ -36,6 +36,8 @@
 #   priorfastcur, priorfastemacur: priorfast and priorfastema on the corpus built with --min_classical_psnr CUR_PSNR
 #          (default 27): training spans whose classical interpolation scores below it left out (eighteenth round);
 #          priorfastcur<DB>, priorfastemacur<DB> (e.g. priorfastcur30): the same with that threshold instead.
+#   priorfastfrozen, priorfastfrozencur[<DB>]: priorfast (on the whole or the curated corpus) with --freeze_flow: the
+#          flow stays the prior's, the blend and RefineNet's residual learn (twentieth round).
 # Every variant trains on the corpus as make_corpus.py builds it by default (since the eighth round with the
 # moving-camera clips); narrow and priornarrow are base and prior on the corpus of rounds one to seven (without them).
 # With MFS=1 (default) each run is also scored with --motion_flow_scale (flow scale halved from 32 px of motion).
@@ -136,6 +138,9 @@ for run in "${runs[@]}"; do
             variant=(--flow_prior dis --refine_finest half --flow_scales 8 4 2) ;;
         priorfastemacur|priorfastemacur[0-9]*) data=$work/corpus_cur$(curated_threshold "$run")
             variant=(--flow_prior dis --refine_finest half --flow_scales 8 4 2 --ema_decay 0.999) ;;
+        priorfastfrozen) variant=(--flow_prior dis --refine_finest half --flow_scales 8 4 2 --freeze_flow) ;;
+        priorfastfrozencur|priorfastfrozencur[0-9]*) data=$work/corpus_cur$(curated_threshold "$run")
+            variant=(--flow_prior dis --refine_finest half --flow_scales 8 4 2 --freeze_flow) ;;
         prioranchor[0-9]*) weight=${run%_s*}; variant=(--flow_prior dis --prior_anchor "${weight#prioranchor}") ;;
         *) echo "unknown variant in run name $run"; exit 2 ;;
     esac
