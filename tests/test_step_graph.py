@@ -325,6 +325,26 @@ def test_graphed_step_of_a_prior_model_follows_the_eager_step():
 
 
 @needs_cuda
+def test_graphed_step_with_a_frozen_flow_follows_the_eager_step_and_keeps_the_flow():
+    """--freeze_flow: the captured step computes no gradient for the flow estimator (its parameters are left out of
+    the backward, and AdamW skips them), follows the eager step, and leaves every estimator weight where it started."""
+    batches = with_flows(cuda_batches(WARMUP_STEPS + 4), "flow_prior", seed=3)
+    eager_a, eager_b, graphed = (cuda_trainer(2, mode, flow_prior="dis", freeze_flow=True)
+                                 for mode in ("off", "off", "on"))
+    start = weights_of(eager_a)
+    flow_start = {key: value.clone() for key, value in eager_a.model.flow_estimator.state_dict().items()}
+    losses_a, losses_b, losses_g = (run_steps(t, batches) for t in (eager_a, eager_b, graphed))
+    assert graphed._executor.captures == 1
+    for trainer in (eager_a, graphed):
+        for key, value in trainer.model.flow_estimator.state_dict().items():
+            assert torch.equal(value, flow_start[key]), key
+    loss_noise = max(abs(x - y) for x, y in zip(losses_a, losses_b))
+    loss_drift = max(abs(x - y) for x, y in zip(losses_a, losses_g))
+    assert loss_drift <= max(10 * loss_noise, 1e-5)
+    assert_weights_follow(start, eager_a, eager_b, graphed)
+
+
+@needs_cuda
 def test_graphed_step_with_the_prior_anchor_follows_the_eager_step():
     """--prior_anchor computes the prior's flows at t inside the step from the batch's static prior buffer: each
     replay anchors to its own batch's prior, as the eager step does, and logs the term.
