@@ -206,7 +206,7 @@ def test_large_motion_script_trains_scores_and_tables_each_variant(clips, tmp_pa
 
     root = Path(__file__).resolve().parents[1]
     env = dict(os.environ, PYTHON=sys.executable, TRAIN_EXTRA="--model_size tiny", STEPS="2", BATCH="2", CROP="64",
-               EVAL_LIMIT="2", MFS="0", EVAL_EVERY="1", CUR_PSNR="20",
+               EVAL_LIMIT="2", MFS="0", TTA="1", EVAL_EVERY="1", CUR_PSNR="20",
                RUNS="base_s0 fs842_s0 prior_s0 narrow_s0 priorlr5e-5_s0 priorfast_s0 priorfastcur_s0 priorfastcur25_s0 "
                     "priorfastfrozencur25_s0",
                CORPUS_ARGS=f"--no_bundled --clips {clips[0].path.parent} --crop 64 --strides 1,2 --test_clips plain")
@@ -247,6 +247,9 @@ def test_large_motion_script_trains_scores_and_tables_each_variant(clips, tmp_pa
     assert frozen["train"]["freeze_flow"] is True and not fast["train"]["freeze_flow"]
     report = json.loads((out / "eval_prior_s0.json").read_text())
     assert report["flow_prior"] == "dis"
+    # TTA=1: every run also scored with --tta, a column of its own in both tables
+    assert "prior_tta_s0" in header and "prior_tta_s0" in stride_header
+    assert json.loads((out / "eval_prior_s0_tta.json").read_text())["tta"] is True
     # Scored with --components: the prior model's stages beside its prediction, the base's blend without a prior
     assert {"psnr_blend", "psnr_prior_warps"} <= set(report["results"]["test"])
     base = json.loads((out / "eval_base_s0.json").read_text())["results"]["test"]

@@ -41,6 +41,8 @@
 # Every variant trains on the corpus as make_corpus.py builds it by default (since the eighth round with the
 # moving-camera clips); narrow and priornarrow are base and prior on the corpus of rounds one to seven (without them).
 # With MFS=1 (default) each run is also scored with --motion_flow_scale (flow scale halved from 32 px of motion).
+# With TTA=1 (default 0) each run is also scored with --tta (the prediction averaged with the one on both frames turned
+# by 180 degrees, the prior's flows with them; table columns <variant>_tta_s<seed>).
 # With EVAL_EVERY=N each run also scores the corpus's held-out clip every N epochs while it trains, and curve.md tabulates
 # those scores by step: how the held-out PSNR moves with training (a diagnostic: no checkpoint is chosen by it, the
 # tables score each run's last checkpoint). Default: once, at the last epoch.
@@ -110,7 +112,7 @@ for threshold in "${thresholds[@]}"; do
 done
 echo "corpus ready after $(( $(date +%s) - start )) s"
 
-mfs_on=${MFS:-1}
+mfs_on=${MFS:-1}; tta_on=${TTA:-0}
 for run in "${runs[@]}"; do
     data=$work/corpus; variant=()
     case ${run%_s*} in
@@ -179,18 +181,21 @@ for run in "${runs[@]}"; do
         --out "$out/eval_$run.json" --no_progress $limit_eval > "$out/eval_$run.log" 2>&1 &
     (( mfs_on )) && $python benchmark/Corpus.py --model "lm_${run}_last" --ckpt_dir "$work/ckpt" --path "$work/corpus" \
         --motion_flow_scale --out "$out/eval_${run}_mfs.json" --no_progress $limit_eval > "$out/eval_${run}_mfs.log" 2>&1 &
+    (( tta_on )) && $python benchmark/Corpus.py --model "lm_${run}_last" --ckpt_dir "$work/ckpt" --path "$work/corpus" \
+        --tta --out "$out/eval_${run}_tta.json" --no_progress $limit_eval > "$out/eval_${run}_tta.log" 2>&1 &
 done
 wait || true
 echo "evaluation done after $(( $(date +%s) - start )) s"
-args=(); mfs=()
+args=(); variants=()      # variants: the same checkpoints scored with --motion_flow_scale or --tta
 for run in "${runs[@]}"; do
     [[ -f $out/eval_$run.json ]] && args+=("$run=$out/eval_$run.json")
-    [[ -f $out/eval_${run}_mfs.json ]] && mfs+=("${run%_s*}_mfs_s${run##*_s}=$out/eval_${run}_mfs.json")
+    [[ -f $out/eval_${run}_mfs.json ]] && variants+=("${run%_s*}_mfs_s${run##*_s}=$out/eval_${run}_mfs.json")
+    [[ -f $out/eval_${run}_tta.json ]] && variants+=("${run%_s*}_tta_s${run##*_s}=$out/eval_${run}_tta.json")
 done
 for run in "${runs[@]}"; do grep -h "steps/epoch\|done:\|first optimizer" "$out/train_$run.log" | sed "s/^/$run: /" || true; done
 if (( ${#args[@]} )); then
-    $python benchmark/bucket_table.py "${args[@]}" "${mfs[@]}" | tee "$out/table.md"
-    $python benchmark/bucket_table.py "${args[@]}" --rows stride | tee "$out/table_stride.md"
+    $python benchmark/bucket_table.py "${args[@]}" "${variants[@]}" | tee "$out/table.md"
+    $python benchmark/bucket_table.py "${args[@]}" "${variants[@]}" --rows stride | tee "$out/table_stride.md"
 else
     echo "no evaluation reports (see $out/train_*.log and $out/eval_*.log)"
 fi
