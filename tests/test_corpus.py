@@ -178,6 +178,39 @@ def test_skip_clips_leaves_the_named_clips_out_and_refuses_an_unknown_name(clips
     assert not (tmp_path / "bad").exists()
 
 
+def test_large_motion_script_scores_a_validation_clip_left_out_of_training(clips, tmp_path):
+    """VAL_CLIP: the named clip is in no training corpus (nor the curated one derived from it), its triplets make a
+    validation set of their own, and every run is scored on it beside the held-out clip (table_val.md)."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    (tmp_path / "all").mkdir()
+    for path in [c.path for c in clips]:
+        os.link(path, tmp_path / "all" / path.name)
+    write_clip(tmp_path / "all" / "extra.avi", pan(4, 12))
+    common = dict(os.environ, PYTHON=sys.executable, TRAIN_EXTRA="--model_size tiny", STEPS="1", BATCH="2",
+                  CROP="64", EVAL_LIMIT="2", MFS="0", CUR_PSNR="10", VAL_CLIP="shots", VAL_STEP="4",
+                  CORPUS_ARGS=f"--no_bundled --clips {tmp_path / 'all'} --crop 64 --strides 1,2 --test_clips plain")
+    work, out = tmp_path / "work", tmp_path / "out"
+    result = subprocess.run(["bash", str(root / "tools" / "large_motion_runs.sh"), str(tmp_path / "cache"), str(work),
+                             str(out), "1", "300"], cwd=root, env=dict(common, RUNS="priorfastcur_s0"),
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    for corpus in ("corpus", "corpus_cur10"):
+        built = json.loads((work / corpus / "corpus.json").read_text())
+        assert [c["name"] for c in built["clips"]] == ["extra", "plain"], corpus
+    validation = json.loads((work / "corpus_val_shots" / "corpus.json").read_text())
+    assert validation["test_clips"] == ["shots"] and validation["test_step"] == 4
+    assert {validation["triplets"][n][0] for n in (work / "corpus_val_shots" / "tri_testlist.txt").read_text().split()
+            } == {"shots"}
+    assert "priorfastcur_s0" in (out / "table_val.md").read_text()
+    assert json.loads((out / "eval_priorfastcur_s0_val.json").read_text())["results"]["test"]["count"] == 2
+    refused = subprocess.run(["bash", str(root / "tools" / "large_motion_runs.sh"), str(tmp_path / "cache"),
+                              str(tmp_path / "w2"), str(tmp_path / "o2")], cwd=root,
+                             env=dict(common, RUNS="priorfastprev_s0"), capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "VAL_CLIP=shots: not with" in refused.stderr
+
+
 def test_without_apt_get_the_tool_says_so_and_uses_what_it_has(clips, tmp_path, capsys, monkeypatch):
     import tools.make_corpus as make_corpus
     import tools.make_sample_data as make_sample_data

@@ -46,6 +46,10 @@
 # With EVAL_EVERY=N each run also scores the corpus's held-out clip every N epochs while it trains, and curve.md tabulates
 # those scores by step: how the held-out PSNR moves with training (a diagnostic: no checkpoint is chosen by it, the
 # tables score each run's last checkpoint). Default: once, at the last epoch.
+# With VAL_CLIP=NAME (e.g. vtest) that clip is left out of every training corpus and its triplets (VAL_STEP frames
+# apart, default 8) make a validation set of their own: every run is also scored on it (table_val.md, eval_*_val.json),
+# so a choice among runs (a threshold, a schedule) can be made on footage the held-out clip's score did not pick.
+# Not with a --skip_clips in CORPUS_ARGS, nor with the *narrow and *prev variants (which set their own).
 set -euo pipefail
 cache=$1; work=$2; out=$3; epochs=${4:-10}; limit=${5:-360}
 python=${PYTHON:-python3}
@@ -53,8 +57,21 @@ python=${PYTHON:-python3}
 # EVAL_LIMIT=2, CORPUS_ARGS="--no_bundled --clips DIR --crop 64".
 steps=${STEPS:-100}; batch=${BATCH:-16}; crop=${CROP:-256}; extra=${TRAIN_EXTRA:-}
 limit_eval=${EVAL_LIMIT:+--limit $EVAL_LIMIT}; corpus_args=${CORPUS_ARGS:-}
+val_clip=${VAL_CLIP:-}
+if [[ -n $val_clip ]]; then
+    if [[ " $corpus_args ${RUNS:-} " == *--skip_clips* || " ${RUNS:-} " == *narrow* || " ${RUNS:-} " == *prev* ]]; then
+        echo "VAL_CLIP=$val_clip: not with a --skip_clips in CORPUS_ARGS or the *narrow / *prev runs" >&2
+        exit 2
+    fi
+fi
 mkdir -p "$work" "$out"
 start=$(date +%s)
+if [[ -n $val_clip ]]; then
+    # Built first, from every clip (its training list is not used): the clip's triplets as its test list.
+    $python tools/make_corpus.py --cache "$cache" --out "$work/corpus_val_$val_clip" --workers 4 $corpus_args \
+        --test_clips "$val_clip" --test_step "${VAL_STEP:-8}" | tee "$out/corpus_val.log"
+    corpus_args="$corpus_args --skip_clips $val_clip"
+fi
 $python tools/make_corpus.py --cache "$cache" --out "$work/corpus" --workers 4 $corpus_args | tee "$out/corpus.log"
 # The stride 2-4 view: the same sequences, a training list without stride 1 (the test list is unchanged).
 mkdir -p "$work/corpus_s24"
@@ -183,6 +200,9 @@ for run in "${runs[@]}"; do
         --motion_flow_scale --out "$out/eval_${run}_mfs.json" --no_progress $limit_eval > "$out/eval_${run}_mfs.log" 2>&1 &
     (( tta_on )) && $python benchmark/Corpus.py --model "lm_${run}_last" --ckpt_dir "$work/ckpt" --path "$work/corpus" \
         --tta --out "$out/eval_${run}_tta.json" --no_progress $limit_eval > "$out/eval_${run}_tta.log" 2>&1 &
+    [[ -n $val_clip ]] && $python benchmark/Corpus.py --model "lm_${run}_last" --ckpt_dir "$work/ckpt" \
+        --path "$work/corpus_val_$val_clip" --out "$out/eval_${run}_val.json" --no_progress $limit_eval \
+        > "$out/eval_${run}_val.log" 2>&1 &
 done
 wait || true
 echo "evaluation done after $(( $(date +%s) - start )) s"
@@ -196,6 +216,12 @@ for run in "${runs[@]}"; do grep -h "steps/epoch\|done:\|first optimizer" "$out/
 if (( ${#args[@]} )); then
     $python benchmark/bucket_table.py "${args[@]}" "${variants[@]}" | tee "$out/table.md"
     $python benchmark/bucket_table.py "${args[@]}" "${variants[@]}" --rows stride | tee "$out/table_stride.md"
+    val=()
+    for run in "${runs[@]}"; do [[ -f $out/eval_${run}_val.json ]] && val+=("$run=$out/eval_${run}_val.json"); done
+    if (( ${#val[@]} )); then
+        echo "validation clip $val_clip (left out of training):"
+        $python benchmark/bucket_table.py "${val[@]}" | tee "$out/table_val.md"
+    fi
 else
     echo "no evaluation reports (see $out/train_*.log and $out/eval_*.log)"
 fi
