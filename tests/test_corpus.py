@@ -180,7 +180,8 @@ def test_skip_clips_leaves_the_named_clips_out_and_refuses_an_unknown_name(clips
 
 def test_large_motion_script_scores_a_validation_clip_left_out_of_training(clips, tmp_path):
     """VAL_CLIP: the named clip is in no training corpus (nor the curated one derived from it), its triplets make a
-    validation set of their own, and every run is scored on it beside the held-out clip (table_val.md)."""
+    validation set of their own, and every run is scored on it beside the held-out clip (table_val.md). TTA=1: every
+    run is also scored with --tta, a column of its own in both tables."""
     import subprocess
 
     root = Path(__file__).resolve().parents[1]
@@ -189,7 +190,7 @@ def test_large_motion_script_scores_a_validation_clip_left_out_of_training(clips
         os.link(path, tmp_path / "all" / path.name)
     write_clip(tmp_path / "all" / "extra.avi", pan(4, 12))
     common = dict(os.environ, PYTHON=sys.executable, TRAIN_EXTRA="--model_size tiny", STEPS="1", BATCH="2",
-                  CROP="64", EVAL_LIMIT="2", MFS="0", CUR_PSNR="10", VAL_CLIP="shots", VAL_STEP="4",
+                  CROP="64", EVAL_LIMIT="2", MFS="0", TTA="1", CUR_PSNR="10", VAL_CLIP="shots", VAL_STEP="4",
                   CORPUS_ARGS=f"--no_bundled --clips {tmp_path / 'all'} --crop 64 --strides 1,2 --test_clips plain")
     work, out = tmp_path / "work", tmp_path / "out"
     result = subprocess.run(["bash", str(root / "tools" / "large_motion_runs.sh"), str(tmp_path / "cache"), str(work),
@@ -205,6 +206,9 @@ def test_large_motion_script_scores_a_validation_clip_left_out_of_training(clips
             } == {"shots"}
     assert "priorfastcur_s0" in (out / "table_val.md").read_text()
     assert json.loads((out / "eval_priorfastcur_s0_val.json").read_text())["results"]["test"]["count"] == 2
+    for table in ("table.md", "table_stride.md"):
+        assert "priorfastcur_tta_s0" in (out / table).read_text(), table
+    assert json.loads((out / "eval_priorfastcur_s0_tta.json").read_text())["tta"] is True
     refused = subprocess.run(["bash", str(root / "tools" / "large_motion_runs.sh"), str(tmp_path / "cache"),
                               str(tmp_path / "w2"), str(tmp_path / "o2")], cwd=root,
                              env=dict(common, RUNS="priorfastprev_s0"), capture_output=True, text=True, timeout=60)
@@ -239,7 +243,7 @@ def test_large_motion_script_trains_scores_and_tables_each_variant(clips, tmp_pa
 
     root = Path(__file__).resolve().parents[1]
     env = dict(os.environ, PYTHON=sys.executable, TRAIN_EXTRA="--model_size tiny", STEPS="2", BATCH="2", CROP="64",
-               EVAL_LIMIT="2", MFS="0", TTA="1", EVAL_EVERY="1", CUR_PSNR="20",
+               EVAL_LIMIT="2", MFS="0", EVAL_EVERY="1", CUR_PSNR="20",
                RUNS="base_s0 fs842_s0 prior_s0 narrow_s0 priorlr5e-5_s0 priorfast_s0 priorfastcur_s0 priorfastcur25_s0 "
                     "priorfastfrozencur25_s0",
                CORPUS_ARGS=f"--no_bundled --clips {clips[0].path.parent} --crop 64 --strides 1,2 --test_clips plain")
@@ -280,9 +284,6 @@ def test_large_motion_script_trains_scores_and_tables_each_variant(clips, tmp_pa
     assert frozen["train"]["freeze_flow"] is True and not fast["train"]["freeze_flow"]
     report = json.loads((out / "eval_prior_s0.json").read_text())
     assert report["flow_prior"] == "dis"
-    # TTA=1: every run also scored with --tta, a column of its own in both tables
-    assert "prior_tta_s0" in header and "prior_tta_s0" in stride_header
-    assert json.loads((out / "eval_prior_s0_tta.json").read_text())["tta"] is True
     # Scored with --components: the prior model's stages beside its prediction, the base's blend without a prior
     assert {"psnr_blend", "psnr_prior_warps"} <= set(report["results"]["test"])
     base = json.loads((out / "eval_base_s0.json").read_text())["results"]["test"]
