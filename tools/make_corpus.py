@@ -596,23 +596,17 @@ def is_complete(out_dir: Path) -> bool:
     return (out_dir / INFO_FILE).is_file() and (out_dir / TRAIN_LIST).is_file() and (out_dir / TEST_LIST).is_file()
 
 
-def option_mismatch(out_dir: Path, requested: dict) -> str | None:
-    """How the corpus recorded in ``out_dir`` differs from the options asked for now, or None where it matches.
+def option_mismatch(out_dir: Path, recorded: dict, requested: dict) -> str | None:
+    """How the corpus ``recorded`` in ``out_dir`` (its corpus.json) differs from the options asked for now, or None.
 
-    ``requested`` maps a recorded key of corpus.json (``min_classical_psnr``, ``strides``, ``step`` ...) to the value
-    the command line asks for; a key asked as None (e.g. ``test_clips`` left to its default) is not compared. A
-    complete corpus is reused only where it matches: a command that now asks for ``--min_classical_psnr 36`` must
-    not train on the whole corpus an earlier command built there."""
-    recorded = json.loads((out_dir / INFO_FILE).read_text())
-    flags = {"min_classical_psnr": "--min_classical_psnr", "strides": "--strides", "step": "--step",
-             "test_step": "--test_step", "max_side": "--max_side", "crop": "--crop", "pad_small": "--pad_small",
-             "test_clips": "--test_clips"}
+    ``requested`` maps each option to compare, by its corpus.json key (``min_classical_psnr``, ``strides`` ...; the
+    flag is ``--`` and the key), to the value the command line asks for. A complete corpus is reused only where they
+    match: a command that now asks for ``--min_classical_psnr 36`` must not train on the whole corpus an earlier
+    command built there."""
     for key, wanted in requested.items():
-        if wanted is None and key != "min_classical_psnr":
-            continue
         have = recorded.get(key)
         if have != wanted:
-            return f"{flags[key]}: {out_dir} holds a corpus built with {shown(have)}, not {shown(wanted)}"
+            return f"--{key}: {out_dir} holds a corpus built with {shown(have)}, not {shown(wanted)}"
     return None
 
 
@@ -675,17 +669,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     out_dir, cache = Path(args.out).resolve(), Path(args.cache).resolve()
     try:
         if is_complete(out_dir) and not args.force:
+            recorded = json.loads((out_dir / INFO_FILE).read_text())
             requested = {"min_classical_psnr": args.min_classical_psnr}
-            if args.from_corpus is None:
+            if args.from_corpus is None:        # a derived corpus takes these from its source
                 requested.update(strides=args.strides, step=args.step, test_step=args.test_step,
-                                 max_side=args.max_side, crop=args.crop, pad_small=args.pad_small,
-                                 test_clips=None if args.test_clips is None else
-                                 [n for n in args.test_clips.split(",") if n])
-            mismatch = option_mismatch(out_dir, requested)
+                                 max_side=args.max_side, crop=args.crop, pad_small=args.pad_small)
+                if args.test_clips is not None:     # the default depends on the clips: compared when given
+                    requested["test_clips"] = [n for n in args.test_clips.split(",") if n]
+            mismatch = option_mismatch(out_dir, recorded, requested)
             if mismatch is not None:
                 raise CorpusError(f"{mismatch}: pass --force to rebuild it there, or --out to build the new one "
                                   f"beside it")
-            counts = json.loads((out_dir / INFO_FILE).read_text())["counts"]
+            counts = recorded["counts"]
             print(f"corpus already complete: {out_dir} ({counts['train']} train / {counts['test']} test triplets); "
                   f"pass --force to rebuild")
             return 0
