@@ -130,6 +130,7 @@ done
 echo "corpus ready after $(( $(date +%s) - start )) s"
 
 mfs_on=${MFS:-1}; tta_on=${TTA:-0}
+fast=(--flow_prior dis --refine_finest half --flow_scales 8 4 2)     # the prior with the fast arrangement
 for run in "${runs[@]}"; do
     data=$work/corpus; variant=()
     case ${run%_s*} in
@@ -150,16 +151,15 @@ for run in "${runs[@]}"; do
         priorema) variant=(--flow_prior dis --ema_decay 0.999) ;;
         priorlr[0-9]*) lr=${run%_s*}; variant=(--flow_prior dis --lr "${lr#priorlr}") ;;
         priorhalf) variant=(--flow_prior dis --refine_finest half) ;;
-        priorfast) variant=(--flow_prior dis --refine_finest half --flow_scales 8 4 2) ;;
-        priorfastema) variant=(--flow_prior dis --refine_finest half --flow_scales 8 4 2 --ema_decay 0.999) ;;
-        priorfastprev) data=$work/corpus_prev; variant=(--flow_prior dis --refine_finest half --flow_scales 8 4 2) ;;
-        priorfastcur|priorfastcur[0-9]*) data=$work/corpus_cur$(curated_threshold "$run")
-            variant=(--flow_prior dis --refine_finest half --flow_scales 8 4 2) ;;
+        priorfast) variant=("${fast[@]}") ;;
+        priorfastema) variant=("${fast[@]}" --ema_decay 0.999) ;;
+        priorfastprev) data=$work/corpus_prev; variant=("${fast[@]}") ;;
+        priorfastcur|priorfastcur[0-9]*) data=$work/corpus_cur$(curated_threshold "$run"); variant=("${fast[@]}") ;;
         priorfastemacur|priorfastemacur[0-9]*) data=$work/corpus_cur$(curated_threshold "$run")
-            variant=(--flow_prior dis --refine_finest half --flow_scales 8 4 2 --ema_decay 0.999) ;;
-        priorfastfrozen) variant=(--flow_prior dis --refine_finest half --flow_scales 8 4 2 --freeze_flow) ;;
+            variant=("${fast[@]}" --ema_decay 0.999) ;;
+        priorfastfrozen) variant=("${fast[@]}" --freeze_flow) ;;
         priorfastfrozencur|priorfastfrozencur[0-9]*) data=$work/corpus_cur$(curated_threshold "$run")
-            variant=(--flow_prior dis --refine_finest half --flow_scales 8 4 2 --freeze_flow) ;;
+            variant=("${fast[@]}" --freeze_flow) ;;
         prioranchor[0-9]*) weight=${run%_s*}; variant=(--flow_prior dis --prior_anchor "${weight#prioranchor}") ;;
         *) echo "unknown variant in run name $run"; exit 2 ;;
     esac
@@ -191,24 +191,26 @@ for run in runs:
         print(f"{run}: no checkpoint")
 PY
 
+# score RUN SUFFIX CORPUS [FLAGS]: the run's last checkpoint on CORPUS's test list -> $out/eval_<RUN><SUFFIX>.json
+score() {
+    local run=$1 suffix=$2 corpus=$3; shift 3
+    $python benchmark/Corpus.py --model "lm_${run}_last" --ckpt_dir "$work/ckpt" --path "$corpus" "$@" \
+        --out "$out/eval_${run}${suffix}.json" --no_progress $limit_eval > "$out/eval_${run}${suffix}.log" 2>&1
+}
 for run in "${runs[@]}"; do
     [[ -f $work/ckpt/lm_${run}_last.pt ]] || continue
     # --components: the blend before RefineNet (and a prior model's own start) per sample, beside the prediction.
-    $python benchmark/Corpus.py --model "lm_${run}_last" --ckpt_dir "$work/ckpt" --path "$work/corpus" --components \
-        --out "$out/eval_$run.json" --no_progress $limit_eval > "$out/eval_$run.log" 2>&1 &
-    (( mfs_on )) && $python benchmark/Corpus.py --model "lm_${run}_last" --ckpt_dir "$work/ckpt" --path "$work/corpus" \
-        --motion_flow_scale --out "$out/eval_${run}_mfs.json" --no_progress $limit_eval > "$out/eval_${run}_mfs.log" 2>&1 &
-    (( tta_on )) && $python benchmark/Corpus.py --model "lm_${run}_last" --ckpt_dir "$work/ckpt" --path "$work/corpus" \
-        --tta --out "$out/eval_${run}_tta.json" --no_progress $limit_eval > "$out/eval_${run}_tta.log" 2>&1 &
-    [[ -n $val_clip ]] && $python benchmark/Corpus.py --model "lm_${run}_last" --ckpt_dir "$work/ckpt" \
-        --path "$work/corpus_val_$val_clip" --out "$out/eval_${run}_val.json" --no_progress $limit_eval \
-        > "$out/eval_${run}_val.log" 2>&1 &
+    score "$run" "" "$work/corpus" --components &
+    (( mfs_on )) && score "$run" _mfs "$work/corpus" --motion_flow_scale &
+    (( tta_on )) && score "$run" _tta "$work/corpus" --tta &
+    [[ -n $val_clip ]] && score "$run" _val "$work/corpus_val_$val_clip" &
 done
 wait || true
 echo "evaluation done after $(( $(date +%s) - start )) s"
-args=(); variants=()      # variants: the same checkpoints scored with --motion_flow_scale or --tta
+args=(); variants=(); val=()   # variants: the same checkpoints scored with --motion_flow_scale or --tta
 for run in "${runs[@]}"; do
     [[ -f $out/eval_$run.json ]] && args+=("$run=$out/eval_$run.json")
+    [[ -f $out/eval_${run}_val.json ]] && val+=("$run=$out/eval_${run}_val.json")
     [[ -f $out/eval_${run}_mfs.json ]] && variants+=("${run%_s*}_mfs_s${run##*_s}=$out/eval_${run}_mfs.json")
     [[ -f $out/eval_${run}_tta.json ]] && variants+=("${run%_s*}_tta_s${run##*_s}=$out/eval_${run}_tta.json")
 done
@@ -216,8 +218,6 @@ for run in "${runs[@]}"; do grep -h "steps/epoch\|done:\|first optimizer" "$out/
 if (( ${#args[@]} )); then
     $python benchmark/bucket_table.py "${args[@]}" "${variants[@]}" | tee "$out/table.md"
     $python benchmark/bucket_table.py "${args[@]}" "${variants[@]}" --rows stride | tee "$out/table_stride.md"
-    val=()
-    for run in "${runs[@]}"; do [[ -f $out/eval_${run}_val.json ]] && val+=("$run=$out/eval_${run}_val.json"); done
     if (( ${#val[@]} )); then
         echo "validation clip $val_clip (left out of training):"
         $python benchmark/bucket_table.py "${val[@]}" | tee "$out/table_val.md"
