@@ -307,7 +307,7 @@ def test_readme_recipe_commands_agree():
     threshold = float(corpus[corpus.index("--min_classical_psnr") + 1])
     cfg, _ = parse_train_argv(train_cmd[2:])
     assert cfg.data.data_path == folder == score[score.index("--path") + 1]
-    assert cfg.model.flow_prior == "dis" and cfg.train.ema_decay == 0.0 and threshold > 0
+    assert cfg.model.flow_prior == "dis" and cfg.train.freeze_flow and cfg.train.ema_decay == 0.0 and threshold > 0
     assert score[score.index("--model") + 1] == f"{cfg.train.exp_name}_last"
 
 
