@@ -110,17 +110,74 @@ def test_the_test_files_the_gpu_stage_runs_exist(invocations):
                 assert (REPO / word).is_file(), word
 
 
-def test_every_large_motion_run_name_is_a_variant_whose_flags_train_py_accepts(invocations, monkeypatch):
+def large_motion_variant(name: str, cur_psnr: str = "") -> tuple[str, list[str]]:
+    """(training folder, train.py flags) that tools/large_motion_runs.sh gives the run ``name``, WORK being /w: its
+    own case list run with its own `fast` array and `curated_threshold` function, taken from the script's text."""
     source = (REPO / "tools" / "large_motion_runs.sh").read_text()
     case_block = re.search(r"\n(\s*case \$\{run%_s\*\} in\n.*?\n\s*esac)\n", source, re.S).group(1)
+    fast = re.search(r"^fast=\(.*\)", source, re.M).group(0)
+    threshold = re.search(r"^curated_threshold\(\) \{.*\}$", source, re.M).group(0)
+    snippet = (f'set -u; run="$1"; work=/w; data=/w/corpus; variant=(); {fast}\n{threshold}\n{case_block}\n'
+               f'printf "%s\\n" "$data" "${{variant[@]}}"')
+    env = dict(os.environ, CUR_PSNR=cur_psnr) if cur_psnr else {k: v for k, v in os.environ.items() if k != "CUR_PSNR"}
+    result = subprocess.run(["bash", "-c", snippet, "_", name], capture_output=True, text=True, timeout=30, env=env)
+    assert result.returncode == 0, f"run name {name}: {result.stdout.strip()} {result.stderr.strip()}"
+    data, *flags = result.stdout.split("\n")[:-1]
+    return data, flags
+
+
+def test_every_large_motion_run_name_is_a_variant_whose_flags_train_py_accepts(invocations, monkeypatch):
     names = [name for command in invocations if command[0] == "large_motion_runs" for name in command[1].split()]
     assert names
     names += ["priorlr5e-5_s0", "priorema_s0", "priorctx_s0",      # the eleventh round's ranking (docs/LARGE_MOTION.md)
               "priorhalf_s0", "priorfast_s0", "priorfastema_s1",   # --refine_finest half's quality (docs/PERF.md 10.15)
               "prioranchor0.01_s0"]                                 # the thirteenth round's
     for name in names:
-        snippet = f'run="$1"; work=/w; data=/w/corpus; variant=()\n{case_block}\nprintf "%s\\n" "${{variant[@]}}"'
-        result = subprocess.run(["bash", "-c", snippet, "_", name], capture_output=True, text=True, timeout=30)
-        assert result.returncode == 0, f"run name {name}: {result.stdout.strip()}"
+        data, flags = large_motion_variant(name)
         assert re.fullmatch(r"s\d+", name.rsplit("_", 1)[1]), f"run name {name} has no _s<seed> suffix"
-        parse_only("train.py", ["--phase", "2", "--data_path", "/w/corpus", *result.stdout.split()], monkeypatch)
+        parse_only("train.py", ["--phase", "2", "--data_path", data, *flags], monkeypatch)
+
+
+# run name -> (training folder under WORK=/w, the config fields in which the run differs from the defaults)
+PRIOR = {"model.flow_prior": "dis"}
+FAST = {**PRIOR, "model.refine_finest": "half", "model.flow_scales": (8, 4, 2)}     # the prior, the fast arrangement
+LARGE_MOTION_VARIANTS = {
+    "base_s0": ("/w/corpus", {}),
+    "s24_s1": ("/w/corpus_s24", {}),
+    "narrow_s0": ("/w/corpus_narrow", {}),
+    "lr5_s0": ("/w/corpus", {"train.lr": 5e-4}),
+    "fs842_s0": ("/w/corpus", {"model.flow_scales": (8, 4, 2)}),
+    "teach0.05_s0": ("/w/corpus", {"loss.flow_teacher": 0.05}),
+    "prior_s0": ("/w/corpus", PRIOR),
+    "priornoter_s0": ("/w/corpus", {**PRIOR, "loss.ter": 0.0}),
+    "priorlr5e-5_s0": ("/w/corpus", {**PRIOR, "train.lr": 5e-5}),
+    "priorctx_s0": ("/w/corpus", {**PRIOR, "data.prior_from": "context"}),
+    "prioranchor0.01_s0": ("/w/corpus", {**PRIOR, "loss.prior_anchor": 0.01}),
+    "priorfast_s0": ("/w/corpus", FAST),
+    "priorfastprev_s0": ("/w/corpus_prev", FAST),
+    "priorfastcur_s0": ("/w/corpus_cur27", FAST),
+    "priorfastcur36_s1": ("/w/corpus_cur36", FAST),
+    "priorfastemacur30_s0": ("/w/corpus_cur30", {**FAST, "train.ema_decay": 0.999}),
+    "priorfastfrozen_s0": ("/w/corpus", {**FAST, "train.freeze_flow": True}),
+    "priorfastfrozencur36_s2": ("/w/corpus_cur36", {**FAST, "train.freeze_flow": True}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(LARGE_MOTION_VARIANTS))
+def test_each_large_motion_variant_trains_on_its_corpus_with_its_flags(name):
+    """What each run name of tools/large_motion_runs.sh trains with, read back through train.py's own config: the
+    variants' meaning checked in a second each, so the script's end-to-end smoke test (tests/test_corpus.py) needs only
+    a few of them."""
+    from config import parse_train_argv
+    expected_data, expected = LARGE_MOTION_VARIANTS[name]
+    data, flags = large_motion_variant(name)
+    assert data == expected_data
+    cfg, _ = parse_train_argv(["--phase", "2", "--data_path", data, *flags])
+    defaults, _ = parse_train_argv(["--phase", "2", "--data_path", data])
+    changed = {f"{section}.{key}" for section in ("model", "train", "loss", "data")
+               for key, value in vars(getattr(cfg, section)).items() if value != vars(getattr(defaults, section))[key]}
+    assert changed == set(expected), f"{name}: {sorted(changed)}"
+    for dotted, value in expected.items():
+        section, key = dotted.split(".")
+        assert getattr(getattr(cfg, section), key) == value, dotted
+    assert large_motion_variant("priorfastcur_s0", cur_psnr="20")[0] == "/w/corpus_cur20"   # CUR_PSNR sets the default
