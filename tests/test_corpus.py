@@ -3,6 +3,7 @@ clips kept aside, and the frame cache's handling of the corpus's hard links. CPU
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import re
@@ -181,7 +182,8 @@ def test_skip_clips_leaves_the_named_clips_out_and_refuses_an_unknown_name(clips
 def test_large_motion_script_scores_a_validation_clip_left_out_of_training(clips, tmp_path):
     """VAL_CLIP: the named clip is in no training corpus (nor the curated one derived from it), its triplets make a
     validation set of their own, and every run is scored on it beside the held-out clip (table_val.md). TTA=1: every
-    run is also scored with --tta, a column of its own in both tables."""
+    run is also scored with --tta, a column of its own in both tables. The run is a per-clip selection (*best<PCT>)
+    with no threshold asked for: its scores come from a corpus scored at 0 dB, which keeps every triplet."""
     import subprocess
 
     root = Path(__file__).resolve().parents[1]
@@ -194,21 +196,25 @@ def test_large_motion_script_scores_a_validation_clip_left_out_of_training(clips
                   CORPUS_ARGS=f"--no_bundled --clips {tmp_path / 'all'} --crop 64 --strides 1,2 --test_clips plain")
     work, out = tmp_path / "work", tmp_path / "out"
     result = subprocess.run(["bash", str(root / "tools" / "large_motion_runs.sh"), str(tmp_path / "cache"), str(work),
-                             str(out), "1", "300"], cwd=root, env=dict(common, RUNS="priorfastcur_s0"),
+                             str(out), "1", "300"], cwd=root, env=dict(common, RUNS="priorfastfrozenbest50_s0"),
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    for corpus in ("corpus", "corpus_cur10"):
+    for corpus in ("corpus", "corpus_cur0", "corpus_best50"):
         built = json.loads((work / corpus / "corpus.json").read_text())
         assert [c["name"] for c in built["clips"]] == ["extra", "plain"], corpus
     validation = json.loads((work / "corpus_val_shots" / "corpus.json").read_text())
     assert validation["test_clips"] == ["shots"] and validation["test_step"] == 4
     assert {validation["triplets"][n][0] for n in (work / "corpus_val_shots" / "tri_testlist.txt").read_text().split()
             } == {"shots"}
-    assert "priorfastcur_s0" in (out / "table_val.md").read_text()
-    assert json.loads((out / "eval_priorfastcur_s0_val.json").read_text())["results"]["test"]["count"] == 2
+    scored = json.loads((work / "corpus_cur0" / "corpus.json").read_text())
+    whole = json.loads((work / "corpus" / "corpus.json").read_text())["counts"]["train"]
+    assert scored["counts"]["train"] == len(scored["classical_psnr"]) == whole > built["counts"]["train"]
+    assert not (work / "corpus_cur10").exists()              # CUR_PSNR is for the *cur runs only
+    assert "priorfastfrozenbest50_s0" in (out / "table_val.md").read_text()
+    assert json.loads((out / "eval_priorfastfrozenbest50_s0_val.json").read_text())["results"]["test"]["count"] == 2
     for table in ("table.md", "table_stride.md"):
-        assert "priorfastcur_tta_s0" in (out / table).read_text(), table
-    assert json.loads((out / "eval_priorfastcur_s0_tta.json").read_text())["tta"] is True
+        assert "priorfastfrozenbest50_tta_s0" in (out / table).read_text(), table
+    assert json.loads((out / "eval_priorfastfrozenbest50_s0_tta.json").read_text())["tta"] is True
     refused = subprocess.run(["bash", str(root / "tools" / "large_motion_runs.sh"), str(tmp_path / "cache"),
                               str(tmp_path / "w2"), str(tmp_path / "o2")], cwd=root,
                              env=dict(common, RUNS="priorfastprev_s0"), capture_output=True, text=True, timeout=60)
@@ -246,7 +252,7 @@ def test_large_motion_script_trains_scores_and_tables_each_variant(clips, tmp_pa
     root = Path(__file__).resolve().parents[1]
     env = dict(os.environ, PYTHON=sys.executable, TRAIN_EXTRA="--model_size tiny", STEPS="2", BATCH="2", CROP="64",
                EVAL_LIMIT="2", MFS="0", EVAL_EVERY="1", CUR_PSNR="20",
-               RUNS="base_s0 prior_s0 narrow_s0 priorfastcur_s0 priorfastfrozencur25_s0",
+               RUNS="base_s0 prior_s0 narrow_s0 priorfastcur_s0 priorfastfrozencur25_s0 priorfastfrozenbest50_s0",
                CORPUS_ARGS=f"--no_bundled --clips {clips[0].path.parent} --crop 64 --strides 1,2 --test_clips plain")
     work, out = tmp_path / "work", tmp_path / "out"
     result = subprocess.run(["bash", str(root / "tools" / "large_motion_runs.sh"), str(tmp_path / "cache"), str(work),
@@ -261,8 +267,9 @@ def test_large_motion_script_trains_scores_and_tables_each_variant(clips, tmp_pa
     assert "narrow_s0" in header and (work / "corpus_narrow" / "corpus.json").is_file()   # rounds one to seven's
     # EVAL_EVERY: the held-out score of each run by step while it trained (1 epoch of 2 steps here: one row)
     curve = (out / "curve.md").read_text().splitlines()
-    assert curve[0] == "| step | base_s0 | prior_s0 | narrow_s0 | priorfastcur_s0 | priorfastfrozencur25_s0 |"
-    assert len(curve) == 3 and re.fullmatch(r"\| 2 \|( \d+\.\d\d \|){5}", curve[2]), curve
+    assert curve[0] == ("| step | base_s0 | prior_s0 | narrow_s0 | priorfastcur_s0 | priorfastfrozencur25_s0 | "
+                        "priorfastfrozenbest50_s0 |")
+    assert len(curve) == 3 and re.fullmatch(r"\| 2 \|( \d+\.\d\d \|){6}", curve[2]), curve
     # The curated corpora the *cur variants train on (--min_classical_psnr CUR_PSNR, or the number in the run's
     # name), one per threshold: same test triplets as the corpus
     for run, threshold in (("priorfastcur_s0", 20), ("priorfastfrozencur25_s0", 25)):
@@ -273,6 +280,14 @@ def test_large_motion_script_trains_scores_and_tables_each_variant(clips, tmp_pa
         assert curated.get("curated_from") == (None if threshold == 20 else str(work / "corpus_cur20"))
         trained_on = torch.load(work / "ckpt" / f"lm_{run}_last.pt", map_location="cpu", weights_only=True)["config"]
         assert Path(trained_on["data"]["data_path"]) == folder
+    # The per-clip selection (*best<PCT>): half of each training clip, from the lowest threshold's scores
+    best = json.loads((work / "corpus_best50" / "corpus.json").read_text())
+    assert best["best_per_clip"] == 0.5 and best["curated_from"] == str(work / "corpus_cur20")
+    assert best["counts"]["train"] == sum(int(n / 2 + 0.5) for n in collections.Counter(
+        best["triplets"][name][0] for name in best["classical_psnr"]).values())
+    trained_on = torch.load(work / "ckpt" / "lm_priorfastfrozenbest50_s0_last.pt", map_location="cpu",
+                            weights_only=True)["config"]
+    assert Path(trained_on["data"]["data_path"]) == work / "corpus_best50" and "priorfastfrozenbest50_s0" in header
     frozen = torch.load(work / "ckpt" / "lm_priorfastfrozencur25_s0_last.pt", map_location="cpu",
                         weights_only=True)["config"]
     assert frozen["train"]["freeze_flow"] is True and tuple(frozen["model"]["flow_scales"]) == (8, 4, 2)
@@ -387,3 +402,58 @@ def test_from_corpus_refuses_sources_without_the_scores_it_needs(clips, tmp_path
         assert main([*argv, "--out", str(tmp_path / "view")]) == 2
         assert message in capsys.readouterr().err
         assert not (tmp_path / "view").exists()                        # refused before anything is written
+
+
+def test_best_per_clip_keeps_each_clips_cleanest_fraction():
+    from tools.make_corpus import best_per_clip
+    scores = {"a1": 30.0, "a2": 40.0, "b1": 20.0, "a3": 35.0, "b2": 20.0, "a4": 31.0, "b3": 25.0, "c1": 10.0}
+    triplets = {name: [name[0], 1, int(name[1])] for name in scores}
+    # a: 2 of 4 (the 40 and the 35); b: 1.5 rounds up to 2 (the 25, then the earlier of the two 20s); c: at least one
+    assert best_per_clip(scores, triplets, 0.5) == ["a2", "b1", "a3", "b3", "c1"]
+    assert best_per_clip(scores, triplets, 1.0) == list(scores)
+    assert best_per_clip(scores, triplets, 0.01) == ["a2", "b3", "c1"]
+
+
+def test_from_corpus_best_per_clip_selects_by_the_recorded_scores_of_every_clip(clips, tmp_path, capsys):
+    """--best_per_clip keeps each training clip's best-scoring fraction, whatever threshold the scored source was
+    built with (it recorded every training triplet's score), links the source's frames and keeps its test list;
+    every misuse is one line naming the flag."""
+    image = texture(5)
+    shake = write_clip(tmp_path / "shake.avi", [np.ascontiguousarray(image[:, 8 * (k % 2):8 * (k % 2) + WIDTH])
+                                                for k in range(12)])
+    base = [*clips, Clip("shake", shake, "test clip C")]
+    kwargs = dict(test_clips=["shots"], strides=(1, 2), crop=64, say=lambda line: None)
+    low = build_corpus(base, tmp_path / "low", **kwargs, min_classical_psnr=0.0)
+    build_corpus(base, tmp_path / "high", **kwargs, min_classical_psnr=30.0)
+    scores, triplets = low["classical_psnr"], low["triplets"]
+    for source in ("low", "high"):
+        assert main(["--from_corpus", str(tmp_path / source), "--best_per_clip", "0.5", "--out",
+                     str(tmp_path / f"best_{source}")]) == 0
+    train = (tmp_path / "best_low" / "tri_trainlist.txt").read_text().split()
+    assert train == (tmp_path / "best_high" / "tri_trainlist.txt").read_text().split()
+    for clip in ("plain", "shake"):                 # half of each clip, its best
+        names = [n for n in scores if triplets[n][0] == clip]
+        kept = [n for n in train if triplets[n][0] == clip]
+        assert len(kept) == int(len(names) / 2 + 0.5)
+        assert min(scores[n] for n in kept) >= max(scores[n] for n in names if n not in kept)
+    still = [n for n in scores if triplets[n][:2] == ["shake", 2]]       # the same view three times: kept first
+    assert still and set(still) <= set(train)
+    described = json.loads((tmp_path / "best_low" / "corpus.json").read_text())
+    assert described["best_per_clip"] == 0.5 and described["min_classical_psnr"] is None
+    test_lists = [(tmp_path / folder / "tri_testlist.txt").read_text() for folder in ("best_low", "low")]
+    assert test_lists[0] == test_lists[1]
+    assert cv2.imread(str(tmp_path / "best_low" / "sequences" / train[0] / "im2.png")) is not None
+    assert "--best_per_clip 0.5 over" in capsys.readouterr().out
+    cases = [(["--best_per_clip", "0.5"], "give it with --from_corpus"),
+             (["--from_corpus", str(tmp_path / "low"), "--best_per_clip", "0.5", "--min_classical_psnr", "30"],
+              "and without --min_classical_psnr"),
+             (["--from_corpus", str(tmp_path / "low"), "--best_per_clip", "1.5"], "a fraction in (0, 1], got 1.5"),
+             (["--from_corpus", str(tmp_path / "best_low"), "--best_per_clip", "0.25"],
+              f"is itself a --best_per_clip selection: derive from its source, {tmp_path / 'low'}")]
+    for argv, message in cases:
+        assert main([*argv, "--out", str(tmp_path / "refused")]) == 2
+        assert message in capsys.readouterr().err
+        assert not (tmp_path / "refused").exists()
+    assert main(["--from_corpus", str(tmp_path / "low"), "--best_per_clip", "0.25", "--out",
+                 str(tmp_path / "best_low")]) == 2           # a complete corpus built with another fraction
+    assert "--best_per_clip: " in (said := capsys.readouterr().err) and "built with 0.5, not 0.25" in said

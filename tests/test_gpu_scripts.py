@@ -112,12 +112,14 @@ def test_the_test_files_the_gpu_stage_runs_exist(invocations):
 
 def large_motion_variant(name: str, cur_psnr: str = "") -> tuple[str, list[str]]:
     """(training folder, train.py flags) that tools/large_motion_runs.sh gives the run ``name``, WORK being /w: its
-    own case list run with its own `fast` array and `curated_threshold` function, taken from the script's text."""
+    own case list run with its own `fast` array and `curated_threshold` and `best_percent` functions, taken from the
+    script's text."""
     source = (REPO / "tools" / "large_motion_runs.sh").read_text()
     case_block = re.search(r"\n(\s*case \$\{run%_s\*\} in\n.*?\n\s*esac)\n", source, re.S).group(1)
     fast = re.search(r"^fast=\(.*\)", source, re.M).group(0)
-    threshold = re.search(r"^curated_threshold\(\) \{.*\}$", source, re.M).group(0)
-    snippet = (f'set -u; run="$1"; work=/w; data=/w/corpus; variant=(); {fast}\n{threshold}\n{case_block}\n'
+    threshold, percent = (re.search(rf"^{function}\(\) \{{.*\}}$", source, re.M).group(0)
+                          for function in ("curated_threshold", "best_percent"))
+    snippet = (f'set -u; run="$1"; work=/w; data=/w/corpus; variant=(); {fast}\n{threshold}\n{percent}\n{case_block}\n'
                f'printf "%s\\n" "$data" "${{variant[@]}}"')
     env = dict(os.environ, CUR_PSNR=cur_psnr) if cur_psnr else {k: v for k, v in os.environ.items() if k != "CUR_PSNR"}
     result = subprocess.run(["bash", "-c", snippet, "_", name], capture_output=True, text=True, timeout=30, env=env)
@@ -160,6 +162,7 @@ LARGE_MOTION_VARIANTS = {
     "priorfastemacur30_s0": ("/w/corpus_cur30", {**FAST, "train.ema_decay": 0.999}),
     "priorfastfrozen_s0": ("/w/corpus", {**FAST, "train.freeze_flow": True}),
     "priorfastfrozencur36_s2": ("/w/corpus_cur36", {**FAST, "train.freeze_flow": True}),
+    "priorfastfrozenbest33_s0": ("/w/corpus_best33", {**FAST, "train.freeze_flow": True}),
 }
 
 

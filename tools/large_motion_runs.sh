@@ -38,6 +38,10 @@
 #          priorfastcur<DB>, priorfastemacur<DB> (e.g. priorfastcur30): the same with that threshold instead.
 #   priorfastfrozen, priorfastfrozencur[<DB>]: priorfast (on the whole or the curated corpus) with --freeze_flow: the
 #          flow stays the prior's, the blend and RefineNet's residual learn (twentieth round).
+#   priorfastfrozenbest<PCT> (e.g. priorfastfrozenbest33): priorfastfrozen on each training clip's best PCT% of its
+#          triplets by the classical interpolation's score (make_corpus.py --best_per_clip: every clip keeps its
+#          cleanest spans, where one threshold keeps almost none of a noisy clip's), derived from the lowest *cur
+#          threshold's scored corpus (one scored at 0 dB, keeping all, when no *cur run asks for a threshold).
 # Every variant trains on the corpus as make_corpus.py builds it by default (since the eighth round with the
 # moving-camera clips); narrow and priornarrow are base and prior on the corpus of rounds one to seven (without them).
 # With MFS=1 (default) each run is also scored with --motion_flow_scale (flow scale halved from 32 px of motion).
@@ -116,6 +120,10 @@ if [[ " ${runs[*]} " == *prev* ]]; then corpus_without corpus_prev ADDED_IN_ROUN
 curated_threshold() { local name=${1%_s*}; local digits=${name##*cur}; echo "${digits:-${CUR_PSNR:-27}}"; }
 thresholds=()
 for run in "${runs[@]}"; do [[ ${run%_s*} == *cur* ]] && thresholds+=("$(curated_threshold "$run")"); done
+best_percent() { local name=${1%_s*}; echo "${name##*best}"; }
+percents=()
+for run in "${runs[@]}"; do [[ ${run%_s*} == *best[0-9]* ]] && percents+=("$(best_percent "$run")"); done
+(( ${#percents[@]} && ! ${#thresholds[@]} )) && thresholds=(0)     # the per-clip selections need a scored corpus
 read -r -a thresholds <<< "$(printf '%s\n' "${thresholds[@]}" | sort -g -u | tr '\n' ' ')"
 lowest=${thresholds[0]:-}
 for threshold in "${thresholds[@]}"; do
@@ -126,6 +134,11 @@ for threshold in "${thresholds[@]}"; do
         $python tools/make_corpus.py --from_corpus "$work/corpus_cur$lowest" --out "$work/corpus_cur$threshold" \
             --min_classical_psnr "$threshold"
     fi | tee "$out/corpus_cur$threshold.log"
+done
+read -r -a percents <<< "$(printf '%s\n' "${percents[@]}" | sort -g -u | tr '\n' ' ')"
+for percent in "${percents[@]}"; do
+    $python tools/make_corpus.py --from_corpus "$work/corpus_cur$lowest" --out "$work/corpus_best$percent" \
+        --best_per_clip "$(awk -v p="$percent" 'BEGIN { print p / 100 }')" | tee "$out/corpus_best$percent.log"
 done
 echo "corpus ready after $(( $(date +%s) - start )) s"
 
@@ -160,6 +173,7 @@ for run in "${runs[@]}"; do
         priorfastfrozen) variant=("${fast[@]}" --freeze_flow) ;;
         priorfastfrozencur|priorfastfrozencur[0-9]*) data=$work/corpus_cur$(curated_threshold "$run")
             variant=("${fast[@]}" --freeze_flow) ;;
+        priorfastfrozenbest[0-9]*) data=$work/corpus_best$(best_percent "$run"); variant=("${fast[@]}" --freeze_flow) ;;
         prioranchor[0-9]*) weight=${run%_s*}; variant=(--flow_prior dis --prior_anchor "${weight#prioranchor}") ;;
         *) echo "unknown variant in run name $run"; exit 2 ;;
     esac

@@ -5,7 +5,7 @@ Usage::
     python tools/make_corpus.py [--out data/corpus] [--cache data/cache] [--clips DIR] [--no_bundled]
         [--test_clips cityCC0] [--skip_clips NAMES] [--strides 1,2,3,4] [--step 1] [--test_step 2]
         [--max_side 640] [--crop 256] [--pad_small] [--min_classical_psnr DB] [--workers 4] [--force]
-    python tools/make_corpus.py --from_corpus DIR --min_classical_psnr DB --out OUT [--force]
+    python tools/make_corpus.py --from_corpus DIR (--min_classical_psnr DB | --best_per_clip F) --out OUT [--force]
 
 Clips (each one's licence line goes into OUT/README.txt):
 
@@ -54,6 +54,11 @@ Rules:
   round). Every training triplet's score goes into corpus.json (``classical_psnr``), the count dropped per clip
   into its entry (``dropped_unexplained``). The test split is never filtered. About 0.15 s of one core per
   triplet; ``--from_corpus DIR`` derives a stricter threshold's corpus from DIR's recorded scores in a second.
+* **Each clip's cleanest spans** (``--from_corpus DIR --best_per_clip F``): instead of one threshold for all clips,
+  the fraction F of each training clip's scored triplets whose classical interpolation scores highest (at least
+  one per clip). A threshold keeps almost nothing of a noisy clip (OpenCV's ``vtest``: 101 of 3,160 at 36 dB), so
+  the model never sees footage like it; this keeps every clip's best spans (docs/LARGE_MOTION.md, twentieth round).
+  It needs DIR's scores of every training triplet (a corpus built with ``--min_classical_psnr``, any threshold).
 * **Frame size**: frames are area-downscaled so the longer side is at most ``--max_side`` (even sizes). A clip
   whose frames are then smaller than ``--crop`` on either side is refused (left out, with a line saying so), or,
   with ``--pad_small``, padded by edge replication to the crop size, here, once, not during training.
@@ -437,40 +442,65 @@ def count_unexplained(clip_info: Sequence[dict], triplets: dict[str, list], scor
                                               and name not in kept)
 
 
-def curated_view(source_dir: Path, out_dir: Path, min_psnr: float, force: bool = False, say=print) -> dict:
-    """A corpus that is ``source_dir``'s with a stricter ``--min_classical_psnr``, from the scores it recorded, with no
-    decoding or scoring (``--from_corpus``): its sequences and frames linked (symbolic links), its test list copied,
-    its training list those of the source's scored triplets at or above ``min_psnr``, in the source's order.
+def best_per_clip(scores: dict[str, float], triplets: dict[str, list], fraction: float) -> list[str]:
+    """The names of ``scores`` (training triplets by sequence name) that are among the ``fraction`` best-scoring of
+    their clip (``triplets[name][0]``): fraction x the clip's count, rounded half up, at least one; ties go to the
+    earlier triplet. In ``scores``' order."""
+    by_clip: dict[str, list[str]] = {}
+    for name in scores:
+        by_clip.setdefault(triplets[name][0], []).append(name)
+    kept: set[str] = set()
+    for names in by_clip.values():
+        ranked = sorted(names, key=lambda name: -scores[name])       # stable: ties keep the earlier triplet first
+        kept.update(ranked[:max(1, int(fraction * len(names) + 0.5))])
+    return [name for name in scores if name in kept]
 
-    The source must have been built with ``--min_classical_psnr`` at or below ``min_psnr`` (it scored every training
-    triplet, and a triplet it dropped scored below its threshold, so below this one too)."""
+
+def curated_view(source_dir: Path, out_dir: Path, min_psnr: float | None, force: bool = False, say=print,
+                 best_fraction: float | None = None) -> dict:
+    """A corpus that is ``source_dir``'s with a stricter ``--min_classical_psnr`` or, with ``best_fraction``, each
+    clip's best-scoring fraction of its training triplets (``--best_per_clip``), from the scores the source recorded,
+    with no decoding or scoring (``--from_corpus``): its sequences and frames linked (symbolic links), its test list
+    copied, its training list the selected triplets in the source's order.
+
+    The source must have been built with ``--min_classical_psnr`` (it scored every training triplet), for a threshold
+    at or below ``min_psnr`` (a triplet it dropped scored below its threshold, so below this one too)."""
     started = time.perf_counter()
     if not is_complete(source_dir):
         raise CorpusError(f"--from_corpus {source_dir}: no complete corpus there (no {INFO_FILE} and lists)")
     source = json.loads((source_dir / INFO_FILE).read_text())
+    if source.get("best_per_clip") is not None:
+        raise CorpusError(f"--from_corpus {source_dir} is itself a --best_per_clip selection: derive from its source, "
+                          f"{source.get('curated_from')}")
     if source.get("min_classical_psnr") is None or not source.get("classical_psnr"):
         raise CorpusError(f"--from_corpus {source_dir} was built without --min_classical_psnr: it has no scores to "
                           f"filter by; build it with --min_classical_psnr first")
-    if source["min_classical_psnr"] > min_psnr:
-        raise CorpusError(f"--from_corpus {source_dir} dropped triplets below {source['min_classical_psnr']:g} dB, "
-                          f"above --min_classical_psnr {min_psnr:g}: build from the clips instead")
     scores: dict[str, float] = source["classical_psnr"]
-    train = [name for name, score in scores.items() if score >= min_psnr]
-    if not train:
-        raise CorpusError(f"--min_classical_psnr {min_psnr:g} leaves no training triplet of {source_dir} (the best "
-                          f"scores {max(scores.values()):.2f} dB)")
+    if best_fraction is not None:
+        if not 0.0 < best_fraction <= 1.0:
+            raise CorpusError(f"--best_per_clip must be a fraction in (0, 1], got {best_fraction:g}")
+        train = best_per_clip(scores, source["triplets"], best_fraction)
+        chosen = f"--best_per_clip {best_fraction:g}"
+    else:
+        if source["min_classical_psnr"] > min_psnr:
+            raise CorpusError(f"--from_corpus {source_dir} dropped triplets below {source['min_classical_psnr']:g} "
+                              f"dB, above --min_classical_psnr {min_psnr:g}: build from the clips instead")
+        train = [name for name, score in scores.items() if score >= min_psnr]
+        chosen = f"--min_classical_psnr {min_psnr:g}"
+        if not train:
+            raise CorpusError(f"{chosen} leaves no training triplet of {source_dir} (the best scores "
+                              f"{max(scores.values()):.2f} dB)")
     prepare_output(out_dir, force)
     for name in ("sequences", "frames"):
         (out_dir / name).symlink_to((source_dir / name).resolve(), target_is_directory=True)
     test = (source_dir / TEST_LIST).read_text().split()
     clip_info = [dict(info) for info in source["clips"]]
     count_unexplained(clip_info, source["triplets"], scores, set(train))
-    description = {**source, "clips": clip_info, "min_classical_psnr": min_psnr, "curated_from": str(source_dir),
-                   "counts": {"train": len(train), "test": len(test)},
+    description = {**source, "clips": clip_info, "min_classical_psnr": min_psnr, "best_per_clip": best_fraction,
+                   "curated_from": str(source_dir), "counts": {"train": len(train), "test": len(test)},
                    "seconds": round(time.perf_counter() - started, 1)}
     write_corpus_files(out_dir, train, test, description)
-    say(f"--min_classical_psnr {min_psnr:g} over {source_dir}'s scores: {len(scores) - len(train)} of {len(scores)} "
-        f"training triplets dropped")
+    say(f"{chosen} over {source_dir}'s scores: {len(scores) - len(train)} of {len(scores)} training triplets dropped")
     return description
 
 
@@ -664,13 +694,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--from_corpus", default=None, metavar="DIR",
                         help="with --min_classical_psnr: derive the corpus from DIR, one built with a threshold at or "
                              "below it, by its recorded scores (no decoding or scoring; sequences linked)")
+    parser.add_argument("--best_per_clip", type=float, default=None, metavar="F",
+                        help="with --from_corpus, instead of --min_classical_psnr: keep the fraction F of each "
+                             "training clip's triplets whose classical interpolation scores highest (every clip "
+                             "keeps its cleanest spans; a threshold drops nearly all of a noisy clip)")
     parser.add_argument("--force", action="store_true", help="rebuild even if --out holds a complete corpus")
     args = parser.parse_args(argv)
     out_dir, cache = Path(args.out).resolve(), Path(args.cache).resolve()
     try:
         if is_complete(out_dir) and not args.force:
             recorded = json.loads((out_dir / INFO_FILE).read_text())
-            requested = {"min_classical_psnr": args.min_classical_psnr}
+            requested = {"min_classical_psnr": args.min_classical_psnr, "best_per_clip": args.best_per_clip}
             if args.from_corpus is None:        # a derived corpus takes these from its source
                 requested.update(strides=args.strides, step=args.step, test_step=args.test_step,
                                  max_side=args.max_side, crop=args.crop, pad_small=args.pad_small)
@@ -684,10 +718,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"corpus already complete: {out_dir} ({counts['train']} train / {counts['test']} test triplets); "
                   f"pass --force to rebuild")
             return 0
+        if args.best_per_clip is not None and (args.from_corpus is None or args.min_classical_psnr is not None):
+            raise CorpusError("--best_per_clip selects by a scored corpus's recorded scores: give it with "
+                              "--from_corpus (a corpus built with --min_classical_psnr) and without "
+                              "--min_classical_psnr")
         if args.from_corpus is not None:
-            if args.min_classical_psnr is None:
-                raise CorpusError("--from_corpus needs --min_classical_psnr (the threshold to derive the corpus at)")
-            description = curated_view(Path(args.from_corpus).resolve(), out_dir, args.min_classical_psnr, args.force)
+            if args.min_classical_psnr is None and args.best_per_clip is None:
+                raise CorpusError("--from_corpus needs --min_classical_psnr (the threshold to derive the corpus at) "
+                                  "or --best_per_clip")
+            description = curated_view(Path(args.from_corpus).resolve(), out_dir, args.min_classical_psnr, args.force,
+                                       best_fraction=args.best_per_clip)
             print(f"built {out_dir}: {description['counts']['train']} train / {description['counts']['test']} test "
                   f"triplets from {args.from_corpus}")
             return 0
