@@ -57,7 +57,7 @@ Rules:
 * **Each clip's cleanest spans** (``--from_corpus DIR --best_per_clip F``): instead of one threshold for all clips,
   the fraction F of each training clip's scored triplets whose classical interpolation scores highest (at least
   one per clip). A threshold keeps almost nothing of a noisy clip (OpenCV's ``vtest``: 101 of 3,160 at 36 dB), so
-  the model never sees footage like it; this keeps every clip's best spans (docs/LARGE_MOTION.md, twentieth round).
+  the model never sees footage like it; this keeps every clip's best spans (docs/LARGE_MOTION.md, twenty-first round).
   It needs DIR's scores of every training triplet (a corpus built with ``--min_classical_psnr``, any threshold).
 * **Frame size**: frames are area-downscaled so the longer side is at most ``--max_side`` (even sizes). A clip
   whose frames are then smaller than ``--crop`` on either side is refused (left out, with a line saying so), or,
