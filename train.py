@@ -439,6 +439,8 @@ def run(cfg: ExperimentConfig, ctx: DistributedContext, argv: list[str] | None =
     # Every rank leaves together: without this the other ranks tore their process group down while rank 0 still
     # wrote the summary, and once in a full CPU suite rank 0 (gloo) then died of SIGABRT ("terminate called without
     # an active exception") after its work was done, failing the run (not reproduced in 8 runs alone or under load).
+    # It struck again after this barrier (rank 1, stop 40): the wrapper outliving the run in reference cycles kept the
+    # process group alive past destroy_process_group; shutdown_distributed now collects them first.
     # Nothing between the last collective and here may raise on rank 0 alone (the summary's write is guarded above),
     # or the other ranks would wait here for it.
     ctx.barrier()

@@ -71,6 +71,33 @@ def test_torchrun_validation_on_a_mixed_size_set(tmp_path):
     assert "epoch 1/1 step" not in result.stdout and "\r" not in result.stderr      # --no_progress: no progress
 
 
+def test_shutdown_frees_a_ddp_wrapper_held_in_a_cycle_so_the_process_group_ends_there(tmp_path):
+    """A finished run's DDP wrapper is kept alive by reference cycles, and through its reducer the process group:
+    shutting down frees it, so gloo's threads end inside destroy_process_group, not at a later collection or at the
+    interpreter's exit (where a finished two-rank run once died of SIGABRT)."""
+    import gc
+    import weakref
+    import torch.distributed as dist
+    from distributed import shutdown_distributed
+    from torch.nn.parallel import DistributedDataParallel
+    collecting = gc.isenabled()
+    gc.disable()                                  # no automatic collection may free it before the shutdown does
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        holder = {"wrapper": DistributedDataParallel(torch.nn.Linear(2, 2))}
+        holder["itself"] = holder                 # a cycle, as the trainer's hooks and graphs make
+        wrapper = weakref.ref(holder["wrapper"])
+        del holder
+        assert wrapper() is not None
+        shutdown_distributed()
+        assert wrapper() is None and not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        if collecting:
+            gc.enable()
+
+
 # ---------------------------------------------------------------------------------------------- refused input
 def tiny_checkpoint(path: Path) -> Path:
     from checkpoint import atomic_save
