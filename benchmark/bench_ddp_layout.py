@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmark.timing import measure  # noqa: E402
 from config import preset  # noqa: E402
-from distributed import wrap_ddp  # noqa: E402
+from distributed import shutdown_distributed, wrap_ddp  # noqa: E402
 from model import build_model  # noqa: E402
 from model.mamba_branch import InterleavedMamba2  # noqa: E402
 
@@ -108,12 +108,14 @@ def main(argv: list[str] | None = None) -> int:
             timing = measure(step, device, warmup=3 if round_index == 0 else 1, reps=args.steps)
             times[layout] += timing.times_ms
             print(f"round {round_index + 1} {LAYOUTS[layout]}: median {timing.median_ms:.2f} ms", flush=True)
-    dist.destroy_process_group()
+    mismatched = [step.mismatched for step, _ in steps]
+    del steps                       # the DDP wrappers hold the process group: freed first, it ends with the shutdown
+    shutdown_distributed()
     medians = [statistics.median(t) for t in times]
     print("\n| conv weight layout | median step ms | grads with other strides than their param |")
     print("|---|---:|---:|")
     for layout in range(2):
-        print(f"| {LAYOUTS[layout]} | {medians[layout]:.2f} | {steps[layout][0].mismatched} |")
+        print(f"| {LAYOUTS[layout]} | {medians[layout]:.2f} | {mismatched[layout]} |")
     print(f"\nratio before/now: {medians[0] / medians[1]:.3f} ({name})")
     return 0
 
