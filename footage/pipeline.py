@@ -186,6 +186,9 @@ class StageWaits:
     writer_*: the writer thread: waiting for a frame from the main thread, for a frame's device-to-host copy (the
         GPU still working on it or on what was queued before it) and inside the sink's ``write`` (waiting for a free
         PNG writer, or for Y'CbCr conversion and libx264).
+    finish: the sink's ``finish`` after the last frame (libx264 encoding the frames its threads still hold, a few
+        dozen, and the file closed; the last PNGs written). Part of the run's seconds and of the rate after start-up,
+        not of the steady span: on a clip of seconds it weighs on that rate as it would not on a video of minutes.
     """
 
     main_input: float = 0.0
@@ -197,6 +200,7 @@ class StageWaits:
     writer_device: float = 0.0
     writer_encoder: float = 0.0
     writer_seconds: float = 0.0
+    finish: float = 0.0
 
     def shares(self) -> dict[str, float] | None:
         """Each stage's share of the steady span (the writer's: first to last written frame), 0..1: ``reading`` (the
@@ -290,14 +294,15 @@ class RunStats:
 
     def steady_rate(self) -> str:
         """Output frames/s after the first frame was written: the rate without the one-off start-up (and, where
-        known, how long the process had run by then)."""
+        known, how long the process had run by then, and how much of the rest was the output's finish)."""
         if self.first_frame_seconds is None or self.frames_out < 2 or self.seconds <= self.first_frame_seconds:
             return "n/a"
         since_process = self.first_frame_after_process_start
+        notes = ([f"first frame {since_process:.1f} s after the process started"] if since_process is not None else [])
+        if self.waits.finish >= 0.05:
+            notes.append(f"{self.waits.finish:.1f} s of it the output's finish after the last frame")
         return (f"{(self.frames_out - 1) / (self.seconds - self.first_frame_seconds):.2f} out-frames/s after "
-                f"{self.first_frame_seconds:.1f} s of start-up"
-                + (f" (first frame {since_process:.1f} s after the process started)" if since_process is not None
-                   else ""))
+                f"{self.first_frame_seconds:.1f} s of start-up" + (f" ({'; '.join(notes)})" if notes else ""))
 
     def summary(self) -> str:
         rate = self.frames_out / self.seconds if self.seconds > 0 else float("nan")
@@ -560,7 +565,9 @@ def run_stream(source: FrameSource, sink: FrameSink, interpolator: FrameInterpol
             writer.join(timeout=0.1)
         if writer.error is not None:
             raise writer.error
+        began = time.perf_counter()
         stats.notes += sink.finish(stats.frames_out)
+        waits.finish = time.perf_counter() - began
     except BaseException:
         stop.set()
         source.close()

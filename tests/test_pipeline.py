@@ -4,6 +4,7 @@ nothing half-written left, queues and pools bounded. No test measures a speed (b
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -619,3 +620,32 @@ def test_bench_pipeline_runs_the_prior_stand_in(capsys):
                                 "--prior", "off,on", "--outputs", "", "--no_stages"]) == 0
     out = capsys.readouterr().out
     assert "| model+prior | 1 | 9 |" in out and "prior-only" in out and "on each of 1 threads; 4 pairs" in out
+
+
+class SlowFinishSink(SleepingSink):
+    """Frames written at once; ``finish`` takes ``seconds`` (an encoder draining the frames its threads hold)."""
+
+    def __init__(self, seconds: float):
+        super().__init__(0.0)
+        self.finish_seconds = seconds
+
+    def finish(self, frames_written: int) -> list[str]:
+        time.sleep(self.finish_seconds)
+        return []
+
+
+def test_the_outputs_finish_is_timed_apart_from_the_steady_span():
+    """A sink whose finish takes 0.3 s (libx264 encoding what its frame threads still hold): the record and the rate
+    line say how much of the run after start-up it was, and the steady span's shares do not count it."""
+    frames = moving_frames(6, 32, 32)
+    engine = FrameInterpolator(LinearBlend(), torch.device("cpu"), None, False, 1.0, batch_size=1, halving=False)
+    plan = TimePlan(Fraction(1, 2) / RATE)
+    stats = run_stream(CountingSource(frames), SlowFinishSink(0.3), engine,
+                       StreamSettings(plan, progress=False, io_workers=1))
+    assert 0.3 <= stats.waits.finish < stats.seconds - stats.first_frame_seconds
+    assert stats.waits.as_dict()["seconds"]["finish"] == round(stats.waits.finish, 4)
+    assert stats.waits.writer_seconds < stats.seconds - stats.first_frame_seconds - 0.3 + 0.05
+    assert re.search(r"; 0\.3 s of it the output's finish after the last frame\)$", stats.steady_rate())
+    quick = run_stream(CountingSource(frames), SleepingSink(0.0), engine,
+                       StreamSettings(plan, progress=False, io_workers=1))
+    assert quick.waits.finish < 0.05 and "finish" not in quick.steady_rate()
