@@ -117,6 +117,8 @@ if [[ " ${runs[*]} " == *prev* ]]; then corpus_without corpus_prev ADDED_IN_ROUN
 # The curated corpora, for the *cur variants: the same clips, training spans that linear motion does not explain left
 # out, one corpus per threshold (the number after "cur" in the run's name, else CUR_PSNR). The lowest threshold's is
 # built from the clips (scoring every training triplet: minutes), the others derived from its scores (--from_corpus).
+# sorted_unique NUMBER...: the numbers in increasing order, each once, on one line (for read -a)
+sorted_unique() { printf '%s\n' "$@" | sort -g -u | tr '\n' ' '; }
 curated_threshold() { local name=${1%_s*}; local digits=${name##*cur}; echo "${digits:-${CUR_PSNR:-27}}"; }
 thresholds=()
 for run in "${runs[@]}"; do [[ ${run%_s*} == *cur* ]] && thresholds+=("$(curated_threshold "$run")"); done
@@ -124,7 +126,7 @@ best_percent() { local name=${1%_s*}; echo "${name##*best}"; }
 percents=()
 for run in "${runs[@]}"; do [[ ${run%_s*} == *best[0-9]* ]] && percents+=("$(best_percent "$run")"); done
 (( ${#percents[@]} && ! ${#thresholds[@]} )) && thresholds=(0)     # the per-clip selections need a scored corpus
-read -r -a thresholds <<< "$(printf '%s\n' "${thresholds[@]}" | sort -g -u | tr '\n' ' ')"
+read -r -a thresholds <<< "$(sorted_unique "${thresholds[@]}")"
 lowest=${thresholds[0]:-}
 for threshold in "${thresholds[@]}"; do
     if [[ $threshold == "$lowest" ]]; then
@@ -135,7 +137,7 @@ for threshold in "${thresholds[@]}"; do
             --min_classical_psnr "$threshold"
     fi | tee "$out/corpus_cur$threshold.log"
 done
-read -r -a percents <<< "$(printf '%s\n' "${percents[@]}" | sort -g -u | tr '\n' ' ')"
+read -r -a percents <<< "$(sorted_unique "${percents[@]}")"
 for percent in "${percents[@]}"; do
     $python tools/make_corpus.py --from_corpus "$work/corpus_cur$lowest" --out "$work/corpus_best$percent" \
         --best_per_clip "$(awk -v p="$percent" 'BEGIN { print p / 100 }')" | tee "$out/corpus_best$percent.log"

@@ -692,8 +692,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "benchmarks' baseline) scores below DB against their middle frame: spans that linear "
                              "motion does not explain (default: keep all; the test split is never filtered)")
     parser.add_argument("--from_corpus", default=None, metavar="DIR",
-                        help="with --min_classical_psnr: derive the corpus from DIR, one built with a threshold at or "
-                             "below it, by its recorded scores (no decoding or scoring; sequences linked)")
+                        help="with --min_classical_psnr or --best_per_clip: derive the corpus from DIR, one built "
+                             "with --min_classical_psnr (for a threshold, at or below it), by its recorded scores (no "
+                             "decoding or scoring; sequences linked)")
     parser.add_argument("--best_per_clip", type=float, default=None, metavar="F",
                         help="with --from_corpus, instead of --min_classical_psnr: keep the fraction F of each "
                              "training clip's triplets whose classical interpolation scores highest (every clip "
