@@ -196,7 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--crf", type=crf_value, default=18, help="H.264 quality, 0 lossless .. 51 (default 18)")
     parser.add_argument("--preset", choices=X264_PRESETS, default="medium",
                         help="x264 speed preset (default medium); where encoding sets the pace (the 'pace:' line), "
-                             "faster encodes 1.7-2x as fast for 0.2-0.5 dB less at the same --crf (docs/PERF.md 10.8)")
+                             "faster encodes 1.7-2x as fast for 0.2-0.5 dB less at the same --crf (docs/PERF.md 10.8); "
+                             "at 1080p on 16 cores veryfast kept up with the graphed model (10.23)")
     parser.add_argument("--encoder", choices=("auto", "libx264", "nvenc"), default="auto",
                         help="H.264 encoder of a video output (default auto: NVIDIA's hardware encoder, NVENC, when "
                              "the run is on a GPU that has one (GeForce/RTX, workstation cards; not H100/A100), else "
@@ -359,9 +360,11 @@ def pace_hint(pace: str | None, kind: str, preset: str, use_pyav: bool, encoder:
                 "a second) or a video output")
     if not use_pyav:
         return "OpenCV's encoder set the pace: pip install av (PyAV's libx264 runs on several threads)"
-    faster = X264_PRESETS.index("faster")
-    if X264_PRESETS.index(preset) > faster:
-        return f"libx264 set the pace: --preset faster encodes 1.7-2x as fast as {preset} for 0.2-0.5 dB less"
+    # measured at 1080p 2x on 16 cores with the graphed model (docs/PERF.md 10.23): faster kept 80% of the model's
+    # rate, veryfast 95%, so a preset slower than veryfast is pointed there, not one step faster
+    if X264_PRESETS.index(preset) > X264_PRESETS.index("veryfast"):
+        return (f"libx264 set the pace: --preset veryfast (at 1080p on 16 cores it kept 95% of the graphed model's "
+                f"rate, faster 80%; larger files than {preset} at the same --crf), or more CPU cores")
     return "libx264 set the pace: a faster --preset, or more CPU cores"
 
 
