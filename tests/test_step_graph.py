@@ -213,8 +213,14 @@ def with_flows(batches: list[dict[str, torch.Tensor]], key: str, seed: int) -> l
     return out
 
 
-def run_steps(trainer: Trainer, batches) -> list[float]:
-    return [log["loss_total"] for log in run_logged_steps(trainer, batches)]
+def run_steps(trainer: Trainer, batches, grad_norms: list[float] | None = None) -> list[float]:
+    """Each step's total loss; each step's gradient norm appended to ``grad_norms`` where one is given."""
+    losses = []
+    for batch in batches:
+        losses += [log["loss_total"] for log in run_logged_steps(trainer, [batch])]
+        if grad_norms is not None:
+            grad_norms.append(trainer.last_grad_norm)
+    return losses
 
 
 def run_logged_steps(trainer: Trainer, batches) -> list[dict[str, float]]:
@@ -261,6 +267,24 @@ def assert_weights_follow(start: list[torch.Tensor], eager_a: Trainer, eager_b: 
     assert drift <= max(factor * noise, 1e-2 * moved)
 
 
+def assert_grad_norms_follow(eager_a: list[float], eager_b: list[float], graphed: list[float]) -> None:
+    """Step by step, the graphed run's gradient norm (before clipping) stays within 10 times the largest gap between
+    the two eager runs' over all steps, plus bf16's roundoff, plus 10% where the eager runs are not bit-identical.
+
+    Why per step and why the 10%: once two runs' weights part at all (Phase 2's eager runs by 2e-3 to 5e-3 relative
+    on an H100), each step's gradient is taken at a different point. One H100 (2026-12-06) measured the last step's
+    norms 0.0018 apart between the eager runs and 0.023 (4.6%) between eager and graphed, whose weights were no
+    farther apart (1.96e-3 against 2.00e-3): one step's eager-eager gap is a sample, not the spread. A fault this
+    is here to catch moves the norm by far more than 10%: clipping the still-scaled gradients (x65536 under fp16),
+    a norm left at the warm-up's value, or the graph computing the norm of gradients that were zeroed."""
+    noise = max(abs(a - b) for a, b in zip(eager_a, eager_b))
+    bit_identical = noise == 0.0
+    for step, (a, g) in enumerate(zip(eager_a, graphed)):
+        tolerance = 10 * noise + BF16_ROUNDOFF * a + (0.0 if bit_identical else 0.1 * a)
+        assert abs(g - a) <= tolerance, f"step {step}: gradient norm eager {a:.5f}, graphed {g:.5f} (noise {noise:.2e})"
+    assert len(graphed) == len(eager_a) == len(eager_b)
+
+
 @needs_cuda
 @pytest.mark.parametrize("phase", [1, 2])
 def test_graphed_step_follows_the_eager_step(phase):
@@ -270,7 +294,9 @@ def test_graphed_step_follows_the_eager_step(phase):
     eager_a, eager_b, graphed = (cuda_trainer(phase, mode) for mode in ("off", "off", "on"))
     assert graphed.graph_mode and not eager_a.graph_mode
     start = weights_of(eager_a)
-    losses_a, losses_b, losses_g = (run_steps(t, batches) for t in (eager_a, eager_b, graphed))
+    norms_a, norms_b, norms_g = [], [], []
+    losses_a, losses_b, losses_g = (run_steps(t, batches, norms)
+                                    for t, norms in ((eager_a, norms_a), (eager_b, norms_b), (graphed, norms_g)))
     assert graphed._executor.captures == 1 and graphed.step == eager_a.step == len(batches)
     print(f"phase {phase}: last loss {losses_a[-1]:.6f} / {losses_b[-1]:.6f} / {losses_g[-1]:.6f}")
     assert_weights_follow(start, eager_a, eager_b, graphed)
@@ -280,9 +306,7 @@ def test_graphed_step_follows_the_eager_step(phase):
     assert loss_drift <= max(10 * loss_noise, 1e-5)
     ema_drift = max(float((graphed.ema.shadow[k] - eager_a.ema.shadow[k]).abs().max()) for k in eager_a.ema.shadow)
     assert ema_drift < 1e-3
-    norm_noise = abs(eager_a.last_grad_norm - eager_b.last_grad_norm)
-    assert abs(graphed.last_grad_norm - eager_a.last_grad_norm) <= \
-        10 * norm_noise + BF16_ROUNDOFF * eager_a.last_grad_norm
+    assert_grad_norms_follow(norms_a, norms_b, norms_g)
     # The captured AdamW counted every step (its per-parameter step lives on the device).
     steps = {float(state["step"]) for state in graphed.optimizer.state.values()}
     assert steps == {float(len(batches))}
