@@ -11,8 +11,10 @@
 #   peers     the side-by-side rows: ours (Phases 1, 2) with bench_model.py --peer_table; RIFE_m and
 #             EMA-VFI-small with PEER_PERF (a side-by-side timing script for the peers' own code, run with the same
 #             definitions; default ../shared/bench/peer_perf.py, skipped when absent) when PEERS_DIR (default .peers)
-#             holds their repositories (fetched, git-ignored, never copied into the project); then train.py's own
-#             step (CUDA graphs and eager) for Phases 1 and 2 with bench_model.py --trainer_step
+#             holds their repositories (fetched, git-ignored, never copied into the project); ours and RIFE_m
+#             timed call by call in turn in one process (benchmark/bench_peer_alternate.py) when
+#             PEERS_DIR/ECCV2022-RIFE exists; then train.py's own step (CUDA graphs and eager) for Phases 1 and 2
+#             with bench_model.py --trainer_step
 #   loader    train.py's own steady samples/s (graphed, 320 steps of b16) on the 720p set (Phase 2) and on an
 #             X4K-layout 2160x2160 fixture (Phase 3); the bare DataLoader on both
 #   interp    interpolate.py 4x on the clip upscaled to 1080p, with the checkpoint of `start`
@@ -85,6 +87,10 @@ if want peers; then
   for phase in 1 2; do   # train.py's own step: CUDA graphs and eager
     stage 240 python3 benchmark/bench_model.py --phase "$phase" --trainer_step --json "$out/trainer_p$phase.json"
   done
+  if [ -d "${PEERS_DIR:-.peers}/ECCV2022-RIFE" ]; then   # ours and RIFE_m in turn, call by call (PERF.md 10.24)
+    stage 420 python3 benchmark/bench_peer_alternate.py --peer_dir "${PEERS_DIR:-.peers}/ECCV2022-RIFE" \
+      --json "$out/peer_alternate.json"
+  fi
   peer_perf=${PEER_PERF:-../shared/bench/peer_perf.py}
   if [ -d "${PEERS_DIR:-.peers}" ] && [ -f "$peer_perf" ]; then
     for peer in rife_m emavfi_small; do

@@ -42,6 +42,7 @@ class ParsedOnly(Exception):
 def invocations(tmp_path_factory) -> list[list[str]]:
     """Every command reproduce_perf.sh runs with all its stages (in an empty folder: its rm/cp touch nothing here)."""
     folder = tmp_path_factory.mktemp("reproduce")
+    (folder / ".peers" / "ECCV2022-RIFE").mkdir(parents=True)   # so the alternated comparison with RIFE_m runs too
     log = folder / "commands.txt"
     wrapper = folder / "wrapper.sh"
     wrapper.write_text(STUBS + f'\nsource "{REPO / "benchmark" / "reproduce_perf.sh"}" "$@"\n')
@@ -80,6 +81,7 @@ def test_every_stage_and_branch_ran_under_the_stubs(invocations):
     scripts = {found[0] for command in invocations if (found := script_and_args(command))}
     assert {"train.py", "interpolate.py", "benchmark/bench_model.py", "benchmark/bench_loader.py",
             "benchmark/bench_pipeline.py", "benchmark/check_kernels.py", "benchmark/ablation.py",
+            "benchmark/bench_peer_alternate.py",
             "tools/make_sample_data.py", "tools/video_to_vimeo.py"} <= scripts
     assert any(command[0] == "torchrun" for command in invocations)            # the scaling stage (4 stub GPUs)
     assert any(command[0] == "large_motion_runs" for command in invocations)   # the motion stage
