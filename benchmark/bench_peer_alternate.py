@@ -11,8 +11,9 @@ round (:func:`benchmark.timing.measure_alternating`), a drift of the host falls 
 What is timed: one 2x pair (batch 1, t = 0.5) of random frames under bf16 autocast on CUDA, flow at full resolution;
 ours in the fast arrangement (``--refine_finest half --flow_scales 8 4 2``, random weights, Phase 2) through
 :class:`model.inference.InferenceRunner` (``--mode``: eager, graphed, or compiled and graphed), RIFE_m as its
-repository's ``IFNet_m`` on the frames padded to multiples of 64 (its own inference pads to 32; 64 keeps the 4x
-downscale of its first block whole at every size here) with scales [4, 2, 1]. Median of ``--reps`` timed pairs
+repository's ``IFNet_m`` on the frames padded to multiples of 64, as the peer rows of docs/PERF.md were timed, with
+scales [4, 2, 1]. (Its own inference script pads to 32: the same sizes at 256² and 1080p; at 720p 768 rows instead of
+736, 4% more work for RIFE_m.) Median of ``--reps`` timed pairs
 after 5 untimed ones, per round; compilation, capture and cuDNN's autotuning happen before the first round.
 
 The peer's code is imported from ``--peer_dir`` (a clone of hzwer/ECCV2022-RIFE) for measuring only. Its ``model``
