@@ -22,7 +22,6 @@ DIS computations of the pair, on one OpenCV thread).
 from __future__ import annotations
 
 import argparse
-import re
 from dataclasses import replace
 import statistics
 import sys
@@ -38,7 +37,9 @@ import torch  # noqa: E402
 from benchmark.eval_core import (  # noqa: E402
     AMP_DTYPES, BenchmarkError, add_runtime_arguments, exit_on_user_error, with_work_scale, write_report,
 )
-from benchmark.timing import PRIOR_TIMING_CALLS, measure, prior_of_tensors  # noqa: E402
+from benchmark.timing import (  # noqa: E402
+    FLOW_SCALES, PRIOR_TIMING_CALLS, RESOLUTIONS, measure, parse_resolution, prior_of_tensors,
+)
 from checkpoint import model_from_checkpoint  # noqa: E402
 from model.inference import (  # noqa: E402
     GraphUnavailable, InferenceRunner, describe_run, describe_runtime, runtime_record,
@@ -46,20 +47,6 @@ from model.inference import (  # noqa: E402
 from config import FLOW_PRIORS, MODEL_SIZES, PHASES, positive_int, preset, resolve_device  # noqa: E402
 from model import build_model, count_parameters  # noqa: E402
 from model.reduced import work_scale_of  # noqa: E402
-
-RESOLUTIONS = {"256": (256, 256), "720p": (720, 1280), "1080p": (1080, 1920), "2k": (1080, 2048), "4k": (2160, 3840)}
-FLOW_SCALES = {"256": 1.0, "720p": 1.0, "1080p": 0.5, "2k": 0.5, "4k": 0.25}
-
-
-def parse_resolution(text: str) -> tuple[int, int]:
-    """A named resolution or "HEIGHTxWIDTH" -> (height, width)."""
-    if text in RESOLUTIONS:
-        return RESOLUTIONS[text]
-    match = re.fullmatch(r"(\d+)x(\d+)", text)
-    if not match or min(int(match[1]), int(match[2])) < 1:
-        raise argparse.ArgumentTypeError(f"expected one of {', '.join(RESOLUTIONS)} or HEIGHTxWIDTH, got {text!r}")
-    return int(match[1]), int(match[2])
-
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

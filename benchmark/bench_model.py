@@ -47,8 +47,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmark.timing import (PRIOR_TIMING_CALLS, count_gflop, kernel_profile, measure,  # noqa: E402
-                              measure_alternating, prior_of_tensors)
+from benchmark.timing import (FLOW_SCALES, PRIOR_TIMING_CALLS, RESOLUTIONS, count_gflop,  # noqa: E402
+                              kernel_profile, measure, measure_alternating, prior_of_tensors)
 from config import FLOW_PRIORS, REFINE_FINEST, preset, unit_fraction  # noqa: E402
 from model import build_model, count_parameters  # noqa: E402
 from model.inference import INDUCTOR_MODES, runtime_record  # noqa: E402
@@ -59,8 +59,6 @@ from model.reduced import WORK_SCALE_HELP, reduce_resolution, work_scale_of  # n
 from model.ops.warp import TRITON_WARP_ENV, triton_warp_wanted  # noqa: E402
 from model.warplayer import BackwardWarp  # noqa: E402
 
-RESOLUTIONS = {"256": (256, 256), "720p": (720, 1280), "1080p": (1080, 1920), "2k": (1080, 2048), "4k": (2160, 3840)}
-FLOW_SCALE = {"256": 1.0, "720p": 1.0, "1080p": 0.5, "2k": 0.5, "4k": 0.25}
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
 # cuDNN's channel-padding pass before a convolution (nhwcAddPaddingKernel), and its layout conversions (names as
 # cuDNN 9 gives them). Not plain "Padding": ATen's grid_sampler_2d_kernel carries GridSamplerPadding in its template
@@ -104,7 +102,7 @@ def parse_infer_name(text: str) -> tuple[int, int, float]:
     if name not in RESOLUTIONS:
         raise SystemExit(f"bench_model.py: --infer {text}: unknown resolution (choose from {', '.join(RESOLUTIONS)}, "
                          f"optionally @FLOW_SCALE)")
-    return (*RESOLUTIONS[name], float(scale) if scale else FLOW_SCALE[name])
+    return (*RESOLUTIONS[name], float(scale) if scale else FLOW_SCALES[name])
 
 
 def benchmark_frames(name: str, args, device: str) -> tuple[torch.Tensor, torch.Tensor, float]:

@@ -32,7 +32,10 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-SIZES = {"256": (256, 256), "720p": (720, 1280), "1080p": (1080, 1920)}
+sys.path.insert(0, str(REPO))      # run as a file: make the repository importable (load_peer_class steps it aside)
+
+from benchmark.timing import RESOLUTIONS, measure_alternating, parse_resolution  # noqa: E402  (imports no `model`)
+
 MODES = ("eager", "graphed", "compiled")
 
 
@@ -65,7 +68,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--peer_dir", type=Path, required=True, help="a clone of hzwer/ECCV2022-RIFE")
     parser.add_argument("--sizes", nargs="+", default=["1080p", "720p", "256"],
-                        help=f"named sizes ({', '.join(SIZES)}) or HxW")
+                        help=f"named sizes ({', '.join(RESOLUTIONS)}) or HEIGHTxWIDTH")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of alternated pairs, each with its median")
     parser.add_argument("--reps", type=int, default=50, help="timed pairs of calls per round")
     parser.add_argument("--mode", choices=MODES, default="compiled",
@@ -73,26 +76,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", type=Path, help="write the rows here")
     args = parser.parse_args(argv)
-    for size in args.sizes:
-        if size not in SIZES and not _parse_hw(size):
-            parser.error(f"--sizes: {size!r} is neither one of {', '.join(SIZES)} nor HxW (e.g. 64x96)")
+    for size in args.sizes:            # kept as given: a row is named by it
+        try:
+            parse_resolution(size)
+        except argparse.ArgumentTypeError as error:
+            parser.error(f"--sizes: {error}")
     if args.rounds < 1 or args.reps < 1:
         parser.error("--rounds and --reps must be at least 1")
     return args
-
-
-def _parse_hw(text: str) -> tuple[int, int] | None:
-    parts = text.lower().split("x")
-    if len(parts) == 2 and all(p.isdigit() and int(p) > 0 for p in parts):
-        return int(parts[0]), int(parts[1])
-    return None
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
     peer_dir = args.peer_dir.resolve()
     peer_class = load_peer_class(peer_dir)
-    from benchmark.timing import measure_alternating
     from config import config_from_argv
     from model import build_model
     from model.inference import InferenceRunner
@@ -110,7 +107,7 @@ def main(argv=None) -> dict:
     print(f"card {card}, torch {torch.__version__}, ours {args.mode}, peer {peer_class.__name__} eager", flush=True)
     report = {"card": card, "torch": torch.__version__, "mode": args.mode, "rows": {}}
     for size in args.sizes:
-        height, width = SIZES.get(size) or _parse_hw(size)
+        height, width = parse_resolution(size)
         generator = torch.Generator(device=device).manual_seed(1)
         img0, img1 = (torch.rand(1, 3, height, width, device=device, generator=generator) for _ in range(2))
         pad = (0, (-width) % 64, 0, (-height) % 64)

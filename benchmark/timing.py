@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import re
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
@@ -14,6 +16,21 @@ import torch
 from measures.motion import prior_pair_flows
 
 PRIOR_TIMING_CALLS = 3         # DIS prior computations timed per resolution by TimeTest and bench_model (median)
+
+# The named frame sizes of the timing scripts (TimeTest, bench_model, bench_peer_alternate) as (height, width), and
+# each one's protocol flow scale (the flow estimator's downscale where a script is not told one).
+RESOLUTIONS = {"256": (256, 256), "720p": (720, 1280), "1080p": (1080, 1920), "2k": (1080, 2048), "4k": (2160, 3840)}
+FLOW_SCALES = {"256": 1.0, "720p": 1.0, "1080p": 0.5, "2k": 0.5, "4k": 0.25}
+
+
+def parse_resolution(text: str) -> tuple[int, int]:
+    """A named resolution or "HEIGHTxWIDTH" -> (height, width); an argparse type (ArgumentTypeError otherwise)."""
+    if text in RESOLUTIONS:
+        return RESOLUTIONS[text]
+    match = re.fullmatch(r"(\d+)x(\d+)", text)
+    if not match or min(int(match[1]), int(match[2])) < 1:
+        raise argparse.ArgumentTypeError(f"expected one of {', '.join(RESOLUTIONS)} or HEIGHTxWIDTH, got {text!r}")
+    return int(match[1]), int(match[2])
 
 
 @dataclass(frozen=True)

@@ -62,5 +62,5 @@ def test_a_folder_without_the_peer_model_is_refused_by_name(tmp_path):
 
 
 def test_a_size_that_is_neither_named_nor_hxw_is_refused(tmp_path):
-    done = run_script("--peer_dir", str(tmp_path), "--sizes", "4k", cwd=tmp_path)
-    assert done.returncode == 2 and "--sizes: '4k'" in done.stderr
+    done = run_script("--peer_dir", str(tmp_path), "--sizes", "1080p", "huge", cwd=tmp_path)
+    assert done.returncode == 2 and "--sizes: expected one of" in done.stderr and "got 'huge'" in done.stderr
